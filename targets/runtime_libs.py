@@ -1,0 +1,153 @@
+"""The device runtime: `libtvm_runtime.so` + `libtvm_ffi.so` for a preset's platform.
+
+"host" takes them from the installed `tvm` / `tvm_ffi` packages. A wheel platform tag
+(e.g. "manylinux_2_28_aarch64") takes them from the registry's wheels of exactly the
+installed versions, downloaded once into
+
+    $EDGESMITH_CACHE (default ~/.cache/edgesmith)/runtime/<platform>/<tvm version>/
+        libtvm_runtime.so  libtvm_ffi.so  runtime.json   (versions and sha256 of each file)
+
+and verified against runtime.json on every use (no network after the first time).
+
+What the aarch64 libtvm_runtime.so NEEDS (readelf -d): libtvm_ffi.so, then glibc (libc,
+libm, libdl, libpthread, ld-linux-aarch64) and the GCC runtime (libstdc++.so.6,
+libgcc_s.so.1). The GCC runtime is not part of glibc: `runner_build.bundle_runtime_files`
+ships it from the cross toolchain's sysroot next to the runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from edgesmith.errors import TargetError
+
+from .presets import TargetPreset
+
+RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
+# wheel member holding each library
+_MEMBERS = {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so", "libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"}
+
+
+def runtime_version() -> str:
+    """The installed apache-tvm version; bundles and runtimes must match it exactly."""
+    return importlib.metadata.version("apache-tvm")
+
+
+def ffi_version() -> str:
+    return importlib.metadata.version("apache-tvm-ffi")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGESMITH_CACHE") or Path.home() / ".cache" / "edgesmith")
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)  # found without importing (no TVM start-up cost)
+    if spec is None or not spec.submodule_search_locations:
+        raise TargetError(f"python package '{name}' is not installed; pip install apache-tvm")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def ffi_include_dirs() -> list[Path]:
+    """Headers of the tvm_ffi C++ API (architecture-independent; same version as the wheels)."""
+    root = _package_dir("tvm_ffi")
+    dirs = [root / "include", root / "3rdparty" / "dlpack" / "include"]
+    missing = [d for d in dirs if not d.is_dir()]
+    if missing:
+        raise TargetError(f"tvm_ffi headers not found at {missing[0]}; reinstall apache-tvm-ffi")
+    return dirs
+
+
+def host_ffi_library() -> Path:
+    return _package_dir("tvm_ffi") / "lib" / "libtvm_ffi.so"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def runtime_dir(platform: str) -> Path:
+    return cache_root() / "runtime" / platform / runtime_version()
+
+
+def _download(platform: str, dest: Path) -> None:
+    """pip-download both wheels for `platform` and extract just the runtime libraries."""
+    tvm_v, ffi_v = runtime_version(), ffi_version()
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--only-binary=:all:",
+            "--platform", platform, "--python-version", "3.11", "--no-deps",
+            "--disable-pip-version-check", "-q", "-d", tmp,
+            f"apache-tvm=={tvm_v}", f"apache-tvm-ffi=={ffi_v}",
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise TargetError(
+                f"could not download the {platform} TVM runtime {tvm_v} (pip: {last}); "
+                f"check the network, or put {', '.join(RUNTIME_LIBS)} in {dest}"
+            )
+        dest.mkdir(parents=True, exist_ok=True)
+        record = {"tvm_version": tvm_v, "tvm_ffi_version": ffi_v, "platform": platform, "files": {}}
+        for wheel in Path(tmp).glob("*.whl"):
+            with zipfile.ZipFile(wheel) as zf:
+                for lib, member in _MEMBERS.items():
+                    if member in zf.namelist():
+                        part = dest / (lib + ".part")
+                        part.write_bytes(zf.read(member))
+                        part.replace(dest / lib)
+                        record["files"][lib] = _sha256(dest / lib)
+        missing = [lib for lib in RUNTIME_LIBS if lib not in record["files"]]
+        if missing:
+            raise TargetError(
+                f"the {platform} wheels of TVM {tvm_v} hold no {missing[0]}; "
+                "this platform has no prebuilt device runtime"
+            )
+        (dest / "runtime.json").write_text(json.dumps(record, indent=1))
+
+
+def _cached(platform: str) -> list[Path]:
+    dest = runtime_dir(platform)
+    record_path = dest / "runtime.json"
+    if not record_path.is_file():
+        _download(platform, dest)
+    record = json.loads(record_path.read_text())
+    if record.get("tvm_version") != runtime_version():
+        raise TargetError(
+            f"cached runtime in {dest} is TVM {record.get('tvm_version')}, the installed TVM is "
+            f"{runtime_version()}; delete {dest}"
+        )
+    paths = []
+    for lib in RUNTIME_LIBS:
+        path = dest / lib
+        if not path.is_file() or _sha256(path) != record["files"].get(lib):
+            raise TargetError(
+                f"cached runtime file {path} is missing or its sha256 does not match "
+                f"runtime.json; delete {dest} to download it again"
+            )
+        paths.append(path)
+    return paths
+
+
+def runtime_libs(preset: TargetPreset) -> list[Path]:
+    """[libtvm_runtime.so, libtvm_ffi.so] built for `preset`'s platform."""
+    if preset.platform == "host":
+        libs = [_package_dir("tvm") / "lib" / "libtvm_runtime.so", host_ffi_library()]
+        for lib in libs:
+            if not lib.is_file():
+                raise TargetError(f"{lib} not found; reinstall apache-tvm / apache-tvm-ffi")
+        return libs
+    return _cached(preset.platform)
