@@ -1,0 +1,176 @@
+"""`random:<preset>[:layers=N][:seed=S]`: a checkpoint of the exact public shape with random weights.
+
+Same speed as the real model, no download. Each tensor comes from its own PCG64 stream seeded
+from (seed, sha256(name)), so its values do not depend on which tensors were read before or in
+what order. Matrices (embedding included) are N(0, 0.02^2); norm weights are 1 + N(0, 0.02^2).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from edgesmith.errors import ConfigError
+
+from .checkpoint import RANDOM_PREFIX, Checkpoint, expected_shapes
+from .config import parse_config
+
+GENERATOR_VERSION = "v1"
+_CHUNK = 1 << 20  # elements per random stream; part of the values' definition, never change silently  # bump when the values for a given (preset, seed) change
+
+
+def _longrope_factors(rotary_dim: int) -> dict[str, list[float]]:
+    """Plausible, deterministic factors: short a gentle 1.0..1.1 ramp, long a 1..40 geometric climb."""
+    n = rotary_dim // 2
+    short = np.linspace(1.0, 1.1, n)
+    long = np.geomspace(1.0, 40.0, n)
+    return {"short_factor": [round(float(x), 6) for x in short], "long_factor": [round(float(x), 6) for x in long]}
+
+
+def _longrope(rotary_dim: int) -> dict:
+    return {"type": "longrope", **_longrope_factors(rotary_dim)}
+
+
+_MINI = dict(
+    architectures=["Phi3ForCausalLM"],
+    vocab_size=32064,
+    hidden_size=3072,
+    intermediate_size=8192,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    original_max_position_embeddings=4096,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    sliding_window=2047,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=[32000, 32007],
+    pad_token_id=32000,
+    rope_scaling=None,
+    torch_dtype="float32",
+)
+
+# Config dicts in the classic HF config.json layout, parsed by the same code as real checkpoints.
+RANDOM_PRESETS: dict[str, dict] = {
+    "phi-3-mini-4k": dict(_MINI),
+    "phi-3-mini-128k": dict(_MINI, max_position_embeddings=131072, sliding_window=262144, rope_scaling=_longrope(96)),
+    "phi-3-medium-4k": dict(
+        _MINI, hidden_size=5120, intermediate_size=17920, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=10
+    ),
+    "phi-3.5-mini": dict(_MINI, max_position_embeddings=131072, sliding_window=262144, rope_scaling=_longrope(96)),
+    "phi-4-mini": dict(
+        _MINI,
+        vocab_size=200064,
+        num_attention_heads=24,
+        num_key_value_heads=8,  # head_dim 3072 / 24 = 128
+        partial_rotary_factor=0.75,  # rotary_dim 96
+        max_position_embeddings=131072,
+        sliding_window=262144,
+        rope_scaling=_longrope(96),
+        tie_word_embeddings=True,
+        bos_token_id=199999,
+        eos_token_id=[200020, 199999],
+        pad_token_id=199999,
+    ),
+    "tiny": dict(
+        _MINI,
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # GQA, head_dim 32
+        max_position_embeddings=2048,
+        original_max_position_embeddings=2048,
+        sliding_window=None,
+        bos_token_id=1,
+        eos_token_id=[2],
+        pad_token_id=0,
+    ),
+}
+
+
+def list_presets() -> list[str]:
+    return list(RANDOM_PRESETS)
+
+
+class RandomCheckpoint(Checkpoint):
+    def __init__(self, preset: str, layers: int | None = None, seed: int = 0):
+        if preset not in RANDOM_PRESETS:
+            raise ConfigError(f"unknown random preset {preset!r} — known: {', '.join(RANDOM_PRESETS)}")
+        raw = dict(RANDOM_PRESETS[preset])
+        if layers is not None:
+            raw["num_hidden_layers"] = layers
+        self.preset, self.layers, self.seed = preset, layers, seed
+        self.config = parse_config(raw, where=f"random preset {preset!r}")
+        self._shapes = expected_shapes(self.config)
+        self.tokenizer_path = None
+        self.spec = RANDOM_PREFIX + preset + (f":layers={layers}" if layers is not None else "") + f":seed={seed}"
+        self.description = f"random:{preset}" + (f":layers={layers}" if layers is not None else "") + f" (seed {seed})"
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "RandomCheckpoint":
+        parts = spec[len(RANDOM_PREFIX) :].split(":")
+        preset, options = parts[0], {}
+        for part in parts[1:]:
+            key, sep, value = part.partition("=")
+            if not sep or key not in ("layers", "seed") or key in options:
+                raise ConfigError(f"{spec!r}: option {part!r} is not understood — use random:<preset>[:layers=N][:seed=S]")
+            options[key] = value
+        if preset not in RANDOM_PRESETS:
+            raise ConfigError(f"{spec!r}: unknown random preset {preset!r} — known: {', '.join(RANDOM_PRESETS)}")
+        layers = _int_option(spec, "layers", options.get("layers"), minimum=1)
+        seed = _int_option(spec, "seed", options.get("seed"), minimum=0)
+        return cls(preset, layers=layers, seed=0 if seed is None else seed)
+
+    def _read(self, name: str) -> np.ndarray:
+        words = np.frombuffer(hashlib.sha256(name.encode()).digest(), dtype="<u4").tolist()
+        shape = self._shapes[name]
+        out = np.empty(shape, dtype=np.float32)
+        flat = out.reshape(-1)
+        norm = len(shape) == 1  # RMSNorm weights sit around 1
+
+        def fill(chunk: int) -> None:
+            # One stream per fixed-size chunk: values do not depend on the thread count.
+            seq = np.random.SeedSequence([self.seed, *words, chunk])
+            part = flat[chunk * _CHUNK : (chunk + 1) * _CHUNK]
+            np.random.Generator(np.random.PCG64(seq)).standard_normal(out=part, dtype=np.float32)
+            part *= np.float32(0.02)
+            if norm:
+                part += np.float32(1.0)
+
+        chunks = range(-(-flat.size // _CHUNK))
+        if len(chunks) == 1:
+            fill(0)
+        else:  # numpy's generators release the GIL while filling
+            list(_pool().map(fill, chunks))
+        return out
+
+    def fingerprint(self) -> str:
+        # Values depend only on the preset's config, the seed and the generator version.
+        h = hashlib.sha256(f"edgesmith-random-{GENERATOR_VERSION}\0{self.seed}\0".encode())
+        h.update(repr(sorted(self.config.to_dict().items())).encode())
+        return h.hexdigest()
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="random-weights")
+
+
+def _int_option(spec: str, key: str, value: str | None, minimum: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = None
+    if n is None or n < minimum:
+        raise ConfigError(f"{spec!r}: {key}={value!r} must be an integer >= {minimum} (e.g. :{key}={max(minimum, 4)})")
+    return n
