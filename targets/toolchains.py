@@ -164,6 +164,11 @@ def export_fcompile(preset: TargetPreset):
     return fcompile
 
 
+def export_library_kwargs(preset: TargetPreset) -> dict:
+    """Keyword arguments for `Executable.export_library(path, **kwargs)` for `preset`."""
+    return {"fcompile": export_fcompile(preset)}
+
+
 def format_targets_table() -> str:
     """The `edgesmith targets` table: each preset, its TVM target, and its toolchain status."""
     import json

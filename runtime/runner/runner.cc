@@ -1,0 +1,612 @@
+// runner.cc — runs an edgesmith bundle on the device, with no Python there.
+//
+//   runner generate BUNDLE --tokens 1,2,3 -n 32 [--temperature T] [--top-p P] [--seed S]
+//                          [--stop-ids a,b] [--stream] [common options]
+//   runner bench    BUNDLE -p 128 -n 128 [--warmup 1] [-r 5] [common options]
+//   runner version
+//   common options: [--lib-dir DIR] [--threads N] [--no-verify]
+//
+// Output: one JSON object per line on stdout. Errors: one line on stderr, exit code 1.
+//
+// It uses only the tvm_ffi C++ API (linked: libtvm_ffi.so), dlopen()s libtvm_runtime.so
+// (which registers the Relax VM and the vm.builtin.* globals) from next to the runner, and
+// calls the runtime by global-function name. Both libraries sit next to the runner, found
+// through RUNPATH $ORIGIN, so BUNDLE/bin is self-contained.
+//
+// Sections: utilities · sha256 · manifest and checks · model (VM, params) · KV cache ·
+//           sampler · generate · bench · CLI
+
+#include <dlfcn.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/map.h>
+#include <tvm/ffi/container/shape.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+#include <tvm/ffi/string.h>
+
+namespace ffi = tvm::ffi;
+
+#ifndef EDGESMITH_TVM_VERSION  // set by targets/runner_build.py from the runtime wheel's version
+#error "build with -DEDGESMITH_TVM_VERSION=\"<apache-tvm version>\""
+#endif
+
+#if defined(__aarch64__)
+static const char* kArch = "aarch64";
+#elif defined(__x86_64__)
+static const char* kArch = "x86_64";
+#else
+#error "unsupported architecture"
+#endif
+
+// ----------------------------------------------------------------------------
+// utilities
+
+// The one way out on a failure: one line on stderr, exit 1.
+[[noreturn]] static void die(const std::string& msg) {
+  std::string line = msg;
+  std::replace(line.begin(), line.end(), '\n', ' ');
+  fprintf(stderr, "runner: %s\n", line.c_str());
+  exit(1);
+}
+
+static double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+// Peak resident set size. VmHWM first: getrusage's ru_maxrss survives execve, so a runner
+// started from a big parent (python with TVM loaded) would report the parent's peak.
+static long peak_rss_kb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return strtol(line.c_str() + 6, nullptr, 10);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;  // kilobytes on Linux
+}
+
+static bool file_exists(const std::string& path) { return access(path.c_str(), R_OK) == 0; }
+
+static std::string dirname_of(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+// Folder of the running executable (under the android-glibc loader: the loader's folder,
+// which is the same bin/).
+static std::string exe_dir() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return ".";
+  buf[n] = 0;
+  return dirname_of(buf);
+}
+
+static std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    char* end = nullptr;
+    long long v = strtoll(item.c_str(), &end, 10);
+    if (*end != 0) die(flag + " expects comma-separated integers, got '" + s + "'");
+    out.push_back(v);
+  }
+  return out;
+}
+
+static std::string json_ints(const std::vector<int32_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// ----------------------------------------------------------------------------
+// sha256 (FIPS 180-4), streamed over a file in 1 MiB blocks
+
+struct Sha256 {
+  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  uint8_t block[64];
+  size_t block_len = 0;
+  uint64_t total_bytes = 0;
+
+  static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+  void compress(const uint8_t* p) {
+    static const uint32_t k[64] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2};
+    uint32_t w[64];
+    for (int i = 0; i < 16; ++i)
+      w[i] = uint32_t(p[4 * i]) << 24 | uint32_t(p[4 * i + 1]) << 16 |
+             uint32_t(p[4 * i + 2]) << 8 | uint32_t(p[4 * i + 3]);
+    for (int i = 16; i < 64; ++i) {
+      uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    for (int i = 0; i < 64; ++i) {
+      uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+      uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      hh = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+  }
+
+  void update(const uint8_t* p, size_t n) {
+    total_bytes += n;
+    while (n > 0) {
+      size_t take = std::min(n, 64 - block_len);
+      memcpy(block + block_len, p, take);
+      block_len += take, p += take, n -= take;
+      if (block_len == 64) compress(block), block_len = 0;
+    }
+  }
+
+  std::string hex() {
+    uint64_t bits = total_bytes * 8;
+    uint8_t pad = 0x80, zero = 0;
+    update(&pad, 1);
+    while (block_len != 56) update(&zero, 1);
+    uint8_t len[8];
+    for (int i = 0; i < 8; ++i) len[i] = uint8_t(bits >> (56 - 8 * i));
+    update(len, 8);
+    char out[65];
+    for (int i = 0; i < 8; ++i) snprintf(out + 8 * i, 9, "%08x", h[i]);
+    return std::string(out, 64);
+  }
+};
+
+static std::string sha256_file(const std::string& path) {
+  FILE* f = fopen(path.c_str(), "rb");
+  if (!f) die("cannot open " + path + ": " + strerror(errno));
+  Sha256 sha;
+  std::vector<uint8_t> buf(1 << 20);
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) sha.update(buf.data(), n);
+  fclose(f);
+  return sha.hex();
+}
+
+// ----------------------------------------------------------------------------
+// manifest and checks (all before anything is loaded)
+
+struct Manifest {
+  std::string tvm_version, arch;
+  int64_t vocab_size = 0;                 // model.vocab_size (bench draws token ids below it)
+  int64_t page_size = 16, prefill_chunk = 512, max_total_seq_len = 4096;
+  std::vector<std::string> param_names;   // in the order prefill/decode take them
+};
+
+static std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) die("missing file " + path + " (is this a bundle folder?)");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+static Manifest load_manifest(const std::string& bundle, bool verify) {
+  std::string path = bundle + "/manifest.json";
+  ffi::String err;
+  ffi::json::Value root = ffi::json::Parse(read_text(path), &err);
+  if (!err.empty()) die(path + " is not valid JSON: " + std::string(err));
+  auto obj = root.as<ffi::json::Object>();
+  if (!obj) die(path + " is not a JSON object");
+  auto get = [&](const char* key) -> ffi::Any {
+    auto it = obj->find(ffi::String(key));
+    if (it == obj->end()) die(path + " has no \"" + key + "\"; rebuild the bundle");
+    return (*it).second;
+  };
+  auto get_int = [&](ffi::json::Object o, const char* key, int64_t dflt) {
+    auto it = o.find(ffi::String(key));
+    return it == o.end() ? dflt : (*it).second.cast<int64_t>();
+  };
+
+  Manifest m;
+  m.arch = get("arch").cast<ffi::String>();
+  m.tvm_version = get("tvm_version").cast<ffi::String>();
+
+  // Wrong architecture and wrong version fail first, before any file is touched.
+  if (m.arch != kArch)
+    die("bundle " + bundle + " is for " + m.arch + " but this runner is " + kArch +
+        "; compile the bundle for this device's target");
+  if (m.tvm_version != EDGESMITH_TVM_VERSION)
+    die("bundle " + bundle + " was built with TVM " + m.tvm_version + " but this runtime is TVM " +
+        EDGESMITH_TVM_VERSION + "; recompile the bundle with TVM " + EDGESMITH_TVM_VERSION);
+
+  auto kv = get("kv_cache").cast<ffi::json::Object>();
+  m.page_size = get_int(kv, "page_size", 16);
+  m.prefill_chunk = get_int(kv, "prefill_chunk_size", 512);
+  m.max_total_seq_len = get_int(kv, "max_total_seq_len", 4096);
+  m.vocab_size = get_int(get("model").cast<ffi::json::Object>(), "vocab_size", 0);
+  for (const ffi::Any& name : get("params").cast<ffi::json::Array>())
+    m.param_names.push_back(std::string(name.cast<ffi::String>()));
+
+  // Every listed file must exist with its size; its sha256 too unless --no-verify.
+  for (const auto& kv_pair : get("files").cast<ffi::json::Object>()) {
+    std::string rel = kv_pair.first.cast<ffi::String>();
+    auto entry = kv_pair.second.cast<ffi::json::Object>();
+    std::string file = bundle + "/" + rel;
+    if (!file_exists(file)) die("missing file " + file + "; copy the whole bundle again");
+    if (!verify) continue;
+    auto it = entry.find(ffi::String("sha256"));
+    if (it == entry.end()) continue;
+    std::string want = (*it).second.cast<ffi::String>();
+    std::string got = sha256_file(file);
+    if (got != want)
+      die("file " + file + " is corrupted (sha256 " + got.substr(0, 12) + "..., manifest says " +
+          want.substr(0, 12) + "...); copy the bundle again");
+  }
+  return m;
+}
+
+// ----------------------------------------------------------------------------
+// model: the runtime library, the Relax VM, the parameters
+
+static ffi::Function global(const char* name) {
+  auto f = ffi::Function::GetGlobal(name);
+  if (!f) die(std::string("the TVM runtime has no global function ") + name);
+  return *f;
+}
+
+static void load_runtime(const std::string& lib_dir) {
+  std::string path = lib_dir + "/libtvm_runtime.so";
+  if (!file_exists(path)) die("missing file " + path + "; pass --lib-dir or rebuild the bundle");
+  // RTLD_GLOBAL: the model library resolves TVM runtime symbols from it.
+  if (!dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL)) die(std::string("dlopen: ") + dlerror());
+}
+
+struct Model {
+  ffi::Module vm;
+  ffi::Function prefill, decode, create_kv;
+  ffi::Array<ffi::Tensor> params;
+  DLDevice dev;
+};
+
+static Model load_model(const std::string& bundle, const Manifest& m) {
+  ffi::Module lib = ffi::Module::LoadFromFile(bundle + "/lib/model.so");
+  ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
+  // (device type, id, allocator) for the device, then for the host; 2 = pooled allocator
+  vm->GetFunction("vm_initialization").value()(int(kDLCPU), 0, 2, int(kDLCPU), 0, 2);
+  auto fn = [&](const char* name) {
+    auto f = vm->GetFunction(name);
+    if (!f) die(bundle + "/lib/model.so has no function '" + name + "'; recompile the bundle");
+    return *f;
+  };
+
+  // Parameters: tensor-cache shards -> the runtime's cache -> an array in call order.
+  DLDevice dev{kDLCPU, 0};
+  global("vm.builtin.tensor_cache.load")(bundle + "/params", int(dev.device_type), 0);
+  ffi::Array<ffi::String> names;
+  for (const auto& n : m.param_names) names.push_back(n);
+  auto params = global("vm.builtin.param_array_from_cache_by_name")(names)
+                    .cast<ffi::Array<ffi::Tensor>>();
+  global("vm.builtin.tensor_cache.clear")();
+  return Model{vm, fn("prefill"), fn("decode"), fn("create_paged_kv_cache"), params, dev};
+}
+
+// input_ids: (1, n) int32 on the device (CPU here: filled in place).
+static ffi::Tensor make_input(const Model& model, const int32_t* ids, int64_t n) {
+  static ffi::Function alloc = global("runtime.TVMTensorAllocWithScope");
+  ffi::Tensor t = alloc(ffi::Shape({1, n}), DLDataType{kDLInt, 32, 1}, model.dev,
+                        ffi::Optional<ffi::String>())
+                      .cast<ffi::Tensor>();
+  memcpy(t.data_ptr(), ids, n * sizeof(int32_t));
+  return t;
+}
+
+// ----------------------------------------------------------------------------
+// KV cache: one sequence (id 0) per generation; every forward is bracketed by
+// begin_forward(seq ids, token counts) / end_forward.
+
+struct KVCache {
+  ffi::Any obj;
+  ffi::Function begin = global("vm.builtin.kv_state_begin_forward");
+  ffi::Function end = global("vm.builtin.kv_state_end_forward");
+  ffi::Function add = global("vm.builtin.kv_state_add_sequence");
+  ffi::Function remove = global("vm.builtin.kv_state_remove_sequence");
+};
+
+static KVCache create_kv_cache(const Model& model, const Manifest& m) {
+  KVCache kv;
+  int64_t a[5] = {1, m.max_total_seq_len, m.prefill_chunk, m.page_size, 0};
+  // nn.spec `int` arguments are exported as 1-element shapes; plain int64 is accepted too
+  // for a library whose function takes scalars.
+  try {
+    kv.obj = model.create_kv(ffi::Shape({a[0]}), ffi::Shape({a[1]}), ffi::Shape({a[2]}),
+                             ffi::Shape({a[3]}), ffi::Shape({a[4]}));
+  } catch (const ffi::Error& err) {
+    if (err.kind() != "TypeError") throw;
+    kv.obj = model.create_kv(a[0], a[1], a[2], a[3], a[4]);
+  }
+  return kv;
+}
+
+// One forward of `n` tokens through `fn` (prefill or decode) -> logits of the last token.
+// logits: (1, 1, vocab) float32, copied into `out`.
+static void forward(const Model& model, KVCache& kv, const ffi::Function& fn, const int32_t* ids,
+                    int64_t n, std::vector<float>& out) {
+  kv.begin(kv.obj, ffi::Shape({0}), ffi::Shape({n}));
+  ffi::Array<ffi::Any> ret = fn(make_input(model, ids, n), kv.obj, model.params)
+                                 .cast<ffi::Array<ffi::Any>>();
+  kv.end(kv.obj);
+  ffi::Tensor logits = ret[0].cast<ffi::Tensor>();
+  DLDataType dt = logits.dtype();
+  if (dt.code != kDLFloat || dt.bits != 32) die("model returned logits that are not float32");
+  int64_t vocab = logits.shape()[logits.ndim() - 1];
+  out.resize(vocab);
+  memcpy(out.data(), logits.data_ptr(), vocab * sizeof(float));  // CPU: read in place
+}
+
+// Prompt of any length: chunks of at most prefill_chunk tokens, each its own forward.
+static void prefill(const Model& model, const Manifest& m, KVCache& kv,
+                    const std::vector<int32_t>& prompt, std::vector<float>& logits) {
+  for (size_t i = 0; i < prompt.size(); i += m.prefill_chunk) {
+    int64_t n = std::min<int64_t>(m.prefill_chunk, prompt.size() - i);
+    forward(model, kv, model.prefill, prompt.data() + i, n, logits);
+  }
+}
+
+// ----------------------------------------------------------------------------
+// sampler: greedy at temperature 0, else temperature + top-p with its own seeded RNG
+
+struct Rng {  // xorshift64*: same sequence on every platform for a given seed
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
+    return s * 0x2545F4914F6CDD1Dull;
+  }
+  double uniform() { return (next() >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
+};
+
+static int32_t argmax(const std::vector<float>& logits) {
+  int32_t best = 0;
+  for (size_t i = 1; i < logits.size(); ++i)
+    if (logits[i] > logits[best]) best = int32_t(i);  // strict: lowest index wins ties
+  return best;
+}
+
+static int32_t sample(const std::vector<float>& logits, float temperature, float top_p, Rng& rng) {
+  if (temperature <= 0) return argmax(logits);
+  float mx = *std::max_element(logits.begin(), logits.end());
+  std::vector<std::pair<double, int32_t>> probs(logits.size());
+  double sum = 0;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    double p = std::exp((logits[i] - mx) / temperature);
+    probs[i] = {p, int32_t(i)};
+    sum += p;
+  }
+  std::sort(probs.begin(), probs.end(),
+            [](auto& a, auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+  size_t keep = probs.size();  // smallest prefix whose mass reaches top_p
+  double cum = 0;
+  for (size_t i = 0; i < probs.size(); ++i) {
+    cum += probs[i].first / sum;
+    if (cum >= top_p) { keep = i + 1; break; }
+  }
+  double kept = 0;
+  for (size_t i = 0; i < keep; ++i) kept += probs[i].first;
+  double r = rng.uniform() * kept;
+  for (size_t i = 0; i < keep; ++i) {
+    r -= probs[i].first;
+    if (r < 0) return probs[i].second;
+  }
+  return probs[keep - 1].second;
+}
+
+// ----------------------------------------------------------------------------
+// generate: prefill the prompt, then decode one token at a time
+
+struct GenerateArgs {
+  std::vector<int32_t> tokens;
+  int64_t n = 16;
+  float temperature = 0, top_p = 1;
+  uint64_t seed = 0;
+  std::set<int32_t> stop_ids;
+  bool stream = false;
+};
+
+static void check_fits(const Manifest& m, int64_t prompt, int64_t n) {
+  if (prompt + n > m.max_total_seq_len)
+    die("prompt (" + std::to_string(prompt) + ") + new tokens (" + std::to_string(n) +
+        ") exceed the bundle's max_total_seq_len " + std::to_string(m.max_total_seq_len) +
+        "; ask for fewer tokens");
+}
+
+static void cmd_generate(const Model& model, const Manifest& m, double load_s, const GenerateArgs& a) {
+  if (a.tokens.empty()) die("generate needs --tokens (comma-separated prompt token ids)");
+  check_fits(m, a.tokens.size(), a.n);
+  KVCache kv = create_kv_cache(model, m);
+  Rng rng(a.seed);
+  std::vector<float> logits;
+  std::vector<int32_t> out;
+  const char* stop_reason = "length";
+
+  kv.add(kv.obj, int64_t(0));
+  double t0 = now_s();
+  prefill(model, m, kv, a.tokens, logits);
+  double t1 = now_s();
+  while (int64_t(out.size()) < a.n) {
+    int32_t tok = sample(logits, a.temperature, a.top_p, rng);
+    out.push_back(tok);
+    if (a.stream) printf("{\"token\": %d}\n", tok), fflush(stdout);
+    if (a.stop_ids.count(tok)) { stop_reason = "stop"; break; }
+    if (int64_t(out.size()) == a.n) break;
+    forward(model, kv, model.decode, &tok, 1, logits);
+  }
+  double t2 = now_s();
+  kv.remove(kv.obj, int64_t(0));
+
+  // The first token comes from prefill's logits: decode_s covers out.size() - 1 forwards.
+  double prefill_s = t1 - t0, decode_s = t2 - t1;
+  int64_t decoded = std::max<int64_t>(int64_t(out.size()) - 1, 0);
+  printf("{\"output_ids\": %s, \"prompt_tokens\": %zu, \"stop_reason\": \"%s\", "
+         "\"load_s\": %.6f, \"prefill_s\": %.6f, \"decode_s\": %.6f, "
+         "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"peak_rss_kb\": %ld}\n",
+         json_ints(out).c_str(), a.tokens.size(), stop_reason, load_s, prefill_s, decode_s,
+         prefill_s > 0 ? a.tokens.size() / prefill_s : 0.0,
+         decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb());
+}
+
+// ----------------------------------------------------------------------------
+// bench: warm-up, then repetitions of (prefill p random tokens, decode n tokens greedily)
+
+struct BenchArgs {
+  int64_t p = 128, n = 128, warmup = 1, reps = 5;
+  uint64_t seed = 0;
+};
+
+static void cmd_bench(const Model& model, const Manifest& m, double load_s, const BenchArgs& a) {
+  if (m.vocab_size <= 0) die("manifest model.vocab_size is missing; bench cannot draw token ids");
+  if (a.p < 1 || a.n < 1 || a.reps < 1) die("bench needs -p >= 1, -n >= 1 and -r >= 1");
+  check_fits(m, a.p, a.n);
+  Rng rng(a.seed);
+  std::vector<int32_t> prompt(a.p);
+  for (auto& t : prompt) t = int32_t(rng.next() % uint64_t(m.vocab_size));
+  KVCache kv = create_kv_cache(model, m);
+  std::vector<float> logits;
+  std::vector<double> pp, tg;  // tok/s per measured repetition
+
+  for (int64_t rep = -a.warmup; rep < a.reps; ++rep) {
+    kv.add(kv.obj, int64_t(0));
+    double t0 = now_s();
+    prefill(model, m, kv, prompt, logits);
+    double t1 = now_s();
+    for (int64_t i = 0; i < a.n; ++i) {
+      int32_t tok = argmax(logits);
+      forward(model, kv, model.decode, &tok, 1, logits);
+    }
+    double t2 = now_s();
+    kv.remove(kv.obj, int64_t(0));
+    if (rep < 0) continue;
+    double prefill_s = t1 - t0, decode_s = t2 - t1;
+    pp.push_back(a.p / prefill_s), tg.push_back(a.n / decode_s);
+    printf("{\"rep\": %ld, \"prefill_s\": %.6f, \"decode_s\": %.6f, \"prefill_tok_s\": %.3f, "
+           "\"decode_tok_s\": %.3f}\n",
+           long(rep), prefill_s, decode_s, pp.back(), tg.back());
+    fflush(stdout);
+  }
+  auto mean_std = [](const std::vector<double>& v, double& mean, double& sd) {
+    mean = 0, sd = 0;
+    for (double x : v) mean += x / v.size();
+    for (double x : v) sd += (x - mean) * (x - mean) / v.size();
+    sd = std::sqrt(sd);
+  };
+  double pm, ps, tm, ts;
+  mean_std(pp, pm, ps), mean_std(tg, tm, ts);
+  printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"reps\": %ld, "
+         "\"prefill_tok_s\": %.3f, \"prefill_tok_s_std\": %.3f, \"decode_tok_s\": %.3f, "
+         "\"decode_tok_s_std\": %.3f, \"load_s\": %.6f, \"peak_rss_kb\": %ld}\n",
+         long(a.p), long(a.n), long(a.reps), pm, ps, tm, ts, load_s, peak_rss_kb());
+}
+
+// ----------------------------------------------------------------------------
+// CLI
+
+static const char* kUsage =
+    "usage: runner generate BUNDLE --tokens 1,2,3 -n N [--temperature T] [--top-p P] [--seed S]\n"
+    "                       [--stop-ids a,b] [--stream]\n"
+    "       runner bench BUNDLE [-p 128] [-n 128] [--warmup 1] [-r 5] [--seed S]\n"
+    "       runner version\n"
+    "options for both: [--lib-dir DIR] [--threads N] [--no-verify]\n";
+
+static void run(int argc, char** argv) {
+  if (argc < 2) die(std::string("no command; ") + kUsage);
+  std::string cmd = argv[1];
+  if (cmd == "version") {
+    printf("{\"tvm_version\": \"%s\", \"arch\": \"%s\"}\n", EDGESMITH_TVM_VERSION, kArch);
+    return;
+  }
+  if (cmd != "generate" && cmd != "bench") die("unknown command '" + cmd + "'; use generate, bench or version");
+  if (argc < 3 || argv[2][0] == '-') die(cmd + " needs a BUNDLE folder as its first argument");
+  std::string bundle = argv[2];
+  std::string lib_dir = exe_dir();
+  bool verify = true;
+  GenerateArgs g;
+  BenchArgs b;
+
+  for (int i = 3; i < argc; ++i) {
+    std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) die(flag + " needs a value");
+      return argv[++i];
+    };
+    auto number = [&]() -> double {
+      std::string v = value();
+      char* end = nullptr;
+      double d = strtod(v.c_str(), &end);
+      if (v.empty() || *end != 0) die(flag + " expects a number, got '" + v + "'");
+      return d;
+    };
+    if (flag == "--lib-dir") lib_dir = value();
+    else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1);  // before the runtime starts its pool
+    else if (flag == "--no-verify") verify = false;
+    else if (flag == "--seed") g.seed = b.seed = uint64_t(number());
+    else if (flag == "-n") g.n = b.n = int64_t(number());
+    else if (cmd == "generate" && flag == "--tokens")
+      for (int64_t t : parse_int_list(flag, value())) g.tokens.push_back(int32_t(t));
+    else if (cmd == "generate" && flag == "--temperature") g.temperature = float(number());
+    else if (cmd == "generate" && flag == "--top-p") g.top_p = float(number());
+    else if (cmd == "generate" && flag == "--stop-ids")
+      for (int64_t t : parse_int_list(flag, value())) g.stop_ids.insert(int32_t(t));
+    else if (cmd == "generate" && flag == "--stream") g.stream = true;
+    else if (cmd == "bench" && flag == "-p") b.p = int64_t(number());
+    else if (cmd == "bench" && flag == "--warmup") b.warmup = int64_t(number());
+    else if (cmd == "bench" && (flag == "-r" || flag == "--reps")) b.reps = int64_t(number());
+    else die("unknown option '" + flag + "' for " + cmd + "; see `runner` usage");
+  }
+
+  double t0 = now_s();
+  Manifest m = load_manifest(bundle, verify);
+  load_runtime(lib_dir);
+  Model model = load_model(bundle, m);
+  double load_s = now_s() - t0;
+  if (cmd == "generate") cmd_generate(model, m, load_s, g);
+  else cmd_bench(model, m, load_s, b);
+}
+
+int main(int argc, char** argv) {
+  try {
+    run(argc, argv);
+  } catch (const ffi::Error& err) {
+    // TVM messages can span lines (with a traceback): the first line says what went wrong.
+    std::string msg = err.message();
+    die("TVM " + err.kind() + ": " + msg.substr(0, msg.find('\n')));
+  } catch (const std::exception& err) {
+    die(err.what());
+  }
+  return 0;
+}

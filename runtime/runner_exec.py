@@ -1,0 +1,107 @@
+"""Running a bundle's own runner on this machine: natively, or through qemu for aarch64.
+
+| bundle                    | argv                                                                   |
+| ------------------------- | ---------------------------------------------------------------------- |
+| x86_64 on an x86_64 host  | BUNDLE/bin/runner ARGS                                                 |
+| aarch64, linux            | qemu-aarch64-static -L /usr/aarch64-linux-gnu BUNDLE/bin/runner ARGS   |
+| aarch64, android-glibc    | qemu-aarch64-static BUNDLE/bin/ld-linux-aarch64.so.1 --library-path    |
+|                           |   BUNDLE/bin BUNDLE/bin/runner ARGS   (as a phone starts it, emulated) |
+
+The runner prints one JSON object per line; a non-zero exit becomes a BundleError that
+carries the runner's own one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from edgesmith.errors import BundleError
+from edgesmith.targets.presets import QEMU_AARCH64, host_arch
+
+LOADER = "ld-linux-aarch64.so.1"
+
+
+def runner_argv(bundle: Path) -> list[str]:
+    """How this machine starts `bundle`'s runner (without the runner's own arguments)."""
+    bundle = Path(bundle)
+    manifest_path = bundle / "manifest.json"
+    try:
+        arch = json.loads(manifest_path.read_text())["arch"]
+    except FileNotFoundError:
+        raise BundleError(f"{manifest_path} not found; is '{bundle}' a bundle folder?") from None
+    except (ValueError, KeyError) as err:
+        raise BundleError(f"{manifest_path} is unreadable ({err}); rebuild the bundle") from None
+    bindir = bundle / "bin"
+    runner = bindir / "runner"
+    if not runner.is_file():
+        raise BundleError(f"{runner} not found; rebuild the bundle (it ships its runner)")
+    if arch == host_arch():
+        return [str(runner)]
+    if arch == "aarch64":
+        qemu = shutil.which(QEMU_AARCH64[0])
+        if qemu is None:
+            raise BundleError(
+                f"bundle '{bundle}' is for aarch64 and {QEMU_AARCH64[0]} is not installed; "
+                "apt-get install qemu-user-static"
+            )
+        if (bindir / LOADER).is_file():  # android-glibc: the shipped loader starts it
+            return [qemu, str(bindir / LOADER), "--library-path", str(bindir), str(runner)]
+        return [qemu, *QEMU_AARCH64[1:], str(runner)]
+    raise BundleError(f"bundle '{bundle}' is for {arch}; this machine ({host_arch()}) cannot run it")
+
+
+def run_runner(
+    bundle: Path,
+    args: list[str],
+    *,
+    timeout: float,
+    on_line: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Run `runner ARGS` for `bundle`; returns its JSON lines (each also given to on_line)."""
+    argv = runner_argv(bundle) + [str(a) for a in args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
+    reader.start()
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    records = []
+    try:
+        for line in proc.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise BundleError(f"runner printed a line that is not JSON: {line[:200]!r}") from None
+            records.append(record)
+            if on_line is not None:
+                on_line(record)
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+    if proc.returncode != 0:
+        if timed_out.is_set():
+            raise BundleError(f"runner for '{bundle}' did not finish within {timeout:g} s; raise the timeout")
+        lines = [l.strip() for l in stderr if l.strip()]
+        message = next((l for l in reversed(lines) if l.startswith("runner: ")), None)
+        if message is None:
+            message = lines[-1] if lines else f"exit code {proc.returncode}, no message"
+        raise BundleError(message.removeprefix("runner: "))
+    return records

@@ -1,0 +1,124 @@
+"""Building the C++ runner (runtime/runner/runner.cc) for a preset, and what ships next to it.
+
+The runner is compiled with the preset's toolchain against the tvm_ffi headers, linked to
+the platform's libtvm_ffi.so with RUNPATH $ORIGIN, and cached under
+`<cache>/runner/<preset>-<key>/` where key = sha256(source, compiler version, flags,
+runtime version), so a second bundle for the same target costs nothing.
+
+Files that go into BUNDLE/bin/ (`bundle_runtime_files`):
+
+| layout        | files                                                                      |
+| ------------- | -------------------------------------------------------------------------- |
+| linux (host)  | runner, libtvm_runtime.so, libtvm_ffi.so                                   |
+| linux (arm64) | + libstdc++.so.6, libgcc_s.so.1 from the cross sysroot (not part of glibc;  |
+|               |   shipped so a board with an older GCC runtime still runs it)              |
+| android-glibc | + the glibc loader and libraries (ld-linux-aarch64.so.1, libc.so.6, libm,   |
+|               |   libdl, libpthread); started as `bin/ld-linux-aarch64.so.1                |
+|               |   --library-path bin bin/runner ...`                                       |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+from edgesmith.errors import TargetError
+
+from .presets import TargetPreset
+from .runtime_libs import cache_root, ffi_include_dirs, runtime_libs, runtime_version
+from .toolchains import Toolchain, find_toolchain
+
+# runtime/runner/ sits next to targets/ in the source tree (read as data, not imported)
+RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "runner" / "runner.cc"
+
+GCC_RUNTIME = ("libstdc++.so.6", "libgcc_s.so.1")
+GLIBC_FILES = ("ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0")
+
+
+def runner_source() -> Path:
+    if not RUNNER_SOURCE.is_file():
+        raise TargetError(f"runner source {RUNNER_SOURCE} not found; reinstall edgesmith")
+    return RUNNER_SOURCE
+
+
+def _compiler_version(tc: Toolchain) -> str:
+    done = subprocess.run([str(tc.cxx), "--version"], capture_output=True, text=True)
+    return done.stdout.splitlines()[0] if done.stdout else str(tc.cxx)
+
+
+def _flags(preset: TargetPreset, ffi_lib: Path) -> list[str]:
+    flags = ["-std=c++17", "-O2", "-Wall", f'-DEDGESMITH_TVM_VERSION="{runtime_version()}"']
+    flags += [f"-I{d}" for d in ffi_include_dirs()]
+    flags += [f"-L{ffi_lib.parent}", "-ltvm_ffi", "-ldl", "-Wl,-rpath,$ORIGIN"]
+    if preset.layout == "android-ndk":
+        flags += ["-static-libstdc++"]
+    return flags
+
+
+def _lib_dir(tc: Toolchain) -> Path:
+    if tc.sysroot is None or not (tc.sysroot / "lib").is_dir():
+        raise TargetError(
+            f"no target libraries next to {tc.cxx} (expected {tc.sysroot}/lib); "
+            "apt-get install g++-aarch64-linux-gnu"
+        )
+    return tc.sysroot / "lib"
+
+
+def _build_cached(preset: TargetPreset) -> Path:
+    """Compile (or reuse) the runner for `preset`; returns the cached binary."""
+    tc = find_toolchain(preset)
+    src = runner_source()
+    ffi_lib = next(p for p in runtime_libs(preset) if p.name == "libtvm_ffi.so")
+    flags = _flags(preset, ffi_lib)
+    key = hashlib.sha256(
+        "\0".join(
+            [src.read_text(), _compiler_version(tc), str(tc.cxx), *flags, runtime_version()]
+        ).encode()
+    ).hexdigest()[:16]
+    entry = cache_root() / "runner" / f"{preset.name}-{key}"
+    binary = entry / "runner"
+    if binary.is_file():
+        return binary
+    entry.mkdir(parents=True, exist_ok=True)
+    tmp = entry / "runner.tmp"
+    cmd = [str(tc.cxx), str(src), "-o", str(tmp), *flags]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        log = entry / "build.log"
+        log.write_text(" ".join(cmd) + "\n\n" + done.stdout + done.stderr)
+        errors = [l for l in done.stderr.splitlines() if "error" in l] or done.stderr.splitlines()
+        raise TargetError(
+            f"building the runner for '{preset.name}' with {tc.cxx} failed: "
+            f"{' | '.join(errors[:3]) or 'no output'} (full log: {log})"
+        )
+    tmp.replace(binary)
+    return binary
+
+
+def build_runner(preset: TargetPreset, out_dir: Path) -> Path:
+    """Compile the runner for `preset` into `out_dir`/runner (cached across calls)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = out_dir / "runner"
+    shutil.copy2(_build_cached(preset), dst)
+    return dst
+
+
+def bundle_runtime_files(preset: TargetPreset) -> dict[str, Path]:
+    """{path inside BUNDLE/bin: file to copy there}: the runner and all it needs to start."""
+    files = {"runner": _build_cached(preset)}
+    for lib in runtime_libs(preset):
+        files[lib.name] = lib
+    if preset.platform == "host":
+        return files
+    tc = find_toolchain(preset)
+    extra = GCC_RUNTIME + (GLIBC_FILES if preset.layout == "android-glibc" else ())
+    libdir = _lib_dir(tc)
+    for name in extra:
+        path = libdir / name
+        if not path.exists():
+            raise TargetError(f"{path} not found (needed for '{preset.name}'); apt-get install g++-aarch64-linux-gnu")
+        files[name] = path.resolve()  # the real file, not the symlink
+    return files
