@@ -1,0 +1,140 @@
+"""compile: checkpoint -> quantized weights + lowered model library -> bundle folder."""
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from edgesmith.compiler import bundle as bundle_io
+from edgesmith.compiler.checkpoint import Checkpoint, open_checkpoint, validate
+from edgesmith.compiler.convert import convert_params
+from edgesmith.compiler.model_phi3 import PAGE_SIZE, Phi3ForCausalLM
+from edgesmith.compiler.pipeline import make_pipeline
+from edgesmith.compiler.quantize import Quantization, get_quantization
+from edgesmith.targets import presets
+from edgesmith.targets.tvm_api import TVM_VERSION, dump_tensor_cache
+
+PREFILL_CHUNK = 512
+
+
+@dataclass
+class Progress:
+    """Hooks the CLI fills with progress bars; the default prints nothing."""
+
+    step: Callable[[str], None] = lambda msg: None
+    tensors: Callable[[int], Callable[[], None]] = lambda total: (lambda: None)
+
+
+def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize_embedding: bool = True):
+    """The Relax module and its parameter list [(name, shape, dtype)] for a config."""
+    model = Phi3ForCausalLM(cfg, quant, quantize_embedding=quantize_embedding, target=target)
+    mod, named = model.export_tvm(spec=model.get_default_spec())
+    params = [(name, tuple(int(x) for x in p.shape), p.dtype) for name, p in named]
+    return mod, params
+
+
+def lower(mod, target: tvm.target.Target, dump_dir: Path | None = None):
+    return tvm.compile(mod, target=target, relax_pipeline=make_pipeline(target, dump_dir))
+
+
+def default_max_context(cfg) -> int:
+    # The paged cache holds no sliding window; stopping at the window keeps results exact.
+    limit = cfg.max_position_embeddings
+    if cfg.sliding_window:
+        limit = min(limit, cfg.sliding_window)
+    return min(limit, 4096)
+
+
+def compile_bundle(model: str | Path | Checkpoint, quant: str, target: str, out: Path, *,
+                   quantize_embedding: bool = True, dump_ir: Path | None = None,
+                   progress: Progress | None = None) -> Path:
+    """Compile `model` for `target` into the bundle folder `out`; returns `out`."""
+    progress = progress or Progress()
+    q = get_quantization(quant)
+    preset = presets.get_preset(target)
+    ckpt = model if isinstance(model, Checkpoint) else open_checkpoint(model)
+    validate(ckpt)
+    cfg = ckpt.config
+    tvm_target = tvm.target.Target(preset.tvm_target())
+    t0 = time.perf_counter()
+    with bundle_io.staging(Path(out)) as tmp:
+        progress.step(f"tracing {ckpt.description} at {q.name}")
+        mod, params = build_model(cfg, q, tvm_target, quantize_embedding=quantize_embedding)
+
+        progress.step(f"converting {len(params)} tensors")
+        tick = progress.tensors(len(params))
+
+        def stream():
+            for item in convert_params(ckpt, params, q):
+                yield item
+                tick()
+
+        (tmp / "params").mkdir()
+        dump_tensor_cache(stream(), str(tmp / "params"))
+        (tmp / "params" / "param_names.txt").write_text("".join(name + "\n" for name, _, _ in params))
+        t_convert = time.perf_counter() - t0
+
+        progress.step(f"lowering for {preset.name} ({tvm_target.kind.name}, {preset.triple})")
+        ex = lower(mod, tvm_target, dump_ir)
+        (tmp / "lib").mkdir()
+        progress.step("linking the model library")
+        ex.export_library(str(tmp / "lib" / "model.so"), **preset_export_kwargs(preset))
+        t_compile = time.perf_counter() - t0 - t_convert
+
+        runtime_files = presets_runtime_files(preset)
+        if runtime_files:
+            progress.step(f"adding the runner and device runtime ({len(runtime_files)} files)")
+            (tmp / "bin").mkdir()
+            import shutil
+            for rel, src in runtime_files.items():
+                dst = tmp / "bin" / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+
+        tokenizer = getattr(ckpt, "tokenizer_path", None)
+        if tokenizer:
+            import shutil
+            shutil.copy2(tokenizer, tmp / "tokenizer.json")
+
+        progress.step("writing manifest")
+        bundle_io.write_manifest(tmp, {
+            "model": {"source": ckpt.description, "fingerprint": ckpt.fingerprint(), "config": cfg.to_dict()},
+            "quant": q.name,
+            "quantize_embedding": quantize_embedding and q.quantized,
+            "target": {"preset": preset.name, "tvm_target": preset.tvm_target(), "arch": preset.arch,
+                       "triple": preset.triple, "layout": preset.layout},
+            "arch": preset.arch,
+            "tvm_version": TVM_VERSION,
+            "kv_cache": {"page_size": PAGE_SIZE, "prefill_chunk_size": PREFILL_CHUNK,
+                         "max_total_seq_len": default_max_context(cfg), "dtype": "float32"},
+            "params": [name for name, _, _ in params],
+            "weight_bytes": sum(_nbytes(s, d) for _, s, d in params),
+            "build": {"host": platform.node(), "convert_s": round(t_convert, 2), "compile_s": round(t_compile, 2),
+                      "edgesmith_version": _version()},
+        })
+    return Path(out)
+
+
+def _nbytes(shape, dtype) -> int:
+    n = 1
+    for x in shape:
+        n *= x
+    return n * tvm.DataType(dtype).bits // 8
+
+
+def _version() -> str:
+    from edgesmith import __version__
+    return __version__
+
+
+def preset_export_kwargs(preset) -> dict:
+    from edgesmith.targets import toolchains
+    return toolchains.export_library_kwargs(preset)
+
+
+def presets_runtime_files(preset) -> dict[str, Path]:
+    from edgesmith.targets import runner_build
+    return runner_build.bundle_runtime_files(preset)

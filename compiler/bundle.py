@@ -1,0 +1,94 @@
+"""The bundle folder: written under a temporary name and renamed at the end, so a failure
+never leaves a half bundle; manifest.json records what it holds with the sha256 of every file.
+
+BUNDLE/manifest.json
+BUNDLE/lib/model.so                      model library (export_library)
+BUNDLE/params/tensor-cache.json, params_shard_*.bin, param_names.txt
+BUNDLE/bin/...                           runner + device runtime (targets.runner_build)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgesmith.errors import BundleError
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_table(root: Path) -> dict[str, dict]:
+    """{relative path: {sha256, size}} for every file under root but the manifest."""
+    table = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        table[path.relative_to(root).as_posix()] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return table
+
+
+@contextmanager
+def staging(out: Path):
+    """Yield a temporary folder beside `out`; on success it replaces `out`, on failure it is removed."""
+    out = Path(out).absolute()
+    if out.exists() and not (out / MANIFEST).exists() and any(out.iterdir()):
+        raise BundleError(f"output folder {out} exists and is not a bundle; choose another -o or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_manifest(root: Path, manifest: dict) -> dict:
+    manifest = dict(manifest, format=FORMAT, files=file_table(root))
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def read_manifest(bundle: Path) -> dict:
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise BundleError(f"bundle {bundle} is not a folder; pass the folder `edgesmith compile -o` wrote")
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle} has no {MANIFEST}: not a bundle, or an unfinished one; compile it again")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); compile the bundle again") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{bundle} has bundle format {manifest.get('format')!r}; this edgesmith reads format {FORMAT}")
+    return manifest
+
+
+def verify(bundle: Path, manifest: dict | None = None) -> None:
+    """Every file the manifest lists is present with its recorded size and sha256."""
+    manifest = manifest or read_manifest(bundle)
+    for rel, meta in manifest["files"].items():
+        path = Path(bundle) / rel
+        if not path.is_file():
+            raise BundleError(f"bundle {bundle} is missing {rel}; copy the whole bundle again or recompile")
+        if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
+            raise BundleError(f"bundle {bundle}: {rel} does not match its sha256 in the manifest (corrupted); "
+                              "copy the bundle again or recompile")

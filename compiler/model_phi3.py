@@ -1,0 +1,181 @@
+"""Phi-3 (Phi3ForCausalLM) in tvm.relax.frontend.nn, on TVM's paged KV cache.
+
+Parameter names follow transformers' (`model.layers.3.self_attn.qkv_proj.weight`); an int4
+linear holds `q_weight` + `q_scale` in place of `weight`. Activations are float32 whatever the
+weights' storage (CPU targets); the KV cache applies no RoPE (rope_mode NONE): RoPE is ours
+(kernels.rope), so longrope and partial rotary match transformers exactly.
+
+Entry points (batch 1, one sequence):
+  prefill(input_ids (1, n) int32, kv, params) -> (logits (1, 1, vocab) f32 of the last token, kv)
+  decode(input_ids (1, 1) int32, kv, params)  -> (logits (1, 1, vocab) f32, kv)
+  create_paged_kv_cache(max_batch, max_total_seq_len, prefill_chunk, page_size, sliding) -> kv
+"""
+from __future__ import annotations
+
+from edgesmith.compiler import kernels
+from edgesmith.compiler.config import Phi3Config
+from edgesmith.compiler.quantize import Quantization
+from edgesmith.targets.tvm_api import kv_cache_mod, nn, relax, tirx
+
+op = nn.op
+PAGE_SIZE = 16  # the CPU attention kernels require 16
+
+
+class Linear(nn.Module):
+    """y = x @ W.T over a stored weight: float (`weight`) or int4 (`q_weight`, `q_scale`)."""
+
+    def __init__(self, in_features: int, out_features: int, quant: Quantization, quantize: bool = True):
+        self.quantized = quant.quantized and quantize
+        self.group = quant.group_size
+        if self.quantized:
+            self.q_weight = nn.Parameter((out_features, in_features // 8), "uint32")
+            self.q_scale = nn.Parameter((out_features, in_features // quant.group_size), quant.storage_dtype)
+        else:
+            self.weight = nn.Parameter((out_features, in_features), quant.storage_dtype)
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        if self.quantized:
+            return op.tensor_expr_op(kernels.q4_linear, "q4_matmul", [x, self.q_weight, self.q_scale, self.group])
+        return op.tensor_expr_op(kernels.float_linear, "matmul", [x, self.weight])
+
+    def lookup(self, ids: nn.Tensor) -> nn.Tensor:
+        """Rows of the weight: this layer used as an embedding table (tied embeddings)."""
+        if self.quantized:
+            return op.tensor_expr_op(kernels.q4_embedding, "q4_take", [ids, self.q_weight, self.q_scale, self.group])
+        return op.tensor_expr_op(kernels.float_embedding, "take", [ids, self.weight])
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden: int, eps: float):
+        self.weight = nn.Parameter((hidden,), "float32")
+        self.eps = eps
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        return op.rms_norm(x, self.weight, axes=[-1], epsilon=self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Phi3Config, quant: Quantization):
+        self.cfg = cfg
+        d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        self.qkv_proj = Linear(cfg.hidden_size, (hq + 2 * hkv) * d, quant)
+        self.o_proj = Linear(hq * d, cfg.hidden_size, quant)
+
+    def forward(self, x, kv, layer_id: int, positions, rope_factors):
+        cfg = self.cfg
+        d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        b, t, _ = x.shape
+        qkv = op.reshape(self.qkv_proj(x), (b, t, hq + 2 * hkv, d))
+        qkv = op.tensor_expr_op(
+            lambda q, p, *f: kernels.rope(
+                q, p, f[0] if f else None, n_rot_heads=hq + hkv, rotary_dim=cfg.rotary_dim,
+                theta=cfg.rope_theta, attention_factor=cfg.rope_attention_factor,
+                original_max_pos=cfg.original_max_position_embeddings),
+            "rope", [qkv, positions] + ([rope_factors] if rope_factors is not None else []))
+        out = kv.attention_with_fused_qkv(layer_id, qkv, hq, sm_scale=d**-0.5)
+        return self.o_proj(op.reshape(out, (b, t, hq * d)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Phi3Config, quant: Quantization):
+        self.inter = cfg.intermediate_size
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, quant)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, quant)
+
+    def forward(self, x):
+        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
+        return self.down_proj(op.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Phi3Config, quant: Quantization):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, quant)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg, quant)
+
+    def forward(self, h, kv, layer_id, positions, rope_factors):
+        h = h + self.self_attn(self.input_layernorm(h), kv, layer_id, positions, rope_factors)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Body(nn.Module):
+    def __init__(self, cfg: Phi3Config, quant: Quantization, quantize_embedding: bool):
+        self.embed_tokens = Linear(cfg.hidden_size, cfg.vocab_size, quant, quantize=quantize_embedding)
+        self.layers = nn.ModuleList([DecoderLayer(cfg, quant) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if cfg.rope_type == "longrope":
+            # (short, long) divisors of the inverse frequencies; not in HF's files, made by the converter.
+            self.rope_ext_factors = nn.Parameter((2, cfg.rotary_dim // 2), "float32")
+        else:
+            self.rope_ext_factors = None
+
+
+class Phi3ForCausalLM(nn.Module):
+    def __init__(self, cfg: Phi3Config, quant: Quantization, *, quantize_embedding: bool = True,
+                 target=None):
+        self.cfg = cfg
+        self.target = target
+        self.model = Body(cfg, quant, quantize_embedding)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, quant, quantize=quantize_embedding)
+
+    def _forward(self, input_ids, kv):
+        b, t = input_ids.shape
+        h = self.model.embed_tokens.lookup(input_ids)
+        positions = kv.get_query_positions(b * t)
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, kv, i, positions, self.model.rope_ext_factors)
+        h = self.model.norm(h)
+        if t != 1:
+            h = op.tensor_expr_op(kernels.last_token, "last_token", [h])  # (1, 1, hidden)
+        head = self.model.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head
+        return head(h), kv
+
+    def prefill(self, input_ids: nn.Tensor, paged_kv_cache):
+        return self._forward(input_ids, paged_kv_cache)
+
+    def decode(self, input_ids: nn.Tensor, paged_kv_cache):
+        return self._forward(input_ids, paged_kv_cache)
+
+    def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
+                              support_sliding_window):
+        cfg = self.cfg
+        return kv_cache_mod.TIRPagedKVCache(
+            attn_kind="mha",
+            max_batch_size=max_batch_size,
+            max_total_seq_len=max_total_seq_len,
+            prefill_chunk_size=prefill_chunk_size,
+            page_size=page_size,
+            support_sliding_window=support_sliding_window,
+            layer_partition=relax.ShapeExpr([0, cfg.num_hidden_layers]),
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_key_value_heads,
+            qk_head_dim=cfg.head_dim,
+            v_head_dim=cfg.head_dim,
+            mla_original_qk_head_dim=0,
+            mla_original_v_head_dim=0,
+            rope_mode=kv_cache_mod.RopeMode.NONE,
+            rope_scale=1,
+            rope_theta=cfg.rope_theta,
+            rope_scaling={},
+            rope_ext_factors=relax.prim_value(0),
+            rotary_dim=cfg.head_dim,
+            enable_disaggregation=False,
+            dtype="float32",
+            target=self.target,
+        )
+
+    def get_default_spec(self):
+        kv_obj = nn.spec.Object(object_type=kv_cache_mod.PagedKVCache)
+        packed = {"param_mode": "packed", "effect_mode": "none"}
+        return nn.spec.ModuleSpec.from_raw({
+            "prefill": {"input_ids": nn.spec.Tensor([1, "seq_len"], "int32"), "paged_kv_cache": kv_obj, "$": packed},
+            "decode": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "paged_kv_cache": kv_obj, "$": packed},
+            "create_paged_kv_cache": {
+                "max_batch_size": int, "max_total_seq_len": int, "prefill_chunk_size": int,
+                "page_size": int, "support_sliding_window": int,
+                "$": {"param_mode": "none", "effect_mode": "none"},
+            },
+        }, self)

@@ -1,0 +1,57 @@
+"""The lowering pipeline: one phased list of passes, with an IR dump after each phase.
+
+legalize -> fuse -> schedule (our CPU rules, then dlight's) -> lower to the VM.
+`tvm.compile`'s default pipeline neither fuses nor schedules, so we pass this one instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import tvm
+from edgesmith.targets.tvm_api import relax
+
+
+def _phases(target) -> list[tuple[str, list]]:
+    from edgesmith.compiler import schedules
+
+    T = relax.transform
+    return [
+        ("legalize", [
+            relax.backend.DispatchSampling(),
+            relax.backend.DispatchSortScan(),
+            T.LegalizeOps(),
+            T.AnnotateTIROpPattern(),
+            T.FoldConstant(),
+        ]),
+        ("fuse", [T.FuseOps(), T.FuseTIR(), T.DeadCodeElimination()]),
+        ("schedule", [schedules.apply(target)]),
+        ("lower", [
+            T.RewriteDataflowReshape(),
+            T.ToNonDataflow(),
+            T.RemovePurityChecking(),
+            T.CallTIRRewrite(),
+            T.StaticPlanBlockMemory(),
+            T.LowerAllocTensor(),
+            T.KillAfterLastUse(),
+            T.LowerRuntimeBuiltin(),
+            T.ComputePrimValue(),
+            T.VMShapeLower(),
+            T.AttachGlobalSymbol(),
+        ]),
+    ]
+
+
+def make_pipeline(target, dump_dir: Path | None = None):
+    """A module pass running every phase under `target`; dumps `NN-phase.py` scripts when asked."""
+
+    @tvm.transform.module_pass(opt_level=0, name="edgesmith_pipeline")
+    def _pipeline(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+        with target:
+            for i, (name, passes) in enumerate(_phases(target)):
+                mod = tvm.transform.Sequential(passes, name=name)(mod)
+                if dump_dir is not None:
+                    dump_dir.mkdir(parents=True, exist_ok=True)
+                    (dump_dir / f"{i:02d}-{name}.py").write_text(mod.script(show_meta=False))
+        return mod
+
+    return _pipeline

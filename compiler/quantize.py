@@ -1,0 +1,72 @@
+"""Quantization schemes (one registry) and the numpy side of int4: quantize, pack, dequantize.
+
+Symmetric int4 in groups of `group_size` along the reduction axis (the last axis of a
+(out, in) weight): scale = max|w| / 7, q = clip(round(w / scale), -7, 7), stored as q + 8 in
+4 bits, eight values per uint32 (value i in bits 4*(i % 8) of word i // 8).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgesmith.errors import EdgesmithError
+
+
+@dataclass(frozen=True)
+class Quantization:
+    name: str
+    description: str
+    weight_bits: int            # 4, or 0 for "stored as float"
+    storage_dtype: str          # float weights: their stored dtype; int4: the scales' dtype
+    group_size: int = 32
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight_bits == 4
+
+
+QUANTIZATIONS: dict[str, Quantization] = {
+    q.name: q
+    for q in (
+        Quantization("q0f32", "no quantization, float32 weights", 0, "float32"),
+        Quantization("q0f16", "no quantization, float16 weights", 0, "float16"),
+        Quantization("q4f16", "int4 weights in groups of 32, float16 scales", 4, "float16"),
+        Quantization("q4f32", "int4 weights in groups of 32, float32 scales", 4, "float32"),
+    )
+}
+
+
+def get_quantization(name: str) -> Quantization:
+    try:
+        return QUANTIZATIONS[name]
+    except KeyError:
+        known = ", ".join(QUANTIZATIONS)
+        raise EdgesmithError(f"unknown quantization '{name}'; choose one of: {known}") from None
+
+
+def quantize_q4(w: np.ndarray, group_size: int, scale_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) float -> packed (n, k/8) uint32 and scales (n, k/group_size) of scale_dtype."""
+    n, k = w.shape
+    if k % group_size or group_size % 8:
+        raise EdgesmithError(
+            f"cannot quantize a weight of shape {w.shape} in groups of {group_size}: "
+            f"its reduction axis ({k}) must be a multiple of {group_size}; use --quant q0f16 or q0f32")
+    groups = w.astype(np.float32).reshape(n, k // group_size, group_size)
+    scale = (np.abs(groups).max(axis=2) / 7.0).astype(scale_dtype)
+    # Quantize against the scale as stored, so dequantization reproduces it exactly.
+    s32 = scale.astype(np.float32)[:, :, None]
+    q = np.rint(np.divide(groups, s32, out=np.zeros_like(groups), where=s32 != 0))
+    q = (np.clip(q, -7, 7) + 8).astype(np.uint32).reshape(n, k // 8, 8)
+    shifts = (np.arange(8, dtype=np.uint32) * 4)[None, None, :]
+    packed = np.bitwise_or.reduce(q << shifts, axis=2).astype(np.uint32)
+    return packed, scale
+
+
+def dequantize_q4(packed: np.ndarray, scale: np.ndarray, group_size: int) -> np.ndarray:
+    """Inverse of quantize_q4 up to rounding: (n, k/8) uint32 + scales -> (n, k) float32."""
+    n, words = packed.shape
+    shifts = (np.arange(8, dtype=np.uint32) * 4)[None, None, :]
+    q = ((packed[:, :, None] >> shifts) & 0xF).astype(np.float32) - 8.0
+    q = q.reshape(n, words * 8 // group_size, group_size)
+    return (q * scale.astype(np.float32)[:, :, None]).reshape(n, words * 8)

@@ -1,0 +1,143 @@
+"""The Python path: run a host bundle in-process with TVM's Relax VM.
+
+Same calling convention as the C++ runner (runtime/runner/runner.cc): one sequence (id 0) in a
+paged KV cache, prefill in chunks of the manifest's prefill_chunk_size, then one decode call per
+token; every call wrapped in kv_state begin/end_forward.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgesmith.compiler import bundle as bundle_io
+from edgesmith.errors import BundleError
+from edgesmith.runtime.sampling import Sampler
+from edgesmith.targets.tvm_api import TVM_VERSION
+
+
+@dataclass
+class Generation:
+    output_ids: list[int]
+    prompt_tokens: int
+    load_s: float
+    prefill_s: float
+    decode_s: float
+    stopped: str = "length"  # "length" | "eos"
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        n_dec = max(len(self.output_ids) - 1, 0)  # the first new token comes from prefill's logits
+        return {
+            "output_ids": self.output_ids,
+            "prompt_tokens": self.prompt_tokens,
+            "load_s": round(self.load_s, 6),
+            "prefill_s": round(self.prefill_s, 6),
+            "decode_s": round(self.decode_s, 6),
+            "prefill_tok_s": round(self.prompt_tokens / self.prefill_s, 3) if self.prefill_s else None,
+            "decode_tok_s": round(n_dec / self.decode_s, 3) if self.decode_s and n_dec else None,
+            "stopped": self.stopped,
+        }
+
+
+class Engine:
+    """A loaded host bundle. `logits_*` return float32 numpy vectors of length vocab."""
+
+    def __init__(self, bundle: Path, *, verify: bool = True, max_total_seq_len: int | None = None):
+        import tvm
+        from tvm import relax
+
+        t0 = time.perf_counter()
+        self.bundle = Path(bundle)
+        self.manifest = bundle_io.read_manifest(self.bundle)
+        arch = self.manifest["arch"]
+        if arch != platform.machine():
+            raise BundleError(f"bundle {self.bundle} is built for {arch}; this machine is {platform.machine()} — "
+                              "run it on a device with --device, or compile with --target host")
+        if self.manifest["tvm_version"] != TVM_VERSION:
+            raise BundleError(f"bundle {self.bundle} was built with TVM {self.manifest['tvm_version']}, "
+                              f"this runtime is TVM {TVM_VERSION}; recompile it")
+        if verify:
+            bundle_io.verify(self.bundle, self.manifest)
+        self._tvm = tvm
+        self.dev = tvm.cpu()
+        lib = tvm.runtime.load_module(str(self.bundle / "lib" / "model.so"))
+        self.vm = relax.VirtualMachine(lib, self.dev)
+        g = tvm.get_global_func
+        g("vm.builtin.tensor_cache.load")(str(self.bundle / "params"), self.dev.dlpack_device_type(), 0)
+        self.params = g("vm.builtin.param_array_from_cache_by_name")(self.manifest["params"])
+        g("vm.builtin.tensor_cache.clear")()
+        self._begin = g("vm.builtin.kv_state_begin_forward")
+        self._end = g("vm.builtin.kv_state_end_forward")
+        self._add = g("vm.builtin.kv_state_add_sequence")
+        self._remove = g("vm.builtin.kv_state_remove_sequence")
+        kvc = self.manifest["kv_cache"]
+        self.max_len = max_total_seq_len or kvc["max_total_seq_len"]
+        self.chunk = kvc["prefill_chunk_size"]
+        S = tvm.runtime.ShapeTuple
+        self.kv = self.vm["create_paged_kv_cache"](S([1]), S([self.max_len]), S([self.chunk]),
+                                                   S([kvc["page_size"]]), S([0]))
+        self.config = self.manifest["model"]["config"]
+        self.length = None  # tokens in the current sequence; None = no sequence
+        self.load_s = time.perf_counter() - t0
+
+    # -- one sequence -------------------------------------------------------------------------
+    def reset(self) -> None:
+        if self.length is not None:
+            self._remove(self.kv, 0)
+        self._add(self.kv, 0)
+        self.length = 0
+
+    def _forward(self, fn: str, ids: np.ndarray) -> np.ndarray:
+        tvm = self._tvm
+        n = ids.shape[1]
+        if self.length + n > self.max_len:
+            raise BundleError(f"sequence of {self.length + n} tokens exceeds the bundle's context of "
+                              f"{self.max_len}; shorten the prompt or lower --max-new-tokens")
+        self._begin(self.kv, tvm.runtime.ShapeTuple([0]), tvm.runtime.ShapeTuple([n]))
+        out = self.vm[fn](tvm.runtime.tensor(ids, self.dev), self.kv, self.params)
+        self._end(self.kv)
+        self.length += n
+        return out[0].numpy().reshape(-1)
+
+    def prefill(self, token_ids: list[int]) -> np.ndarray:
+        """Start a new sequence with `token_ids`; the last token's logits."""
+        if not token_ids:
+            raise BundleError("empty prompt: give at least one token")
+        vocab = self.config["vocab_size"]
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise BundleError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        self.reset()
+        ids = np.asarray(token_ids, dtype="int32")[None, :]
+        for start in range(0, ids.shape[1], self.chunk):
+            logits = self._forward("prefill", ids[:, start:start + self.chunk])
+        return logits
+
+    def decode(self, token_id: int) -> np.ndarray:
+        return self._forward("decode", np.array([[token_id]], dtype="int32"))
+
+    def generate(self, prompt: list[int], max_new_tokens: int, sampler: Sampler | None = None,
+                 stop_ids: tuple[int, ...] = (), on_token=None) -> Generation:
+        sampler = sampler or Sampler()
+        t0 = time.perf_counter()
+        logits = self.prefill(prompt)
+        t1 = time.perf_counter()
+        out: list[int] = []
+        stopped = "length"
+        while len(out) < max_new_tokens:
+            tok = sampler(logits)
+            out.append(tok)
+            if on_token:
+                on_token(tok)
+            if tok in stop_ids:
+                stopped = "eos"
+                break
+            if len(out) == max_new_tokens:
+                break
+            logits = self.decode(tok)
+        t2 = time.perf_counter()
+        return Generation(out, len(prompt), self.load_s, t1 - t0, t2 - t1, stopped)
