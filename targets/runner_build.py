@@ -77,7 +77,8 @@ def _build_cached(preset: TargetPreset) -> Path:
             [src.read_text(), _compiler_version(tc), str(tc.cxx), *flags, runtime_version()]
         ).encode()
     ).hexdigest()[:16]
-    entry = cache_root() / "runner" / f"{preset.name}-{key}"
+    # keyed by toolchain, not preset: arm64-linux and android-arm64 share one binary
+    entry = cache_root() / "runner" / f"{preset.toolchain}-{key}"
     binary = entry / "runner"
     if binary.is_file():
         return binary
