@@ -177,7 +177,7 @@ def write_bundle(
         "arch": arch,
         "target": target,
         "quant": "q0f32",
-        "model": {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_hidden_layers": 1},
+        "model": {"source": "tests/tiny_vm_model.py", "config": {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_hidden_layers": 1}},
         "kv_cache": {
             "page_size": PAGE_SIZE,
             "prefill_chunk_size": PREFILL_CHUNK,

@@ -205,7 +205,7 @@ static std::string sha256_file(const std::string& path) {
 
 struct Manifest {
   std::string tvm_version, arch;
-  int64_t vocab_size = 0;                 // model.vocab_size (bench draws token ids below it)
+  int64_t vocab_size = 0;                 // model.config.vocab_size (bench draws token ids below it)
   int64_t page_size = 16, prefill_chunk = 512, max_total_seq_len = 4096;
   std::vector<std::string> param_names;   // in the order prefill/decode take them
 };
@@ -251,7 +251,9 @@ static Manifest load_manifest(const std::string& bundle, bool verify) {
   m.page_size = get_int(kv, "page_size", 16);
   m.prefill_chunk = get_int(kv, "prefill_chunk_size", 512);
   m.max_total_seq_len = get_int(kv, "max_total_seq_len", 4096);
-  m.vocab_size = get_int(get("model").cast<ffi::json::Object>(), "vocab_size", 0);
+  auto model = get("model").cast<ffi::json::Object>();
+  auto config = model.find("config");
+  if (config != model.end()) m.vocab_size = get_int((*config).second.cast<ffi::json::Object>(), "vocab_size", 0);
   for (const ffi::Any& name : get("params").cast<ffi::json::Array>())
     m.param_names.push_back(std::string(name.cast<ffi::String>()));
 
@@ -491,7 +493,7 @@ struct BenchArgs {
 };
 
 static void cmd_bench(const Model& model, const Manifest& m, double load_s, const BenchArgs& a) {
-  if (m.vocab_size <= 0) die("manifest model.vocab_size is missing; bench cannot draw token ids");
+  if (m.vocab_size <= 0) die("manifest model.config.vocab_size is missing; bench cannot draw token ids");
   if (a.p < 1 || a.n < 1 || a.reps < 1) die("bench needs -p >= 1, -n >= 1 and -r >= 1");
   check_fits(m, a.p, a.n);
   Rng rng(a.seed);

@@ -1,0 +1,233 @@
+"""edgesmith command line. It only parses; the work is in compiler/ and runtime/.
+
+Imports are lazy so `edgesmith --help` is instant. Every failure we expect is an
+EdgesmithError: one line on stderr, exit code 1 (or the error's own), traceback only with --debug.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"token ids must be integers separated by commas, got {text!r}") from None
+
+
+# ------------------------------------------------------------------------------------ compile
+def cmd_compile(args) -> int:
+    from edgesmith.compiler.build import compile_bundle
+    from edgesmith.cli_progress import ConsoleProgress
+
+    out = args.output or Path("dist") / _bundle_name(args.model, args.quant, args.target)
+    progress = ConsoleProgress(quiet=args.quiet)
+    compile_bundle(args.model, args.quant, args.target, out,
+                   quantize_embedding=not args.float_embedding, dump_ir=args.dump_ir, progress=progress)
+    progress.done(f"bundle written to {out}")
+    if args.eval:
+        from edgesmith.runtime.evaluate import evaluate_bundle
+
+        report = evaluate_bundle(out, args.model, progress=progress)
+        print(_format_eval(report))
+    return 0
+
+
+def _bundle_name(model: str, quant: str, target: str) -> str:
+    base = model.split("random:", 1)[1] if model.startswith("random:") else Path(model).name
+    return f"{base.replace(':', '-').replace('=', '')}-{quant}-{target}"
+
+
+def _format_eval(r: dict) -> str:
+    return (f"accuracy vs q0f32 over {r['positions']} positions: top-1 agreement {100 * r['top1_agreement']:.1f}%, "
+            f"mean KL {r['mean_kl']:.5f} nats, max |logit diff| {r['max_abs_diff']:.4f}")
+
+
+# ------------------------------------------------------------------------------------ run
+def cmd_run(args) -> int:
+    from edgesmith.compiler.bundle import read_manifest
+    from edgesmith.runtime.text import Detokenizer, load_tokenizer
+
+    manifest = read_manifest(args.bundle)
+    tok = load_tokenizer(args.bundle)
+    if args.tokens is not None:
+        prompt = args.tokens
+    elif args.prompt is not None:
+        if tok is None:
+            from edgesmith.errors import EdgesmithError
+            raise EdgesmithError(f"bundle {args.bundle} has no tokenizer.json (random weights or none in the "
+                                 "checkpoint); pass token ids with --tokens 1,2,3")
+        prompt = tok.encode(args.prompt)
+    else:
+        prompt = [manifest["model"]["config"].get("bos_token_id") or 1]
+    stop = tuple(manifest["model"]["config"].get("eos_token_ids") or ()) if not args.ignore_eos else ()
+    stream = None if args.json else Detokenizer(tok, sys.stdout)
+    if args.engine == "python" and not args.device:
+        from edgesmith.runtime.engine import Engine
+        from edgesmith.runtime.sampling import Sampler
+
+        result = Engine(args.bundle).generate(prompt, args.max_new_tokens, Sampler(args.temperature, args.top_p, args.seed),
+                                              stop, on_token=stream.token if stream else None).to_json()
+    else:
+        runner_args = ["generate", "--tokens", ",".join(map(str, prompt)), "-n", str(args.max_new_tokens),
+                       "--temperature", str(args.temperature), "--top-p", str(args.top_p), "--seed", str(args.seed)]
+        if stop:
+            runner_args += ["--stop-ids", ",".join(map(str, stop))]
+        if stream:
+            runner_args.append("--stream")
+        lines = _run_runner(args, runner_args, on_line=(lambda d: stream.token(d["token"]) if "token" in d else None)
+                            if stream else None)
+        result = [d for d in lines if "output_ids" in d][-1]
+    if args.json:
+        if tok is not None:
+            result["text"] = tok.decode(result["output_ids"])
+        print(json.dumps(dict(result, prompt_ids=prompt, device=args.device or "host")))
+    else:
+        stream.finish()
+        _print_timings(result)
+    return 0
+
+
+def _run_runner(args, runner_args: list[str], on_line=None) -> list[dict]:
+    timeout = args.timeout
+    if args.device:
+        from edgesmith.runtime.devices import get_device
+        from edgesmith.runtime.remote import run_bundle
+
+        return run_bundle(get_device(args.device, args.devices), Path(args.bundle), runner_args,
+                          timeout=timeout, on_line=on_line)
+    from edgesmith.runtime.runner_exec import run_runner
+
+    bundle = str(args.bundle)
+    return run_runner(Path(bundle), [runner_args[0], bundle, *runner_args[1:]], timeout=timeout, on_line=on_line)
+
+
+def _print_timings(r: dict) -> None:
+    parts = [f"prompt {r['prompt_tokens']} tokens: {r.get('prefill_tok_s') or 0:.1f} tok/s",
+             f"generated {len(r['output_ids'])} tokens: {r.get('decode_tok_s') or 0:.1f} tok/s"]
+    if r.get("peak_rss_kb"):
+        parts.append(f"peak RSS {r['peak_rss_kb'] / 1024:.0f} MiB")
+    print("\n[" + ", ".join(parts) + "]", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------ bench
+def cmd_bench(args) -> int:
+    runner_args = ["bench", "-p", str(args.prompt), "-n", str(args.new_tokens), "--warmup", str(args.warmup),
+                   "-r", str(args.reps)]
+    lines = _run_runner(args, runner_args)
+    reps = [d for d in lines if "rep" in d]
+    summary = [d for d in lines if d.get("summary")]
+    if args.json:
+        print(json.dumps({"device": args.device or "host", "reps": reps, "summary": summary[-1] if summary else None}))
+        return 0
+    s = summary[-1] if summary else {}
+    print(f"| test | tok/s | ± sd |\n| --- | --- | --- |\n"
+          f"| pp{args.prompt} | {s.get('prefill_tok_s', 0):.2f} | {s.get('prefill_tok_s_std', 0):.2f} |\n"
+          f"| tg{args.new_tokens} | {s.get('decode_tok_s', 0):.2f} | {s.get('decode_tok_s_std', 0):.2f} |")
+    if s.get("peak_rss_kb"):
+        print(f"\nload {s.get('load_s', 0):.2f} s, peak RSS {s['peak_rss_kb'] / 1024:.0f} MiB, {len(reps)} repetitions")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ inspect / targets
+def cmd_inspect(args) -> int:
+    from edgesmith.runtime.inspect_bundle import describe
+
+    print(describe(args.bundle, as_json=args.json))
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from edgesmith.targets.toolchains import format_targets_table
+
+    print(format_targets_table())
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgesmith", description="Compile Phi-3 models into int4 bundles for phones "
+                                "and boards with Apache TVM, run them there, and measure them.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="checkpoint folder or random:<preset> -> bundle folder")
+    c.add_argument("model", help="a Hugging Face folder (config.json, *.safetensors) or random:<preset>[:layers=N][:seed=S] "
+                   "(presets: tiny, phi-3-mini-4k, phi-3-mini-128k, phi-3-medium-4k, phi-3.5-mini, phi-4-mini)")
+    c.add_argument("--quant", default="q4f16", help="q4f16 (default), q4f32, q0f16, q0f32")
+    c.add_argument("--target", default="host", help="target preset (see `edgesmith targets`); default host")
+    c.add_argument("-o", "--output", type=Path, help="bundle folder to write (default dist/<model>-<quant>-<target>)")
+    c.add_argument("--float-embedding", action="store_true", help="keep the embedding and lm_head in float")
+    c.add_argument("--eval", action="store_true", help="also report top-1 agreement and KL against q0f32")
+    c.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the IR after each pipeline phase")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    c.set_defaults(func=cmd_compile)
+
+    def device_args(sp):
+        sp.add_argument("--device", help="device name from devices.yaml (default: run here)")
+        sp.add_argument("--devices", type=Path, help="devices.yaml to read (default ./devices.yaml)")
+        sp.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up (default 600)")
+
+    r = sub.add_parser("run", help="generate tokens with a bundle")
+    r.add_argument("bundle", type=Path)
+    r.add_argument("--prompt", help="text (needs the checkpoint's tokenizer.json in the bundle)")
+    r.add_argument("--tokens", type=_ids, help="prompt as token ids: 1,2,3")
+    r.add_argument("-n", "--max-new-tokens", type=int, default=32)
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
+    r.add_argument("--json", action="store_true", help="print one JSON object (output_ids, text, timings)")
+    r.add_argument("--engine", choices=["runner", "python"], default="runner",
+                   help="the bundle's C++ runner (default) or TVM's Python VM in this process")
+    device_args(r)
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="prefill and decode tok/s with the bundle's runner")
+    b.add_argument("bundle", type=Path)
+    b.add_argument("-p", "--prompt", type=int, default=128, help="prompt length (default 128)")
+    b.add_argument("-n", "--new-tokens", type=int, default=128, help="tokens to generate (default 128)")
+    b.add_argument("-r", "--reps", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--json", action="store_true")
+    device_args(b)
+    b.set_defaults(func=cmd_bench)
+
+    i = sub.add_parser("inspect", help="what a bundle holds: model, quantization, target, files, accuracy")
+    i.add_argument("bundle", type=Path)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+
+    t = sub.add_parser("targets", help="list target presets and whether their toolchains are present")
+    t.set_defaults(func=cmd_targets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from edgesmith.errors import EdgesmithError
+
+    try:
+        return args.func(args) or 0
+    except EdgesmithError as e:
+        if args.debug:
+            raise
+        print(f"edgesmith: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgesmith: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"edgesmith: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Progress on stderr for long commands: a line per step with the elapsed time, a bar for tensors."""
+from __future__ import annotations
+
+import sys
+import time
+
+
+class ConsoleProgress:
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+        self._bar = None
+
+    def _close_bar(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def step(self, msg: str) -> None:
+        self._close_bar()
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    def tensors(self, total: int):
+        if self.quiet:
+            return lambda: None
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, unit="tensor", file=sys.stderr, leave=False, dynamic_ncols=True)
+        return self._bar.update
+
+    def done(self, msg: str) -> None:
+        self.step(msg)
