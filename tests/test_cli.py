@@ -152,7 +152,8 @@ def test_debug_shows_traceback(tmp_path):
 def test_run_errors(tiny_bundle, tmp_path):
     assert_one_line_error(edgesmith("run", tmp_path, "--tokens", "1"), "manifest.json")
     assert_one_line_error(edgesmith("run", tiny_bundle, "--prompt", "hello"), "--tokens")
-    assert_one_line_error(edgesmith("run", tiny_bundle, "--tokens", "1,99999", "--engine", "python"), "99999")
+    for engine in ("python", "runner"):
+        assert_one_line_error(edgesmith("run", tiny_bundle, "--tokens", "1,99999", "--engine", engine), "99999")
 
 
 def test_help_is_fast():

@@ -451,6 +451,10 @@ static void check_fits(const Manifest& m, int64_t prompt, int64_t n) {
 
 static void cmd_generate(const Model& model, const Manifest& m, double load_s, const GenerateArgs& a) {
   if (a.tokens.empty()) die("generate needs --tokens (comma-separated prompt token ids)");
+  for (int32_t t : a.tokens)  // an id past the table would read outside the embedding
+    if (t < 0 || (m.vocab_size > 0 && t >= m.vocab_size))
+      die("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
+          std::to_string(m.vocab_size - 1) + ")");
   check_fits(m, a.tokens.size(), a.n);
   KVCache kv = create_kv_cache(model, m);
   Rng rng(a.seed);
