@@ -1,0 +1,115 @@
+"""What a device is, from one shell command that works on Linux and on Android's toybox:
+arch, OS, memory, storage, cores and their frequencies, thermal zones, GPU API libraries."""
+from __future__ import annotations
+
+from edgesmith.runtime.transports.base import Transport, shell_join
+from edgesmith.targets.presets import get_preset
+
+# Where Vulkan and OpenCL drivers live on Android and on Linux boards; device nodes of GPU drivers.
+GPU_PATHS = {
+    "vulkan": ["/system/lib64/libvulkan.so", "/vendor/lib64/libvulkan.so", "/usr/lib/*/libvulkan.so.1",
+               "/usr/lib64/libvulkan.so.1", "/usr/lib/libvulkan.so.1"],
+    "opencl": ["/vendor/lib64/libOpenCL.so", "/system/vendor/lib64/libOpenCL.so", "/vendor/lib64/libmali.so",
+               "/usr/lib/*/libOpenCL.so.1", "/usr/lib64/libOpenCL.so.1", "/usr/lib/libOpenCL.so.1",
+               "/usr/lib/*/libmali.so"],
+}
+
+
+def probe_script(workdir: str) -> str:
+    gpu = " ".join(f"{api}={p}" for api, paths in GPU_PATHS.items() for p in paths)
+    return "\n".join([
+        'echo "uname=$(uname -s -r -m 2>/dev/null)"',
+        'if command -v getprop >/dev/null 2>&1; then echo "abi=$(getprop ro.product.cpu.abi)"; '
+        'echo "android=$(getprop ro.build.version.release)"; echo "model=$(getprop ro.product.model)"; fi',
+        '[ -r /etc/os-release ] && sed -n "s/^PRETTY_NAME=/os=/p" /etc/os-release | tr -d \'"\'',
+        "grep -E '^(MemTotal|MemAvailable):' /proc/meminfo 2>/dev/null | tr -d ' ' | sed 's/kB$//;s/:/=/'",
+        'echo "cores=$(grep -c ^processor /proc/cpuinfo 2>/dev/null)"',
+        'for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq; do '
+        '[ -r "$f" ] && echo "freq=$(cat "$f")"; done',
+        'for z in /sys/class/thermal/thermal_zone*; do [ -r "$z/temp" ] && '
+        'echo "thermal=$(cat "$z/type" 2>/dev/null):$(cat "$z/temp" 2>/dev/null)"; done',
+        f"d={shell_join([workdir])}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; "
+        'echo "df=$(df -Pk "$d" 2>/dev/null | tail -n 1)"',
+        f'for e in {gpu}; do for p in ${{e#*=}}; do [ -e "$p" ] && echo "gpu=${{e%%=*}}:$p"; done; done',
+        "true",
+    ])
+
+
+def parse_probe(text: str) -> dict:
+    info: dict = {"freqs_mhz": [], "thermal": {}, "gpu_apis": {}}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if key == "uname":
+            parts = value.split()
+            info["kernel"] = " ".join(parts[:2])
+            info["machine"] = parts[-1] if parts else ""
+        elif key in ("abi", "android", "model", "os") and value:
+            info[key] = value
+        elif key == "MemTotal":
+            info["mem_total_mb"] = int(value) // 1024
+        elif key == "MemAvailable":
+            info["mem_free_mb"] = int(value) // 1024
+        elif key == "cores" and value.isdigit():
+            info["cores"] = int(value)
+        elif key == "freq" and value.isdigit():
+            info["freqs_mhz"].append(int(value) // 1000)
+        elif key == "thermal":
+            zone, _, temp = value.rpartition(":")
+            if temp.lstrip("-").isdigit():
+                t = int(temp)
+                info["thermal"][zone or f"zone{len(info['thermal'])}"] = t / 1000 if abs(t) > 200 else t
+        elif key == "df":
+            fields = value.split()
+            if len(fields) >= 4 and fields[3].isdigit():
+                info["storage_free_mb"] = int(fields[3]) // 1024
+        elif key == "gpu":
+            api, _, path = value.partition(":")
+            info["gpu_apis"].setdefault(api, []).append(path)
+    return info
+
+
+_ABI = {"arm64-v8a": "aarch64", "armeabi-v7a": "armv7", "x86_64": "x86_64", "x86": "i686"}
+
+
+def probe_transport(transport: Transport, *, timeout: float) -> dict:
+    device = transport.device
+    out = transport.check(probe_script(device.workdir), timeout=timeout, what="probing")
+    info = parse_probe(out)
+    native = _ABI.get(info.get("abi", ""), info.get("machine", "?"))
+    if device.exec_wrapper:  # qemu on another machine: say both
+        info["arch"] = get_preset(device.target).arch
+        info["emulated"] = f"{device.exec_wrapper[0]} on {native}"
+    else:
+        info["arch"] = native
+        info["emulated"] = None
+    info["os"] = f"Android {info['android']}" if info.get("android") else info.get("os", info.get("kernel", "?"))
+    return info
+
+
+def format_table(probes: list[dict]) -> str:
+    header = ["device", "transport", "target", "reachable", "arch", "os", "cores", "max MHz",
+              "RAM free/total MB", "storage free MB", "thermal °C", "GPU APIs"]
+    rows = []
+    for p in probes:
+        if not p.get("reachable"):
+            rows.append([p["name"], p.get("transport", ""), p.get("target", ""), "no", "", "", "", "", "", "", "", ""])
+            continue
+        freqs = p.get("freqs_mhz") or []
+        thermal = p.get("thermal") or {}
+        arch = p.get("arch", "?") + (" (emulated)" if p.get("emulated") else "")
+        rows.append([
+            p["name"], p.get("transport", ""), p.get("target", ""), "yes", arch, p.get("os", "?"),
+            str(p.get("cores", "?")),
+            (f"{min(freqs)}-{max(freqs)}" if min(freqs) != max(freqs) else str(freqs[0])) if freqs else "-",
+            f"{p.get('mem_free_mb', '?')}/{p.get('mem_total_mb', '?')}",
+            str(p.get("storage_free_mb", "?")),
+            f"{max(thermal.values()):.0f} ({len(thermal)} zones)" if thermal else "-",
+            ", ".join(sorted(p.get("gpu_apis") or {})) or "none",
+        ])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    errors = [f"{p['name']}: {p['error']}" for p in probes if not p.get("reachable") and p.get("error")]
+    return "\n".join(lines + ([""] + errors if errors else []))

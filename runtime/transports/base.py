@@ -1,0 +1,208 @@
+"""One small interface for every way of reaching a device: run, push, pull, probe.
+
+Every call takes a timeout and honours it even on a dead link (neither adb nor paramiko has
+one of its own there): a watchdog aborts the call (closes the connection, kills the adb
+client) when the time is up, and the call raises DeviceTimeout. Every error is a one-line
+DeviceError that starts with the device's name.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgesmith.errors import EdgesmithError
+
+LineCallback = Callable[[str], None]
+
+
+class DeviceError(EdgesmithError):
+    """A device could not be reached, timed out, or refused a transfer."""
+
+    def __init__(self, device: str, message: str):
+        self.device = device
+        self.detail = message
+        super().__init__(f"device '{device}': {message}")
+
+
+class DeviceUnreachable(DeviceError):
+    """No connection, or the connection was lost."""
+
+
+class DeviceTimeout(DeviceError):
+    """The device stopped answering within the call's timeout."""
+
+
+class HostKeyError(DeviceError):
+    """An SSH host key that is unknown or differs from the pinned/known one."""
+
+
+class TransferError(DeviceError):
+    """A file could not be written or read on the device (disk full, permissions, bad hash)."""
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def last_error_line(self) -> str:
+        lines = [l.strip() for l in self.stderr.splitlines() if l.strip()]
+        return lines[-1] if lines else f"exit code {self.exit_code}"
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """A POSIX shell command that runs exactly argv: every word quoted, nothing interpreted."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+class Deadline:
+    """One time budget shared by the steps of a command (push, then run)."""
+
+    def __init__(self, seconds: float):
+        self.total = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+
+class Watchdog:
+    """Calls abort() once `seconds` pass unless the `with` block ends first."""
+
+    def __init__(self, seconds: float, abort: Callable[[], None]):
+        self.fired = False
+        self._abort = abort
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        try:
+            self._abort()
+        except Exception:
+            pass
+
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+
+class LineSplitter:
+    """Feeds decoded text to a per-line callback as chunks arrive."""
+
+    def __init__(self, on_line: LineCallback | None):
+        self.on_line = on_line
+        self.parts: list[str] = []
+        self._pending = ""
+
+    def feed(self, text: str) -> None:
+        self.parts.append(text)
+        if self.on_line is None:
+            return
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self.on_line(line)
+
+    def close(self) -> str:
+        if self.on_line is not None and self._pending:
+            self.on_line(self._pending)
+            self._pending = ""
+        return "".join(self.parts)
+
+
+def run_process(argv: Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
+                env: dict | None = None, cwd: str | None = None) -> tuple[RunResult, bool]:
+    """Run a local process (its own process group), streaming stdout lines; (result, timed_out)."""
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True)
+    err_chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: err_chunks.extend(iter(lambda: proc.stderr.read1(65536), b"")),
+                              daemon=True)
+    reader.start()
+
+    def kill() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    out = LineSplitter(on_line)
+    with Watchdog(timeout, kill) as dog:
+        try:
+            for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+                out.feed(chunk.decode("utf-8", "replace"))
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                kill()
+                proc.wait()
+            reader.join(timeout=2)
+            proc.stdout.close()
+            proc.stderr.close()
+    stderr = b"".join(err_chunks).decode("utf-8", "replace")
+    return RunResult(proc.returncode, out.close(), stderr), dog.fired
+
+
+class Transport(ABC):
+    """How edgesmith reaches one device. Use as a context manager; close() drops the connection."""
+
+    def __init__(self, device):
+        self.device = device
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+    @abstractmethod
+    def run(self, command: str | Sequence[str], *, timeout: float,
+            on_line: LineCallback | None = None) -> RunResult:
+        """Run a shell command on the device (a list is quoted word by word) in its login folder;
+        stdout lines stream to on_line as they arrive. A non-zero exit is returned, not raised."""
+
+    @abstractmethod
+    def push(self, local: Path, remote: str, *, timeout: float) -> None:
+        """Copy one file to `remote` (the parent folder exists). Not atomic: see runtime.push."""
+
+    @abstractmethod
+    def pull(self, remote: str, local: Path, *, timeout: float) -> None:
+        """Copy one file from the device to `local`."""
+
+    def probe(self, *, timeout: float) -> dict:
+        """What the device is: arch, OS, memory, storage, cores, thermal zones, GPU APIs."""
+        from edgesmith.runtime.probe import probe_transport
+
+        return probe_transport(self, timeout=timeout)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # helpers for subclasses
+    def error(self, cls: type[DeviceError], message: str) -> DeviceError:
+        return cls(self.name, message)
+
+    def check(self, command: str | Sequence[str], *, timeout: float, what: str) -> str:
+        """run() that raises a DeviceError on a non-zero exit; returns stdout."""
+        result = self.run(command, timeout=timeout)
+        if result.exit_code != 0:
+            raise self.error(TransferError, f"{what} failed: {result.last_error_line()}")
+        return result.stdout

@@ -1,0 +1,34 @@
+"""This machine as a device: commands through /bin/sh, files copied."""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from .base import DeviceTimeout, LineCallback, RunResult, Transport, TransferError, run_process, shell_join
+
+
+class LocalTransport(Transport):
+    def home(self) -> str:
+        return str(Path(self.device.workdir).absolute())
+
+    def run(self, command: str | Sequence[str], *, timeout: float,
+            on_line: LineCallback | None = None) -> RunResult:
+        if not isinstance(command, str):
+            command = shell_join(command)
+        result, timed_out = run_process(["/bin/sh", "-c", command], timeout=timeout, on_line=on_line)
+        if timed_out:
+            raise self.error(DeviceTimeout, f"command did not finish within {timeout:g} s")
+        return result
+
+    def push(self, local: Path, remote: str, *, timeout: float) -> None:
+        try:
+            shutil.copyfile(local, remote)
+        except OSError as err:
+            raise self.error(TransferError, f"copying {local} to {remote} failed: {err.strerror}") from None
+
+    def pull(self, remote: str, local: Path, *, timeout: float) -> None:
+        try:
+            shutil.copyfile(remote, local)
+        except OSError as err:
+            raise self.error(TransferError, f"copying {remote} to {local} failed: {err.strerror}") from None
