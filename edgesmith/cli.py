@@ -221,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgesmith: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `edgesmith inspect B | head`: the reader left, nothing more to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # noqa: BLE001 - a bug: still one line unless --debug
         if args.debug:
             raise

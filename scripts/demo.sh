@@ -9,9 +9,9 @@ bash scripts/install.sh
 MODEL=${MODEL:-random:phi-3-mini-4k:layers=2}
 edgesmith compile "$MODEL" --quant q4f16 --target host -o dist/demo-host
 edgesmith compile "$MODEL" --quant q4f16 --target arm64-linux -o dist/demo-arm64
-edgesmith inspect dist/demo-host | head -12
+edgesmith inspect dist/demo-host
 echo "== host"
 edgesmith run dist/demo-host --tokens 1,450,4996 -n 16
 edgesmith bench dist/demo-host -p 64 -n 32 -r 3
 echo "== arm64 (qemu)"
-edgesmith run dist/demo-arm64 --tokens 1,450,4996 -n 16
+edgesmith run dist/demo-arm64 --tokens 1,450,4996 -n 4   # qemu: slow, and its timings are not a device's
