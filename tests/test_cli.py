@@ -160,3 +160,27 @@ def test_help_is_fast():
     p = subprocess.run([sys.executable, "-X", "importtime", "-m", "edgesmith", "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "compile" in p.stdout
     assert "tvm" not in p.stderr.split("edgesmith.cli")[-1], "the CLI must import TVM lazily"
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("missing-shard", "params_shard_0.bin"),
+    ("corrupted-shard", "sha256"),
+    ("tvm-version", "TVM 0.0.1"),
+    ("wrong-arch", "riscv64"),
+])
+@pytest.mark.parametrize("engine", ["runner", "python"])
+def test_damaged_bundle_is_refused_in_one_line(damage, needle, engine, tiny_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    manifest = json.loads((b / "manifest.json").read_text())
+    if damage == "missing-shard":
+        (b / "params" / "params_shard_0.bin").unlink()
+    elif damage == "corrupted-shard":
+        with open(b / "params" / "params_shard_0.bin", "r+b") as f:
+            f.seek(100)
+            f.write(b"\xff\xfe")
+    else:
+        manifest["tvm_version" if damage == "tvm-version" else "arch"] = "0.0.1" if damage == "tvm-version" else "riscv64"
+        (b / "manifest.json").write_text(json.dumps(manifest))
+    p = edgesmith("run", b, "--tokens", "1,2", "-n", "2", "--engine", engine)
+    assert_one_line_error(p, needle)
