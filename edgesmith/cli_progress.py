@@ -26,7 +26,10 @@ class ConsoleProgress:
             return lambda: None
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, unit="tensor", file=sys.stderr, leave=False, dynamic_ncols=True)
+        # In a log (not a terminal) a redraw is a new line: draw rarely there.
+        interactive = sys.stderr.isatty()
+        self._bar = tqdm(total=total, unit="tensor", file=sys.stderr, leave=False, dynamic_ncols=True,
+                         mininterval=0.2 if interactive else 15.0)
         return self._bar.update
 
     def done(self, msg: str) -> None:
