@@ -81,7 +81,7 @@ def probe_transport(transport: Transport, *, timeout: float) -> dict:
     native = _ABI.get(info.get("abi", ""), info.get("machine", "?"))
     if device.exec_wrapper:  # qemu on another machine: say both
         info["arch"] = get_preset(device.target).arch
-        info["emulated"] = f"{device.exec_wrapper[0]} on {native}"
+        info["emulated"] = f"{device.exec_wrapper[0]} on {info.get('machine', '?')}"
     else:
         info["arch"] = native
         info["emulated"] = None

@@ -111,6 +111,8 @@ def push_bundle(transport: Transport, bundle: Path, dest: str, *, deadline: Dead
         return report
 
     # The manifest marks a complete bundle: it goes first and comes back last.
+    if MANIFEST not in todo:
+        todo.append(MANIFEST)
     dirs = sorted({posixpath.join(dest, posixpath.dirname(rel)) for rel in todo})
     transport.check(f"rm -f -- {shell_join([posixpath.join(dest, MANIFEST)])} && mkdir -p -- {shell_join(dirs)}",
                     timeout=deadline.left(), what=f"preparing {dest}")

@@ -59,6 +59,8 @@ def proxy(listener: socket.socket, target: tuple[str, int], switch: FaultSwitch)
         except OSError:
             client.close()
             continue
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         dead = threading.Event()
         for a, b, inbound in ((client, upstream, True), (upstream, client, False)):
             threading.Thread(target=_pump, args=(a, b, switch, inbound, dead), daemon=True).start()

@@ -65,7 +65,12 @@ class AdbTransport(Transport):
             # A TCP device that timed out or dropped stays "offline" in the server; start afresh.
             base = [self._adb, "-P", str(self.cfg.server_port)]
             run_process([*base, "disconnect", self.cfg.serial], timeout=max(0.1, min(5, end - time.monotonic())))
-            run_process([*base, "connect", self.cfg.serial], timeout=max(0.1, min(10, end - time.monotonic())))
+            done, _ = run_process([*base, "connect", self.cfg.serial], timeout=max(0.1, min(10, end - time.monotonic())))
+            said = (done.stdout + done.stderr).strip()
+            if "connected to" not in said:  # `adb connect` exits 0 even when it failed
+                raise self.error(DeviceUnreachable, f"adb connect {self.cfg.serial} failed: "
+                                                    f"{said.splitlines()[-1] if said else 'no answer'}; "
+                                                    "is the device listening there?")
             while (state := self._state(max(0.1, min(5, end - time.monotonic())))) != "device" \
                     and time.monotonic() < end - 0.2:
                 time.sleep(0.2)

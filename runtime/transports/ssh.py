@@ -96,6 +96,7 @@ class SshTransport(Transport):
             raise self.error(DeviceUnreachable, f"cannot connect to {cfg.host}:{cfg.port}: "
                                                 f"{err.strerror or err}; is the device on and sshd running?") from None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if hasattr(socket, "TCP_USER_TIMEOUT"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
         client = paramiko.SSHClient()
@@ -185,7 +186,7 @@ class SshTransport(Transport):
                 chan = client.get_transport().open_session(timeout=timeout)
                 chan.exec_command(command)
                 while True:
-                    select.select([chan], [], [], 0.5)
+                    select.select([chan], [], [], 0.02)  # exit-status itself does not wake select
                     while chan.recv_ready():
                         out.feed(chan.recv(65536).decode("utf-8", "replace"))
                     while chan.recv_stderr_ready():

@@ -1,0 +1,157 @@
+"""Transports against real servers: the board through a real OpenSSH sshd (paramiko), the phone
+through the real adb server; the reference is the host running its own bundle natively."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+
+import pytest
+
+from edgesmith.errors import EdgesmithError
+from edgesmith.runtime.devices import Device, parse_devices
+from edgesmith.runtime.remote import format_devices_table, probe_devices, push_to_device, run_bundle
+from edgesmith.runtime.runner_exec import run_runner
+from edgesmith.runtime.transports import DeviceError, open_transport
+
+from emulated_fixtures import *  # noqa: F401,F403
+from emulated_fixtures import TOKENS, device_files, pytestmark_emulated, sandbox, wipe
+
+pytestmark = [pytestmark_emulated, pytest.mark.slow]
+GENERATE = ["generate", "--tokens", TOKENS, "-n", "12"]
+
+
+@pytest.fixture(scope="module")
+def host_tokens(host_bundle):
+    """The reference: the host bundle, started by runner_exec (not by the code under test)."""
+    records = run_runner(host_bundle, ["generate", str(host_bundle), "--tokens", TOKENS, "-n", "12"], timeout=60)
+    return records[-1]["output_ids"]
+
+
+def test_same_tokens_on_board_phone_and_host(devices, arm64_bundle, host_tokens, emulators):
+    for name in ("board", "phone"):
+        wipe(emulators, name)
+    got = {name: run_bundle(devices[name], arm64_bundle, GENERATE, timeout=120)[-1]["output_ids"]
+           for name in ("board", "phone", "arm64-qemu")}
+    assert got == {"board": host_tokens, "phone": host_tokens, "arm64-qemu": host_tokens}
+    # and it really ran there: the bundle sits in each device's sandbox, complete
+    for name in ("board", "phone"):
+        assert device_files(emulators, name, arm64_bundle)["lib/model.so"] == \
+            hashlib.sha256((arm64_bundle / "lib/model.so").read_bytes()).hexdigest()
+
+
+def test_host_runs_in_place(devices, host_bundle, host_tokens):
+    assert run_bundle(devices["host"], host_bundle, GENERATE, timeout=60)[-1]["output_ids"] == host_tokens
+
+
+@pytest.mark.parametrize("name", ["board", "phone"])
+def test_push_is_incremental(devices, arm64_bundle, emulators, name):
+    device = devices[name]
+    wipe(emulators, name)
+    t0 = time.monotonic()
+    first = push_to_device(device, arm64_bundle, timeout=60)
+    full = time.monotonic() - t0
+    files = len(first.sent)
+    assert files == len(list(p for p in arm64_bundle.rglob("*") if p.is_file()))
+    t0 = time.monotonic()
+    again = push_to_device(device, arm64_bundle, timeout=60)
+    print(f"\n{name}: full push {full:.2f} s ({first.bytes_sent / 1e6:.1f} MB), "
+          f"no-change push {time.monotonic() - t0:.2f} s")
+    assert again.sent == [] and again.skipped == files
+    # A file changed on the device and one deleted: exactly those two go again (and the manifest,
+    # which is rewritten last whenever anything changes).
+    root = sandbox(emulators, name) / "bundles" / arm64_bundle.name
+    (root / "params/params_shard_0.bin").write_bytes(b"stale")
+    (root / "bin/runner").unlink()
+    fixed = push_to_device(device, arm64_bundle, timeout=60)
+    assert sorted(fixed.sent) == ["bin/runner", "manifest.json", "params/params_shard_0.bin"]
+    assert not [f for f in device_files(emulators, name, arm64_bundle) if f.endswith(".partial")]
+    assert run_bundle(device, arm64_bundle, GENERATE, timeout=60)[-1]["stop_reason"]
+
+
+@pytest.mark.parametrize("name", ["board", "phone", "host"])
+def test_run_streams_lines_and_keeps_stderr_and_exit_code(devices, name):
+    lines, stamps = [], []
+    with open_transport(devices[name]) as t:
+        result = t.run("echo one; sleep 0.5; echo two; echo oops >&2; exit 7", timeout=20,
+                       on_line=lambda l: (lines.append(l), stamps.append(time.monotonic())))
+    assert (result.exit_code, result.stdout, result.stderr) == (7, "one\ntwo\n", "oops\n")
+    assert lines == ["one", "two"] and stamps[1] - stamps[0] > 0.3  # streamed, not at the end
+
+
+def test_runner_records_stream_as_they_come(devices, arm64_bundle):
+    seen = []
+    records = run_bundle(devices["phone"], arm64_bundle, [*GENERATE, "--stream"], timeout=60,
+                         on_line=lambda r: seen.append((time.monotonic(), r)))
+    assert [r for _, r in seen] == records
+    assert [r["token"] for r in records if "token" in r] == records[-1]["output_ids"]
+
+
+@pytest.mark.parametrize("name", ["board", "phone"])
+def test_push_pull_round_trip(devices, emulators, tmp_path, name):
+    src = tmp_path / "blob"
+    src.write_bytes(bytes(range(256)) * 4099)
+    workdir = str(sandbox(emulators, name)).replace(str(emulators["state_dir"]) + "/phone", "/data/local/tmp")
+    remote = f"{workdir if name == 'phone' else 'edgesmith'}/blob.bin"
+    with open_transport(devices[name]) as t:
+        t.run(["mkdir", "-p", remote.rsplit("/", 1)[0]], timeout=10)
+        t.push(src, remote, timeout=20)
+        t.pull(remote, tmp_path / "back", timeout=20)
+    assert (tmp_path / "back").read_bytes() == src.read_bytes()
+
+
+def test_wrong_bundle_is_refused_before_copying(devices, host_bundle, arm64_bundle, tmp_path):
+    with pytest.raises(DeviceError, match=r"^device 'board': runs aarch64 .* bundle is for x86_64 .*"
+                                          r"--target arm64-linux$"):
+        run_bundle(devices["board"], host_bundle, GENERATE, timeout=30)
+    linux = tmp_path / "linux-bundle"  # what an arm64-linux bundle's manifest says
+    linux.mkdir()
+    manifest = json.loads((arm64_bundle / "manifest.json").read_text())
+    manifest["target"].update(preset="arm64-linux", layout="linux")
+    (linux / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DeviceError, match=r"^device 'phone': is an Android device .*--target android-arm64$"):
+        run_bundle(devices["phone"], linux, GENERATE, timeout=30)
+
+
+def test_runner_failure_is_one_line(devices, arm64_bundle):
+    with pytest.raises(DeviceError) as info:
+        run_bundle(devices["board"], arm64_bundle, ["generate", "--tokens", "1,2", "-n", "2", "--bogus"], timeout=60)
+    assert str(info.value).startswith("device 'board': runner failed: unknown option '--bogus'")
+
+
+def test_probe_all_at_once(devices, emulators):
+    dead = parse_devices([{"name": "gone", "transport": "ssh", "target": "arm64-linux",
+                           "ssh": {"host": "127.0.0.1", "port": emulators["ports"]["sshd"] + 0 or 1,
+                                   "known_hosts": "/dev/null"}},
+                          {"name": "lost", "transport": "adb", "target": "android-arm64",
+                           "adb": {"serial": "127.0.0.1:1", "server_port": emulators["ports"]["adb_server"]}}])
+    dead = {"gone": _closed_port_device(dead["gone"]), "lost": dead["lost"]}
+    t0 = time.monotonic()
+    rows = probe_devices([devices[n] for n in ("host", "board", "phone")] + list(dead.values()), timeout=15)
+    took = time.monotonic() - t0
+    by = {r["name"]: r for r in rows}
+    assert [r["name"] for r in rows] == ["host", "board", "phone", "gone", "lost"]
+    for name in ("board", "phone"):
+        r = by[name]
+        assert r["reachable"] and r["error"] is None
+        assert r["arch"] == "aarch64" and r["emulated"].startswith("qemu-aarch64-static on x86_64")
+        assert r["cores"] >= 1 and r["mem_total_mb"] > r["mem_free_mb"] > 0 and r["storage_free_mb"] > 0
+        assert isinstance(r["gpu_apis"], dict) and isinstance(r["thermal"], dict)
+    assert by["phone"]["os"] == "Android 14" and by["board"]["os"] != "Android 14"
+    assert by["host"]["arch"] == "x86_64" and by["host"]["emulated"] is None
+    assert not by["gone"]["reachable"] and by["gone"]["error"].startswith("device 'gone': cannot connect")
+    assert not by["lost"]["reachable"] and by["lost"]["error"].startswith("device 'lost': ")
+    table = format_devices_table(rows)
+    assert "aarch64 (emulated)" in table and "gone: device 'gone': cannot connect" in table
+    print(f"\nprobe of 5 devices (2 unreachable) in parallel: {took:.2f} s\n{table}")
+
+
+def _closed_port_device(device: Device) -> Device:
+    import dataclasses
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return dataclasses.replace(device, ssh=dataclasses.replace(device.ssh, port=port))
