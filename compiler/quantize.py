@@ -6,6 +6,8 @@ Symmetric int4 in groups of `group_size` along the reduction axis (the last axis
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,21 +48,47 @@ def get_quantization(name: str) -> Quantization:
 
 
 def quantize_q4(w: np.ndarray, group_size: int, scale_dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """(n, k) float -> packed (n, k/8) uint32 and scales (n, k/group_size) of scale_dtype."""
+    """(n, k) float -> packed (n, k/8) uint32 and scales (n, k/group_size) of scale_dtype.
+
+    Works through blocks of rows (on a thread pool: numpy releases the GIL), so the temporaries
+    stay a few MB whatever the tensor: quantizing the 32064 x 3072 embedding whole would hold
+    several copies of its 394 MB at once.
+    """
     n, k = w.shape
     if k % group_size or group_size % 8:
         raise EdgesmithError(
             f"cannot quantize a weight of shape {w.shape} in groups of {group_size}: "
             f"its reduction axis ({k}) must be a multiple of {group_size}; use --quant q0f16 or q0f32")
+    packed = np.empty((n, k // 8), dtype=np.uint32)
+    scale = np.empty((n, k // group_size), dtype=scale_dtype)
+    rows = max(1, _BLOCK_ELEMENTS // k)
+    blocks = [(r, min(r + rows, n)) for r in range(0, n, rows)]
+
+    def one(block):
+        r0, r1 = block
+        packed[r0:r1], scale[r0:r1] = _quantize_rows(w[r0:r1], group_size, scale_dtype)
+
+    if len(blocks) == 1:
+        one(blocks[0])
+    else:
+        with ThreadPoolExecutor(max_workers=min(len(blocks), os.cpu_count() or 1)) as pool:
+            list(pool.map(one, blocks))
+    return packed, scale
+
+
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _quantize_rows(w: np.ndarray, group_size: int, scale_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    n, k = w.shape
     groups = w.astype(np.float32).reshape(n, k // group_size, group_size)
     scale = (np.abs(groups).max(axis=2) / 7.0).astype(scale_dtype)
     # Quantize against the scale as stored, so dequantization reproduces it exactly.
     s32 = scale.astype(np.float32)[:, :, None]
     q = np.rint(np.divide(groups, s32, out=np.zeros_like(groups), where=s32 != 0))
     q = (np.clip(q, -7, 7) + 8).astype(np.uint32).reshape(n, k // 8, 8)
-    shifts = (np.arange(8, dtype=np.uint32) * 4)[None, None, :]
-    packed = np.bitwise_or.reduce(q << shifts, axis=2).astype(np.uint32)
-    return packed, scale
+    q <<= (np.arange(8, dtype=np.uint32) * 4)[None, None, :]
+    return np.bitwise_or.reduce(q, axis=2), scale
 
 
 def dequantize_q4(packed: np.ndarray, scale: np.ndarray, group_size: int) -> np.ndarray:
