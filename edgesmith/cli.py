@@ -147,6 +147,48 @@ def cmd_targets(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ devices
+def cmd_devices(args) -> int:
+    from edgesmith.runtime.devices import load_devices
+
+    devices = load_devices(args.devices)
+    if args.names:
+        unknown = [n for n in args.names if n not in devices]
+        if unknown:
+            from edgesmith.errors import EdgesmithError
+            raise EdgesmithError(f"no device named {unknown[0]!r} in devices.yaml; known: {', '.join(devices)}")
+        devices = {n: devices[n] for n in args.names}
+    if args.no_probe:
+        rows = [{"name": d.name, "transport": d.transport, "target": d.target, "where": d.where,
+                 "tags": list(d.tags)} for d in devices.values()]
+        print(json.dumps(rows, indent=1) if args.json else
+              "\n".join(f"{r['name']:12s} {r['transport']:6s} {r['target']:20s} {r['where']}" for r in rows))
+        return 0
+    from edgesmith.runtime.remote import format_devices_table, probe_devices
+
+    probes = probe_devices(list(devices.values()), timeout=args.timeout)
+    print(json.dumps(probes, indent=1) if args.json else format_devices_table(probes))
+    return 0 if all(p["reachable"] for p in probes) else 1
+
+
+def cmd_emulators(args) -> int:
+    from edgesmith.runtime import emulated
+
+    if args.action == "start":
+        status = emulated.start_emulators()
+        print(f"emulated devices running on loopback: board ssh port {status['ports']['ssh']}, phone adb "
+              f"{status['host']}:{status['ports']['adb_device']} (adb server port {status['ports']['adb_server']}); "
+              f"state in {status['state_dir']}")
+    elif args.action == "stop":
+        emulated.stop_emulators()
+        print("emulated devices stopped")
+    else:
+        status = emulated.emulator_status()
+        print(json.dumps(status, indent=1))
+        return 0 if status["running"] else 1
+    return 0
+
+
 # ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgesmith", description="Compile Phi-3 models into int4 bundles for phones "
@@ -203,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("targets", help="list target presets and whether their toolchains are present")
     t.set_defaults(func=cmd_targets)
+
+    d = sub.add_parser("devices", help="list the devices of devices.yaml and probe them (in parallel)")
+    d.add_argument("names", nargs="*", help="only these devices")
+    d.add_argument("--devices", type=Path, help="devices.yaml to read (default ./devices.yaml)")
+    d.add_argument("--no-probe", action="store_true", help="list without connecting")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--timeout", type=float, default=20.0, help="seconds per device (default 20)")
+    d.set_defaults(func=cmd_devices)
+
+    e = sub.add_parser("emulators", help="start/stop the emulated arm64 board (sshd) and phone (adb) on loopback")
+    e.add_argument("action", choices=["start", "stop", "status"])
+    e.set_defaults(func=cmd_emulators)
     return p
 
 
