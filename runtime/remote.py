@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -97,23 +96,25 @@ def run_bundle(device: Device, bundle: Path, runner_args: list[str], *, timeout:
     check_compatible(device, manifest)
     deadline = Deadline(timeout)
     lines = _Lines(device.name, on_line)
-    with open_transport(device) as transport:
-        if device.transport == "local":
-            where = str(bundle)  # in place
-        else:
-            where = device_bundle_dir(transport, device, bundle)
-            report = push_bundle(transport, bundle, where, deadline=deadline)
-            if on_push is not None:
-                on_push(report)
-        argv = runner_command(manifest, ".", runner_args, device.exec_wrapper)
-        command = f"cd {shell_join([where])} && exec {shell_join(argv)}"
-        started = time.monotonic()
-        try:
-            result = transport.run(command, timeout=deadline.left(), on_line=lines)
-        except DeviceTimeout:
-            raise DeviceTimeout(device.name, f"the runner gave no result within {timeout:g} s (it ran "
-                                             f"{time.monotonic() - started:.1f} s); the device or link hung, "
-                                             "or raise --timeout") from None
+    during = "the push"
+    try:
+        with open_transport(device) as transport:
+            if device.transport == "local":
+                where = str(bundle)  # in place
+            else:
+                where = device_bundle_dir(transport, device, bundle)
+                report = push_bundle(transport, bundle, where, deadline=deadline)
+                if on_push is not None:
+                    on_push(report)
+            argv = runner_command(manifest, ".", runner_args, device.exec_wrapper)
+            during = "the run"
+            result = transport.run(f"cd {shell_join([where])} && {shell_join(argv)}", timeout=deadline.left(),
+                                   on_line=lines, what="the run")
+    except DeviceTimeout as err:  # say the command's timeout, not what was left of it
+        if during == "the run":
+            raise DeviceTimeout(device.name, "the run", timeout, "link stalled, device hung, or the run needs "
+                                                                 "a longer timeout") from None
+        raise DeviceTimeout(device.name, err.during, timeout) from None
     if result.exit_code != 0:
         errs = [l.strip() for l in result.stderr.splitlines() if l.strip()]
         message = next((l for l in reversed(errs) if l.startswith("runner: ")), None)

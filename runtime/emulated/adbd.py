@@ -167,14 +167,22 @@ class Connection(threading.Thread):
     def _fault(self, received: int) -> None:
         kind = self.phone.faults.consume(received)
         if kind == "cut":
+            self._hang_up()
             raise Dropped("link cut")
         if kind == "stall":
             while self.phone.faults.active() == "stall":
                 time.sleep(0.1)
+            self._hang_up()
             raise Dropped("stall cleared")
         if kind == "garbage":
             with self.sendlock:
                 self.sock.sendall(os.urandom(4096))
+
+    def _hang_up(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread too
+        except OSError:
+            pass
 
     def send(self, command: int, arg0: int, arg1: int, data: bytes = b"") -> None:
         self._fault(0)
@@ -206,10 +214,7 @@ class Connection(threading.Thread):
         finally:
             for stream in list(self.streams.values()):
                 stream.closed_by_host()
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._hang_up()
             self.sock.close()
 
     def handle(self, command: int, arg0: int, arg1: int, data: bytes) -> None:

@@ -25,6 +25,9 @@ _STATE_HELP = {
 }
 
 
+EXIT_MARK = "\x1eedgesmith-exit:"
+
+
 class AdbTransport(Transport):
     def __init__(self, device):
         super().__init__(device)
@@ -43,8 +46,7 @@ class AdbTransport(Transport):
         result, timed_out = run_process(self._argv(*args), timeout=timeout, on_line=on_line)
         if timed_out:
             self._ready = False
-            raise self.error(DeviceTimeout, f"no answer within {timeout:g} s during {what} "
-                                            "(link stalled or device hung)")
+            raise DeviceTimeout(self.name, what, timeout)
         if result.exit_code != 0 and _LINK_ERRORS.match(result.last_error_line()):
             self._ready = False
             raise self.error(DeviceUnreachable, f"connection lost during {what} ({result.last_error_line()})")
@@ -62,18 +64,9 @@ class AdbTransport(Transport):
         end = time.monotonic() + timeout
         state = self._state(min(timeout, 5))
         if state != "device" and self.cfg.tcp:
-            # A TCP device that timed out or dropped stays "offline" in the server; start afresh.
-            base = [self._adb, "-P", str(self.cfg.server_port)]
-            run_process([*base, "disconnect", self.cfg.serial], timeout=max(0.1, min(5, end - time.monotonic())))
-            done, _ = run_process([*base, "connect", self.cfg.serial], timeout=max(0.1, min(10, end - time.monotonic())))
-            said = (done.stdout + done.stderr).strip()
-            if "connected to" not in said:  # `adb connect` exits 0 even when it failed
-                raise self.error(DeviceUnreachable, f"adb connect {self.cfg.serial} failed: "
-                                                    f"{said.splitlines()[-1] if said else 'no answer'}; "
-                                                    "is the device listening there?")
-            while (state := self._state(max(0.1, min(5, end - time.monotonic())))) != "device" \
-                    and time.monotonic() < end - 0.2:
-                time.sleep(0.2)
+            state = self._reconnect(end)
+        if state == "device" and self.cfg.tcp and not self._answers(end):
+            state = self._reconnect(end)
         if state != "device":
             help = _STATE_HELP.get(state, f"adb says: {state}" + (
                 "; is it connected (`adb devices`)?" if not self.cfg.tcp else
@@ -81,18 +74,46 @@ class AdbTransport(Transport):
             raise self.error(DeviceUnreachable, help)
         self._ready = True
 
+    def _answers(self, end: float) -> bool:
+        """"device" in the server's list is not proof: a link cut a moment ago still says so."""
+        result, timed_out = run_process(self._argv("shell", "echo ok"), timeout=max(0.1, min(5, end - time.monotonic())))
+        return not timed_out and result.stdout.strip() == "ok"
+
+    def _reconnect(self, end: float) -> str:
+        """A TCP device that timed out or dropped stays "offline" in the server: start afresh."""
+        base = [self._adb, "-P", str(self.cfg.server_port)]
+        run_process([*base, "disconnect", self.cfg.serial], timeout=max(0.1, min(5, end - time.monotonic())))
+        done, _ = run_process([*base, "connect", self.cfg.serial], timeout=max(0.1, min(10, end - time.monotonic())))
+        said = (done.stdout + done.stderr).strip()
+        if "connected to" not in said:  # `adb connect` exits 0 even when it failed
+            raise self.error(DeviceUnreachable, f"adb connect {self.cfg.serial} failed: "
+                                                f"{said.splitlines()[-1] if said else 'no answer'}; "
+                                                "is the device listening there?")
+        while (state := self._state(max(0.1, min(5, end - time.monotonic())))) != "device" \
+                and time.monotonic() < end - 0.2:
+            time.sleep(0.2)
+        return state
+
     def home(self, timeout: float = 10) -> str:
         return "/"
 
-    def run(self, command: str | Sequence[str], *, timeout: float,
-            on_line: LineCallback | None = None) -> RunResult:
+    def run(self, command: str | Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
+            what: str = "a command") -> RunResult:
         if not isinstance(command, str):
             command = shell_join(command)
         start = time.monotonic()
         self.connect(timeout)
         # adb joins its arguments with spaces and hands them to the device's sh -c: one pre-quoted word.
-        return self._call(["shell", command], timeout=timeout - (time.monotonic() - start), what="a command",
-                          on_line=on_line)
+        # adb exits 0 when the link drops before the command's exit status arrives, so the status
+        # also travels as the last thing on stderr; no mark means the link was lost.
+        wrapped = f"({command}\n); printf '{EXIT_MARK}%d\\n' $? >&2"
+        result = self._call(["shell", wrapped], timeout=timeout - (time.monotonic() - start), what=what,
+                            on_line=on_line)
+        head, mark, tail = result.stderr.rpartition(EXIT_MARK)
+        if not mark or not tail.strip().isdigit():
+            self._ready = False
+            raise self.error(DeviceUnreachable, f"connection lost during {what} (its exit status never came)")
+        return RunResult(int(tail.strip()), result.stdout, head)
 
     def push(self, local: Path, remote: str, *, timeout: float) -> None:
         start = time.monotonic()
@@ -100,7 +121,7 @@ class AdbTransport(Transport):
         what = f"push of {Path(local).name}"
         result = self._call(["push", str(local), remote], timeout=timeout - (time.monotonic() - start), what=what)
         if result.exit_code != 0:
-            raise self.error(TransferError, f"{what} failed: {_adb_message(result)}")
+            self._fail(what, result)
 
     def pull(self, remote: str, local: Path, *, timeout: float) -> None:
         start = time.monotonic()
@@ -108,9 +129,24 @@ class AdbTransport(Transport):
         what = f"pull of {remote}"
         result = self._call(["pull", remote, str(local)], timeout=timeout - (time.monotonic() - start), what=what)
         if result.exit_code != 0:
-            raise self.error(TransferError, f"{what} failed: {_adb_message(result)}")
+            self._fail(what, result)
+
+    def _fail(self, what: str, result: RunResult):
+        message = _adb_message(result)
+        if _LINK_LOST.search(message):
+            self._ready = False
+            raise self.error(DeviceUnreachable, f"connection lost during {what} (adb: {message})")
+        raise self.error(TransferError, f"{what} failed: {message}")
+
+
+_LINK_LOST = re.compile(r"couldn't read from device|connection reset|closed|protocol fault|offline|"
+                        r"no response|not found|Broken pipe", re.I)
 
 
 def _adb_message(result: RunResult) -> str:
-    line = result.last_error_line()
-    return re.sub(r"^adb: error: ", "", line)
+    """adb's own reason, without its long `failed to copy 'A' to 'B':` preamble."""
+    said = [l.strip() for l in (result.stderr + "\n" + result.stdout).splitlines() if l.strip()]
+    errors = [l for l in said if "error" in l.lower() or "fail" in l.lower()]
+    line = (errors or said or [f"exit code {result.exit_code}"])[-1]
+    line = re.sub(r"^adb: error: ", "", line)
+    return re.sub(r"^failed to copy '.*' to '.*': ", "", line)

@@ -40,6 +40,10 @@ class DeviceUnreachable(DeviceError):
 class DeviceTimeout(DeviceError):
     """The device stopped answering within the call's timeout."""
 
+    def __init__(self, device: str, during: str, seconds: float, hint: str = "link stalled or device hung"):
+        self.during, self.seconds = during, seconds
+        super().__init__(device, f"no answer within {seconds:.3g} s during {during} ({hint})")
+
 
 class HostKeyError(DeviceError):
     """An SSH host key that is unknown or differs from the pinned/known one."""
@@ -168,10 +172,11 @@ class Transport(ABC):
         return self.device.name
 
     @abstractmethod
-    def run(self, command: str | Sequence[str], *, timeout: float,
-            on_line: LineCallback | None = None) -> RunResult:
+    def run(self, command: str | Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
+            what: str = "a command") -> RunResult:
         """Run a shell command on the device (a list is quoted word by word) in its login folder;
-        stdout lines stream to on_line as they arrive. A non-zero exit is returned, not raised."""
+        stdout lines stream to on_line as they arrive. A non-zero exit is returned, not raised;
+        `what` names the command in errors ("no answer within 5 s during {what}")."""
 
     @abstractmethod
     def push(self, local: Path, remote: str, *, timeout: float) -> None:
@@ -202,7 +207,7 @@ class Transport(ABC):
 
     def check(self, command: str | Sequence[str], *, timeout: float, what: str) -> str:
         """run() that raises a DeviceError on a non-zero exit; returns stdout."""
-        result = self.run(command, timeout=timeout)
+        result = self.run(command, timeout=timeout, what=what)
         if result.exit_code != 0:
             raise self.error(TransferError, f"{what} failed: {result.last_error_line()}")
         return result.stdout

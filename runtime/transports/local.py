@@ -12,13 +12,13 @@ class LocalTransport(Transport):
     def home(self) -> str:
         return str(Path(self.device.workdir).absolute())
 
-    def run(self, command: str | Sequence[str], *, timeout: float,
-            on_line: LineCallback | None = None) -> RunResult:
+    def run(self, command: str | Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
+            what: str = "a command") -> RunResult:
         if not isinstance(command, str):
             command = shell_join(command)
         result, timed_out = run_process(["/bin/sh", "-c", command], timeout=timeout, on_line=on_line)
         if timed_out:
-            raise self.error(DeviceTimeout, f"command did not finish within {timeout:g} s")
+            raise DeviceTimeout(self.name, what, timeout)
         return result
 
     def push(self, local: Path, remote: str, *, timeout: float) -> None:

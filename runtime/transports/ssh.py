@@ -142,8 +142,8 @@ class SshTransport(Transport):
             except (OSError, EOFError, paramiko.SSHException) as err:
                 self.close()
                 if dog.fired:
-                    raise self.error(DeviceTimeout, f"no SSH handshake from {cfg.host}:{cfg.port} within "
-                                                    f"{timeout:g} s") from None
+                    raise DeviceTimeout(self.name, f"the SSH handshake with {cfg.host}:{cfg.port}", timeout) \
+                        from None
                 raise self.error(DeviceUnreachable, f"SSH handshake with {cfg.host}:{cfg.port} failed: "
                                                     f"{_describe(err)}") from None
         return client
@@ -158,8 +158,7 @@ class SshTransport(Transport):
         alive = self._alive()
         self.close()
         if dog.fired:
-            return self.error(DeviceTimeout, f"no answer within {timeout:g} s during {what} "
-                                             "(link stalled or device hung)")
+            return DeviceTimeout(self.name, what, timeout)
         if not alive:
             return self.error(DeviceUnreachable, f"connection lost during {what} ({_describe(err)})")
         return self.error(TransferError, f"{what} failed: {_describe(err)}")
@@ -175,8 +174,8 @@ class SshTransport(Transport):
 
     # -------------------------------------------------------------- interface
 
-    def run(self, command: str | Sequence[str], *, timeout: float,
-            on_line: LineCallback | None = None) -> RunResult:
+    def run(self, command: str | Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
+            what: str = "a command") -> RunResult:
         if not isinstance(command, str):
             command = shell_join(command)
         client = self._connect(timeout)
@@ -197,8 +196,10 @@ class SshTransport(Transport):
                         raise EOFError("channel closed before the command's exit status")
                 code = chan.recv_exit_status()
                 chan.close()
+                if code == -1:  # closed without an exit status: the link, not the command
+                    raise EOFError("the command's exit status never came")
             except (OSError, EOFError, paramiko.SSHException) as err:
-                raise self._lost(dog, timeout, "a command", err) from None
+                raise self._lost(dog, timeout, what, err) from None
         return RunResult(code, out.close(), b"".join(err_parts).decode("utf-8", "replace"))
 
     def push(self, local: Path, remote: str, *, timeout: float) -> None:

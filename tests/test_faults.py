@@ -1,0 +1,127 @@
+"""Faults on the emulated devices, during push and during run: the command fails within its
+timeout with one line naming the device and what happened; no file on the device is ever
+partial under its final name; the next run succeeds and sends only what was missing."""
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from edgesmith.runtime.emulated import clear_fault
+from edgesmith.runtime.push import temp_name
+from edgesmith.runtime.remote import run_bundle
+from edgesmith.runtime.transports import DeviceError
+
+from emulated_fixtures import *  # noqa: F401,F403
+from emulated_fixtures import TOKENS, device_files, pytestmark_emulated, wipe
+
+pytestmark = [pytestmark_emulated, pytest.mark.slow]
+TIMEOUT = 4.0
+RUN_TIMEOUT = 8.0  # the runner must be streaming before the fault: qemu start-up on two busy cores
+GENERATE = ["generate", "--tokens", TOKENS, "-n", "12"]
+# What each fault's message says (the link's own words vary with where it broke).
+SAYS = {
+    "cut": r"connection lost|no answer within 4 s|failed: .*(closed|reset|protocol fault|offline)",
+    "stall": r"no answer within [48] s during",
+    "garbage": r"connection lost|no answer within 4 s|failed: .*(closed|reset|protocol fault|offline)",
+    "disk_full": r"disk full|No space left",
+}
+
+
+def expected(bundle: Path) -> dict[str, str]:
+    import json
+
+    want = {rel: m["sha256"] for rel, m in json.loads((bundle / "manifest.json").read_text())["files"].items()}
+    want["manifest.json"] = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+    return want
+
+
+def complete_files(emulators, name: str, bundle: Path) -> set[str]:
+    """Files on the device under their final names; every one must be whole and right."""
+    want = expected(bundle)
+    final = {rel: sha for rel, sha in device_files(emulators, name, bundle).items() if not rel.endswith(".partial")}
+    wrong = {rel for rel, sha in final.items() if want.get(rel) != sha}
+    assert not wrong, f"partial or wrong files under their final names on {name}: {sorted(wrong)}"
+    return set(final)
+
+
+def held_files(emulators, name: str, bundle: Path) -> set[str]:
+    """Files the device holds whole, under their final or their temporary name."""
+    files = device_files(emulators, name, bundle)
+    return {rel for rel, sha in expected(bundle).items() if sha in (files.get(rel), files.get(temp_name(rel, sha)))}
+
+
+def fails_in_time(name: str, call, timeout: float = TIMEOUT) -> tuple[str, float]:
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError) as info:
+        call()
+    took = time.monotonic() - t0
+    message = str(info.value)
+    assert took < timeout + 2, f"{name}: took {took:.1f} s to fail ({message})"
+    assert message.startswith(f"device '{name}': ") and "\n" not in message
+    return message, took
+
+
+def retry_sends_only_what_was_missing(devices, emulators, name, bundle, before: set[str]) -> None:
+    clear_fault(Path(emulators["state_dir"]), name)
+    reports = []
+    records = run_bundle(devices[name], bundle, GENERATE, timeout=60, on_push=reports.append)
+    assert records[-1]["stop_reason"] == "length"
+    sent, renamed = set(reports[0].sent), set(reports[0].renamed)
+    assert not sent & (before - {"manifest.json"}), f"re-sent what the device already held: {sent & before}"
+    assert renamed <= before and sent | before >= set(expected(bundle))
+    assert complete_files(emulators, name, bundle) == set(expected(bundle))
+
+
+def on_both(check) -> None:
+    """Board and phone at once (they are independent devices): halves the time spent waiting out stalls."""
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(check, name) for name in ("board", "phone")]:
+            future.result()
+
+
+@pytest.mark.parametrize("kind", ["cut", "stall", "garbage", "disk_full"])
+def test_fault_during_push(devices, emulators, arm64_bundle, fault, kind):
+    on_both(lambda name: _fault_during_push(devices, emulators, arm64_bundle, fault, name, kind))
+
+
+def _fault_during_push(devices, emulators, arm64_bundle, fault, name, kind):
+    wipe(emulators, name)
+    # ~2 MB in: the loader and libc are through, the C++ runtime libraries are on the way.
+    fault(name, kind, 1_000_000 if kind == "disk_full" else 2_000_000)
+    message, took = fails_in_time(name, lambda: run_bundle(devices[name], arm64_bundle, GENERATE, timeout=TIMEOUT))
+    print(f"\n{name} {kind} during push: failed after {took:.2f} s: {message}")
+    assert re.search(SAYS[kind], message), message
+    complete_files(emulators, name, arm64_bundle)
+    before = held_files(emulators, name, arm64_bundle)
+    assert before and len(before) < len(expected(arm64_bundle))  # it really broke mid-push
+    retry_sends_only_what_was_missing(devices, emulators, name, arm64_bundle, before)
+
+
+@pytest.mark.parametrize("kind", ["cut", "stall", "garbage"])
+def test_fault_during_run(devices, emulators, arm64_bundle, fault, kind):
+    on_both(lambda name: _fault_during_run(devices, emulators, arm64_bundle, fault, name, kind))
+
+
+def _fault_during_run(devices, emulators, arm64_bundle, fault, name, kind):
+    run_bundle(devices[name], arm64_bundle, GENERATE, timeout=60)  # pushed and working
+    tokens = []
+
+    def on_line(record):
+        if "token" in record and not tokens:
+            fault(name, kind)  # the link breaks while the runner streams its tokens
+        tokens.append(record)
+
+    long_run = ["generate", "--tokens", TOKENS, "-n", "400", "--stream"]
+    message, took = fails_in_time(
+        name, lambda: run_bundle(devices[name], arm64_bundle, long_run, timeout=RUN_TIMEOUT, on_line=on_line),
+        RUN_TIMEOUT)
+    print(f"\n{name} {kind} during run: failed after {took:.2f} s: {message}")
+    assert tokens and not any("output_ids" in r for r in tokens)
+    before = complete_files(emulators, name, arm64_bundle)
+    assert before == held_files(emulators, name, arm64_bundle) == set(expected(arm64_bundle))
+    retry_sends_only_what_was_missing(devices, emulators, name, arm64_bundle, before)
