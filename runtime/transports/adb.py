@@ -109,11 +109,15 @@ class AdbTransport(Transport):
         wrapped = f"({command}\n); printf '{EXIT_MARK}%d\\n' $? >&2"
         result = self._call(["shell", wrapped], timeout=timeout - (time.monotonic() - start), what=what,
                             on_line=on_line)
-        head, mark, tail = result.stderr.rpartition(EXIT_MARK)
-        if not mark or not tail.strip().isdigit():
+        stderr = result.stderr
+        at = stderr.rfind(EXIT_MARK)
+        end = stderr.find("\n", at) if at >= 0 else -1
+        code = stderr[at + len(EXIT_MARK):end if end >= 0 else None] if at >= 0 else ""
+        if not code.isdigit():
             self._ready = False
             raise self.error(DeviceUnreachable, f"connection lost during {what} (its exit status never came)")
-        return RunResult(int(tail.strip()), result.stdout, head)
+        # (a background job of the command may still write to stderr after the mark)
+        return RunResult(int(code), result.stdout, stderr[:at] + (stderr[end + 1:] if end >= 0 else ""))
 
     def push(self, local: Path, remote: str, *, timeout: float) -> None:
         start = time.monotonic()
