@@ -12,36 +12,145 @@ from edgesmith.targets.tvm_api import te, tirx
 F32 = "float32"
 
 
+LANES = 16  # reduction elements per vector step; LLVM splits it into the target's registers
+
+# Block names the CPU schedule rules (schedules.py) look for.
+GEMV, GEMM = "linear_gemv", "linear_gemm"
+Q4_WORD = "q4_gemv_word"  # decode: sum over the 8 nibbles of each packed word
+Q4_DEQUANT = "q4_gemm_dequant"  # prefill: a tile of dequantized weight
+X_PERMUTED = "linear_x_permuted"  # x reordered like the int4 weight's lanes
+X_WORD_SUM = "q4_gemv_xsum"
+GEMM_CROP = "linear_gemm_crop"  # prefill: the padded rows dropped
+ROW_TILE = 4  # prefill pads its tokens to a multiple: the schedule's register tile needs no bounds check
+
+
+def _nibble(word, i):
+    """Value i (0..7) of a packed uint32 word, 0..15, as float32 (stored q + 8)."""
+    shifted = tirx.shift_right(word, (i * 4).astype("uint32"))
+    return tirx.bitwise_and(shifted, tirx.const(15, "uint32")).astype(F32)
+
+
 def _q4_value(w, s, group: int, row, col):
     """Dequantized weight[row, col] as float32."""
-    word = w[row, col // 8]
-    shift = ((col % 8) * 4).astype("uint32")
-    nib = tirx.bitwise_and(tirx.shift_right(word, shift), tirx.const(15, "uint32"))
-    return (nib.astype(F32) - tirx.const(8.0, F32)) * s[row, col // group].astype(F32)
+    return (_nibble(w[row, col // 8], col % 8) - tirx.const(8.0, F32)) * s[row, col // group].astype(F32)
+
+
+def _lanes(extent: int, align: int = 1) -> int:
+    """Vector lanes over a reduction of `extent`: the largest power of two <= LANES dividing it
+    that either divides `align` or is a multiple of it (so a lane step never splits a group)."""
+    lanes = LANES
+    while lanes > 1 and (extent % lanes or (lanes % align and align % lanes)):
+        lanes //= 2
+    return lanes
+
+
+def _group_scale(s, row, word_block, lane, lanes: int, words_per_group: int):
+    """Scale of word `word_block * lanes + lane` of `row`, written so that vectorizing `lane`
+    gives broadcasts and selects instead of a per-lane gather (one load per group)."""
+    if lanes <= words_per_group:
+        return s[row, word_block * lanes // words_per_group].astype(F32)
+    per = lanes // words_per_group
+    val = s[row, word_block * per + per - 1].astype(F32)
+    for c in reversed(range(per - 1)):
+        val = tirx.Select(lane < (c + 1) * words_per_group, s[row, word_block * per + c].astype(F32), val)
+    return val
+
+
+def _is_vector(x) -> bool:
+    b, t = x.shape[0], x.shape[1]
+    return all(isinstance(d, tirx.IntImm) and int(d) == 1 for d in (b, t))
 
 
 def q4_linear(x, w, s, group: int):
-    """x (b, t, k) f32 @ dequant(w, s).T -> (b, t, n) f32."""
+    """x (b, t, k) f32 @ dequant(w, s).T -> (b, t, n) f32.
+
+    Both forms reorder the reduction so that the vector lanes run over consecutive packed
+    words (contiguous loads, shifts by a constant): element 8*(jb*L + l) + i of a row is
+    nibble i of word jb*L + l, for lane l. x is permuted to match once per call (k floats per
+    token), which is cheap next to the weight.
+    """
+    if _is_vector(x):
+        return _q4_gemv(x, w, s, group)
+    return _q4_gemm(x, w, s, group)
+
+
+def _q4_gemv(x, w, s, group: int):
+    """Decode: x (1, 1, k). Per word, sum_i x*nibble_i (8 FMAs, no scale); per word again,
+    (that - 8 * sum_i x) * scale, accumulated in L lanes; the lanes are summed at the end."""
     b, t, k_dim = x.shape
-    n = w.shape[0]
-    k = te.reduce_axis((0, k_dim), name="k")
-    return te.compute(
-        (b, t, n),
-        lambda i, j, o: te.sum(x[i, j, k] * _q4_value(w, s, group, o, k), axis=k),
-        name="q4_matmul",
-    )
+    n, words = w.shape
+    wpg = group // 8
+    lanes = _lanes(int(words), wpg)
+    xp = te.compute((8, words), lambda i, j: x[0, 0, j * 8 + i], name=X_PERMUTED)
+    ri = te.reduce_axis((0, 8), name="i")
+    xsum = te.compute((words,), lambda j: te.sum(xp[ri, j], axis=ri), name=X_WORD_SUM)
+    rw = te.reduce_axis((0, 8), name="i")
+    per_word = te.compute((n, words), lambda o, j: te.sum(xp[rw, j] * _nibble(w[o, j], rw), axis=rw), name=Q4_WORD)
+    jb = te.reduce_axis((0, int(words) // lanes), name="jb")
+    jl = te.reduce_axis((0, lanes), name="jl")
+
+    def body(_b, _t, o):
+        j = jb * lanes + jl
+        centred = per_word[o, j] - tirx.const(8.0, F32) * xsum[j]
+        return te.sum(centred * _group_scale(s, o, jb, jl, lanes, wpg), axis=[jb, jl])
+
+    return te.compute((b, t, n), body, name=GEMV)
+
+
+def _padded_rows(t):
+    return (t + ROW_TILE - 1) // ROW_TILE * ROW_TILE
+
+
+def _q4_gemm(x, w, s, group: int):
+    """Prefill: x (b, t, k), t dynamic. y = sum over (kb, l) of xp[m, kb, l] * deq[o, kb, l],
+    kb = jb*8 + i running over word blocks and nibbles; deq is a tile the schedule computes
+    inside its column loop (the whole weight is never written out). xp holds the tokens padded
+    with zeros to a multiple of ROW_TILE."""
+    b, t, k_dim = x.shape
+    n, words = w.shape
+    wpg = group // 8
+    lanes = _lanes(int(words), wpg)
+    blocks = int(words) // lanes * 8
+
+    def xp_fn(i, j, kb, l):
+        col = ((kb // 8) * lanes + l) * 8 + kb % 8
+        return tirx.if_then_else(j < t, x[i, tirx.min(j, t - 1), col], tirx.const(0.0, F32))
+
+    xp = te.compute((b, _padded_rows(t), blocks, lanes), xp_fn, name=X_PERMUTED)
+
+    def deq_fn(o, kb, l):
+        word = w[o, (kb // 8) * lanes + l]
+        scale = _group_scale(s, o, kb // 8, l, lanes, wpg)
+        return (_nibble(word, kb % 8) - tirx.const(8.0, F32)) * scale
+
+    deq = te.compute((n, blocks, lanes), deq_fn, name=Q4_DEQUANT)
+    rb = te.reduce_axis((0, blocks), name="kb")
+    rl = te.reduce_axis((0, lanes), name="kl")
+    y = te.compute((b, _padded_rows(t), n), lambda i, j, o: te.sum(xp[i, j, rb, rl] * deq[o, rb, rl], axis=[rb, rl]),
+                   name=GEMM)
+    return te.compute((b, t, n), lambda i, j, o: y[i, j, o], name=GEMM_CROP)
 
 
 def float_linear(x, w):
-    """x (b, t, k) f32 @ w.T for w (n, k) of any float dtype -> (b, t, n) f32."""
+    """x (b, t, k) f32 @ w.T for w (n, k) of any float dtype -> (b, t, n) f32, the reduction
+    split into (blocks, lanes) for the schedule to vectorize."""
     b, t, k_dim = x.shape
     n = w.shape[0]
-    k = te.reduce_axis((0, k_dim), name="k")
-    return te.compute(
-        (b, t, n),
-        lambda i, j, o: te.sum(x[i, j, k] * w[o, k].astype(F32), axis=k),
-        name="matmul",
-    )
+    lanes = _lanes(int(k_dim))
+    rb = te.reduce_axis((0, int(k_dim) // lanes), name="kb")
+    rl = te.reduce_axis((0, lanes), name="kl")
+    if _is_vector(x):
+        return te.compute(
+            (b, t, n),
+            lambda i, j, o: te.sum(x[i, j, rb * lanes + rl] * w[o, rb * lanes + rl].astype(F32), axis=[rb, rl]),
+            name=GEMV)
+    xp = te.compute((b, _padded_rows(t), k_dim // lanes, lanes),
+                    lambda i, j, kb, l: tirx.if_then_else(j < t, x[i, tirx.min(j, t - 1), kb * lanes + l],
+                                                          tirx.const(0.0, F32)), name=X_PERMUTED)
+    y = te.compute((b, _padded_rows(t), n),
+                   lambda i, j, o: te.sum(xp[i, j, rb, rl] * w[o, rb * lanes + rl].astype(F32), axis=[rb, rl]),
+                   name=GEMM)
+    return te.compute((b, t, n), lambda i, j, o: y[i, j, o], name=GEMM_CROP)
 
 
 def q4_embedding(ids, w, s, group: int):
