@@ -25,7 +25,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgesmith.errors import ConfigError, EdgesmithError

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 

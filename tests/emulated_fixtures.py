@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from edgesmith.runtime.devices import load_devices
-from edgesmith.runtime.emulated import (clear_fault, emulated_device_entries, emulator_status, set_fault,
+from edgesmith.runtime.emulated import (clear_fault, emulated_device_entries, set_fault,
                                         start_emulators, stop_emulators)
 
 TOKENS = "1,2,3,4,5"

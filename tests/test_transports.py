@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 
 import pytest
 
-from edgesmith.errors import EdgesmithError
 from edgesmith.runtime.devices import Device, parse_devices
 from edgesmith.runtime.remote import format_devices_table, probe_devices, push_to_device, run_bundle
 from edgesmith.runtime.runner_exec import run_runner

@@ -56,6 +56,7 @@ class Phone:
             raise ValueError(f"sandbox path {self.sandbox} must hold no shell-special characters")
         self.sandbox.mkdir(parents=True, exist_ok=True)
         self.faults = FaultSwitch(state_dir, name)
+        self.children: set[subprocess.Popen] = set()  # shell commands still running
         self.system_bin = Path(state_dir) / f"{name}-system" / "bin"
         self.fault_bin = Path(state_dir) / "fault-bin"
         self.system_bin.mkdir(parents=True, exist_ok=True)
@@ -64,6 +65,13 @@ class Phone:
         listing = "".join(f"echo {shlex.quote(f'[{k}]: [{v}]')}; " for k, v in PROPS.items())
         getprop.write_text(f'#!/bin/sh\ncase "$1" in\n{cases}  "") {listing};;\n  *) echo;;\nesac\n')
         getprop.chmod(0o755)
+
+    def kill_children(self) -> None:
+        for proc in list(self.children):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def banner(self) -> bytes:
         props = ";".join(f"{k}={PROPS[k]}" for k in ("ro.product.name", "ro.product.model", "ro.product.device"))
@@ -283,6 +291,7 @@ class Connection(threading.Thread):
                                 stdin=subprocess.PIPE if v2 else subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT if merge else subprocess.PIPE, start_new_session=True)
         stream.proc = proc
+        phone.children.add(proc)
         if stream.closed:
             stream.closed_by_host()
 
@@ -305,6 +314,7 @@ class Connection(threading.Thread):
         for p in pumps[:2]:
             p.join()
         code = proc.wait()
+        phone.children.discard(proc)
         if v2 and not stream.closed:
             stream.write(packet(3, bytes([code & 0xFF if code >= 0 else 128 - code])))
 

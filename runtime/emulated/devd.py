@@ -75,8 +75,13 @@ def main(argv=None) -> None:
     ap.add_argument("--sshd-port", type=int, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     phone = Phone(args.state / "phone", args.state, "phone")
+
+    def stop(*_):
+        phone.kill_children()  # what the phone still runs goes with it, as on a power-off
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     # Bind both before saying ready, so a taken port fails here, loudly.
     adb_listener = socket.create_server((args.host, args.adb_port))
     ssh_listener = socket.create_server((args.host, args.ssh_port))
