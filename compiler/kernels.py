@@ -17,11 +17,13 @@ LANES = 16  # reduction elements per vector step; LLVM splits it into the target
 # Block names the CPU schedule rules (schedules.py) look for.
 GEMV, GEMM = "linear_gemv", "linear_gemm"
 Q4_WORD = "q4_gemv_word"  # decode: sum over the 8 nibbles of each packed word
-Q4_DEQUANT = "q4_gemm_dequant"  # prefill: a tile of dequantized weight
-X_PERMUTED = "linear_x_permuted"  # x reordered like the int4 weight's lanes
+WEIGHT_TILE = "linear_weight_tile"  # prefill: a (k, n-tile) strip of the weight, dequantized, as float32
+Q4_WORDS_T, Q4_SCALES_T = "q4_gemm_words_t", "q4_gemm_scales_t"  # prefill: a strip's words, scales
+X_PERMUTED = "linear_x_permuted"  # decode int4: x reordered like the packed words' lanes
 X_WORD_SUM = "q4_gemv_xsum"
+X_PADDED = "linear_x_padded"  # prefill: tokens padded to a multiple of ROW_TILE with zeros
 GEMM_CROP = "linear_gemm_crop"  # prefill: the padded rows dropped
-ROW_TILE = 4  # prefill pads its tokens to a multiple: the schedule's register tile needs no bounds check
+ROW_TILE = 8  # prefill's register tile of tokens: padding to it leaves the tile without bounds checks
 
 
 def _nibble(word, i):
@@ -64,10 +66,10 @@ def _is_vector(x) -> bool:
 def q4_linear(x, w, s, group: int):
     """x (b, t, k) f32 @ dequant(w, s).T -> (b, t, n) f32.
 
-    Both forms reorder the reduction so that the vector lanes run over consecutive packed
-    words (contiguous loads, shifts by a constant): element 8*(jb*L + l) + i of a row is
-    nibble i of word jb*L + l, for lane l. x is permuted to match once per call (k floats per
-    token), which is cheap next to the weight.
+    Decode reorders the reduction so that the vector lanes run over consecutive packed words
+    (contiguous loads, shifts by a constant): element 8*(jb*L + l) + i of a row is nibble i of
+    word jb*L + l, for lane l; x is permuted to match once per call (k floats). Prefill
+    dequantizes a strip of the weight at a time and multiplies it as floats (_gemm).
     """
     if _is_vector(x):
         return _q4_gemv(x, w, s, group)
@@ -101,56 +103,49 @@ def _padded_rows(t):
     return (t + ROW_TILE - 1) // ROW_TILE * ROW_TILE
 
 
-def _q4_gemm(x, w, s, group: int):
-    """Prefill: x (b, t, k), t dynamic. y = sum over (kb, l) of xp[m, kb, l] * deq[o, kb, l],
-    kb = jb*8 + i running over word blocks and nibbles; deq is a tile the schedule computes
-    inside its column loop (the whole weight is never written out). xp holds the tokens padded
-    with zeros to a multiple of ROW_TILE."""
+def _gemm(x, weight_t, n):
+    """Prefill: y (b, t, n) = x @ W.T with W.T given as weight_t(kk, o) -> f32.
+
+    The weight is read through WEIGHT_TILE, a (k, n) float32 transpose the schedule computes
+    one column strip at a time (never the whole weight), so that the register tile is an outer
+    product: a token's x broadcast times a vector of consecutive outputs."""
     b, t, k_dim = x.shape
-    n, words = w.shape
-    wpg = group // 8
-    lanes = _lanes(int(words), wpg)
-    blocks = int(words) // lanes * 8
-
-    def xp_fn(i, j, kb, l):
-        col = ((kb // 8) * lanes + l) * 8 + kb % 8
-        return tirx.if_then_else(j < t, x[i, tirx.min(j, t - 1), col], tirx.const(0.0, F32))
-
-    xp = te.compute((b, _padded_rows(t), blocks, lanes), xp_fn, name=X_PERMUTED)
-
-    def deq_fn(o, kb, l):
-        word = w[o, (kb // 8) * lanes + l]
-        scale = _group_scale(s, o, kb // 8, l, lanes, wpg)
-        return (_nibble(word, kb % 8) - tirx.const(8.0, F32)) * scale
-
-    deq = te.compute((n, blocks, lanes), deq_fn, name=Q4_DEQUANT)
-    rb = te.reduce_axis((0, blocks), name="kb")
-    rl = te.reduce_axis((0, lanes), name="kl")
-    y = te.compute((b, _padded_rows(t), n), lambda i, j, o: te.sum(xp[i, j, rb, rl] * deq[o, rb, rl], axis=[rb, rl]),
-                   name=GEMM)
+    xpad = te.compute((b, _padded_rows(t), k_dim),
+                      lambda i, j, kk: tirx.if_then_else(j < t, x[i, tirx.min(j, t - 1), kk], tirx.const(0.0, F32)),
+                      name=X_PADDED)
+    tile = te.compute((k_dim, n), weight_t, name=WEIGHT_TILE)
+    rk = te.reduce_axis((0, k_dim), name="k")
+    y = te.compute((b, _padded_rows(t), n), lambda i, j, o: te.sum(xpad[i, j, rk] * tile[rk, o], axis=rk), name=GEMM)
     return te.compute((b, t, n), lambda i, j, o: y[i, j, o], name=GEMM_CROP)
 
 
+def _q4_gemm(x, w, s, group: int):
+    """The strip is decoded from transposed copies of its packed words and scales (scalar
+    copies, 1/8 and 1/group of the elements), so that decoding is vectorized over outputs."""
+    n, words = w.shape
+    w_t = te.compute((words, n), lambda j, o: w[o, j], name=Q4_WORDS_T)
+    s_t = te.compute((s.shape[1], n), lambda g, o: s[o, g].astype(F32), name=Q4_SCALES_T)
+
+    def value(kk, o):
+        return (_nibble(w_t[kk // 8, o], kk % 8) - tirx.const(8.0, F32)) * s_t[kk // group, o]
+
+    return _gemm(x, value, n)
+
+
 def float_linear(x, w):
-    """x (b, t, k) f32 @ w.T for w (n, k) of any float dtype -> (b, t, n) f32, the reduction
-    split into (blocks, lanes) for the schedule to vectorize."""
+    """x (b, t, k) f32 @ w.T for w (n, k) of any float dtype -> (b, t, n) f32. Decode splits the
+    reduction into (blocks, lanes) for the schedule to vectorize; prefill is _gemm."""
     b, t, k_dim = x.shape
     n = w.shape[0]
     lanes = _lanes(int(k_dim))
     rb = te.reduce_axis((0, int(k_dim) // lanes), name="kb")
     rl = te.reduce_axis((0, lanes), name="kl")
-    if _is_vector(x):
-        return te.compute(
-            (b, t, n),
-            lambda i, j, o: te.sum(x[i, j, rb * lanes + rl] * w[o, rb * lanes + rl].astype(F32), axis=[rb, rl]),
-            name=GEMV)
-    xp = te.compute((b, _padded_rows(t), k_dim // lanes, lanes),
-                    lambda i, j, kb, l: tirx.if_then_else(j < t, x[i, tirx.min(j, t - 1), kb * lanes + l],
-                                                          tirx.const(0.0, F32)), name=X_PERMUTED)
-    y = te.compute((b, _padded_rows(t), n),
-                   lambda i, j, o: te.sum(xp[i, j, rb, rl] * w[o, rb * lanes + rl].astype(F32), axis=[rb, rl]),
-                   name=GEMM)
-    return te.compute((b, t, n), lambda i, j, o: y[i, j, o], name=GEMM_CROP)
+    if not _is_vector(x):
+        return _gemm(x, lambda kk, o: w[o, kk].astype(F32), n)
+    return te.compute(
+        (b, t, n),
+        lambda i, j, o: te.sum(x[i, j, rb * lanes + rl] * w[o, rb * lanes + rl].astype(F32), axis=[rb, rl]),
+        name=GEMV)
 
 
 def q4_embedding(ids, w, s, group: int):

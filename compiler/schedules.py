@@ -181,10 +181,10 @@ class Linear(dlight.ScheduleRule):
     """kernels.q4_linear / float_linear, with what FuseOps put after them (residual adds).
 
     Decode (GEMV, one token): output rows in parallel, each row's packed words streamed once
-    with a vector accumulator of L lanes. Prefill (GEMM, t tokens): a register tile of
-    MR tokens x NR outputs, each a vector accumulator over L reduction lanes; the int4
-    weight is dequantized per NR-row strip (parallel) into a local buffer and reused by every
-    token.
+    with a vector accumulator of L lanes. Prefill (GEMM, t tokens): strips of 2 vectors of
+    outputs in parallel; each strip of the weight is dequantized (or cast) once into a (k, cols)
+    float buffer, then every ROW_TILE tokens accumulate a ROW_TILE x cols register tile by outer
+    products (x broadcast times a weight vector).
     """
 
     def apply(self, func, target, _tunable):
@@ -228,38 +228,42 @@ class Linear(dlight.ScheduleRule):
 
     def _gemm(self, sch: Schedule, names: dict, target):
         block = names[kernels.GEMM]
-        b, t, o, kb, kl = sch.get_loops(block)
-        lanes = _static(sch.get(kl).extent)
+        b, t, o, k = sch.get_loops(block)
         n = _static(sch.get(o).extent)
-        # Accumulators: MR * NR vectors of `lanes` floats; keep them within ~half the register file.
-        regs_per_acc = max(1, lanes * 32 // _vector_bits(target))
-        mr, nr = (4, 4) if regs_per_acc == 1 else (2, 2) if regs_per_acc <= 4 else (1, 1)
-        while n % nr:
-            nr //= 2
+        lanes = _vector_bits(target) // 32
+        cols = 2 * lanes  # register tile: ROW_TILE tokens x 2 vectors of outputs
+        while n % cols:
+            cols //= 2
+        vec = min(lanes, cols)
         m = sch.fuse(b, t)
-        mo, mi = sch.split(m, [None, mr])
-        oo, oi = sch.split(o, [None, nr])
-        sch.reorder(oo, mo, kb, mi, oi, kl)
-        rf = _rfactor_lanes(sch, block)
-        oo, mo = sch.get_loops(rf)[:2]
-        deq = names.get(kernels.Q4_DEQUANT)
-        if deq is not None:
-            sch.compute_at(deq, oo)
-        sch.reverse_compute_at(block, mo)
+        mo, mi = sch.split(m, [None, kernels.ROW_TILE])
+        oo, oi = sch.split(o, [None, cols])
+        ovo, ov = sch.split(oi, [None, vec])
+        sch.reorder(oo, mo, k, mi, ovo, ov)
+        acc = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(acc, mo)
+        tile = names[kernels.WEIGHT_TILE]
+        sch.compute_at(tile, oo)
+        for name in (kernels.Q4_WORDS_T, kernels.Q4_SCALES_T):
+            if name in names:
+                sch.compute_at(names[name], oo)
         for epi in self._epilogue(sch, names, kernels.GEMM):
             sch.reverse_compute_at(epi, mo)
         sch.parallel(oo)
-        xp = names.get(kernels.X_PERMUTED)
-        if xp is not None:
-            sch.parallel(sch.fuse(*sch.get_loops(xp)[:2]))
-            sch.vectorize(sch.get_loops(xp)[-1])
-        if deq is not None:
-            sch.vectorize(sch.get_loops(deq)[-1])
-        _, _, kb, mi, oi, kl = sch.get_loops(rf)
+        xpad = names[kernels.X_PADDED]
+        sch.parallel(sch.fuse(*sch.get_loops(xpad)[:2]))
+        # The strip of the weight: (k, cols), vectorized over the columns (a gather of `vec`
+        # rows' words), the 8 nibbles of a word unrolled so the gather is shared.
+        kk, to = sch.get_loops(tile)[-2:]
+        if _static(sch.get(kk).extent) % 8 == 0:
+            kw, nib = sch.split(kk, [None, 8])
+            sch.reorder(kw, nib, to)
+            sch.unroll(nib)
+        sch.vectorize(sch.split(to, [None, vec])[1])
         sch.unroll(mi)
-        sch.unroll(oi)
-        sch.vectorize(kl)
-        sch.decompose_reduction(rf, kb)
+        sch.unroll(ovo)
+        sch.vectorize(ov)
+        sch.decompose_reduction(block, k)
         return sch
 
 
