@@ -6,6 +6,14 @@
 //   runner version
 //   common options: [--lib-dir DIR] [--threads N] [--no-verify]
 //
+//   profiling (section "profiling" at the end; edgesmith profile drives them):
+//   runner profile BUNDLE -p 128 -n 128 [--warmup 1] [-r 3] [--max-reps 10] [--target-rsd 0.03]
+//                         [--cool-below C] [--cool-timeout S] [--cool-poll S] [--sysroot DIR]
+//   runner kernels BUNDLE -p 128 -n 32 [--warmup 1]     time of every kernel call
+//   runner logits  BUNDLE --tokens 1,2,3                 teacher-forced logits (base64 float32)
+//   runner membw   BUNDLE [--mb 256] [-r 5]              memory read bandwidth (BUNDLE unused)
+//   their common options: [--context N] (KV cache sized for N tokens) and the ones above
+//
 // Output: one JSON object per line on stdout. Errors: one line on stderr, exit code 1.
 //
 // It uses only the tvm_ffi C++ API (linked: libtvm_ffi.so), dlopen()s libtvm_runtime.so
@@ -14,8 +22,10 @@
 // through RUNPATH $ORIGIN, so BUNDLE/bin is self-contained.
 //
 // Sections: utilities · sha256 · manifest and checks · model (VM, params) · KV cache ·
-//           sampler · generate · bench · CLI
+//           sampler · generate · bench · profiling (sensors, profile, kernels, logits,
+//           membw) · CLI
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -29,9 +39,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <tvm/ffi/container/array.h>
@@ -291,6 +303,9 @@ static void load_runtime(const std::string& lib_dir) {
   if (!dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL)) die(std::string("dlopen: ") + dlerror());
 }
 
+// Set by `runner kernels`: wraps the model library before the VM looks its kernels up.
+static void (*g_wrap_library)(ffi::Module& lib) = nullptr;
+
 struct Model {
   ffi::Module vm;
   ffi::Function prefill, decode, create_kv;
@@ -300,6 +315,7 @@ struct Model {
 
 static Model load_model(const std::string& bundle, const Manifest& m) {
   ffi::Module lib = ffi::Module::LoadFromFile(bundle + "/lib/model.so");
+  if (g_wrap_library) g_wrap_library(lib);
   ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
   // (device type, id, allocator) for the device, then for the host; 2 = pooled allocator
   vm->GetFunction("vm_initialization").value()(int(kDLCPU), 0, 2, int(kDLCPU), 0, 2);
@@ -541,6 +557,411 @@ static void cmd_bench(const Model& model, const Manifest& m, double load_s, cons
 }
 
 // ----------------------------------------------------------------------------
+// profiling: what `edgesmith profile` runs on the device (runtime/profile/ reads these lines)
+//
+//   sensors   thermal zones and CPU frequencies from sysfs, read around every repetition
+//   profile   warm-up; per repetition: cool down below a threshold, prefill p + decode n;
+//             stop once pp and tg tok/s spread less than --target-rsd (or at --max-reps)
+//   kernels   every kernel call timed through a wrapper around the model library
+//   logits    teacher-forced logits of a fixed token sequence (the on-device accuracy check)
+//   membw     memory read bandwidth (the roofline's ceiling)
+
+// Thermal zones (°C, in zone order) and current/max CPU frequencies (MHz, per cpu) under
+// ROOT/sys — ROOT is "" on a real device; a test points it at a fake sysfs folder.
+struct Sensors {
+  std::vector<std::pair<std::string, double>> temps_c;
+  std::vector<double> cur_mhz, max_mhz;
+  double max_temp() const {
+    double t = -1e9;
+    for (auto& z : temps_c) t = std::max(t, z.second);
+    return temps_c.empty() ? NAN : t;
+  }
+};
+
+static bool read_number(const std::string& path, double& out) {
+  std::ifstream in(path);
+  return bool(in >> out);
+}
+
+static std::vector<std::string> entries_with_prefix(const std::string& dir, const std::string& prefix) {
+  std::vector<std::string> names;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      std::string name = e->d_name;
+      if (name.rfind(prefix, 0) == 0 && name.size() > prefix.size() && isdigit(name[prefix.size()]))
+        names.push_back(name);
+    }
+    closedir(d);
+  }
+  // numeric order: zone2 before zone10
+  std::sort(names.begin(), names.end(), [&](const std::string& a, const std::string& b) {
+    return atol(a.c_str() + prefix.size()) < atol(b.c_str() + prefix.size());
+  });
+  return names;
+}
+
+static Sensors read_sensors(const std::string& root) {
+  Sensors s;
+  std::string thermal = root + "/sys/class/thermal";
+  for (const auto& zone : entries_with_prefix(thermal, "thermal_zone")) {
+    double t;
+    if (!read_number(thermal + "/" + zone + "/temp", t)) continue;
+    std::string type = zone;
+    std::ifstream(thermal + "/" + zone + "/type") >> type;
+    s.temps_c.push_back({type, std::fabs(t) > 200 ? t / 1000 : t});  // millidegrees on Linux
+  }
+  std::string cpus = root + "/sys/devices/system/cpu";
+  for (const auto& cpu : entries_with_prefix(cpus, "cpu")) {
+    double cur, mx;
+    if (!read_number(cpus + "/" + cpu + "/cpufreq/scaling_cur_freq", cur)) continue;
+    if (!read_number(cpus + "/" + cpu + "/cpufreq/cpuinfo_max_freq", mx)) mx = cur;
+    s.cur_mhz.push_back(cur / 1000), s.max_mhz.push_back(mx / 1000);  // kHz in sysfs
+  }
+  return s;
+}
+
+static std::string json_string(const std::string& v) {
+  std::string out = "\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (uint8_t(c) < 0x20) out += ' ';
+    else out += c;
+  }
+  return out + "\"";
+}
+
+static std::string json_sensors(const Sensors& s) {
+  std::string out = "{\"temps_c\": {";
+  for (size_t i = 0; i < s.temps_c.size(); ++i) {
+    char num[32];
+    snprintf(num, sizeof(num), "%.1f", s.temps_c[i].second);
+    // duplicate zone types are common (several "cpu-thermal"): suffix the zone index
+    out += (i ? ", " : "") + json_string(s.temps_c[i].first + "#" + std::to_string(i)) + ": " + num;
+  }
+  out += "}, \"cur_mhz\": [";
+  for (size_t i = 0; i < s.cur_mhz.size(); ++i) out += (i ? "," : "") + std::to_string(long(s.cur_mhz[i]));
+  out += "], \"max_mhz\": [";
+  for (size_t i = 0; i < s.max_mhz.size(); ++i) out += (i ? "," : "") + std::to_string(long(s.max_mhz[i]));
+  return out + "]}";
+}
+
+static long current_rss_kb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmRSS:", 0) == 0) return strtol(line.c_str() + 6, nullptr, 10);
+  return 0;
+}
+
+struct ProfileArgs {
+  int64_t p = 128, n = 128, warmup = 1, min_reps = 3, max_reps = 10, context = 0, positions = 0;
+  int64_t mb = 256;
+  double target_rsd = 0.03, cool_below = 0, cool_timeout = 300, cool_poll = 1;
+  std::string sysroot;
+  std::vector<int32_t> tokens;
+  uint64_t seed = 0;
+};
+
+// Sample relative standard deviation (n - 1); 0 for fewer than two samples.
+static double rel_sd(const std::vector<double>& v) {
+  if (v.size() < 2) return 0;
+  double mean = 0, ss = 0;
+  for (double x : v) mean += x / v.size();
+  for (double x : v) ss += (x - mean) * (x - mean);
+  return mean > 0 ? std::sqrt(ss / (v.size() - 1)) / mean : 0;
+}
+
+// Waits until the hottest zone is below `below` °C (polling every `poll` s, at most `timeout`
+// s); prints when it starts and ends waiting. Returns the seconds waited.
+static double cool_down(const ProfileArgs& a, int64_t rep) {
+  if (a.cool_below <= 0) return 0;
+  double t = read_sensors(a.sysroot).max_temp();
+  if (!(t >= a.cool_below)) return 0;  // no zones (NaN) or already cool
+  printf("{\"event\": \"cooldown\", \"rep\": %ld, \"temp_c\": %.1f, \"below_c\": %.1f}\n", long(rep), t,
+         a.cool_below);
+  fflush(stdout);
+  double t0 = now_s();
+  bool timed_out = false;
+  while (t >= a.cool_below) {
+    if (now_s() - t0 >= a.cool_timeout) { timed_out = true; break; }
+    usleep(useconds_t(a.cool_poll * 1e6));
+    t = read_sensors(a.sysroot).max_temp();
+  }
+  double waited = now_s() - t0;
+  printf("{\"event\": \"cooled\", \"rep\": %ld, \"temp_c\": %.1f, \"waited_s\": %.3f, \"timed_out\": %s}\n",
+         long(rep), t, waited, timed_out ? "true" : "false");
+  fflush(stdout);
+  return waited;
+}
+
+static std::vector<int32_t> random_prompt(const Manifest& m, int64_t p, uint64_t seed) {
+  if (m.vocab_size <= 0) die("manifest model.config.vocab_size is missing; cannot draw token ids");
+  Rng rng(seed);
+  std::vector<int32_t> prompt(p);
+  for (auto& t : prompt) t = int32_t(rng.next() % uint64_t(m.vocab_size));
+  return prompt;
+}
+
+// One repetition: a fresh sequence, prefill `prompt`, decode n tokens greedily.
+static void one_rep(const Model& model, const Manifest& m, KVCache& kv, const std::vector<int32_t>& prompt,
+                    int64_t n, double& prefill_s, double& decode_s) {
+  std::vector<float> logits;
+  kv.add(kv.obj, int64_t(0));
+  double t0 = now_s();
+  prefill(model, m, kv, prompt, logits);
+  double t1 = now_s();
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t tok = argmax(logits);
+    forward(model, kv, model.decode, &tok, 1, logits);
+  }
+  double t2 = now_s();
+  kv.remove(kv.obj, int64_t(0));
+  prefill_s = t1 - t0, decode_s = t2 - t1;
+}
+
+static void cmd_profile(const Model& model, const Manifest& m, double load_s, const ProfileArgs& a) {
+  if (a.p < 1 || a.n < 1 || a.min_reps < 1 || a.max_reps < a.min_reps)
+    die("profile needs -p >= 1, -n >= 1, -r >= 1 and --max-reps >= -r");
+  check_fits(m, a.p, a.n);
+  std::vector<int32_t> prompt = random_prompt(m, a.p, a.seed);
+  long rss_load = current_rss_kb();
+  KVCache kv = create_kv_cache(model, m);
+  double pre, dec;
+  for (int64_t w = 0; w < a.warmup; ++w) one_rep(model, m, kv, prompt, a.n, pre, dec);
+
+  std::vector<double> pp, tg;
+  const char* stop = "max_reps";
+  for (int64_t rep = 0; rep < a.max_reps; ++rep) {
+    double waited = cool_down(a, rep);
+    Sensors before = read_sensors(a.sysroot);
+    one_rep(model, m, kv, prompt, a.n, pre, dec);
+    Sensors after = read_sensors(a.sysroot);
+    pp.push_back(a.p / pre), tg.push_back(a.n / dec);
+    printf("{\"rep\": %ld, \"prefill_s\": %.6f, \"decode_s\": %.6f, \"prefill_tok_s\": %.3f, "
+           "\"decode_tok_s\": %.3f, \"cooldown_s\": %.3f, \"before\": %s, \"after\": %s}\n",
+           long(rep), pre, dec, pp.back(), tg.back(), waited, json_sensors(before).c_str(),
+           json_sensors(after).c_str());
+    fflush(stdout);
+    if (int64_t(pp.size()) >= a.min_reps && rel_sd(pp) <= a.target_rsd && rel_sd(tg) <= a.target_rsd) {
+      stop = "stable";
+      break;
+    }
+  }
+  printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"reps\": %zu, \"stop\": \"%s\", "
+         "\"prefill_rsd\": %.5f, \"decode_rsd\": %.5f, \"kv_context\": %ld, \"load_s\": %.6f, "
+         "\"rss_after_load_kb\": %ld, \"peak_rss_kb\": %ld}\n",
+         long(a.p), long(a.n), pp.size(), stop, rel_sd(pp), rel_sd(tg), long(m.max_total_seq_len), load_s,
+         rss_load, peak_rss_kb());
+}
+
+// --- kernels: the VM finds kernels in the executable's imports (the model library) by name;
+// swapping that import for a module that wraps each function with a clock times every call.
+// On the CPU a kernel returns when its work is done, so wall time per call is its time.
+
+struct KernelStat {
+  int64_t calls[2] = {0, 0};
+  double seconds[2] = {0, 0};
+};
+static std::map<std::string, KernelStat> g_kernels;  // std::map: stable addresses
+static int g_phase = -1;                             // -1 off, 0 prefill, 1 decode
+
+class TimedLibrary : public ffi::ModuleObj {
+ public:
+  explicit TimedLibrary(ffi::Module inner) : inner_(inner) {}
+  const char* kind() const final { return "edgesmith_timed_library"; }
+  ffi::Optional<ffi::Function> GetFunction(const ffi::String& name) final {
+    ffi::Optional<ffi::Function> f = inner_->GetFunction(name, true);
+    if (!f) return f;
+    ffi::Function inner_fn = *f;
+    KernelStat* stat = &g_kernels[std::string(name)];
+    return ffi::Function::FromPacked([inner_fn, stat](ffi::PackedArgs args, ffi::Any* rv) {
+      double t0 = now_s();
+      inner_fn.CallPacked(args, rv);
+      if (g_phase >= 0) stat->calls[g_phase] += 1, stat->seconds[g_phase] += now_s() - t0;
+    });
+  }
+
+ private:
+  ffi::Module inner_;
+};
+
+static void wrap_library(ffi::Module& exec) {
+  std::vector<ffi::Module> libs;
+  for (const ffi::Any& imp : exec->imports()) libs.push_back(imp.cast<ffi::Module>());
+  exec->ClearImports();
+  for (auto& lib : libs) exec->ImportModule(ffi::Module(ffi::make_object<TimedLibrary>(lib)));
+}
+
+static void cmd_kernels(const Model& model, const Manifest& m, const ProfileArgs& a) {
+  if (a.p < 1 || a.n < 1) die("kernels needs -p >= 1 and -n >= 1");
+  check_fits(m, a.p, a.n);
+  std::vector<int32_t> prompt = random_prompt(m, a.p, a.seed);
+  KVCache kv = create_kv_cache(model, m);
+  double pre, dec;
+  for (int64_t w = 0; w < a.warmup; ++w) one_rep(model, m, kv, prompt, a.n, pre, dec);
+  // Measured: prefill with the clock on phase 0, then decode on phase 1.
+  std::vector<float> logits;
+  kv.add(kv.obj, int64_t(0));
+  g_phase = 0;
+  double t0 = now_s();
+  prefill(model, m, kv, prompt, logits);
+  double t1 = now_s();
+  g_phase = 1;
+  for (int64_t i = 0; i < a.n; ++i) {
+    int32_t tok = argmax(logits);
+    forward(model, kv, model.decode, &tok, 1, logits);
+  }
+  double t2 = now_s();
+  g_phase = -1;
+  kv.remove(kv.obj, int64_t(0));
+  double sum[2] = {0, 0};
+  for (const auto& [name, st] : g_kernels) {
+    for (int ph = 0; ph < 2; ++ph) {
+      if (!st.calls[ph]) continue;
+      sum[ph] += st.seconds[ph];
+      printf("{\"kernel\": %s, \"phase\": \"%s\", \"calls\": %ld, \"total_s\": %.6f}\n", json_string(name).c_str(),
+             ph ? "decode" : "prefill", long(st.calls[ph]), st.seconds[ph]);
+    }
+  }
+  printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"prefill_s\": %.6f, \"decode_s\": %.6f, "
+         "\"kernels_prefill_s\": %.6f, \"kernels_decode_s\": %.6f}\n",
+         long(a.p), long(a.n), t1 - t0, t2 - t1, sum[0], sum[1]);
+}
+
+// --- logits: position 0 from a prefill of tokens[0], position i from a decode of tokens[i];
+// each printed as little-endian float32 in base64 (a phone's stdout carries it unchanged).
+
+static std::string base64(const uint8_t* p, size_t n) {
+  static const char* abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((n + 2) / 3 * 4);
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t v = uint32_t(p[i]) << 16 | (i + 1 < n ? uint32_t(p[i + 1]) << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+    out += abc[v >> 18 & 63], out += abc[v >> 12 & 63];
+    out += i + 1 < n ? abc[v >> 6 & 63] : '=';
+    out += i + 2 < n ? abc[v & 63] : '=';
+  }
+  return out;
+}
+
+static void cmd_logits(const Model& model, const Manifest& m, const ProfileArgs& a) {
+  if (a.tokens.empty()) die("logits needs --tokens (comma-separated token ids)");
+  for (int32_t t : a.tokens)
+    if (t < 0 || (m.vocab_size > 0 && t >= m.vocab_size))
+      die("token id " + std::to_string(t) + " is outside the vocabulary (0.." + std::to_string(m.vocab_size - 1) + ")");
+  check_fits(m, a.tokens.size(), 0);
+  KVCache kv = create_kv_cache(model, m);
+  std::vector<float> logits;
+  kv.add(kv.obj, int64_t(0));
+  for (size_t i = 0; i < a.tokens.size(); ++i) {
+    forward(model, kv, i ? model.decode : model.prefill, &a.tokens[i], 1, logits);
+    printf("{\"position\": %zu, \"token\": %d, \"vocab\": %zu, \"logits_f32le_b64\": \"%s\"}\n", i, a.tokens[i],
+           logits.size(), base64(reinterpret_cast<const uint8_t*>(logits.data()), logits.size() * 4).c_str());
+  }
+  kv.remove(kv.obj, int64_t(0));
+  printf("{\"summary\": true, \"positions\": %zu}\n", a.tokens.size());
+}
+
+// --- membw: every thread sums its slice of a buffer much larger than the caches; the best
+// of r passes (GB/s = bytes / seconds) is what the memory system delivers to reads.
+
+static void cmd_membw(const ProfileArgs& a) {
+  if (a.mb < 1 || a.min_reps < 1) die("membw needs --mb >= 1 and -r >= 1");
+  const char* env = getenv("TVM_NUM_THREADS");
+  int threads = env ? atoi(env) : int(std::thread::hardware_concurrency());
+  threads = std::max(threads, 1);
+  size_t words = size_t(a.mb) * (1 << 20) / sizeof(uint64_t);
+  std::vector<uint64_t> buf(words);
+  for (size_t i = 0; i < words; ++i) buf[i] = i;  // touch every page before timing
+  std::vector<uint64_t> sums(threads);
+  double best = 0;
+  for (int64_t rep = 0; rep < a.min_reps; ++rep) {
+    double t0 = now_s();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        size_t lo = words * t / threads, hi = words * (t + 1) / threads;
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;  // four chains: the adds don't serialize
+        size_t i = lo;
+        for (; i + 4 <= hi; i += 4) s0 += buf[i], s1 += buf[i + 1], s2 += buf[i + 2], s3 += buf[i + 3];
+        for (; i < hi; ++i) s0 += buf[i];
+        sums[t] = s0 + s1 + s2 + s3;
+      });
+    for (auto& th : pool) th.join();
+    double gbs = words * sizeof(uint64_t) / (now_s() - t0) / 1e9;
+    best = std::max(best, gbs);
+    printf("{\"rep\": %ld, \"read_gb_s\": %.3f}\n", long(rep), gbs);
+  }
+  uint64_t check = 0;
+  for (uint64_t s : sums) check += s;  // used, so the reads are not optimized away
+  printf("{\"summary\": true, \"read_gb_s\": %.3f, \"mb\": %ld, \"threads\": %d, \"checksum\": %llu}\n", best,
+         long(a.mb), threads, (unsigned long long)(check & 0xffff));
+}
+
+static bool is_profiling_command(const std::string& cmd) {
+  return cmd == "profile" || cmd == "kernels" || cmd == "logits" || cmd == "membw";
+}
+
+static void run_profiling(const std::string& cmd, int argc, char** argv) {
+  if (argc < 3 || argv[2][0] == '-') die(cmd + " needs a BUNDLE folder as its first argument");
+  std::string bundle = argv[2];
+  std::string lib_dir = exe_dir();
+  bool verify = true;
+  ProfileArgs a;
+  if (cmd == "kernels") a.n = 32;
+  if (cmd == "membw") a.min_reps = 5;
+  for (int i = 3; i < argc; ++i) {
+    std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) die(flag + " needs a value");
+      return argv[++i];
+    };
+    auto number = [&]() -> double {
+      std::string v = value();
+      char* end = nullptr;
+      double d = strtod(v.c_str(), &end);
+      if (v.empty() || *end != 0) die(flag + " expects a number, got '" + v + "'");
+      return d;
+    };
+    bool timed = cmd == "profile" || cmd == "kernels";
+    if (flag == "--lib-dir") lib_dir = value();
+    else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1);
+    else if (flag == "--no-verify") verify = false;
+    else if (flag == "--context") a.context = int64_t(number());
+    else if (flag == "--seed") a.seed = uint64_t(number());
+    else if (timed && flag == "-p") a.p = int64_t(number());
+    else if (timed && flag == "-n") a.n = int64_t(number());
+    else if (timed && flag == "--warmup") a.warmup = int64_t(number());
+    else if ((cmd == "profile" || cmd == "membw") && flag == "-r") a.min_reps = int64_t(number());
+    else if (cmd == "profile" && flag == "--max-reps") a.max_reps = int64_t(number());
+    else if (cmd == "profile" && flag == "--target-rsd") a.target_rsd = number();
+    else if (cmd == "profile" && flag == "--cool-below") a.cool_below = number();
+    else if (cmd == "profile" && flag == "--cool-timeout") a.cool_timeout = number();
+    else if (cmd == "profile" && flag == "--cool-poll") a.cool_poll = number();
+    else if (cmd == "profile" && flag == "--sysroot") a.sysroot = value();
+    else if (cmd == "logits" && flag == "--tokens")
+      for (int64_t t : parse_int_list(flag, value())) a.tokens.push_back(int32_t(t));
+    else if (cmd == "membw" && flag == "--mb") a.mb = int64_t(number());
+    else die("unknown option '" + flag + "' for " + cmd + "; see the usage at the top of runner.cc");
+  }
+  if (cmd == "profile" && a.max_reps < a.min_reps) a.max_reps = a.min_reps;
+  if (cmd == "membw") return cmd_membw(a);
+
+  double t0 = now_s();
+  Manifest m = load_manifest(bundle, verify);
+  // A KV cache for the context the run needs (whole pages), not the bundle's maximum.
+  if (a.context > 0)
+    m.max_total_seq_len = std::min(m.max_total_seq_len, (a.context + m.page_size - 1) / m.page_size * m.page_size);
+  if (cmd == "kernels") g_wrap_library = wrap_library;
+  load_runtime(lib_dir);
+  Model model = load_model(bundle, m);
+  double load_s = now_s() - t0;
+  if (cmd == "profile") cmd_profile(model, m, load_s, a);
+  else if (cmd == "kernels") cmd_kernels(model, m, a);
+  else cmd_logits(model, m, a);
+}
+
+// ----------------------------------------------------------------------------
 // CLI
 
 static const char* kUsage =
@@ -557,7 +978,9 @@ static void run(int argc, char** argv) {
     printf("{\"tvm_version\": \"%s\", \"arch\": \"%s\"}\n", EDGESMITH_TVM_VERSION, kArch);
     return;
   }
-  if (cmd != "generate" && cmd != "bench") die("unknown command '" + cmd + "'; use generate, bench or version");
+  if (is_profiling_command(cmd)) return run_profiling(cmd, argc, argv);
+  if (cmd != "generate" && cmd != "bench")
+    die("unknown command '" + cmd + "'; use generate, bench, profile, kernels, logits, membw or version");
   if (argc < 3 || argv[2][0] == '-') die(cmd + " needs a BUNDLE folder as its first argument");
   std::string bundle = argv[2];
   std::string lib_dir = exe_dir();
