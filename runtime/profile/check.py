@@ -1,0 +1,113 @@
+"""`profile --check`: does the device compute what the host computes?
+
+The device runs a fixed token sequence teacher-forced (`runner logits`: position 0 from a
+prefill of the first token, every later position from a decode); the reference is independent
+of the device build: the same model and quantization compiled for the host (cached by model
+fingerprint) and run by TVM's Python VM (runtime/engine.py). Same weights, same quantization,
+another compile and another engine: what differs is float rounding, unless a driver, a kernel
+or the weights on the device are broken.
+"""
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import numpy as np
+
+from edgesmith.errors import EdgesmithError
+
+POSITIONS = 16
+SEED = 20240607
+MAX_MEAN_KL = 1e-3      # nats; float rounding gives ~1e-9, a broken kernel or weight far more
+MIN_TOP1 = 0.9          # one near-tie flipping in 16 positions is rounding, more is not
+
+
+class CheckFailed(EdgesmithError):
+    """The device's logits differ from the host reference beyond rounding."""
+
+    exit_code = 3
+
+
+def check_tokens(vocab: int, positions: int = POSITIONS) -> list[int]:
+    return np.random.default_rng(SEED).integers(0, vocab, positions).tolist()
+
+
+def reference_source(manifest: dict) -> str:
+    """The `compile` argument that rebuilds the bundle's model, from the manifest's description."""
+    desc = manifest["model"]["source"]
+    m = re.fullmatch(r"(random:[^ ]+) \(seed (\d+)\)", desc)
+    if m:
+        return f"{m.group(1)}:seed={m.group(2)}"
+    m = re.fullmatch(r"folder (.+) \(\d+ shards?, \w+\)", desc)
+    if m and Path(m.group(1)).is_dir():
+        return m.group(1)
+    raise EdgesmithError(f"cannot rebuild the bundle's model from its description {desc!r} for the host reference; "
+                         "pass --reference MODEL (the checkpoint folder it was compiled from)")
+
+
+def reference_bundle(manifest: dict, source: str | None = None, progress=None) -> Path:
+    """A host bundle of the same model and quantization, compiled once and cached."""
+    from edgesmith.compiler.bundle import read_manifest
+    from edgesmith.compiler.build import compile_bundle
+    from edgesmith.targets.runtime_libs import cache_root
+
+    fp = manifest["model"]["fingerprint"]
+    emb = manifest.get("quantize_embedding", True)
+    out = cache_root() / "reference" / f"{fp[:16]}-{manifest['quant']}{'' if emb else '-femb'}-host"
+    if not (out / "manifest.json").is_file():
+        source = source or reference_source(manifest)
+        if progress:
+            progress(f"check: compiling the host reference ({source}, {manifest['quant']}) into {out}")
+        compile_bundle(source, manifest["quant"], "host", out, quantize_embedding=emb)
+    got = read_manifest(out)["model"]["fingerprint"]
+    if got != fp:
+        raise EdgesmithError(f"the host reference at {out} is of another model (fingerprint {got[:12]}..., the bundle's "
+                             f"is {fp[:12]}...); pass --reference with the bundle's checkpoint")
+    return out
+
+
+def device_logits(lines: list[dict]) -> np.ndarray:
+    """(positions, vocab) float64 from the runner's `logits` lines."""
+    rows = sorted((l for l in lines if "logits_f32le_b64" in l), key=lambda l: l["position"])
+    return np.stack([np.frombuffer(base64.b64decode(l["logits_f32le_b64"]), dtype="<f4") for l in rows]).astype(
+        np.float64)
+
+
+def assess(ref: np.ndarray, got: np.ndarray) -> dict:
+    from edgesmith.runtime.evaluate import compare_logits
+
+    if ref.shape != got.shape:
+        return {"passed": False, "reasons": [f"device gave logits of shape {got.shape}, the reference {ref.shape}"]}
+    if not np.isfinite(got).all():
+        bad = int((~np.isfinite(got)).sum())
+        return {"positions": ref.shape[0], "passed": False, "reasons": [f"{bad} logits are NaN or infinite"],
+                "max_abs_diff": None, "mean_kl": None, "top1_agreement": None}
+    report = compare_logits(ref, got)
+    reasons = []
+    if report["mean_kl"] > MAX_MEAN_KL:
+        reasons.append(f"mean KL {report['mean_kl']:.3g} nats > {MAX_MEAN_KL:g}")
+    if report["top1_agreement"] < MIN_TOP1:
+        reasons.append(f"top-1 agreement {100 * report['top1_agreement']:.0f}% < {100 * MIN_TOP1:.0f}%")
+    return dict(report, passed=not reasons, reasons=reasons)
+
+
+def run_check(session, manifest: dict, *, reference: str | None = None, verify: bool = True, progress=None) -> dict:
+    """Logits on the device vs the host reference; the report (raises nothing: the caller decides)."""
+    from edgesmith.runtime.evaluate import teacher_forced_logits
+
+    ids = check_tokens(manifest["model"]["config"]["vocab_size"])
+    ref_bundle = reference_bundle(manifest, reference, progress)
+    if progress:
+        progress(f"check: {len(ids)} positions on '{session.device.name}' and on the host reference")
+    args = ["logits", "--tokens", ",".join(map(str, ids)), "--context", len(ids)]
+    got = device_logits(session.runner(args + ([] if verify else ["--no-verify"])))
+    ref = teacher_forced_logits(ref_bundle, ids)
+    return dict(assess(ref, got), reference={"bundle": str(ref_bundle), "engine": "python (relax VM)",
+                                              "target": "host"}, tokens=ids)
+
+
+def failure_message(device: str, report: dict) -> str:
+    return (f"accuracy check FAILED on device '{device}': {'; '.join(report['reasons'])} "
+            f"(max |logit diff| {report.get('max_abs_diff')}, over {report.get('positions')} positions vs the host "
+            "reference); the device's kernels, driver or weights are broken")

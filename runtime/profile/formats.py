@@ -1,0 +1,212 @@
+"""Writers and readers for profile records: md, json, jsonl, csv. Every format reads back into
+the records it was written from:
+
+    json    a list of records
+    jsonl   one record per line
+    csv     one row per record; sections flattened to `section.field` columns, anything that is
+            not a number/string/bool (samples, reasons, probe, kernels, check) as a JSON cell
+    md      the tables people read, each record also kept whole in an HTML comment
+            (`<!-- edgesmith-record: {...} -->`, invisible when rendered)
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+from edgesmith.errors import EdgesmithError
+from edgesmith.runtime.profile import records as R
+
+FORMATS = ("md", "json", "jsonl", "csv")
+FLAT = ("bundle", "device", "software", "params", "pp", "tg", "stability", "memory", "roofline")
+_COMMENT = re.compile(r"^<!-- edgesmith-record: (.*) -->$", re.M)
+
+
+def write(recs: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(recs, indent=1) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in recs)
+    if fmt == "csv":
+        return _write_csv(recs)
+    if fmt == "md":
+        return _write_md(recs)
+    raise EdgesmithError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def read(text: str, fmt: str | None = None) -> list[dict]:
+    fmt = fmt or sniff(text)
+    try:
+        if fmt == "json":
+            data = json.loads(text)
+            recs = data if isinstance(data, list) else [data]
+        elif fmt == "jsonl":
+            recs = [json.loads(line) for line in text.splitlines() if line.strip()]
+        elif fmt == "csv":
+            recs = _read_csv(text)
+        elif fmt == "md":
+            recs = [json.loads(m) for m in _COMMENT.findall(text)]
+        else:
+            raise EdgesmithError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    except (ValueError, csv.Error) as err:
+        raise EdgesmithError(f"not a readable {fmt} profile ({err})") from None
+    bad = [r for r in recs if not isinstance(r, dict) or r.get("schema") != R.SCHEMA]
+    if bad:
+        raise EdgesmithError(f"not {R.SCHEMA} records (found schema "
+                             f"{bad[0].get('schema') if isinstance(bad[0], dict) else type(bad[0]).__name__!r})")
+    return recs
+
+
+def sniff(text: str) -> str:
+    head = text.lstrip()[:1]
+    if head == "[":
+        return "json"
+    if head == "{":  # jsonl: every line a record; json: one (indented) record
+        lines = [l for l in text.splitlines() if l.strip()]
+        return "jsonl" if all(l.startswith("{") for l in lines) else "json"
+    if "<!-- edgesmith-record:" in text:
+        return "md"
+    return "csv"
+
+
+def read_file(path: Path) -> list[dict]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise EdgesmithError(f"cannot read profile {path}: {err.strerror}") from None
+    ext = path.suffix.lstrip(".")
+    try:
+        return read(text, ext if ext in FORMATS else None)
+    except EdgesmithError as err:
+        raise EdgesmithError(f"{path}: {err}") from None
+
+
+# ------------------------------------------------------------------ csv
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        try:  # a string that reads as JSON (or is empty) is written quoted, so it reads back a string
+            json.loads(value)
+            return json.dumps(value)
+        except ValueError:
+            return value if value else json.dumps(value)
+    return json.dumps(value)
+
+
+def _uncell(text: str):
+    if text == "":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _write_csv(recs: list[dict]) -> str:
+    flat = []
+    for r in recs:
+        row = {}
+        for key, value in r.items():
+            if key in FLAT and isinstance(value, dict):
+                row.update({f"{key}.{k}": _cell(v) for k, v in value.items()})
+            else:
+                row[key] = _cell(value)
+        flat.append(row)
+    columns = list(dict.fromkeys(c for row in flat for c in row))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(flat)
+    return buf.getvalue()
+
+
+def _read_csv(text: str) -> list[dict]:
+    out = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rec: dict = {}
+        for col, cell in row.items():
+            section, dot, field = col.partition(".")
+            if dot and section in FLAT:
+                rec.setdefault(section, {})[field] = _uncell(cell)
+            else:
+                rec[col] = _uncell(cell)
+        out.append(rec)
+    return out
+
+
+# ------------------------------------------------------------------ markdown
+
+def _mib(b) -> str:
+    return "-" if b is None else f"{b / (1 << 20):.1f} MiB"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _write_md(recs: list[dict]) -> str:
+    header = ["model", "quant", "target", "device", "threads", "test", "t/s", "reps", "peak RSS", "roofline",
+              "flags"]
+    rows = []
+    for rec in recs:
+        for row in R.rows(rec):
+            s = row["stats"]
+            roof = rec["roofline"]
+            is_tg = row["test"].startswith("tg")
+            rows.append([
+                row["model"], row["quant"], row["target"], row["device"] + (" (emulated)" if row["emulated"] else ""),
+                str(row["threads"] or "auto"), row["test"], f"{s['mean']:.2f} ± {s['sd']:.2f}", str(s["n"]),
+                _mib(rec["memory"]["peak_rss_bytes"]),
+                f"{100 * roof['fraction']:.1f}% of {roof['ceiling_tok_s']:.0f}" if is_tg and roof["fraction"] else "",
+                ", ".join(rec["flags"]),
+            ])
+    parts = [_table(header, rows)]
+    if any(r["device"]["emulated"] for r in recs):
+        parts.append("_emulated: timings under qemu, never compared with a real device's._")
+    for rec in recs:
+        parts.append(_details(rec))
+    parts.append("\n".join(f"<!-- edgesmith-record: {json.dumps(r).replace('>', chr(92) + 'u003e')} -->"
+                           for r in recs))
+    return "\n\n".join(parts) + "\n"
+
+
+def _details(rec: dict) -> str:
+    p, m, roof, st = rec["params"], rec["memory"], rec["roofline"], rec["stability"]
+    title = f"### {rec['device']['name']} · pp{p['prompt']} tg{p['gen']}" + (f" · {p['threads']} threads" if p["threads"] else "")
+    lines = [title, ""]
+    lines.append(f"- memory: peak RSS {_mib(m['peak_rss_bytes'])} (after load {_mib(m['rss_after_load_bytes'])}); "
+                 f"weights {_mib(m['weight_bytes'])}, KV cache {_mib(m['kv_cache_bytes'])} for {m['kv_context']} tokens; "
+                 f"estimate {_mib(m['need_bytes'])} of {_mib(m['free_bytes'])} free")
+    if roof["read_gb_s"]:
+        lines.append(f"- roofline: read bandwidth {roof['read_gb_s']:.2f} GB/s, {roof['bytes_per_token'] / 1e6:.2f} MB "
+                     f"per token -> at most {roof['ceiling_tok_s']:.1f} tok/s; decode reaches "
+                     f"{100 * (roof['fraction'] or 0):.1f}%")
+    verdict = "stable" if st["stable"] else "UNSTABLE"
+    lines.append(f"- stability: {verdict} after {rec['reps']} repetitions (pp ±{100 * rec['pp']['rsd']:.1f}%, "
+                 f"tg ±{100 * rec['tg']['rsd']:.1f}%)"
+                 + (f"; hottest {st['max_temp_c']:.1f} °C" if st["max_temp_c"] is not None else "")
+                 + (f"; cooled down {st['cooldowns']}x, {st['cooldown_s']:.1f} s" if st["cooldowns"] else "")
+                 + ("; THROTTLED" if st["throttled"] else "")
+                 + (f" — {'; '.join(st['reasons'])}" if st["reasons"] else ""))
+    c = rec.get("check")
+    if c:
+        lines.append(f"- check vs host reference: {'passed' if c['passed'] else 'FAILED'} — top-1 "
+                     f"{100 * c['top1_agreement']:.0f}%, mean KL {c['mean_kl']:.2e}, max |logit diff| "
+                     f"{c['max_abs_diff']:.2e} over {c['positions']} positions")
+    k = rec.get("kernels")
+    if k:
+        lines += ["", f"Top {len(k['top'])} of {k['kernels']} kernels (one pass; prefill {1e3 * k['prefill_s']:.2f} ms, "
+                  f"decode {1e3 * k['decode_s']:.2f} ms; outside kernels: prefill {1e3 * k['other_s']['prefill']:.2f} ms, "
+                  f"decode {1e3 * k['other_s']['decode']:.2f} ms):", ""]
+        lines.append(_table(["kernel", "phase", "calls", "total ms", "µs/call", "share"],
+                            [[r["kernel"], r["phase"], str(r["calls"]), f"{1e3 * r['total_s']:.3f}",
+                              f"{r['per_call_us']:.1f}", f"{100 * r['share']:.1f}%" if r["share"] is not None else ""]
+                             for r in k["top"]]))
+    return "\n".join(lines)
