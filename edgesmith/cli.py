@@ -113,30 +113,69 @@ def _print_timings(r: dict) -> None:
     print("\n[" + ", ".join(parts) + "]", file=sys.stderr)
 
 
-# ------------------------------------------------------------------------------------ bench
-def cmd_bench(args) -> int:
-    runner_args = ["bench", "-p", str(args.prompt), "-n", str(args.new_tokens), "--warmup", str(args.warmup),
-                   "-r", str(args.reps)]
-    lines = _run_runner(args, runner_args)
-    reps = [d for d in lines if "rep" in d]
-    summary = [d for d in lines if d.get("summary")]
-    if args.json:
-        print(json.dumps({"device": args.device or "host", "reps": reps, "summary": summary[-1] if summary else None}))
-        return 0
-    s = summary[-1] if summary else {}
-    print(f"| test | tok/s | ± sd |\n| --- | --- | --- |\n"
-          f"| pp{args.prompt} | {s.get('prefill_tok_s', 0):.2f} | {s.get('prefill_tok_s_std', 0):.2f} |\n"
-          f"| tg{args.new_tokens} | {s.get('decode_tok_s', 0):.2f} | {s.get('decode_tok_s_std', 0):.2f} |")
-    if s.get("peak_rss_kb"):
-        print(f"\nload {s.get('load_s', 0):.2f} s, peak RSS {s['peak_rss_kb'] / 1024:.0f} MiB, {len(reps)} repetitions")
+# ------------------------------------------------------------------------------------ profile / compare
+def _list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas (e.g. 128,512), got {text!r}")
+    return values
+
+
+def _cool(text: str):
+    if text in ("auto", "off"):
+        return None if text == "off" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cool-below takes a temperature in °C, auto or off; got {text!r}") from None
+
+
+def cmd_profile(args) -> int:
+    from edgesmith.runtime.profile.formats import write
+    from edgesmith.runtime.profile.run import ProfileOptions, profile_bundle
+
+    device = None
+    if args.device:
+        from edgesmith.runtime.devices import get_device
+
+        device = get_device(args.device, args.devices)
+    options = ProfileOptions(
+        prompts=args.prompt, gens=args.gen, threads=args.threads, warmup=args.warmup, reps=args.reps,
+        max_reps=args.max_reps, target_rsd=args.target_rsd, cool_below=args.cool_below,
+        cool_timeout=args.cool_timeout, max_temp=args.max_temp, kernels_top=args.kernels, membw_mb=args.membw_mb,
+        check=args.check, reference=args.reference, sysroot=args.sysroot or "", timeout=args.timeout)
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    records = profile_bundle(args.bundle, device, options, progress=say)
+    sys.stdout.write(write(records, args.output))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from edgesmith.runtime.profile.compare import compare, format_compare, regressions
+    from edgesmith.runtime.profile.formats import read_file
+
+    entries = compare(read_file(args.old), read_file(args.new))
+    print(format_compare(entries))
+    slower = regressions(entries)
+    if slower and args.fail_on_slowdown:
+        print(f"edgesmith: {len(slower)} row(s) slower beyond the noise", file=sys.stderr)
+        return 1
     return 0
 
 
 # ------------------------------------------------------------------------------------ inspect / targets
 def cmd_inspect(args) -> int:
-    from edgesmith.runtime.inspect_bundle import describe
+    from edgesmith.runtime import inspect_bundle
 
-    print(describe(args.bundle, as_json=args.json))
+    if args.kernel:
+        print(inspect_bundle.kernel_source(args.bundle, args.kernel), end="")
+    elif args.kernels:
+        print(inspect_bundle.list_kernels(args.bundle))
+    else:
+        print(inspect_bundle.describe(args.bundle, as_json=args.json))
     return 0
 
 
@@ -228,19 +267,49 @@ def build_parser() -> argparse.ArgumentParser:
     device_args(r)
     r.set_defaults(func=cmd_run)
 
-    b = sub.add_parser("bench", help="prefill and decode tok/s with the bundle's runner")
-    b.add_argument("bundle", type=Path)
-    b.add_argument("-p", "--prompt", type=int, default=128, help="prompt length (default 128)")
-    b.add_argument("-n", "--new-tokens", type=int, default=128, help="tokens to generate (default 128)")
-    b.add_argument("-r", "--reps", type=int, default=5)
-    b.add_argument("--warmup", type=int, default=1)
-    b.add_argument("--json", action="store_true")
-    device_args(b)
-    b.set_defaults(func=cmd_bench)
+    def profile_args(sp):
+        sp.add_argument("bundle", type=Path)
+        sp.add_argument("-p", "--prompt", type=_list, default=[128], help="prompt lengths, e.g. 128,512 (default 128)")
+        sp.add_argument("-n", "--gen", type=_list, default=[128], help="tokens to generate, a list too (default 128)")
+        sp.add_argument("-t", "--threads", type=_list, default=[0], help="thread counts, a list (default 0: the "
+                        "runtime's choice)")
+        sp.add_argument("-r", "--reps", type=int, default=3, help="repetitions at least (default 3)")
+        sp.add_argument("--max-reps", type=int, default=10, help="repetitions at most (default 10)")
+        sp.add_argument("--target-rsd", type=float, default=0.03, help="stop repeating once pp and tg spread "
+                        "(sd/mean) is under this (default 0.03)")
+        sp.add_argument("--warmup", type=int, default=1)
+        sp.add_argument("--cool-below", type=_cool, default="auto", help="before each repetition wait until the "
+                        "hottest thermal zone is under this °C; auto (default): the start temperature + 5; off")
+        sp.add_argument("--cool-timeout", type=float, default=120.0, help="seconds to wait for it (default 120)")
+        sp.add_argument("--max-temp", type=float, default=85.0, help="a repetition this hot is marked throttled")
+        sp.add_argument("--kernels", type=int, default=10, metavar="N", help="top-N kernel table (0: skip the pass)")
+        sp.add_argument("--membw-mb", type=int, default=256, help="buffer read to measure bandwidth (MiB)")
+        sp.add_argument("--check", action="store_true", help="compare the device's logits with a host reference first")
+        sp.add_argument("--reference", metavar="MODEL", help="checkpoint to compile the --check reference from "
+                        "(default: the bundle's own source)")
+        sp.add_argument("--sysroot", metavar="DIR", help="read sysfs and /proc/meminfo under DIR on the device "
+                        "(a fake device state, for tests)")
+        sp.add_argument("-o", "--output", choices=["md", "json", "jsonl", "csv"], default="md")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+        device_args(sp)
+        sp.set_defaults(func=cmd_profile)
+
+    profile_args(sub.add_parser("profile", help="tok/s you can trust (pp and tg, mean ± sd), memory, kernels, "
+                                "roofline, accuracy on the device"))
+    profile_args(sub.add_parser("bench", help="alias of profile"))
+
+    cp = sub.add_parser("compare", help="two profiles (any format): %% change per matching row, and whether "
+                        "it exceeds the noise")
+    cp.add_argument("old", type=Path)
+    cp.add_argument("new", type=Path)
+    cp.add_argument("--fail-on-slowdown", action="store_true", help="exit 1 when a row is slower beyond the noise")
+    cp.set_defaults(func=cmd_compare)
 
     i = sub.add_parser("inspect", help="what a bundle holds: model, quantization, target, files, accuracy")
     i.add_argument("bundle", type=Path)
     i.add_argument("--json", action="store_true")
+    i.add_argument("--kernels", action="store_true", help="list the GPU kernels (GPU targets)")
+    i.add_argument("--kernel", metavar="NAME", help="print one GPU kernel's source")
     i.set_defaults(func=cmd_inspect)
 
     t = sub.add_parser("targets", help="list target presets and whether their toolchains are present")
