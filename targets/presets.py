@@ -3,6 +3,9 @@
 A preset ties together the TVM target the model library is compiled for, the toolchain
 that links it (and builds the C++ runner), where its device runtime comes from, and how
 its binaries are started (natively, through qemu, or through a shipped glibc loader).
+
+A GPU preset adds a `GpuSpec`: the TVM device API (opencl, vulkan, metal, cuda) and the
+device's limits as data; its `tvm_target()` is the GPU target with the CPU target as host.
 """
 
 from __future__ import annotations
@@ -13,6 +16,34 @@ from dataclasses import dataclass
 from edgesmith.errors import TargetError
 
 QEMU_AARCH64 = ("qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu")
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """The GPU side of a preset: TVM's device API and the limits dlight's schedules read."""
+
+    api: str  # TVM target kind: "opencl" | "vulkan" | "metal" | "cuda"
+    max_threads_per_block: int
+    max_shared_memory_per_block: int  # bytes
+    thread_warp_size: int  # 1: no subgroup/warp shuffles assumed
+    vector_width: int  # bytes in the widest vector load the device does well
+    device: str = ""  # TVM's device name where it changes the schedules ("adreno")
+    attrs: tuple[tuple[str, object], ...] = ()  # further TVM target attributes
+    runtime_note: str = ""  # set when no prebuilt device runtime exists: why, and what to do
+
+    def limits(self) -> dict:
+        return {"max_threads_per_block": self.max_threads_per_block,
+                "max_shared_memory_per_block": self.max_shared_memory_per_block,
+                "thread_warp_size": self.thread_warp_size, "vector_width_bytes": self.vector_width}
+
+    def tvm_target(self, host: dict) -> dict:
+        target = {"kind": self.api, "max_threads_per_block": self.max_threads_per_block,
+                  "max_num_threads": self.max_threads_per_block,
+                  "max_shared_memory_per_block": self.max_shared_memory_per_block,
+                  "thread_warp_size": self.thread_warp_size, **dict(self.attrs)}
+        if self.device:
+            target["device"] = self.device
+        return dict(target, host=host)
 
 
 @dataclass(frozen=True)
@@ -27,15 +58,19 @@ class TargetPreset:
     mattr: tuple[str, ...] = ()
     mtriple: str = ""  # LLVM triple when it differs from `triple`
     emulator: tuple[str, ...] | None = None  # how this x86 host runs its binaries
+    gpu: GpuSpec | None = None
 
     def tvm_target(self) -> dict:
-        """The JSON dict for `tvm.target.Target`."""
-        if self.platform == "host":
-            return host_tvm_target()
-        target = {"kind": "llvm", "mtriple": self.mtriple or self.triple}
-        if self.mattr:
-            target["mattr"] = list(self.mattr)
-        return target
+        """The JSON dict for `tvm.target.Target` (a GPU preset: the GPU, with this CPU as host)."""
+        if self.platform == "host" and self.gpu is None:
+            target = host_tvm_target()
+        elif self.platform == "host":  # GPU: the host side is launch glue; a generic CPU runs anywhere
+            target = {"kind": "llvm", "mtriple": self.triple}
+        else:
+            target = {"kind": "llvm", "mtriple": self.mtriple or self.triple}
+            if self.mattr:
+                target["mattr"] = list(self.mattr)
+        return self.gpu.tvm_target(target) if self.gpu else target
 
 
 def host_arch() -> str:
@@ -62,6 +97,74 @@ _ARM64 = dict(
     toolchain="aarch64-linux-gnu",
     emulator=QEMU_AARCH64,
 )
+
+_ANDROID_GPU = dict(_ARM64, layout="android-glibc", mattr=("+neon", "+v8.2a", "+dotprod", "+fullfp16", "+fp16fml"))
+_NO_AARCH64_GPU_RUNTIME = (
+    "the registry's aarch64 libtvm_runtime.so has no {api} device API: build TVM's runtime for "
+    "aarch64 with USE_{API}=ON and put libtvm_runtime.so in the bundle's bin/")
+_NO_VULKAN_RUNTIME = ("the registry's libtvm_runtime has no Vulkan device API: use a TVM built with "
+                      "USE_VULKAN=ON (its libtvm_runtime.so) on the device")
+# SPIR-V needs these declared to use 16-bit storage (float16 scales) and 64-bit indices.
+_VULKAN_ATTRS = (("supports_float16", True), ("supports_16bit_buffer", True), ("supports_int64", True),
+                 ("supports_storage_buffer_storage_class", True))
+
+# Device limits: what the vendors document for the class of device (work-group size, local /
+# threadgroup / shared memory per group, SIMD width). OpenCL and Vulkan assume no subgroup
+# shuffles (warp size 1), which every device runs; Metal SIMD-groups and CUDA warps are 32.
+GPU_PRESETS = [
+    TargetPreset(
+        name="android-opencl",
+        description="Android phone GPU, Qualcomm Adreno (6xx-8xx) through OpenCL; dlight's Adreno rules",
+        gpu=GpuSpec("opencl", 256, 32768, 1, 16, device="adreno",
+                    runtime_note=_NO_AARCH64_GPU_RUNTIME.format(api="OpenCL", API="OPENCL")),
+        **_ANDROID_GPU,
+    ),
+    TargetPreset(
+        name="android-mali",
+        description="Android phone GPU, ARM Mali (Valhall/5th gen) through OpenCL",
+        gpu=GpuSpec("opencl", 256, 32768, 1, 16, device="mali",
+                    runtime_note=_NO_AARCH64_GPU_RUNTIME.format(api="OpenCL", API="OPENCL")),
+        **_ANDROID_GPU,
+    ),
+    TargetPreset(
+        name="android-vulkan",
+        description="Android phone GPU through Vulkan 1.1 (Adreno, Mali, Xclipse); needs a TVM built with Vulkan",
+        gpu=GpuSpec("vulkan", 256, 16384, 1, 16, attrs=_VULKAN_ATTRS,
+                    runtime_note=_NO_AARCH64_GPU_RUNTIME.format(api="Vulkan", API="VULKAN")),
+        **_ANDROID_GPU,
+    ),
+    TargetPreset(
+        name="linux-vulkan",
+        description="a GPU of this Linux machine through Vulkan (desktop or board); needs a TVM built with Vulkan",
+        arch=host_arch(),
+        triple=f"{host_arch()}-linux-gnu",
+        platform="host",
+        layout="linux",
+        toolchain="host",
+        gpu=GpuSpec("vulkan", 1024, 32768, 1, 16, attrs=_VULKAN_ATTRS, runtime_note=_NO_VULKAN_RUNTIME),
+    ),
+    TargetPreset(
+        name="apple-metal",
+        description="Apple GPU through Metal (iPhone/iPad A14+, Mac M1+), arm64; linked on the device",
+        arch="aarch64",
+        triple="aarch64-apple-darwin",
+        mtriple="arm64-apple-darwin",
+        platform="macosx_11_0_arm64",
+        layout="macos",
+        toolchain="on-device",
+        gpu=GpuSpec("metal", 1024, 32768, 32, 16),
+    ),
+    TargetPreset(
+        name="cuda",
+        description="an NVIDIA GPU of this machine (sm_80+) through CUDA; kernels compiled by nvcc when loaded",
+        arch=host_arch(),
+        triple=f"{host_arch()}-linux-gnu",
+        platform="host",
+        layout="linux",
+        toolchain="host",
+        gpu=GpuSpec("cuda", 1024, 49152, 32, 16, attrs=(("arch", "sm_80"),)),
+    ),
+]
 
 PRESETS: dict[str, TargetPreset] = {
     p.name: p
@@ -103,8 +206,26 @@ PRESETS: dict[str, TargetPreset] = {
             mattr=("+neon", "+v8.2a", "+dotprod", "+fullfp16", "+fp16fml"),
             **_ARM64,
         ),
+        *GPU_PRESETS,
     ]
 }
+
+
+def missing_codegen(preset: TargetPreset) -> str | None:
+    """None when the installed TVM can generate code for `preset`; else a one-line reason."""
+    if preset.gpu is None:
+        return None
+    import tvm
+
+    if tvm.get_global_func(f"target.build.{preset.gpu.api}", allow_missing=True) is not None:
+        return None
+    if preset.gpu.api == "vulkan":
+        return (f"target '{preset.name}': this TVM ({tvm.__version__}) has no Vulkan SPIR-V code generation "
+                "(target.build.vulkan is missing; the package registry's apache-tvm is built without it); "
+                "build TVM from source with USE_VULKAN=ON (Vulkan SDK: libvulkan, SPIRV headers/tools) and "
+                "install that TVM, then compile again")
+    return (f"target '{preset.name}': this TVM ({tvm.__version__}) has no {preset.gpu.api} code generation "
+            f"(target.build.{preset.gpu.api} is missing); install a TVM built with it")
 
 
 def get_preset(name: str) -> TargetPreset:

@@ -15,6 +15,12 @@ Files that go into BUNDLE/bin/ (`bundle_runtime_files`):
 | android-glibc | + the glibc loader and libraries (ld-linux-aarch64.so.1, libc.so.6, libm,   |
 |               |   libdl, libpthread); started as `bin/ld-linux-aarch64.so.1                |
 |               |   --library-path bin bin/runner ...`                                       |
+| cuda          | + libtvm_runtime_cuda.so, libcudart.so.13 (the runner dlopens the first;   |
+|               |   the driver's libcuda.so.1 and nvcc are the GPU machine's)                |
+| apple-metal   | no binary: the macOS arm64 dylibs + src/ (runner.cc, tvm_ffi headers) and  |
+|               |   build-on-device.sh, which links lib/model.tar and builds the runner      |
+| GPU, no       | nothing (android-opencl/-mali/-vulkan, linux-vulkan: the registry has no   |
+|   runtime     |   such device runtime; the manifest says what to build)                    |
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 from edgesmith.errors import TargetError
 
 from .presets import TargetPreset
-from .runtime_libs import cache_root, ffi_include_dirs, runtime_libs, runtime_version
+from .runtime_libs import cache_root, ffi_include_dirs, gpu_runtime_libs, runtime_libs, runtime_version
 from .toolchains import Toolchain, find_toolchain
 
 # runtime/runner/ sits next to targets/ in the source tree (read as data, not imported)
@@ -107,9 +113,28 @@ def build_runner(preset: TargetPreset, out_dir: Path) -> Path:
     return dst
 
 
+ON_DEVICE_SCRIPT = RUNNER_SOURCE.parent / "build-on-device.sh"
+
+
+def _on_device_files(preset: TargetPreset) -> dict[str, Path]:
+    """Runtime dylibs, and what the device needs to link the model and build the runner."""
+    files = dict(gpu_runtime_libs(preset))
+    files["build-on-device.sh"] = ON_DEVICE_SCRIPT
+    files["src/runner.cc"] = runner_source()
+    for inc in ffi_include_dirs():
+        for header in inc.rglob("*.h"):
+            files[f"src/include/{header.relative_to(inc).as_posix()}"] = header
+    return files
+
+
 def bundle_runtime_files(preset: TargetPreset) -> dict[str, Path]:
     """{path inside BUNDLE/bin: file to copy there}: the runner and all it needs to start."""
+    if preset.gpu is not None and preset.gpu.runtime_note:
+        return {}
+    if preset.toolchain == "on-device":
+        return _on_device_files(preset)
     files = {"runner": _build_cached(preset)}
+    files.update(gpu_runtime_libs(preset))
     for lib in runtime_libs(preset):
         files[lib.name] = lib
     if preset.platform == "host":

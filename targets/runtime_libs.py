@@ -35,6 +35,16 @@ from .presets import TargetPreset
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
 # wheel member holding each library
 _MEMBERS = {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so", "libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"}
+# macOS arm64 (apple-metal): the only wheel with a Metal device runtime
+_MAC_MEMBERS = {
+    "libtvm_runtime.dylib": "tvm/lib/libtvm_runtime.dylib",
+    "libtvm_runtime_metal.dylib": "tvm/lib/libtvm_runtime_metal.dylib",
+    "libtvm_ffi.dylib": "tvm_ffi/lib/libtvm_ffi.dylib",
+}
+
+
+def _members(platform: str) -> dict[str, str]:
+    return _MAC_MEMBERS if platform.startswith("macosx") else _MEMBERS
 
 
 def runtime_version() -> str:
@@ -104,13 +114,13 @@ def _download(platform: str, dest: Path) -> None:
         record = {"tvm_version": tvm_v, "tvm_ffi_version": ffi_v, "platform": platform, "files": {}}
         for wheel in Path(tmp).glob("*.whl"):
             with zipfile.ZipFile(wheel) as zf:
-                for lib, member in _MEMBERS.items():
+                for lib, member in _members(platform).items():
                     if member in zf.namelist():
                         part = dest / (lib + ".part")
                         part.write_bytes(zf.read(member))
                         part.replace(dest / lib)
                         record["files"][lib] = _sha256(dest / lib)
-        missing = [lib for lib in RUNTIME_LIBS if lib not in record["files"]]
+        missing = [lib for lib in _members(platform) if lib not in record["files"]]
         if missing:
             raise TargetError(
                 f"the {platform} wheels of TVM {tvm_v} hold no {missing[0]}; "
@@ -131,7 +141,7 @@ def _cached(platform: str) -> list[Path]:
             f"{runtime_version()}; delete {dest}"
         )
     paths = []
-    for lib in RUNTIME_LIBS:
+    for lib in _members(platform):
         path = dest / lib
         if not path.is_file() or _sha256(path) != record["files"].get(lib):
             raise TargetError(
@@ -151,3 +161,31 @@ def runtime_libs(preset: TargetPreset) -> list[Path]:
                 raise TargetError(f"{lib} not found; reinstall apache-tvm / apache-tvm-ffi")
         return libs
     return _cached(preset.platform)
+
+
+CUDA_RUNTIME = ("libtvm_runtime_cuda.so", "libcudart.so.13")
+
+
+def _cudart() -> Path:
+    """libcudart.so.13 of the CUDA toolkit (nvcc's); libcuda.so.1 is the driver's, on the device."""
+    roots = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"]
+    for root in filter(None, roots):
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib"):
+            path = Path(root) / sub / "libcudart.so.13"
+            if path.exists():
+                return path.resolve()
+    raise TargetError("libcudart.so.13 not found under $CUDA_HOME or /usr/local/cuda; install the CUDA 13 "
+                      "toolkit (or its cuda-cudart-13 package) or set CUDA_HOME")
+
+
+def gpu_runtime_libs(preset: TargetPreset) -> dict[str, Path]:
+    """{file name: path} of the device runtime a GPU preset's runner needs on top of the CPU one
+    (cuda: TVM's CUDA runtime + libcudart; apple-metal: the whole macOS arm64 runtime)."""
+    if preset.gpu is None or preset.gpu.runtime_note:
+        return {}
+    if preset.gpu.api == "cuda":
+        lib = _package_dir("tvm") / "lib" / "libtvm_runtime_cuda.so"
+        if not lib.is_file():
+            raise TargetError(f"{lib} not found: this apache-tvm wheel has no CUDA runtime; reinstall apache-tvm")
+        return {lib.name: lib, "libcudart.so.13": _cudart()}
+    return {p.name: p for p in _cached(preset.platform)}

@@ -10,6 +10,8 @@ Which compiler is used (first match wins):
 |                     | `aarch64-linux-gnu-g++` on PATH                                        |
 | android-ndk         | `$ANDROID_NDK_HOME/toolchains/llvm/prebuilt/linux-x86_64/bin/`         |
 |                     | `aarch64-linux-android24-clang++`                                      |
+| on-device           | none here: the library ships as objects (`model.tar`) and the device   |
+|                     | links it and builds the runner (apple-metal: no Mach-O linker here)    |
 
 TVM's moving module names for the linker helpers (`tvm.support.cc`) stay in this file.
 """
@@ -53,6 +55,7 @@ TOOLCHAINS: dict[str, ToolchainSpec] = {
             "aarch64",
             "apt-get install g++-aarch64-linux-gnu (or set EDGESMITH_CXX_AARCH64)",
         ),
+        ToolchainSpec("on-device", "", "nothing to install here: the device's own clang++ links the bundle"),
         ToolchainSpec(
             "android-ndk",
             "aarch64",
@@ -128,11 +131,16 @@ def find_toolchain(preset: TargetPreset) -> Toolchain:
             )
         return Toolchain(cxx, "ndk-clang", bindir / "sysroot", f"aarch64-linux-android{ANDROID_API}")
 
+    if spec.key == "on-device":
+        raise TargetError(f"target '{preset.name}' is linked on the device: there is no compiler to run here")
+
     raise TargetError(f"target '{preset.name}': unknown toolchain '{preset.toolchain}'")
 
 
 def toolchain_status(preset: TargetPreset) -> tuple[bool, str]:
     """(present?, the compiler's path — or what is missing and how to install it)."""
+    if preset.toolchain == "on-device":
+        return True, "linked on the device"
     try:
         tc = find_toolchain(preset)
     except TargetError as err:
@@ -166,7 +174,14 @@ def export_fcompile(preset: TargetPreset):
 
 def export_library_kwargs(preset: TargetPreset) -> dict:
     """Keyword arguments for `Executable.export_library(path, **kwargs)` for `preset`."""
+    if preset.toolchain == "on-device":
+        return {}  # a .tar path: TVM writes the objects (host code + packed kernels) unlinked
     return {"fcompile": export_fcompile(preset)}
+
+
+def library_name(preset: TargetPreset) -> str:
+    """The model library's file name in BUNDLE/lib/."""
+    return "model.tar" if preset.toolchain == "on-device" else "model.so"
 
 
 def format_targets_table() -> str:

@@ -10,6 +10,7 @@ from tvm.relax.frontend import nn  # noqa: F401
 from tvm.relax.frontend.nn.llm import kv_cache as kv_cache_mod  # noqa: F401
 from tvm.s_tir import Schedule  # noqa: F401
 from tvm.s_tir import dlight  # noqa: F401
+from tvm.s_tir import transform as s_tir_transform  # noqa: F401
 
 TVM_VERSION: str = tvm.__version__
 
