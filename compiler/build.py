@@ -9,11 +9,13 @@ from pathlib import Path
 
 import tvm
 from edgesmith.compiler import bundle as bundle_io
+from edgesmith.compiler import gpu_sources
 from edgesmith.compiler.checkpoint import Checkpoint, open_checkpoint, validate
 from edgesmith.compiler.convert import convert_params
 from edgesmith.compiler.model_phi3 import PAGE_SIZE, Phi3ForCausalLM
 from edgesmith.compiler.pipeline import make_pipeline
 from edgesmith.compiler.quantize import Quantization, get_quantization
+from edgesmith.errors import TargetError
 from edgesmith.targets import presets
 from edgesmith.targets.tvm_api import TVM_VERSION, dump_tensor_cache
 
@@ -55,6 +57,9 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str, target: str, out:
     progress = progress or Progress()
     q = get_quantization(quant)
     preset = presets.get_preset(target)
+    missing = presets.missing_codegen(preset)
+    if missing:
+        raise TargetError(missing)
     ckpt = model if isinstance(model, Checkpoint) else open_checkpoint(model)
     validate(ckpt)
     cfg = ckpt.config
@@ -81,7 +86,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str, target: str, out:
         ex = lower(mod, tvm_target, dump_ir)
         (tmp / "lib").mkdir()
         progress.step("linking the model library")
-        ex.export_library(str(tmp / "lib" / "model.so"), **preset_export_kwargs(preset))
+        ex.export_library(str(tmp / "lib" / preset_library_name(preset)), **preset_export_kwargs(preset))
+        kernels = gpu_sources.write_kernel_sources(ex, tmp / "kernels") if preset.gpu else None
         t_compile = time.perf_counter() - t0 - t_convert
 
         runtime_files = presets_runtime_files(preset)
@@ -110,6 +116,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str, target: str, out:
             "tvm_version": TVM_VERSION,
             "kv_cache": {"page_size": PAGE_SIZE, "prefill_chunk_size": PREFILL_CHUNK,
                          "max_total_seq_len": default_max_context(cfg), "dtype": "float32"},
+            **({"device": gpu_device_entry(preset)} if preset.gpu else {}),
+            **({"kernels": kernels} if kernels else {}),
             "params": [name for name, _, _ in params],
             "weight_bytes": sum(_nbytes(s, d) for _, s, d in params),
             "build": {"host": platform.node(), "convert_s": round(t_convert, 2), "compile_s": round(t_compile, 2),
@@ -138,3 +146,25 @@ def preset_export_kwargs(preset) -> dict:
 def presets_runtime_files(preset) -> dict[str, Path]:
     from edgesmith.targets import runner_build
     return runner_build.bundle_runtime_files(preset)
+
+
+def preset_library_name(preset) -> str:
+    from edgesmith.targets import toolchains
+    return toolchains.library_name(preset)
+
+
+# DLPack device types, and the runtime library each GPU API needs on top of libtvm_runtime
+_DL_DEVICE = {"cuda": 2, "opencl": 4, "vulkan": 7, "metal": 8}
+_DEVICE_LIBS = {"cuda": ["libtvm_runtime_cuda.so"], "metal": ["libtvm_runtime_metal.dylib"]}
+
+
+def gpu_device_entry(preset) -> dict:
+    """The manifest's "device": what the runner runs on, and whether the bundle can run there."""
+    gpu = preset.gpu
+    entry = {"api": gpu.api, "dl_device_type": _DL_DEVICE[gpu.api], "runtime_libs": _DEVICE_LIBS.get(gpu.api, []),
+             "limits": gpu.limits()}
+    if gpu.runtime_note:
+        entry["runtime_missing"] = gpu.runtime_note
+    if preset.toolchain == "on-device":
+        entry["build_on_device"] = "bin/build-on-device.sh"
+    return entry

@@ -12,7 +12,7 @@ Entry points (batch 1, one sequence):
 """
 from __future__ import annotations
 
-from edgesmith.compiler import kernels
+from edgesmith.compiler import kernels, kernels_gpu
 from edgesmith.compiler.config import Phi3Config
 from edgesmith.compiler.quantize import Quantization
 from edgesmith.targets.tvm_api import kv_cache_mod, nn, relax, tirx
@@ -32,11 +32,12 @@ class Linear(nn.Module):
             self.q_scale = nn.Parameter((out_features, in_features // quant.group_size), quant.storage_dtype)
         else:
             self.weight = nn.Parameter((out_features, in_features), quant.storage_dtype)
+        self.ops = kernels  # kernels_gpu on a GPU target (set by Phi3ForCausalLM)
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
         if self.quantized:
-            return op.tensor_expr_op(kernels.q4_linear, "q4_matmul", [x, self.q_weight, self.q_scale, self.group])
-        return op.tensor_expr_op(kernels.float_linear, "matmul", [x, self.weight])
+            return op.tensor_expr_op(self.ops.q4_linear, "q4_matmul", [x, self.q_weight, self.q_scale, self.group])
+        return op.tensor_expr_op(self.ops.float_linear, "matmul", [x, self.weight])
 
     def lookup(self, ids: nn.Tensor) -> nn.Tensor:
         """Rows of the weight: this layer used as an embedding table (tied embeddings)."""
@@ -111,6 +112,17 @@ class Body(nn.Module):
             self.rope_ext_factors = None
 
 
+def _modules_of_type(module, cls):
+    """Every submodule of `module` that is a `cls` (nn.Module has no modules() walker)."""
+    for value in vars(module).values():
+        children = list(value) if isinstance(value, nn.ModuleList) else [value]
+        for child in children:
+            if isinstance(child, cls):
+                yield child
+            if isinstance(child, nn.Module):
+                yield from _modules_of_type(child, cls)
+
+
 class Phi3ForCausalLM(nn.Module):
     def __init__(self, cfg: Phi3Config, quant: Quantization, *, quantize_embedding: bool = True,
                  target=None):
@@ -119,6 +131,9 @@ class Phi3ForCausalLM(nn.Module):
         self.model = Body(cfg, quant, quantize_embedding)
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, quant, quantize=quantize_embedding)
+        if target is not None and "gpu" in target.keys:
+            for linear in _modules_of_type(self, Linear):
+                linear.ops = kernels_gpu
 
     def _forward(self, input_ids, kv):
         b, t = input_ids.shape

@@ -12,7 +12,7 @@ from edgesmith.targets.tvm_api import relax
 
 
 def _phases(target) -> list[tuple[str, list]]:
-    from edgesmith.compiler import schedules
+    from edgesmith.compiler import schedules, schedules_gpu
 
     T = relax.transform
     return [
@@ -24,7 +24,7 @@ def _phases(target) -> list[tuple[str, list]]:
             T.FoldConstant(),
         ]),
         ("fuse", [T.FuseOps(), T.FuseTIR(), T.DeadCodeElimination()]),
-        ("schedule", [schedules.apply(target)]),
+        ("schedule", schedules_gpu.passes(target) if "gpu" in target.keys else [schedules.apply(target)]),
         ("lower", [
             T.RewriteDataflowReshape(),
             T.ToNonDataflow(),
