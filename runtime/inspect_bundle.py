@@ -25,6 +25,7 @@ def describe(bundle: Path, as_json: bool = False) -> str:
         f"quant       {m['quant']}{' (embedding and lm_head in float)' if m['quant'].startswith('q4') and not m.get('quantize_embedding') else ''}",
         f"target      {m['target']['preset']} ({m['target']['triple']}, layout {m['target']['layout']}) "
         f"{json.dumps(m['target']['tvm_target'], separators=(',', ':'))}",
+        *_device_lines(m),
         f"tvm         {m['tvm_version']}",
         f"weights     {m['weight_bytes'] / 2**20:.1f} MiB in {sum(1 for f in files if f.startswith('params/params_shard'))} shards",
         f"context     {m['kv_cache']['max_total_seq_len']} tokens (page {m['kv_cache']['page_size']}, "
@@ -40,3 +41,55 @@ def describe(bundle: Path, as_json: bool = False) -> str:
     for rel, f in files.items():
         lines.append(f"  {rel:40s} {f['size']:>12,d}  {f['sha256'][:12]}")
     return "\n".join(lines)
+
+
+def _device_lines(m: dict) -> list[str]:
+    """GPU bundles: the device API and limits, its kernels, and whether it can run as shipped."""
+    dev = m.get("device")
+    if not dev:
+        return []
+    limits = ", ".join(f"{k} {v}" for k, v in dev["limits"].items())
+    lines = [f"device      {dev['api']} ({limits})"]
+    if m.get("kernels"):
+        lines.append(f"kernels     {len(m['kernels']['names'])} {m['kernels']['language']} kernels in kernels/ "
+                     "(edgesmith inspect BUNDLE --kernels)")
+    if dev.get("runtime_missing"):
+        lines.append(f"runtime     not included: {dev['runtime_missing']}")
+    if dev.get("build_on_device"):
+        lines.append(f"runtime     link and build on the device: sh {dev['build_on_device']}")
+    return lines
+
+
+def _kernel_entry(bundle: Path) -> dict:
+    from edgesmith.errors import BundleError
+
+    m = bundle_io.read_manifest(bundle)
+    entry = m.get("kernels")
+    if not entry:
+        raise BundleError(f"bundle {bundle} ({m['target']['preset']}) holds no GPU kernel sources: "
+                          "only GPU targets (opencl, metal, cuda) have them")
+    return entry
+
+
+def list_kernels(bundle: Path) -> str:
+    """`inspect --kernels`: the GPU kernels the bundle's library carries, with their sizes."""
+    entry = _kernel_entry(bundle)
+    ext = entry["extension"]
+    lines = [f"{len(entry['names'])} {entry['language']} kernels (full module: {entry['module']})"]
+    for name in entry["names"]:
+        text = (Path(bundle) / "kernels" / f"{name}.{ext}").read_text()
+        lines.append(f"  {name:56s} {text.count(chr(10)):>6d} lines")
+    return "\n".join(lines)
+
+
+def kernel_source(bundle: Path, name: str) -> str:
+    """`inspect --kernel NAME`: one kernel's source (NAME with or without the `_kernel` suffix)."""
+    from edgesmith.errors import BundleError
+
+    entry = _kernel_entry(bundle)
+    for candidate in (name, name + "_kernel"):
+        if candidate in entry["names"]:
+            return (Path(bundle) / "kernels" / f"{candidate}.{entry['extension']}").read_text()
+    close = [n for n in entry["names"] if name in n][:5]
+    hint = f"; did you mean {', '.join(close)}" if close else "; list them with --kernels"
+    raise BundleError(f"bundle {bundle} has no kernel '{name}'{hint}")
