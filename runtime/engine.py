@@ -43,6 +43,21 @@ class Generation:
         }
 
 
+def usable_cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _use_all_cores(tvm) -> None:
+    """TVM's CPU pool halves the core count on x86 (it assumes hyper-threads): on a 2-core VM that is
+    one thread. Use every core we may run on, unless TVM_NUM_THREADS says otherwise."""
+    import os
+
+    if "TVM_NUM_THREADS" not in os.environ:
+        tvm.get_global_func("runtime.config_threadpool")(0, usable_cores())
+
+
 class Engine:
     """A loaded host bundle. `logits_*` return float32 numpy vectors of length vocab."""
 
@@ -64,6 +79,7 @@ class Engine:
             bundle_io.verify(self.bundle, self.manifest)
         self._tvm = tvm
         self.dev = tvm.cpu()
+        _use_all_cores(tvm)
         lib = tvm.runtime.load_module(str(self.bundle / "lib" / "model.so"))
         self.vm = relax.VirtualMachine(lib, self.dev)
         g = tvm.get_global_func
