@@ -21,6 +21,11 @@
 // calls the runtime by global-function name. Both libraries sit next to the runner, found
 // through RUNPATH $ORIGIN, so BUNDLE/bin is self-contained.
 //
+// GPU bundles (manifest "device"): the runner also dlopen()s the device runtime the manifest
+// names (libtvm_runtime_cuda.so, libtvm_runtime_metal.dylib), runs the VM on that device with
+// the CPU as host, and copies token ids in and logits out. CUDA kernels ship as source; the
+// runner compiles them with nvcc when the library loads (section "device").
+//
 // Sections: utilities · sha256 · manifest and checks · model (VM, params) · KV cache ·
 //           sampler · generate · bench · profiling (sensors, profile, kernels, logits,
 //           membw) · CLI
@@ -29,6 +34,9 @@
 #include <dlfcn.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#if defined(__APPLE__)
+#include <mach-o/dyld.h>
+#endif
 
 #include <algorithm>
 #include <cerrno>
@@ -109,10 +117,16 @@ static std::string dirname_of(const std::string& path) {
 // which is the same bin/).
 static std::string exe_dir() {
   char buf[4096];
+#if defined(__APPLE__)
+  uint32_t size = sizeof(buf);
+  if (_NSGetExecutablePath(buf, &size) != 0) return ".";
+  return dirname_of(buf);
+#else
   ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   if (n <= 0) return ".";
   buf[n] = 0;
   return dirname_of(buf);
+#endif
 }
 
 static std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& s) {
@@ -220,6 +234,9 @@ struct Manifest {
   int64_t vocab_size = 0;                 // model.config.vocab_size (bench draws token ids below it)
   int64_t page_size = 16, prefill_chunk = 512, max_total_seq_len = 4096;
   std::vector<std::string> param_names;   // in the order prefill/decode take them
+  std::string device_api = "cpu";         // device.api: cpu | cuda | metal | opencl | vulkan
+  int device_type = 1;                    // device.dl_device_type (DLPack: 1 CPU, 2 CUDA, 8 Metal)
+  std::vector<std::string> device_libs;   // device.runtime_libs: dlopen()ed after libtvm_runtime
 };
 
 static std::string read_text(const std::string& path) {
@@ -268,6 +285,17 @@ static Manifest load_manifest(const std::string& bundle, bool verify) {
   if (config != model.end()) m.vocab_size = get_int((*config).second.cast<ffi::json::Object>(), "vocab_size", 0);
   for (const ffi::Any& name : get("params").cast<ffi::json::Array>())
     m.param_names.push_back(std::string(name.cast<ffi::String>()));
+  auto dev_it = obj->find(ffi::String("device"));  // absent in CPU bundles
+  if (dev_it != obj->end()) {
+    auto dev = (*dev_it).second.cast<ffi::json::Object>();
+    auto api = dev.find(ffi::String("api"));
+    if (api != dev.end()) m.device_api = std::string((*api).second.cast<ffi::String>());
+    m.device_type = int(get_int(dev, "dl_device_type", 1));
+    auto libs = dev.find(ffi::String("runtime_libs"));
+    if (libs != dev.end())
+      for (const ffi::Any& lib : (*libs).second.cast<ffi::json::Array>())
+        m.device_libs.push_back(std::string(lib.cast<ffi::String>()));
+  }
 
   // Every listed file must exist with its size; its sha256 too unless --no-verify.
   for (const auto& kv_pair : get("files").cast<ffi::json::Object>()) {
@@ -296,12 +324,55 @@ static ffi::Function global(const char* name) {
   return *f;
 }
 
-static void load_runtime(const std::string& lib_dir) {
-  std::string path = lib_dir + "/libtvm_runtime.so";
-  if (!file_exists(path)) die("missing file " + path + "; pass --lib-dir or rebuild the bundle");
-  // RTLD_GLOBAL: the model library resolves TVM runtime symbols from it.
-  if (!dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL)) die(std::string("dlopen: ") + dlerror());
+// ----------------------------------------------------------------------------
+// device: the runtime libraries, and CUDA's kernel compiler
+
+#if defined(__APPLE__)
+static const char* kRuntimeLib = "libtvm_runtime.dylib";
+#else
+static const char* kRuntimeLib = "libtvm_runtime.so";
+#endif
+
+static void load_runtime(const std::string& lib_dir, const Manifest& m) {
+  std::vector<std::string> libs = {kRuntimeLib};
+  libs.insert(libs.end(), m.device_libs.begin(), m.device_libs.end());
+  for (const auto& lib : libs) {
+    std::string path = lib_dir + "/" + lib;
+    if (!file_exists(path)) die("missing file " + path + "; pass --lib-dir or rebuild the bundle");
+    // RTLD_GLOBAL: the model library resolves TVM runtime symbols from it.
+    if (!dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL)) die(std::string("dlopen: ") + dlerror());
+  }
 }
+
+// TVM exports CUDA kernels as CUDA C and compiles them when the library loads, through the
+// global tvm_callback_cuda_compile(code) -> bytes that Python's TVM registers. Without Python:
+// nvcc to a fatbin for this machine's GPU ($EDGESMITH_NVCC, default nvcc on PATH;
+// $EDGESMITH_NVCC_ARCH, default native).
+static void register_cuda_compiler() {
+  auto compile = [](ffi::String code) -> ffi::Bytes {
+    char tmpl[] = "/tmp/edgesmith-nvcc-XXXXXX";
+    if (!mkdtemp(tmpl)) die(std::string("mkdtemp: ") + strerror(errno));
+    std::string dir = tmpl, src = dir + "/kernels.cu", out = dir + "/kernels.fatbin", log = dir + "/nvcc.log";
+    std::ofstream(src, std::ios::binary) << std::string(code);
+    const char* nvcc = getenv("EDGESMITH_NVCC") ? getenv("EDGESMITH_NVCC") : "nvcc";
+    const char* arch = getenv("EDGESMITH_NVCC_ARCH") ? getenv("EDGESMITH_NVCC_ARCH") : "native";
+    std::string cmd = std::string(nvcc) + " --fatbin -O3 -arch=" + arch + " -o " + out + " " + src + " >" + log + " 2>&1";
+    if (system(cmd.c_str()) != 0) {
+      std::ifstream in(log);
+      std::string first;
+      std::getline(in, first);
+      die("compiling the CUDA kernels failed (" + cmd + "): " + first +
+          "; set EDGESMITH_NVCC to nvcc's path and EDGESMITH_NVCC_ARCH to the GPU's (e.g. sm_90)");
+    }
+    std::string bin = read_text(out);
+    unlink(src.c_str()), unlink(out.c_str()), unlink(log.c_str()), rmdir(dir.c_str());
+    return ffi::Bytes(bin);
+  };
+  ffi::Function::SetGlobal("tvm_callback_cuda_compile", ffi::Function::FromTyped(compile), true);
+}
+
+// ----------------------------------------------------------------------------
+// model: the Relax VM, the parameters
 
 // Set by `runner kernels`: wraps the model library before the VM looks its kernels up.
 static void (*g_wrap_library)(ffi::Module& lib) = nullptr;
@@ -314,11 +385,12 @@ struct Model {
 };
 
 static Model load_model(const std::string& bundle, const Manifest& m) {
+  if (m.device_api == "cuda") register_cuda_compiler();
   ffi::Module lib = ffi::Module::LoadFromFile(bundle + "/lib/model.so");
   if (g_wrap_library) g_wrap_library(lib);
   ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
   // (device type, id, allocator) for the device, then for the host; 2 = pooled allocator
-  vm->GetFunction("vm_initialization").value()(int(kDLCPU), 0, 2, int(kDLCPU), 0, 2);
+  vm->GetFunction("vm_initialization").value()(m.device_type, 0, 2, int(kDLCPU), 0, 2);
   auto fn = [&](const char* name) {
     auto f = vm->GetFunction(name);
     if (!f) die(bundle + "/lib/model.so has no function '" + name + "'; recompile the bundle");
@@ -326,7 +398,7 @@ static Model load_model(const std::string& bundle, const Manifest& m) {
   };
 
   // Parameters: tensor-cache shards -> the runtime's cache -> an array in call order.
-  DLDevice dev{kDLCPU, 0};
+  DLDevice dev{DLDeviceType(m.device_type), 0};
   global("vm.builtin.tensor_cache.load")(bundle + "/params", int(dev.device_type), 0);
   ffi::Array<ffi::String> names;
   for (const auto& n : m.param_names) names.push_back(n);
@@ -342,7 +414,12 @@ static ffi::Tensor make_input(const Model& model, const int32_t* ids, int64_t n)
   ffi::Tensor t = alloc(ffi::Shape({1, n}), DLDataType{kDLInt, 32, 1}, model.dev,
                         ffi::Optional<ffi::String>())
                       .cast<ffi::Tensor>();
-  memcpy(t.data_ptr(), ids, n * sizeof(int32_t));
+  if (model.dev.device_type == kDLCPU) {
+    memcpy(t.data_ptr(), ids, n * sizeof(int32_t));
+  } else {  // a GPU: copied there
+    static ffi::Function copy_in = global("runtime.TVMTensorCopyFromBytes");
+    copy_in(t, static_cast<void*>(const_cast<int32_t*>(ids)), int64_t(n * sizeof(int32_t)));
+  }
   return t;
 }
 
@@ -386,7 +463,12 @@ static void forward(const Model& model, KVCache& kv, const ffi::Function& fn, co
   if (dt.code != kDLFloat || dt.bits != 32) die("model returned logits that are not float32");
   int64_t vocab = logits.shape()[logits.ndim() - 1];
   out.resize(vocab);
-  memcpy(out.data(), logits.data_ptr(), vocab * sizeof(float));  // CPU: read in place
+  if (logits.device().device_type == kDLCPU) {
+    memcpy(out.data(), logits.data_ptr(), vocab * sizeof(float));  // CPU: read in place
+  } else {  // waits for the device, so a forward's time includes its kernels
+    static ffi::Function copy_out = global("runtime.TVMTensorCopyToBytes");
+    copy_out(logits, static_cast<void*>(out.data()), int64_t(vocab * sizeof(float)));
+  }
 }
 
 // Prompt of any length: chunks of at most prefill_chunk tokens, each its own forward.
@@ -953,7 +1035,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
   if (a.context > 0)
     m.max_total_seq_len = std::min(m.max_total_seq_len, (a.context + m.page_size - 1) / m.page_size * m.page_size);
   if (cmd == "kernels") g_wrap_library = wrap_library;
-  load_runtime(lib_dir);
+  load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
   if (cmd == "profile") cmd_profile(model, m, load_s, a);
@@ -1021,7 +1103,7 @@ static void run(int argc, char** argv) {
 
   double t0 = now_s();
   Manifest m = load_manifest(bundle, verify);
-  load_runtime(lib_dir);
+  load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
   if (cmd == "generate") cmd_generate(model, m, load_s, g);
