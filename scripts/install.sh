@@ -12,6 +12,7 @@ command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v adb >/dev/null || missing+=(adb)
 command -v g++ >/dev/null || missing+=(g++)
+command -v chromium >/dev/null || missing+=(chromium)  # the farm report's screenshot test
 # PoCL: an OpenCL device on the CPU, for the GPU kernel tests (tests/test_pocl_kernels.py)
 dpkg -s pocl-opencl-icd >/dev/null 2>&1 || missing+=(pocl-opencl-icd)
 dpkg -s ocl-icd-opencl-dev >/dev/null 2>&1 || missing+=(ocl-icd-opencl-dev)
@@ -23,7 +24,7 @@ fi
 
 # torch first, pinned to the CPU build, so nothing below pulls a CUDA torch.
 python -m pip install -q --disable-pip-version-check --root-user-action=ignore torch==2.13.0
-python -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
+python -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,farm]"
 # pyopencl drives PoCL from the kernel tests
 python -m pip install -q --disable-pip-version-check --root-user-action=ignore pyopencl
 # The aarch64 libtvm_runtime/libtvm_ffi from the registry's wheels, at the installed TVM version.
