@@ -36,6 +36,8 @@
 #include <unistd.h>
 #if defined(__APPLE__)
 #include <mach-o/dyld.h>
+#else
+#include <sched.h>
 #endif
 
 #include <algorithm>
@@ -1110,7 +1112,20 @@ static void run(int argc, char** argv) {
   else cmd_bench(model, m, load_s, b);
 }
 
+// TVM's CPU pool halves the core count on x86 (it assumes hyper-threads), which is one thread on a
+// 2-core VM: use every core this process may run on, unless TVM_NUM_THREADS or --threads says.
+static void use_all_cores() {
+  if (getenv("TVM_NUM_THREADS")) return;
+  int n = int(std::thread::hardware_concurrency());
+#if !defined(__APPLE__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) n = CPU_COUNT(&set);
+#endif
+  if (n > 0) setenv("TVM_NUM_THREADS", std::to_string(n).c_str(), 1);
+}
+
 int main(int argc, char** argv) {
+  use_all_cores();
   try {
     run(argc, argv);
   } catch (const ffi::Error& err) {
