@@ -260,7 +260,8 @@ def cmd_farm(args) -> int:
                              kernels_top=args.kernels, membw_mb=args.membw_mb, timeout=args.timeout)
     results = farm_run(FarmOptions(model=args.model, quant=args.quant, out=args.out, select=args.select,
                                    devices_file=args.devices, tracker=tracker, baseline=args.baseline,
-                                   profile=profile, retries=args.retries, allow_failures=args.allow_failures,
+                                   profile=profile, retries=args.retries, retry_delay=args.retry_delay,
+                                   allow_failures=args.allow_failures,
                                    threshold=args.threshold, priority=args.priority,
                                    lease_timeout=args.lease_timeout), progress=say)
     print((args.out / "summary.md").read_text(), end="")
@@ -385,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--baseline", type=Path, help="a previous results.json or any `edgesmith profile` output")
     fr.add_argument("--out", type=Path, required=True, help="folder for the reports")
     fr.add_argument("--retries", type=int, default=1, help="tries again a failed device this many times (default 1)")
+    fr.add_argument("--retry-delay", type=float, default=2.0, help="seconds between tries (default 2)")
     fr.add_argument("--allow-failures", type=int, default=0, help="devices that may fail without exit 4 (default 0)")
     fr.add_argument("--threshold", type=float, default=0.05, help="a row slower than the baseline beyond the noise "
                     "is a regression only past this fraction (default 0.05)")

@@ -92,7 +92,13 @@ class TrackerLease:
         from edgesmith.runtime.farm.agent import lease_from
 
         with T.TrackerConnection(self.address) as conn:
-            answer = conn.call(T.REQUEST, self.key, self.user, self.priority, timeout=self.timeout)
+            try:
+                answer = conn.call(T.REQUEST, self.key, self.user, self.priority, timeout=self.timeout)
+            except T.TrackerError as err:
+                if "no answer" not in str(err):
+                    raise
+                raise T.TrackerError(f"{self.key} still taken after {self.timeout:g}s on tracker {self.address} "
+                                     "(other jobs hold or are ahead in the queue); raise --lease-timeout") from None
         if not isinstance(answer, list) or answer[0] != T.SUCCESS:
             raise T.TrackerError(f"tracker {self.address} refused REQUEST {self.key}: {answer!r}")
         addr, port, matchkey = answer[1]
