@@ -90,8 +90,8 @@ class TrackerConnection:
             raise TrackerError(f"{address} is not a TVM RPC tracker (magic {magic:#x})")
 
     def call(self, *message, timeout: float | None = 10.0):
-        self.sock.settimeout(timeout)
         try:
+            self.sock.settimeout(timeout)
             send(self.sock, list(message))
             return recv(self.sock)
         except socket.timeout:
