@@ -67,7 +67,7 @@ def test_farm_run_over_host_board_and_phone_writes_every_report(full_run):
     md = (out / "summary.md").read_text()
     assert "PASS (exit 0)" in md and "| phone | tg4@p8 |" in md
     html = (out / "report.html").read_text()
-    assert html.count("<svg") == 2 and html.count('class="bar"') == 6
+    assert html.count("<svg") == 4 and html.count('class="bar"') == 6  # pp and tg; real and emulated apart
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "<script" not in html
 
 
@@ -257,20 +257,17 @@ def _baseline(records, scale_samples) -> list[dict]:
 
 @pytest.mark.parametrize("kind, expected", [("clearly faster", EXIT_REGRESSION), ("inside the noise", EXIT_PASS)])
 def test_regression_gate(devices_yaml, full_run, tmp_path, kind, expected):
-    # The host is quick: more repetitions and longer runs than elsewhere, so its noise is measured.
-    sizes = ["-p", "32", "-n", "32", "-r", "5", "--max-reps", "5", "--target-rsd", "10", "--membw-mb", "8",
-             "--cool-below", "off", "-q"]
-    earlier = farm_run(FarmOptions(model="random:tiny", out=tmp_path / "earlier", devices_file=devices_yaml,
-                                   select=["host"], profile=ProfileOptions(**dict(QUICK, prompts=[32], gens=[32],
-                                                                                   reps=5, max_reps=5))))
+    # On the emulated board: its timings are steadier than the host's on this tiny model (both
+    # under qemu and on a loaded machine, runs still differ by tens of percent).
+    earlier = [r for r in full_run[2]["records"] if r["device"]["name"] == "board"]
     if kind == "clearly faster":  # three times the earlier run's speed, tight
-        base = _baseline(earlier["records"], lambda m: [3.0 * m, 3.03 * m, 2.97 * m])
+        base = _baseline(earlier, lambda m: [3.0 * m, 3.03 * m, 2.97 * m])
     else:  # about the earlier speed, with a wide measured spread
-        base = _baseline(earlier["records"], lambda m: [0.5 * m, 1.05 * m, 1.5 * m])
+        base = _baseline(earlier, lambda m: [0.5 * m, 1.05 * m, 1.5 * m])
     path = tmp_path / "baseline.json"
     path.write_text(json.dumps(base))
-    code = main(["farm", "run", "--model", "random:tiny", "--devices", str(devices_yaml), "-s", "host",
-                 "--baseline", str(path), "--out", str(tmp_path / "out"), *sizes])
+    code = main(["farm", "run", "--model", "random:tiny", "--devices", str(devices_yaml), "-s", "board",
+                 "--baseline", str(path), "--out", str(tmp_path / "out"), *QUICK_ARGS])
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert code == expected == res["exit_code"], res["results"]
     if expected == EXIT_REGRESSION:
