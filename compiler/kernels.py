@@ -23,6 +23,7 @@ X_PERMUTED = "linear_x_permuted"  # decode int4: x reordered like the packed wor
 X_WORD_SUM = "q4_gemv_xsum"
 X_PADDED = "linear_x_padded"  # prefill: tokens padded to a multiple of ROW_TILE with zeros
 GEMM_CROP = "linear_gemm_crop"  # prefill: the padded rows dropped
+ROPE_TABLE = "rope_cos_sin"  # per (position, frequency) cos/sin: kept as its own loop, never inlined
 ROW_TILE = 8  # prefill's register tile of tokens: padding to it leaves the tile without bounds checks
 
 
@@ -190,15 +191,20 @@ def rope(qkv, positions, factors, *, n_rot_heads: int, rotary_dim: int, theta: f
         use_long = (positions[t - 1] + 1 > original_max_pos).astype("int32")
         return freq / factors[use_long, jj]
 
+    def cos_sin(j, which, jj):
+        # (t, 2, half): cos (which 0) and sin (which 1) once per (position, frequency), not per
+        # head and channel: 2*half transcendentals a token instead of 2*heads*rotary_dim.
+        angle = positions[j].astype(F32) * inv_freq(jj)
+        return tirx.if_then_else(which == 0, tirx.cos(angle), tirx.sin(angle)) * tirx.const(attention_factor, F32)
+
+    table = te.compute((t, 2, half), cos_sin, name=ROPE_TABLE)
+
     def compute(i, j, h, c):
         x = qkv[i, j, h, c]
         jj = tirx.floormod(c, half)
-        angle = positions[j].astype(F32) * inv_freq(jj)
-        cos = tirx.cos(angle) * tirx.const(attention_factor, F32)
-        sin = tirx.sin(angle) * tirx.const(attention_factor, F32)
         partner = tirx.if_then_else(c < half, -qkv[i, j, h, tirx.min(c + half, d - 1)],
                                     qkv[i, j, h, tirx.max(c - half, 0)])
-        rotated = x * cos + partner * sin
+        rotated = x * table[j, 0, jj] + partner * table[j, 1, jj]
         return tirx.if_then_else(tirx.all(h < n_rot_heads, c < rotary_dim), rotated, x)
 
     return te.compute((b, t, heads, d), compute, name="rope")

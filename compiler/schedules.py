@@ -16,6 +16,9 @@ from edgesmith.compiler import kernels
 from edgesmith.targets.tvm_api import Schedule, dlight, tirx
 
 _SPATIAL, _REDUCE = 0, 2
+# Blocks computed into their own buffer although inlining would be legal: inlined, RoPE's
+# cos/sin table would be recomputed for every head and channel again.
+_MATERIALIZED = (kernels.ROPE_TABLE,)
 
 
 def _is_scheduled(func) -> bool:
@@ -42,7 +45,7 @@ def _inline_intermediates(sch: Schedule) -> list:
     """Inline every elementwise block whose result feeds another block (FuseTIR leaves each
     op of a fused function its own loop nest and buffer); the remaining blocks, in order."""
     for block in reversed(_root_blocks(sch)[:-1]):
-        if _is_reduction(sch, block):
+        if _is_reduction(sch, block) or sch.get(block).name_hint.startswith(_MATERIALIZED):
             continue
         try:
             sch.compute_inline(block)
