@@ -105,3 +105,13 @@ def test_a_forged_matchkey_gets_no_lease(tracker, agent):
     # the matchkey on offer, but not granted by the tracker: refused too
     with pytest.raises(TrackerError, match="not granted"):
         lease_from(tracker, "127.0.0.1", agent.port, agent.slots["dut"].matchkey, "forger", 0)
+
+
+def test_usage_and_configuration_errors_exit_1(tmp_path):
+    from edgesmith.cli import main
+
+    base = ["farm", "run", "--model", "random:tiny", "--out", str(tmp_path)]
+    assert main(base + ["--tracker", "127.0.0.1:1"]) == 1            # no tracker there
+    assert main(base + ["-s", "no-such-device-or-tag"]) == 1          # selects nothing
+    assert main(base + ["--baseline", str(tmp_path / "missing.json")]) == 1
+    assert main(["farm", "status"]) == 1 if not os.environ.get("EDGESMITH_TRACKER") else True

@@ -24,7 +24,7 @@ def _source_hash() -> str:
     h = hashlib.sha256()
     for folder in _SOURCES:
         for path in sorted((_ROOT / folder).rglob("*")):
-            if path.is_file() and path.suffix in (".py", ".cc", ".h", ".c") or path.name == "Makefile":
+            if path.is_file() and (path.suffix in (".py", ".cc", ".h", ".c") or path.name == "Makefile"):
                 h.update(path.relative_to(_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
