@@ -126,7 +126,8 @@ def kv_bytes_per_token(cfg: dict, elem: int, prompt: int, gen: int) -> float:
 
 def build_llama(hf: Path, args) -> Built:
     env = {"CMAKE_ARGS": LLAMA_CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-    ensure("llama_cpp", ["--no-binary", "llama-cpp-python", "llama-cpp-python"], args.install, env,
+    # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back any earlier build.
+    ensure("llama_cpp", ["--no-cache-dir", "--no-binary", "llama-cpp-python", "llama-cpp-python"], args.install, env,
            "(compiles llama.cpp from the sdist: minutes)")
     out = MODELS / "llama.cpp"
     q4 = out / "model-Q4_0.gguf"
