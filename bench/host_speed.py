@@ -10,6 +10,7 @@ steps); prints the median with min and max, and writes the samples as JSON.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import read_bandwidth_gbs, summary, table, write_json  # noqa: E402
+from common import summary, table, write_json  # noqa: E402
 
 from edgesmith.compiler.build import compile_bundle  # noqa: E402
 from edgesmith.runtime.engine import Engine  # noqa: E402
@@ -49,7 +50,6 @@ def main() -> None:
     args = ap.parse_args()
 
     rows, results = [], []
-    bw = read_bandwidth_gbs()
     for quant in args.quants.split(","):
         bundle = args.out.parent / "bundles" / f"{args.model.replace(':', '_').replace('=', '')}-{quant}-host"
         if args.rebuild or not (bundle / "manifest.json").exists():
@@ -58,20 +58,17 @@ def main() -> None:
             print(f"compiled {quant} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         r = run_one(bundle, args.prompt, args.new_tokens, args.reps)
         r.update(quant=quant, model=args.model)
-        ceiling = bw * 1e9 / r["weight_bytes"]
         results.append(r)
         rows.append({
             "quant": quant,
             "prefill": r["prefill_tok_s"]["median"], "pmin": r["prefill_tok_s"]["min"], "pmax": r["prefill_tok_s"]["max"],
             "decode": r["decode_tok_s"]["median"], "dmin": r["decode_tok_s"]["min"], "dmax": r["decode_tok_s"]["max"],
-            "roof": f"{100 * r['decode_tok_s']['median'] / ceiling:.0f}%",
         })
     print(f"\n{args.model}, prompt {args.prompt}, {args.new_tokens} new tokens, median of {args.reps} "
-          f"({platform.processor() or platform.machine()}, read bandwidth {bw:.1f} GB/s)\n")
+          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores; the roofline is in bench/peers.py)\n")
     print(table(rows, [("quant", "quant"), ("prefill", "prefill tok/s"), ("pmin", "min"), ("pmax", "max"),
-                       ("decode", "decode tok/s"), ("dmin", "min"), ("dmax", "max"),
-                       ("roof", "decode / bandwidth ceiling")]))
-    write_json(args.out, {"date": time.strftime("%Y-%m-%d"), "host": platform.node(), "read_bandwidth_gbs": bw,
+                       ("decode", "decode tok/s"), ("dmin", "min"), ("dmax", "max")]))
+    write_json(args.out, {"date": time.strftime("%Y-%m-%d"), "host": platform.node(),
                           "prompt": args.prompt, "new_tokens": args.new_tokens, "reps": args.reps, "results": results})
 
 
