@@ -260,8 +260,9 @@ def test_regression_gate(devices_yaml, full_run, tmp_path, kind, expected):
     # On the emulated board: its timings are steadier than the host's on this tiny model (both
     # under qemu and on a loaded machine, runs still differ by tens of percent).
     earlier = [r for r in full_run[2]["records"] if r["device"]["name"] == "board"]
-    if kind == "clearly faster":  # three times the earlier run's speed, tight
-        base = _baseline(earlier, lambda m: [3.0 * m, 3.03 * m, 2.97 * m])
+    if kind == "clearly faster":  # ten times the earlier run's speed, tight: the machine's own drift
+        # between two runs here reached 1.5x, which a 3x baseline did not always clear on 2 samples
+        base = _baseline(earlier, lambda m: [10.0 * m, 10.1 * m, 9.9 * m])
     else:  # about the earlier speed, with a wide measured spread
         base = _baseline(earlier, lambda m: [0.5 * m, 1.05 * m, 1.5 * m])
     path = tmp_path / "baseline.json"
