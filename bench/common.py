@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -42,3 +43,15 @@ def read_bandwidth_gbs(size_mb: int = 512, reps: int = 5) -> float:
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def cached_bundle(out_dir: Path, model: str, quant: str, rebuild: bool = False) -> Path:
+    """A host bundle of model+quant under out_dir/bundles, compiled unless already there."""
+    from edgesmith.compiler.build import compile_bundle
+
+    bundle = out_dir / "bundles" / f"{model.replace(':', '_').replace('=', '')}-{quant}-host"
+    if rebuild or not (bundle / "manifest.json").exists():
+        t = time.perf_counter()
+        compile_bundle(model, quant, "host", bundle)
+        print(f"compiled {quant} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    return bundle

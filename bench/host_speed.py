@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import summary, table, write_json  # noqa: E402
+from common import cached_bundle, summary, table, write_json  # noqa: E402
 
-from edgesmith.compiler.build import compile_bundle  # noqa: E402
 from edgesmith.runtime.engine import Engine  # noqa: E402
 
 
@@ -51,11 +50,7 @@ def main() -> None:
 
     rows, results = [], []
     for quant in args.quants.split(","):
-        bundle = args.out.parent / "bundles" / f"{args.model.replace(':', '_').replace('=', '')}-{quant}-host"
-        if args.rebuild or not (bundle / "manifest.json").exists():
-            t = time.perf_counter()
-            compile_bundle(args.model, quant, "host", bundle)
-            print(f"compiled {quant} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        bundle = cached_bundle(args.out.parent, args.model, quant, args.rebuild)
         r = run_one(bundle, args.prompt, args.new_tokens, args.reps)
         r.update(quant=quant, model=args.model)
         results.append(r)

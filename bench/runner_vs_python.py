@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import summary, table, write_json  # noqa: E402
+from common import cached_bundle, summary, table, write_json  # noqa: E402
 
-from edgesmith.compiler.build import compile_bundle  # noqa: E402
 from edgesmith.runtime.engine import Engine  # noqa: E402
 from edgesmith.runtime.runner_exec import run_runner  # noqa: E402
 
@@ -33,9 +32,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/out/runner_vs_python.json"))
     args = ap.parse_args()
 
-    bundle = args.out.parent / "bundles" / f"{args.model.replace(':', '_').replace('=', '')}-{args.quant}-host"
-    if not (bundle / "manifest.json").exists():
-        compile_bundle(args.model, args.quant, "host", bundle)
+    bundle = cached_bundle(args.out.parent, args.model, args.quant)
     eng = Engine(bundle)
     vocab = eng.config["vocab_size"]
     samples = {k: {"prefill": [], "decode": []} for k in ("runner", "python")}

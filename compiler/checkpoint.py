@@ -13,6 +13,7 @@ when the file is opened, so a truncated download fails at open, not halfway thro
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import json
 import struct
 from dataclasses import replace
@@ -32,8 +33,8 @@ _DTYPES = {"F32": (np.dtype("<f4"), "float32"), "F16": (np.dtype("<f2"), "float1
 _MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
 
 
-class Checkpoint:
-    """Config + named tensors. Subclasses fill `_shapes` and implement `_read`."""
+class Checkpoint(ABC):
+    """Config + named tensors. Subclasses fill `_shapes` and implement `_read` and `fingerprint`."""
 
     config: Phi3Config
     description: str
@@ -52,11 +53,12 @@ class Checkpoint:
         self._check_name(name)
         return self._read(name)
 
+    @abstractmethod
     def fingerprint(self) -> str:
-        raise NotImplementedError
+        """A stable id of the source (for caches), cheap to compute."""
 
-    def _read(self, name: str) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def _read(self, name: str) -> np.ndarray: ...
 
     def _check_name(self, name: str) -> None:
         if name not in self._shapes:

@@ -24,11 +24,11 @@ from edgesmith.compiler.bundle import read_manifest
 from edgesmith.errors import EdgesmithError
 from edgesmith.runtime.devices import Device
 from edgesmith.runtime.push import PushReport, push_bundle
+from edgesmith.runtime.runner_exec import runner_start
 from edgesmith.runtime.transports import open_transport
 from edgesmith.runtime.transports.base import Deadline, DeviceError, DeviceTimeout, shell_join
 from edgesmith.targets.presets import get_preset
 
-LOADER = "ld-linux-aarch64.so.1"
 
 
 def check_compatible(device: Device, manifest: dict) -> None:
@@ -49,12 +49,7 @@ def runner_command(manifest: dict, bundle_dir: str, runner_args: list[str], wrap
     """argv that starts the runner with its bundle at `bundle_dir` (paths relative to the cwd work)."""
     if not runner_args:
         raise EdgesmithError("runner arguments are empty; expected e.g. ['generate', '--tokens', '1,2', '-n', '8']")
-    bindir = posixpath.join(bundle_dir, "bin")
-    runner = posixpath.join(bindir, "runner")
-    if manifest.get("target", {}).get("layout") == "android-glibc":
-        start = [posixpath.join(bindir, LOADER), "--library-path", bindir, runner]
-    else:
-        start = [runner]
+    start = runner_start(posixpath.join(bundle_dir, "bin"), manifest.get("target", {}).get("layout") == "android-glibc")
     sub, *rest = [str(a) for a in runner_args]
     return [*wrapper, *start, sub, bundle_dir, *rest]
 

@@ -14,6 +14,7 @@ carries the runner's own one-line message.
 from __future__ import annotations
 
 import json
+import posixpath
 import shutil
 import subprocess
 import threading
@@ -24,6 +25,15 @@ from edgesmith.errors import BundleError
 from edgesmith.targets.presets import QEMU_AARCH64, host_arch
 
 LOADER = "ld-linux-aarch64.so.1"
+
+
+def runner_start(bindir: str, android_glibc: bool) -> list[str]:
+    """argv that starts bindir/runner: directly, or through the glibc loader the android-glibc
+    layout ships next to it (posix paths, so the same argv serves remote devices)."""
+    runner = posixpath.join(bindir, "runner")
+    if android_glibc:
+        return [posixpath.join(bindir, LOADER), "--library-path", bindir, runner]
+    return [runner]
 
 
 def runner_argv(bundle: Path) -> list[str]:
@@ -50,8 +60,8 @@ def runner_argv(bundle: Path) -> list[str]:
                 "apt-get install qemu-user-static"
             )
         if (bindir / LOADER).is_file():  # android-glibc: the shipped loader starts it
-            return [qemu, str(bindir / LOADER), "--library-path", str(bindir), str(runner)]
-        return [qemu, *QEMU_AARCH64[1:], str(runner)]
+            return [qemu, *runner_start(str(bindir), True)]
+        return [qemu, *QEMU_AARCH64[1:], *runner_start(str(bindir), False)]
     raise BundleError(f"bundle '{bundle}' is for {arch}; this machine ({host_arch()}) cannot run it")
 
 

@@ -982,6 +982,20 @@ static void cmd_membw(const ProfileArgs& a) {
          long(a.mb), threads, (unsigned long long)(check & 0xffff));
 }
 
+// Command-line values shared by every command's parser: the argument after `flag` (advancing i).
+static std::string flag_value(int argc, char** argv, int& i, const std::string& flag) {
+  if (i + 1 >= argc) die(flag + " needs a value");
+  return argv[++i];
+}
+
+static double flag_number(int argc, char** argv, int& i, const std::string& flag) {
+  std::string v = flag_value(argc, argv, i, flag);
+  char* end = nullptr;
+  double d = strtod(v.c_str(), &end);
+  if (v.empty() || *end != 0) die(flag + " expects a number, got '" + v + "'");
+  return d;
+}
+
 static bool is_profiling_command(const std::string& cmd) {
   return cmd == "profile" || cmd == "kernels" || cmd == "logits" || cmd == "membw";
 }
@@ -996,17 +1010,8 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
   if (cmd == "membw") a.min_reps = 5;
   for (int i = 3; i < argc; ++i) {
     std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) die(flag + " needs a value");
-      return argv[++i];
-    };
-    auto number = [&]() -> double {
-      std::string v = value();
-      char* end = nullptr;
-      double d = strtod(v.c_str(), &end);
-      if (v.empty() || *end != 0) die(flag + " expects a number, got '" + v + "'");
-      return d;
-    };
+    auto value = [&] { return flag_value(argc, argv, i, flag); };
+    auto number = [&] { return flag_number(argc, argv, i, flag); };
     bool timed = cmd == "profile" || cmd == "kernels";
     if (flag == "--lib-dir") lib_dir = value();
     else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1);
@@ -1074,17 +1079,8 @@ static void run(int argc, char** argv) {
 
   for (int i = 3; i < argc; ++i) {
     std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) die(flag + " needs a value");
-      return argv[++i];
-    };
-    auto number = [&]() -> double {
-      std::string v = value();
-      char* end = nullptr;
-      double d = strtod(v.c_str(), &end);
-      if (v.empty() || *end != 0) die(flag + " expects a number, got '" + v + "'");
-      return d;
-    };
+    auto value = [&] { return flag_value(argc, argv, i, flag); };
+    auto number = [&] { return flag_number(argc, argv, i, flag); };
     if (flag == "--lib-dir") lib_dir = value();
     else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1);  // before the runtime starts its pool
     else if (flag == "--no-verify") verify = false;
