@@ -17,7 +17,7 @@ from edgesmith.compiler.pipeline import make_pipeline
 from edgesmith.compiler.quantize import Quantization, get_quantization
 from edgesmith.errors import TargetError
 from edgesmith.targets import presets
-from edgesmith.targets.tvm_api import TVM_VERSION, dump_tensor_cache
+from edgesmith.targets.tvm_api import TVM_VERSION, build_vm, dump_tensor_cache
 
 PREFILL_CHUNK = 512
 
@@ -39,7 +39,9 @@ def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize
 
 
 def lower(mod, target: tvm.target.Target, dump_dir: Path | None = None):
-    return tvm.compile(mod, target=target, relax_pipeline=make_pipeline(target, dump_dir))
+    # Not tvm.compile: it emits all TIR in one LLVM module, where a TVM 0.27 bug drops noalias
+    # from every kernel (see tvm_api.build_vm).
+    return build_vm(mod, target, make_pipeline(target, dump_dir))
 
 
 def default_max_context(cfg) -> int:
