@@ -21,6 +21,7 @@ WEIGHT_TILE = "linear_weight_tile"  # prefill: a (k, n-tile) strip of the weight
 Q4_WORDS_T, Q4_SCALES_T = "q4_gemm_words_t", "q4_gemm_scales_t"  # prefill: a strip's words, scales
 X_PERMUTED = "linear_x_permuted"  # decode int4: x reordered like the packed words' lanes
 X_WORD_SUM = "q4_gemv_xsum"
+Q4_SCALES_F32 = "q4_gemv_scales"  # decode: a word block's scales as float32, in registers
 X_PADDED = "linear_x_padded"  # prefill: tokens padded to a multiple of ROW_TILE with zeros
 GEMM_CROP = "linear_gemm_crop"  # prefill: the padded rows dropped
 ROPE_TABLE = "rope_cos_sin"  # per (position, frequency) cos/sin: kept as its own loop, never inlined
@@ -31,6 +32,22 @@ def _nibble(word, i):
     """Value i (0..7) of a packed uint32 word, 0..15, as float32 (stored q + 8)."""
     shifted = tirx.shift_right(word, (i * 4).astype("uint32"))
     return tirx.bitwise_and(shifted, tirx.const(15, "uint32")).astype(F32)
+
+
+# Decode reads nibble n as the float 16 + n: its bits are n placed in the mantissa of 16.0
+# (0x41800000 | n << 19), one shift and one and-or (vpternlogd) instead of shift, and, convert.
+_BIAS = 16.0
+_BIAS_BITS, _MANTISSA_SHIFT = 0x41800000, 19
+
+
+def _nibble_biased(word, i: int):
+    """16 + nibble i (0..7) of a packed uint32 word, as float32, exactly."""
+    up = _MANTISSA_SHIFT - 4 * i
+    moved = (tirx.shift_left(word, tirx.const(up, "uint32")) if up >= 0
+             else tirx.shift_right(word, tirx.const(-up, "uint32")))
+    bits = tirx.bitwise_or(tirx.bitwise_and(moved, tirx.const(15 << _MANTISSA_SHIFT, "uint32")),
+                           tirx.const(_BIAS_BITS, "uint32"))
+    return tirx.reinterpret(F32, bits)
 
 
 def _q4_value(w, s, group: int, row, col):
@@ -78,8 +95,8 @@ def q4_linear(x, w, s, group: int):
 
 
 def _q4_gemv(x, w, s, group: int):
-    """Decode: x (1, 1, k). Per word, sum_i x*nibble_i (8 FMAs, no scale); per word again,
-    (that - 8 * sum_i x) * scale, accumulated in L lanes; the lanes are summed at the end."""
+    """Decode: x (1, 1, k). Per word, sum_i x*(16 + nibble_i) (8 FMAs, no scale); per word
+    again, (that - 24 * sum_i x) * scale, accumulated in L lanes; the lanes are summed at the end."""
     b, t, k_dim = x.shape
     n, words = w.shape
     wpg = group // 8
@@ -87,15 +104,21 @@ def _q4_gemv(x, w, s, group: int):
     xp = te.compute((8, words), lambda i, j: x[0, 0, j * 8 + i], name=X_PERMUTED)
     ri = te.reduce_axis((0, 8), name="i")
     xsum = te.compute((words,), lambda j: te.sum(xp[ri, j], axis=ri), name=X_WORD_SUM)
-    rw = te.reduce_axis((0, 8), name="i")
-    per_word = te.compute((n, words), lambda o, j: te.sum(xp[rw, j] * _nibble(w[o, j], rw), axis=rw), name=Q4_WORD)
+    def word_dot(o, j):  # the 8 nibbles written out: each shift is a constant
+        total = xp[0, j] * _nibble_biased(w[o, j], 0)
+        for i in range(1, 8):
+            total = total + xp[i, j] * _nibble_biased(w[o, j], i)
+        return total
+
+    per_word = te.compute((n, words), word_dot, name=Q4_WORD)
+    s32 = te.compute(s.shape, lambda o, g: s[o, g].astype(F32), name=Q4_SCALES_F32)
     jb = te.reduce_axis((0, int(words) // lanes), name="jb")
     jl = te.reduce_axis((0, lanes), name="jl")
 
     def body(_b, _t, o):
         j = jb * lanes + jl
-        centred = per_word[o, j] - tirx.const(8.0, F32) * xsum[j]
-        return te.sum(centred * _group_scale(s, o, jb, jl, lanes, wpg), axis=[jb, jl])
+        centred = per_word[o, j] - tirx.const(_BIAS + 8.0, F32) * xsum[j]
+        return te.sum(centred * s32[o, j // wpg], axis=[jb, jl])
 
     return te.compute((b, t, n), body, name=GEMV)
 

@@ -176,7 +176,6 @@ def _rfactor_lanes(sch: Schedule, block):
     so that they are contiguous, kept in registers (local)."""
     out_ndim = len(sch.get(block).writes[0].region)
     rf = sch.rfactor(sch.get_loops(block)[-1], factor_axis=out_ndim)
-    sch.set_scope(rf, 0, "local")
     return rf
 
 
@@ -220,11 +219,11 @@ class Linear(dlight.ScheduleRule):
             sch.reverse_compute_at(epi, row)
         sch.parallel(row)
         if word is not None:
-            *_, lane, nibble = sch.get_loops(word)
-            sch.reorder(nibble, lane)
-            sch.unroll(nibble)
-            sch.vectorize(lane)
-            sch.decompose_reduction(word, nibble)
+            sch.vectorize(sch.get_loops(word)[-1])
+        scales = names.get(kernels.Q4_SCALES_F32)
+        if scales is not None:  # the block's few scales, converted together, kept in registers
+            sch.compute_at(scales, rf_loops[3])
+            sch.vectorize(sch.get_loops(scales)[-1])
         sch.vectorize(sch.get_loops(rf)[-1])
         sch.decompose_reduction(rf, sch.get_loops(rf)[3])
         return sch
