@@ -42,7 +42,8 @@ def build_vm(mod, target, relax_pipeline):
     cache's kernels, which are not noalias: every matmul then lost `noalias`, LLVM could not
     keep the register tile's accumulators in registers (a store after every FMA) and prefill
     ran 2.4x slower than the same kernel built alone. Built per group, each function gets its
-    own setting, as TVM means it to.
+    own setting, as TVM means it to. (CPU targets only: a GPU target's kernels are device
+    code, and one host module keeps one device module to package.)
     """
     from tvm.relax import vm_build
 
@@ -53,7 +54,10 @@ def build_vm(mod, target, relax_pipeline):
     builder = relax.ExecBuilder()
     leftover = vm_build._vmcodegen(builder, mod, "bytecode")
     funcs = {g: f for g, f in leftover.functions.items() if isinstance(f, tirx.PrimFunc)}
-    groups = [{g: f for g, f in funcs.items() if _noalias(f) == flag} for flag in (True, False)]
+    if target.kind.name == "llvm":
+        groups = [{g: f for g, f in funcs.items() if _noalias(f) == flag} for flag in (True, False)]
+    else:  # GPU: the kernels are in the device module; host code is launch glue, one module
+        groups = [funcs]
     libs = [tirx.build(vm_build._auto_attach_system_lib_prefix(tvm.IRModule(g, attrs=leftover.attrs), target),
                        target=target) for g in groups if g]
     lib = libs[0] if libs else None
