@@ -111,6 +111,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str, target: str, out:
         bundle_io.write_manifest(tmp, {
             "model": {"source": ckpt.description, "fingerprint": ckpt.fingerprint(), "config": cfg.to_dict()},
             "quant": q.name,
+            **({"int8_dot": _int8_dot(q, tvm_target, preset)} if q.int8_activations else {}),
             "quantize_embedding": quantize_embedding and q.quantized,
             "target": {"preset": preset.name, "tvm_target": preset.tvm_target(), "arch": preset.arch,
                        "triple": preset.triple, "layout": preset.layout},
@@ -126,6 +127,14 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str, target: str, out:
                       "edgesmith_version": _version()},
         })
     return Path(out)
+
+
+def _int8_dot(q: Quantization, target, preset) -> str | None:
+    """The int8 dot-product feature decode runs on (None: float activations on this target)."""
+    from edgesmith.compiler import kernels_int8
+
+    isas = [] if preset.gpu else kernels_int8.dot_isas(target)
+    return isas[0].name if isas else None
 
 
 def _nbytes(shape, dtype) -> int:

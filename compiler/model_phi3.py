@@ -12,7 +12,7 @@ Entry points (batch 1, one sequence):
 """
 from __future__ import annotations
 
-from edgesmith.compiler import kernels, kernels_gpu
+from edgesmith.compiler import kernels, kernels_gpu, kernels_int8
 from edgesmith.compiler.config import Phi3Config
 from edgesmith.compiler.quantize import Quantization
 from edgesmith.targets.tvm_api import kv_cache_mod, nn, relax, tirx
@@ -27,6 +27,9 @@ class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, quant: Quantization, quantize: bool = True):
         self.quantized = quant.quantized and quantize
         self.group = quant.group_size
+        self.in_features, self.out_features = in_features, out_features
+        self.scale_dtype = quant.storage_dtype
+        self.dot_isa = None  # kernels_int8.DotISA: decode with int8 activations (set by Phi3ForCausalLM)
         if self.quantized:
             self.q_weight = nn.Parameter((out_features, in_features // 8), "uint32")
             self.q_scale = nn.Parameter((out_features, in_features // quant.group_size), quant.storage_dtype)
@@ -35,6 +38,11 @@ class Linear(nn.Module):
         self.ops = kernels  # kernels_gpu on a GPU target (set by Phi3ForCausalLM)
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
+        if self.quantized and self.dot_isa is not None and _is_one_token(x):
+            n = self.out_features
+            gemv = kernels_int8.q4_gemv_i8(n, self.in_features, self.group, self.scale_dtype, self.dot_isa)
+            return op.tensor_ir_op(gemv, "q4_matmul_i8", [x, self.q_weight, self.q_scale],
+                                   out=nn.Tensor.placeholder((1, 1, n), "float32"))
         if self.quantized:
             return op.tensor_expr_op(self.ops.q4_linear, "q4_matmul", [x, self.q_weight, self.q_scale, self.group])
         return op.tensor_expr_op(self.ops.float_linear, "matmul", [x, self.weight])
@@ -44,6 +52,10 @@ class Linear(nn.Module):
         if self.quantized:
             return op.tensor_expr_op(kernels.q4_embedding, "q4_take", [ids, self.q_weight, self.q_scale, self.group])
         return op.tensor_expr_op(kernels.float_embedding, "take", [ids, self.weight])
+
+
+def _is_one_token(x: nn.Tensor) -> bool:
+    return all(isinstance(d, int) and d == 1 for d in x.shape[:2])
 
 
 class RMSNorm(nn.Module):
@@ -134,6 +146,10 @@ class Phi3ForCausalLM(nn.Module):
         if target is not None and "gpu" in target.keys:
             for linear in _modules_of_type(self, Linear):
                 linear.ops = kernels_gpu
+        elif quant.int8_activations:
+            isas = kernels_int8.dot_isas(target)
+            for linear in _modules_of_type(self, Linear):
+                linear.dot_isa = kernels_int8.pick(isas, linear.in_features, linear.group)
 
     def _forward(self, input_ids, kv):
         b, t = input_ids.shape

@@ -22,6 +22,9 @@ class Quantization:
     weight_bits: int            # 4, or 0 for "stored as float"
     storage_dtype: str          # float weights: their stored dtype; int4: the scales' dtype
     group_size: int = 32
+    # Decode's int4 GEMV quantizes x to int8 (blocks of group_size) and runs on the CPU's int8
+    # dot products (kernels_int8), where the target has them; float activations elsewhere.
+    int8_activations: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -35,6 +38,8 @@ QUANTIZATIONS: dict[str, Quantization] = {
         Quantization("q0f16", "no quantization, float16 weights", 0, "float16"),
         Quantization("q4f16", "int4 weights in groups of 32, float16 scales", 4, "float16"),
         Quantization("q4f32", "int4 weights in groups of 32, float32 scales", 4, "float32"),
+        Quantization("q4f16i8", "q4f16 weights; decode with int8 activations on int8 dot products "
+                     "(AVX512-VNNI, AVX-VNNI, Arm dotprod)", 4, "float16", int8_activations=True),
     )
 }
 

@@ -1,0 +1,134 @@
+"""Decode's int4 GEMV with int8 activations, on the CPU's int8 dot-product instructions.
+
+x (1, 1, k) float32 is quantized once per call in blocks of the weights' group size (like
+llama.cpp's Q8_0: scale max|x| / 127, round to nearest), then every output row is a sum of
+int8 x int4 products in int32 lanes, four bytes per lane per instruction:
+
+    x86 AVX512-VNNI   vpdpbusd zmm   16 lanes  (unsigned weight bytes x signed x bytes)
+    x86 AVX-VNNI      vpdpbusd ymm    8 lanes
+    Arm dotprod       sdot v.4s       4 lanes  (signed x signed; nibbles 0..15 fit)
+
+A lane holds one packed weight word (eight 4-bit values): its low nibbles (values 0, 2, 4, 6)
+and high nibbles (1, 3, 5, 7) each make four bytes with `& 0x0F0F0F0F`, dotted with x's
+matching bytes, which are packed in that order once per call. Weights are stored as q + 8:
+the -8 * sum(x) correction starts each lane's accumulator. Per lane, the int32 sum becomes
+float times x's block scale times the weight group's scale; the lanes are summed at the end.
+
+A target without these instructions (or a shape they do not tile) keeps the float kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GEMV_I8 = "q4_gemv_i8"
+
+
+@dataclass(frozen=True)
+class DotISA:
+    name: str
+    features: tuple[str, ...]  # LLVM features, any of which provides the instruction
+    lanes: int  # int32 lanes per instruction
+    intrinsic: str  # LLVM intrinsic: (acc i32 x lanes, a i8 x 4*lanes, b i8 x 4*lanes)
+
+
+# Widest first. The 256-bit vpdpbusd exists with AVX-VNNI or with AVX512-VNNI (+VL).
+ISAS = (
+    DotISA("avx512vnni", ("avx512vnni",), 16, "llvm.x86.avx512.vpdpbusd.512"),
+    DotISA("avxvnni", ("avxvnni", "avx512vnni"), 8, "llvm.x86.avx512.vpdpbusd.256"),
+    DotISA("dotprod", ("dotprod",), 4, "llvm.aarch64.neon.sdot.v4i32.v16i8"),
+)
+
+
+def dot_isas(target) -> list[DotISA]:
+    """The int8 dot-product instructions an LLVM CPU target has, widest first."""
+    if target is None or target.kind.name != "llvm":
+        return []
+    from tvm.target import codegen
+
+    def has(feature: str) -> bool:
+        try:
+            return bool(codegen.target_has_features(feature, target))
+        except Exception:  # noqa: BLE001 - a feature this LLVM target does not know
+            return False
+
+    return [isa for isa in ISAS if any(has(f) for f in isa.features)]
+
+
+def pick(isas: list[DotISA], k: int, group: int) -> DotISA | None:
+    """The widest instruction that tiles a reduction of k: whole vectors of words, whole
+    groups in a vector. None: this layer keeps float activations."""
+    if group % 8 or k % group:
+        return None
+    words, per_group = k // 8, group // 8
+    for isa in isas:
+        if words % isa.lanes == 0 and isa.lanes % per_group == 0:
+            return isa
+    return None
+
+
+def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
+    """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/group) scale_dtype) -> y (1,1,n) f32."""
+    from tvm.script import tirx as T
+
+    words, groups, lanes = k // 8, k // group, isa.lanes
+    per_group = group // 8  # words per group
+    scales_per_vec = lanes // per_group
+    blocks = words // lanes
+    vbytes = f"int8x{4 * lanes}"
+    vi32 = f"int32x{lanes}"
+    nibbles = 0x0F0F0F0F
+
+    @T.prim_func(private=True, s_tir=True)
+    def gemv(x: T.Buffer((1, 1, k), "float32"), w: T.Buffer((n, words), "uint32"),
+             s: T.Buffer((n, groups), scale_dtype), y: T.Buffer((1, 1, n), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        q = T.alloc_buffer((k,), "int32")
+        x_scale = T.alloc_buffer((groups,), "float32")
+        x_bytes = T.alloc_buffer((2, words), "int32")  # [0]: values 0,2,4,6 of each word; [1]: 1,3,5,7
+        x_corr = T.alloc_buffer((words,), "int32")  # -8 * the word's 8 values (weights are q + 8)
+        x_lane_scale = T.alloc_buffer((words,), "float32")
+        for g in range(groups):
+            amax = T.alloc_buffer((1,), "float32")
+            amax[0] = T.float32(0)
+            for i in range(group):
+                amax[0] = T.max(amax[0], T.abs(x[0, 0, g * group + i]))
+            x_scale[g] = amax[0] / T.float32(127)
+            for i in range(group):
+                q[g * group + i] = T.Cast("int32", T.round(T.if_then_else(
+                    amax[0] > T.float32(0), x[0, 0, g * group + i] * (T.float32(127) / amax[0]), T.float32(0))))
+        for j in range(words):
+            x_bytes[0, j] = ((q[8 * j] & 255) | ((q[8 * j + 2] & 255) << 8) | ((q[8 * j + 4] & 255) << 16)
+                             | ((q[8 * j + 6] & 255) << 24))
+            x_bytes[1, j] = ((q[8 * j + 1] & 255) | ((q[8 * j + 3] & 255) << 8) | ((q[8 * j + 5] & 255) << 16)
+                             | ((q[8 * j + 7] & 255) << 24))
+            x_corr[j] = -8 * (q[8 * j] + q[8 * j + 1] + q[8 * j + 2] + q[8 * j + 3] + q[8 * j + 4]
+                              + q[8 * j + 5] + q[8 * j + 6] + q[8 * j + 7])
+            x_lane_scale[j] = x_scale[j // per_group]
+        for o in T.parallel(n):
+            total = T.alloc_buffer((lanes,), "float32")
+            acc = T.alloc_buffer((lanes,), "int32")
+            w_scale = T.alloc_buffer((scales_per_vec,), "float32")
+            for lane in T.vectorized(lanes):
+                total[lane] = T.float32(0)
+            for jb in range(blocks):
+                packed = T.reinterpret(w[o, T.ramp(jb * lanes, 1, lanes)], dtype=vi32)
+                low = T.bitwise_and(packed, T.broadcast(T.int32(nibbles), lanes))
+                high = T.bitwise_and(T.shift_right(packed, T.broadcast(T.int32(4), lanes)),
+                                     T.broadcast(T.int32(nibbles), lanes))
+                first = T.call_llvm_pure_intrin(
+                    vi32, isa.intrinsic, x_corr[T.ramp(jb * lanes, 1, lanes)],
+                    T.reinterpret(low, dtype=vbytes),
+                    T.reinterpret(x_bytes[0, T.ramp(jb * lanes, 1, lanes)], dtype=vbytes))
+                acc[T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
+                    vi32, isa.intrinsic, first, T.reinterpret(high, dtype=vbytes),
+                    T.reinterpret(x_bytes[1, T.ramp(jb * lanes, 1, lanes)], dtype=vbytes))
+                for c in T.vectorized(scales_per_vec):
+                    w_scale[c] = T.Cast("float32", s[o, jb * scales_per_vec + c])
+                for lane in T.vectorized(lanes):
+                    total[lane] = total[lane] + (T.Cast("float32", acc[lane]) * x_lane_scale[jb * lanes + lane]
+                                                 * w_scale[lane // per_group])
+            y[0, 0, o] = T.float32(0)
+            for lane in range(lanes):
+                y[0, 0, o] = y[0, 0, o] + total[lane]
+
+    return gemv

@@ -1,0 +1,94 @@
+"""q4f16i8: decode's int4 GEMV with int8 activations on int8 dot products (kernels_int8).
+
+The kernel is checked against an independent numpy implementation of the scheme (x quantized
+in blocks of 32 with scale max|x|/127, rounded half away from zero; integer dot products per
+group; times both scales), and against the float layer it approximates. The model is checked
+against q0f32 with the same bounds as q4f16, and on Arm (dotprod, under qemu) against the host.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from edgesmith.compiler import kernels_int8  # noqa: E402
+from edgesmith.compiler.quantize import dequantize_q4, quantize_q4  # noqa: E402
+from edgesmith.runtime.evaluate import compare_logits, teacher_forced_logits  # noqa: E402
+from edgesmith.targets import presets  # noqa: E402
+
+HOST = tvm.target.Target(presets.get_preset("host").tvm_target())
+HOST_ISAS = kernels_int8.dot_isas(HOST)
+needs_dot = pytest.mark.skipif(not HOST_ISAS, reason="this CPU has no int8 dot-product instructions")
+
+
+def numpy_int8_gemv(x: np.ndarray, packed: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
+    k = x.size
+    blocks = x.astype(np.float32).reshape(k // group, group)
+    amax = np.abs(blocks).max(axis=1, keepdims=True)
+    x_scale = amax / np.float32(127)
+    scaled = np.divide(blocks * np.float32(127), amax, out=np.zeros_like(blocks), where=amax > 0)
+    xq = (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int64)  # half away from zero
+    n = packed.shape[0]
+    nib = (packed[:, :, None] >> (np.arange(8, dtype=np.uint32) * 4)) & 0xF
+    wq = nib.astype(np.int64).reshape(n, k // group, group) - 8
+    dots = np.einsum("ngk,gk->ng", wq, xq.reshape(k // group, group))  # exact integers
+    return (dots * x_scale[:, 0][None, :] * scale.astype(np.float32)).sum(axis=1)
+
+
+@needs_dot
+@pytest.mark.parametrize("isa", HOST_ISAS, ids=lambda i: i.name)
+@pytest.mark.parametrize("n,k,scale_dtype", [(48, 256, "float16"), (40, 512, "float32")])
+def test_gemv_matches_numpy_scheme(isa, n, k, scale_dtype):
+    if kernels_int8.pick([isa], k, 32) is None:
+        pytest.skip(f"{isa.name} does not tile k={k}")
+    func = kernels_int8.q4_gemv_i8(n, k, 32, scale_dtype, isa).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 1, k)).astype(np.float32)
+    x[0, 0, 32:64] = 0  # an all-zero block: scale 0, no division by it
+    packed, scale = quantize_q4((rng.standard_normal((n, k)) * 0.05).astype(np.float32), 32, scale_dtype)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in (x, packed, scale)] + [tvm.runtime.empty((1, 1, n), "float32", dev)]
+    lib["main"](*args)
+    got = args[-1].numpy()[0, 0]
+    want = numpy_int8_gemv(x[0, 0], packed, scale, 32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    exact = dequantize_q4(packed, scale, 32) @ x[0, 0]
+    assert np.abs(got - exact).max() < 2e-2 * np.abs(exact).max()  # it approximates the float layer
+
+
+def test_isa_choice_per_target_and_shape():
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+v8.2a", "+dotprod"]})
+    assert [i.name for i in kernels_int8.dot_isas(arm)] == ["dotprod"]
+    plain_arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
+    assert kernels_int8.dot_isas(plain_arm) == []
+    spr = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sapphirerapids"})
+    isas = kernels_int8.dot_isas(spr)
+    assert [i.name for i in isas] == ["avx512vnni", "avxvnni"]
+    assert kernels_int8.pick(isas, 3072, 32).name == "avx512vnni"  # 384 words
+    assert kernels_int8.pick(isas, 64, 32).name == "avxvnni"  # 8 words: the 256-bit form
+    assert kernels_int8.pick(isas, 32, 32) is None  # 4 words: float activations
+    assert kernels_int8.pick(isas, 3072, 48) is None  # groups must be whole words within a vector
+
+
+@needs_dot
+@pytest.mark.parametrize("variant", ["mini-4k", "medium", "phi-4-mini"])
+def test_q4f16i8_model_accuracy_against_q0f32(variant, compiled):
+    bundle = compiled(variant, "q4f16i8")
+    import json
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["int8_dot"] == HOST_ISAS[0].name
+    (lib,) = (bundle / "lib").iterdir()
+    symbols = subprocess.run(["nm", "-D", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert "q4_matmul_i8" in symbols  # decode really runs the int8 kernel
+    ids = np.random.default_rng(0).integers(0, 256, 24).tolist()
+    ref = teacher_forced_logits(compiled(variant, "q0f32"), ids)
+    report = compare_logits(ref, teacher_forced_logits(bundle, ids))
+    float_acts = compare_logits(ref, teacher_forced_logits(compiled(variant, "q4f16"), ids))
+    assert report["mean_kl"] < 0.05, report  # the bounds of the q4f16 test (test_quant.py)
+    assert report["top1_agreement"] >= 0.4, report
+    assert report["mean_kl"] < 2 * float_acts["mean_kl"] + 0.01, (report, float_acts)
