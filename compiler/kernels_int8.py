@@ -132,3 +132,107 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
                 y[0, 0, o] = y[0, 0, o] + total[lane]
 
     return gemv
+
+
+GEMM_TOKENS = 4  # register tile: tokens x 2 vectors of outputs, int32 and float accumulators
+
+
+def gemm_applies(isa: DotISA | None, n: int, k: int, group: int) -> bool:
+    return isa is not None and pick([isa], k, group) is isa and n % (2 * isa.lanes) == 0
+
+
+def q4_gemm_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
+    """Prefill: PrimFunc (x (1,t,k) f32, w (n,k/8) u32, s (n,k/group)) -> y (1,t,n) f32, t dynamic.
+
+    x is quantized per token as in the GEMV (its bytes in the words' nibble order), once per
+    call. Then per strip of 2 vectors of outputs (in parallel): the strip's words transposed
+    (k/8, cols), its scales (groups, cols) as float; for every GEMM_TOKENS tokens and every
+    group, int32 tiles of token x output dot products (one instruction: the strip's 4 bytes
+    per output times a token's 4 x bytes, broadcast), then into float with both scales.
+    """
+    from tvm.script import tirx as T
+
+    words, groups, lanes = k // 8, k // group, isa.lanes
+    per_group = group // 8
+    cols = 2 * lanes
+    strips = n // cols
+    rt = GEMM_TOKENS
+    vbytes, vi32 = f"int8x{4 * lanes}", f"int32x{lanes}"
+    nibbles = 0x0F0F0F0F
+
+    @T.prim_func(private=True, s_tir=True)
+    def gemm(x_handle: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, groups), scale_dtype),
+             y_handle: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        t = T.int64()
+        x = T.match_buffer(x_handle, (1, t, k), "float32")
+        y = T.match_buffer(y_handle, (1, t, n), "float32")
+        x_bytes = T.alloc_buffer(((t + rt - 1) // rt * rt, 2, words), "int32")
+        x_corr = T.alloc_buffer(((t + rt - 1) // rt * rt, groups), "int32")  # -8 * sum of the group's int8 x
+        x_scale = T.alloc_buffer(((t + rt - 1) // rt * rt, groups), "float32")
+        for tok in T.parallel((t + rt - 1) // rt * rt):
+            q = T.alloc_buffer((group,), "int32")
+            for g in range(groups):
+                amax = T.alloc_buffer((1,), "float32")
+                amax[0] = T.float32(0)
+                for i in range(group):
+                    amax[0] = T.max(amax[0], T.abs(x[0, T.min(tok, t - 1), g * group + i]))
+                if tok >= t:
+                    amax[0] = T.float32(0)  # padding tokens: all zero
+                x_scale[tok, g] = amax[0] / T.float32(127)
+                for i in range(group):
+                    q[i] = T.Cast("int32", T.round(T.if_then_else(
+                        amax[0] > T.float32(0),
+                        x[0, T.min(tok, t - 1), g * group + i] * (T.float32(127) / amax[0]), T.float32(0))))
+                x_corr[tok, g] = 0
+                for i in range(group):
+                    x_corr[tok, g] = x_corr[tok, g] - 8 * q[i]
+                for jw in range(per_group):
+                    x_bytes[tok, 0, g * per_group + jw] = (
+                        (q[8 * jw] & 255) | ((q[8 * jw + 2] & 255) << 8) | ((q[8 * jw + 4] & 255) << 16)
+                        | ((q[8 * jw + 6] & 255) << 24))
+                    x_bytes[tok, 1, g * per_group + jw] = (
+                        (q[8 * jw + 1] & 255) | ((q[8 * jw + 3] & 255) << 8) | ((q[8 * jw + 5] & 255) << 16)
+                        | ((q[8 * jw + 7] & 255) << 24))
+        for strip in T.parallel(strips):
+            w_t = T.alloc_buffer((words, cols), "int32")
+            s_t = T.alloc_buffer((groups, cols), "float32")
+            for j, c in T.grid(words, cols):
+                w_t[j, c] = T.reinterpret(w[strip * cols + c, j], dtype="int32")
+            for g, c in T.grid(groups, cols):
+                s_t[g, c] = T.Cast("float32", s[strip * cols + c, g])
+            for tb in range((t + rt - 1) // rt):
+                acc_f = T.alloc_buffer((rt, cols), "float32")
+                acc_i = T.alloc_buffer((rt, cols), "int32")
+                for r in T.unroll(rt):
+                    for c in T.vectorized(cols):
+                        acc_f[r, c] = T.float32(0)
+                for g in range(groups):
+                    for r in T.unroll(rt):
+                        for c in T.vectorized(cols):
+                            acc_i[r, c] = x_corr[tb * rt + r, g]
+                    for jw in T.unroll(per_group):
+                        for half in T.unroll(2):
+                            packed = w_t[g * per_group + jw, T.ramp(half * lanes, 1, lanes)]
+                            low = T.bitwise_and(packed, T.broadcast(T.int32(nibbles), lanes))
+                            high = T.bitwise_and(T.shift_right(packed, T.broadcast(T.int32(4), lanes)),
+                                                 T.broadcast(T.int32(nibbles), lanes))
+                            for r in T.unroll(rt):
+                                first = T.call_llvm_pure_intrin(
+                                    vi32, isa.intrinsic, acc_i[r, T.ramp(half * lanes, 1, lanes)],
+                                    T.reinterpret(low, dtype=vbytes),
+                                    T.reinterpret(T.broadcast(x_bytes[tb * rt + r, 0, g * per_group + jw], lanes),
+                                                  dtype=vbytes))
+                                acc_i[r, T.ramp(half * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                                    vi32, isa.intrinsic, first, T.reinterpret(high, dtype=vbytes),
+                                    T.reinterpret(T.broadcast(x_bytes[tb * rt + r, 1, g * per_group + jw], lanes),
+                                                  dtype=vbytes))
+                    for r in T.unroll(rt):
+                        for c in T.vectorized(cols):
+                            acc_f[r, c] = acc_f[r, c] + (T.Cast("float32", acc_i[r, c]) * s_t[g, c]
+                                                         * x_scale[tb * rt + r, g])
+                for r, c in T.grid(rt, cols):
+                    if tb * rt + r < t:
+                        y[0, tb * rt + r, strip * cols + c] = acc_f[r, c]
+
+    return gemm

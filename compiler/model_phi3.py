@@ -38,11 +38,15 @@ class Linear(nn.Module):
         self.ops = kernels  # kernels_gpu on a GPU target (set by Phi3ForCausalLM)
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
+        n, k = self.out_features, self.in_features
         if self.quantized and self.dot_isa is not None and _is_one_token(x):
-            n = self.out_features
-            gemv = kernels_int8.q4_gemv_i8(n, self.in_features, self.group, self.scale_dtype, self.dot_isa)
+            gemv = kernels_int8.q4_gemv_i8(n, k, self.group, self.scale_dtype, self.dot_isa)
             return op.tensor_ir_op(gemv, "q4_matmul_i8", [x, self.q_weight, self.q_scale],
                                    out=nn.Tensor.placeholder((1, 1, n), "float32"))
+        if self.quantized and kernels_int8.gemm_applies(self.dot_isa, n, k, self.group):
+            gemm = kernels_int8.q4_gemm_i8(n, k, self.group, self.scale_dtype, self.dot_isa)
+            return op.tensor_ir_op(gemm, "q4_matmul_i8", [x, self.q_weight, self.q_scale],
+                                   out=nn.Tensor.placeholder((1, x.shape[1], n), "float32"))
         if self.quantized:
             return op.tensor_expr_op(self.ops.q4_linear, "q4_matmul", [x, self.q_weight, self.q_scale, self.group])
         return op.tensor_expr_op(self.ops.float_linear, "matmul", [x, self.weight])

@@ -1,12 +1,14 @@
-"""q4f16i8: decode's int4 GEMV with int8 activations on int8 dot products (kernels_int8).
+"""q4f16i8: the int4 GEMV (decode) and GEMM (prefill) with int8 activations on int8 dot
+products (kernels_int8).
 
-The kernel is checked against an independent numpy implementation of the scheme (x quantized
+The kernels are checked against an independent numpy implementation of the scheme (x quantized
 in blocks of 32 with scale max|x|/127, rounded half away from zero; integer dot products per
 group; times both scales), and against the float layer it approximates. The model is checked
 against q0f32 with the same bounds as q4f16, and on Arm (dotprod, under qemu) against the host.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import numpy as np
@@ -29,7 +31,8 @@ def numpy_int8_gemv(x: np.ndarray, packed: np.ndarray, scale: np.ndarray, group:
     blocks = x.astype(np.float32).reshape(k // group, group)
     amax = np.abs(blocks).max(axis=1, keepdims=True)
     x_scale = amax / np.float32(127)
-    scaled = np.divide(blocks * np.float32(127), amax, out=np.zeros_like(blocks), where=amax > 0)
+    inv = np.divide(np.float32(127), amax, out=np.zeros_like(amax), where=amax > 0)
+    scaled = blocks * inv  # float32, as the scheme writes it: x * (127 / max|x|)
     xq = (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int64)  # half away from zero
     n = packed.shape[0]
     nib = (packed[:, :, None] >> (np.arange(8, dtype=np.uint32) * 4)) & 0xF
@@ -60,6 +63,25 @@ def test_gemv_matches_numpy_scheme(isa, n, k, scale_dtype):
     assert np.abs(got - exact).max() < 2e-2 * np.abs(exact).max()  # it approximates the float layer
 
 
+@needs_dot
+@pytest.mark.parametrize("isa", HOST_ISAS, ids=lambda i: i.name)
+@pytest.mark.parametrize("tokens", [1, 5, 13])  # 13: the last register tile of tokens is partly padding
+def test_gemm_matches_numpy_scheme(isa, tokens):
+    n, k = 4 * isa.lanes * 2, 256
+    func = kernels_int8.q4_gemm_i8(n, k, 32, "float16", isa).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST)
+    rng = np.random.default_rng(tokens)
+    x = rng.standard_normal((1, tokens, k)).astype(np.float32)
+    x[0, 0, :32] = 0
+    packed, scale = quantize_q4((rng.standard_normal((n, k)) * 0.05).astype(np.float32), 32, "float16")
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.full((1, tokens, n), np.nan, np.float32), dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in (x, packed, scale)], out)
+    got = out.numpy()[0]
+    want = np.stack([numpy_int8_gemv(x[0, i], packed, scale, 32) for i in range(tokens)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_isa_choice_per_target_and_shape():
     arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+v8.2a", "+dotprod"]})
     assert [i.name for i in kernels_int8.dot_isas(arm)] == ["dotprod"]
@@ -72,6 +94,8 @@ def test_isa_choice_per_target_and_shape():
     assert kernels_int8.pick(isas, 64, 32).name == "avxvnni"  # 8 words: the 256-bit form
     assert kernels_int8.pick(isas, 32, 32) is None  # 4 words: float activations
     assert kernels_int8.pick(isas, 3072, 48) is None  # groups must be whole words within a vector
+    assert kernels_int8.gemm_applies(isas[0], 9216, 3072, 32)
+    assert not kernels_int8.gemm_applies(isas[0], 9216 + 16, 3072, 32)  # strips of 2 vectors of outputs
 
 
 @needs_dot
@@ -84,7 +108,7 @@ def test_q4f16i8_model_accuracy_against_q0f32(variant, compiled):
     assert manifest["int8_dot"] == HOST_ISAS[0].name
     (lib,) = (bundle / "lib").iterdir()
     symbols = subprocess.run(["nm", "-D", str(lib)], capture_output=True, text=True, check=True).stdout
-    assert "q4_matmul_i8" in symbols  # decode really runs the int8 kernel
+    assert "q4_matmul_i8" in symbols  # decode and prefill really run the int8 kernels
     ids = np.random.default_rng(0).integers(0, 256, 24).tolist()
     ref = teacher_forced_logits(compiled(variant, "q0f32"), ids)
     report = compare_logits(ref, teacher_forced_logits(bundle, ids))
@@ -92,3 +116,26 @@ def test_q4f16i8_model_accuracy_against_q0f32(variant, compiled):
     assert report["mean_kl"] < 0.05, report  # the bounds of the q4f16 test (test_quant.py)
     assert report["top1_agreement"] >= 0.4, report
     assert report["mean_kl"] < 2 * float_acts["mean_kl"] + 0.01, (report, float_acts)
+
+
+@pytest.mark.slow
+def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path):
+    """The same model through sdot on Arm (the runner under qemu) and vpdpbusd here: the integer
+    dot products are exact, so the logits agree to float rounding."""
+    from edgesmith.compiler.build import compile_bundle
+    from edgesmith.runtime.profile.check import device_logits
+    from edgesmith.runtime.runner_exec import run_runner
+    from edgesmith.targets import toolchains
+
+    arm = presets.get_preset("arm64-linux-dotprod")
+    if not HOST_ISAS or not toolchains.toolchain_status(arm)[0] or shutil.which(arm.emulator[0]) is None:
+        pytest.skip("needs int8 dot products here, the aarch64 toolchain and qemu")
+    ids = [1, 5, 9, 200, 17, 3, 44, 100, 7, 8]
+    logits = {}
+    for name in ("host", "arm64-linux-dotprod"):
+        bundle = compile_bundle("random:tiny", "q4f16i8", name, tmp_path / name)
+        assert b"q4_matmul_i8" in next((bundle / "lib").iterdir()).read_bytes()
+        lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, ids))], timeout=300)
+        logits[name] = device_logits(lines)
+    report = compare_logits(logits["host"], logits["arm64-linux-dotprod"])
+    assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, report
