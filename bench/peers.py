@@ -1,7 +1,7 @@
 """llama.cpp, ONNX Runtime GenAI and edgesmith side by side on this host: same weights, same prompt.
 
-    python bench/peers.py [--layers 4] [-p 128] [-n 128] [-r 5] [-t 2]
-                          [--engines llama.cpp,ort-genai,edgesmith-q4f16,edgesmith-q4f32]
+    python bench/peers.py [--layers 4] [-p 128] [-n 128] [-r 2] [--rounds 3] [-t 2]
+                          [--engines llama.cpp,ort-genai,edgesmith-q4f16i8,edgesmith-q4f16,edgesmith-q4f32]
                           [--no-install] [--rebuild] [--out bench/out/peers.json]
 
 One Hugging Face folder (bench/peer_model.py: Phi-3-mini-4k dimensions, `layers` layers, random
@@ -10,11 +10,14 @@ fp16 weights) is what every engine is built from, under bench/models/ (cached; -
                    own convert_hf_to_gguf.py (with its vendored gguf-py) -> GGUF f16 -> Q4_0 through
                    llama_cpp.llama_model_quantize
   ort-genai        onnxruntime-genai's model builder, -p int4 -e cpu
-  edgesmith-q4*    `edgesmith compile FOLDER --quant q4f16|q4f32`, measured by `edgesmith profile`
-                   (the C++ runner)
+  edgesmith-q4*    `edgesmith compile FOLDER --quant q4f16i8|q4f16|q4f32`, measured by `edgesmith
+                   profile` (the C++ runner)
 Each engine runs in its own process (peak RSS is that process tree's, from wait4), a warm-up
-generation first, then r repetitions of (prefill of p fixed token ids, n greedy decode steps);
-tok/s are medians. An engine that cannot be installed, built or run keeps its row, with why.
+generation first, then r repetitions of (prefill of p fixed token ids, n greedy decode steps).
+That is one round; the engines take turns, round after round, so that a slow spell of this
+shared machine falls on all of them. tok/s are medians over all rounds' samples, and the ratios
+printed under the table are edgesmith's medians over each peer's from this one run. An engine
+that cannot be installed, built or run keeps its row, with why.
 
 Decode as % of ceiling: read bandwidth is measured here with `threads` threads (bench/membw.c, a
 C read loop; numpy's sum is one thread and reads low), and the bytes one decode step must read are
@@ -207,13 +210,14 @@ def build_edgesmith(quant: str):
         if args.rebuild or not (out / "manifest.json").exists():
             sh(["edgesmith", "compile", str(hf), "--quant", quant, "-o", str(out), "-q"], what="edgesmith compile")
         # The profiler counts bytes per token itself (same definition); its number is used.
-        return Built(out, 0, 2 if quant.endswith("f16") else 4, "`edgesmith profile` (C++ runner)")
+        return Built(out, 0, 2 if "f16" in quant else 4, "`edgesmith profile` (C++ runner)")
     return build
 
 
 ENGINES = {
     "llama.cpp": build_llama,
     "ort-genai": build_ort,
+    "edgesmith-q4f16i8": build_edgesmith("q4f16i8"),
     "edgesmith-q4f16": build_edgesmith("q4f16"),
     "edgesmith-q4f32": build_edgesmith("q4f32"),
 }
@@ -263,11 +267,32 @@ def measure(name: str, built: Built, args) -> dict:
         res = json.loads(out.strip().splitlines()[-1])
         pre, dec = res["prefill"], res["decode"]
         per_token = built.weight_bytes + kv_bytes_per_token(args.cfg, built.kv_elem_bytes, p, n)
-    decode = statistics.median(dec)
-    ceiling = args.bandwidth * 1e9 / per_token
-    return {"prefill_tok_s": statistics.median(pre), "decode_tok_s": decode, "prefill_samples": pre,
-            "decode_samples": dec, "peak_rss_mb": rss / 2**20, "bytes_per_token": int(per_token),
-            "ceiling_tok_s": ceiling, "roof_pct": 100 * decode / ceiling}
+    return {"prefill_samples": pre, "decode_samples": dec, "peak_rss_mb": rss / 2**20,
+            "bytes_per_token": int(per_token)}
+
+
+def summarize(res: dict, bandwidth: float) -> None:
+    """Medians over every round's samples, and decode against the bandwidth ceiling."""
+    decode = statistics.median(res["decode_samples"])
+    ceiling = bandwidth * 1e9 / res["bytes_per_token"]
+    res.update(prefill_tok_s=statistics.median(res["prefill_samples"]), decode_tok_s=decode,
+               ceiling_tok_s=ceiling, roof_pct=100 * decode / ceiling)
+
+
+def ratios(results: list[dict]) -> list[str]:
+    """'edgesmith-x: decode 1.31x ort-genai, ...' for every edgesmith engine against every peer."""
+    done = [r for r in results if r.get("error") is None and "decode_tok_s" in r]
+    ours = [r for r in done if r["engine"].startswith("edgesmith")]
+    peers = [r for r in done if not r["engine"].startswith("edgesmith")]
+    lines = []
+    for o in ours:
+        parts = [f"prefill {o['prefill_tok_s'] / p['prefill_tok_s']:.2f}x, decode "
+                 f"{o['decode_tok_s'] / p['decode_tok_s']:.2f}x {p['engine']}" for p in peers]
+        o["ratios"] = {p["engine"]: {"prefill": o["prefill_tok_s"] / p["prefill_tok_s"],
+                                     "decode": o["decode_tok_s"] / p["decode_tok_s"]} for p in peers}
+        if parts:
+            lines.append(f"{o['engine']}: " + "; ".join(parts))
+    return lines
 
 
 def prompt_ids(p: int) -> list[int]:
@@ -352,7 +377,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("-p", "--prompt", type=int, default=128)
     ap.add_argument("-n", "--new-tokens", type=int, default=128)
-    ap.add_argument("-r", "--reps", type=int, default=5)
+    ap.add_argument("-r", "--reps", type=int, default=2, help="repetitions per engine per round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; the engines take turns in each")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--no-install", dest="install", action="store_false", help="never pip install a missing peer")
@@ -385,14 +411,25 @@ def main() -> None:
     # Measured after every build, back to back, so they share the machine's state.
     args.bandwidth, bw_how = read_bandwidth(args.threads)
     print(f"read bandwidth {args.bandwidth:.1f} GB/s ({bw_how})", file=sys.stderr)
-    for res in results:
-        if res["error"] is None:
+    for rnd in range(args.rounds):
+        for res in results:
+            if res["error"] is not None:
+                continue
             try:
-                res.update(measure(res["engine"], built_by_name[res["engine"]], args))
-                print(f"{res['engine']}: prefill {res['prefill_tok_s']:.1f} tok/s, decode {res['decode_tok_s']:.1f} "
-                      f"tok/s", file=sys.stderr)
+                got = measure(res["engine"], built_by_name[res["engine"]], args)
             except (Skip, KeyError, ValueError) as e:
                 res["error"] = f"not measured: {e}"
+                continue
+            for key in ("prefill_samples", "decode_samples"):
+                res[key] = res.get(key, []) + got.pop(key)
+            res["peak_rss_mb"] = max(res.get("peak_rss_mb", 0), got.pop("peak_rss_mb"))
+            res.update(got)
+            print(f"round {rnd + 1}/{args.rounds} {res['engine']}: prefill "
+                  f"{statistics.median(res['prefill_samples'][-args.reps:]):.1f} tok/s, decode "
+                  f"{statistics.median(res['decode_samples'][-args.reps:]):.1f} tok/s", file=sys.stderr)
+    for res in results:
+        if res["error"] is None:
+            summarize(res, args.bandwidth)
         rows.append({"engine": res["engine"], "prefill": res.get("prefill_tok_s"), "decode": res.get("decode_tok_s"),
                      "rss": f"{res['peak_rss_mb']:.0f} MiB" if "peak_rss_mb" in res else None,
                      "roof": f"{res['roof_pct']:.0f}%" if "roof_pct" in res else None,
@@ -401,14 +438,18 @@ def main() -> None:
     date = time.strftime("%Y-%m-%d")
     print(f"\n{date}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; "
           f"Phi-3-mini-4k shape, {args.layers} layers, random fp16 weights (one folder for all); prompt "
-          f"{args.prompt}, {args.new_tokens} new tokens; median of {args.reps} after a warm-up; read bandwidth "
+          f"{args.prompt}, {args.new_tokens} new tokens; medians of {args.rounds * args.reps} samples ({args.rounds} rounds "
+          f"taking turns, {args.reps} after a warm-up each); read bandwidth "
           f"{args.bandwidth:.1f} GB/s ({bw_how})\n")
     print(table(rows, [("engine", "engine"), ("prefill", "prefill tok/s"), ("decode", "decode tok/s"),
                        ("rss", "peak RSS"), ("mb", "MB read / token"), ("roof", "decode / bandwidth ceiling"),
                        ("note", "note")]))
+    lines = ratios(results)
+    if lines:
+        print("\nratios, same run: " + "\n                   ".join(lines))
     write_json(args.out, {"date": date, "host": platform.node(), "cpu_count": os.cpu_count(),
                           "threads": args.threads, "layers": args.layers, "prompt": args.prompt,
-                          "new_tokens": args.new_tokens, "reps": args.reps, "read_bandwidth_gbs": args.bandwidth,
+                          "new_tokens": args.new_tokens, "reps": args.reps, "rounds": args.rounds, "read_bandwidth_gbs": args.bandwidth,
                           "bandwidth_method": bw_how, "command": " ".join(sys.argv), "results": results})
 
 
