@@ -242,6 +242,8 @@ def test_bad_arguments_are_one_line(host_bundle):
     with pytest.raises(BundleError) as err:
         run_runner(host_bundle, ["generate", str(host_bundle), "--tokens", "1,x"], timeout=30)
     assert "--tokens" in _one_line(err)
+    with pytest.raises(BundleError, match="not a 32-bit integer"):  # 2**32 + 1 would wrap to token 1
+        run_runner(host_bundle, ["generate", str(host_bundle), "--tokens", "4294967297"], timeout=30)
     with pytest.raises(BundleError, match="unknown option '--bogus'"):
         run_runner(host_bundle, ["bench", str(host_bundle), "--bogus"], timeout=30)
 

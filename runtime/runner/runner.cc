@@ -145,6 +145,16 @@ static std::vector<int64_t> parse_int_list(const std::string& flag, const std::s
   return out;
 }
 
+// Token ids: an int32 each (the model's input dtype); a larger value is an error, not a wrap.
+static std::vector<int32_t> parse_token_list(const std::string& flag, const std::string& s) {
+  std::vector<int32_t> out;
+  for (int64_t v : parse_int_list(flag, s)) {
+    if (v < INT32_MIN || v > INT32_MAX) die(flag + ": token id " + std::to_string(v) + " is not a 32-bit integer");
+    out.push_back(int32_t(v));
+  }
+  return out;
+}
+
 static std::string json_ints(const std::vector<int32_t>& v) {
   std::string s = "[";
   for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
@@ -378,6 +388,7 @@ static void register_cuda_compiler() {
 
 // Set by `runner kernels`: wraps the model library before the VM looks its kernels up.
 static void (*g_wrap_library)(ffi::Module& lib) = nullptr;
+static DLDevice g_timed_device{kDLCPU, 0};  // the model's device, for the kernel timer's waits
 
 struct Model {
   ffi::Module vm;
@@ -389,6 +400,7 @@ struct Model {
 static Model load_model(const std::string& bundle, const Manifest& m) {
   if (m.device_api == "cuda") register_cuda_compiler();
   ffi::Module lib = ffi::Module::LoadFromFile(bundle + "/lib/model.so");
+  g_timed_device = DLDevice{DLDeviceType(m.device_type), 0};
   if (g_wrap_library) g_wrap_library(lib);
   ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
   // (device type, id, allocator) for the device, then for the host; 2 = pooled allocator
@@ -840,7 +852,8 @@ static void cmd_profile(const Model& model, const Manifest& m, double load_s, co
 
 // --- kernels: the VM finds kernels in the executable's imports (the model library) by name;
 // swapping that import for a module that wraps each function with a clock times every call.
-// On the CPU a kernel returns when its work is done, so wall time per call is its time.
+// On the CPU a kernel returns when its work is done, so wall time per call is its time; on a
+// GPU a call only queues the kernel, so each timed call ends by waiting for the device's stream.
 
 struct KernelStat {
   int64_t calls[2] = {0, 0};
@@ -848,6 +861,12 @@ struct KernelStat {
 };
 static std::map<std::string, KernelStat> g_kernels;  // std::map: stable addresses
 static int g_phase = -1;                             // -1 off, 0 prefill, 1 decode
+
+static void wait_for_device() {
+  if (g_timed_device.device_type == kDLCPU) return;
+  static ffi::Function sync = global("runtime.Device_StreamSync");
+  sync(g_timed_device, int64_t(0));  // stream 0: the one TVM launches on unless told otherwise
+}
 
 class TimedLibrary : public ffi::ModuleObj {
  public:
@@ -859,9 +878,10 @@ class TimedLibrary : public ffi::ModuleObj {
     ffi::Function inner_fn = *f;
     KernelStat* stat = &g_kernels[std::string(name)];
     return ffi::Function::FromPacked([inner_fn, stat](ffi::PackedArgs args, ffi::Any* rv) {
+      if (g_phase >= 0) wait_for_device();  // earlier queued work is not this kernel's
       double t0 = now_s();
       inner_fn.CallPacked(args, rv);
-      if (g_phase >= 0) stat->calls[g_phase] += 1, stat->seconds[g_phase] += now_s() - t0;
+      if (g_phase >= 0) wait_for_device(), stat->calls[g_phase] += 1, stat->seconds[g_phase] += now_s() - t0;
     });
   }
 
@@ -1029,7 +1049,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
     else if (cmd == "profile" && flag == "--cool-poll") a.cool_poll = number();
     else if (cmd == "profile" && flag == "--sysroot") a.sysroot = value();
     else if (cmd == "logits" && flag == "--tokens")
-      for (int64_t t : parse_int_list(flag, value())) a.tokens.push_back(int32_t(t));
+      for (int32_t t : parse_token_list(flag, value())) a.tokens.push_back(t);
     else if (cmd == "membw" && flag == "--mb") a.mb = int64_t(number());
     else die("unknown option '" + flag + "' for " + cmd + "; see the usage at the top of runner.cc");
   }
@@ -1087,11 +1107,11 @@ static void run(int argc, char** argv) {
     else if (flag == "--seed") g.seed = b.seed = uint64_t(number());
     else if (flag == "-n") g.n = b.n = int64_t(number());
     else if (cmd == "generate" && flag == "--tokens")
-      for (int64_t t : parse_int_list(flag, value())) g.tokens.push_back(int32_t(t));
+      for (int32_t t : parse_token_list(flag, value())) g.tokens.push_back(t);
     else if (cmd == "generate" && flag == "--temperature") g.temperature = float(number());
     else if (cmd == "generate" && flag == "--top-p") g.top_p = float(number());
     else if (cmd == "generate" && flag == "--stop-ids")
-      for (int64_t t : parse_int_list(flag, value())) g.stop_ids.insert(int32_t(t));
+      for (int32_t t : parse_token_list(flag, value())) g.stop_ids.insert(t);
     else if (cmd == "generate" && flag == "--stream") g.stream = true;
     else if (cmd == "bench" && flag == "-p") b.p = int64_t(number());
     else if (cmd == "bench" && flag == "--warmup") b.warmup = int64_t(number());
