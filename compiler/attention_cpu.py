@@ -150,6 +150,7 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
         lse = T.match_buffer(lse_handle, (B, H_qo), "float32")
         length_info = T.match_buffer(var_length_info, (B,), "int32", elem_offset=length_info_elem_offset)
 
+        assert rotary_mode == 0, "edgesmith CPU attention: RoPE in the kernel (rotary_mode != 0) is not supported"
         for task in T.parallel(B * H_kv):
             qs = T.alloc_buffer((G, D), "float32")
             o = T.alloc_buffer((G, D), "float32")
@@ -160,11 +161,11 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
             tot = T.alloc_buffer((1,), "float32")
             mx = T.alloc_buffer((1,), "float32")
             sc = T.alloc_buffer((1,), "float32")
-            b = task // H_kv
-            hk = task % H_kv
-            pbeg = page_table_indptr[b]
-            npages = page_table_indptr[b + 1] - pbeg
-            kv_len = T.if_then_else(npages > 0, (npages - 1) * P + length_info[b], 0)
+            b: T.let[T.int32] = task // H_kv
+            hk: T.let[T.int32] = task % H_kv
+            pbeg: T.let[T.int32] = page_table_indptr[b]
+            npages: T.let[T.int32] = page_table_indptr[b + 1] - pbeg
+            kv_len: T.let[T.int32] = T.if_then_else(npages > 0, (npages - 1) * P + length_info[b], 0)
             for g in range(G):
                 for d in T.vectorized(D):
                     qs[g, d] = T.Cast("float32", Q[b, hk * G + g, d]) * (sm_scale * log2e)
@@ -172,13 +173,13 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                 m[g] = T.float32(NEG_INIT)
                 den[g] = T.float32(1)
             for pi in range(npages):
-                page = page_table_values[pbeg + pi]
-                n = T.min(P, kv_len - pi * P)
+                page: T.let[T.int32] = page_table_values[pbeg + pi]
+                n: T.let[T.int32] = T.min(P, kv_len - pi * P)
                 if n > 0:
                     for g in range(G):
                         for j in T.unroll(P):
                             # past the sequence's end: read the last key (finite), score masked
-                            jj = T.min(j, n - 1)
+                            jj: T.let[T.int32] = T.min(j, n - 1)
                             for i in T.vectorized(VL):
                                 acc[i] = qs[g, i] * T.Cast("float32", pages[page, 0, hk, jj, i])
                             for c in T.unroll(1, NC):
@@ -241,7 +242,7 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
 
     @T.macro
     def tiles(q, output, lse, kbuf, vbuf, pvals, kv_base, h, qb, nq, nk, causal, sm_scale, masked):
-        hk = h // G
+        hk: T.let[T.int32] = h // G
         qt = T.alloc_buffer((d_qk, R), "float32")  # this tile's q, transposed, times sm_scale*log2(e)
         ot = T.alloc_buffer((d_v, R), "float32")  # the output accumulator, transposed
         s = T.alloc_buffer((KB, R), "float32")  # a block's scores, then probabilities
@@ -250,10 +251,10 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
         den = T.alloc_buffer((R,), "float32")
         mn = T.alloc_buffer((R,), "float32")
         sc = T.alloc_buffer((R,), "float32")
-        qscale = sm_scale * log2e
+        qscale: T.let[T.float32] = sm_scale * log2e
         for tile in range((nq + R - 1) // R):
-            r0 = tile * R
-            nr = T.min(R, nq - r0)
+            r0: T.let[T.int32] = tile * R
+            nr: T.let[T.int32] = T.min(R, nq - r0)
             for r in range(R):
                 for dd in range(d_qk):
                     qt[dd, r] = T.Select(
@@ -265,9 +266,9 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
                 for r in T.vectorized(R):
                     ot[dd, r] = T.float32(0)
             # keys visible to row r: [0, min(nk, nk - nq + r + 1)) if causal, else [0, nk)
-            kv_hi = T.if_then_else(causal > 0, T.max(T.min(nk, nk - nq + r0 + nr), 0), nk)
+            kv_hi: T.let[T.int32] = T.if_then_else(causal > 0, T.max(T.min(nk, nk - nq + r0 + nr), 0), nk)
             for blk in range((kv_hi + KB - 1) // KB):
-                k0 = blk * KB
+                k0: T.let[T.int32] = blk * KB
                 # scores: s[j, r] = qt[:, r] . k[k0 + j]
                 for j in T.unroll(KB):
                     for r in T.vectorized(R):
@@ -305,13 +306,13 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
                         for r in T.vectorized(R):
                             ot[dc * DC + c, r] = acc[c, r]
             for r in range(nr):
-                row = qb + r0 + r
-                nvis = T.if_then_else(causal > 0, T.max(T.min(nk, nk - nq + r0 + r + 1), 0), nk)
+                row: T.let[T.int32] = qb + r0 + r
+                nvis: T.let[T.int32] = T.if_then_else(causal > 0, T.max(T.min(nk, nk - nq + r0 + r + 1), 0), nk)
                 if nvis < nk:
                     # TVM counts masked keys with score `masked`: only visible when no key is
-                    mf = T.max(m[r], masked)
-                    keep = T.exp2(m[r] - mf)
-                    w = T.exp2(masked - mf)
+                    mf: T.let[T.float32] = T.max(m[r], masked)
+                    keep: T.let[T.float32] = T.exp2(m[r] - mf)
+                    w: T.let[T.float32] = T.exp2(masked - mf)
                     den[r] = den[r] * keep + T.Cast("float32", nk - nvis) * w
                     m[r] = mf
                     if w > T.float32(0) or keep != T.float32(1):
@@ -371,14 +372,15 @@ def attention_prefill_ragged_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype
         output = T.match_buffer(var_output, (qo_len, h_q, d_v), dtype)
         lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
 
+        assert rotary_mode == 0, "edgesmith CPU attention: RoPE in the kernel (rotary_mode != 0) is not supported"
         for task in T.parallel(h_q * batch_size):
-            h = task // batch_size
-            b = task % batch_size
-            qb = q_indptr[b]
-            nq = q_indptr[b + 1] - qb
-            kb = kv_indptr[b]
-            nk = kv_indptr[b + 1] - kb
-            masked = masked_score * sm_scale
+            h: T.let[T.int32] = task // batch_size
+            b: T.let[T.int32] = task % batch_size
+            qb: T.let[T.int32] = q_indptr[b]
+            nq: T.let[T.int32] = q_indptr[b + 1] - qb
+            kb: T.let[T.int32] = kv_indptr[b]
+            nk: T.let[T.int32] = kv_indptr[b + 1] - kb
+            masked: T.let[T.float32] = masked_score * sm_scale
             tiles(q, output, lse, k, v, kv_indptr, kb, h, qb, nq, nk, causal, sm_scale, masked)
 
     return batch_prefill_ragged_kv
@@ -433,15 +435,84 @@ def attention_prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_si
         lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
         length_info = T.match_buffer(var_length_info, (batch_size,), "int32", elem_offset=length_info_elem_offset)
 
+        assert rotary_mode == 0, "edgesmith CPU attention: RoPE in the kernel (rotary_mode != 0) is not supported"
         for task in T.parallel(h_q * batch_size):
-            h = task // batch_size
-            b = task % batch_size
-            qb = q_indptr[b]
-            nq = q_indptr[b + 1] - qb
-            pbeg = page_indptr[b]
-            npages = page_indptr[b + 1] - pbeg
-            nk = T.if_then_else(npages > 0, (npages - 1) * PAGE + length_info[b], 0)
-            masked = T.float32(NEG_INIT)
+            h: T.let[T.int32] = task // batch_size
+            b: T.let[T.int32] = task % batch_size
+            qb: T.let[T.int32] = q_indptr[b]
+            nq: T.let[T.int32] = q_indptr[b + 1] - qb
+            pbeg: T.let[T.int32] = page_indptr[b]
+            npages: T.let[T.int32] = page_indptr[b + 1] - pbeg
+            nk: T.let[T.int32] = T.if_then_else(npages > 0, (npages - 1) * PAGE + length_info[b], 0)
+            masked: T.let[T.float32] = T.float32(NEG_INIT)
             tiles(q, output, lse, pages, pages, page_values, pbeg, h, qb, nq, nk, causal, sm_scale, masked)
 
     return batch_prefill_paged_kv_cpu
+
+
+# ----------------------------------------------------------------------------------------------
+# the pipeline hook
+
+_ROPE_MODE_ARG = 9  # call_pure_packed args: the ExternFunc, then the creation arguments; rope_mode is 9th
+
+
+def _cache_rope_modes(mod: tvm.IRModule) -> list:
+    """The rope_mode of every paged KV cache created in `mod` (None where it can't be read)."""
+    from tvm import relax
+
+    modes = []
+
+    def visit(e):
+        if (isinstance(e, relax.Call) and e.args and isinstance(e.args[0], relax.ExternFunc)
+                and str(e.args[0].global_symbol) == KV_CACHE_CREATE):
+            arg = e.args[_ROPE_MODE_ARG] if len(e.args) > _ROPE_MODE_ARG else None
+            modes.append(int(arg.value) if isinstance(arg, tirx.IntImm) else None)
+
+    for f in mod.functions.values():
+        if isinstance(f, tvm.relax.Function):
+            tvm.relax.analysis.post_order_visit(f.body, visit)
+    return modes
+
+
+def _shape(f: tirx.PrimFunc, i: int) -> tuple:
+    buf = f.params[i]  # TVM 0.27: a buffer parameter carries its shape and dtype
+    return tuple(buf.shape), str(buf.dtype)
+
+
+def _ours(symbol: str, f: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Our kernel for TVM's `f`, with the head counts, head dims and dtype read off its buffers."""
+    if symbol == DECODE:
+        (_, h_q, d), dtype = _shape(f, 0)
+        (_, _, h_kv, page, _), _ = _shape(f, 1)
+        return attention_decode_cpu(int(h_kv), int(h_q), int(d), dtype, int(page))
+    if symbol == PREFILL_RAGGED:
+        (_, h_q, d_qk), dtype = _shape(f, 0)
+        (_, h_kv, _), _ = _shape(f, 2)
+        (_, _, d_v), _ = _shape(f, 3)
+        return attention_prefill_ragged_cpu(int(h_kv), int(h_q), int(d_qk), int(d_v), dtype)
+    (_, h_q, d), dtype = _shape(f, 0)
+    (_, _, h_kv, page, _), _ = _shape(f, 2)
+    return attention_prefill_paged_cpu(int(h_kv), int(h_q), int(d), dtype, int(page))
+
+
+def replace_cpu_attention(mod: tvm.IRModule) -> tvm.IRModule:
+    """TVM's CPU attention PrimFuncs (by global_symbol) swapped for ours, same GlobalVars.
+
+    Only when the module creates paged KV caches and every one of them has rope_mode NONE (0):
+    our kernels never apply RoPE. The sliding-window variants keep TVM's kernels.
+    """
+    modes = _cache_rope_modes(mod)
+    if not modes or any(m != 0 for m in modes):
+        return mod
+    funcs = dict(mod.functions)
+    for gv, f in funcs.items():
+        if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "global_symbol" in f.attrs:
+            symbol = str(f.attrs["global_symbol"])
+            if symbol in (DECODE, PREFILL_RAGGED, PREFILL_PAGED):
+                funcs[gv] = _ours(symbol, f)
+    return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
+@tvm.transform.module_pass(opt_level=0, name="ReplaceCPUAttention")
+def ReplaceCPUAttention(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 (a pass)
+    return replace_cpu_attention(mod)

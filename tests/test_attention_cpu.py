@@ -220,3 +220,58 @@ def test_head_dim_not_multiple_of_16():
     """head_dim 40: decode falls back to 8 lanes, prefill to chunks of 8; still exact."""
     test_decode(2, 4, 40)
     test_prefill_ragged(2, 4, 40, 1, 0)
+
+
+def test_rotary_mode_is_refused():
+    f = _build("decode", True, 2, 4, 40)
+    z = _t(np.zeros(1, "int32"))
+    with pytest.raises(Exception, match="rotary_mode"):
+        f(_t(np.zeros((1, 4, 40), "float32")), _t(np.zeros((1, 2, 2, 16, 40), "float32")),
+          _t(np.array([0, 1], "int32")), z, _t(np.ones(1, "int32")), z, z,
+          _t(np.zeros((1, 4, 40), "float32")), _t(np.zeros((1, 4), "float32")), 1, 1.0, 10000.0, 0.1)
+
+
+def _cache_module(rope_mode):
+    from tvm import relax
+    from tvm.relax.frontend import nn
+    from tvm.relax.frontend.nn.llm.kv_cache import TIRPagedKVCache
+
+    class M(nn.Module):
+        def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
+                                  support_sliding_window):
+            return TIRPagedKVCache(
+                attn_kind="mha", max_batch_size=max_batch_size, max_total_seq_len=max_total_seq_len,
+                prefill_chunk_size=prefill_chunk_size, page_size=page_size,
+                support_sliding_window=support_sliding_window, layer_partition=relax.ShapeExpr([0, 2]),
+                num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, qk_head_dim=64,
+                v_head_dim=64, mla_original_qk_head_dim=0, mla_original_v_head_dim=0,
+                rope_mode=rope_mode, rope_scale=1, rope_theta=10000, rope_scaling={},
+                rope_ext_factors=relax.prim_value(0), rotary_dim=64, enable_disaggregation=False,
+                dtype="float32", target=_target())
+
+    spec = {"create_paged_kv_cache": {
+        "max_batch_size": int, "max_total_seq_len": int, "prefill_chunk_size": int, "page_size": int,
+        "support_sliding_window": int, "$": {"param_mode": "none", "effect_mode": "none"}}}
+    return M().export_tvm(spec=spec)[0]
+
+
+def test_pipeline_hook_replaces_only_without_rope():
+    from tvm.relax.frontend.nn.llm.kv_cache import RopeMode
+
+    mod = _cache_module(RopeMode.NONE)
+    new = ac.replace_cpu_attention(mod)
+    swapped = set()
+    for gv, f in mod.functions.items():
+        if not isinstance(f, tvm.tirx.PrimFunc):
+            continue
+        g = new[gv]  # same GlobalVar
+        assert str(g.attrs["global_symbol"]) == str(f.attrs["global_symbol"])
+        if not g.same_as(f):
+            swapped.add(str(f.attrs["global_symbol"]))
+            assert g.attrs["tirx.noalias"] and g.attrs["tirx.is_scheduled"]
+            assert len(g.params) == len(f.params)
+    assert swapped == {ac.DECODE, ac.PREFILL_RAGGED, ac.PREFILL_PAGED}  # sliding-window ones kept
+
+    mod = _cache_module(RopeMode.NORMAL)
+    new = ac.replace_cpu_attention(mod)
+    assert all(new[gv].same_as(f) for gv, f in mod.functions.items())
