@@ -38,7 +38,7 @@ from tvm.script import tirx as T
 LOG2E = math.log2(math.e)
 NEG_INIT = -5e4  # TVM's initial running max; also the paged kernels' masked score
 OFF = -3.0e38  # a lane's score when its key is masked inside a block: drops out of max and exp2
-ROWS = 16  # query rows per prefill tile (one 16-lane vector)
+ROWS = 32  # query rows per prefill tile (two 16-lane vectors)
 KB = 8  # keys per prefill block
 PAGE = 16
 
@@ -75,7 +75,7 @@ def _lanes(n: int) -> int:
 
 
 def _chunk(n: int) -> int:
-    return next(v for v in (8, 4, 2, 1) if n % v == 0)
+    return next(v for v in (4, 2, 1) if n % v == 0)
 
 
 def _attrs(symbol: str) -> dict:
@@ -95,6 +95,7 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
     G = H_qo // H_kv
     VL = _lanes(D)
     NC = D // VL
+    DP = max(D, -(-128 // G))  # 2 * G * DP floats >= 1 KiB
     log2e = _f32(LOG2E)
 
     @T.macro
@@ -152,8 +153,10 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
 
         assert rotary_mode == 0, "edgesmith CPU attention: RoPE in the kernel (rotary_mode != 0) is not supported"
         for task in T.parallel(B * H_kv):
-            qs = T.alloc_buffer((G, D), "float32")
-            o = T.alloc_buffer((G, D), "float32")
+            # q (times sm_scale*log2(e)) and the output accumulator of the group's heads, in one
+            # buffer of at least 1 KiB: TVM puts it on the heap, so LLVM keeps it in memory (L1)
+            # instead of splitting it into scalars live across the page loop (it spilled them all)
+            work = T.alloc_buffer((2, G, DP), "float32")
             s = T.alloc_buffer((G, P), "float32")
             m = T.alloc_buffer((G,), "float32")
             den = T.alloc_buffer((G,), "float32")
@@ -168,12 +171,14 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
             kv_len: T.let[T.int32] = T.if_then_else(npages > 0, (npages - 1) * P + length_info[b], 0)
             for g in range(G):
                 for d in T.vectorized(D):
-                    qs[g, d] = T.Cast("float32", Q[b, hk * G + g, d]) * (sm_scale * log2e)
-                    o[g, d] = T.float32(0)
+                    work[0, g, d] = T.Cast("float32", Q[b, hk * G + g, d]) * (sm_scale * log2e)
+                    work[1, g, d] = T.float32(0)
                 m[g] = T.float32(NEG_INIT)
                 den[g] = T.float32(1)
             for pi in range(npages):
-                page: T.let[T.int32] = page_table_values[pbeg + pi]
+                # int64 page index: one pointer per key row (int32 index math left a sign
+                # extension per load)
+                page: T.let[T.int64] = T.Cast("int64", page_table_values[pbeg + pi])
                 n: T.let[T.int32] = T.min(P, kv_len - pi * P)
                 if n > 0:
                     for g in range(G):
@@ -181,10 +186,10 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                             # past the sequence's end: read the last key (finite), score masked
                             jj: T.let[T.int32] = T.min(j, n - 1)
                             for i in T.vectorized(VL):
-                                acc[i] = qs[g, i] * T.Cast("float32", pages[page, 0, hk, jj, i])
+                                acc[i] = work[0, g, i] * T.Cast("float32", pages[page, 0, hk, jj, i])
                             for c in T.unroll(1, NC):
                                 for i in T.vectorized(VL):
-                                    acc[i] = acc[i] + qs[g, c * VL + i] * T.Cast("float32", pages[page, 0, hk, jj, c * VL + i])
+                                    acc[i] = acc[i] + work[0, g, c * VL + i] * T.Cast("float32", pages[page, 0, hk, jj, c * VL + i])
                             hsum(acc, tot)
                             s[g, j] = T.Select(j < n, tot[0], T.float32(OFF))
                         mx[0] = m[g]
@@ -200,15 +205,15 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                         den[g] = den[g] * sc[0] + tot[0]
                         for c in range(NC):
                             for i in T.vectorized(VL):
-                                acc[i] = o[g, c * VL + i] * sc[0]
+                                acc[i] = work[1, g, c * VL + i] * sc[0]
                             for j in T.unroll(P):
                                 for i in T.vectorized(VL):
                                     acc[i] = acc[i] + s[g, j] * T.Cast("float32", pages[page, 1, hk, T.min(j, n - 1), c * VL + i])
                             for i in T.vectorized(VL):
-                                o[g, c * VL + i] = acc[i]
+                                work[1, g, c * VL + i] = acc[i]
             for g in range(G):
                 for d in T.vectorized(D):
-                    output[b, hk * G + g, d] = T.Cast(qkv_dtype, o[g, d] / den[g])
+                    output[b, hk * G + g, d] = T.Cast(qkv_dtype, work[1, g, d] / den[g])
                 lse[b, hk * G + g] = m[g] + T.log2(den[g])
 
     return batch_decode_paged_kv
@@ -226,26 +231,40 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
     hk, kk % 16, dd].
     """
     G = h_q // h_kv
-    R = ROWS
+    R, V = ROWS, ROWS // 2
     DC = _chunk(d_v)
     log2e = _f32(LOG2E)
-
-    def k_at(kbuf, kv_base, pvals, hk, kk, dd):
-        if paged:
-            return T.Cast("float32", kbuf[pvals[kv_base + kk // PAGE], 0, hk, kk % PAGE, dd])
-        return T.Cast("float32", kbuf[kv_base + kk, hk, dd])
 
     def v_at(vbuf, kv_base, pvals, hk, kk, dd):
         if paged:
             return T.Cast("float32", vbuf[pvals[kv_base + kk // PAGE], 1, hk, kk % PAGE, dd])
         return T.Cast("float32", vbuf[kv_base + kk, hk, dd])
 
+    # inside a block of KB keys starting at k0 (never crossing a page): the page is read once per
+    # block, and the row index is int64 (with int32 index math LLVM kept a sign extension per load
+    # in the inner loops instead of one pointer per key)
+    def block_page(pvals, kv_base, k0):
+        return pvals[kv_base + k0 // PAGE] if paged else T.int32(0)
+
+    def k_blk(kbuf, kv_base, pg, hk, k0, kk, dd):
+        if paged:
+            return T.Cast("float32", kbuf[T.Cast("int64", pg), 0, hk, kk - k0 // PAGE * PAGE, dd])
+        return T.Cast("float32", kbuf[T.Cast("int64", kv_base + kk), hk, dd])
+
+    def v_blk(vbuf, kv_base, pg, hk, k0, kk, dd):
+        if paged:
+            return T.Cast("float32", vbuf[T.Cast("int64", pg), 1, hk, kk - k0 // PAGE * PAGE, dd])
+        return T.Cast("float32", vbuf[T.Cast("int64", kv_base + kk), hk, dd])
+
     @T.macro
     def tiles(q, output, lse, kbuf, vbuf, pvals, kv_base, h, qb, nq, nk, causal, sm_scale, masked):
         hk: T.let[T.int32] = h // G
         qt = T.alloc_buffer((d_qk, R), "float32")  # this tile's q, transposed, times sm_scale*log2(e)
         ot = T.alloc_buffer((d_v, R), "float32")  # the output accumulator, transposed
-        s = T.alloc_buffer((KB, R), "float32")  # a block's scores, then probabilities
+        # a block's scores, then probabilities, rows [0, 16) and [16, 32): two buffers, as each
+        # must stay under TVM's 1 KiB stack limit to live in registers
+        s0 = T.alloc_buffer((KB, V), "float32")
+        s1 = T.alloc_buffer((KB, V), "float32")
         acc = T.alloc_buffer((DC, R), "float32")
         m = T.alloc_buffer((R,), "float32")
         den = T.alloc_buffer((R,), "float32")
@@ -269,39 +288,48 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
             kv_hi: T.let[T.int32] = T.if_then_else(causal > 0, T.max(T.min(nk, nk - nq + r0 + nr), 0), nk)
             for blk in range((kv_hi + KB - 1) // KB):
                 k0: T.let[T.int32] = blk * KB
+                pg: T.let[T.int32] = block_page(pvals, kv_base, k0)
                 # scores: s[j, r] = qt[:, r] . k[k0 + j]
                 for j in T.unroll(KB):
-                    for r in T.vectorized(R):
-                        s[j, r] = T.float32(0)
+                    for r in T.vectorized(V):
+                        s0[j, r] = T.float32(0)
+                        s1[j, r] = T.float32(0)
                 for dd in range(d_qk):
                     for j in T.unroll(KB):
-                        for r in T.vectorized(R):
-                            s[j, r] = s[j, r] + qt[dd, r] * k_at(kbuf, kv_base, pvals, hk, T.min(k0 + j, nk - 1), dd)
+                        for r in T.vectorized(V):
+                            s0[j, r] = s0[j, r] + qt[dd, r] * k_blk(kbuf, kv_base, pg, hk, k0, T.min(k0 + j, nk - 1), dd)
+                            s1[j, r] = s1[j, r] + qt[dd, V + r] * k_blk(kbuf, kv_base, pg, hk, k0, T.min(k0 + j, nk - 1), dd)
                 for j in T.unroll(KB):
-                    for r in T.vectorized(R):
-                        s[j, r] = T.Select(
-                            T.And(k0 + j < nk, T.Or(causal <= 0, k0 + j < nk - nq + r0 + r + 1)), s[j, r], T.float32(OFF))
+                    for r in T.vectorized(V):
+                        s0[j, r] = T.Select(
+                            T.And(k0 + j < nk, T.Or(causal <= 0, k0 + j < nk - nq + r0 + r + 1)), s0[j, r], T.float32(OFF))
+                        s1[j, r] = T.Select(
+                            T.And(k0 + j < nk, T.Or(causal <= 0, k0 + j < nk - nq + r0 + V + r + 1)), s1[j, r], T.float32(OFF))
                 for r in T.vectorized(R):
                     mn[r] = m[r]
                 for j in T.unroll(KB):
-                    for r in T.vectorized(R):
-                        mn[r] = T.max(mn[r], s[j, r])
+                    for r in T.vectorized(V):
+                        mn[r] = T.max(mn[r], s0[j, r])
+                        mn[V + r] = T.max(mn[V + r], s1[j, r])
                 for r in T.vectorized(R):
                     sc[r] = fast_exp2(m[r] - mn[r])
                     den[r] = den[r] * sc[r]
                     m[r] = mn[r]
                 for j in T.unroll(KB):
-                    for r in T.vectorized(R):
-                        s[j, r] = fast_exp2(s[j, r] - mn[r])
-                        den[r] = den[r] + s[j, r]
+                    for r in T.vectorized(V):
+                        s0[j, r] = fast_exp2(s0[j, r] - mn[r])
+                        den[r] = den[r] + s0[j, r]
+                        s1[j, r] = fast_exp2(s1[j, r] - mn[V + r])
+                        den[V + r] = den[V + r] + s1[j, r]
                 for dc in range(d_v // DC):
                     for c in T.unroll(DC):
                         for r in T.vectorized(R):
                             acc[c, r] = ot[dc * DC + c, r] * sc[r]
                     for j in T.unroll(KB):
                         for c in T.unroll(DC):
-                            for r in T.vectorized(R):
-                                acc[c, r] = acc[c, r] + s[j, r] * v_at(vbuf, kv_base, pvals, hk, T.min(k0 + j, nk - 1), dc * DC + c)
+                            for r in T.vectorized(V):
+                                acc[c, r] = acc[c, r] + s0[j, r] * v_blk(vbuf, kv_base, pg, hk, k0, T.min(k0 + j, nk - 1), dc * DC + c)
+                                acc[c, V + r] = acc[c, V + r] + s1[j, r] * v_blk(vbuf, kv_base, pg, hk, k0, T.min(k0 + j, nk - 1), dc * DC + c)
                     for c in T.unroll(DC):
                         for r in T.vectorized(R):
                             ot[dc * DC + c, r] = acc[c, r]
@@ -322,8 +350,9 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
                             for kk in range(nvis, nk):
                                 for dd in range(d_v):
                                     ot[dd, r] = ot[dd, r] + w * v_at(vbuf, kv_base, pvals, hk, kk, dd)
+                inv: T.let[T.float32] = T.float32(1) / den[r]
                 for dd in range(d_v):
-                    output[row, h, dd] = T.Cast(dtype, ot[dd, r] / den[r])
+                    output[row, h, dd] = T.Cast(dtype, ot[dd, r] * inv)
                 lse[row, h] = m[r] + T.log2(den[r])
 
     return tiles
