@@ -88,14 +88,15 @@ def _attrs(symbol: str) -> dict:
 
 def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qkv_dtype: str,
                          page_size: int = PAGE) -> tirx.PrimFunc:
-    """`batch_decode_paged_kv_cpu` (no sliding window, rotary_mode 0 only)."""
+    """`batch_decode_paged_kv_cpu` (no sliding window, rotary_mode 0 only, float32 only)."""
+    if qkv_dtype != "float32":
+        raise ValueError(f"decode attention for {qkv_dtype}: only float32 (it accumulates in the output)")
     if num_qo_heads % num_kv_heads:
         raise ValueError(f"{num_qo_heads} query heads are not a multiple of {num_kv_heads} kv heads")
     H_qo, H_kv, D, P = num_qo_heads, num_kv_heads, head_dim, page_size
     G = H_qo // H_kv
     VL = _lanes(D)
     NC = D // VL
-    DP = max(D, -(-128 // G))  # 2 * G * DP floats >= 1 KiB
     log2e = _f32(LOG2E)
 
     @T.macro
@@ -153,10 +154,9 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
 
         assert rotary_mode == 0, "edgesmith CPU attention: RoPE in the kernel (rotary_mode != 0) is not supported"
         for task in T.parallel(B * H_kv):
-            # q (times sm_scale*log2(e)) and the output accumulator of the group's heads, in one
-            # buffer of at least 1 KiB: TVM puts it on the heap, so LLVM keeps it in memory (L1)
-            # instead of splitting it into scalars live across the page loop (it spilled them all)
-            work = T.alloc_buffer((2, G, DP), "float32")
+            # q times sm_scale*log2(e); the running output is accumulated in `output` itself (a
+            # scratch accumulator was promoted to registers live across the page loop, then spilled)
+            qs = T.alloc_buffer((G, D), "float32")
             s = T.alloc_buffer((G, P), "float32")
             m = T.alloc_buffer((G,), "float32")
             den = T.alloc_buffer((G,), "float32")
@@ -171,8 +171,8 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
             kv_len: T.let[T.int32] = T.if_then_else(npages > 0, (npages - 1) * P + length_info[b], 0)
             for g in range(G):
                 for d in T.vectorized(D):
-                    work[0, g, d] = T.Cast("float32", Q[b, hk * G + g, d]) * (sm_scale * log2e)
-                    work[1, g, d] = T.float32(0)
+                    qs[g, d] = T.Cast("float32", Q[b, hk * G + g, d]) * (sm_scale * log2e)
+                    output[b, hk * G + g, d] = T.float32(0)
                 m[g] = T.float32(NEG_INIT)
                 den[g] = T.float32(1)
             for pi in range(npages):
@@ -186,10 +186,10 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                             # past the sequence's end: read the last key (finite), score masked
                             jj: T.let[T.int32] = T.min(j, n - 1)
                             for i in T.vectorized(VL):
-                                acc[i] = work[0, g, i] * T.Cast("float32", pages[page, 0, hk, jj, i])
+                                acc[i] = qs[g, i] * T.Cast("float32", pages[page, 0, hk, jj, i])
                             for c in T.unroll(1, NC):
                                 for i in T.vectorized(VL):
-                                    acc[i] = acc[i] + work[0, g, c * VL + i] * T.Cast("float32", pages[page, 0, hk, jj, c * VL + i])
+                                    acc[i] = acc[i] + qs[g, c * VL + i] * T.Cast("float32", pages[page, 0, hk, jj, c * VL + i])
                             hsum(acc, tot)
                             s[g, j] = T.Select(j < n, tot[0], T.float32(OFF))
                         mx[0] = m[g]
@@ -205,15 +205,15 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                         den[g] = den[g] * sc[0] + tot[0]
                         for c in range(NC):
                             for i in T.vectorized(VL):
-                                acc[i] = work[1, g, c * VL + i] * sc[0]
+                                acc[i] = output[b, hk * G + g, c * VL + i] * sc[0]
                             for j in T.unroll(P):
                                 for i in T.vectorized(VL):
                                     acc[i] = acc[i] + s[g, j] * T.Cast("float32", pages[page, 1, hk, T.min(j, n - 1), c * VL + i])
                             for i in T.vectorized(VL):
-                                work[1, g, c * VL + i] = acc[i]
+                                output[b, hk * G + g, c * VL + i] = acc[i]
             for g in range(G):
                 for d in T.vectorized(D):
-                    output[b, hk * G + g, d] = T.Cast(qkv_dtype, work[1, g, d] / den[g])
+                    output[b, hk * G + g, d] = output[b, hk * G + g, d] * (T.float32(1) / den[g])
                 lse[b, hk * G + g] = m[g] + T.log2(den[g])
 
     return batch_decode_paged_kv
@@ -528,7 +528,8 @@ def replace_cpu_attention(mod: tvm.IRModule) -> tvm.IRModule:
     """TVM's CPU attention PrimFuncs (by global_symbol) swapped for ours, same GlobalVars.
 
     Only when the module creates paged KV caches and every one of them has rope_mode NONE (0):
-    our kernels never apply RoPE. The sliding-window variants keep TVM's kernels.
+    our kernels never apply RoPE. The sliding-window variants keep TVM's kernels, and so does a
+    decode kernel for a dtype other than float32.
     """
     modes = _cache_rope_modes(mod)
     if not modes or any(m != 0 for m in modes):
@@ -537,7 +538,9 @@ def replace_cpu_attention(mod: tvm.IRModule) -> tvm.IRModule:
     for gv, f in funcs.items():
         if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "global_symbol" in f.attrs:
             symbol = str(f.attrs["global_symbol"])
-            if symbol in (DECODE, PREFILL_RAGGED, PREFILL_PAGED):
+            # decode accumulates in its float32 output: other dtypes keep TVM's kernel
+            if symbol in (DECODE, PREFILL_RAGGED, PREFILL_PAGED) and (
+                    symbol != DECODE or _shape(f, 0)[1] == "float32"):
                 funcs[gv] = _ours(symbol, f)
     return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
 
