@@ -8,22 +8,28 @@ q.k * sm_scale * log2(e), m starts at -5e4 and d at 1.0 (so an empty row gives o
 lse -5e4), and masked keys count with TVM's masked score (-5e4 * log2(e) * sm_scale in the ragged
 kernel, -5e4 in the paged ones), which only matters when a row has no visible key at all.
 
-Limits, both enforced by `replace_cpu_attention` (the pipeline hook) rather than by the kernels:
-- rotary_mode must be 0: the kernels never apply RoPE (`rotary_mode`, `rope_scale`, `rope_theta`
-  are accepted and ignored). The hook only swaps kernels into a module whose every paged KV
-  cache is created with rope_mode NONE.
+Limits:
+- rotary_mode must be 0: the kernels never apply RoPE (`rope_scale`, `rope_theta` and the RoPE
+  position buffers are accepted and ignored) and fail at run time on any other rotary_mode. The
+  pipeline hook (`replace_cpu_attention`) only swaps them into a module whose every paged KV cache
+  is created with rope_mode NONE, so that failure is not reachable from our models.
 - no sliding window: the `_sliding_window` variants are left as TVM wrote them.
+- decode: float32 only (it accumulates in its output); the hook keeps TVM's decode otherwise.
+- any head_dim: vectors of 16 lanes where head_dim allows, else 8, 4, 2 or 1 (decode); prefill
+  vectorizes over query rows, so head_dim only sets loop lengths.
 
 Structure (all tasks in one `T.parallel` loop; per-task scratch is allocated inside it):
 - decode (`batch_decode_paged_kv_cpu`): a task per (sequence, kv head), holding the group's query
-  heads. A page (16 keys) at a time: scores as dot products vectorized over head_dim (partial sums
-  in VL lanes, then a tree sum), online softmax per page, V accumulated vectorized over head_dim.
+  heads. A page (16 keys) at a time: each score a dot product vectorized over head_dim (partial
+  sums in VL lanes, then a tree sum), online softmax per page, V accumulated vectorized over
+  head_dim into the output row, normalized at the end.
 - prefill (`batch_prefill_ragged_kv`, `batch_prefill_paged_kv_cpu`): a task per (query head,
-  sequence); 16 query rows at a time held as vector lanes (q transposed to [head_dim, 16 rows],
-  the accumulator as [head_dim, 16 rows]), so scores, the causal mask, max, exp2 and rescaling are
-  all plain 16-lane vector ops with the key scalar broadcast. Keys in blocks of 8: a block's
-  8 x 16 scores and an 8 x 16 slice of the accumulator stay on the stack (registers).
-  Causal rows only visit the key blocks visible to the tile's last row.
+  sequence); 32 query rows at a time held as vector lanes (q transposed to [head_dim, 32 rows],
+  the accumulator as [head_dim, 32 rows]), so scores, the causal mask, max, exp2 and rescaling are
+  all plain vector ops with the key scalar broadcast (an FMA with a broadcast memory operand).
+  Keys in blocks of 8: a block's 8 x 32 scores (16 vector accumulators) and a 4-column slice of
+  the accumulator stay in registers. Causal rows only visit the key blocks visible to the tile's
+  last row.
 exp2 inside the loops is a polynomial (Cephes exp2f, relative error ~2e-7) so it vectorizes;
 the final lse uses the exact log2.
 """
