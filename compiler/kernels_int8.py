@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GEMV_I8 = "q4_gemv_i8"
+GEMV_ROWS = 16  # output rows per parallel task
+GEMV_PREFETCH_ROWS = 2  # software prefetch distance in rows (llvm.prefetch: read, keep in all caches)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
     per_group = group // 8  # words per group
     scales_per_vec = lanes // per_group
     blocks = words // lanes
+    rows = GEMV_ROWS
+    ahead = GEMV_PREFETCH_ROWS
     vbytes = f"int8x{4 * lanes}"
     vi32 = f"int32x{lanes}"
     nibbles = 0x0F0F0F0F
@@ -104,32 +108,49 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
             x_corr[j] = -8 * (q[8 * j] + q[8 * j + 1] + q[8 * j + 2] + q[8 * j + 3] + q[8 * j + 4]
                               + q[8 * j + 5] + q[8 * j + 6] + q[8 * j + 7])
             x_lane_scale[j] = x_scale[j // per_group]
-        for o in T.parallel(n):
+        for chunk in T.parallel((n + rows - 1) // rows):
+            # Per task, not per row: a buffer allocated in a parallel loop is a workspace
+            # allocation (two calls per row cost as much as streaming the row itself).
             total = T.alloc_buffer((lanes,), "float32")
             acc = T.alloc_buffer((lanes,), "int32")
             w_scale = T.alloc_buffer((scales_per_vec,), "float32")
-            for lane in T.vectorized(lanes):
-                total[lane] = T.float32(0)
-            for jb in range(blocks):
-                packed = T.reinterpret(w[o, T.ramp(jb * lanes, 1, lanes)], dtype=vi32)
-                low = T.bitwise_and(packed, T.broadcast(T.int32(nibbles), lanes))
-                high = T.bitwise_and(T.shift_right(packed, T.broadcast(T.int32(4), lanes)),
-                                     T.broadcast(T.int32(nibbles), lanes))
-                first = T.call_llvm_pure_intrin(
-                    vi32, isa.intrinsic, x_corr[T.ramp(jb * lanes, 1, lanes)],
-                    T.reinterpret(low, dtype=vbytes),
-                    T.reinterpret(x_bytes[0, T.ramp(jb * lanes, 1, lanes)], dtype=vbytes))
-                acc[T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
-                    vi32, isa.intrinsic, first, T.reinterpret(high, dtype=vbytes),
-                    T.reinterpret(x_bytes[1, T.ramp(jb * lanes, 1, lanes)], dtype=vbytes))
-                for c in T.vectorized(scales_per_vec):
-                    w_scale[c] = T.Cast("float32", s[o, jb * scales_per_vec + c])
-                for lane in T.vectorized(lanes):
-                    total[lane] = total[lane] + (T.Cast("float32", acc[lane]) * x_lane_scale[jb * lanes + lane]
-                                                 * w_scale[lane // per_group])
-            y[0, 0, o] = T.float32(0)
-            for lane in range(lanes):
-                y[0, 0, o] = y[0, 0, o] + total[lane]
+            for r in range(rows):
+                if chunk * rows + r < n:
+                    o: T.let[T.int32] = chunk * rows + r
+                    for lane in T.vectorized(lanes):
+                        total[lane] = T.float32(0)
+                    for jb in range(blocks):
+                        # The same place `ahead` rows on: one core alone keeps few enough misses in
+                        # flight that it streamed 6.8 GB/s; prefetched, 10-12 (19 on two cores).
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                                      T.address_of(w[T.min(o + ahead, n - 1), jb * lanes]),
+                                                      T.int32(0), T.int32(3), T.int32(1)))
+                        packed = T.reinterpret(w[o, T.ramp(jb * lanes, 1, lanes)], dtype=vi32)
+                        low = T.bitwise_and(packed, T.broadcast(T.int32(nibbles), lanes))
+                        high = T.bitwise_and(T.shift_right(packed, T.broadcast(T.int32(4), lanes)),
+                                             T.broadcast(T.int32(nibbles), lanes))
+                        first = T.call_llvm_pure_intrin(
+                            vi32, isa.intrinsic, x_corr[T.ramp(jb * lanes, 1, lanes)],
+                            T.reinterpret(low, dtype=vbytes),
+                            T.reinterpret(x_bytes[0, T.ramp(jb * lanes, 1, lanes)], dtype=vbytes))
+                        acc[T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
+                            vi32, isa.intrinsic, first, T.reinterpret(high, dtype=vbytes),
+                            T.reinterpret(x_bytes[1, T.ramp(jb * lanes, 1, lanes)], dtype=vbytes))
+                        for c in T.vectorized(scales_per_vec):
+                            w_scale[c] = T.Cast("float32", s[o, jb * scales_per_vec + c])
+                        for lane in T.vectorized(lanes):
+                            total[lane] = total[lane] + (T.Cast("float32", acc[lane])
+                                                         * x_lane_scale[jb * lanes + lane] * w_scale[lane // per_group])
+                    # The lanes summed as a tree (a serial sum is a chain of 16 dependent adds).
+                    if lanes == 16:
+                        for lane in T.vectorized(8):
+                            total[lane] = total[lane] + total[lane + 8]
+                    if lanes >= 8:
+                        for lane in T.vectorized(4):
+                            total[lane] = total[lane] + total[lane + 4]
+                    for lane in T.vectorized(2):
+                        total[lane] = total[lane] + total[lane + 2]
+                    y[0, 0, o] = total[0] + total[1]
 
     return gemv
 
