@@ -21,4 +21,4 @@ def kernel_table(lines: list[dict], top: int) -> dict:
     in_kernels = {ph: sum(r["total_s"] for r in rows if r["phase"] == ph) for ph in wall}
     return {"prefill_s": wall["prefill"], "decode_s": wall["decode"],
             "other_s": {ph: round(max(wall[ph] - in_kernels[ph], 0.0), 6) for ph in wall},
-            "kernels": len({r["kernel"] for r in rows}), "top": table}
+            "kernels": len(rows), "top": table}  # rows: one per (kernel, phase), as the top
