@@ -1,6 +1,6 @@
 """Prefill and decode tok/s of edgesmith bundles on this host, per quantization.
 
-    python bench/host_speed.py [--model random:phi-3-mini-4k:layers=4] [--quants q4f32,q4f16,q0f32]
+    python bench/host_speed.py [--model random:phi-3-mini-4k:layers=4] [--quants q4f16i8,q4f16,q4f32,q0f32]
                                [-p 128] [-n 128] [-r 5] [--out bench/out/host_speed.json]
 
 Compiles each bundle (cached under bench/out/bundles by model+quant), then through the Python
@@ -40,7 +40,7 @@ def run_one(bundle: Path, prompt_len: int, new_tokens: int, reps: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="random:phi-3-mini-4k:layers=4")
-    ap.add_argument("--quants", default="q4f32,q4f16,q0f32")
+    ap.add_argument("--quants", default="q4f16i8,q4f16,q4f32,q0f32")
     ap.add_argument("-p", "--prompt", type=int, default=128)
     ap.add_argument("-n", "--new-tokens", type=int, default=128)
     ap.add_argument("-r", "--reps", type=int, default=5)
