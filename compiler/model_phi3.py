@@ -30,7 +30,6 @@ class Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.scale_dtype = quant.storage_dtype
         self.dot_isa = None  # kernels_int8.DotISA: decode with int8 activations (set by Phi3ForCausalLM)
-        self.tir_gemv = True  # CPU decode through kernels_gemv (False: the expression in kernels.py)
         if self.quantized:
             self.q_weight = nn.Parameter((out_features, in_features // 8), "uint32")
             self.q_scale = nn.Parameter((out_features, in_features // quant.group_size), quant.storage_dtype)
@@ -44,8 +43,7 @@ class Linear(nn.Module):
             gemv = kernels_int8.q4_gemv_i8(n, k, self.group, self.scale_dtype, self.dot_isa)
             return op.tensor_ir_op(gemv, "q4_matmul_i8", [x, self.q_weight, self.q_scale],
                                    out=nn.Tensor.placeholder((1, 1, n), "float32"))
-        if (self.quantized and self.ops is kernels and _is_one_token(x) and self.tir_gemv
-                and kernels_gemv.applies(k, self.group)):
+        if self.quantized and self.ops is kernels and _is_one_token(x) and kernels_gemv.applies(k, self.group):
             gemv = kernels_gemv.q4_gemv(n, k, self.group, self.scale_dtype)
             return op.tensor_ir_op(gemv, "q4_matmul", [x, self.q_weight, self.q_scale],
                                    out=nn.Tensor.placeholder((1, 1, n), "float32"))
