@@ -13,7 +13,7 @@ way the int8 kernel (kernels_int8) is, which a schedule of the expression cannot
 from __future__ import annotations
 
 from edgesmith.compiler import kernels
-from edgesmith.compiler.kernels_int8 import GEMV_PREFETCH_ROWS, GEMV_ROWS, lane_sum_macro, prefetch
+from edgesmith.compiler.kernels_int8 import GEMV_PREFETCH_ROWS, GEMV_ROWS
 
 GEMV_F32 = "q4_gemv_f32"
 
@@ -33,7 +33,6 @@ def q4_gemv(n: int, k: int, group: int, scale_dtype: str):
     scales_per_vec = lanes // per_group
     blocks = words // lanes
     rows, ahead = GEMV_ROWS, GEMV_PREFETCH_ROWS
-    lane_sum = lane_sum_macro(lanes)
     vf32 = f"float32x{lanes}"
     mask = T.broadcast(T.uint32(15 << kernels._MANTISSA_SHIFT), lanes)
     bias = T.broadcast(T.uint32(kernels._BIAS_BITS), lanes)
@@ -74,12 +73,22 @@ def q4_gemv(n: int, k: int, group: int, scale_dtype: str):
                     for lane in T.vectorized(lanes):
                         total[lane] = T.float32(0)
                     for jb in range(blocks):
-                        T.evaluate(prefetch(w, T.min(o + ahead, n - 1), jb * lanes))
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                                      T.address_of(w[T.min(o + ahead, n - 1), jb * lanes]),
+                                                      T.int32(0), T.int32(3), T.int32(1)))
                         for c in T.vectorized(scales_per_vec):
                             w_scale[c] = T.Cast("float32", s[o, jb * scales_per_vec + c])
                         dot[T.ramp(0, 1, lanes)] = word_dot(x_perm, w[o, T.ramp(jb * lanes, 1, lanes)], jb)
                         for lane in T.vectorized(lanes):
                             total[lane] = total[lane] + (dot[lane] - x_sum[jb * lanes + lane]) * w_scale[lane // per_group]
-                    y[0, 0, o] = lane_sum(total)
+                    if lanes == 16:
+                        for lane in T.vectorized(8):
+                            total[lane] = total[lane] + total[lane + 8]
+                    if lanes >= 8:
+                        for lane in T.vectorized(4):
+                            total[lane] = total[lane] + total[lane + 4]
+                    for lane in T.vectorized(2):
+                        total[lane] = total[lane] + total[lane + 2]
+                    y[0, 0, o] = total[0] + total[1]
 
     return gemv

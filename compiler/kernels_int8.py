@@ -68,34 +68,6 @@ def pick(isas: list[DotISA], k: int, group: int) -> DotISA | None:
     return None
 
 
-def prefetch(buf, *index):
-    """llvm.prefetch of buf[index]: read, keep in all cache levels, data."""
-    from tvm.script import tirx as T
-
-    return T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(buf[index]),
-                              T.int32(0), T.int32(3), T.int32(1))
-
-
-def lane_sum_macro(lanes: int):
-    """A TIR macro: the sum of a (lanes,) float32 buffer as a tree (a serial sum is a chain of
-    `lanes` dependent adds); it leaves the sum in total[0] and total[1] and returns their sum."""
-    from tvm.script import tirx as T
-
-    @T.macro
-    def lane_sum(total):
-        if lanes == 16:
-            for lane in T.vectorized(8):
-                total[lane] = total[lane] + total[lane + 8]
-        if lanes >= 8:
-            for lane in T.vectorized(4):
-                total[lane] = total[lane] + total[lane + 4]
-        for lane in T.vectorized(2):
-            total[lane] = total[lane] + total[lane + 2]
-        return total[0] + total[1]
-
-    return lane_sum
-
-
 def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
     """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/group) scale_dtype) -> y (1,1,n) f32."""
     from tvm.script import tirx as T
@@ -106,7 +78,6 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
     blocks = words // lanes
     rows = GEMV_ROWS
     ahead = GEMV_PREFETCH_ROWS
-    lane_sum = lane_sum_macro(lanes)
     vbytes = f"int8x{4 * lanes}"
     vi32 = f"int32x{lanes}"
     nibbles = 0x0F0F0F0F
@@ -151,7 +122,9 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
                     for jb in range(blocks):
                         # The same place `ahead` rows on: one core alone keeps few enough misses in
                         # flight that it streamed 6.8 GB/s; prefetched, 10-12 (19 on two cores).
-                        T.evaluate(prefetch(w, T.min(o + ahead, n - 1), jb * lanes))
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                                      T.address_of(w[T.min(o + ahead, n - 1), jb * lanes]),
+                                                      T.int32(0), T.int32(3), T.int32(1)))
                         packed = T.reinterpret(w[o, T.ramp(jb * lanes, 1, lanes)], dtype=vi32)
                         low = T.bitwise_and(packed, T.broadcast(T.int32(nibbles), lanes))
                         high = T.bitwise_and(T.shift_right(packed, T.broadcast(T.int32(4), lanes)),
@@ -168,7 +141,16 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
                         for lane in T.vectorized(lanes):
                             total[lane] = total[lane] + (T.Cast("float32", acc[lane])
                                                          * x_lane_scale[jb * lanes + lane] * w_scale[lane // per_group])
-                    y[0, 0, o] = lane_sum(total)
+                    # The lanes summed as a tree (a serial sum is a chain of 16 dependent adds).
+                    if lanes == 16:
+                        for lane in T.vectorized(8):
+                            total[lane] = total[lane] + total[lane + 8]
+                    if lanes >= 8:
+                        for lane in T.vectorized(4):
+                            total[lane] = total[lane] + total[lane + 4]
+                    for lane in T.vectorized(2):
+                        total[lane] = total[lane] + total[lane + 2]
+                    y[0, 0, o] = total[0] + total[1]
 
     return gemv
 
