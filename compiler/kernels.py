@@ -64,18 +64,6 @@ def _lanes(extent: int, align: int = 1) -> int:
     return lanes
 
 
-def _group_scale(s, row, word_block, lane, lanes: int, words_per_group: int):
-    """Scale of word `word_block * lanes + lane` of `row`, written so that vectorizing `lane`
-    gives broadcasts and selects instead of a per-lane gather (one load per group)."""
-    if lanes <= words_per_group:
-        return s[row, word_block * lanes // words_per_group].astype(F32)
-    per = lanes // words_per_group
-    val = s[row, word_block * per + per - 1].astype(F32)
-    for c in reversed(range(per - 1)):
-        val = tirx.Select(lane < (c + 1) * words_per_group, s[row, word_block * per + c].astype(F32), val)
-    return val
-
-
 def _is_vector(x) -> bool:
     b, t = x.shape[0], x.shape[1]
     return all(isinstance(d, tirx.IntImm) and int(d) == 1 for d in (b, t))

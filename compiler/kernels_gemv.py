@@ -15,7 +15,6 @@ from __future__ import annotations
 from edgesmith.compiler import kernels
 from edgesmith.compiler.kernels_int8 import GEMV_PREFETCH_ROWS, GEMV_ROWS
 
-GEMV_F32 = "q4_gemv_f32"
 
 
 def applies(k: int, group: int) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GEMV_I8 = "q4_gemv_i8"
 GEMV_ROWS = 16  # output rows per parallel task
 GEMV_PREFETCH_ROWS = 2  # software prefetch distance in rows (llvm.prefetch: read, keep in all caches)
 

@@ -22,7 +22,7 @@ _MATERIALIZED = (kernels.ROPE_TABLE,)
 
 
 def _is_scheduled(func) -> bool:
-    return bool(func.attrs and func.attrs.get("tir.is_scheduled", False))
+    return bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))
 
 
 def _static(extent) -> int | None:
