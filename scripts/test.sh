@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# README's test command: the whole suite (the emulated sshd/adb devices are started and stopped
-# by the tests themselves, on loopback only).
+# README's test command: installs what is missing (scripts/install.sh, into <repo>/.venv), then the
+# whole suite with that venv's Python. The emulated sshd/adb devices are started and stopped by
+# the tests themselves, on loopback only, on ports the OS picks. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+venv=${EDGESMITH_VENV:-$(pwd)/.venv}
+[ -x "$venv/bin/edgesmith" ] || bash scripts/install.sh
 export PYTHONUNBUFFERED=1
-python -m pytest -q -ra "$@"
+exec "$venv/bin/python" -m pytest -q -ra "$@"
