@@ -77,18 +77,44 @@ def read_manifest(bundle: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise BundleError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); compile the bundle again") from None
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{bundle} has bundle format {manifest.get('format')!r}; this edgesmith reads format {FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BundleError(f"{bundle} has bundle format {got!r}; this edgesmith reads format {FORMAT}")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise BundleError(f"{path} is damaged ({problem}); compile the bundle again")
     return manifest
 
 
-def verify(bundle: Path, manifest: dict | None = None) -> None:
-    """Every file the manifest lists is present with its recorded size and sha256."""
+def _manifest_problem(manifest: dict) -> str | None:
+    """What makes a manifest unusable, or None: the fields every reader relies on."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "no 'files' table"
+    for rel, meta in files.items():
+        parts = rel.split("/")
+        if rel.startswith("/") or ".." in parts or "" in parts or rel == MANIFEST:
+            return f"file entry {rel!r} is not a path inside the bundle"
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64
+                and isinstance(meta.get("size"), int)):
+            return f"file entry {rel!r} has no sha256 and size"
+    if not isinstance(manifest.get("arch"), str):
+        return "no 'arch'"
+    if not isinstance(manifest.get("target"), dict) or "preset" not in manifest["target"]:
+        return "no 'target' preset"
+    return None
+
+
+def verify(bundle: Path, manifest: dict | None = None, only=None) -> None:
+    """Every file the manifest lists (or those of `only`) is present here with its recorded size
+    and sha256. The error says it is this machine's copy that is bad, not a device's."""
     manifest = manifest or read_manifest(bundle)
-    for rel, meta in manifest["files"].items():
+    for rel in (manifest["files"] if only is None else only):
+        meta = manifest["files"][rel]
         path = Path(bundle) / rel
         if not path.is_file():
-            raise BundleError(f"bundle {bundle} is missing {rel}; copy the whole bundle again or recompile")
+            raise BundleError(f"bundle {bundle} (on this machine) is missing {rel}; copy the whole bundle again "
+                              "or recompile")
         if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
-            raise BundleError(f"bundle {bundle}: {rel} does not match its sha256 in the manifest (corrupted); "
-                              "copy the bundle again or recompile")
+            raise BundleError(f"bundle {bundle} (on this machine): {rel} does not match its sha256 in the manifest "
+                              "(the local copy is corrupt); copy the bundle again or recompile")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgesmith.errors import EdgesmithError
+from edgesmith.errors import EdgesmithError, unknown_name
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,7 @@ def get_quantization(name: str) -> Quantization:
     try:
         return QUANTIZATIONS[name]
     except KeyError:
-        known = ", ".join(QUANTIZATIONS)
-        raise EdgesmithError(f"unknown quantization '{name}'; choose one of: {known}") from None
+        raise EdgesmithError(unknown_name("quantization", name, QUANTIZATIONS)) from None
 
 
 def quantize_q4(w: np.ndarray, group_size: int, scale_dtype: str) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from edgesmith.errors import ConfigError
+from edgesmith.errors import ConfigError, unknown_name
 
 from .checkpoint import RANDOM_PREFIX, Checkpoint, expected_shapes
 from .config import parse_config
@@ -103,7 +103,7 @@ def list_presets() -> list[str]:
 class RandomCheckpoint(Checkpoint):
     def __init__(self, preset: str, layers: int | None = None, seed: int = 0):
         if preset not in RANDOM_PRESETS:
-            raise ConfigError(f"unknown random preset {preset!r} — known: {', '.join(RANDOM_PRESETS)}")
+            raise ConfigError(unknown_name("random preset", preset, RANDOM_PRESETS))
         raw = dict(RANDOM_PRESETS[preset])
         if layers is not None:
             raw["num_hidden_layers"] = layers
@@ -124,7 +124,7 @@ class RandomCheckpoint(Checkpoint):
                 raise ConfigError(f"{spec!r}: option {part!r} is not understood — use random:<preset>[:layers=N][:seed=S]")
             options[key] = value
         if preset not in RANDOM_PRESETS:
-            raise ConfigError(f"{spec!r}: unknown random preset {preset!r} — known: {', '.join(RANDOM_PRESETS)}")
+            raise ConfigError(f"{spec!r}: " + unknown_name("random preset", preset, RANDOM_PRESETS))
         layers = _int_option(spec, "layers", options.get("layers"), minimum=1)
         seed = _int_option(spec, "seed", options.get("seed"), minimum=0)
         return cls(preset, layers=layers, seed=0 if seed is None else seed)

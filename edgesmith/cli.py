@@ -13,18 +13,60 @@ from pathlib import Path
 
 def _ids(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+        ids = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
     except ValueError:
         raise argparse.ArgumentTypeError(f"token ids must be integers separated by commas, got {text!r}") from None
+    if any(i < 0 for i in ids):
+        raise argparse.ArgumentTypeError(f"token ids cannot be negative, got {text!r}")
+    return ids
+
+
+def _at_least(minimum: float, kind=int):
+    """An argparse type: a number of `kind` that is at least `minimum` (counts, seconds)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if value != value or value < minimum:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        return value
+
+    return parse
+
+
+_count = _at_least(0)
+_positive = _at_least(1)
+_seconds = _at_least(0.001, float)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (exit 1, like every other error), pointing at --help."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(1)
 
 
 # ------------------------------------------------------------------------------------ compile
 def cmd_compile(args) -> int:
+    from edgesmith.targets.presets import default_quantization, get_preset
+
+    progress_note = None
+    if args.quant is None:
+        args.quant, why = default_quantization(get_preset(args.target))
+        progress_note = f"quantization {args.quant}: the default for target {args.target} ({why})" + (
+            "; --quant q4f16 for exact float activations" if args.quant == "q4f16i8" else "")
+    out = args.output or Path("dist") / _bundle_name(args.model, args.quant, args.target)
+    _check_compile_args(args.model, args.quant, args.target, out)
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.cli_progress import ConsoleProgress
 
-    out = args.output or Path("dist") / _bundle_name(args.model, args.quant, args.target)
     progress = ConsoleProgress(quiet=args.quiet)
+    if progress_note:
+        progress.step(progress_note)
     compile_bundle(args.model, args.quant, args.target, out,
                    quantize_embedding=not args.float_embedding, dump_ir=args.dump_ir, progress=progress)
     progress.done(f"bundle written to {out}")
@@ -34,6 +76,22 @@ def cmd_compile(args) -> int:
         report = evaluate_bundle(out, args.model, progress=progress)
         print(_format_eval(report))
     return 0
+
+
+def _check_compile_args(model: str, quant: str, target: str, out: Path) -> None:
+    """Names against the registries, the checkpoint's config and the output path: before TVM is
+    imported, so a typo answers at once."""
+    from edgesmith.compiler.checkpoint import open_checkpoint
+    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.errors import EdgesmithError
+    from edgesmith.targets.presets import get_preset
+
+    get_quantization(quant)
+    get_preset(target)
+    open_checkpoint(model)
+    if out.exists() and not out.is_dir():
+        raise EdgesmithError(f"output {out} is a file, not a folder; give -o a folder name for the bundle "
+                             "(it is created), or remove the file")
 
 
 def _bundle_name(model: str, quant: str, target: str) -> str:
@@ -49,6 +107,11 @@ def _format_eval(r: dict) -> str:
 # ------------------------------------------------------------------------------------ run
 def cmd_run(args) -> int:
     from edgesmith.compiler.bundle import read_manifest
+    from edgesmith.errors import EdgesmithError
+
+    if args.engine == "python" and args.device:
+        raise EdgesmithError(f"--engine python runs TVM's VM in this process and cannot run on device "
+                             f"'{args.device}'; drop --engine python (the device runs the bundle's runner)")
     from edgesmith.runtime.text import Detokenizer, load_tokenizer
 
     manifest = read_manifest(args.bundle)
@@ -57,7 +120,6 @@ def cmd_run(args) -> int:
         prompt = args.tokens
     elif args.prompt is not None:
         if tok is None:
-            from edgesmith.errors import EdgesmithError
             raise EdgesmithError(f"bundle {args.bundle} has no tokenizer.json (random weights or none in the "
                                  "checkpoint); pass token ids with --tokens 1,2,3")
         prompt = tok.encode(args.prompt)
@@ -81,14 +143,26 @@ def cmd_run(args) -> int:
         lines = _run_runner(args, runner_args, on_line=(lambda d: stream.token(d["token"]) if "token" in d else None)
                             if stream else None)
         result = [d for d in lines if "output_ids" in d][-1]
+    emulated = _is_emulated(args, manifest)
     if args.json:
         if tok is not None:
             result["text"] = tok.decode(result["output_ids"])
-        print(json.dumps(dict(result, prompt_ids=prompt, device=args.device or "host")))
+        print(json.dumps(dict(result, prompt_ids=prompt, device=args.device or "host", emulated=emulated)))
     else:
         stream.finish()
-        _print_timings(result)
+        _print_timings(result, emulated)
     return 0
+
+
+def _is_emulated(args, manifest: dict) -> bool:
+    """Whether the speeds come from qemu: an emulated device, or a foreign-arch bundle run here."""
+    if args.device:
+        from edgesmith.runtime.devices import get_device
+
+        return get_device(args.device, args.devices).emulated
+    from edgesmith.targets.presets import host_arch
+
+    return manifest.get("arch") != host_arch()
 
 
 def _run_runner(args, runner_args: list[str], on_line=None) -> list[dict]:
@@ -105,12 +179,13 @@ def _run_runner(args, runner_args: list[str], on_line=None) -> list[dict]:
     return run_runner(Path(bundle), [runner_args[0], bundle, *runner_args[1:]], timeout=timeout, on_line=on_line)
 
 
-def _print_timings(r: dict) -> None:
+def _print_timings(r: dict, emulated: bool) -> None:
+    label = " (emulated: qemu, not the device's speed)" if emulated else ""
     parts = [f"prompt {r['prompt_tokens']} tokens: {r.get('prefill_tok_s') or 0:.1f} tok/s",
              f"generated {len(r['output_ids'])} tokens: {r.get('decode_tok_s') or 0:.1f} tok/s"]
     if r.get("peak_rss_kb"):
         parts.append(f"peak RSS {r['peak_rss_kb'] / 1024:.0f} MiB")
-    print("\n[" + ", ".join(parts) + "]", file=sys.stderr)
+    print("\n[" + ", ".join(parts) + "]" + label, file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------ profile / compare
@@ -121,7 +196,16 @@ def _list(text: str) -> list[int]:
         values = []
     if not values:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas (e.g. 128,512), got {text!r}")
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"counts cannot be negative, got {text!r}")
     return values
+
+
+def _top_p(text: str) -> float:
+    value = _at_least(0.0, float)(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def _cool(text: str):
@@ -180,9 +264,16 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_targets(args) -> int:
-    from edgesmith.targets.toolchains import format_targets_table
+    from edgesmith.targets.presets import PRESETS, get_preset
+    from edgesmith.targets.toolchains import format_targets_table, target_facts
 
-    print(format_targets_table())
+    if args.names:
+        facts = [target_facts(get_preset(n)) for n in args.names]
+        print(json.dumps(facts if args.json or len(facts) > 1 else facts[0], indent=1))
+    elif args.json:
+        print(json.dumps([target_facts(p) for p in PRESETS.values()], indent=1))
+    else:
+        print(format_targets_table())
     return 0
 
 
@@ -214,10 +305,14 @@ def cmd_emulators(args) -> int:
     from edgesmith.runtime import emulated
 
     if args.action == "start":
-        status = emulated.start_emulators()
+        ports = {"ssh": 0, "adb_device": 0, "adb_server": 0} if args.free_ports else None
+        status = emulated.start_emulators(ports=ports)
         print(f"emulated devices running on loopback: board ssh port {status['ports']['ssh']}, phone adb "
               f"{status['host']}:{status['ports']['adb_device']} (adb server port {status['ports']['adb_server']}); "
               f"state in {status['state_dir']}")
+        if args.devices_out:
+            print(f"devices file: {emulated.write_devices_file(status, args.devices_out)} "
+                  "(use it with --devices or EDGESMITH_DEVICES)")
     elif args.action == "stop":
         emulated.stop_emulators()
         print("emulated devices stopped")
@@ -269,16 +364,21 @@ def cmd_farm(args) -> int:
 
 
 # ------------------------------------------------------------------------------------ parser
+DEVICES_HELP = ("devices.yaml to read (default: $EDGESMITH_DEVICES, else ./devices.yaml, else the one shipped "
+                "with edgesmith)")
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgesmith", description="Compile Phi-3 models into int4 bundles for phones "
+    p = _Parser(prog="edgesmith", description="Compile Phi-3 models into int4 bundles for phones "
                                 "and boards with Apache TVM, run them there, and measure them.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and libraries' log output (accepted anywhere on the command line)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compile", help="checkpoint folder or random:<preset> -> bundle folder")
     c.add_argument("model", help="a Hugging Face folder (config.json, *.safetensors) or random:<preset>[:layers=N][:seed=S] "
                    "(presets: tiny, phi-3-mini-4k, phi-3-mini-128k, phi-3-medium-4k, phi-3.5-mini, phi-4-mini)")
-    c.add_argument("--quant", default="q4f16", help="q4f16 (default), q4f32, q0f16, q0f32")
+    c.add_argument("--quant", help="q4f16i8 (int4 weights, int8 activations on the CPU's int8 dot products: the "
+                   "default where the target has them), q4f16 (int4 weights, float activations: the default "
+                   "elsewhere), q4f32, q0f16, q0f32; `edgesmith targets` shows each target's default")
     c.add_argument("--target", default="host", help="target preset (see `edgesmith targets`); default host")
     c.add_argument("-o", "--output", type=Path, help="bundle folder to write (default dist/<model>-<quant>-<target>)")
     c.add_argument("--float-embedding", action="store_true", help="keep the embedding and lm_head in float")
@@ -289,17 +389,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     def device_args(sp):
         sp.add_argument("--device", help="device name from devices.yaml (default: run here)")
-        sp.add_argument("--devices", type=Path, help="devices.yaml to read (default ./devices.yaml)")
-        sp.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up (default 600)")
+        sp.add_argument("--devices", type=Path, help=DEVICES_HELP)
+        sp.add_argument("--timeout", type=_seconds, default=600.0, help="seconds before giving up (default 600)")
 
     r = sub.add_parser("run", help="generate tokens with a bundle")
     r.add_argument("bundle", type=Path)
     r.add_argument("--prompt", help="text (needs the checkpoint's tokenizer.json in the bundle)")
     r.add_argument("--tokens", type=_ids, help="prompt as token ids: 1,2,3")
-    r.add_argument("-n", "--max-new-tokens", type=int, default=32)
-    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    r.add_argument("--top-p", type=float, default=1.0)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("-n", "--max-new-tokens", type=_count, default=32, help="tokens to generate at most (default 32)")
+    r.add_argument("--temperature", type=_at_least(0.0, float), default=0.0,
+                   help="sampling temperature; 0 = greedy (default)")
+    r.add_argument("--top-p", type=_top_p, default=1.0,
+                   help="sample from the smallest set of tokens whose probabilities add up to this (0-1, default 1)")
+    r.add_argument("--seed", type=_count, default=0, help="random seed for sampling (default 0)")
     r.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
     r.add_argument("--json", action="store_true", help="print one JSON object (output_ids, text, timings)")
     r.add_argument("--engine", choices=["runner", "python"], default="runner",
@@ -313,17 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-n", "--gen", type=_list, default=[128], help="tokens to generate, a list too (default 128)")
         sp.add_argument("-t", "--threads", type=_list, default=[0], help="thread counts, a list (default 0: the "
                         "runtime's choice)")
-        sp.add_argument("-r", "--reps", type=int, default=3, help="repetitions at least (default 3)")
-        sp.add_argument("--max-reps", type=int, default=10, help="repetitions at most (default 10)")
-        sp.add_argument("--target-rsd", type=float, default=0.03, help="stop repeating once pp and tg spread "
+        sp.add_argument("-r", "--reps", type=_positive, default=3, help="repetitions at least (default 3)")
+        sp.add_argument("--max-reps", type=_positive, default=10, help="repetitions at most (default 10)")
+        sp.add_argument("--target-rsd", type=_at_least(0.0, float), default=0.03, help="stop repeating once pp and tg spread "
                         "(sd/mean) is under this (default 0.03)")
-        sp.add_argument("--warmup", type=int, default=1)
+        sp.add_argument("--warmup", type=_count, default=1, help="untimed runs first (default 1)")
         sp.add_argument("--cool-below", type=_cool, default="auto", help="before each repetition wait until the "
                         "hottest thermal zone is under this °C; auto (default): the start temperature + 5; off")
-        sp.add_argument("--cool-timeout", type=float, default=120.0, help="seconds to wait for it (default 120)")
+        sp.add_argument("--cool-timeout", type=_at_least(0.0, float), default=120.0, help="seconds to wait for it (default 120)")
         sp.add_argument("--max-temp", type=float, default=85.0, help="a repetition this hot is marked throttled")
-        sp.add_argument("--kernels", type=int, default=10, metavar="N", help="top-N kernel table (0: skip the pass)")
-        sp.add_argument("--membw-mb", type=int, default=256, help="buffer read to measure bandwidth (MiB)")
+        sp.add_argument("--kernels", type=_count, default=10, metavar="N", help="top-N kernel table (0: skip the pass)")
+        sp.add_argument("--membw-mb", type=_positive, default=256, help="buffer read to measure bandwidth (MiB)")
         sp.add_argument("--check", action="store_true", help="compare the device's logits with a host reference first")
         sp.add_argument("--reference", metavar="MODEL", help="checkpoint to compile the --check reference from "
                         "(default: the bundle's own source)")
@@ -352,19 +454,25 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--kernel", metavar="NAME", help="print one GPU kernel's source")
     i.set_defaults(func=cmd_inspect)
 
-    t = sub.add_parser("targets", help="list target presets and whether their toolchains are present")
+    t = sub.add_parser("targets", help="list target presets: arch, device, default quantization, toolchain, runner")
+    t.add_argument("names", nargs="*", metavar="NAME", help="show these presets in full (JSON, with the TVM target)")
+    t.add_argument("--json", action="store_true", help="every preset in full, as JSON")
     t.set_defaults(func=cmd_targets)
 
     d = sub.add_parser("devices", help="list the devices of devices.yaml and probe them (in parallel)")
     d.add_argument("names", nargs="*", help="only these devices")
-    d.add_argument("--devices", type=Path, help="devices.yaml to read (default ./devices.yaml)")
+    d.add_argument("--devices", type=Path, help=DEVICES_HELP)
     d.add_argument("--no-probe", action="store_true", help="list without connecting")
     d.add_argument("--json", action="store_true")
-    d.add_argument("--timeout", type=float, default=20.0, help="seconds per device (default 20)")
+    d.add_argument("--timeout", type=_seconds, default=20.0, help="seconds per device (default 20)")
     d.set_defaults(func=cmd_devices)
 
     e = sub.add_parser("emulators", help="start/stop the emulated arm64 board (sshd) and phone (adb) on loopback")
     e.add_argument("action", choices=["start", "stop", "status"])
+    e.add_argument("--free-ports", action="store_true", help="start: let the OS pick free ports instead of "
+                   "2222 (ssh), 5557 (phone) and 5038 (adb server); pair with --devices-out")
+    e.add_argument("--devices-out", type=Path, metavar="FILE", help="start: write a devices.yaml naming the "
+                   "running devices and their real ports")
     e.set_defaults(func=cmd_emulators)
 
     f = sub.add_parser("farm", help="every device in parallel, one report, a regression gate (run, agent, status)")
@@ -379,34 +487,35 @@ def build_parser() -> argparse.ArgumentParser:
                        "results.json, summary.md, report.html, junit.xml; exit 0 pass, 3 regression, 4 failures "
                        "beyond --allow-failures, 1 usage error")
     fr.add_argument("--model", required=True, help="checkpoint folder or random:<preset>")
-    fr.add_argument("--quant", default="q4f16")
-    fr.add_argument("--devices", type=Path, help="devices.yaml (default ./devices.yaml; unused with a tracker)")
+    fr.add_argument("--quant", help="quantization for every target (default: each target's own, see "
+                    "`edgesmith targets`)")
+    fr.add_argument("--devices", type=Path, help=DEVICES_HELP + "; unused with a tracker")
     fr.add_argument("-s", "--select", type=lambda t: [x for x in t.split(",") if x], default=[],
                     help="device names, tags or targets, comma-separated (default: every device)")
     fr.add_argument("--baseline", type=Path, help="a previous results.json or any `edgesmith profile` output")
     fr.add_argument("--out", type=Path, required=True, help="folder for the reports")
-    fr.add_argument("--retries", type=int, default=1, help="tries again a failed device this many times (default 1)")
-    fr.add_argument("--retry-delay", type=float, default=2.0, help="seconds between tries (default 2)")
-    fr.add_argument("--allow-failures", type=int, default=0, help="devices that may fail without exit 4 (default 0)")
-    fr.add_argument("--threshold", type=float, default=0.05, help="a row slower than the baseline beyond the noise "
+    fr.add_argument("--retries", type=_count, default=1, help="tries again a failed device this many times (default 1)")
+    fr.add_argument("--retry-delay", type=_at_least(0.0, float), default=2.0, help="seconds between tries (default 2)")
+    fr.add_argument("--allow-failures", type=_count, default=0, help="devices that may fail without exit 4 (default 0)")
+    fr.add_argument("--threshold", type=_at_least(0.0, float), default=0.05, help="a row slower than the baseline beyond the noise "
                     "is a regression only past this fraction (default 0.05)")
     fr.add_argument("--priority", type=int, default=0, help="tracker queue priority, higher first (default 0)")
-    fr.add_argument("--lease-timeout", type=float, default=3600.0, help="seconds to wait for a device (default 3600)")
+    fr.add_argument("--lease-timeout", type=_seconds, default=3600.0, help="seconds to wait for a device (default 3600)")
     fr.add_argument("-p", "--prompt", type=_list, default=[128])
     fr.add_argument("-n", "--gen", type=_list, default=[128])
-    fr.add_argument("-r", "--reps", type=int, default=3)
-    fr.add_argument("--max-reps", type=int, default=10)
-    fr.add_argument("--warmup", type=int, default=1)
-    fr.add_argument("--target-rsd", type=float, default=0.03)
+    fr.add_argument("-r", "--reps", type=_positive, default=3)
+    fr.add_argument("--max-reps", type=_positive, default=10)
+    fr.add_argument("--warmup", type=_count, default=1)
+    fr.add_argument("--target-rsd", type=_at_least(0.0, float), default=0.03)
     fr.add_argument("--cool-below", type=_cool, default="auto")
-    fr.add_argument("--kernels", type=int, default=0, metavar="N", help="top-N kernel table (default 0: skip)")
-    fr.add_argument("--membw-mb", type=int, default=256)
-    fr.add_argument("--timeout", type=float, default=600.0, help="seconds per runner command (default 600)")
+    fr.add_argument("--kernels", type=_count, default=0, metavar="N", help="top-N kernel table (default 0: skip)")
+    fr.add_argument("--membw-mb", type=_positive, default=256)
+    fr.add_argument("--timeout", type=_seconds, default=600.0, help="seconds per runner command (default 600)")
     fr.add_argument("-q", "--quiet", action="store_true")
     farm_common(fr)
 
     fa = fs.add_parser("agent", help="publish this machine's devices on the tracker and hand out leases")
-    fa.add_argument("--devices", type=Path, help="devices.yaml (default ./devices.yaml)")
+    fa.add_argument("--devices", type=Path, help=DEVICES_HELP)
     fa.add_argument("-s", "--select", type=lambda t: [x for x in t.split(",") if x], default=[])
     fa.add_argument("--host", default="0.0.0.0", help="address to listen on for lease claims")
     fa.add_argument("--port", type=int, default=0, help="port for lease claims (default: any free one)")
@@ -420,15 +529,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging(debug: bool) -> None:
+    """Libraries' log output (paramiko's "Exception (client): ...", TVM's) never reaches the console
+    unasked: it goes nowhere, or to stderr with --debug."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if debug:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)
+    else:
+        root.addHandler(logging.NullHandler())  # and no "last resort" printing of warnings
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug anywhere: `edgesmith run B --debug` as well as `edgesmith --debug run B`.
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    _setup_logging(debug)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = debug
     from edgesmith.errors import EdgesmithError
 
     try:
         return args.func(args) or 0
     except EdgesmithError as e:
-        if args.debug:
+        if debug:
             raise
         print(f"edgesmith: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -441,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:  # noqa: BLE001 - a bug: still one line unless --debug
-        if args.debug:
+        if debug:
             raise
         print(f"edgesmith: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)

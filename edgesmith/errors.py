@@ -25,3 +25,22 @@ class TargetError(EdgesmithError):
 
 class BundleError(EdgesmithError):
     """A bundle folder is missing, incomplete, corrupted or for another version."""
+
+
+def unknown_name(kind: str, name: str, known) -> str:
+    """"unknown target 'hots'; did you mean 'host'? known: ..." for a registry lookup that failed."""
+    import difflib
+
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown {kind} '{name}'{hint} known: {', '.join(known)}"
+
+
+def one_line(err: BaseException) -> str:
+    """A failure as one line for a per-device row: our errors as they are, anything else (a bug, a
+    library's exception) with its type, so one device's surprise never stops the others' report."""
+    if isinstance(err, EdgesmithError):
+        return str(err)
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300]}" if text else type(err).__name__

@@ -31,7 +31,7 @@ from pathlib import Path
 from edgesmith.errors import ConfigError, EdgesmithError
 
 TRANSPORTS = ("local", "ssh", "adb")
-SHIPPED = Path(__file__).resolve().parent.parent / "devices.yaml"
+SHIPPED = Path(__file__).parent / "devices.yaml"  # a link to the top-level devices.yaml; a copy when installed
 FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 
 

@@ -146,6 +146,11 @@ class Engine:
         out: list[int] = []
         stopped = "length"
         while len(out) < max_new_tokens:
+            if not np.isfinite(logits).all():  # NaN weights would sample token 0 forever
+                where = "after the prompt" if not out else f"at decode step {len(out)}"
+                raise BundleError(f"the logits {where} are not finite (NaN or infinite): the model's weights "
+                                  "hold NaN or infinite values (check the checkpoint), or the bundle is damaged; "
+                                  "recompile it")
             tok = sampler(logits)
             out.append(tok)
             if on_token:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgesmith.compiler.bundle import MANIFEST, read_manifest
+from edgesmith.compiler.bundle import MANIFEST, read_manifest, verify
 from edgesmith.runtime.transports.base import Deadline, DeviceError, Transport, TransferError, shell_join
 
 BATCH = 64  # files per hashing command: keeps each command line well under adb's limits
@@ -109,6 +109,10 @@ def push_bundle(transport: Transport, bundle: Path, dest: str, *, deadline: Dead
     if not todo:
         report.seconds = time.monotonic() - start
         return report
+    to_send = [rel for rel in todo if rel != MANIFEST and have.get(temps[rel]) != want[rel]]
+    # What we are about to send must be right here first: a corrupt or missing local file is this
+    # machine's fault, and is found before anything on the device changes.
+    verify(bundle, manifest, only=to_send)
 
     # The manifest marks a complete bundle: it goes first and comes back last.
     if MANIFEST not in todo:
@@ -116,27 +120,45 @@ def push_bundle(transport: Transport, bundle: Path, dest: str, *, deadline: Dead
     dirs = sorted({posixpath.join(dest, posixpath.dirname(rel)) for rel in todo})
     transport.check(f"rm -f -- {shell_join([posixpath.join(dest, MANIFEST)])} && mkdir -p -- {shell_join(dirs)}",
                     timeout=deadline.left(), what=f"preparing {dest}")
-    files = [rel for rel in todo if rel != MANIFEST]
-    for group in (files, [MANIFEST] if MANIFEST in todo else []):
-        moves = []
-        for rel in group:
-            tmp = temps[rel]
-            if have.get(tmp) == want[rel]:
-                report.renamed.append(rel)
-            else:
-                try:
-                    transport.push(bundle / rel, posixpath.join(dest, tmp), timeout=deadline.left())
-                except TransferError as err:
-                    raise transport.error(TransferError, err.detail + _free_note(transport, dest, deadline)) \
-                        from None
-                report.sent.append(rel)
-                report.bytes_sent += (bundle / rel).stat().st_size
-                if on_file is not None:
-                    on_file(rel)
-            moves.append((tmp, want[rel], rel, "755" if os.access(bundle / rel, os.X_OK) else "644"))
-        _finish(transport, dest, moves, deadline)
+    sent_temps: list[str] = []
+    try:
+        for group in ([rel for rel in todo if rel != MANIFEST], [MANIFEST]):
+            moves = []
+            for rel in group:
+                tmp = temps[rel]
+                if have.get(tmp) == want[rel]:
+                    report.renamed.append(rel)
+                else:
+                    sent_temps.append(tmp)
+                    _send_one(transport, bundle / rel, dest, tmp, deadline)
+                    report.sent.append(rel)
+                    report.bytes_sent += (bundle / rel).stat().st_size
+                    if on_file is not None:
+                        on_file(rel)
+                moves.append((tmp, want[rel], rel, "755" if os.access(bundle / rel, os.X_OK) else "644"))
+            _finish(transport, dest, moves, deadline)
+    except DeviceError:
+        raise  # the device's side: its temporaries let the next push resume
+    except BaseException:
+        # Our side failed mid-push (a local read error, Ctrl-C): leave no temporaries of ours behind.
+        _remove(transport, dest, sent_temps, deadline)
+        raise
     # Temporaries of older bundle versions are garbage now.
     transport.run(f"find {shell_join([dest])} -name '.*.partial' -type f -exec rm -f {{}} + 2>/dev/null; true",
                   timeout=deadline.left())
     report.seconds = time.monotonic() - start
     return report
+
+
+def _send_one(transport: Transport, local: Path, dest: str, tmp: str, deadline: Deadline) -> None:
+    try:
+        transport.push(local, posixpath.join(dest, tmp), timeout=deadline.left())
+    except TransferError as err:
+        raise transport.error(TransferError, err.detail + _free_note(transport, dest, deadline)) from None
+
+
+def _remove(transport: Transport, dest: str, temps: list[str], deadline: Deadline) -> None:
+    try:
+        transport.run(f"cd {shell_join([dest])} && rm -f -- {shell_join(temps)}", timeout=min(10, deadline.left()))
+    except DeviceError:
+        pass

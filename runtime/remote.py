@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from edgesmith.compiler.bundle import read_manifest
-from edgesmith.errors import EdgesmithError
+from edgesmith.errors import EdgesmithError, one_line
 from edgesmith.runtime.devices import Device
 from edgesmith.runtime.push import PushReport, push_bundle
 from edgesmith.runtime.runner_exec import runner_start
@@ -141,8 +141,8 @@ def probe_devices(devices: list[Device], *, timeout: float) -> list[dict]:
             with open_transport(device) as transport:
                 info = transport.probe(timeout=timeout)
             row = {"name": device.name, "reachable": True, "error": None, **info}
-        except EdgesmithError as err:
-            row = {"name": device.name, "reachable": False, "error": str(err)}
+        except Exception as err:  # noqa: BLE001 - one device's failure is its own row
+            row = {"name": device.name, "reachable": False, "error": one_line(err)}
         row.update(transport=device.transport, target=device.target, where=device.where,
                    probe_s=round(time.monotonic() - started, 3))
         return row

@@ -49,7 +49,7 @@ def runner_argv(bundle: Path) -> list[str]:
     bindir = bundle / "bin"
     runner = bindir / "runner"
     if not runner.is_file():
-        raise BundleError(f"{runner} not found; rebuild the bundle (it ships its runner)")
+        raise BundleError(missing_runner(bundle, json.loads(manifest_path.read_text())))
     if arch == host_arch():
         return [str(runner)]
     if arch == "aarch64":
@@ -63,6 +63,28 @@ def runner_argv(bundle: Path) -> list[str]:
             return [qemu, *runner_start(str(bindir), True)]
         return [qemu, *QEMU_AARCH64[1:], *runner_start(str(bindir), False)]
     raise BundleError(f"bundle '{bundle}' is for {arch}; this machine ({host_arch()}) cannot run it")
+
+
+def missing_runner(bundle: Path, manifest: dict) -> str:
+    """Why `bundle` has no runner: its target has none yet (and what it needs), or it was damaged."""
+    from edgesmith.targets.presets import PRESETS
+
+    preset = PRESETS.get(manifest.get("target", {}).get("preset", ""))
+    device = manifest.get("device") or {}
+    note = device.get("runtime_missing") or (preset.gpu.runtime_note if preset and preset.gpu else "")
+    if preset is not None and preset.toolchain == "on-device":
+        return (f"bundle '{bundle}' (target {preset.name}) has its runner built on the device: copy the bundle "
+                "there and run bin/build-on-device.sh")
+    if note:
+        return (f"bundle '{bundle}' (target {preset.name if preset else '?'}) has no runner: targets "
+                f"{', '.join(_runnerless())} ship none yet, because {note}")
+    return f"{Path(bundle) / 'bin' / 'runner'} not found; the bundle is incomplete: copy it again or recompile"
+
+
+def _runnerless() -> list[str]:
+    from edgesmith.targets.presets import PRESETS
+
+    return [p.name for p in PRESETS.values() if p.gpu and p.gpu.runtime_note]
 
 
 def run_runner(

@@ -1,23 +1,58 @@
 #!/usr/bin/env bash
 # README's main job on the embedded default: a random-weight Phi-3-mini (exact shapes, 2 of its
-# 32 layers so it finishes in minutes), int4 (q4f16), compiled for this host and for arm64, then
-# run on every device of the shipped devices.yaml: the host, arm64 under qemu, and the emulated
-# arm64 board (real sshd) and phone (real adb server) that `edgesmith emulators start` brings up
-# on loopback. Emulated devices' timings are qemu's, not a device's.
+# 32 layers so it finishes in minutes), int4, compiled for this host, for an arm64 board and for
+# an Android phone, then run on four devices: the host, arm64 under qemu, and the emulated arm64
+# board (real sshd) and phone (real adb server) that `edgesmith emulators start` brings up on
+# loopback, on ports the OS picks. Emulated devices' timings are qemu's, not a device's.
+# Installs what is missing first (scripts/install.sh, into <repo>/.venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+venv=${EDGESMITH_VENV:-$(pwd)/.venv}
+[ -x "$venv/bin/edgesmith" ] || bash scripts/install.sh
+es="$venv/bin/edgesmith"
+py="$venv/bin/python"
 MODEL=${MODEL:-random:phi-3-mini-4k:layers=2}
 PROMPT=1,450,4996,338
-edgesmith compile "$MODEL" --quant q4f16 --target host -o dist/demo-host
-edgesmith compile "$MODEL" --quant q4f16 --target arm64-linux -o dist/demo-arm64
-edgesmith compile "$MODEL" --quant q4f16 --target android-arm64 -o dist/demo-android
-edgesmith inspect dist/demo-host
-edgesmith emulators start
-trap 'edgesmith emulators stop' EXIT
-edgesmith devices
-echo "== host";           edgesmith run dist/demo-host --tokens $PROMPT -n 16
-echo "== host (bench)";   edgesmith bench dist/demo-host -p 128 -n 32 -r 3
-echo "== arm64-qemu";     edgesmith run dist/demo-arm64 --device arm64-qemu --tokens $PROMPT -n 4
-echo "== board (ssh)";    edgesmith run dist/demo-arm64 --device board --tokens $PROMPT -n 4
-echo "== phone (adb)";    edgesmith run dist/demo-android --device phone --tokens $PROMPT -n 4
+out=dist/demo
+mkdir -p "$out"
+# One quantization on every device, so their tokens can be compared (each target's own default
+# would give the host int8 activations and the baseline arm64 board float ones).
+QUANT=q4f16
+"$es" compile "$MODEL" --quant $QUANT --target host -o "$out/host"
+"$es" compile "$MODEL" --quant $QUANT --target arm64-linux -o "$out/arm64"
+"$es" compile "$MODEL" --quant $QUANT --target android-arm64 -o "$out/android"
+"$es" inspect "$out/host"
+
+"$es" emulators start --free-ports --devices-out "$out/devices.yaml"
+trap '"$es" emulators stop >/dev/null' EXIT
+export EDGESMITH_DEVICES="$out/devices.yaml"
+"$es" devices
+
+run() {  # run NAME BUNDLE [--device D]: greedy tokens as JSON, kept for the summary
+  echo "== $1"
+  "$es" run "${@:2}" --tokens $PROMPT -n 8 --json | tee "$out/run-$1.json"
+}
+run host "$out/host"
+run arm64-qemu "$out/arm64" --device arm64-qemu
+run board "$out/arm64" --device board
+run phone "$out/android" --device phone
+echo "== host (profile)"
+"$es" profile "$out/host" -p 128 -n 32 -r 3 --kernels 5
+
+"$py" - "$out" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = [(n, json.loads((out / f"run-{n}.json").read_text())) for n in ("host", "arm64-qemu", "board", "phone")]
+same = len({tuple(r["output_ids"]) for _, r in rows}) == 1
+print("\nSummary")
+print(f"  bundles: {out}/host, {out}/arm64, {out}/android (devices file: {out}/devices.yaml)")
+for name, r in rows:
+    label = " (emulated: qemu)" if r.get("emulated") else ""
+    print(f"  {name:10s} tokens {' '.join(map(str, r['output_ids']))}   prefill {r['prefill_tok_s']:.1f} "
+          f"tok/s, decode {r['decode_tok_s']:.1f} tok/s{label}")
+print("  the four devices gave " + ("the same tokens" if same else "DIFFERENT tokens (a bug: please report it)"))
+print("\nNext: edgesmith profile BUNDLE --device board (tok/s you can trust), edgesmith farm run --model random:tiny "
+      "--out farm-out (every device, one report), edgesmith compile ./YOUR-PHI3-FOLDER --target android-arm64")
+sys.exit(0 if same else 1)
+PY

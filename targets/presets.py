@@ -13,7 +13,7 @@ from __future__ import annotations
 import platform as _platform
 from dataclasses import dataclass
 
-from edgesmith.errors import TargetError
+from edgesmith.errors import TargetError, unknown_name
 
 QEMU_AARCH64 = ("qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu")
 
@@ -59,6 +59,9 @@ class TargetPreset:
     mtriple: str = ""  # LLVM triple when it differs from `triple`
     emulator: tuple[str, ...] | None = None  # how this x86 host runs its binaries
     gpu: GpuSpec | None = None
+    # The quantization `compile` uses without --quant: q4f16i8 (int8 activations) where the
+    # target has int8 dot products, q4f16 elsewhere; "by-cpu": decided by this machine's CPU.
+    default_quant: str = "q4f16"
 
     def tvm_target(self) -> dict:
         """The JSON dict for `tvm.target.Target` (a GPU preset: the GPU, with this CPU as host)."""
@@ -76,6 +79,41 @@ class TargetPreset:
 def host_arch() -> str:
     machine = _platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+# CPU flags (/proc/cpuinfo) that mean int8 dot products, the instructions q4f16i8 runs on.
+_INT8_DOT_FLAGS = {"avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI", "asimddp": "Arm dotprod"}
+
+
+def host_int8_dot(cpuinfo: str | None = None) -> str | None:
+    """The int8 dot-product extension this machine's CPU has (None: none), read from /proc/cpuinfo:
+    no TVM needed, so `compile` can say its default at once."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return next((name for flag, name in _INT8_DOT_FLAGS.items() if flag in flags), None)
+
+
+def default_quantization(preset: TargetPreset) -> tuple[str, str]:
+    """(quantization, why) that `compile` uses for `preset` when --quant is not given."""
+    if preset.default_quant == "by-cpu":
+        dot = host_int8_dot()
+        if dot:
+            return "q4f16i8", f"this CPU has {dot} int8 dot products"
+        return "q4f16", "this CPU has no int8 dot products (AVX512-VNNI, AVX-VNNI or Arm dotprod)"
+    if preset.default_quant == "q4f16i8":
+        return "q4f16i8", f"target {preset.name} has int8 dot products"
+    if preset.gpu is not None:
+        return preset.default_quant, f"a {preset.gpu.api} GPU computes in float"
+    return preset.default_quant, f"target {preset.name} has no int8 dot products"
 
 
 def host_tvm_target() -> dict:
@@ -177,6 +215,7 @@ PRESETS: dict[str, TargetPreset] = {
             platform="host",
             layout="linux",
             toolchain="host",
+            default_quant="by-cpu",
         ),
         TargetPreset(
             name="arm64-linux",
@@ -190,6 +229,7 @@ PRESETS: dict[str, TargetPreset] = {
             description="ARMv8.2-A with dot product and fp16 (Cortex-A55/A76 and later, Pi 5)",
             layout="linux",
             mattr=("+neon", "+v8.2a", "+dotprod", "+fullfp16", "+fp16fml"),
+            default_quant="q4f16i8",
             **_ARM64,
         ),
         TargetPreset(
@@ -197,6 +237,7 @@ PRESETS: dict[str, TargetPreset] = {
             description="ARMv8.6-A with int8 matrix multiply (Cortex-A710/X2 and later, Graviton3)",
             layout="linux",
             mattr=("+neon", "+v8.6a", "+i8mm", "+dotprod", "+fullfp16", "+fp16fml", "+bf16"),
+            default_quant="q4f16i8",
             **_ARM64,
         ),
         TargetPreset(
@@ -204,6 +245,7 @@ PRESETS: dict[str, TargetPreset] = {
             description="Android phone, ARMv8.2-A dotprod; glibc runner started through its shipped loader",
             layout="android-glibc",
             mattr=("+neon", "+v8.2a", "+dotprod", "+fullfp16", "+fp16fml"),
+            default_quant="q4f16i8",
             **_ARM64,
         ),
         *GPU_PRESETS,
@@ -232,7 +274,4 @@ def get_preset(name: str) -> TargetPreset:
     try:
         return PRESETS[name]
     except KeyError:
-        known = ", ".join(PRESETS)
-        raise TargetError(
-            f"unknown target '{name}'; known: {known} (see `edgesmith targets`)"
-        ) from None
+        raise TargetError(unknown_name("target", name, PRESETS) + " (see `edgesmith targets`)") from None

@@ -184,29 +184,39 @@ def library_name(preset: TargetPreset) -> str:
     return "model.tar" if preset.toolchain == "on-device" else "model.so"
 
 
-def format_targets_table() -> str:
-    """The `edgesmith targets` table: each preset, its TVM target, and its toolchain status."""
-    import json
+def target_facts(preset: TargetPreset) -> dict:
+    """What `edgesmith targets` says of one preset (its TVM target JSON included)."""
+    from .presets import default_quantization
 
-    rows = [("target", "arch", "tvm target", "toolchain")]
-    hints = []
-    for preset in PRESETS.values():
-        ok, detail = toolchain_status(preset)
-        rows.append(
-            (
-                preset.name,
-                preset.arch,
-                json.dumps(preset.tvm_target(), separators=(",", ":")),
-                f"ok ({detail})" if ok else "MISSING",
-            )
-        )
-        if not ok:
-            hints.append(f"  {preset.name}: {detail}")
+    ok, detail = toolchain_status(preset)
+    quant, why = default_quantization(preset)
+    return {"name": preset.name, "description": preset.description, "arch": preset.arch,
+            "device": preset.gpu.api if preset.gpu else "cpu", "default_quant": quant, "default_quant_why": why,
+            "layout": preset.layout, "toolchain_ok": ok, "toolchain": detail,
+            "runner": "none: " + preset.gpu.runtime_note if preset.gpu and preset.gpu.runtime_note else
+            ("built on the device" if preset.toolchain == "on-device" else "ships in the bundle"),
+            "tvm_target": preset.tvm_target()}
+
+
+def format_targets_table(facts: list[dict] | None = None) -> str:
+    """The `edgesmith targets` table: the short facts of each preset (`--json` has the TVM targets)."""
+    facts = facts if facts is not None else [target_facts(p) for p in PRESETS.values()]
+    rows = [("target", "arch", "runs on", "default quant", "toolchain", "runner")]
+    for f in facts:
+        rows.append((f["name"], f["arch"], f["device"], f["default_quant"],
+                     "ok" if f["toolchain_ok"] else "MISSING", "none yet" if f["runner"].startswith("none") else
+                     ("on device" if f["runner"] == "built on the device" else "yes")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    for preset in PRESETS.values():
-        lines.append(f"{preset.name}: {preset.description}")
-    if hints:
-        lines += ["", "missing toolchains:"] + hints
+    lines.append("")
+    lines += [f"{f['name']}: {f['description']}" for f in facts]
+    missing = [f"  {f['name']}: {f['toolchain']}" for f in facts if not f["toolchain_ok"]]
+    if missing:
+        lines += ["", "missing toolchains:"] + missing
+    no_runner = [f"  {f['name']}: {f['runner'][len('none: '):]}" for f in facts if f["runner"].startswith("none")]
+    if no_runner:
+        lines += ["", "no runner yet (the bundle compiles; running it needs what is named):"] + no_runner
+    lines += ["", "default quant: q4f16i8 (int8 activations) where the target has int8 dot products, q4f16 "
+              "elsewhere; --quant overrides. `edgesmith targets NAME` or --json: the TVM target and the rest."]
     return "\n".join(lines)

@@ -33,7 +33,8 @@ QEMU = "qemu-aarch64-static"
 BOARD_WRAPPER = [QEMU, "-L", "/usr/aarch64-linux-gnu"]
 PHONE_WRAPPER = [QEMU]  # a phone has no system glibc: bundles bring their loader (android-glibc)
 
-__all__ = ["start_emulators", "stop_emulators", "emulator_status", "emulated_device_entries", "set_fault",
+__all__ = ["start_emulators", "stop_emulators", "emulator_status", "emulated_device_entries", "write_devices_file",
+           "set_fault",
            "clear_fault", "FAULT_KINDS", "DEFAULT_PORTS"]
 
 
@@ -47,16 +48,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name: [0] the state, [19] the start time."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks: tells a live pid from a reused one."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else None
 
 
 def _alive(entry: dict | None) -> bool:
-    return bool(entry) and _start_time(entry["pid"]) == entry["start"]
+    """Running, and the process we started: a died one that nobody reaped yet (a zombie, state Z)
+    keeps its pid and start time, so the state is checked too."""
+    if not entry:
+        return False
+    fields = _stat(entry["pid"])
+    if len(fields) <= 19 or fields[19] != entry["start"]:
+        return False
+    if fields[0] in ("Z", "X"):
+        try:  # our own child (started in this process): reap it
+            os.waitpid(entry["pid"], os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return True
 
 
 def _listening(port: int) -> bool:
@@ -120,6 +140,26 @@ def emulated_device_entries(status: dict) -> list[dict]:
          "exec_wrapper": PHONE_WRAPPER, "tags": ["arm64", "android", "emulated"],
          "adb": {"serial": f"{HOST}:{ports['adb_device']}", "server_port": ports["adb_server"]}},
     ]
+
+
+def write_devices_file(status: dict, path: Path) -> Path:
+    """A devices.yaml for these running emulators: the host, arm64 under qemu here, the board and
+    the phone on the ports they really use (what `--free-ports` needs, since the shipped file names
+    the default ports)."""
+    import yaml
+
+    entries = [{"name": "host", "transport": "local", "target": "host", "tags": ["host"],
+                "description": "this machine (real timings)"},
+               {"name": "arm64-qemu", "transport": "local", "target": "arm64-linux", "exec_wrapper": BOARD_WRAPPER,
+                "tags": ["arm64", "emulated"], "description": "this machine running aarch64 code under qemu"},
+               *emulated_device_entries(status)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("# written by `edgesmith emulators start --devices-out`: the running emulated devices\n"
+                   + yaml.safe_dump({"devices": entries}, sort_keys=False))
+    os.replace(tmp, path)
+    return path
 
 
 def start_emulators(state_dir: Path | None = None, *, faults: dict[str, tuple[str, int] | str] | None = None,

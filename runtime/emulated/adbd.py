@@ -50,7 +50,8 @@ class Dropped(Exception):
 class Phone:
     """What all connections share: the sandbox, the fault switch, the shell environment."""
 
-    def __init__(self, sandbox: Path, state_dir: Path, name: str = "phone"):
+    def __init__(self, sandbox: Path, state_dir: Path, name: str = "phone", features: str = "shell_v2,cmd"):
+        self.features = features  # what the banner advertises (an old adbd: no shell_v2)
         self.sandbox = Path(sandbox).resolve()
         if not re.fullmatch(r"[A-Za-z0-9_./+-]+", str(self.sandbox)):
             raise ValueError(f"sandbox path {self.sandbox} must hold no shell-special characters")
@@ -75,7 +76,7 @@ class Phone:
 
     def banner(self) -> bytes:
         props = ";".join(f"{k}={PROPS[k]}" for k in ("ro.product.name", "ro.product.model", "ro.product.device"))
-        return f"device::{props};features=shell_v2,cmd".encode()
+        return f"device::{props};features={self.features}".encode()
 
     def map_path(self, path: str) -> Path | None:
         path = posixpath.normpath(path)

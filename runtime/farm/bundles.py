@@ -38,18 +38,22 @@ def content_key(model: str, quant: str, target: str) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def bundle_for(model: str, quant: str, target: str, *, progress=None) -> dict:
-    """{target, path, key, cached, compile_s}: the cached bundle, compiled first if missing."""
+def bundle_for(model: str, quant: str | None, target: str, *, progress=None) -> dict:
+    """{target, path, key, cached, compile_s}: the cached bundle, compiled first if missing
+    (quant None: the target's default quantization)."""
     from edgesmith.compiler.build import compile_bundle
+    from edgesmith.targets.presets import default_quantization, get_preset
 
     say = progress or (lambda msg: None)
+    quant = quant or default_quantization(get_preset(target))[0]
     key = content_key(model, quant, target)
     base = model.split("random:", 1)[1] if model.startswith("random:") else Path(model).name
     name = f"{base.replace(':', '-').replace('=', '')}-{quant}-{target}-{key[:12]}"
     path = cache_dir() / name
     if (path / "manifest.json").is_file():
         say(f"bundle for {target}: cached ({path})")
-        return {"target": target, "path": str(path), "key": key, "cached": True, "compile_s": 0.0}
+        return {"target": target, "quant": quant, "path": str(path), "key": key, "cached": True,
+                "compile_s": 0.0}
     say(f"bundle for {target}: compiling {model} at {quant}")
     t0 = time.monotonic()
     tmp = path.with_name(f".{name}.{os.getpid()}")
@@ -59,5 +63,5 @@ def bundle_for(model: str, quant: str, target: str, *, progress=None) -> dict:
         os.replace(tmp, path)  # another job may have finished the same bundle first: keep theirs
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"target": target, "path": str(path), "key": key, "cached": False,
+    return {"target": target, "quant": quant, "path": str(path), "key": key, "cached": False,
             "compile_s": round(time.monotonic() - t0, 2)}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from edgesmith.errors import EdgesmithError
+from edgesmith.errors import EdgesmithError, one_line
 from edgesmith.runtime.profile import records as R
 from edgesmith.runtime.profile.run import ProfileOptions
 
@@ -36,7 +36,7 @@ LEASE_LOG = "farm-leases.log"  # on the device, in its workdir: one line per lea
 class FarmOptions:
     model: str
     out: Path
-    quant: str = "q4f16"
+    quant: str | None = None  # None: each target's default (presets.default_quantization)
     select: list[str] = field(default_factory=list)
     devices_file: Path | None = None
     tracker: str | None = None
@@ -122,7 +122,7 @@ def _mark(device, text: str, timeout: float = 30.0) -> None:
             w = shell_join([device.workdir])
             t.check(f'mkdir -p {w} && echo "$(date +%s.%N) {text}" >> {w}/{LEASE_LOG}', timeout=timeout,
                     what="writing the lease log")
-    except EdgesmithError:
+    except Exception:  # noqa: BLE001 - best effort
         pass
 
 
@@ -145,8 +145,8 @@ def _run_device(o: FarmOptions, spec, bundle: dict | None, say) -> dict:
     t0 = time.monotonic()
     try:
         entry = lease.acquire()
-    except EdgesmithError as err:
-        result["reason"] = f"no lease: {err}"
+    except Exception as err:  # noqa: BLE001 - this device's row, the others still report
+        result["reason"] = f"no lease: {one_line(err)}"
         return result
     result["lease_wait_s"] = round(time.monotonic() - t0, 3)
     try:
@@ -162,11 +162,11 @@ def _run_device(o: FarmOptions, spec, bundle: dict | None, say) -> dict:
                                            "seconds": round(time.monotonic() - started, 2)})
                 result.update(status="passed", records=recs, reason=None)
                 break
-            except EdgesmithError as err:
-                result["attempts"].append({"attempt": attempt, "ok": False, "error": str(err),
+            except Exception as err:  # noqa: BLE001 - this device's row, the others still report
+                result["attempts"].append({"attempt": attempt, "ok": False, "error": one_line(err),
                                            "seconds": round(time.monotonic() - started, 2)})
-                result["reason"] = str(err)
-                say(f"[{spec.name}] attempt {attempt} failed: {err}")
+                result["reason"] = one_line(err)
+                say(f"[{spec.name}] attempt {attempt} failed: {one_line(err)}")
                 if attempt <= o.retries:
                     time.sleep(o.retry_delay)
         if result["status"] == "failed":
@@ -236,9 +236,9 @@ def farm_run(o: FarmOptions, *, progress=None) -> dict:
     for target in dict.fromkeys(s.target for s in specs):
         try:
             bundles[target] = bundle_for(o.model, o.quant, target, progress=say)
-        except EdgesmithError as err:
-            bundles[target] = {"target": target, "error": str(err)}
-            say(f"bundle for {target}: {err}")
+        except Exception as err:  # noqa: BLE001 - that target's devices fail, the others run
+            bundles[target] = {"target": target, "error": one_line(err)}
+            say(f"bundle for {target}: {one_line(err)}")
 
     lock = threading.Lock()
 
@@ -305,7 +305,7 @@ def assemble(o: FarmOptions, devices: list[dict], bundles: list[dict], baseline:
     else:
         verdict, code = "pass", EXIT_PASS
     return {
-        "schema": SCHEMA, "model": o.model, "quant": o.quant, "tracker": o.tracker,
+        "schema": SCHEMA, "model": o.model, "quant": o.quant or "each target's default", "tracker": o.tracker,
         "baseline": str(o.baseline) if o.baseline else None,
         "policy": {"retries": o.retries, "allow_failures": o.allow_failures, "threshold": o.threshold},
         "params": {"prompts": o.profile.prompts, "gens": o.profile.gens, "reps": o.profile.reps,

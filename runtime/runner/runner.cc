@@ -561,6 +561,15 @@ static void check_fits(const Manifest& m, int64_t prompt, int64_t n) {
         "; ask for fewer tokens");
 }
 
+// NaN or infinite logits (NaN weights, a garbage shard whose sha matched) would sample token 0
+// forever: stop and say where.
+static void check_finite(const std::vector<float>& logits, const std::string& where) {
+  for (float v : logits)
+    if (!std::isfinite(v))
+      die("the logits " + where + " are not finite (NaN or infinite): the model's weights hold NaN or "
+          "infinite values (check the checkpoint), or the bundle is damaged; recompile it");
+}
+
 static void cmd_generate(const Model& model, const Manifest& m, double load_s, const GenerateArgs& a) {
   if (a.tokens.empty()) die("generate needs --tokens (comma-separated prompt token ids)");
   for (int32_t t : a.tokens)  // an id past the table would read outside the embedding
@@ -579,6 +588,7 @@ static void cmd_generate(const Model& model, const Manifest& m, double load_s, c
   prefill(model, m, kv, a.tokens, logits);
   double t1 = now_s();
   while (int64_t(out.size()) < a.n) {
+    check_finite(logits, out.empty() ? "after the prompt" : "at decode step " + std::to_string(out.size()));
     int32_t tok = sample(logits, a.temperature, a.top_p, rng);
     out.push_back(tok);
     if (a.stream) printf("{\"token\": %d}\n", tok), fflush(stdout);

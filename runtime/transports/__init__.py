@@ -12,7 +12,12 @@ def open_transport(device) -> Transport:
 
         return LocalTransport(device)
     if device.transport == "ssh":
-        from .ssh import SshTransport
+        try:
+            from .ssh import SshTransport
+        except ImportError as err:  # that device's failure, not the whole command's
+            raise DeviceError(device.name, f"the ssh transport cannot load ({err}); paramiko is a dependency of "
+                                           "edgesmith: reinstall it (bash scripts/install.sh, or pip install "
+                                           "paramiko)") from None
 
         return SshTransport(device)
     if device.transport == "adb":

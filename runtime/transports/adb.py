@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
+import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,12 +31,76 @@ _STATE_HELP = {
 EXIT_MARK = "\x1eedgesmith-exit:"
 
 
+class _Servers:
+    """adb servers this process started. Any adb client call starts a server when none listens
+    on its port, as an untracked background `fork-server` that outlives us; so we start it
+    ourselves (`nodaemon server`, a child we know), share it between the transports that use
+    that port, and stop it when the last of them closes. A server someone else runs is left alone."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users: dict[int, int] = {}
+        self._ours: dict[int, subprocess.Popen] = {}
+
+    def acquire(self, adb: str, port: int, timeout: float, device: str) -> None:
+        with self._lock:
+            self._users[port] = self._users.get(port, 0) + 1
+            if port in self._ours or _listening(port):
+                return
+            proc = subprocess.Popen([adb, "-P", str(port), "nodaemon", "server"], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            self._ours[port] = proc
+            end = time.monotonic() + timeout
+            while not _listening(port):
+                if proc.poll() is not None or time.monotonic() > end:
+                    self._stop(port)
+                    self._users[port] -= 1
+                    raise DeviceUnreachable(device, f"could not start an adb server on port {port} (adb -P {port} "
+                                                           "nodaemon server exited or never listened)")
+                time.sleep(0.05)
+
+    def release(self, port: int) -> None:
+        with self._lock:
+            self._users[port] = self._users.get(port, 1) - 1
+            if self._users[port] <= 0:
+                del self._users[port]
+                self._stop(port)
+
+    def _stop(self, port: int) -> None:
+        proc = self._ours.pop(port, None)
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+SERVERS = _Servers()
+
+
 class AdbTransport(Transport):
     def __init__(self, device):
         super().__init__(device)
         self.cfg = device.adb
         self._adb = shutil.which("adb")
         self._ready = False
+        self._server = False  # holds a use of SERVERS for cfg.server_port
+
+    def close(self) -> None:
+        if self._server:
+            self._server = False
+            SERVERS.release(self.cfg.server_port)
 
     def _argv(self, *args: str) -> list[str]:
         if self._adb is None:
@@ -62,6 +129,9 @@ class AdbTransport(Transport):
         if self._ready:
             return
         end = time.monotonic() + timeout
+        if not self._server:
+            SERVERS.acquire(self._argv()[0], self.cfg.server_port, min(timeout, 10), self.name)
+            self._server = True
         state = self._state(min(timeout, 5))
         if state != "device" and self.cfg.tcp:
             state = self._reconnect(end)
@@ -72,7 +142,19 @@ class AdbTransport(Transport):
                 "; is it connected (`adb devices`)?" if not self.cfg.tcp else
                 f"; is the device listening at {self.cfg.serial}?"))
             raise self.error(DeviceUnreachable, help)
+        self._check_features(max(0.1, min(5, end - time.monotonic())))
         self._ready = True
+
+    def _check_features(self, timeout: float) -> None:
+        """Without shell_v2 adb mixes stderr into stdout and loses the exit status: say so now
+        rather than fail later with "its exit status never came"."""
+        result, timed_out = run_process(self._argv("features"), timeout=timeout)
+        if timed_out or result.exit_code != 0:
+            return  # an old adb client without `features`: the run itself will tell
+        if "shell_v2" not in result.stdout.split():
+            raise self.error(DeviceError, "its adbd lacks the shell_v2 protocol (Android 7 and later have it), "
+                                          "which edgesmith needs to tell the runner's output from its errors and "
+                                          "to read exit statuses; update the device's Android")
 
     def _answers(self, end: float) -> bool:
         """"device" in the server's list is not proof: a link cut a moment ago still says so."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import select
 import socket
@@ -21,6 +22,11 @@ from .base import (DeviceTimeout, DeviceUnreachable, HostKeyError, LineCallback,
                    Transport, TransferError, Watchdog, shell_join)
 
 TCP_USER_TIMEOUT_MS = 15_000
+# paramiko logs a garbled or cut link at ERROR with its traceback ("Exception (client): Invalid
+# packet blocking", "Error reading SSH protocol banner"); our one-line DeviceError says it. With no
+# handler anywhere Python would print those on stderr: they go to the caller's logging only
+# (the CLI shows them with --debug).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -203,13 +209,14 @@ class SshTransport(Transport):
         return RunResult(code, out.close(), b"".join(err_parts).decode("utf-8", "replace"))
 
     def push(self, local: Path, remote: str, *, timeout: float) -> None:
-        sftp = self._sftp_client(timeout)
-        with Watchdog(timeout, self._abort) as dog:
-            try:
-                with open(local, "rb") as f:
-                    sftp.putfo(f, remote, file_size=os.path.getsize(local), confirm=True)
-            except (OSError, EOFError, paramiko.SSHException) as err:
-                raise self._lost(dog, timeout, f"push of {Path(local).name}", err) from None
+        f = open(local, "rb")  # outside the try: a local read error is not the device's
+        with f:
+            sftp = self._sftp_client(timeout)
+            with Watchdog(timeout, self._abort) as dog:
+                try:
+                    sftp.putfo(f, remote, file_size=os.fstat(f.fileno()).st_size, confirm=True)
+                except (OSError, EOFError, paramiko.SSHException) as err:
+                    raise self._lost(dog, timeout, f"push of {Path(local).name}", err) from None
 
     def pull(self, remote: str, local: Path, *, timeout: float) -> None:
         sftp = self._sftp_client(timeout)
