@@ -151,7 +151,35 @@ def test_targets_table_lists_every_preset():
     table = toolchains.format_targets_table()
     for name in PRESETS:
         assert name in table
-    assert '"mtriple":"aarch64-linux-gnu"' in table
+    facts = {f["name"]: f for f in (toolchains.target_facts(p) for p in PRESETS.values())}
+    assert facts["arm64-linux"]["tvm_target"]["mtriple"] == "aarch64-linux-gnu"
+
+
+# What compile uses without --quant (#20): int8 activations exactly where int8 dot products exist.
+DEFAULT_QUANT = {"arm64-linux": "q4f16", "arm64-linux-dotprod": "q4f16i8", "arm64-linux-i8mm": "q4f16i8",
+                 "android-arm64": "q4f16i8", "android-opencl": "q4f16", "android-mali": "q4f16",
+                 "android-vulkan": "q4f16", "linux-vulkan": "q4f16", "apple-metal": "q4f16", "cuda": "q4f16"}
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_QUANT))
+def test_default_quantization_per_target(name):
+    quant, why = presets.default_quantization(get_preset(name))
+    assert quant == DEFAULT_QUANT[name] and why
+
+
+def test_host_default_follows_the_cpu():
+    """The host's default comes from /proc/cpuinfo; checked against LLVM's own view of this CPU
+    (the features the int8 kernels select on), an independent path."""
+    from edgesmith.compiler import kernels_int8
+
+    quant, why = presets.default_quantization(get_preset("host"))
+    import tvm
+
+    has_dot = bool(kernels_int8.dot_isas(tvm.target.Target(get_preset("host").tvm_target())))
+    assert quant == ("q4f16i8" if has_dot else "q4f16"), why
+    assert presets.host_int8_dot("flags\t: fpu sse2 avx2\n") is None
+    assert presets.host_int8_dot("flags\t: fpu avx512f avx512_vnni\n") == "AVX512-VNNI"
+    assert presets.host_int8_dot("Features\t: fp asimd asimddp\n") == "Arm dotprod"
 
 
 # ---------------------------------------------------------------- runtime libraries

@@ -1,0 +1,118 @@
+"""What a new user meets first at the command line (issues #12, #22): answers in one line, at once,
+with what to do; nothing accepted that makes no sense."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_cli import assert_one_line_error, edgesmith
+
+
+def in_process(*argv) -> tuple[int, set[str]]:
+    """cli.main(argv) in a fresh interpreter: (exit code, whether TVM got imported)."""
+    code = ("import sys; from edgesmith import cli; rc = cli.main(sys.argv[1:]); "
+            "print('TVM-IMPORTED' if 'tvm' in sys.modules else 'NO-TVM'); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("args, suggestion", [
+    (["compile", "random:tiny", "--target", "hots"], "did you mean 'host'?"),
+    (["compile", "random:tny"], "did you mean 'tiny'?"),
+    (["compile", "random:tiny", "--quant", "q4f61"], "did you mean 'q4f16'?"),
+])
+def test_typos_answer_before_tvm_is_imported(args, suggestion, tmp_path):
+    rc, out, err = in_process(*args, "-o", tmp_path / "out")
+    assert rc == 1 and suggestion in err and len(err.strip().splitlines()) == 1, err
+    assert "NO-TVM" in out, "a typo must be reported before TVM is imported"
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_path_that_is_a_file(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    assert_one_line_error(edgesmith("compile", "random:tiny", "-o", target), "is a file, not a folder")
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "B", "-n", "-1"], "must be at least 0"),
+    (["run", "B", "--tokens", "1,-2"], "cannot be negative"),
+    (["run", "B", "--top-p", "0"], "(0, 1]"),
+    (["profile", "B", "-p", "128,-5"], "cannot be negative"),
+    (["profile", "B", "-r", "0"], "must be at least 1"),
+    (["farm", "run", "--model", "random:tiny", "--out", "o", "--retries", "-1"], "must be at least 0"),
+    (["compile"], "required: model"),
+])
+def test_argument_errors_are_one_line_exit_1(args, needle):
+    p = edgesmith(*args)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and needle in lines[0] and "--help" in lines[0], p.stderr
+    assert "usage:" not in p.stderr
+
+
+def test_debug_is_accepted_anywhere(tmp_path):
+    for args in (["--debug", "run", tmp_path], ["run", tmp_path, "--debug"], ["run", "--debug", tmp_path]):
+        p = edgesmith(*args, "--tokens", "1")
+        assert p.returncode != 0 and "Traceback" in p.stderr and "unrecognized" not in p.stderr, p.stderr
+
+
+def test_engine_python_on_a_device_is_refused(tmp_path):
+    assert_one_line_error(edgesmith("run", tmp_path, "--engine", "python", "--device", "board"),
+                          "--engine python", "board")
+
+
+def test_targets_table_is_short_and_json_is_whole():
+    table = edgesmith("targets", check=True).stdout
+    rows = [l for l in table.splitlines() if l.startswith(("host ", "arm64-linux "))]
+    assert len(rows) == 2 and max(len(l) for l in rows) < 100, rows
+    assert max(len(l) for l in table.splitlines() if not l.startswith("  ")) < 200
+    facts = json.loads(edgesmith("targets", "--json", check=True).stdout)
+    arm = next(f for f in facts if f["name"] == "arm64-linux")
+    assert arm["tvm_target"]["mtriple"] == "aarch64-linux-gnu" and arm["default_quant"] == "q4f16"
+    one = json.loads(edgesmith("targets", "cuda", check=True).stdout)
+    assert one["device"] == "cuda"
+    assert_one_line_error(edgesmith("targets", "cudda"), "did you mean 'cuda'?")
+
+
+@pytest.fixture(scope="module")
+def q0_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nan") / "q0"
+    edgesmith("compile", "random:tiny", "--quant", "q0f32", "-o", out, "-q", check=True)
+    return out
+
+
+@pytest.mark.parametrize("engine", ["runner", "python"])
+def test_non_finite_logits_stop_in_one_line(q0_bundle, tmp_path, engine):
+    """A garbage shard whose sha matches (rewritten with NaN, manifest updated): the engines say
+    the logits are not finite, at which step, instead of printing token 0 forever."""
+    from edgesmith.compiler.bundle import sha256_file
+
+    b = tmp_path / "b"
+    shutil.copytree(q0_bundle, b)
+    shard = b / "params" / "params_shard_0.bin"
+    nan = np.full(shard.stat().st_size // 4, np.nan, dtype=np.float32)
+    shard.write_bytes(nan.tobytes() + b"\0" * (shard.stat().st_size % 4))
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["files"]["params/params_shard_0.bin"]["sha256"] = sha256_file(shard)
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    p = edgesmith("run", b, "--tokens", "1,2,3", "-n", "4", "--engine", engine)
+    assert_one_line_error(p, "not finite", "after the prompt")
+
+
+def test_gpu_bundle_without_runner_says_which_targets_and_why(q0_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(q0_bundle, b)
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["target"]["preset"] = "linux-vulkan"
+    (b / "bin" / "runner").unlink()
+    del manifest["files"]["bin/runner"]
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(edgesmith("run", b, "--tokens", "1", "-n", "1"), "linux-vulkan", "no runner",
+                          "Vulkan device API")
