@@ -233,7 +233,8 @@ def cmd_profile(args) -> int:
         check=args.check, reference=args.reference, sysroot=args.sysroot or "", timeout=args.timeout)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     records = profile_bundle(args.bundle, device, options, progress=say)
-    sys.stdout.write(write(records, args.output))
+    # Markdown on a terminal is for people: the machine records (for `compare`) go into files only.
+    sys.stdout.write(write(records, args.output, embed_records=not sys.stdout.isatty()))
     return 0
 
 
@@ -546,8 +547,36 @@ def _setup_logging(debug: bool) -> None:
         root.addHandler(logging.NullHandler())  # and no "last resort" printing of warnings
 
 
+_interrupted = False
+
+
+def _on_sigint(signum, frame):
+    # A Ctrl-C that lands in Python code TVM called from C++ comes back out as a bare RuntimeError
+    # (tvm_ffi forwards the error, not its type): remember that it was an interrupt.
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def _leave_interrupted():
+    # Leave at once: what our code cleans up (a staged bundle, device temporaries) already ran
+    # while the interrupt unwound; letting Python tear down TVM's half-built objects only prints
+    # their C++ destructors' warnings ("BlockBuilder destroyed with remaining blocks!").
+    import os
+
+    print("edgesmith: interrupted", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
     # --debug anywhere: `edgesmith run B --debug` as well as `edgesmith --debug run B`.
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -565,14 +594,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgesmith: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("edgesmith: interrupted", file=sys.stderr)
-        return 130
+        _leave_interrupted()
     except BrokenPipeError:  # `edgesmith inspect B | head`: the reader left, nothing more to say
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:  # noqa: BLE001 - a bug: still one line unless --debug
+        if _interrupted:
+            _leave_interrupted()
         if debug:
             raise
         print(f"edgesmith: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "

@@ -24,13 +24,25 @@ class ConsoleProgress:
     def tensors(self, total: int):
         if self.quiet:
             return lambda: None
+        if not sys.stderr.isatty():
+            return self._log_counter(total)
         from tqdm import tqdm
 
-        # In a log (not a terminal) a redraw is a new line: draw rarely there.
-        interactive = sys.stderr.isatty()
         self._bar = tqdm(total=total, unit="tensor", file=sys.stderr, leave=False, dynamic_ncols=True,
-                         mininterval=0.2 if interactive else 15.0)
+                         mininterval=0.2)
         return self._bar.update
+
+    def _log_counter(self, total: int):
+        """In a log (not a terminal) a bar's redraws are fragments: a plain line at each quarter."""
+        done = [0]
+        marks = {max(1, total * q // 4) for q in (1, 2, 3, 4)}
+
+        def update(n: int = 1) -> None:
+            before, done[0] = done[0], done[0] + n
+            if any(before < m <= done[0] for m in marks):
+                self.step(f"  {done[0]}/{total} tensors")
+
+        return update
 
     def done(self, msg: str) -> None:
         self.step(msg)

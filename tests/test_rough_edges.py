@@ -116,3 +116,91 @@ def test_gpu_bundle_without_runner_says_which_targets_and_why(q0_bundle, tmp_pat
     (b / "manifest.json").write_text(json.dumps(manifest))
     assert_one_line_error(edgesmith("run", b, "--tokens", "1", "-n", "1"), "linux-vulkan", "no runner",
                           "Vulkan device API")
+
+
+def test_ctrl_c_mid_compile_is_one_line_and_leaves_nothing(tmp_path):
+    import signal
+
+    out = tmp_path / "b"
+    p = subprocess.Popen([sys.executable, "-m", "edgesmith", "compile", "random:tiny", "--quant", "q4f32", "-o",
+                          str(out)], stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        if "lowering" in line:  # TVM is building IR now
+            break
+    import time
+    time.sleep(1.5)
+    p.send_signal(signal.SIGINT)
+    rest = p.stderr.read()
+    assert p.wait(timeout=60) == 130
+    assert rest.strip() == "edgesmith: interrupted", rest
+    assert sorted(x.name for x in tmp_path.iterdir()) == []
+
+
+def test_farm_plot_ticks_are_round_and_labels_clear_the_dots():
+    import re
+
+    from edgesmith.runtime.farm.report import _bar_chart, nice_ticks
+
+    assert nice_ticks(38684 * 1.05) == [0, 10000, 20000, 30000, 40000, 50000]
+    rows = [{"label": "board", "mean": 18000.0, "sd": 300.0, "samples": [17500.0, 18100.0, 38684.0],
+             "baseline": None, "status": "passed"}]
+    svg = _bar_chart("pp128", rows)
+    ticks = [float(t) for t in re.findall(r'class="tick"[^>]*>([^<]+)<', svg)]
+    assert ticks == nice_ticks(38684) and all(t % 10000 == 0 for t in ticks)
+    dots = [float(c) for c in re.findall(r'<circle cx="([\d.]+)"', svg)]
+    label = float(re.search(r'class="value" x="([\d.]+)"', svg).group(1))
+    assert label > max(dots) + 2  # past the dot's radius
+
+
+def _record_csv(tmp_path) -> Path:
+    from edgesmith.runtime.profile import formats, records as R
+
+    rec = {"schema": R.SCHEMA, "device": {"name": "host"}, "pp": {"mean": 1.0}}
+    path = tmp_path / "old.csv"
+    path.write_text(formats.write([rec], "csv"))
+    return path
+
+
+def test_compare_stray_csv_line_names_file_and_line(tmp_path):
+    old = _record_csv(tmp_path)
+    old.write_text(old.read_text() + "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p\n")
+    p = edgesmith("compare", old, old)
+    assert_one_line_error(p, str(old), "line 3")
+
+
+def test_compare_a_file_without_records(tmp_path):
+    old = _record_csv(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# notes\n\nnothing measured here\n")
+    assert_one_line_error(edgesmith("compare", old, readme), str(readme), "no edgesmith profile records")
+
+
+def test_profile_markdown_on_a_terminal_has_no_machine_records(q0_bundle, tmp_path):
+    """A person at a terminal reads tables; the record comments (what `compare` reads) go only
+    where the output is kept: a file or a pipe."""
+    import os
+    import pty
+
+    args = [sys.executable, "-m", "edgesmith", "profile", str(q0_bundle), "-p", "8", "-n", "4", "-r", "2",
+            "--max-reps", "2", "--kernels", "0", "--membw-mb", "16", "--cool-below", "off", "-q"]
+    piped = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    assert "<!-- edgesmith-record:" in piped.stdout
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, stdout=follower, stderr=subprocess.DEVNULL)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=300) == 0
+    shown = b"".join(chunks).decode()
+    assert "| host" in shown and "edgesmith-record" not in shown
+    # the stability line says its spread once
+    line = next(l for l in shown.splitlines() if "stability:" in l)
+    assert line.count("%") <= 3, line

@@ -89,10 +89,12 @@ def _bar_chart(title: str, rows: list[dict]) -> str:
     if not rows:
         return ""
     top = max([r["mean"] + r["sd"] for r in rows if r["mean"] is not None] +
+              [s for r in rows for s in r["samples"]] +
               [r["baseline"]["mean"] + r["baseline"]["sd"] for r in rows if r["baseline"]] + [1e-9])
+    ticks = nice_ticks(top)
     left, width, bar, gap = 170, 480, 14, 12
     height = 40 + len(rows) * (2 * bar + gap) + 30
-    x = lambda v: left + width * v / (top * 1.05)  # noqa: E731
+    x = lambda v: left + width * v / ticks[-1]  # noqa: E731
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{left + width + 90}" height="{height}" '
            f'role="img" aria-label="{html.escape(title)}">',
            f'<text x="10" y="20" font-weight="bold">{html.escape(title)}</text>']
@@ -110,7 +112,9 @@ def _bar_chart(title: str, rows: list[dict]) -> str:
         out.append(f'<line x1="{lo:.1f}" x2="{hi:.1f}" y1="{y + bar / 2}" y2="{y + bar / 2}" stroke="#000"/>')
         for s in r["samples"]:
             out.append(f'<circle cx="{x(s):.1f}" cy="{y + bar / 2}" r="2" fill="#fff" stroke="#000"/>')
-        out.append(f'<text x="{hi + 6:.1f}" y="{y + bar - 3}">{r["mean"]:.1f}</text>')
+        # the value past everything drawn on its row (whisker and sample dots), never over them
+        label_x = max([hi, *(x(s) for s in r["samples"])]) + 6
+        out.append(f'<text class="value" x="{label_x:.1f}" y="{y + bar - 3}">{r["mean"]:.1f}</text>')
         if r["baseline"]:
             b = r["baseline"]
             out.append(f'<rect class="baseline" x="{left}" y="{y + bar}" width="{x(b["mean"]) - left:.1f}" '
@@ -118,11 +122,23 @@ def _bar_chart(title: str, rows: list[dict]) -> str:
                        f'<title>baseline {b["mean"]:.2f} ± {b["sd"]:.2f} tok/s</title></rect>')
     axis_y = height - 22
     out.append(f'<line x1="{left}" x2="{left + width}" y1="{axis_y}" y2="{axis_y}" stroke="#868e96"/>')
-    for k in range(5):
-        v = top * 1.05 * k / 4
-        out.append(f'<text x="{x(v):.1f}" y="{axis_y + 15}" text-anchor="middle" font-size="11">{v:.0f}</text>')
+    for v in ticks:
+        out.append(f'<text class="tick" x="{x(v):.1f}" y="{axis_y + 15}" text-anchor="middle" font-size="11">'
+                   f'{v:g}</text>')
     out.append(f'<text x="{left + width + 8}" y="{axis_y + 4}" font-size="11">tok/s</text></svg>')
     return "\n".join(out)
+
+
+def nice_ticks(top: float, most: int = 6) -> list[float]:
+    """Axis ticks from 0 past `top` in a round step (1, 2 or 5 times a power of ten): 0, 10000,
+    20000, 30000, 40000 rather than 0, 19342, 38684."""
+    import math
+
+    raw = top / (most - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    n = math.ceil(top / step - 1e-9)
+    return [round(k * step, 12) for k in range(n + 1)] if n >= 1 else [0.0, step]
 
 
 def report_html(res: dict) -> str:

@@ -24,7 +24,9 @@ FLAT = ("bundle", "device", "software", "params", "pp", "tg", "stability", "memo
 _COMMENT = re.compile(r"^<!-- edgesmith-record: (.*) -->$", re.M)
 
 
-def write(recs: list[dict], fmt: str) -> str:
+def write(recs: list[dict], fmt: str, *, embed_records: bool = True) -> str:
+    """`recs` in `fmt`. md embeds each record in an HTML comment (so `compare` reads the file
+    back) unless embed_records is False: a terminal shows people the tables only."""
     if fmt == "json":
         return json.dumps(recs, indent=1) + "\n"
     if fmt == "jsonl":
@@ -32,7 +34,7 @@ def write(recs: list[dict], fmt: str) -> str:
     if fmt == "csv":
         return _write_csv(recs)
     if fmt == "md":
-        return _write_md(recs)
+        return _write_md(recs, embed_records)
     raise EdgesmithError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -43,19 +45,32 @@ def read(text: str, fmt: str | None = None) -> list[dict]:
             data = json.loads(text)
             recs = data if isinstance(data, list) else [data]
         elif fmt == "jsonl":
-            recs = [json.loads(line) for line in text.splitlines() if line.strip()]
+            recs = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        recs.append(json.loads(line))
+                    except ValueError as err:
+                        raise EdgesmithError(f"line {n}: not a JSON record ({err})") from None
         elif fmt == "csv":
             recs = _read_csv(text)
         elif fmt == "md":
             recs = [json.loads(m) for m in _COMMENT.findall(text)]
         else:
             raise EdgesmithError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    except json.JSONDecodeError as err:
+        raise EdgesmithError(f"line {err.lineno}: not a readable {fmt} profile ({err.msg})") from None
     except (ValueError, csv.Error) as err:
         raise EdgesmithError(f"not a readable {fmt} profile ({err})") from None
-    bad = [r for r in recs if not isinstance(r, dict) or r.get("schema") != R.SCHEMA]
-    if bad:
-        raise EdgesmithError(f"not {R.SCHEMA} records (found schema "
-                             f"{bad[0].get('schema') if isinstance(bad[0], dict) else type(bad[0]).__name__!r})")
+    if not recs:
+        raise EdgesmithError(f"holds no edgesmith profile records (expected what `edgesmith profile -o "
+                             f"{'|'.join(FORMATS)}` writes)")
+    for n, r in enumerate(recs, 1):
+        if not isinstance(r, dict) or r.get("schema") != R.SCHEMA:
+            found = r.get("schema") if isinstance(r, dict) else type(r).__name__
+            where = f"line {r.pop('_line')}" if isinstance(r, dict) and "_line" in r else f"record {n}"
+            raise EdgesmithError(f"{where}: not a {R.SCHEMA} record (found schema {found!r})")
+        r.pop("_line", None)
     return recs
 
 
@@ -127,8 +142,13 @@ def _write_csv(recs: list[dict]) -> str:
 
 def _read_csv(text: str) -> list[dict]:
     out = []
-    for row in csv.DictReader(io.StringIO(text)):
-        rec: dict = {}
+    reader = csv.DictReader(io.StringIO(text))
+    for row in reader:
+        if None in row or None in row.values():  # more or fewer cells than the header has
+            cells = len(row) - (None in row) + len(row.get(None) or ()) - sum(v is None for v in row.values())
+            raise EdgesmithError(f"line {reader.line_num}: {cells} cells where the header has "
+                                 f"{len(reader.fieldnames)}; fix or remove that line")
+        rec: dict = {"_line": reader.line_num}
         for col, cell in row.items():
             section, dot, field = col.partition(".")
             if dot and section in FLAT:
@@ -151,7 +171,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _write_md(recs: list[dict]) -> str:
+def _write_md(recs: list[dict], embed_records: bool = True) -> str:
     header = ["model", "quant", "target", "device", "threads", "test", "t/s", "reps", "peak RSS", "roofline",
               "flags"]
     rows = []
@@ -172,8 +192,9 @@ def _write_md(recs: list[dict]) -> str:
         parts.append("_emulated: timings under qemu, never compared with a real device's._")
     for rec in recs:
         parts.append(_details(rec))
-    parts.append("\n".join(f"<!-- edgesmith-record: {json.dumps(r).replace('>', chr(92) + 'u003e')} -->"
-                           for r in recs))
+    if embed_records:
+        parts.append("\n".join(f"<!-- edgesmith-record: {json.dumps(r).replace('>', chr(92) + 'u003e')} -->"
+                               for r in recs))
     return "\n\n".join(parts) + "\n"
 
 
@@ -189,7 +210,8 @@ def _details(rec: dict) -> str:
                      f"per token -> at most {roof['ceiling_tok_s']:.1f} tok/s; decode reaches "
                      f"{100 * (roof['fraction'] or 0):.1f}%")
     verdict = "stable" if st["stable"] else "UNSTABLE"
-    lines.append(f"- stability: {verdict} after {rec['reps']} repetitions (pp ±{100 * rec['pp']['rsd']:.1f}%, "
+    # (the spread's numbers are said once, here; the reasons say why it is unstable)
+    lines.append(f"- stability: {verdict} after {rec['reps']} repetitions (spread pp ±{100 * rec['pp']['rsd']:.1f}%, "
                  f"tg ±{100 * rec['tg']['rsd']:.1f}%)"
                  + (f"; hottest {st['max_temp_c']:.1f} °C" if st["max_temp_c"] is not None else "")
                  + (f"; cooled down {st['cooldowns']}x, {st['cooldown_s']:.1f} s" if st["cooldowns"] else "")

@@ -89,8 +89,7 @@ def assess(reps: list[dict], events: list[dict], *, target_rsd: float, max_temp_
     if len(reps) < 2:
         reasons.append("one repetition: no spread to judge")
     elif not stable:
-        reasons.append(f"spread above {100 * target_rsd:g}% after {len(reps)} repetitions "
-                       f"(pp {100 * rsd(pp):.1f}%, tg {100 * rsd(tg):.1f}%)")
+        reasons.append(f"spread above the {100 * target_rsd:g}% target")
     temps = [t for r in reps for t in (max_temp(r.get("before")), max_temp(r.get("after"))) if t is not None]
     ratios = [x for r in reps if (x := freq_ratio(r.get("after"))) is not None]
     throttled = False

@@ -1,0 +1,56 @@
+"""What each quantization costs in accuracy, as `compile --eval` measures it: top-1 agreement and
+mean KL against a q0f32 build of the same checkpoint, teacher-forced over the same 32 positions.
+
+    python bench/quant_accuracy.py [--models random:tiny,random:phi-3-mini-4k:layers=2] [--quants q4f16,q4f16i8,q4f32]
+
+Prints a table, writes bench/out/quant_accuracy.json. On random weights the logits are nearly
+flat, so top-1 is noisy there; mean KL is the steadier number. These are the numbers `--eval`'s
+guidance (runtime/evaluate.py TYPICAL) quotes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import table, write_json  # noqa: E402
+
+from edgesmith.compiler.build import compile_bundle  # noqa: E402
+from edgesmith.runtime.evaluate import EVAL_POSITIONS, compare_logits, teacher_forced_logits  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="random:tiny,random:phi-3-mini-4k:layers=2,random:phi-4-mini:layers=2")
+    ap.add_argument("--quants", default="q4f16,q4f16i8,q4f32")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "quant_accuracy.json")
+    args = ap.parse_args()
+    import numpy as np
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgesmith-acc-") as tmp:
+        for model in args.models.split(","):
+            ref_bundle = compile_bundle(model, "q0f32", "host", Path(tmp) / "ref")
+            vocab = int(__import__("json").loads((ref_bundle / "manifest.json").read_text())["model"]["config"]["vocab_size"])
+            ids = np.random.default_rng(0).integers(0, vocab, EVAL_POSITIONS).tolist()
+            ref = teacher_forced_logits(ref_bundle, ids)
+            for quant in args.quants.split(","):
+                t0 = time.perf_counter()
+                b = compile_bundle(model, quant, "host", Path(tmp) / quant)
+                report = compare_logits(ref, teacher_forced_logits(b, ids))
+                rows.append({"model": model, "quant": quant, "top1": 100 * report["top1_agreement"],
+                             "mean_kl": report["mean_kl"], "max_abs_diff": report["max_abs_diff"],
+                             "seconds": time.perf_counter() - t0})
+                print(f"{model} {quant}: top-1 {rows[-1]['top1']:.1f}%, mean KL {report['mean_kl']:.4f}",
+                      file=sys.stderr)
+    print(table(rows, [("model", "model"), ("quant", "quant"), ("top1", "top-1 %"), ("mean_kl", "mean KL (nats)"),
+                       ("max_abs_diff", "max |logit diff|")]))
+    write_json(args.out, {"positions": EVAL_POSITIONS, "rows": rows,
+                          "date": time.strftime("%Y-%m-%d"), "machine": __import__("platform").node()})
+
+
+if __name__ == "__main__":
+    main()
