@@ -32,14 +32,16 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgesmith-acc-") as tmp:
-        for model in args.models.split(","):
-            ref_bundle = compile_bundle(model, "q0f32", "host", Path(tmp) / "ref")
+        for i, model in enumerate(args.models.split(",")):
+            # one folder per bundle: dlopen caches a library by path, so a second model.so at the
+            # same path in this process would silently be the first one
+            ref_bundle = compile_bundle(model, "q0f32", "host", Path(tmp) / f"{i}-ref")
             vocab = int(__import__("json").loads((ref_bundle / "manifest.json").read_text())["model"]["config"]["vocab_size"])
             ids = np.random.default_rng(0).integers(0, vocab, EVAL_POSITIONS).tolist()
             ref = teacher_forced_logits(ref_bundle, ids)
             for quant in args.quants.split(","):
                 t0 = time.perf_counter()
-                b = compile_bundle(model, quant, "host", Path(tmp) / quant)
+                b = compile_bundle(model, quant, "host", Path(tmp) / f"{i}-{quant}")
                 report = compare_logits(ref, teacher_forced_logits(b, ids))
                 rows.append({"model": model, "quant": quant, "top1": 100 * report["top1_agreement"],
                              "mean_kl": report["mean_kl"], "max_abs_diff": report["max_abs_diff"],

@@ -6,8 +6,28 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/hf_tiny.py and friends
 
-# Keep the user's cache out of the tests: the device runtime and runner builds land here.
-os.environ.setdefault("EDGESMITH_CACHE", str(Path(os.environ.get("EDGESMITH_TEST_CACHE", Path.home() / ".cache" / "edgesmith"))))
+def _test_cache() -> Path:
+    """The tests' own cache, fresh each session (compiled bundles, runner builds, references), so
+    nothing a test finds there was left by another version. Only downloads that are keyed by
+    their content and hash-checked (the aarch64 TVM runtime from the package registry) are
+    shared with the user's cache, as links: downloading them again each session would only cost
+    time. EDGESMITH_TEST_CACHE names a folder to keep instead."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if os.environ.get("EDGESMITH_TEST_CACHE"):
+        return Path(os.environ["EDGESMITH_TEST_CACHE"])
+    cache = Path(tempfile.mkdtemp(prefix="edgesmith-test-cache-"))
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    user = Path(os.environ.get("EDGESMITH_CACHE") or Path.home() / ".cache" / "edgesmith")
+    for shared in ("runtime",):
+        (user / shared).mkdir(parents=True, exist_ok=True)
+        (cache / shared).symlink_to(user / shared)
+    return cache
+
+
+os.environ["EDGESMITH_CACHE"] = str(_test_cache())
 
 
 @pytest.fixture(scope="session")

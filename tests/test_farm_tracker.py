@@ -4,7 +4,6 @@ status` shows devices, holders and the queue."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,12 +12,11 @@ import time
 
 import pytest
 
-pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (pip install -e '.[farm]')")
-
-from edgesmith.runtime.devices import parse_devices  # noqa: E402
-from edgesmith.runtime.farm.agent import Agent  # noqa: E402
-from edgesmith.runtime.farm.run import TrackerLease  # noqa: E402
-from edgesmith.runtime.farm.tracker import TrackerError, farm_status, format_status  # noqa: E402
+from edgesmith.runtime.devices import parse_devices
+from edgesmith.runtime.farm.agent import Agent
+from edgesmith.runtime.farm.run import TrackerLease
+from edgesmith.runtime.farm.tracker import TrackerError, farm_status, format_status
+from tracker_proc import running_tracker
 
 ENTRY = {"name": "dut", "transport": "local", "target": "host", "tags": ["bench"]}
 KEY = "edgesmith/host/dut"
@@ -26,21 +24,8 @@ KEY = "edgesmith/host/dut"
 
 @pytest.fixture(scope="module")
 def tracker():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
-                             str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        end = time.monotonic() + 60
-        while socket.socket().connect_ex(("127.0.0.1", port)):
-            assert time.monotonic() < end and proc.poll() is None, "the tracker did not start"
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with running_tracker() as address:
+        yield address
 
 
 @pytest.fixture
@@ -49,7 +34,15 @@ def agent(tracker):
     a = Agent(tracker, [(device, ENTRY)], name="rack", host="127.0.0.1", claim_timeout=3).start()
     yield a
     a.stop()
-    time.sleep(0.3)  # the tracker drops the agent's offers when its connection closes
+    # the tracker drops the agent's offers when its connection closes: wait until it has
+    wait_until(lambda: not farm_status(tracker)["devices"], "the tracker to forget the agent")
+
+
+def wait_until(predicate, what: str, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def test_waiting_jobs_are_served_by_priority(tracker, agent):
@@ -63,10 +56,10 @@ def test_waiting_jobs_are_served_by_priority(tracker, agent):
         order.append(user)
         lease.release()
 
-    for user, priority in (("low", 0), ("high", 10)):  # low asks first
+    for n, (user, priority) in enumerate((("low", 0), ("high", 10)), 1):  # low asks first
         threads.append(threading.Thread(target=wait, args=(user, priority)))
         threads[-1].start()
-        time.sleep(0.5)
+        wait_until(lambda: farm_status(tracker)["queue"].get(KEY, {}).get("pending") == n, f"{user} in the queue")
     status = farm_status(tracker)
     assert status["queue"][KEY]["pending"] == 2 and status["devices"][0]["lease"]["user"] == "holder"
     text = format_status(status)
@@ -107,11 +100,12 @@ def test_a_forged_matchkey_gets_no_lease(tracker, agent):
         lease_from(tracker, "127.0.0.1", agent.port, agent.slots["dut"].matchkey, "forger", 0)
 
 
-def test_usage_and_configuration_errors_exit_1(tmp_path):
+def test_usage_and_configuration_errors_exit_1(tmp_path, monkeypatch):
     from edgesmith.cli import main
 
+    monkeypatch.delenv("EDGESMITH_TRACKER", raising=False)
     base = ["farm", "run", "--model", "random:tiny", "--out", str(tmp_path)]
     assert main(base + ["--tracker", "127.0.0.1:1"]) == 1            # no tracker there
     assert main(base + ["-s", "no-such-device-or-tag"]) == 1          # selects nothing
     assert main(base + ["--baseline", str(tmp_path / "missing.json")]) == 1
-    assert main(["farm", "status"]) == 1 if not os.environ.get("EDGESMITH_TRACKER") else True
+    assert main(["farm", "status"]) == 1  # no tracker named

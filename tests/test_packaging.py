@@ -71,10 +71,16 @@ def test_the_walk_sees_the_imports_it_must_judge():
 def installed(tmp_path_factory) -> Path:
     """A venv holding a wheel of this checkout (not an editable install); its dependencies come
     from the test environment's site-packages through a .pth line, so nothing is downloaded."""
+    import shutil
+
     tmp = tmp_path_factory.mktemp("wheel-install")
     wheel_dir = tmp / "wheels"
+    # a copy of the checkout: setuptools builds in the source folder (build/, *.egg-info)
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache", "bench"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheel_dir), str(ROOT)], check=True, capture_output=True, text=True)
+                    str(wheel_dir), str(src)], check=True, capture_output=True, text=True)
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"

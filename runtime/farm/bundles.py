@@ -4,38 +4,23 @@ the source of the compiler, the targets and the runner. Same inputs, same folder
 run (or a second CI job on the same machine) pushes the bundle it already has."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[2]
-_SOURCES = ("compiler", "targets", "runtime/runner")
-
 
 def cache_dir() -> Path:
-    base = Path(os.environ.get("EDGESMITH_CACHE") or Path.home() / ".cache" / "edgesmith")
-    return base / "farm" / "bundles"
+    from edgesmith.targets.runtime_libs import cache_root
 
-
-def _source_hash() -> str:
-    h = hashlib.sha256()
-    for folder in _SOURCES:
-        for path in sorted((_ROOT / folder).rglob("*")):
-            if path.is_file() and (path.suffix in (".py", ".cc", ".h", ".c") or path.name == "Makefile"):
-                h.update(path.relative_to(_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
+    return cache_root() / "farm" / "bundles"
 
 
 def content_key(model: str, quant: str, target: str) -> str:
     from edgesmith.compiler.checkpoint import open_checkpoint
-    from edgesmith.targets.tvm_api import TVM_VERSION
+    from edgesmith.compiler.provenance import bundle_key
 
-    inputs = {"fingerprint": open_checkpoint(model).fingerprint(), "quant": quant, "target": target,
-              "tvm": TVM_VERSION, "sources": _source_hash()}
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return bundle_key(open_checkpoint(model).fingerprint(), quant, target)
 
 
 def bundle_for(model: str, quant: str | None, target: str, *, progress=None) -> dict:

@@ -52,9 +52,13 @@ def reference_bundle(manifest: dict, source: str | None = None, progress=None) -
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.targets.runtime_libs import cache_root
 
+    from edgesmith.compiler.provenance import bundle_key
+
     fp = manifest["model"]["fingerprint"]
     emb = manifest.get("quantize_embedding", True)
-    out = cache_root() / "reference" / f"{fp[:16]}-{manifest['quant']}{'' if emb else '-femb'}-host"
+    # keyed by all that makes it (compiler sources and TVM version included): never a stale reference
+    key = bundle_key(fp, manifest["quant"], "host", quantize_embedding=emb)
+    out = cache_root() / "reference" / f"{fp[:12]}-{manifest['quant']}-host-{key[:16]}"
     if not (out / "manifest.json").is_file():
         source = source or reference_source(manifest)
         if progress:
