@@ -426,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--cool-timeout", type=_at_least(0.0, float), default=120.0, help="seconds to wait for it (default 120)")
         sp.add_argument("--max-temp", type=float, default=85.0, help="a repetition this hot is marked throttled")
         sp.add_argument("--kernels", type=_count, default=10, metavar="N", help="top-N kernel table (0: skip the pass)")
-        sp.add_argument("--membw-mb", type=_positive, default=256, help="buffer read to measure bandwidth (MiB)")
+        sp.add_argument("--membw-mb", type=_count, default=0, help="MiB the bandwidth probe reads (default 0: four "
+                        "times the device's last-level cache, at least 256)")
         sp.add_argument("--check", action="store_true", help="compare the device's logits with a host reference first")
         sp.add_argument("--reference", metavar="MODEL", help="checkpoint to compile the --check reference from "
                         "(default: the bundle's own source)")
@@ -510,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--target-rsd", type=_at_least(0.0, float), default=0.03)
     fr.add_argument("--cool-below", type=_cool, default="auto")
     fr.add_argument("--kernels", type=_count, default=0, metavar="N", help="top-N kernel table (default 0: skip)")
-    fr.add_argument("--membw-mb", type=_positive, default=256)
+    fr.add_argument("--membw-mb", type=_count, default=0, help="as profile's (default 0: from the caches)")
     fr.add_argument("--timeout", type=_seconds, default=600.0, help="seconds per runner command (default 600)")
     fr.add_argument("-q", "--quiet", action="store_true")
     farm_common(fr)

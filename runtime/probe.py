@@ -26,6 +26,8 @@ def probe_script(workdir: str) -> str:
         'echo "cores=$(grep -c ^processor /proc/cpuinfo 2>/dev/null)"',
         'for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq; do '
         '[ -r "$f" ] && echo "freq=$(cat "$f")"; done',
+        'for c in /sys/devices/system/cpu/cpu0/cache/index*; do [ -r "$c/size" ] && '
+        'echo "cache=$(cat "$c/level" 2>/dev/null):$(cat "$c/type" 2>/dev/null):$(cat "$c/size")"; done',
         'for z in /sys/class/thermal/thermal_zone*; do [ -r "$z/temp" ] && '
         'echo "thermal=$(cat "$z/type" 2>/dev/null):$(cat "$z/temp" 2>/dev/null)"; done',
         f"d={shell_join([workdir])}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; "
@@ -37,6 +39,7 @@ def probe_script(workdir: str) -> str:
 
 def parse_probe(text: str) -> dict:
     info: dict = {"freqs_mhz": [], "thermal": {}, "gpu_apis": {}}
+    caches: list[tuple[int, int]] = []  # (level, bytes) of the data and unified caches
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if not sep:
@@ -61,6 +64,13 @@ def parse_probe(text: str) -> dict:
             if temp.lstrip("-").isdigit():
                 t = int(temp)
                 info["thermal"][zone or f"zone{len(info['thermal'])}"] = t / 1000 if abs(t) > 200 else t
+        elif key == "cache":  # level:type:size, e.g. 3:Unified:32768K; the largest data cache is the LLC
+            level, _, rest = value.partition(":")
+            kind, _, size = rest.partition(":")
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+            digits = size.rstrip("KMG")
+            if kind != "Instruction" and level.isdigit() and digits.isdigit():
+                caches.append((int(level), int(digits) * scale))
         elif key == "df":
             fields = value.split()
             if len(fields) >= 4 and fields[3].isdigit():
@@ -68,6 +78,8 @@ def parse_probe(text: str) -> dict:
         elif key == "gpu":
             api, _, path = value.partition(":")
             info["gpu_apis"].setdefault(api, []).append(path)
+    if caches:
+        info["llc_bytes"] = max(caches)[1]  # the highest level (the largest of it)
     return info
 
 

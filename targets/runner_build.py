@@ -78,9 +78,10 @@ def _build_cached(preset: TargetPreset) -> Path:
     src = runner_source()
     ffi_lib = next(p for p in runtime_libs(preset) if p.name == "libtvm_ffi.so")
     flags = _flags(preset, ffi_lib)
+    headers = [h.read_text() for h in sorted(src.parent.glob("*.h"))]  # runner.cc includes them
     key = hashlib.sha256(
         "\0".join(
-            [src.read_text(), _compiler_version(tc), str(tc.cxx), *flags, runtime_version()]
+            [src.read_text(), *headers, _compiler_version(tc), str(tc.cxx), *flags, runtime_version()]
         ).encode()
     ).hexdigest()[:16]
     # keyed by toolchain, not preset: arm64-linux and android-arm64 share one binary
@@ -121,6 +122,8 @@ def _on_device_files(preset: TargetPreset) -> dict[str, Path]:
     files = dict(gpu_runtime_libs(preset))
     files["build-on-device.sh"] = ON_DEVICE_SCRIPT
     files["src/runner.cc"] = runner_source()
+    for header in runner_source().parent.glob("*.h"):  # membw.h, beside runner.cc
+        files[f"src/{header.name}"] = header
     for inc in ffi_include_dirs():
         for header in inc.rglob("*.h"):
             files[f"src/include/{header.relative_to(inc).as_posix()}"] = header

@@ -78,7 +78,10 @@ def test_profile_reads_back_in_every_format(profiles, name):
     assert rec["pp"]["mean"] > 0 and rec["tg"]["mean"] > 0
     assert rec["memory"]["peak_rss_bytes"] > rec["memory"]["weight_bytes"] > 0
     assert rec["memory"]["kv_cache_bytes"] == 2 * 2 * 2 * 32 * 16 * 4  # layers, K+V, kv heads, head dim, one page
-    assert rec["roofline"]["read_gb_s"] > 0 and 0 < rec["roofline"]["fraction"]
+    roof = rec["roofline"]
+    assert roof["read_gb_s"] > 0 and roof["probe"]["threads"] >= 1 and roof["probe"]["spread"] is not None
+    # the tiny model's reads fit any last-level cache; under qemu the probe measured the emulator
+    assert roof["bound"] == ("emulated" if name != "host" else "cache") and roof["fraction"] is None, roof
     top = rec["kernels"]["top"]
     assert len(top) == 5 and top[0]["total_s"] >= top[-1]["total_s"] and top[0]["calls"] >= 1
     assert rec["software"]["tvm_version"] and len(rec["bundle"]["sha256"]) == 64

@@ -114,5 +114,38 @@ def test_every_format_reads_back_awkward_values():
 
 
 def test_read_refuses_other_files():
-    with pytest.raises(Exception, match="not edgesmith.profile/1 records"):
+    with pytest.raises(Exception, match="not an edgesmith.profile/1 record"):
         formats.read('[{"a": 1}]', "json")
+
+
+# ---------------------------------------------------------------- what bounds the roofline
+
+def _roof(tok_s: float, per_token_mb: float, probe_gbs: float, llc_mib: float, emulated=False) -> dict:
+    from edgesmith.runtime.profile.roofline import bound_roofline
+
+    return bound_roofline(int(per_token_mb * 1e6), tok_s, {"read_gb_s": probe_gbs, "llc_bytes": int(llc_mib * (1 << 20)),
+                                                           "spread": 0.02, "mb": 1024, "threads": 2}, emulated=emulated)
+
+
+def test_roofline_from_dram():
+    r = _roof(tok_s=8.0, per_token_mb=2200, probe_gbs=22.0, llc_mib=300)
+    assert r["bound"] == "dram" and r["ceiling_tok_s"] == pytest.approx(10.0) and r["fraction"] == pytest.approx(0.8)
+
+
+def test_roofline_never_above_100_percent():
+    # decode streamed 9.9 x 2.2 = 21.8 GB/s while the probe said 9.7: the probe was wrong, not physics
+    r = _roof(tok_s=9.9, per_token_mb=2200, probe_gbs=9.7, llc_mib=300)
+    assert r["bound"] == "decode" and r["fraction"] == 1.0 and "more than the probe" in r["note"]
+    rec = _record([10.0, 10.0], [9.9, 9.9])
+    rec["roofline"] = r
+    assert "decode-above-probe" in records.flags(rec)
+
+
+def test_roofline_says_cache_when_a_token_fits_the_llc():
+    r = _roof(tok_s=60.0, per_token_mb=250, probe_gbs=19.0, llc_mib=300)
+    assert r["bound"] == "cache" and r["fraction"] is None and "last-level cache" in r["note"]
+
+
+def test_roofline_under_qemu_gives_no_fraction():
+    r = _roof(tok_s=0.2, per_token_mb=2200, probe_gbs=1.0, llc_mib=300, emulated=True)
+    assert r["bound"] == "emulated" and r["fraction"] is None and r["ceiling_tok_s"] is None

@@ -69,7 +69,7 @@ def read(text: str, fmt: str | None = None) -> list[dict]:
         if not isinstance(r, dict) or r.get("schema") != R.SCHEMA:
             found = r.get("schema") if isinstance(r, dict) else type(r).__name__
             where = f"line {r.pop('_line')}" if isinstance(r, dict) and "_line" in r else f"record {n}"
-            raise EdgesmithError(f"{where}: not a {R.SCHEMA} record (found schema {found!r})")
+            raise EdgesmithError(f"{where}: not an {R.SCHEMA} record (found schema {found!r})")
         r.pop("_line", None)
     return recs
 
@@ -184,7 +184,7 @@ def _write_md(recs: list[dict], embed_records: bool = True) -> str:
                 row["model"], row["quant"], row["target"], row["device"] + (" (emulated)" if row["emulated"] else ""),
                 str(row["threads"] or "auto"), row["test"], f"{s['mean']:.2f} ± {s['sd']:.2f}", str(s["n"]),
                 _mib(rec["memory"]["peak_rss_bytes"]),
-                f"{100 * roof['fraction']:.1f}% of {roof['ceiling_tok_s']:.0f}" if is_tg and roof["fraction"] else "",
+                _roof_cell(roof) if is_tg else "",
                 ", ".join(rec["flags"]),
             ])
     parts = [_table(header, rows)]
@@ -198,6 +198,14 @@ def _write_md(recs: list[dict], embed_records: bool = True) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _roof_cell(roof: dict) -> str:
+    bound = roof.get("bound")
+    if bound in ("dram", "decode") and roof["fraction"] is not None:
+        return f"{100 * roof['fraction']:.0f}% of {roof['ceiling_tok_s']:.1f}" + (" (decode's own)" if bound == "decode"
+                                                                                   else "")
+    return {"cache": "cache-resident", "emulated": "emulated"}.get(bound, "")
+
+
 def _details(rec: dict) -> str:
     p, m, roof, st = rec["params"], rec["memory"], rec["roofline"], rec["stability"]
     title = f"### {rec['device']['name']} · pp{p['prompt']} tg{p['gen']}" + (f" · {p['threads']} threads" if p["threads"] else "")
@@ -206,9 +214,18 @@ def _details(rec: dict) -> str:
                  f"weights {_mib(m['weight_bytes'])}, KV cache {_mib(m['kv_cache_bytes'])} for {m['kv_context']} tokens; "
                  f"estimate {_mib(m['need_bytes'])} of {_mib(m['free_bytes'])} free")
     if roof["read_gb_s"]:
-        lines.append(f"- roofline: read bandwidth {roof['read_gb_s']:.2f} GB/s, {roof['bytes_per_token'] / 1e6:.2f} MB "
-                     f"per token -> at most {roof['ceiling_tok_s']:.1f} tok/s; decode reaches "
-                     f"{100 * (roof['fraction'] or 0):.1f}%")
+        probe = roof.get("probe") or {}
+        steady = (f", passes within {100 * probe['spread']:.1f}%" if probe.get("spread") is not None else "")
+        where = f" ({probe['mb']} MiB, {probe['threads']} threads{steady})" if probe.get("mb") else ""
+        line = (f"- roofline: read bandwidth {roof['read_gb_s']:.2f} GB/s{where}"
+                + (" (emulated)" if roof.get("bound") == "emulated" else "")
+                + f"; {roof['bytes_per_token'] / 1e6:.2f} MB per token")
+        if roof.get("bound") == "dram":
+            line += (f" -> at most {roof['ceiling_tok_s']:.1f} tok/s; decode reaches {100 * roof['fraction']:.1f}% "
+                     "of the DRAM ceiling")
+        if roof.get("note"):
+            line += f"; {roof['note']}"
+        lines.append(line)
     verdict = "stable" if st["stable"] else "UNSTABLE"
     # (the spread's numbers are said once, here; the reasons say why it is unstable)
     lines.append(f"- stability: {verdict} after {rec['reps']} repetitions (spread pp ±{100 * rec['pp']['rsd']:.1f}%, "

@@ -11,10 +11,13 @@
     pp, tg      tok/s: mean, sd, rsd, n, samples (one per repetition); seconds (per repetition)
     reps, stop  repetitions measured; "stable" (spread under target) or "max_reps"
     stability   stable, throttled, reasons, cooldown_s, cooldowns, max_temp_c, min_freq_ratio
-    flags       labels for tables: "emulated", "unstable", "throttled"
+    flags       labels for tables: "emulated", "unstable", "throttled", "decode-above-probe",
+                "cache-resident"
     memory      peak_rss_bytes, rss_after_load_bytes, weight_bytes, kv_cache_bytes, kv_context,
                 runtime_bytes, need_bytes (the fit estimate), free_bytes (before the run), fits
-    roofline    read_gb_s, bytes_per_token, ceiling_tok_s, fraction (tg mean / ceiling)
+    roofline    read_gb_s, probe {read_gb_s, median_gb_s, spread, mb, llc_bytes, threads},
+                bytes_per_token, decode_gb_s, ceiling_tok_s, fraction (tg mean / ceiling), bound
+                ("dram" | "cache" | "decode" | "emulated", roofline.py), note
     kernels     prefill_s, decode_s, other_s, kernels, top: [kernel, phase, calls, total_s,
                 per_call_us, share] — or null when not measured
     check       the accuracy check (check.py) — or null when not asked for
@@ -56,6 +59,11 @@ def flags(record: dict) -> list[str]:
         out.append("unstable")
     if record["stability"]["throttled"]:
         out.append("throttled")
+    bound = (record.get("roofline") or {}).get("bound")
+    if bound == "decode":
+        out.append("decode-above-probe")  # the probe read less than decode streamed: decode is the ceiling
+    elif bound == "cache":
+        out.append("cache-resident")      # a token's reads fit in the last-level cache: no DRAM fraction
     return out
 
 

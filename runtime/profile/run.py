@@ -33,7 +33,7 @@ class ProfileOptions:
     max_temp: float = 85.0   # a repetition reaching this counts as throttled
     kernels_top: int = 10    # 0: no per-kernel pass
     kernel_gen: int = 32     # decode steps timed in the per-kernel pass (at most gen)
-    membw_mb: int = 256
+    membw_mb: int = 0  # 0: the runner sizes the buffer from the last-level cache
     check: bool = False
     reference: str | None = None
     sysroot: str = ""        # read sysfs and /proc/meminfo under this folder (a fake device state)
@@ -78,8 +78,10 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
                             on_line=(lambda line: on_line(cmd, line)) if on_line else None)
 
         version = run(["version"], verify=True)[-1]
-        say(f"memory bandwidth ({o.membw_mb} MiB read)")
-        membw = [l for l in run(["membw", "--mb", o.membw_mb, "-r", 3], verify=True) if l.get("summary")][-1]
+        mb = o.membw_mb or membw_size_mb(probe.get("llc_bytes"), free)
+        say(f"memory bandwidth ({mb} MiB read: " + ("asked" if o.membw_mb else "4x the last-level cache") + ")")
+        membw = [l for l in run(["membw", "--mb", mb, "-r", 5], verify=True) if l.get("summary")][-1]
+        membw.setdefault("llc_bytes", probe.get("llc_bytes"))  # (an older runner does not say)
         verified = False
         check = None
         if o.check:
@@ -140,13 +142,22 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
                            "kv_context": need["kv_context"], "runtime_bytes": need["runtime_bytes"],
                            "need_bytes": need["need_bytes"], "free_bytes": free,
                            "fits": None if free is None else need["need_bytes"] <= free},
-                "roofline": roofline(manifest, params, p, n, tg["mean"], membw.get("read_gb_s")),
+                "roofline": roofline(manifest, params, p, n, tg["mean"], membw, emulated=device.emulated),
                 "kernels": kernels,
                 "check": check,
             }
             record["flags"] = records.flags(record)
             out.append(record)
     return out
+
+
+def membw_size_mb(llc_bytes: int | None, free_bytes: int | None) -> int:
+    """The probe's buffer: four times the last-level cache, so decode-like streaming misses it, at
+    least 256 MiB, at most a quarter of the free memory (the runner's own rule when run alone)."""
+    mb = max(256, 4 * (llc_bytes or 0) >> 20)
+    if free_bytes:
+        mb = min(mb, max(64, free_bytes // 4 >> 20))
+    return int(mb)
 
 
 def _version() -> str:

@@ -56,6 +56,8 @@
 #include <thread>
 #include <vector>
 
+#include "membw.h"
+
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
 #include <tvm/ffi/container/shape.h>
@@ -761,7 +763,7 @@ static long current_rss_kb() {
 
 struct ProfileArgs {
   int64_t p = 128, n = 128, warmup = 1, min_reps = 3, max_reps = 10, context = 0, positions = 0;
-  int64_t mb = 256;
+  int64_t mb = 0;  // membw: 0 = sized from the last-level cache
   double target_rsd = 0.03, cool_below = 0, cool_timeout = 300, cool_poll = 1;
   std::string sysroot;
   std::vector<int32_t> tokens;
@@ -976,47 +978,19 @@ static void cmd_logits(const Model& model, const Manifest& m, const ProfileArgs&
   printf("{\"summary\": true, \"positions\": %zu}\n", a.tokens.size());
 }
 
-// --- membw: every thread sums its slice of a buffer much larger than the caches, prefetching
-// ahead; the best of r passes (GB/s = bytes / seconds) is what the memory system delivers to reads.
+// --- membw: the device's read bandwidth as decode can use it (membw.h says how it is measured).
 
 static void cmd_membw(const ProfileArgs& a) {
-  if (a.mb < 1 || a.min_reps < 1) die("membw needs --mb >= 1 and -r >= 1");
+  if (a.mb < 0 || a.min_reps < 1) die("membw needs --mb >= 0 (0: sized from the caches) and -r >= 1");
   const char* env = getenv("TVM_NUM_THREADS");
   int threads = env ? atoi(env) : int(std::thread::hardware_concurrency());
-  threads = std::max(threads, 1);
-  size_t words = size_t(a.mb) * (1 << 20) / sizeof(uint64_t);
-  std::vector<uint64_t> buf(words);
-  for (size_t i = 0; i < words; ++i) buf[i] = i;  // touch every page before timing
-  std::vector<uint64_t> sums(threads);
-  double best = 0;
-  for (int64_t rep = 0; rep < a.min_reps; ++rep) {
-    double t0 = now_s();
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] {
-        size_t lo = words * t / threads, hi = words * (t + 1) / threads;
-        uint64_t acc[8] = {0};  // eight chains (vectorizable): the adds don't serialize
-        size_t i = lo;
-        for (; i + 8 <= hi; i += 8) {
-          // Prefetched 2 KiB ahead, as the model's GEMVs do: without it one core keeps too few
-          // misses in flight, and the "ceiling" was below what the kernels themselves stream.
-          __builtin_prefetch(&buf[std::min(i + 256, hi - 1)]);
-          for (int j = 0; j < 8; ++j) acc[j] += buf[i + j];
-        }
-        for (; i < hi; ++i) acc[0] += buf[i];
-        uint64_t total = 0;
-        for (uint64_t v : acc) total += v;
-        sums[t] = total;
-      });
-    for (auto& th : pool) th.join();
-    double gbs = words * sizeof(uint64_t) / (now_s() - t0) / 1e9;
-    best = std::max(best, gbs);
-    printf("{\"rep\": %ld, \"read_gb_s\": %.3f}\n", long(rep), gbs);
-  }
-  uint64_t check = 0;
-  for (uint64_t s : sums) check += s;  // used, so the reads are not optimized away
-  printf("{\"summary\": true, \"read_gb_s\": %.3f, \"mb\": %ld, \"threads\": %d, \"checksum\": %llu}\n", best,
-         long(a.mb), threads, (unsigned long long)(check & 0xffff));
+  membw::Result r = membw::measure(a.mb, int(a.min_reps), threads, now_s, [](int i, double gbs) {
+    printf("{\"rep\": %d, \"read_gb_s\": %.3f}\n", i, gbs);
+  });
+  printf("{\"summary\": true, \"read_gb_s\": %.3f, \"median_gb_s\": %.3f, \"spread\": %.4f, \"passes\": %zu, "
+         "\"mb\": %ld, \"llc_bytes\": %ld, \"threads\": %d, \"checksum\": %llu}\n",
+         r.best, r.median, r.spread, r.passes.size(), long(r.mb), long(r.llc_bytes), r.threads,
+         (unsigned long long)(r.checksum & 0xffff));
 }
 
 // Command-line values shared by every command's parser: the argument after `flag` (advancing i).
