@@ -18,11 +18,33 @@ from edgesmith.runtime.emulated import (clear_fault, emulated_device_entries, se
 TOKENS = "1,2,3,4,5"
 
 __all__ = ["emulators", "devices_yaml", "devices", "arm64_bundle", "host_bundle", "fault", "sandbox", "wipe",
-           "device_files", "TOKENS", "pytestmark_emulated"]
+           "device_files", "TOKENS", "pytestmark_emulated", "board_emulator", "board_device", "needs_sshd"]
 
+# Each test skips only for what it uses (scripts/install.sh installs all of them: CI skips none).
+needs_sshd = pytest.mark.skipif(not os.access("/usr/sbin/sshd", os.X_OK),
+                                reason="the emulated board needs openssh-server (apt-get install openssh-server)")
 pytestmark_emulated = pytest.mark.skipif(
     not (shutil.which("adb") and shutil.which("qemu-aarch64-static") and os.access("/usr/sbin/sshd", os.X_OK)),
     reason="emulated devices need adb, qemu-user-static and openssh-server (apt-get install them)")
+
+
+@pytest.fixture(scope="session")
+def board_emulator(tmp_path_factory):
+    """The board alone (sshd and its link; no adb, no qemu), for tests of the SSH side only."""
+    state = tmp_path_factory.mktemp("board-only")
+    status = start_emulators(state, ports={"ssh": 0, "adb_device": 0, "adb_server": 0}, phone=False)
+    try:
+        yield status
+    finally:
+        stop_emulators(state)
+
+
+@pytest.fixture(scope="session")
+def board_device(board_emulator):
+    from edgesmith.runtime.devices import parse_devices
+
+    board = [e for e in emulated_device_entries(board_emulator) if e["name"] == "board"]
+    return parse_devices(board, "board-only")["board"]
 
 
 @pytest.fixture(scope="session")

@@ -61,7 +61,9 @@ def fails_in_time(name: str, call, timeout: float = TIMEOUT) -> tuple[str, float
         call()
     took = time.monotonic() - t0
     message = str(info.value)
-    assert took < timeout + 2, f"{name}: took {took:.1f} s to fail ({message})"
+    # The deadline is the behaviour: failing within it, with the slack a loaded 2-core machine needs
+    # to notice (a hang would take the test's whole timeout, or forever).
+    assert took < timeout + 10, f"{name}: took {took:.1f} s to fail ({message})"
     assert message.startswith(f"device '{name}': ") and "\n" not in message
     return message, took
 

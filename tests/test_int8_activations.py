@@ -82,6 +82,45 @@ def test_gemm_matches_numpy_scheme(isa, tokens):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+# Every int4 matmul of Phi-3-mini at its real width: (out, in) of qkv, o, gate_up, down and lm_head.
+PHI3_MINI_LAYERS = {"qkv": (9216, 3072), "o": (3072, 3072), "gate_up": (16384, 3072), "down": (3072, 8192),
+                    "lm_head": (32064, 3072)}
+
+
+def _rows_in_blocks(x_tokens, packed, scale, rows=2048):
+    """numpy_int8_gemv per token over blocks of rows (its int64 temporaries stay small)."""
+    return np.stack([np.concatenate([numpy_int8_gemv(x, packed[r:r + rows], scale[r:r + rows], 32)
+                                     for r in range(0, packed.shape[0], rows)]) for x in x_tokens])
+
+
+@needs_dot
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", sorted(PHI3_MINI_LAYERS))
+def test_int8_kernels_at_full_phi3_widths(layer):
+    """Per layer, at the shapes the model runs: the decode GEMV (one token) and the prefill GEMM
+    (5 tokens) against the numpy scheme, so the loose model-level KL bound is not the only guard."""
+    n, k = PHI3_MINI_LAYERS[layer]
+    isa = kernels_int8.pick(HOST_ISAS, k, 32)
+    assert isa is not None, f"{layer}: no dot-product ISA tiles k={k}"
+    rng = np.random.default_rng(n + k)
+    packed, scale = quantize_q4((rng.standard_normal((n, k)) * 0.02).astype(np.float32), 32, "float16")
+    dev = tvm.cpu()
+    w = [tvm.runtime.tensor(a, dev) for a in (packed, scale)]
+    x1 = rng.standard_normal((1, 1, k)).astype(np.float32)
+    gemv = kernels_int8.q4_gemv_i8(n, k, 32, "float16", isa).with_attr("global_symbol", "main")
+    out = tvm.runtime.empty((1, 1, n), "float32", dev)
+    tvm.compile(tvm.IRModule({"main": gemv}), target=HOST)["main"](tvm.runtime.tensor(x1, dev), *w, out)
+    want = _rows_in_blocks(x1[0], packed, scale)
+    np.testing.assert_allclose(out.numpy()[0], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert kernels_int8.gemm_applies(isa, n, k, 32), f"{layer}: the prefill GEMM does not apply at ({n}, {k})"
+    x5 = rng.standard_normal((1, 5, k)).astype(np.float32)
+    gemm = kernels_int8.q4_gemm_i8(n, k, 32, "float16", isa).with_attr("global_symbol", "main")
+    out = tvm.runtime.tensor(np.full((1, 5, n), np.nan, np.float32), dev)
+    tvm.compile(tvm.IRModule({"main": gemm}), target=HOST)["main"](tvm.runtime.tensor(x5, dev), *w, out)
+    want = _rows_in_blocks(x5[0], packed, scale)
+    np.testing.assert_allclose(out.numpy()[0], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_isa_choice_per_target_and_shape():
     arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+v8.2a", "+dotprod"]})
     assert [i.name for i in kernels_int8.dot_isas(arm)] == ["dotprod"]

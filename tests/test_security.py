@@ -15,9 +15,9 @@ from edgesmith.runtime.remote import run_bundle
 from edgesmith.runtime.transports import DeviceError, HostKeyError, open_transport
 
 from emulated_fixtures import *  # noqa: F401,F403
-from emulated_fixtures import TOKENS, pytestmark_emulated
+from emulated_fixtures import TOKENS, needs_sshd, pytestmark_emulated
 
-pytestmark = [pytestmark_emulated, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]  # each test's skip condition is what it uses (the SSH ones: only sshd)
 
 
 def evil(canaries: Path, tag: str) -> str:
@@ -48,38 +48,42 @@ def with_ssh(device, **changes):
     return dataclasses.replace(device, ssh=dataclasses.replace(device.ssh, **changes))
 
 
-def host_fingerprint(emulators) -> str:
+def host_fingerprint(status) -> str:
     """The board's host key fingerprint, as ssh-keygen (not our code) computes it."""
-    pub = Path(emulators["state_dir"]) / "ssh" / "host_ed25519.pub"
+    pub = Path(status["state_dir"]) / "ssh" / "host_ed25519.pub"
     return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True).stdout.split()[1]
 
 
 # ------------------------------------------------------------------ host keys
 
-def test_unknown_host_key_is_refused(devices, tmp_path, monkeypatch):
+@needs_sshd
+def test_unknown_host_key_is_refused(board_device, tmp_path, monkeypatch):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     with pytest.raises(HostKeyError, match=r"^device 'board': host key SHA256:\S+ for \[127.0.0.1\]:\d+ is unknown"):
-        open_transport(with_ssh(devices["board"], known_hosts=empty)).run("true", timeout=10)
+        open_transport(with_ssh(board_device, known_hosts=empty)).run("true", timeout=10)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/known_hosts at all: still refused
     with pytest.raises(HostKeyError, match="is unknown"):
-        open_transport(with_ssh(devices["board"], known_hosts=None)).run("true", timeout=10)
+        open_transport(with_ssh(board_device, known_hosts=None)).run("true", timeout=10)
 
 
-def test_changed_host_key_is_refused(devices, emulators, tmp_path):
+@needs_sshd
+def test_changed_host_key_is_refused(board_device, board_emulator, tmp_path):
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{emulators['ports']['ssh']} {' '.join(other.with_suffix('.pub').read_text().split()[:2])}\n")
+    known.write_text(f"[127.0.0.1]:{board_emulator['ports']['ssh']} "
+                     f"{' '.join(other.with_suffix('.pub').read_text().split()[:2])}\n")
     with pytest.raises(HostKeyError) as info:
-        open_transport(with_ssh(devices["board"], known_hosts=known)).run("true", timeout=10)
+        open_transport(with_ssh(board_device, known_hosts=known)).run("true", timeout=10)
     assert str(info.value).startswith("device 'board': host key for 127.0.0.1:")
-    assert f"the server offers {host_fingerprint(emulators)}" in str(info.value) and "changed" in str(info.value)
+    assert f"the server offers {host_fingerprint(board_emulator)}" in str(info.value) and "changed" in str(info.value)
 
 
-def test_pinned_host_key(devices, emulators, tmp_path):
-    pinned = host_fingerprint(emulators)
-    board = with_ssh(devices["board"], known_hosts=None, host_key=pinned)
+@needs_sshd
+def test_pinned_host_key(board_device, board_emulator, tmp_path):
+    pinned = host_fingerprint(board_emulator)
+    board = with_ssh(board_device, known_hosts=None, host_key=pinned)
     assert open_transport(board).run(["echo", "pinned"], timeout=10).stdout == "pinned\n"
     wrong = "SHA256:" + ("A" * 43)
     with pytest.raises(HostKeyError, match=r"does not match the pinned ssh.host_key SHA256:A{43}"):
@@ -88,6 +92,7 @@ def test_pinned_host_key(devices, emulators, tmp_path):
 
 # ------------------------------------------------------------------ literal pass-through
 
+@pytestmark_emulated
 @pytest.mark.parametrize("name", ["host", "board", "phone"])
 def test_arguments_pass_through_literally(devices, canaries, name):
     text = evil(canaries, "arg")
@@ -97,6 +102,7 @@ def test_arguments_pass_through_literally(devices, canaries, name):
     assert_nothing_ran(canaries)
 
 
+@pytestmark_emulated
 @pytest.mark.parametrize("name", ["board", "phone"])
 def test_file_names_pass_through_literally(devices, emulators, canaries, tmp_path, name):
     local = tmp_path / "we ird;$(x) 'q'.bin"
@@ -113,6 +119,7 @@ def test_file_names_pass_through_literally(devices, emulators, canaries, tmp_pat
     assert_nothing_ran(canaries, tmp_path, emulators["state_dir"])
 
 
+@pytestmark_emulated
 @pytest.mark.parametrize("name", ["board", "phone"])
 def test_bundle_and_workdir_names_pass_through_literally(devices, emulators, arm64_bundle, canaries, tmp_path,
                                                          name):
@@ -132,10 +139,11 @@ def test_bundle_and_workdir_names_pass_through_literally(devices, emulators, arm
 
 # ------------------------------------------------------------------ secrets
 
-def test_password_never_shows(devices, monkeypatch, caplog):
+@needs_sshd
+def test_password_never_shows(board_device, monkeypatch, caplog):
     secret = "pa55-w0rd;$(not-run)-XYZZY"
     monkeypatch.setenv("EDGESMITH_TEST_SECRET", secret)
-    board = with_ssh(devices["board"], key_file=None, password_env="EDGESMITH_TEST_SECRET")
+    board = with_ssh(board_device, key_file=None, password_env="EDGESMITH_TEST_SECRET")
     caplog.set_level(logging.DEBUG)
     with pytest.raises(DeviceError) as info:
         open_transport(board).run("true", timeout=10)
@@ -144,17 +152,18 @@ def test_password_never_shows(devices, monkeypatch, caplog):
     assert "XYZZY" not in caplog.text
 
 
-def test_private_keys_never_show(devices, emulators, tmp_path, caplog):
+@needs_sshd
+def test_private_keys_never_show(board_device, board_emulator, tmp_path, caplog):
     stranger = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(DeviceError) as info:  # a key the board does not know
-        open_transport(with_ssh(devices["board"], key_file=stranger)).run("true", timeout=10)
-    assert str(info.value) == f"device 'board': authentication as {devices['board'].ssh.user!r} with key {stranger} " \
+        open_transport(with_ssh(board_device, key_file=stranger)).run("true", timeout=10)
+    assert str(info.value) == f"device 'board': authentication as {board_device.ssh.user!r} with key {stranger} " \
                               "was refused"
-    with open_transport(devices["board"]) as t:  # and the right key, logged at DEBUG
+    with open_transport(board_device) as t:  # and the right key, logged at DEBUG
         t.run("true", timeout=10)
-    own = Path(emulators["state_dir"]) / "ssh" / "client_ed25519"
+    own = Path(board_emulator["state_dir"]) / "ssh" / "client_ed25519"
     for key in (stranger, own):
         body = [l for l in key.read_text().splitlines() if l and not l.startswith("-----")]
         for line in body:

@@ -163,18 +163,19 @@ def write_devices_file(status: dict, path: Path) -> Path:
 
 
 def start_emulators(state_dir: Path | None = None, *, faults: dict[str, tuple[str, int] | str] | None = None,
-                    ports: dict[str, int] | None = None, timeout: float = 30) -> dict:
+                    ports: dict[str, int] | None = None, timeout: float = 30, phone: bool = True) -> dict:
     """Start the board (sshd + its link) and the phone (ADB device server + a private adb server),
     all on loopback; idempotent. ports overrides DEFAULT_PORTS (ssh, adb_device, adb_server; 0
-    picks a free one). faults: {device: kind or (kind, after_bytes)} to switch on at once."""
+    picks a free one). faults: {device: kind or (kind, after_bytes)} to switch on at once.
+    phone=False: the board alone (needs only sshd: no adb server is started)."""
     state = _state(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     wanted = {**DEFAULT_PORTS, **(ports or {})}
     status = emulator_status(state)
     same_ports = all(v == 0 or status["ports"].get(k) == v for k, v in wanted.items())
-    if not (status["running"] and same_ports):
+    if not (status["running"] and same_ports and (not phone or "adb_server" in status["pids"])):
         stop_emulators(state)
-        status = _start(state, {k: v or _free_port() for k, v in wanted.items()}, timeout)
+        status = _start(state, {k: v or _free_port() for k, v in wanted.items()}, timeout, phone)
     clear_fault(state)
     for device, fault in (faults or {}).items():
         kind, after = (fault, 0) if isinstance(fault, str) else fault
@@ -182,11 +183,13 @@ def start_emulators(state_dir: Path | None = None, *, faults: dict[str, tuple[st
     return status
 
 
-def _start(state: Path, ports: dict[str, int], timeout: float) -> dict:
-    for tool in (QEMU, "adb"):
+def _start(state: Path, ports: dict[str, int], timeout: float, phone: bool = True) -> dict:
+    for tool in (QEMU, "adb") if phone else ():
         if shutil.which(tool) is None:
             raise EdgesmithError(f"emulated devices need {tool} (apt-get install "
                                  f"{'qemu-user-static' if tool == QEMU else 'adb'})")
+    if not os.access("/usr/sbin/sshd", os.X_OK):
+        raise EdgesmithError("the emulated board needs OpenSSH's sshd (apt-get install openssh-server)")
     for name in ("ssh", "adb_device", "adb_server"):
         if _listening(ports[name]):
             raise EdgesmithError(f"emulated devices: port {HOST}:{ports[name]} ({name}) is taken; stop what "
@@ -216,6 +219,8 @@ def _start(state: Path, ports: dict[str, int], timeout: float) -> dict:
         _wait(lambda: _listening(ports["ssh"]) and _listening(ports["adb_device"]), timeout, "the device server",
               logs / "devd.log")
 
+        if not phone:
+            return emulator_status(state)
         # A private adb server: its own port, HOME and TMPDIR; `nodaemon` so its pid is ours.
         with open(logs / "adb.log", "ab") as log:
             adb = subprocess.Popen([shutil.which("adb"), "-P", str(ports["adb_server"]), "nodaemon", "server"],
