@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 
 import pytest
@@ -153,3 +154,34 @@ def _closed_port_device(device: Device) -> Device:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return dataclasses.replace(device, ssh=dataclasses.replace(device.ssh, port=port))
+
+
+@pytest.mark.parametrize("name", ["board", "phone", "host"])
+def test_run_feeds_stdin_turn_by_turn(devices, name):
+    """A conversation's shape: each line goes in only after the answer to the previous one came
+    out (the command is still running), then end of input ends it. A wait inside idle() (a person
+    typing) is longer than the timeout and does not count against it."""
+    from edgesmith.runtime.transports.base import StdinFeed
+
+    answered = threading.Event()
+    lines = []
+
+    def on_line(line):
+        lines.append(line)
+        answered.set()
+
+    def turns():
+        for word in ("one", "two words", "three"):
+            yield (word + "\n").encode()
+            assert answered.wait(20)
+            answered.clear()
+            if word == "two words":
+                with feed.idle():
+                    time.sleep(4)
+
+    feed = StdinFeed(turns())
+    with open_transport(devices[name]) as t:
+        result = t.run("while IFS= read -r l; do echo \"got $l\"; done; echo done", timeout=3,
+                       on_line=on_line, stdin=feed)
+    assert result.exit_code == 0, result.stderr
+    assert lines == ["got one", "got two words", "got three", "done"]
