@@ -49,21 +49,32 @@ def _format_eval(r: dict) -> str:
 # ------------------------------------------------------------------------------------ run
 def cmd_run(args) -> int:
     from edgesmith.compiler.bundle import read_manifest
-    from edgesmith.runtime.text import Detokenizer, load_tokenizer
+    from edgesmith.errors import EdgesmithError
+    from edgesmith.runtime.text import Detokenizer, load_tokenizer, no_tokenizer_message
 
     manifest = read_manifest(args.bundle)
-    tok = load_tokenizer(args.bundle)
+    tok = load_tokenizer(args.bundle, manifest)
+    if tok is None and (args.prompt is not None or args.chat):
+        raise EdgesmithError(no_tokenizer_message(args.bundle, manifest, "--chat" if args.chat else "--prompt"))
+    eos = list(manifest["model"]["config"].get("eos_token_ids") or ())
+    conversation = None
+    if tok is not None and (args.chat or args.interactive):
+        from edgesmith.runtime.chat import Conversation, stop_ids
+
+        if args.tokens is not None:
+            raise EdgesmithError("--chat and --interactive format text in the chat template: give the first turn "
+                                 "with --prompt, not --tokens")
+        conversation = Conversation(tok, str(args.bundle))
+        eos = sorted(stop_ids(tok, eos))
     if args.tokens is not None:
         prompt = args.tokens
     elif args.prompt is not None:
-        if tok is None:
-            from edgesmith.errors import EdgesmithError
-            raise EdgesmithError(f"bundle {args.bundle} has no tokenizer.json (random weights or none in the "
-                                 "checkpoint); pass token ids with --tokens 1,2,3")
-        prompt = tok.encode(args.prompt)
+        prompt = conversation.user(args.prompt) if conversation else tok.encode(args.prompt)
     else:
-        prompt = [manifest["model"]["config"].get("bos_token_id") or 1]
-    stop = tuple(manifest["model"]["config"].get("eos_token_ids") or ()) if not args.ignore_eos else ()
+        prompt = None if args.interactive else [manifest["model"]["config"].get("bos_token_id") or 1]
+    stop = tuple(eos) if not args.ignore_eos else ()
+    if args.interactive:
+        return _run_interactive(args, tok, conversation, stop, prompt)
     stream = None if args.json else Detokenizer(tok, sys.stdout)
     if args.engine == "python" and not args.device:
         from edgesmith.runtime.engine import Engine
@@ -72,10 +83,7 @@ def cmd_run(args) -> int:
         result = Engine(args.bundle).generate(prompt, args.max_new_tokens, Sampler(args.temperature, args.top_p, args.seed),
                                               stop, on_token=stream.token if stream else None).to_json()
     else:
-        runner_args = ["generate", "--tokens", ",".join(map(str, prompt)), "-n", str(args.max_new_tokens),
-                       "--temperature", str(args.temperature), "--top-p", str(args.top_p), "--seed", str(args.seed)]
-        if stop:
-            runner_args += ["--stop-ids", ",".join(map(str, stop))]
+        runner_args = ["generate", "--tokens", ",".join(map(str, prompt)), *_sampling_args(args, stop)]
         if stream:
             runner_args.append("--stream")
         lines = _run_runner(args, runner_args, on_line=(lambda d: stream.token(d["token"]) if "token" in d else None)
@@ -91,18 +99,51 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _run_runner(args, runner_args: list[str], on_line=None) -> list[dict]:
+def _sampling_args(args, stop) -> list[str]:
+    out = ["-n", str(args.max_new_tokens), "--temperature", str(args.temperature), "--top-p", str(args.top_p),
+           "--seed", str(args.seed)]
+    return out + (["--stop-ids", ",".join(map(str, stop))] if stop else [])
+
+
+def _run_interactive(args, tok, conversation, stop, first) -> int:
+    """A conversation on one KV cache: the runner keeps it, each typed line is a turn."""
+    from edgesmith.runtime.chat import Interactive
+
+    if args.engine == "python" and not args.device:
+        from edgesmith.errors import EdgesmithError
+        raise EdgesmithError("--interactive runs on the bundle's runner; drop --engine python")
+    tty = sys.stdin.isatty()
+
+    def read():
+        if tty:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if line and not tty and not args.json:
+            print(f"> {line.rstrip()}", flush=True)  # a piped conversation reads as one
+        return line.rstrip("\n") if line else None
+
+    session = Interactive(tok, conversation, set(stop), read, first=first, as_json=args.json)
+    try:
+        _run_runner(args, ["generate", "--interactive", *_sampling_args(args, stop), "--stream"],
+                    on_line=session.on_line, stdin=session.feed)
+    finally:
+        session.close()
+    return 0
+
+
+def _run_runner(args, runner_args: list[str], on_line=None, stdin=None) -> list[dict]:
     timeout = args.timeout
     if args.device:
         from edgesmith.runtime.devices import get_device
         from edgesmith.runtime.remote import run_bundle
 
         return run_bundle(get_device(args.device, args.devices), Path(args.bundle), runner_args,
-                          timeout=timeout, on_line=on_line)
+                          timeout=timeout, on_line=on_line, stdin=stdin)
     from edgesmith.runtime.runner_exec import run_runner
 
     bundle = str(args.bundle)
-    return run_runner(Path(bundle), [runner_args[0], bundle, *runner_args[1:]], timeout=timeout, on_line=on_line)
+    return run_runner(Path(bundle), [runner_args[0], bundle, *runner_args[1:]], timeout=timeout, on_line=on_line,
+                      stdin=stdin)
 
 
 def _print_timings(r: dict) -> None:
@@ -311,8 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="generate tokens with a bundle")
     r.add_argument("bundle", type=Path)
-    r.add_argument("--prompt", help="text (needs the checkpoint's tokenizer.json in the bundle)")
+    r.add_argument("--prompt", help="text (the bundle's tokenizer: the checkpoint's, or for random: Phi-3 presets "
+                   "the one `edgesmith tokenizer fetch` builds)")
     r.add_argument("--tokens", type=_ids, help="prompt as token ids: 1,2,3")
+    r.add_argument("--chat", action="store_true", help="put --prompt in the chat template (Phi-3: <|user|> ... "
+                   "<|end|> <|assistant|>) and stop at the end of the reply")
+    r.add_argument("--interactive", action="store_true", help="a conversation on one KV cache: each line typed "
+                   "(or piped) is a turn, in the chat template (token ids 1,2,3 without a tokenizer); an empty "
+                   "line or end of input ends it. --prompt is the first turn; --timeout is per turn")
     r.add_argument("-n", "--max-new-tokens", type=int, default=32)
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     r.add_argument("--top-p", type=float, default=1.0)
