@@ -49,30 +49,18 @@ def _format_eval(r: dict) -> str:
 # ------------------------------------------------------------------------------------ run
 def cmd_run(args) -> int:
     from edgesmith.compiler.bundle import read_manifest
-    from edgesmith.errors import EdgesmithError
-    from edgesmith.runtime.text import Detokenizer, load_tokenizer, no_tokenizer_message
+    from edgesmith.runtime.text import Detokenizer, load_tokenizer
 
     manifest = read_manifest(args.bundle)
     tok = load_tokenizer(args.bundle, manifest)
-    if tok is None and (args.prompt is not None or args.chat):
-        raise EdgesmithError(no_tokenizer_message(args.bundle, manifest, "--chat" if args.chat else "--prompt"))
-    eos = list(manifest["model"]["config"].get("eos_token_ids") or ())
-    conversation = None
-    if tok is not None and (args.chat or args.interactive):
-        from edgesmith.runtime.chat import Conversation, stop_ids
-
-        if args.tokens is not None:
-            raise EdgesmithError("--chat and --interactive format text in the chat template: give the first turn "
-                                 "with --prompt, not --tokens")
-        conversation = Conversation(tok, str(args.bundle))
-        eos = sorted(stop_ids(tok, eos))
+    conversation, eos = _chat_setup(args, manifest, tok)
     if args.tokens is not None:
         prompt = args.tokens
     elif args.prompt is not None:
         prompt = conversation.user(args.prompt) if conversation else tok.encode(args.prompt)
     else:
         prompt = None if args.interactive else [manifest["model"]["config"].get("bos_token_id") or 1]
-    stop = tuple(eos) if not args.ignore_eos else ()
+    stop = eos if not args.ignore_eos else ()
     if args.interactive:
         return _run_interactive(args, tok, conversation, stop, prompt)
     stream = None if args.json else Detokenizer(tok, sys.stdout)
@@ -97,6 +85,44 @@ def cmd_run(args) -> int:
         stream.finish()
         _print_timings(result)
     return 0
+
+
+def _run_runner(args, runner_args: list[str], on_line=None, stdin=None) -> list[dict]:
+    timeout = args.timeout
+    if args.device:
+        from edgesmith.runtime.devices import get_device
+        from edgesmith.runtime.remote import run_bundle
+
+        return run_bundle(get_device(args.device, args.devices), Path(args.bundle), runner_args,
+                          timeout=timeout, on_line=on_line, stdin=stdin)
+    from edgesmith.runtime.runner_exec import run_runner
+
+    bundle = str(args.bundle)
+    return run_runner(Path(bundle), [runner_args[0], bundle, *runner_args[1:]], timeout=timeout, on_line=on_line,
+                      stdin=stdin)
+
+
+def _chat_setup(args, manifest: dict, tok):
+    """(Conversation or None, stop ids): --chat/--interactive with a tokenizer put text in its chat
+    template and stop where the template ends a reply; without a tokenizer, --prompt/--chat say
+    why there is none and what to do."""
+    from edgesmith.errors import EdgesmithError
+
+    eos = tuple(manifest["model"]["config"].get("eos_token_ids") or ())
+    if tok is None:
+        if args.prompt is not None or args.chat:
+            from edgesmith.runtime.text import no_tokenizer_message
+
+            raise EdgesmithError(no_tokenizer_message(args.bundle, manifest, "--chat" if args.chat else "--prompt"))
+        return None, eos
+    if not (args.chat or args.interactive):
+        return None, eos
+    from edgesmith.runtime.chat import Conversation, stop_ids
+
+    if args.tokens is not None:
+        raise EdgesmithError("--chat and --interactive put text in the chat template: give the first turn with "
+                             "--prompt, not --tokens")
+    return Conversation(tok, str(args.bundle)), tuple(sorted(stop_ids(tok, eos)))
 
 
 def _sampling_args(args, stop) -> list[str]:
@@ -129,21 +155,6 @@ def _run_interactive(args, tok, conversation, stop, first) -> int:
     finally:
         session.close()
     return 0
-
-
-def _run_runner(args, runner_args: list[str], on_line=None, stdin=None) -> list[dict]:
-    timeout = args.timeout
-    if args.device:
-        from edgesmith.runtime.devices import get_device
-        from edgesmith.runtime.remote import run_bundle
-
-        return run_bundle(get_device(args.device, args.devices), Path(args.bundle), runner_args,
-                          timeout=timeout, on_line=on_line, stdin=stdin)
-    from edgesmith.runtime.runner_exec import run_runner
-
-    bundle = str(args.bundle)
-    return run_runner(Path(bundle), [runner_args[0], bundle, *runner_args[1:]], timeout=timeout, on_line=on_line,
-                      stdin=stdin)
 
 
 def _print_timings(r: dict) -> None:
@@ -355,11 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", help="text (the bundle's tokenizer: the checkpoint's, or for random: Phi-3 presets "
                    "the one `edgesmith tokenizer fetch` builds)")
     r.add_argument("--tokens", type=_ids, help="prompt as token ids: 1,2,3")
-    r.add_argument("--chat", action="store_true", help="put --prompt in the chat template (Phi-3: <|user|> ... "
-                   "<|end|> <|assistant|>) and stop at the end of the reply")
-    r.add_argument("--interactive", action="store_true", help="a conversation on one KV cache: each line typed "
-                   "(or piped) is a turn, in the chat template (token ids 1,2,3 without a tokenizer); an empty "
-                   "line or end of input ends it. --prompt is the first turn; --timeout is per turn")
     r.add_argument("-n", "--max-new-tokens", type=int, default=32)
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     r.add_argument("--top-p", type=float, default=1.0)
@@ -368,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object (output_ids, text, timings)")
     r.add_argument("--engine", choices=["runner", "python"], default="runner",
                    help="the bundle's C++ runner (default) or TVM's Python VM in this process")
+    r.add_argument("--chat", action="store_true", help="put --prompt in the chat template (Phi-3: <|user|> ... "
+                   "<|end|> <|assistant|>) and stop at the end of the reply")
+    r.add_argument("--interactive", action="store_true", help="a conversation on one KV cache: each line typed "
+                   "(or piped) is a turn, in the chat template (token ids 1,2,3 without a tokenizer); an empty "
+                   "line or end of input ends it. --prompt is the first turn; --timeout is per turn")
     device_args(r)
     r.set_defaults(func=cmd_run)
 
