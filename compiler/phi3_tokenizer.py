@@ -238,7 +238,7 @@ def convert(gguf_path: Path, out: Path) -> None:
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": tokens[v["eos"]],
               "unk_token": unk, "pad_token": tokens[v["pad"]] if v["pad"] is not None else None,
               "add_bos_token": v["add_bos"], "add_eos_token": False, "clean_up_tokenization_spaces": False,
-              "chat_template": v["chat_template"], "model_max_length": 4096,
+              "chat_template": v["chat_template"],
               "edgesmith_source": f"{PACKAGE} {VERSION} {MEMBER_DIR}{GGUF}"}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
 
