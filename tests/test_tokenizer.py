@@ -92,6 +92,39 @@ def test_made_from_the_registry_package(phi3_dir):
     assert source["gguf_sha256"] == hashlib.sha256((phi3_dir / "ggml-vocab-phi-3.gguf").read_bytes()).hexdigest()
 
 
+def test_extract_and_convert_from_an_sdist(phi3_dir, tmp_path):
+    """fetch's steps after pip: only the three files under vendor/llama.cpp/models/ come out of the
+    archive (a look-alike elsewhere or a `..` path is ignored), their conversion passes every case;
+    an archive without them is refused in one line."""
+    import tarfile
+
+    from edgesmith.errors import EdgesmithError
+
+    def sdist(name, members):
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for arcname, src in members:
+                tar.add(src, arcname=arcname)
+        return path
+
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"not a vocabulary")
+    root = "llama_cpp_python-0.3.36/"
+    files = [(root + "vendor/llama.cpp/models/" + f, phi3_dir / f) for f in phi3_tokenizer.FILES]
+    good = sdist("good.tar.gz", [(root + "../ggml-vocab-phi-3.gguf", decoy),
+                                 (root + "other/ggml-vocab-phi-3.gguf", decoy), *files])
+    out = tmp_path / "out"
+    out.mkdir()
+    assert phi3_tokenizer._extract(good, out) == files[0][0]
+    assert sorted(p.name for p in out.iterdir()) == sorted(phi3_tokenizer.FILES)
+    assert (out / "ggml-vocab-phi-3.gguf").read_bytes() == (phi3_dir / "ggml-vocab-phi-3.gguf").read_bytes()
+    phi3_tokenizer.convert(out / "ggml-vocab-phi-3.gguf", out)
+    assert phi3_tokenizer.check_cases(out) == 46
+    bad = sdist("bad.tar.gz", files[:2])
+    with pytest.raises(EdgesmithError, match="ggml-vocab-phi-3.gguf.out"):
+        phi3_tokenizer._extract(bad, tmp_path / "out")
+
+
 # ---------------------------------------------------------------- chat format
 
 def test_chat_turn_ids_are_phi3s_format(tok):
