@@ -102,10 +102,9 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str, target: str, out:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
 
-        tokenizer = getattr(ckpt, "tokenizer_path", None)
-        if tokenizer:
-            import shutil
-            shutil.copy2(tokenizer, tmp / "tokenizer.json")
+        tokenizer = _copy_tokenizer(ckpt, tmp)
+        if tokenizer.get("note"):
+            progress.step(f"no tokenizer in the bundle: {tokenizer['note']}")
 
         progress.step("writing manifest")
         bundle_io.write_manifest(tmp, {
@@ -121,12 +120,35 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str, target: str, out:
                          "max_total_seq_len": default_max_context(cfg), "dtype": "float32"},
             **({"device": gpu_device_entry(preset)} if preset.gpu else {}),
             **({"kernels": kernels} if kernels else {}),
+            "tokenizer": tokenizer,
             "params": [name for name, _, _ in params],
             "weight_bytes": sum(_nbytes(s, d) for _, s, d in params),
             "build": {"host": platform.node(), "convert_s": round(t_convert, 2), "compile_s": round(t_compile, 2),
                       "edgesmith_version": _version()},
         })
     return Path(out)
+
+
+def _copy_tokenizer(ckpt: Checkpoint, tmp: Path) -> dict:
+    """tokenizer.json and what goes with it into the bundle; returns the manifest's "tokenizer"."""
+    import shutil
+
+    entry = dict(getattr(ckpt, "tokenizer_entry", None) or {"source": None})
+    if ckpt.tokenizer_path:
+        shutil.copy2(ckpt.tokenizer_path, tmp / "tokenizer.json")
+        for extra in ckpt.tokenizer_files:
+            shutil.copy2(extra, tmp / extra.name)
+        entry["chat_template"] = (tmp / "chat_template.jinja").is_file() or _has_chat_template(tmp / "tokenizer_config.json")
+    return entry
+
+
+def _has_chat_template(config: Path) -> bool:
+    import json
+
+    try:
+        return bool(json.loads(config.read_text()).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _int8_dot(q: Quantization, target, preset) -> str | None:

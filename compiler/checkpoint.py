@@ -38,7 +38,9 @@ class Checkpoint(ABC):
 
     config: Phi3Config
     description: str
-    tokenizer_path: Path | None = None
+    tokenizer_path: Path | None = None  # tokenizer.json the bundle carries
+    tokenizer_files: tuple[Path, ...] = ()  # what goes with it: tokenizer_config.json, chat_template.jinja
+    tokenizer_entry: dict | None = None  # the manifest's "tokenizer": where it comes from, or why there is none
     _shapes: dict[str, tuple[int, ...]]
 
     def tensor_names(self) -> list[str]:
@@ -175,6 +177,12 @@ class FolderCheckpoint(Checkpoint):
         self.config = replace(config, dtype=self._where[probe].dtype_name(probe))
         tok = self.folder / "tokenizer.json"
         self.tokenizer_path = tok if tok.is_file() else None
+        if self.tokenizer_path:  # the checkpoint's own, as is (its chat template too)
+            self.tokenizer_files = tuple(p for p in (self.folder / "tokenizer_config.json",
+                                                     self.folder / "chat_template.jinja") if p.is_file())
+            self.tokenizer_entry = {"source": "checkpoint"}
+        else:
+            self.tokenizer_entry = {"source": None, "note": f"{self.folder} has no tokenizer.json"}
         n = len(self.files)
         self.description = f"folder {self.folder} ({n} shard{'s' if n != 1 else ''}, {self.config.dtype})"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -110,9 +111,32 @@ class RandomCheckpoint(Checkpoint):
         self.preset, self.layers, self.seed = preset, layers, seed
         self.config = parse_config(raw, where=f"random preset {preset!r}")
         self._shapes = expected_shapes(self.config)
-        self.tokenizer_path = None
+        self._pick_tokenizer(preset)
         self.spec = RANDOM_PREFIX + preset + (f":layers={layers}" if layers is not None else "") + f":seed={seed}"
         self.description = f"random:{preset}" + (f":layers={layers}" if layers is not None else "") + f" (seed {seed})"
+
+    def _pick_tokenizer(self, preset: str) -> None:
+        """Random weights, real tokenizer: presets with Phi-3's 32064-token vocabulary carry the one
+        `edgesmith tokenizer fetch` built (none is made here); others say why they have none."""
+        from . import phi3_tokenizer
+
+        if self.config.vocab_size != phi3_tokenizer.VOCAB_SIZE:
+            why = (f"random:{preset} has Phi-4-mini's {self.config.vocab_size}-token vocabulary, not Phi-3's; no "
+                   "tokenizer for it is attached" if preset.startswith("phi-4") else
+                   f"random:{preset} has a {self.config.vocab_size}-token toy vocabulary, no real tokenizer")
+            self.tokenizer_entry = {"source": None, "note": why}
+            return
+        folder = phi3_tokenizer.cached()
+        if folder is None:
+            self.tokenizer_entry = {"source": None, "vocabulary": "phi-3",
+                                    "note": phi3_tokenizer.missing_message(f"random:{preset}'s text")}
+            return
+        self.tokenizer_path = folder / "tokenizer.json"
+        self.tokenizer_files = (folder / "tokenizer_config.json",)
+        source = json.loads((folder / "source.json").read_text())
+        self.tokenizer_entry = {"source": "phi-3 vocabulary", "vocabulary": "phi-3",
+                                "from": f"{source['package']} {source['member'].split('/', 1)[-1]}",
+                                "gguf_sha256": source["gguf_sha256"]}
 
     @classmethod
     def from_spec(cls, spec: str) -> "RandomCheckpoint":

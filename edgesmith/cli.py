@@ -115,17 +115,17 @@ def cmd_run(args) -> int:
     from edgesmith.runtime.text import Detokenizer, load_tokenizer
 
     manifest = read_manifest(args.bundle)
-    tok = load_tokenizer(args.bundle)
+    tok = load_tokenizer(args.bundle, manifest)
+    conversation, eos = _chat_setup(args, manifest, tok)
     if args.tokens is not None:
         prompt = args.tokens
     elif args.prompt is not None:
-        if tok is None:
-            raise EdgesmithError(f"bundle {args.bundle} has no tokenizer.json (random weights or none in the "
-                                 "checkpoint); pass token ids with --tokens 1,2,3")
-        prompt = tok.encode(args.prompt)
+        prompt = conversation.user(args.prompt) if conversation else tok.encode(args.prompt)
     else:
-        prompt = [manifest["model"]["config"].get("bos_token_id") or 1]
-    stop = tuple(manifest["model"]["config"].get("eos_token_ids") or ()) if not args.ignore_eos else ()
+        prompt = None if args.interactive else [manifest["model"]["config"].get("bos_token_id") or 1]
+    stop = eos if not args.ignore_eos else ()
+    if args.interactive:
+        return _run_interactive(args, tok, conversation, stop, prompt)
     stream = None if args.json else Detokenizer(tok, sys.stdout)
     if args.engine == "python" and not args.device:
         from edgesmith.runtime.engine import Engine
@@ -134,10 +134,7 @@ def cmd_run(args) -> int:
         result = Engine(args.bundle).generate(prompt, args.max_new_tokens, Sampler(args.temperature, args.top_p, args.seed),
                                               stop, on_token=stream.token if stream else None).to_json()
     else:
-        runner_args = ["generate", "--tokens", ",".join(map(str, prompt)), "-n", str(args.max_new_tokens),
-                       "--temperature", str(args.temperature), "--top-p", str(args.top_p), "--seed", str(args.seed)]
-        if stop:
-            runner_args += ["--stop-ids", ",".join(map(str, stop))]
+        runner_args = ["generate", "--tokens", ",".join(map(str, prompt)), *_sampling_args(args, stop)]
         if stream:
             runner_args.append("--stream")
         lines = _run_runner(args, runner_args, on_line=(lambda d: stream.token(d["token"]) if "token" in d else None)
@@ -165,18 +162,74 @@ def _is_emulated(args, manifest: dict) -> bool:
     return manifest.get("arch") != host_arch()
 
 
-def _run_runner(args, runner_args: list[str], on_line=None) -> list[dict]:
+def _run_runner(args, runner_args: list[str], on_line=None, stdin=None) -> list[dict]:
     timeout = args.timeout
     if args.device:
         from edgesmith.runtime.devices import get_device
         from edgesmith.runtime.remote import run_bundle
 
         return run_bundle(get_device(args.device, args.devices), Path(args.bundle), runner_args,
-                          timeout=timeout, on_line=on_line)
+                          timeout=timeout, on_line=on_line, stdin=stdin)
     from edgesmith.runtime.runner_exec import run_runner
 
     bundle = str(args.bundle)
-    return run_runner(Path(bundle), [runner_args[0], bundle, *runner_args[1:]], timeout=timeout, on_line=on_line)
+    return run_runner(Path(bundle), [runner_args[0], bundle, *runner_args[1:]], timeout=timeout, on_line=on_line,
+                      stdin=stdin)
+
+
+def _chat_setup(args, manifest: dict, tok):
+    """(Conversation or None, stop ids): --chat/--interactive with a tokenizer put text in its chat
+    template and stop where the template ends a reply; without a tokenizer, --prompt/--chat say
+    why there is none and what to do."""
+    from edgesmith.errors import EdgesmithError
+
+    eos = tuple(manifest["model"]["config"].get("eos_token_ids") or ())
+    if tok is None:
+        if args.prompt is not None or args.chat:
+            from edgesmith.runtime.text import no_tokenizer_message
+
+            raise EdgesmithError(no_tokenizer_message(args.bundle, manifest, "--chat" if args.chat else "--prompt"))
+        return None, eos
+    if not (args.chat or args.interactive):
+        return None, eos
+    from edgesmith.runtime.chat import Conversation, stop_ids
+
+    if args.tokens is not None:
+        raise EdgesmithError("--chat and --interactive put text in the chat template: give the first turn with "
+                             "--prompt, not --tokens")
+    return Conversation(tok, str(args.bundle)), tuple(sorted(stop_ids(tok, eos)))
+
+
+def _sampling_args(args, stop) -> list[str]:
+    out = ["-n", str(args.max_new_tokens), "--temperature", str(args.temperature), "--top-p", str(args.top_p),
+           "--seed", str(args.seed)]
+    return out + (["--stop-ids", ",".join(map(str, stop))] if stop else [])
+
+
+def _run_interactive(args, tok, conversation, stop, first) -> int:
+    """A conversation on one KV cache: the runner keeps it, each typed line is a turn."""
+    from edgesmith.runtime.chat import Interactive
+
+    if args.engine == "python" and not args.device:
+        from edgesmith.errors import EdgesmithError
+        raise EdgesmithError("--interactive runs on the bundle's runner; drop --engine python")
+    tty = sys.stdin.isatty()
+
+    def read():
+        if tty:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if line and not tty and not args.json:
+            print(f"> {line.rstrip()}", flush=True)  # a piped conversation reads as one
+        return line.rstrip("\n") if line else None
+
+    session = Interactive(tok, conversation, set(stop), read, first=first, as_json=args.json)
+    try:
+        _run_runner(args, ["generate", "--interactive", *_sampling_args(args, stop), "--stream"],
+                    on_line=session.on_line, stdin=session.feed)
+    finally:
+        session.close()
+    return 0
 
 
 def _print_timings(r: dict, emulated: bool) -> None:
@@ -275,6 +328,23 @@ def cmd_targets(args) -> int:
         print(json.dumps([target_facts(p) for p in PRESETS.values()], indent=1))
     else:
         print(format_targets_table())
+    return 0
+
+
+# ------------------------------------------------------------------------------------ tokenizer
+def cmd_tokenizer(args) -> int:
+    from edgesmith.compiler import phi3_tokenizer
+
+    if args.action == "fetch":
+        phi3_tokenizer.fetch(say=lambda msg: print(msg, file=sys.stderr, flush=True), force=args.force)
+        return 0
+    folder = phi3_tokenizer.cached()
+    if folder is None:
+        from edgesmith.errors import EdgesmithError
+        raise EdgesmithError(phi3_tokenizer.missing_message("`random:` Phi-3 bundles' text (--prompt, --chat)"))
+    source = json.loads((folder / "source.json").read_text())
+    print(f"Phi-3 tokenizer in {folder}: {source['vocab_size']} tokens from {source['package']} ({source['member']}), "
+          f"{source['test_cases']} of llama.cpp's test cases checked")
     return 0
 
 
@@ -395,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="generate tokens with a bundle")
     r.add_argument("bundle", type=Path)
-    r.add_argument("--prompt", help="text (needs the checkpoint's tokenizer.json in the bundle)")
+    r.add_argument("--prompt", help="text (the bundle's tokenizer: the checkpoint's, or for random: Phi-3 presets "
+                   "the one `edgesmith tokenizer fetch` builds)")
     r.add_argument("--tokens", type=_ids, help="prompt as token ids: 1,2,3")
     r.add_argument("-n", "--max-new-tokens", type=_count, default=32, help="tokens to generate at most (default 32)")
     r.add_argument("--temperature", type=_at_least(0.0, float), default=0.0,
@@ -407,6 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object (output_ids, text, timings)")
     r.add_argument("--engine", choices=["runner", "python"], default="runner",
                    help="the bundle's C++ runner (default) or TVM's Python VM in this process")
+    r.add_argument("--chat", action="store_true", help="put --prompt in the chat template (Phi-3: <|user|> ... "
+                   "<|end|> <|assistant|>) and stop at the end of the reply")
+    r.add_argument("--interactive", action="store_true", help="a conversation on one KV cache: each line typed "
+                   "(or piped) is a turn, in the chat template (token ids 1,2,3 without a tokenizer); an empty "
+                   "line or end of input ends it. --prompt is the first turn; --timeout is per turn")
     device_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -460,6 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("names", nargs="*", metavar="NAME", help="show these presets in full (JSON, with the TVM target)")
     t.add_argument("--json", action="store_true", help="every preset in full, as JSON")
     t.set_defaults(func=cmd_targets)
+
+    tk = sub.add_parser("tokenizer", help="build the real Phi-3 tokenizer once (from a registry package) for "
+                        "random: bundles, or show where it is")
+    tk.add_argument("action", choices=["fetch", "show"], help="fetch: download llama-cpp-python's source with pip, "
+                    "convert its Phi-3 vocabulary into tokenizer.json in the cache; show: where it is")
+    tk.add_argument("--force", action="store_true", help="fetch again even when it is already built")
+    tk.set_defaults(func=cmd_tokenizer)
 
     d = sub.add_parser("devices", help="list the devices of devices.yaml and probe them (in parallel)")
     d.add_argument("names", nargs="*", help="only these devices")

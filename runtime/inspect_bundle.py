@@ -28,6 +28,7 @@ def describe(bundle: Path, as_json: bool = False) -> str:
         *_device_lines(m),
         f"tvm         {m['tvm_version']}",
         f"weights     {m['weight_bytes'] / 2**20:.1f} MiB in {sum(1 for f in files if f.startswith('params/params_shard'))} shards",
+        f"tokenizer   {_tokenizer_line(m)}",
         f"context     {m['kv_cache']['max_total_seq_len']} tokens (page {m['kv_cache']['page_size']}, "
         f"prefill chunk {m['kv_cache']['prefill_chunk_size']})",
         f"size        {size / 2**20:.1f} MiB on disk",
@@ -41,6 +42,19 @@ def describe(bundle: Path, as_json: bool = False) -> str:
     for rel, f in files.items():
         lines.append(f"  {rel:40s} {f['size']:>12,d}  {f['sha256'][:12]}")
     return "\n".join(lines)
+
+
+def _tokenizer_line(m: dict) -> str:
+    """Which tokenizer the bundle carries: the checkpoint's, the built Phi-3 one, or none and why."""
+    t = m.get("tokenizer")
+    if t is None:  # bundles from before the manifest said
+        return "tokenizer.json (checkpoint's)" if "tokenizer.json" in m["files"] else "none"
+    template = ", with its chat template" if t.get("chat_template") else ", no chat template"
+    if t["source"] == "checkpoint":
+        return "the checkpoint's tokenizer.json" + template
+    if t["source"]:
+        return f"built Phi-3 vocabulary (32064 tokens, from {t['from']}){template}"
+    return f"none: {t.get('note', 'no tokenizer.json')}"
 
 
 def _device_lines(m: dict) -> list[str]:

@@ -83,10 +83,11 @@ def device_bundle_dir(transport, device: Device, bundle: Path) -> str:
 
 
 def run_bundle(device: Device, bundle: Path, runner_args: list[str], *, timeout: float, on_line=None,
-               on_push=None) -> list[dict]:
+               on_push=None, stdin=None) -> list[dict]:
     """Push `bundle` to `device` and run `runner SUBCOMMAND BUNDLE ARGS` there (runner_args =
     [SUBCOMMAND, *ARGS], e.g. ["generate", "--tokens", "1,2,3", "-n", "8"]); returns its JSON
-    lines, each also given to on_line as it arrives. on_push(PushReport) is told what was sent."""
+    lines, each also given to on_line as it arrives. on_push(PushReport) is told what was sent;
+    stdin (a transports.base.StdinFeed) feeds the runner's input while it runs."""
     bundle = Path(bundle).resolve()
     manifest = read_manifest(bundle)
     check_compatible(device, manifest)
@@ -105,7 +106,7 @@ def run_bundle(device: Device, bundle: Path, runner_args: list[str], *, timeout:
             argv = runner_command(manifest, ".", runner_args, device.exec_wrapper)
             during = "the run"
             result = transport.run(f"cd {shell_join([where])} && {shell_join(argv)}", timeout=deadline.left(),
-                                   on_line=lines, what="the run")
+                                   on_line=lines, what="the run", stdin=stdin)
     except DeviceTimeout as err:  # say the command's timeout, not what was left of it
         if during == "the run":
             raise DeviceTimeout(device.name, "the run", timeout, "link stalled, device hung, or the run needs "

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgesmith.errors import BundleError
+from edgesmith.runtime.transports.base import StdinFeed, Watchdog
 from edgesmith.targets.presets import QEMU_AARCH64, host_arch
 
 LOADER = "ld-linux-aarch64.so.1"
@@ -93,10 +94,13 @@ def run_runner(
     *,
     timeout: float,
     on_line: Callable[[dict], None] | None = None,
+    stdin: StdinFeed | None = None,
 ) -> list[dict]:
-    """Run `runner ARGS` for `bundle`; returns its JSON lines (each also given to on_line)."""
+    """Run `runner ARGS` for `bundle`; returns its JSON lines (each also given to on_line).
+    `stdin` feeds the runner's input as it runs (generate --interactive's turns)."""
     argv = runner_argv(bundle) + [str(a) for a in args]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else None, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     stderr: list[str] = []
     reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
     reader.start()
@@ -106,28 +110,28 @@ def run_runner(
         timed_out.set()
         proc.kill()
 
-    timer = threading.Timer(timeout, kill)
-    timer.start()
     records = []
-    try:
-        for line in proc.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise BundleError(f"runner printed a line that is not JSON: {line[:200]!r}") from None
-            records.append(record)
-            if on_line is not None:
-                on_line(record)
-        proc.wait()
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
+    with Watchdog(timeout, kill) as dog:
+        if stdin is not None:
+            stdin.start(dog, lambda data: (proc.stdin.write(data.decode()), proc.stdin.flush()), proc.stdin.close)
+        try:
+            for line in proc.stdout:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise BundleError(f"runner printed a line that is not JSON: {line[:200]!r}") from None
+                records.append(record)
+                if on_line is not None:
+                    on_line(record)
             proc.wait()
-        reader.join(timeout=5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            reader.join(timeout=5)
     if proc.returncode != 0:
         if timed_out.is_set():
             raise BundleError(f"runner for '{bundle}' did not finish within {timeout:g} s; raise the timeout")

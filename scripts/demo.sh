@@ -3,7 +3,9 @@
 # 32 layers so it finishes in minutes), int4, compiled for this host, for an arm64 board and for
 # an Android phone, then run on four devices: the host, arm64 under qemu, and the emulated arm64
 # board (real sshd) and phone (real adb server) that `edgesmith emulators start` brings up on
-# loopback, on ports the OS picks. Emulated devices' timings are qemu's, not a device's.
+# loopback, on ports the OS picks. Emulated devices' timings are qemu's, not a device's. Text goes
+# in and comes out through the real Phi-3 tokenizer (install.sh builds it); random weights make
+# the words random.
 # Installs what is missing first (scripts/install.sh, into <repo>/.venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +14,7 @@ venv=${EDGESMITH_VENV:-$(pwd)/.venv}
 es="$venv/bin/edgesmith"
 py="$venv/bin/python"
 MODEL=${MODEL:-random:phi-3-mini-4k:layers=2}
-PROMPT=1,450,4996,338
+PROMPT="The capital of France is"
 out=dist/demo
 mkdir -p "$out"
 # One quantization on every device, so their tokens can be compared (each target's own default
@@ -28,14 +30,18 @@ trap '"$es" emulators stop >/dev/null' EXIT
 export EDGESMITH_DEVICES="$out/devices.yaml"
 "$es" devices
 
-run() {  # run NAME BUNDLE [--device D]: greedy tokens as JSON, kept for the summary
-  echo "== $1"
-  "$es" run "${@:2}" --tokens $PROMPT -n 8 --json | tee "$out/run-$1.json"
+run() {  # run NAME BUNDLE [--device D]: greedy tokens (and their text) as JSON, kept for the summary
+  echo "== $1: $PROMPT"
+  "$es" run "${@:2}" --prompt "$PROMPT" -n 8 --json | tee "$out/run-$1.json"
 }
 run host "$out/host"
 run arm64-qemu "$out/arm64" --device arm64-qemu
 run board "$out/arm64" --device board
 run phone "$out/android" --device phone
+echo "== host (chat)"
+"$es" run "$out/host" --chat --prompt "What is the capital of France?" -n 16
+echo "== phone (adb, a conversation on one KV cache)"
+printf 'Hello!\nWhat is the capital of France?\n' | "$es" run "$out/android" --device phone --interactive -n 4
 echo "== host (profile)"
 "$es" profile "$out/host" -p 128 -n 32 -r 3 --kernels 5
 
@@ -49,8 +55,8 @@ print("\nSummary")
 print(f"  bundles: {out}/host, {out}/arm64, {out}/android (devices file: {out}/devices.yaml)")
 for name, r in rows:
     label = " (emulated: qemu)" if r.get("emulated") else ""
-    print(f"  {name:10s} tokens {' '.join(map(str, r['output_ids']))}   prefill {r['prefill_tok_s']:.1f} "
-          f"tok/s, decode {r['decode_tok_s']:.1f} tok/s{label}")
+    print(f"  {name:10s} tokens {' '.join(map(str, r['output_ids']))} {r.get('text', '')!r}")
+    print(f"  {'':10s} prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s{label}")
 print("  the four devices gave " + ("the same tokens" if same else "DIFFERENT tokens (a bug: please report it)"))
 print("\nNext: edgesmith profile BUNDLE --device board (tok/s you can trust), edgesmith farm run --model random:tiny "
       "--out farm-out (every device, one report), edgesmith compile ./YOUR-PHI3-FOLDER --target android-arm64")

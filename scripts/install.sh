@@ -46,5 +46,8 @@ pip=("$py" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" -e "$root[test]"
 # The aarch64 libtvm_runtime/libtvm_ffi from the registry's wheels, at the installed TVM version.
 "$py" -c "from edgesmith.targets import presets, runtime_libs; runtime_libs.runtime_libs(presets.get_preset('arm64-linux'))"
+# The real Phi-3 tokenizer for random: bundles (llama-cpp-python's sdist -> tokenizer.json in the
+# cache; once: it does nothing when it is there). `edgesmith run` never downloads it.
+"$venv/bin/edgesmith" tokenizer fetch
 echo "install.sh: ready in $venv ($("$py" -c 'import tvm; print("TVM", tvm.__version__)'))"
 echo "install.sh: run edgesmith as $venv/bin/edgesmith, or 'source $venv/bin/activate' first"

@@ -9,9 +9,10 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/hf_tiny.py and friends
 def _test_cache() -> Path:
     """The tests' own cache, fresh each session (compiled bundles, runner builds, references), so
     nothing a test finds there was left by another version. Only downloads that are keyed by
-    their content and hash-checked (the aarch64 TVM runtime from the package registry) are
-    shared with the user's cache, as links: downloading them again each session would only cost
-    time. EDGESMITH_TEST_CACHE names a folder to keep instead."""
+    their content and checked (the aarch64 TVM runtime from the package registry, hash-checked;
+    the Phi-3 tokenizer install.sh builds, checked against llama.cpp's test cases) are shared with
+    the user's cache, as links: making them again each session would only cost time.
+    EDGESMITH_TEST_CACHE names a folder to keep instead."""
     import atexit
     import shutil
     import tempfile
@@ -21,7 +22,7 @@ def _test_cache() -> Path:
     cache = Path(tempfile.mkdtemp(prefix="edgesmith-test-cache-"))
     atexit.register(shutil.rmtree, cache, ignore_errors=True)
     user = Path(os.environ.get("EDGESMITH_CACHE") or Path.home() / ".cache" / "edgesmith")
-    for shared in ("runtime",):
+    for shared in ("runtime", "tokenizers"):
         (user / shared).mkdir(parents=True, exist_ok=True)
         (cache / shared).symlink_to(user / shared)
     return cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 
 import pytest
@@ -170,3 +171,58 @@ def _closed_port_device(device: Device) -> Device:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return dataclasses.replace(device, ssh=dataclasses.replace(device.ssh, port=port))
+
+
+@pytest.mark.parametrize("name", ["board", "phone", "host"])
+def test_run_feeds_stdin_turn_by_turn(devices, name):
+    """A conversation's shape: each line goes in only after the answer to the previous one came
+    out (the command is still running), then end of input ends it. A wait inside idle() (a person
+    typing) is longer than the timeout and does not count against it."""
+    from edgesmith.runtime.transports.base import StdinFeed
+
+    answered = threading.Event()
+    lines = []
+
+    def on_line(line):
+        lines.append(line)
+        answered.set()
+
+    def turns():
+        for word in ("one", "two words", "three"):
+            yield (word + "\n").encode()
+            assert answered.wait(20)
+            answered.clear()
+            if word == "two words":
+                with feed.idle():
+                    time.sleep(4)
+
+    feed = StdinFeed(turns())
+    with open_transport(devices[name]) as t:
+        result = t.run("while IFS= read -r l; do echo \"got $l\"; done; echo done", timeout=3,
+                       on_line=on_line, stdin=feed)
+    assert result.exit_code == 0, result.stderr
+    assert lines == ["got one", "got two words", "got three", "done"]
+
+
+@pytest.mark.parametrize("name", ["board", "phone"])
+def test_interactive_conversation_on_device(devices_yaml, arm64_bundle, host_bundle, name):
+    """`run --interactive` on a device: turns typed as ids go to the runner's stdin through sshd /
+    adb, the KV cache lives across them; each reply is the host's one-shot generate of the whole
+    sequence so far (random:tiny has no tokenizer: lines are token ids)."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "edgesmith", "run", str(arm64_bundle), "--device", name, "--devices",
+                        str(devices_yaml), "--interactive", "-n", "4", "--json"], input="1,2,3\n4,5\n",
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    t1, t2 = [json.loads(line) for line in p.stdout.splitlines()]
+
+    def generate(ids):
+        return run_runner(host_bundle, ["generate", str(host_bundle), "--tokens", ",".join(map(str, ids)), "-n", "4"],
+                          timeout=60)[-1]["output_ids"]
+
+    assert t1["prompt_ids"] == [1, 2, 3] and t1["output_ids"] == generate([1, 2, 3])
+    assert t2["prompt_ids"] == [t1["output_ids"][-1], 4, 5]
+    assert t2["output_ids"] == generate([1, 2, 3, *t1["output_ids"], 4, 5])
+    assert t2["context_tokens"] == 3 + 3 + 3 + 3

@@ -2,6 +2,8 @@
 //
 //   runner generate BUNDLE --tokens 1,2,3 -n 32 [--temperature T] [--top-p P] [--seed S]
 //                          [--stop-ids a,b] [--stream] [common options]
+//   runner generate BUNDLE --interactive -n 32 [...]   a conversation on one KV cache: each
+//                          stdin line is a turn of token ids (section "interactive")
 //   runner bench    BUNDLE -p 128 -n 128 [--warmup 1] [-r 5] [common options]
 //   runner version
 //   common options: [--lib-dir DIR] [--threads N] [--no-verify]
@@ -27,7 +29,7 @@
 // runner compiles them with nvcc when the library loads (section "device").
 //
 // Sections: utilities · sha256 · manifest and checks · model (VM, params) · KV cache ·
-//           sampler · generate · bench · profiling (sensors, profile, kernels, logits,
+//           sampler · generate · interactive · bench · profiling (sensors, profile, kernels, logits,
 //           membw) · CLI
 
 #include <dirent.h>
@@ -49,6 +51,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <set>
 #include <sstream>
@@ -554,15 +557,20 @@ struct GenerateArgs {
   uint64_t seed = 0;
   std::set<int32_t> stop_ids;
   bool stream = false;
+  bool interactive = false;
 };
 
-static void check_fits(const Manifest& m, int64_t prompt, int64_t n) {
-  if (prompt + n > m.max_total_seq_len)
-    die("prompt (" + std::to_string(prompt) + ") + new tokens (" + std::to_string(n) +
-        ") exceed the bundle's max_total_seq_len " + std::to_string(m.max_total_seq_len) +
-        "; ask for fewer tokens");
+// An id past the table would read outside the embedding.
+static void check_ids(const Manifest& m, const std::vector<int32_t>& ids) {
+  for (int32_t t : ids)
+    if (t < 0 || (m.vocab_size > 0 && t >= m.vocab_size))
+      die("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
+          std::to_string(m.vocab_size - 1) + ")");
 }
 
+// Samples up to a.n tokens, the first from `logits` (the last forward's), feeding each one but
+// the last back through decode; stops early after a stop id. Returns the stop reason. The last
+// sampled token is never fed: a conversation's next turn starts with it.
 // NaN or infinite logits (NaN weights, a garbage shard whose sha matched) would sample token 0
 // forever: stop and say where.
 static void check_finite(const std::vector<float>& logits, const std::string& where) {
@@ -572,32 +580,41 @@ static void check_finite(const std::vector<float>& logits, const std::string& wh
           "infinite values (check the checkpoint), or the bundle is damaged; recompile it");
 }
 
-static void cmd_generate(const Model& model, const Manifest& m, double load_s, const GenerateArgs& a) {
-  if (a.tokens.empty()) die("generate needs --tokens (comma-separated prompt token ids)");
-  for (int32_t t : a.tokens)  // an id past the table would read outside the embedding
-    if (t < 0 || (m.vocab_size > 0 && t >= m.vocab_size))
-      die("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
-          std::to_string(m.vocab_size - 1) + ")");
-  check_fits(m, a.tokens.size(), a.n);
-  KVCache kv = create_kv_cache(model, m);
-  Rng rng(a.seed);
-  std::vector<float> logits;
-  std::vector<int32_t> out;
-  const char* stop_reason = "length";
-
-  kv.add(kv.obj, int64_t(0));
-  double t0 = now_s();
-  prefill(model, m, kv, a.tokens, logits);
-  double t1 = now_s();
+static const char* decode_tokens(const Model& model, KVCache& kv, const GenerateArgs& a, Rng& rng,
+                                 std::vector<float>& logits, std::vector<int32_t>& out) {
   while (int64_t(out.size()) < a.n) {
     check_finite(logits, out.empty() ? "after the prompt" : "at decode step " + std::to_string(out.size()));
     int32_t tok = sample(logits, a.temperature, a.top_p, rng);
     out.push_back(tok);
     if (a.stream) printf("{\"token\": %d}\n", tok), fflush(stdout);
-    if (a.stop_ids.count(tok)) { stop_reason = "stop"; break; }
+    if (a.stop_ids.count(tok)) return "stop";
     if (int64_t(out.size()) == a.n) break;
     forward(model, kv, model.decode, &tok, 1, logits);
   }
+  return "length";
+}
+
+static void check_fits(const Manifest& m, int64_t prompt, int64_t n) {
+  if (prompt + n > m.max_total_seq_len)
+    die("prompt (" + std::to_string(prompt) + ") + new tokens (" + std::to_string(n) +
+        ") exceed the bundle's max_total_seq_len " + std::to_string(m.max_total_seq_len) +
+        "; ask for fewer tokens");
+}
+
+static void cmd_generate(const Model& model, const Manifest& m, double load_s, const GenerateArgs& a) {
+  if (a.tokens.empty()) die("generate needs --tokens (comma-separated prompt token ids)");
+  check_ids(m, a.tokens);
+  check_fits(m, a.tokens.size(), a.n);
+  KVCache kv = create_kv_cache(model, m);
+  Rng rng(a.seed);
+  std::vector<float> logits;
+  std::vector<int32_t> out;
+
+  kv.add(kv.obj, int64_t(0));
+  double t0 = now_s();
+  prefill(model, m, kv, a.tokens, logits);
+  double t1 = now_s();
+  const char* stop_reason = decode_tokens(model, kv, a, rng, logits, out);
   double t2 = now_s();
   kv.remove(kv.obj, int64_t(0));
 
@@ -610,6 +627,54 @@ static void cmd_generate(const Model& model, const Manifest& m, double load_s, c
          json_ints(out).c_str(), a.tokens.size(), stop_reason, load_s, prefill_s, decode_s,
          prefill_s > 0 ? a.tokens.size() / prefill_s : 0.0,
          decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb());
+}
+
+// ----------------------------------------------------------------------------
+// interactive: a conversation on one KV cache (sequence 0 lives until the end). Each stdin line
+// is a turn: comma-separated ids appended to the sequence. The host sends the chat-formatted user
+// turn, led by the previous reply's last token (sampled, never fed). Then up to n tokens are
+// generated as in generate, streamed with --stream, and one result line closes the turn
+// ("turn", "context_tokens": tokens in the cache after the turn's prompt). An empty line or the
+// end of stdin ends the conversation (a transport that cannot close stdin sends the empty line).
+
+static void cmd_interactive(const Model& model, const Manifest& m, double load_s, const GenerateArgs& a) {
+  if (!a.tokens.empty()) die("generate --interactive reads its turns from stdin; drop --tokens");
+  KVCache kv = create_kv_cache(model, m);
+  Rng rng(a.seed);
+  std::vector<float> logits;
+  int64_t context = 0;  // tokens fed so far
+  kv.add(kv.obj, int64_t(0));
+  printf("{\"ready\": true, \"load_s\": %.6f}\n", load_s), fflush(stdout);
+  std::string line;
+  for (int turn = 1; std::getline(std::cin, line); ++turn) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) break;
+    std::vector<int32_t> ids = parse_token_list("turn " + std::to_string(turn), line);
+    if (ids.empty()) die("turn " + std::to_string(turn) + " holds no token ids: '" + line + "'");
+    check_ids(m, ids);
+    if (context + int64_t(ids.size()) + a.n > m.max_total_seq_len)
+      die("the conversation (" + std::to_string(context) + " tokens) + turn " + std::to_string(turn) + " (" +
+          std::to_string(ids.size()) + ") + new tokens (" + std::to_string(a.n) +
+          ") exceed the bundle's max_total_seq_len " + std::to_string(m.max_total_seq_len) +
+          "; start a new conversation or ask for fewer tokens");
+    std::vector<int32_t> out;
+    double t0 = now_s();
+    prefill(model, m, kv, ids, logits);
+    double t1 = now_s();
+    const char* stop_reason = decode_tokens(model, kv, a, rng, logits, out);
+    double t2 = now_s();
+    context += int64_t(ids.size()) + int64_t(out.size()) - 1;  // the last sampled token is not fed
+    double prefill_s = t1 - t0, decode_s = t2 - t1;
+    int64_t decoded = std::max<int64_t>(int64_t(out.size()) - 1, 0);
+    printf("{\"turn\": %d, \"output_ids\": %s, \"prompt_tokens\": %zu, \"context_tokens\": %lld, "
+           "\"stop_reason\": \"%s\", \"load_s\": %.6f, \"prefill_s\": %.6f, \"decode_s\": %.6f, "
+           "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"peak_rss_kb\": %ld}\n",
+           turn, json_ints(out).c_str(), ids.size(), (long long)context, stop_reason, load_s, prefill_s,
+           decode_s, prefill_s > 0 ? ids.size() / prefill_s : 0.0,
+           decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb());
+    fflush(stdout);
+  }
+  kv.remove(kv.obj, int64_t(0));
 }
 
 // ----------------------------------------------------------------------------
@@ -1066,7 +1131,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
 
 static const char* kUsage =
     "usage: runner generate BUNDLE --tokens 1,2,3 -n N [--temperature T] [--top-p P] [--seed S]\n"
-    "                       [--stop-ids a,b] [--stream]\n"
+    "                       [--stop-ids a,b] [--stream] [--interactive: turns of ids on stdin]\n"
     "       runner bench BUNDLE [-p 128] [-n 128] [--warmup 1] [-r 5] [--seed S]\n"
     "       runner version\n"
     "options for both: [--lib-dir DIR] [--threads N] [--no-verify]\n";
@@ -1104,6 +1169,7 @@ static void run(int argc, char** argv) {
     else if (cmd == "generate" && flag == "--stop-ids")
       for (int32_t t : parse_token_list(flag, value())) g.stop_ids.insert(t);
     else if (cmd == "generate" && flag == "--stream") g.stream = true;
+    else if (cmd == "generate" && flag == "--interactive") g.interactive = true;
     else if (cmd == "bench" && flag == "-p") b.p = int64_t(number());
     else if (cmd == "bench" && flag == "--warmup") b.warmup = int64_t(number());
     else if (cmd == "bench" && (flag == "-r" || flag == "--reps")) b.reps = int64_t(number());
@@ -1115,7 +1181,7 @@ static void run(int argc, char** argv) {
   load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
-  if (cmd == "generate") cmd_generate(model, m, load_s, g);
+  if (cmd == "generate") (g.interactive ? cmd_interactive : cmd_generate)(model, m, load_s, g);
   else cmd_bench(model, m, load_s, b);
 }
 

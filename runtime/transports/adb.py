@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import (DeviceError, DeviceTimeout, DeviceUnreachable, LineCallback, RunResult, Transport,
+from .base import (DeviceError, DeviceTimeout, DeviceUnreachable, LineCallback, RunResult, StdinFeed, Transport,
                    TransferError, run_process, shell_join)
 
 # What the adb client prints when the link, not the command, failed.
@@ -109,8 +109,8 @@ class AdbTransport(Transport):
         return [self._adb, "-P", str(self.cfg.server_port), "-s", self.cfg.serial, *args]
 
     def _call(self, args: Sequence[str], *, timeout: float, what: str,
-              on_line: LineCallback | None = None) -> RunResult:
-        result, timed_out = run_process(self._argv(*args), timeout=timeout, on_line=on_line)
+              on_line: LineCallback | None = None, stdin: StdinFeed | None = None) -> RunResult:
+        result, timed_out = run_process(self._argv(*args), timeout=timeout, on_line=on_line, stdin=stdin)
         if timed_out:
             self._ready = False
             raise DeviceTimeout(self.name, what, timeout)
@@ -180,7 +180,7 @@ class AdbTransport(Transport):
         return "/"
 
     def run(self, command: str | Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
-            what: str = "a command") -> RunResult:
+            what: str = "a command", stdin: StdinFeed | None = None) -> RunResult:
         if not isinstance(command, str):
             command = shell_join(command)
         start = time.monotonic()
@@ -188,9 +188,10 @@ class AdbTransport(Transport):
         # adb joins its arguments with spaces and hands them to the device's sh -c: one pre-quoted word.
         # adb exits 0 when the link drops before the command's exit status arrives, so the status
         # also travels as the last thing on stderr; no mark means the link was lost.
+        # The client forwards its stdin to the command over the shell protocol, its end as close-stdin.
         wrapped = f"({command}\n); printf '{EXIT_MARK}%d\\n' $? >&2"
         result = self._call(["shell", wrapped], timeout=timeout - (time.monotonic() - start), what=what,
-                            on_line=on_line)
+                            on_line=on_line, stdin=stdin)
         stderr = result.stderr
         at = stderr.rfind(EXIT_MARK)
         end = stderr.find("\n", at) if at >= 0 else -1

@@ -4,6 +4,10 @@ Every call takes a timeout and honours it even on a dead link (neither adb nor p
 one of its own there): a watchdog aborts the call (closes the connection, kills the adb
 client) when the time is up, and the call raises DeviceTimeout. Every error is a one-line
 DeviceError that starts with the device's name.
+
+run() can also feed the command's stdin while it runs (StdinFeed: a conversation's turns, each
+written when it is ready), on every transport: a pipe (local, and the adb client, which forwards
+it over the shell protocol) or the SSH channel; then end of input.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,13 +85,21 @@ class Deadline:
 
 
 class Watchdog:
-    """Calls abort() once `seconds` pass unless the `with` block ends first."""
+    """Calls abort() once `seconds` pass unless the `with` block ends first. pause() stops the
+    clock (the command waits for a person, not the device); restart() gives it `seconds` again."""
 
     def __init__(self, seconds: float, abort: Callable[[], None]):
         self.fired = False
+        self.seconds = max(seconds, 0.0)
         self._abort = abort
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
-        self._timer.daemon = True
+        self._lock = threading.Lock()
+        self._over = False
+        self._timer = self._new_timer()
+
+    def _new_timer(self) -> threading.Timer:
+        timer = threading.Timer(self.seconds, self._fire)
+        timer.daemon = True
+        return timer
 
     def _fire(self) -> None:
         self.fired = True
@@ -95,12 +108,69 @@ class Watchdog:
         except Exception:
             pass
 
+    def pause(self) -> None:
+        with self._lock:
+            self._timer.cancel()
+
+    def restart(self) -> None:
+        with self._lock:
+            self._timer.cancel()
+            if not (self.fired or self._over):
+                self._timer = self._new_timer()
+                self._timer.start()
+
     def __enter__(self) -> Watchdog:
         self._timer.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._timer.cancel()
+        with self._lock:
+            self._over = True
+            self._timer.cancel()
+
+
+class StdinFeed:
+    """What a running command reads on stdin: `chunks` (bytes), each written as soon as the
+    iterator yields it, then end of input. The iterator runs on a thread of its own and may wait
+    for the command's output or for a person; a wait for a person goes inside `with feed.idle():`
+    so that it does not count against the call's timeout (the command gets the whole timeout
+    again after it)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self.chunks = chunks
+        self._dog: Watchdog | None = None
+
+    @contextmanager
+    def idle(self):
+        dog = self._dog
+        if dog is not None:
+            dog.pause()
+        try:
+            yield
+        finally:
+            if dog is not None:
+                dog.restart()
+
+    def start(self, dog: Watchdog, write: Callable[[bytes], None], close: Callable[[], None]) -> threading.Thread:
+        """Feed on a daemon thread: write(chunk) for each chunk, then close(). A write that fails
+        (the command ended, the link dropped) ends the feed quietly: the run's result says why."""
+        self._dog = dog
+
+        def pump() -> None:
+            try:
+                for chunk in self.chunks:
+                    write(chunk)
+            except (OSError, EOFError, ValueError):
+                pass
+            finally:
+                try:
+                    close()
+                except (OSError, EOFError, ValueError):
+                    pass
+
+        thread = threading.Thread(target=pump, daemon=True, name="stdin-feed")
+        thread.start()
+        return thread
 
 
 class LineSplitter:
@@ -128,10 +198,12 @@ class LineSplitter:
 
 
 def run_process(argv: Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
-                env: dict | None = None, cwd: str | None = None) -> tuple[RunResult, bool]:
-    """Run a local process (its own process group), streaming stdout lines; (result, timed_out)."""
-    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True)
+                env: dict | None = None, cwd: str | None = None,
+                stdin: StdinFeed | None = None) -> tuple[RunResult, bool]:
+    """Run a local process (its own process group), streaming stdout lines and feeding `stdin`
+    (else it reads nothing); (result, timed_out)."""
+    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True)
     err_chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: err_chunks.extend(iter(lambda: proc.stderr.read1(65536), b"")),
                               daemon=True)
@@ -145,6 +217,8 @@ def run_process(argv: Sequence[str], *, timeout: float, on_line: LineCallback | 
 
     out = LineSplitter(on_line)
     with Watchdog(timeout, kill) as dog:
+        if stdin is not None:
+            stdin.start(dog, lambda data: (proc.stdin.write(data), proc.stdin.flush()), proc.stdin.close)
         try:
             for chunk in iter(lambda: proc.stdout.read1(65536), b""):
                 out.feed(chunk.decode("utf-8", "replace"))
@@ -172,10 +246,11 @@ class Transport(ABC):
 
     @abstractmethod
     def run(self, command: str | Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
-            what: str = "a command") -> RunResult:
+            what: str = "a command", stdin: StdinFeed | None = None) -> RunResult:
         """Run a shell command on the device (a list is quoted word by word) in its login folder;
-        stdout lines stream to on_line as they arrive. A non-zero exit is returned, not raised;
-        `what` names the command in errors ("no answer within 5 s during {what}")."""
+        stdout lines stream to on_line as they arrive; `stdin` feeds its input while it runs (else
+        it reads none). A non-zero exit is returned, not raised; `what` names the command in
+        errors ("no answer within 5 s during {what}")."""
 
     @abstractmethod
     def push(self, local: Path, remote: str, *, timeout: float) -> None:

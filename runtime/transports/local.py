@@ -5,7 +5,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import DeviceTimeout, LineCallback, RunResult, Transport, TransferError, run_process, shell_join
+from .base import (DeviceTimeout, LineCallback, RunResult, StdinFeed, Transport, TransferError, run_process,
+                   shell_join)
 
 
 class LocalTransport(Transport):
@@ -13,10 +14,10 @@ class LocalTransport(Transport):
         return str(Path(self.device.workdir).absolute())
 
     def run(self, command: str | Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
-            what: str = "a command") -> RunResult:
+            what: str = "a command", stdin: StdinFeed | None = None) -> RunResult:
         if not isinstance(command, str):
             command = shell_join(command)
-        result, timed_out = run_process(["/bin/sh", "-c", command], timeout=timeout, on_line=on_line)
+        result, timed_out = run_process(["/bin/sh", "-c", command], timeout=timeout, on_line=on_line, stdin=stdin)
         if timed_out:
             raise DeviceTimeout(self.name, what, timeout)
         return result

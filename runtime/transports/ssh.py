@@ -19,7 +19,7 @@ from pathlib import Path
 import paramiko
 
 from .base import (DeviceTimeout, DeviceUnreachable, HostKeyError, LineCallback, LineSplitter, RunResult,
-                   Transport, TransferError, Watchdog, shell_join)
+                   StdinFeed, Transport, TransferError, Watchdog, shell_join)
 
 TCP_USER_TIMEOUT_MS = 15_000
 # paramiko logs a garbled or cut link at ERROR with its traceback ("Exception (client): Invalid
@@ -181,7 +181,7 @@ class SshTransport(Transport):
     # -------------------------------------------------------------- interface
 
     def run(self, command: str | Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
-            what: str = "a command") -> RunResult:
+            what: str = "a command", stdin: StdinFeed | None = None) -> RunResult:
         if not isinstance(command, str):
             command = shell_join(command)
         client = self._connect(timeout)
@@ -190,6 +190,8 @@ class SshTransport(Transport):
             try:
                 chan = client.get_transport().open_session(timeout=timeout)
                 chan.exec_command(command)
+                if stdin is not None:  # end of input is the channel's EOF (shutdown_write)
+                    stdin.start(dog, chan.sendall, chan.shutdown_write)
                 while True:
                     select.select([chan], [], [], 0.02)  # exit-status itself does not wake select
                     while chan.recv_ready():
