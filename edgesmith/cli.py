@@ -73,8 +73,12 @@ def cmd_compile(args) -> int:
     if args.eval:
         from edgesmith.runtime.evaluate import evaluate_bundle
 
+        from edgesmith.compiler.bundle import read_manifest
+        from edgesmith.runtime.evaluate import guidance
+
         report = evaluate_bundle(out, args.model, progress=progress)
         print(_format_eval(report))
+        print(f"  {guidance(report, read_manifest(out))}")
     return 0
 
 

@@ -20,6 +20,35 @@ from edgesmith.targets.presets import host_arch
 
 EVAL_POSITIONS = 32
 
+# What --eval measures on the random presets (2 layers; tiny whole), 32 positions, by
+# bench/quant_accuracy.py on 2026-11-28: {preset: {quant: (top-1, mean KL)}}. Random weights give
+# nearly flat logits, so top-1 says little there; mean KL is the steadier number.
+TYPICAL = {
+    "tiny": {"q4f16": (0.656, 0.0014), "q4f16i8": (0.688, 0.0014), "q4f32": (0.656, 0.0014)},
+    "phi-3-mini-4k": {"q4f16": (0.219, 0.1337), "q4f16i8": (0.219, 0.1340), "q4f32": (0.188, 0.1341)},
+    "phi-4-mini": {"q4f16": (0.094, 0.1566), "q4f16i8": (0.125, 0.1567), "q4f32": (0.125, 0.1562)},
+}
+
+
+def guidance(report: dict, manifest: dict) -> str:
+    """What the numbers mean for this scheme and model: what is typical, and what would be a problem."""
+    quant = manifest.get("quant", "")
+    if not quant.startswith("q4"):
+        return "float weights: expect a mean KL near 0 (rounding); anything above 0.01 nats is a problem"
+    source = manifest.get("model", {}).get("source", "")
+    preset = source.split(":")[1].split(" ")[0] if source.startswith("random:") else None
+    if preset in TYPICAL and quant in TYPICAL[preset]:
+        top1, kl = TYPICAL[preset][quant]
+        layers = "" if preset == "tiny" else " (2 layers)"
+        verdict = "as expected" if report["mean_kl"] <= 2 * kl + 0.01 else "ABOVE what is typical: a problem"
+        return (f"typical for {quant} on random:{preset}{layers}: mean KL {kl:.4f}, top-1 {100 * top1:.0f}% "
+                f"(random weights give nearly flat logits, so top-1 says little); this bundle is {verdict}; "
+                "more than twice the typical KL would point to a broken kernel or scale")
+    return (f"int4 in groups of 32 ({quant}): on a trained checkpoint most next-token choices should stay (top-1 "
+            "well above half); q4f16i8's KL within ~10% of q4f16's on the same model (measured on the random "
+            "presets); a KL several times q4f32's or top-1 near chance points to a damaged checkpoint or a bug. "
+            "No trained checkpoint was measured here: compare with `--quant q4f32` on your model")
+
 
 def teacher_forced_logits(bundle: Path, ids: list[int]) -> np.ndarray:
     eng = Engine(bundle)

@@ -76,6 +76,7 @@ def test_eval_reports_agreement(tmp_path):
     out = tmp_path / "b"
     p = edgesmith("compile", "random:tiny", "--quant", "q4f32", "-o", out, "--eval", check=True)
     assert "top-1 agreement" in p.stdout and "mean KL" in p.stdout
+    assert "typical for q4f32 on random:tiny" in p.stdout and "as expected" in p.stdout, p.stdout
     assert "eval" in json.loads((out / "manifest.json").read_text())
     assert "accuracy" in edgesmith("inspect", out, check=True).stdout
 
