@@ -52,7 +52,7 @@ NO_RSTRIP = ("<unk>", "<s>", "<|endoftext|>")
 
 
 def cache_dir() -> Path:
-    from edgesmith.targets.runtime_libs import cache_root
+    from edgesmith.targets.cache import cache_root
 
     return cache_root() / "tokenizers" / "phi-3"
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgesmith.errors import ConfigError, EdgesmithError
+from edgesmith.targets.cache import cache_root
 
 TRANSPORTS = ("local", "ssh", "adb")
 SHIPPED = Path(__file__).parent / "devices.yaml"  # a link to the top-level devices.yaml; a copy when installed
@@ -38,7 +39,7 @@ FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 def emulated_state_dir() -> Path:
     """Where the emulated devices keep their keys, ports and sandboxes."""
     env = os.environ.get("EDGESMITH_STATE")
-    return Path(env) if env else Path.home() / ".cache" / "edgesmith" / "emulated"
+    return Path(env) if env else cache_root() / "emulated"
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def _device(source: str, index: int, data) -> Device:
     if target not in PRESETS:
         raise f.fail("target", f"names no target preset: {target!r} (known: {', '.join(PRESETS)})")
     default_workdir = {
-        "local": str(Path(os.environ.get("EDGESMITH_CACHE", Path.home() / ".cache" / "edgesmith")) / "devices" / name),
+        "local": str(cache_root() / "devices" / name),
         "ssh": "edgesmith",
         "adb": "/data/local/tmp/edgesmith",
     }[transport]

@@ -33,7 +33,8 @@ from pathlib import Path
 from edgesmith.errors import TargetError
 
 from .presets import TargetPreset
-from .runtime_libs import cache_root, ffi_include_dirs, gpu_runtime_libs, runtime_libs, runtime_version
+from .cache import cache_root
+from .runtime_libs import ffi_include_dirs, gpu_runtime_libs, runtime_libs, runtime_version
 from .toolchains import Toolchain, find_toolchain
 
 # runtime/runner/ sits next to targets/ in the source tree (read as data, not imported)

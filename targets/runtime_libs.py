@@ -30,6 +30,7 @@ from pathlib import Path
 
 from edgesmith.errors import TargetError
 
+from .cache import cache_root
 from .presets import TargetPreset
 
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
@@ -54,10 +55,6 @@ def runtime_version() -> str:
 
 def ffi_version() -> str:
     return importlib.metadata.version("apache-tvm-ffi")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGESMITH_CACHE") or Path.home() / ".cache" / "edgesmith")
 
 
 def _package_dir(name: str) -> Path:

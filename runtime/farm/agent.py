@@ -17,7 +17,7 @@ import threading
 import time
 
 from edgesmith.runtime.devices import Device, expand_path
-from edgesmith.runtime.farm import tracker as T
+from edgesmith.runtime.farm import tracker as protocol
 
 
 def _expanded(value):
@@ -33,7 +33,7 @@ def _expanded(value):
 class _Slot:
     def __init__(self, device: Device, entry: dict):
         self.device, self.entry = device, _expanded(entry)
-        self.key = T.device_key(device.target, device.name)
+        self.key = protocol.device_key(device.target, device.name)
         self.matchkey: str | None = None
         self.taken_at: float | None = None  # when the tracker handed the offer out
         self.lease: dict | None = None
@@ -61,20 +61,20 @@ class Agent:
         devices = [{"name": s.device.name, "target": s.device.target, "tags": list(s.device.tags),
                     "transport": s.device.transport, "emulated": s.device.emulated, "key": s.key,
                     "lease": s.lease} for s in self.slots.values()]
-        if self._call(T.UPDATE_INFO, {"key": T.AGENT_KEY, "addr": [self.advertise, self.port],
-                                      "agent": self.name, "devices": devices}) != T.SUCCESS:
-            raise T.TrackerError(f"tracker {self.address} refused UPDATE_INFO")
+        if self._call(protocol.UPDATE_INFO, {"key": protocol.AGENT_KEY, "addr": [self.advertise, self.port],
+                                      "agent": self.name, "devices": devices}) != protocol.SUCCESS:
+            raise protocol.TrackerError(f"tracker {self.address} refused UPDATE_INFO")
 
     def _offer(self, slot: _Slot) -> None:
         slot.matchkey = f"{slot.key}:{random.random()}"  # "<key>:<random>": how the tracker splits it
         slot.taken_at = None
-        if self._call(T.PUT, slot.key, [self.port, slot.matchkey], self.advertise) != T.SUCCESS:
-            raise T.TrackerError(f"tracker {self.address} refused PUT {slot.key}")
+        if self._call(protocol.PUT, slot.key, [self.port, slot.matchkey], self.advertise) != protocol.SUCCESS:
+            raise protocol.TrackerError(f"tracker {self.address} refused PUT {slot.key}")
 
     def start(self) -> Agent:
         self.listener = socket.create_server((self.host, self.port))
         self.port = self.listener.getsockname()[1]
-        self.conn = T.TrackerConnection(self.address)
+        self.conn = protocol.TrackerConnection(self.address)
         self._info()
         for slot in self.slots.values():
             self._offer(slot)
@@ -89,7 +89,7 @@ class Agent:
         """Notice offers the tracker handed out; offer again those nobody claimed in time."""
         while not self._stop.wait(self.poll):
             try:
-                pending = set(self._call(T.GET_PENDING_MATCHKEYS))
+                pending = set(self._call(protocol.GET_PENDING_MATCHKEYS))
                 now = time.monotonic()
                 for slot in self.slots.values():
                     if slot.lease or slot.matchkey in pending:
@@ -99,7 +99,7 @@ class Agent:
                     elif now - slot.taken_at > self.claim_timeout:
                         self.log(f"{slot.device.name}: lease granted but never claimed; offering it again")
                         self._offer(slot)
-            except T.TrackerError as err:
+            except protocol.TrackerError as err:
                 if not self._stop.is_set():
                     self.log(f"agent: {err}")
                 return
@@ -120,10 +120,10 @@ class Agent:
         slot = None
         try:
             sock.settimeout(10)
-            (magic,) = struct.unpack("<I", T._recvall(sock, 4))
-            if magic != T.LEASE_MAGIC:
+            (magic,) = struct.unpack("<I", protocol._recvall(sock, 4))
+            if magic != protocol.LEASE_MAGIC:
                 return
-            claim = T.recv(sock)
+            claim = protocol.recv(sock)
             with self._lock:
                 slot = next((s for s in self.slots.values() if s.matchkey == claim.get("matchkey")), None)
                 if slot is None or slot.lease is not None:
@@ -132,21 +132,21 @@ class Agent:
                     slot.lease = {"user": str(claim.get("user")), "priority": claim.get("priority"),
                                   "since": time.strftime("%H:%M:%S")}
             if slot is None:
-                T.send(sock, {"ok": False, "error": "no such offer (expired, or already claimed)"})
+                protocol.send(sock, {"ok": False, "error": "no such offer (expired, or already claimed)"})
                 return
-            pending = set(self._call(T.GET_PENDING_MATCHKEYS))
+            pending = set(self._call(protocol.GET_PENDING_MATCHKEYS))
             if slot.matchkey in pending:  # a claim for an offer the tracker has not handed out
                 slot.lease = None
                 slot = None
-                T.send(sock, {"ok": False, "error": "offer was not granted by the tracker"})
+                protocol.send(sock, {"ok": False, "error": "offer was not granted by the tracker"})
                 return
             self._info()
             self.log(f"{slot.device.name}: leased to {slot.lease['user']}")
-            T.send(sock, {"ok": True, "device": slot.entry, "agent": self.name})
+            protocol.send(sock, {"ok": True, "device": slot.entry, "agent": self.name})
             sock.settimeout(None)
             while sock.recv(4096):  # the lease lasts as long as this connection
                 pass
-        except (OSError, ValueError, struct.error, T.TrackerError):
+        except (OSError, ValueError, struct.error, protocol.TrackerError):
             pass
         finally:
             sock.close()
@@ -156,14 +156,14 @@ class Agent:
                 try:
                     self._offer(slot)
                     self._info()
-                except T.TrackerError as err:
+                except protocol.TrackerError as err:
                     self.log(f"agent: {err}")
 
     def serve_forever(self) -> None:
         try:
             while not self._stop.wait(1.0):
                 if not all(t.is_alive() for t in self._threads):
-                    raise T.TrackerError(f"lost the tracker at {self.address}")
+                    raise protocol.TrackerError(f"lost the tracker at {self.address}")
         finally:
             self.stop()
 
@@ -197,14 +197,14 @@ def lease_from(address: str, agent_addr: str, port: int, matchkey: str, user: st
     """Claim a matched offer at its agent: (the socket that holds the lease, the device entry)."""
     try:
         sock = socket.create_connection((agent_addr, port), timeout=timeout)
-        sock.sendall(struct.pack("<I", T.LEASE_MAGIC))
-        T.send(sock, {"matchkey": matchkey, "user": user, "priority": priority})
-        answer = T.recv(sock)
+        sock.sendall(struct.pack("<I", protocol.LEASE_MAGIC))
+        protocol.send(sock, {"matchkey": matchkey, "user": user, "priority": priority})
+        answer = protocol.recv(sock)
     except (OSError, ValueError) as err:
-        raise T.TrackerError(f"agent at {agent_addr}:{port} (via tracker {address}) did not hand out the lease: "
+        raise protocol.TrackerError(f"agent at {agent_addr}:{port} (via tracker {address}) did not hand out the lease: "
                              f"{err}") from None
     if not answer.get("ok"):
         sock.close()
-        raise T.TrackerError(f"agent at {agent_addr}:{port} refused the lease: {answer.get('error')}")
+        raise protocol.TrackerError(f"agent at {agent_addr}:{port} refused the lease: {answer.get('error')}")
     sock.settimeout(None)
     return sock, answer["device"]

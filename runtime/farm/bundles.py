@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def cache_dir() -> Path:
-    from edgesmith.targets.runtime_libs import cache_root
+    from edgesmith.targets.cache import cache_root
 
     return cache_root() / "farm" / "bundles"
 

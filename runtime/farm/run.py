@@ -21,10 +21,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 from edgesmith.errors import EdgesmithError, one_line
-from edgesmith.runtime.profile import records as R
+from edgesmith.runtime.devices import Device
+from edgesmith.runtime.profile import records as profile_records
 from edgesmith.runtime.profile.run import ProfileOptions
 
 EXIT_PASS, EXIT_USAGE, EXIT_REGRESSION, EXIT_FAILURES = 0, 1, 3, 4
@@ -57,8 +57,9 @@ class LocalLease:
     """Without a tracker: an exclusive lock file per device, so two runs on one machine take turns."""
 
     def __init__(self, name: str, timeout: float):
-        base = Path(os.environ.get("EDGESMITH_CACHE") or Path.home() / ".cache" / "edgesmith")
-        self.path = base / "farm" / "locks" / f"{name}.lock"
+        from edgesmith.targets.cache import cache_root
+
+        self.path = cache_root() / "farm" / "locks" / f"{name}.lock"
         self.name, self.timeout = name, timeout
 
     def acquire(self) -> dict | None:
@@ -88,19 +89,19 @@ class TrackerLease:
         self.sock = None
 
     def acquire(self) -> dict:
-        from edgesmith.runtime.farm import tracker as T
+        from edgesmith.runtime.farm import tracker as tracker_protocol
         from edgesmith.runtime.farm.agent import lease_from
 
-        with T.TrackerConnection(self.address) as conn:
+        with tracker_protocol.TrackerConnection(self.address) as conn:
             try:
-                answer = conn.call(T.REQUEST, self.key, self.user, self.priority, timeout=self.timeout)
-            except T.TrackerError as err:
+                answer = conn.call(tracker_protocol.REQUEST, self.key, self.user, self.priority, timeout=self.timeout)
+            except tracker_protocol.TrackerError as err:
                 if "no answer" not in str(err):
                     raise
-                raise T.TrackerError(f"{self.key} still taken after {self.timeout:g}s on tracker {self.address} "
+                raise tracker_protocol.TrackerError(f"{self.key} still taken after {self.timeout:g}s on tracker {self.address} "
                                      "(other jobs hold or are ahead in the queue); raise --lease-timeout") from None
-        if not isinstance(answer, list) or answer[0] != T.SUCCESS:
-            raise T.TrackerError(f"tracker {self.address} refused REQUEST {self.key}: {answer!r}")
+        if not isinstance(answer, list) or answer[0] != tracker_protocol.SUCCESS:
+            raise tracker_protocol.TrackerError(f"tracker {self.address} refused REQUEST {self.key}: {answer!r}")
         addr, port, matchkey = answer[1]
         self.sock, entry = lease_from(self.address, addr, port, matchkey, self.user, self.priority)
         return entry
@@ -180,15 +181,28 @@ def _run_device(o: FarmOptions, spec, bundle: dict | None, say) -> dict:
 
 # ------------------------------------------------------------------ the run
 
-def _specs(o: FarmOptions) -> list:
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device the farm will profile: from the local devices.yaml (`device` set) or published on
+    the tracker by an agent (`agent` set; its devices.yaml entry comes with the lease)."""
+
+    name: str
+    target: str
+    tags: tuple[str, ...]
+    transport: str | None
+    emulated: bool
+    agent: str | None = None
+    device: Device | None = None
+
+
+def _specs(o: FarmOptions) -> list[DeviceSpec]:
     from edgesmith.runtime.farm.select import select_devices
 
     if o.tracker:
         from edgesmith.runtime.farm.tracker import farm_status
 
-        devices = [SimpleNamespace(name=d["name"], target=d["target"], tags=tuple(d.get("tags", [])),
-                                   transport=d.get("transport"), emulated=bool(d.get("emulated")),
-                                   agent=d.get("agent"), device=None)
+        devices = [DeviceSpec(name=d["name"], target=d["target"], tags=tuple(d.get("tags", [])),
+                              transport=d.get("transport"), emulated=bool(d.get("emulated")), agent=d.get("agent"))
                    for d in farm_status(o.tracker)["devices"]]
         if not devices:
             raise EdgesmithError(f"tracker {o.tracker} has no devices: start `edgesmith farm agent --tracker "
@@ -196,8 +210,8 @@ def _specs(o: FarmOptions) -> list:
     else:
         from edgesmith.runtime.devices import load_devices
 
-        devices = [SimpleNamespace(name=d.name, target=d.target, tags=d.tags, transport=d.transport,
-                                   emulated=d.emulated, agent=None, device=d)
+        devices = [DeviceSpec(name=d.name, target=d.target, tags=tuple(d.tags), transport=d.transport,
+                              emulated=d.emulated, device=d)
                    for d in load_devices(o.devices_file).values()]
     return select_devices(devices, o.select)
 
@@ -227,7 +241,7 @@ def farm_run(o: FarmOptions, *, progress=None) -> dict:
     if o.retries < 0 or o.allow_failures < 0:
         raise EdgesmithError(f"--retries and --allow-failures must be >= 0, got {o.retries} and {o.allow_failures}")
     baseline = read_baseline(o.baseline) if o.baseline else None
-    started, t0 = R.now_utc(), time.monotonic()
+    started, t0 = profile_records.now_utc(), time.monotonic()
     specs = _specs(o)
     say(f"farm: {len(specs)} device(s): {', '.join(s.name for s in specs)}"
         + (f" (tracker {o.tracker})" if o.tracker else ""))
@@ -250,7 +264,7 @@ def farm_run(o: FarmOptions, *, progress=None) -> dict:
         devices = list(pool.map(lambda s: _run_device(o, s, bundles.get(s.target), locked_say), specs))
 
     results = assemble(o, devices, list(bundles.values()), baseline)
-    results.update(started=started, finished=R.now_utc(), seconds=round(time.monotonic() - t0, 2))
+    results.update(started=started, finished=profile_records.now_utc(), seconds=round(time.monotonic() - t0, 2))
     report.write_reports(results, Path(o.out))
     return results
 
@@ -263,8 +277,8 @@ def assemble(o: FarmOptions, devices: list[dict], bundles: list[dict], baseline:
     matched = {}
     if baseline is not None:
         for e in compare(baseline, records):
-            matched[tuple(e[k] for k in R.KEY)] = e
-    base_rows = {R.row_key(r): r for rec in (baseline or []) for r in R.rows(rec)}
+            matched[tuple(e[k] for k in profile_records.KEY)] = e
+    base_rows = {profile_records.row_key(r): r for rec in (baseline or []) for r in profile_records.rows(rec)}
     rows = []
     for d in devices:
         bundle = next((b for b in bundles if b["target"] == d["target"]), {})
@@ -278,8 +292,8 @@ def assemble(o: FarmOptions, devices: list[dict], bundles: list[dict], baseline:
                                      "significant": None, "verdict": "failed", "flags": []})
             continue
         for rec in d["records"]:
-            for row in R.rows(rec):
-                key = R.row_key(row)
+            for row in profile_records.rows(rec):
+                key = profile_records.row_key(row)
                 e, b = matched.get(key), base_rows.get(key)
                 regression = bool(e and e["significant"] and e["change"] < -o.threshold)
                 rows.append({

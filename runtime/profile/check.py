@@ -50,7 +50,7 @@ def reference_bundle(manifest: dict, source: str | None = None, progress=None) -
     """A host bundle of the same model and quantization, compiled once and cached."""
     from edgesmith.compiler.bundle import read_manifest
     from edgesmith.compiler.build import compile_bundle
-    from edgesmith.targets.runtime_libs import cache_root
+    from edgesmith.targets.cache import cache_root
 
     from edgesmith.compiler.provenance import bundle_key
 

@@ -6,18 +6,18 @@ An emulated row is never matched with a real device's, whatever the names say.
 """
 from __future__ import annotations
 
-from edgesmith.runtime.profile import records as R
+from edgesmith.runtime.profile import records
 from edgesmith.runtime.profile.stats import welch
 
 
 def compare(old: list[dict], new: list[dict]) -> list[dict]:
     """One entry per row of either side: {key fields, old, new, change, t, significant, verdict}."""
-    old_rows = {R.row_key(r): r for rec in old for r in R.rows(rec)}
-    new_rows = {R.row_key(r): r for rec in new for r in R.rows(rec)}
+    old_rows = {records.row_key(r): r for rec in old for r in records.rows(rec)}
+    new_rows = {records.row_key(r): r for rec in new for r in records.rows(rec)}
     out = []
     for key in list(dict.fromkeys([*old_rows, *new_rows])):
         a, b = old_rows.get(key), new_rows.get(key)
-        entry = dict(zip(R.KEY, key), old=a["stats"]["mean"] if a else None, new=b["stats"]["mean"] if b else None,
+        entry = dict(zip(records.KEY, key), old=a["stats"]["mean"] if a else None, new=b["stats"]["mean"] if b else None,
                      change=None, t=None, significant=None)
         if a is None or b is None:
             twin = _other_kind(key, old_rows if a is None else new_rows)
@@ -38,7 +38,7 @@ def compare(old: list[dict], new: list[dict]) -> list[dict]:
 
 def _other_kind(key: tuple, rows: dict) -> bool:
     """Is there a row with the same key but the other emulated flag?"""
-    i = R.KEY.index("emulated")
+    i = records.KEY.index("emulated")
     flipped = key[:i] + (not key[i],) + key[i + 1:]
     return flipped in rows
 

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from edgesmith.errors import EdgesmithError
-from edgesmith.runtime.profile import records as R
+from edgesmith.runtime.profile import records
 
 FORMATS = ("md", "json", "jsonl", "csv")
 FLAT = ("bundle", "device", "software", "params", "pp", "tg", "stability", "memory", "roofline")
@@ -66,10 +66,10 @@ def read(text: str, fmt: str | None = None) -> list[dict]:
         raise EdgesmithError(f"holds no edgesmith profile records (expected what `edgesmith profile -o "
                              f"{'|'.join(FORMATS)}` writes)")
     for n, r in enumerate(recs, 1):
-        if not isinstance(r, dict) or r.get("schema") != R.SCHEMA:
+        if not isinstance(r, dict) or r.get("schema") != records.SCHEMA:
             found = r.get("schema") if isinstance(r, dict) else type(r).__name__
             where = f"line {r.pop('_line')}" if isinstance(r, dict) and "_line" in r else f"record {n}"
-            raise EdgesmithError(f"{where}: not an {R.SCHEMA} record (found schema {found!r})")
+            raise EdgesmithError(f"{where}: not an {records.SCHEMA} record (found schema {found!r})")
         r.pop("_line", None)
     return recs
 
@@ -176,7 +176,7 @@ def _write_md(recs: list[dict], embed_records: bool = True) -> str:
               "flags"]
     rows = []
     for rec in recs:
-        for row in R.rows(rec):
+        for row in records.rows(rec):
             s = row["stats"]
             roof = rec["roofline"]
             is_tg = row["test"].startswith("tg")

@@ -24,7 +24,9 @@ def this_machine(manifest: dict) -> Device:
     wrapper: tuple[str, ...] = ()
     if manifest["arch"] != host_arch():
         wrapper = QEMU_AARCH64[:1] if layout.startswith("android") else QEMU_AARCH64
-    cache = Path(os.environ.get("EDGESMITH_CACHE") or Path.home() / ".cache" / "edgesmith")
+    from edgesmith.targets.cache import cache_root
+
+    cache = cache_root()
     return Device(name="host", transport="local", target=manifest["target"]["preset"],
                   workdir=str(cache / "devices" / "host"), exec_wrapper=wrapper,
                   tags=("emulated",) if wrapper else ())

@@ -253,6 +253,10 @@ class Transport(ABC):
         errors ("no answer within 5 s during {what}")."""
 
     @abstractmethod
+    def home(self) -> str:
+        """The device's login folder, as an absolute path: where a relative workdir lies."""
+
+    @abstractmethod
     def push(self, local: Path, remote: str, *, timeout: float) -> None:
         """Copy one file to `remote` (the parent folder exists). Not atomic: see runtime.push."""
 
