@@ -39,6 +39,8 @@ class Checkpoint(ABC):
     config: Phi3Config
     description: str
     tokenizer_path: Path | None = None
+    source_format = "safetensors"  # "random", "onnx" (onnx_checkpoint.py)
+    preferred_quant = "q4f16"  # the default --quant for this source
     _shapes: dict[str, tuple[int, ...]]
 
     def tensor_names(self) -> list[str]:
@@ -52,6 +54,14 @@ class Checkpoint(ABC):
         """The tensor as float32, C-contiguous, owned by the caller (not a view of the file)."""
         self._check_name(name)
         return self._read(name)
+
+    def read_q4(self, name: str, group_size: int, scale_dtype: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The tensor already in our int4 layout (packed, scales) when the source stores it so, else None."""
+        return None
+
+    def source_info(self, quant) -> dict:
+        """What the manifest records about the source's format (and what stayed exact)."""
+        return {"format": self.source_format}
 
     @abstractmethod
     def fingerprint(self) -> str:
@@ -221,7 +231,7 @@ def _open_safetensors(folder: Path) -> list[SafetensorsFile]:
 
 
 def open_checkpoint(spec: str | Path) -> Checkpoint:
-    """A Hugging Face folder, or "random:<preset>[:layers=N][:seed=S]"."""
+    """A Hugging Face folder, an ONNX Runtime GenAI folder (or its .onnx), or "random:<preset>[:layers=N][:seed=S]"."""
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
         from .random_weights import RandomCheckpoint
 
@@ -231,9 +241,22 @@ def open_checkpoint(spec: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {str(spec)!r} does not exist — give a Hugging Face folder or random:<preset> (e.g. random:tiny)"
         )
+    from .onnx_checkpoint import OnnxCheckpoint, is_onnx_source
+
+    if is_onnx_source(path):
+        return OnnxCheckpoint(path)
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a file, not a folder — give the folder holding config.json")
+        raise CheckpointError(f"checkpoint {path} is a file, not a folder — give the folder holding config.json (or a model.onnx)")
     return FolderCheckpoint(path)
+
+
+def default_quant(spec: str | Path) -> str:
+    """The --quant to use when none is given: the source's own int4 scheme for an int4 ONNX model."""
+    if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
+        return "q4f16"
+    from .onnx_checkpoint import is_onnx_source
+
+    return open_checkpoint(spec).preferred_quant if Path(spec).exists() and is_onnx_source(Path(spec)) else "q4f16"
 
 
 def expected_shapes(cfg: Phi3Config) -> dict[str, tuple[int, ...]]:

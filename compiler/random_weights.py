@@ -101,6 +101,8 @@ def list_presets() -> list[str]:
 
 
 class RandomCheckpoint(Checkpoint):
+    source_format = "random"
+
     def __init__(self, preset: str, layers: int | None = None, seed: int = 0):
         if preset not in RANDOM_PRESETS:
             raise ConfigError(f"unknown random preset {preset!r} — known: {', '.join(RANDOM_PRESETS)}")

@@ -23,6 +23,10 @@ def cmd_compile(args) -> int:
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.cli_progress import ConsoleProgress
 
+    if args.quant is None:
+        from edgesmith.compiler.checkpoint import default_quant
+
+        args.quant = default_quant(args.model)  # q4f16, or an int4 ONNX model's own scale dtype
     out = args.output or Path("dist") / _bundle_name(args.model, args.quant, args.target)
     progress = ConsoleProgress(quiet=args.quiet)
     compile_bundle(args.model, args.quant, args.target, out,
@@ -276,9 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compile", help="checkpoint folder or random:<preset> -> bundle folder")
-    c.add_argument("model", help="a Hugging Face folder (config.json, *.safetensors) or random:<preset>[:layers=N][:seed=S] "
+    c.add_argument("model", help="a Hugging Face folder (config.json, *.safetensors), an ONNX Runtime GenAI folder "
+                   "(genai_config.json, model.onnx) or random:<preset>[:layers=N][:seed=S] "
                    "(presets: tiny, phi-3-mini-4k, phi-3-mini-128k, phi-3-medium-4k, phi-3.5-mini, phi-4-mini)")
-    c.add_argument("--quant", default="q4f16", help="q4f16 (default), q4f32, q0f16, q0f32")
+    c.add_argument("--quant", default=None, help="q4f16 (default; for an int4 ONNX model, the scheme that keeps its "
+                   "weights bit for bit), q4f32, q4f16i8, q4f32i8, q0f16, q0f32")
     c.add_argument("--target", default="host", help="target preset (see `edgesmith targets`); default host")
     c.add_argument("-o", "--output", type=Path, help="bundle folder to write (default dist/<model>-<quant>-<target>)")
     c.add_argument("--float-embedding", action="store_true", help="keep the embedding and lm_head in float")
