@@ -88,6 +88,8 @@ class OnnxCheckpoint(Checkpoint):
         """The manifest's record of where the weights came from and what stayed exact."""
         info = {"format": "onnx", "file": self.file.path.name, "int4_linears": len(self.int4),
                 "float_linears": sum(1 for lin in self._linears() if not lin.int4)}
+        if info["float_linears"]:
+            info["float_kept"] = "quantized by edgesmith" if quant.quantized else f"stored as {quant.storage_dtype}"
         if self.int4:
             info["int4_blocks"] = sorted({lin.block_size for lin in self.int4})
             info["int4_scales"] = self.scale_dtype

@@ -464,8 +464,8 @@ class _Walk:
             found = ", ".join(self.describe(u) for u in users) or "nothing"
             self.fail(f"{where}: the post-attention norm's output {normed!r} feeds {found}, not gate_proj and up_proj")
         a, b = users
-        # gate is the one that goes through Sigmoid.
-        gate_node = a if any(u.op_type == "Sigmoid" for u in self.users(a.output[0])) else b
+        # gate is the one read twice (by the activation and by x * act(x)); up only by the product.
+        gate_node = a if len(self.users(a.output[0])) > len(self.users(b.output[0])) else b
         up_node = b if gate_node is a else a
         return self.linear(gate_node, normed, where + " gate_proj"), self.linear(up_node, normed, where + " up_proj")
 

@@ -18,6 +18,7 @@ def describe(bundle: Path, as_json: bool = False) -> str:
     lines = [
         f"bundle      {Path(bundle)}  (all {len(files)} files match their sha256)",
         f"model       {m['model']['source']}",
+        *_input_lines(m["model"].get("input")),
         f"            {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, heads {cfg['num_attention_heads']}"
         f"/{cfg['num_key_value_heads']} kv, vocab {cfg['vocab_size']}, rope {cfg['rope_type']}"
         f"{'' if cfg['partial_rotary_factor'] == 1 else ' partial ' + str(cfg['partial_rotary_factor'])}"
@@ -41,6 +42,21 @@ def describe(bundle: Path, as_json: bool = False) -> str:
     for rel, f in files.items():
         lines.append(f"  {rel:40s} {f['size']:>12,d}  {f['sha256'][:12]}")
     return "\n".join(lines)
+
+
+def _input_lines(source: dict | None) -> list[str]:
+    """The checkpoint's format (safetensors, onnx, random) and, for int4 ONNX, what stayed exact."""
+    if not source:
+        return []
+    fmt = {"onnx": "ONNX Runtime GenAI (" + source.get("file", "model.onnx") + ")",
+           "safetensors": "Hugging Face safetensors", "random": "random weights"}.get(source["format"], source["format"])
+    line = f"format      {fmt}"
+    if source.get("int4_linears"):
+        line += (f"; {source['int4_linears']} int4 MatMulNBits (block {'/'.join(map(str, source['int4_blocks']))},"
+                 f" {source['int4_scales']} scales): {source['int4_kept']}")
+    if source.get("float_linears"):
+        line += f"; {source['float_linears']} float MatMul: {source.get('float_kept', '')}"
+    return [line]
 
 
 def _device_lines(m: dict) -> list[str]:
