@@ -308,7 +308,7 @@ def test_fp16_export_eval_and_inspect(onnx_folder, tmp_path, capsys):
     assert m["eval"]["mean_kl"] < 0.05
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "format      ONNX Runtime GenAI (model.onnx); 11 float MatMul: quantized by edgesmith" in text
+    assert "format      ONNX Runtime GenAI (model.onnx); 15 float MatMul: quantized by edgesmith" in text
     ref = compile_bundle(folder, "q0f32", "host", tmp_path / "ref")
     r = compare_logits(ort_teacher_forced_logits(folder, IDS), teacher_forced_logits(ref, IDS))
     assert r["mean_kl"] < 1e-5 and r["top1_agreement"] == 1.0, r  # ONNX Runtime computes in float16
