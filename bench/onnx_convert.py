@@ -8,9 +8,13 @@ scales), then `edgesmith compile` of each, in a child process so its peak RSS is
   onnx q4f32   the ONNX folder; int4 codes and scales copied bit for bit (the default quant there)
   hf q4f32     the HF folder, quantized by edgesmith into the same format
   hf q4f16     the HF folder at the HF default
-Reported: wall time, the manifest's convert and compile seconds, peak RSS (wait4's ru_maxrss),
-weights written. The builder's own time and peak RSS are reported beside them. Prints a table,
-writes bench/out/onnx_convert.json. Needs onnxruntime-genai, onnx-ir, onnxscript (the test extra).
+Reported per source: the conversion alone (trace the model, stream every tensor into the
+tensor cache: what differs between the two sources), in its own child, its seconds and peak RSS;
+then the whole `edgesmith compile` (lowering and linking included), wall seconds and peak RSS.
+The builder's own time and peak RSS are reported beside them. Peak RSS is wait4's ru_maxrss of
+a child started by a parent that never holds a model (Linux carries a parent's RSS at fork into
+the child's maximum), so the checkpoint is written in a child too. Prints a table, writes
+bench/out/onnx_convert.json. Needs onnxruntime-genai, onnx-ir, onnxscript (the test extra).
 """
 from __future__ import annotations
 
@@ -31,16 +35,18 @@ from peer_model import MINI_4K  # noqa: E402
 MODELS = Path(__file__).parent / "models"
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one child process."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    err = p.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed:\n{err[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
+def run(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of one child process."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{' '.join(cmd[:4])} ... failed:\n{err.read()[-3000:]}")
+        return wall, usage.ru_maxrss / 1024, out.read()
 
 
 def write_checkpoint(out: Path, layers: int, seed: int = 0) -> Path:
@@ -61,7 +67,34 @@ def write_checkpoint(out: Path, layers: int, seed: int = 0) -> Path:
     return out
 
 
+def convert_child(model: str, quant: str, out: str) -> None:
+    """In a child: the conversion step of compile_bundle alone; prints its seconds and peak RSS."""
+    import resource
+
+    from edgesmith.compiler.build import build_model
+    from edgesmith.compiler.checkpoint import open_checkpoint, validate
+    from edgesmith.compiler.convert import convert_params
+    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.targets import presets
+    from edgesmith.targets.tvm_api import dump_tensor_cache, tvm
+
+    t = time.perf_counter()
+    ckpt = open_checkpoint(model)
+    validate(ckpt)
+    q = get_quantization(quant)
+    _, params = build_model(ckpt.config, q, tvm.target.Target(presets.get_preset("host").tvm_target()))
+    Path(out).mkdir(parents=True)
+    dump_tensor_cache(convert_params(ckpt, params, q), out)
+    print(json.dumps({"convert_s": time.perf_counter() - t,
+                      "convert_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--convert-child"]:
+        return convert_child(*sys.argv[2:5])
+    if sys.argv[1:2] == ["--write-checkpoint"]:
+        write_checkpoint(Path(sys.argv[2]), int(sys.argv[3]))
+        return None
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--rebuild", action="store_true", help="write the checkpoint and the ONNX folder again")
@@ -73,10 +106,10 @@ def main() -> None:
     if args.rebuild:
         shutil.rmtree(hf, ignore_errors=True)
         shutil.rmtree(onnx_dir, ignore_errors=True)
-    write_checkpoint(hf, layers=args.layers)
+    run([sys.executable, __file__, "--write-checkpoint", str(hf), str(args.layers)])
     builder = None
     if not (onnx_dir / "genai_config.json").is_file():
-        wall, rss = run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(onnx_dir),
+        wall, rss, _ = run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(onnx_dir),
                          "-p", "int4", "-e", "cpu", "-c", str(MODELS / "ort-cache")])
         builder = {"wall_s": round(wall, 1), "peak_rss_mb": round(rss)}
         print(f"ONNX Runtime GenAI builder: {wall:.1f} s, peak RSS {rss:.0f} MiB", file=sys.stderr)
@@ -85,14 +118,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgesmith-onnx-convert-") as tmp:
         for source, folder, quant in (("onnx", onnx_dir, "q4f32"), ("hf", hf, "q4f32"), ("hf", hf, "q4f16")):
             out = Path(tmp) / f"{source}-{quant}"
-            wall, rss = run([sys.executable, "-m", "edgesmith", "compile", str(folder), "--quant", quant, "-q", "-o", str(out)])
+            _, _, text = run([sys.executable, __file__, "--convert-child", str(folder), quant, str(out / "params")])
+            conv = json.loads(text.strip().splitlines()[-1])
+            shutil.rmtree(out)
+            wall, rss, _ = run([sys.executable, "-m", "edgesmith", "compile", str(folder), "--quant", quant, "-q", "-o", str(out)])
             m = json.loads((out / "manifest.json").read_text())
-            rows.append({"source": source, "quant": quant, "wall_s": round(wall, 1), "convert_s": m["build"]["convert_s"],
-                         "compile_s": m["build"]["compile_s"], "peak_rss_mb": round(rss),
-                         "weights_mb": round(m["weight_bytes"] / 2**20),
+            rows.append({"source": source, "quant": quant, "convert_s": round(conv["convert_s"], 1),
+                         "convert_rss_mb": round(conv["convert_rss_mb"]), "compile_wall_s": round(wall, 1),
+                         "compile_rss_mb": round(rss), "weights_mb": round(m["weight_bytes"] / 2**20),
                          "int4_kept": m["model"]["input"].get("int4_kept", "")})
             shutil.rmtree(out)
-            print(f"{source} {quant}: {wall:.1f} s, peak RSS {rss:.0f} MiB", file=sys.stderr)
+            print(f"{rows[-1]}", file=sys.stderr)
     print(table(rows, [(k, k) for k in rows[0]]))
     data_mb = (onnx_dir / "model.onnx.data").stat().st_size / 2**20
     hf_mb = sum(p.stat().st_size for p in hf.glob("*.safetensors")) / 2**20

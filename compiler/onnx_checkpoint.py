@@ -97,6 +97,8 @@ class OnnxCheckpoint(Checkpoint):
                 info["int4_kept"] = f"dequantized exactly, stored as {quant.storage_dtype}"
             elif quant.storage_dtype == self.scale_dtype:
                 info["int4_kept"] = "bit for bit (codes and scales)"
+            elif quant.storage_dtype == "float32":  # float32 holds every float16/bfloat16 exactly
+                info["int4_kept"] = f"bit for bit (codes; {self.scale_dtype} scales widened exactly to float32)"
             else:
                 info["int4_kept"] = f"codes bit for bit, scales rounded {self.scale_dtype} -> {quant.storage_dtype}"
         return info

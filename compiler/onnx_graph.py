@@ -95,7 +95,7 @@ class OnnxFile:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if length not in (-1, nbytes):
             raise CheckpointError(f"{self.path}: tensor {name!r} {list(shape)} {dtype} says {length} bytes, not {nbytes} — export the model again")
-        if offset + nbytes > self._data_size:
+        if offset < 0 or offset + nbytes > self._data_size:
             raise CheckpointError(
                 f"{where} is truncated: tensor {name!r} ends at byte {offset + nbytes} but the file holds"
                 f" {self._data_size} — download or export the model again"

@@ -41,7 +41,8 @@ def cmd_compile(args) -> int:
 
 
 def _bundle_name(model: str, quant: str, target: str) -> str:
-    base = model.split("random:", 1)[1] if model.startswith("random:") else Path(model).name
+    path = Path(model)
+    base = model.split("random:", 1)[1] if model.startswith("random:") else (path.parent if path.suffix == ".onnx" else path).name
     return f"{base.replace(':', '-').replace('=', '')}-{quant}-{target}"
 
 
