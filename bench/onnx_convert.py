@@ -111,7 +111,10 @@ def main() -> None:
     if not (onnx_dir / "genai_config.json").is_file():
         wall, rss, _ = run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(onnx_dir),
                          "-p", "int4", "-e", "cpu", "-c", str(MODELS / "ort-cache")])
-        builder = {"wall_s": round(wall, 1), "peak_rss_mb": round(rss)}
+        builder = {"wall_s": round(wall, 1), "peak_rss_mb": round(rss), "date": time.strftime("%Y-%m-%d")}
+        (onnx_dir / "builder-cost.json").write_text(json.dumps(builder))
+    elif (onnx_dir / "builder-cost.json").is_file():  # measured when the folder was built
+        builder = json.loads((onnx_dir / "builder-cost.json").read_text())
         print(f"ONNX Runtime GenAI builder: {wall:.1f} s, peak RSS {rss:.0f} MiB", file=sys.stderr)
 
     rows = []

@@ -3,7 +3,8 @@
 Two jobs, both free of any weight bytes until a tensor is asked for:
   OnnxFile   the graph proto (onnx.load with load_external_data=False: no weight is read), an
              index of every initializer and Constant (main graph and If branches), and one
-             tensor read at a time from the external data file (memory-mapped slice, copied).
+             tensor read at a time from the external data file (read into a buffer of its own:
+             no map of the file stays resident).
              Every external location is checked at open: inside the model's folder, offset +
              length within the file and equal to the tensor's size, so a truncated
              model.onnx.data fails at open, not halfway through a compile.
@@ -22,7 +23,6 @@ checked by the tests; Olive writes the same ops.
 """
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +67,7 @@ class OnnxFile:
         self.graph = self.model.graph
         self.data_path: Path | None = None
         self._data_size = 0
-        self._map: mmap.mmap | None = None
+        self._fh = None
         self.tensors: dict[str, TensorRef] = {}
         for init in self.graph.initializer:
             self.tensors[init.name] = self._ref(init)
@@ -131,13 +131,15 @@ class OnnxFile:
         ref = self.info(name)
         if ref.offset < 0:
             return np.array(_onnx().numpy_helper.to_array(ref.proto), dtype=ref.dtype, order="C").reshape(ref.shape)
-        if self._map is None:
+        if self._fh is None:
             if self.data_path.stat().st_size != self._data_size:
                 raise CheckpointError(f"{self.data_path} changed size since it was opened — do not edit a model mid-compile")
-            with open(self.data_path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        raw = np.frombuffer(self._map, dtype=np.uint8, count=ref.length, offset=ref.offset)
-        return raw.view(ref.dtype).reshape(ref.shape).copy()
+            self._fh = open(self.data_path, "rb")
+        buf = bytearray(ref.length)
+        self._fh.seek(ref.offset)
+        if self._fh.readinto(buf) != ref.length:
+            raise CheckpointError(f"{self.data_path} ended early reading {name!r} — do not edit a model mid-compile")
+        return np.frombuffer(buf, dtype=ref.dtype).reshape(ref.shape)
 
 
 def _all_nodes(graph):
