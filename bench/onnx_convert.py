@@ -11,7 +11,11 @@ scales), then `edgesmith compile` of each, in a child process so its peak RSS is
 Reported per source: the conversion alone (trace the model, stream every tensor into the
 tensor cache: what differs between the two sources), in its own child, its seconds and peak RSS;
 then the whole `edgesmith compile` (lowering and linking included), wall seconds and peak RSS.
-The builder's own time and peak RSS are reported beside them. Peak RSS is wait4's ru_maxrss of
+The builder's own time and peak RSS are reported beside them. With --agreement, each int4
+scheme compiled from the ONNX folder (embedding and lm_head in float: --float-embedding) is then
+run teacher-forced beside ONNX Runtime GenAI on the same folder: mean KL and top-1 agreement of
+the next-token distributions (ONNX Runtime multiplies with int8 activations, accuracy level 4).
+Peak RSS is wait4's ru_maxrss of
 a child started by a parent that never holds a model (Linux carries a parent's RSS at fork into
 the child's maximum), so the checkpoint is written in a child too. Prints a table, writes
 bench/out/onnx_convert.json. Needs onnxruntime-genai, onnx-ir, onnxscript (the test extra).
@@ -98,6 +102,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--rebuild", action="store_true", help="write the checkpoint and the ONNX folder again")
+    ap.add_argument("--agreement", type=int, default=0, metavar="POSITIONS",
+                    help="also compare q4f32/q4f32i8/q4f16/q4f16i8 with ONNX Runtime GenAI over this many positions")
     ap.add_argument("--out", type=Path, default=Path("bench/out/onnx_convert.json"))
     args = ap.parse_args()
 
@@ -115,7 +121,8 @@ def main() -> None:
         (onnx_dir / "builder-cost.json").write_text(json.dumps(builder))
     elif (onnx_dir / "builder-cost.json").is_file():  # measured when the folder was built
         builder = json.loads((onnx_dir / "builder-cost.json").read_text())
-        print(f"ONNX Runtime GenAI builder: {wall:.1f} s, peak RSS {rss:.0f} MiB", file=sys.stderr)
+    if builder:
+        print(f"ONNX Runtime GenAI builder: {builder['wall_s']} s, peak RSS {builder['peak_rss_mb']} MiB", file=sys.stderr)
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgesmith-onnx-convert-") as tmp:
@@ -136,8 +143,39 @@ def main() -> None:
     data_mb = (onnx_dir / "model.onnx.data").stat().st_size / 2**20
     hf_mb = sum(p.stat().st_size for p in hf.glob("*.safetensors")) / 2**20
     print(f"\n{args.layers} layers: model.onnx.data {data_mb:.0f} MiB, HF safetensors {hf_mb:.0f} MiB (float16)")
+    agree = agreement(onnx_dir, args.agreement) if args.agreement else None
     write_json(args.out, {"date": time.strftime("%Y-%m-%d"), "layers": args.layers, "onnx_data_mb": round(data_mb),
-                          "hf_safetensors_mb": round(hf_mb), "builder": builder, "rows": rows})
+                          "hf_safetensors_mb": round(hf_mb), "builder": builder, "rows": rows, "agreement": agree})
+
+
+def agreement(onnx_dir: Path, positions: int) -> list[dict]:
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from edgesmith.compiler.build import compile_bundle
+    from edgesmith.runtime.evaluate import compare_logits, teacher_forced_logits
+
+    ids = np.random.default_rng(0).integers(0, 32000, positions).tolist()
+    model = og.Model(str(onnx_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=positions + 1)
+    gen = og.Generator(model, params)
+    ref = []
+    for tok in ids:
+        gen.append_tokens([tok])
+        ref.append(np.array(gen.get_output("logits"), dtype=np.float64).reshape(-1))
+    del gen, model
+    ref = np.stack(ref)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgesmith-onnx-agree-") as tmp:
+        for quant in ("q4f32", "q4f32i8", "q4f16", "q4f16i8"):
+            bundle = compile_bundle(onnx_dir, quant, "host", Path(tmp) / quant, quantize_embedding=False)
+            r = compare_logits(ref, teacher_forced_logits(bundle, ids))
+            rows.append({"quant": quant, "mean_kl": r["mean_kl"], "top1": r["top1_agreement"], "max_abs_diff": r["max_abs_diff"]})
+            print(rows[-1], file=sys.stderr)
+    print(f"\nvs ONNX Runtime GenAI, {positions} teacher-forced positions (embedding and lm_head in float):")
+    print(table(rows, [(k, k) for k in rows[0]]))
+    return rows
 
 
 if __name__ == "__main__":
