@@ -18,11 +18,11 @@ def describe(bundle: Path, as_json: bool = False) -> str:
     lines = [
         f"bundle      {Path(bundle)}  (all {len(files)} files match their sha256)",
         f"model       {m['model']['source']}",
-        *_input_lines(m["model"].get("input")),
         f"            {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, heads {cfg['num_attention_heads']}"
         f"/{cfg['num_key_value_heads']} kv, vocab {cfg['vocab_size']}, rope {cfg['rope_type']}"
         f"{'' if cfg['partial_rotary_factor'] == 1 else ' partial ' + str(cfg['partial_rotary_factor'])}"
         f"{', tied embeddings' if cfg['tie_word_embeddings'] else ''}",
+        *_input_lines(m["model"].get("input")),
         f"quant       {m['quant']}{' (embedding and lm_head in float)' if m['quant'].startswith('q4') and not m.get('quantize_embedding') else ''}",
         f"target      {m['target']['preset']} ({m['target']['triple']}, layout {m['target']['layout']}) "
         f"{json.dumps(m['target']['tvm_target'], separators=(',', ':'))}",
