@@ -10,7 +10,7 @@ from pathlib import Path
 import tvm
 from edgesmith.compiler import bundle as bundle_io
 from edgesmith.compiler import gpu_sources
-from edgesmith.compiler.checkpoint import Checkpoint, open_checkpoint, validate
+from edgesmith.compiler.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
 from edgesmith.compiler.convert import convert_params
 from edgesmith.compiler.model_phi3 import PAGE_SIZE, Phi3ForCausalLM
 from edgesmith.compiler.pipeline import make_pipeline
@@ -52,24 +52,29 @@ def default_max_context(cfg) -> int:
     return min(limit, 4096)
 
 
-def compile_bundle(model: str | Path | Checkpoint, quant: str, target: str, out: Path, *,
+def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: str, out: Path, *,
                    quantize_embedding: bool = True, dump_ir: Path | None = None,
                    progress: Progress | None = None) -> Path:
-    """Compile `model` for `target` into the bundle folder `out`; returns `out`."""
+    """Compile `model` for `target` into the bundle folder `out`; returns `out`.
+    quant None: the target's and the source's default (checkpoint.default_quant)."""
     progress = progress or Progress()
-    q = get_quantization(quant)
+    q = get_quantization(quant) if quant else None
     preset = presets.get_preset(target)
     missing = presets.missing_codegen(preset)
     if missing:
         raise TargetError(missing)
     ckpt = model if isinstance(model, Checkpoint) else open_checkpoint(model)
     validate(ckpt)
+    q = q or get_quantization(default_quant(ckpt, target)[0])
+    source = ckpt.source_info(q)
     cfg = ckpt.config
     tvm_target = tvm.target.Target(preset.tvm_target())
     t0 = time.perf_counter()
     with bundle_io.staging(Path(out)) as tmp:
         progress.step(f"tracing {ckpt.description} at {q.name}")
         mod, params = build_model(cfg, q, tvm_target, quantize_embedding=quantize_embedding)
+        if "int4_kept" in source:
+            progress.step(f"the source's int4 weights: {source['int4_kept']}")
 
         progress.step(f"converting {len(params)} tensors")
         tick = progress.tensors(len(params))
@@ -108,7 +113,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str, target: str, out:
 
         progress.step("writing manifest")
         bundle_io.write_manifest(tmp, {
-            "model": {"source": ckpt.description, "fingerprint": ckpt.fingerprint(), "config": cfg.to_dict()},
+            "model": {"source": ckpt.description, "fingerprint": ckpt.fingerprint(), "config": cfg.to_dict(),
+                      "input": source},
             "quant": q.name,
             **({"int8_dot": _int8_dot(q, tvm_target, preset)} if q.int8_activations else {}),
             "quantize_embedding": quantize_embedding and q.quantized,

@@ -41,6 +41,8 @@ class Checkpoint(ABC):
     tokenizer_path: Path | None = None  # tokenizer.json the bundle carries
     tokenizer_files: tuple[Path, ...] = ()  # what goes with it: tokenizer_config.json, chat_template.jinja
     tokenizer_entry: dict | None = None  # the manifest's "tokenizer": where it comes from, or why there is none
+    source_format = "safetensors"  # "random", "onnx" (onnx_checkpoint.py)
+    preferred_quant = "q4f16"  # the source's own scheme (an int4 ONNX export's scales: q4f32)
     _shapes: dict[str, tuple[int, ...]]
 
     def tensor_names(self) -> list[str]:
@@ -54,6 +56,14 @@ class Checkpoint(ABC):
         """The tensor as float32, C-contiguous, owned by the caller (not a view of the file)."""
         self._check_name(name)
         return self._read(name)
+
+    def read_q4(self, name: str, group_size: int, scale_dtype: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The tensor already in our int4 layout (packed, scales) when the source stores it so, else None."""
+        return None
+
+    def source_info(self, quant) -> dict:
+        """What the manifest records about the source's format (and what stayed exact)."""
+        return {"format": self.source_format}
 
     @abstractmethod
     def fingerprint(self) -> str:
@@ -229,7 +239,7 @@ def _open_safetensors(folder: Path) -> list[SafetensorsFile]:
 
 
 def open_checkpoint(spec: str | Path) -> Checkpoint:
-    """A Hugging Face folder, or "random:<preset>[:layers=N][:seed=S]"."""
+    """A Hugging Face folder, an ONNX Runtime GenAI folder (or its .onnx), or "random:<preset>[:layers=N][:seed=S]"."""
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
         from .random_weights import RandomCheckpoint
 
@@ -239,9 +249,35 @@ def open_checkpoint(spec: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {str(spec)!r} does not exist — give a Hugging Face folder or random:<preset> (e.g. random:tiny)"
         )
+    from .onnx_checkpoint import OnnxCheckpoint, is_onnx_source
+
+    if is_onnx_source(path):
+        return OnnxCheckpoint(path)
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a file, not a folder — give the folder holding config.json")
+        raise CheckpointError(f"checkpoint {path} is a file, not a folder — give the folder holding config.json (or a model.onnx)")
     return FolderCheckpoint(path)
+
+
+def default_quant(source: str | Path | Checkpoint, target: str) -> tuple[str, str]:
+    """The --quant to use when none is given, and why. The target decides the activations (int8
+    where it has int8 dot products: presets.default_quantization), the source the scales: an int4
+    ONNX export keeps its own (q4f32), so its weights stay bit for bit."""
+    from edgesmith.targets.presets import default_quantization, get_preset
+
+    quant, why = default_quantization(get_preset(target))
+    if isinstance(source, Checkpoint):
+        own = source.preferred_quant
+    elif isinstance(source, str) and source.startswith(RANDOM_PREFIX):
+        own = "q4f16"
+    else:
+        from .onnx_checkpoint import is_onnx_source
+
+        own = open_checkpoint(source).preferred_quant if Path(source).exists() and is_onnx_source(Path(source)) \
+            else "q4f16"
+    if own != "q4f16":
+        quant = own + "i8" if quant.endswith("i8") else own
+        why += f"; {own}: the source's own int4 scheme, its weights kept bit for bit"
+    return quant, why
 
 
 def expected_shapes(cfg: Phi3Config) -> dict[str, tuple[int, ...]]:

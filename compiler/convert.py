@@ -33,7 +33,9 @@ def convert_params(ckpt: Checkpoint, params: list[tuple[str, tuple[int, ...], st
         elif name in pending:
             arr = pending.pop(name)
         elif name.endswith((".q_weight", ".q_scale")):
-            packed, scale = quantize_q4(ckpt.read(hf_name(name)), quant.group_size, quant.storage_dtype)
+            # An int4 source (ONNX MatMulNBits) hands over its codes and scales as they are.
+            stored = ckpt.read_q4(hf_name(name), quant.group_size, quant.storage_dtype)
+            packed, scale = stored or quantize_q4(ckpt.read(hf_name(name)), quant.group_size, quant.storage_dtype)
             base = name.rsplit(".", 1)[0]
             arr, other = (packed, scale) if name.endswith(".q_weight") else (scale, packed)
             pending[base + (".q_scale" if name.endswith(".q_weight") else ".q_weight")] = other

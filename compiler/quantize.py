@@ -40,6 +40,9 @@ QUANTIZATIONS: dict[str, Quantization] = {
         Quantization("q4f32", "int4 weights in groups of 32, float32 scales", 4, "float32"),
         Quantization("q4f16i8", "q4f16 weights; decode with int8 activations on int8 dot products "
                      "(AVX512-VNNI, AVX-VNNI, Arm dotprod)", 4, "float16", int8_activations=True),
+        # An int4 ONNX model's float32 scales kept as they are, with ONNX Runtime's int8 activations.
+        Quantization("q4f32i8", "q4f32 weights; decode with int8 activations on int8 dot products", 4, "float32",
+                     int8_activations=True),
     )
 }
 

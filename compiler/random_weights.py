@@ -102,6 +102,8 @@ def list_presets() -> list[str]:
 
 
 class RandomCheckpoint(Checkpoint):
+    source_format = "random"
+
     def __init__(self, preset: str, layers: int | None = None, seed: int = 0):
         if preset not in RANDOM_PRESETS:
             raise ConfigError(unknown_name("random preset", preset, RANDOM_PRESETS))

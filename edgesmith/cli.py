@@ -52,13 +52,15 @@ class _Parser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------------------------ compile
 def cmd_compile(args) -> int:
-    from edgesmith.targets.presets import default_quantization, get_preset
+    from edgesmith.compiler.checkpoint import default_quant
+    from edgesmith.targets.presets import get_preset
 
     progress_note = None
     if args.quant is None:
-        args.quant, why = default_quantization(get_preset(args.target))
+        get_preset(args.target)  # an unknown target: said before the checkpoint is opened
+        args.quant, why = default_quant(args.model, args.target)
         progress_note = f"quantization {args.quant}: the default for target {args.target} ({why})" + (
-            "; --quant q4f16 for exact float activations" if args.quant == "q4f16i8" else "")
+            f"; --quant {args.quant[:-2]} for exact float activations" if args.quant.endswith("i8") else "")
     out = args.output or Path("dist") / _bundle_name(args.model, args.quant, args.target)
     _check_compile_args(args.model, args.quant, args.target, out)
     from edgesmith.compiler.build import compile_bundle
@@ -99,7 +101,8 @@ def _check_compile_args(model: str, quant: str, target: str, out: Path) -> None:
 
 
 def _bundle_name(model: str, quant: str, target: str) -> str:
-    base = model.split("random:", 1)[1] if model.startswith("random:") else Path(model).name
+    path = Path(model)
+    base = model.split("random:", 1)[1] if model.startswith("random:") else (path.parent if path.suffix == ".onnx" else path).name
     return f"{base.replace(':', '-').replace('=', '')}-{quant}-{target}"
 
 
@@ -449,11 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compile", help="checkpoint folder or random:<preset> -> bundle folder")
-    c.add_argument("model", help="a Hugging Face folder (config.json, *.safetensors) or random:<preset>[:layers=N][:seed=S] "
+    c.add_argument("model", help="a Hugging Face folder (config.json, *.safetensors), an ONNX Runtime GenAI folder "
+                   "(genai_config.json, model.onnx) or random:<preset>[:layers=N][:seed=S] "
                    "(presets: tiny, phi-3-mini-4k, phi-3-mini-128k, phi-3-medium-4k, phi-3.5-mini, phi-4-mini)")
     c.add_argument("--quant", help="q4f16i8 (int4 weights, int8 activations on the CPU's int8 dot products: the "
                    "default where the target has them), q4f16 (int4 weights, float activations: the default "
-                   "elsewhere), q4f32, q0f16, q0f32; `edgesmith targets` shows each target's default")
+                   "elsewhere), q4f32, q4f32i8, q0f16, q0f32; an int4 ONNX model keeps its own scale dtype (q4f32 or "
+                   "q4f32i8); `edgesmith targets` shows each target's default")
     c.add_argument("--target", default="host", help="target preset (see `edgesmith targets`); default host")
     c.add_argument("-o", "--output", type=Path, help="bundle folder to write (default dist/<model>-<quant>-<target>)")
     c.add_argument("--float-embedding", action="store_true", help="keep the embedding and lm_head in float")

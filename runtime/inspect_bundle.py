@@ -22,6 +22,7 @@ def describe(bundle: Path, as_json: bool = False) -> str:
         f"/{cfg['num_key_value_heads']} kv, vocab {cfg['vocab_size']}, rope {cfg['rope_type']}"
         f"{'' if cfg['partial_rotary_factor'] == 1 else ' partial ' + str(cfg['partial_rotary_factor'])}"
         f"{', tied embeddings' if cfg['tie_word_embeddings'] else ''}",
+        *_input_lines(m["model"].get("input")),
         f"quant       {m['quant']}{' (embedding and lm_head in float)' if m['quant'].startswith('q4') and not m.get('quantize_embedding') else ''}",
         f"target      {m['target']['preset']} ({m['target']['triple']}, layout {m['target']['layout']}) "
         f"{json.dumps(m['target']['tvm_target'], separators=(',', ':'))}",
@@ -55,6 +56,21 @@ def _tokenizer_line(m: dict) -> str:
     if t["source"]:
         return f"built Phi-3 vocabulary (32064 tokens, from {t['from']}){template}"
     return f"none: {t.get('note', 'no tokenizer.json')}"
+
+
+def _input_lines(source: dict | None) -> list[str]:
+    """The checkpoint's format (safetensors, onnx, random) and, for int4 ONNX, what stayed exact."""
+    if not source:
+        return []
+    fmt = {"onnx": "ONNX Runtime GenAI (" + source.get("file", "model.onnx") + ")",
+           "safetensors": "Hugging Face safetensors", "random": "random weights"}.get(source["format"], source["format"])
+    line = f"format      {fmt}"
+    if source.get("int4_linears"):
+        line += (f"; {source['int4_linears']} int4 MatMulNBits (block {'/'.join(map(str, source['int4_blocks']))},"
+                 f" {source['int4_scales']} scales): {source['int4_kept']}")
+    if source.get("float_linears"):
+        line += f"; {source['float_linears']} float MatMul: {source.get('float_kept', '')}"
+    return [line]
 
 
 def _device_lines(m: dict) -> list[str]:

@@ -65,15 +65,15 @@ def test_gemv_matches_numpy_scheme(isa, n, k, scale_dtype):
 
 @needs_dot
 @pytest.mark.parametrize("isa", HOST_ISAS, ids=lambda i: i.name)
-@pytest.mark.parametrize("tokens", [1, 5, 13])  # 13: the last register tile of tokens is partly padding
-def test_gemm_matches_numpy_scheme(isa, tokens):
+@pytest.mark.parametrize("tokens,scale_dtype", [(1, "float16"), (5, "float16"), (13, "float16"), (5, "float32")])
+def test_gemm_matches_numpy_scheme(isa, tokens, scale_dtype):  # 13: the last register tile of tokens is partly padding
     n, k = 4 * isa.lanes * 2, 256
-    func = kernels_int8.q4_gemm_i8(n, k, 32, "float16", isa).with_attr("global_symbol", "main")
+    func = kernels_int8.q4_gemm_i8(n, k, 32, scale_dtype, isa).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST)
     rng = np.random.default_rng(tokens)
     x = rng.standard_normal((1, tokens, k)).astype(np.float32)
     x[0, 0, :32] = 0
-    packed, scale = quantize_q4((rng.standard_normal((n, k)) * 0.05).astype(np.float32), 32, "float16")
+    packed, scale = quantize_q4((rng.standard_normal((n, k)) * 0.05).astype(np.float32), 32, scale_dtype)  # q4f32i8: float32
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.full((1, tokens, n), np.nan, np.float32), dev)
     lib["main"](*[tvm.runtime.tensor(a, dev) for a in (x, packed, scale)], out)

@@ -27,10 +27,10 @@ def bundle_for(model: str, quant: str | None, target: str, *, progress=None) -> 
     """{target, path, key, cached, compile_s}: the cached bundle, compiled first if missing
     (quant None: the target's default quantization)."""
     from edgesmith.compiler.build import compile_bundle
-    from edgesmith.targets.presets import default_quantization, get_preset
+    from edgesmith.compiler.checkpoint import default_quant
 
     say = progress or (lambda msg: None)
-    quant = quant or default_quantization(get_preset(target))[0]
+    quant = quant or default_quant(model, target)[0]
     key = content_key(model, quant, target)
     base = model.split("random:", 1)[1] if model.startswith("random:") else Path(model).name
     name = f"{base.replace(':', '-').replace('=', '')}-{quant}-{target}-{key[:12]}"
