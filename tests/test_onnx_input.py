@@ -151,7 +151,9 @@ def test_config_from_genai_config_and_graph(onnx_folder, hf_folder, variant):
     else:
         theta = hf["rope_theta"] if "rope_theta" in hf else hf["rope_parameters"]["rope_theta"]  # transformers 5 layout
         assert cfg.rope_type == "default" and cfg.rope_theta == theta
-    assert default_quant(str(onnx_folder(variant))) == "q4f32"  # the builder's CPU int4 keeps float32 scales
+    # the builder's CPU int4 keeps float32 scales; the target adds int8 activations where it has dot products
+    assert default_quant(str(onnx_folder(variant)), "arm64-linux")[0] == "q4f32"
+    assert default_quant(str(onnx_folder(variant)), "arm64-linux-dotprod")[0] == "q4f32i8"
 
 
 def test_config_json_beside_the_graph_is_used_and_checked(onnx_folder, hf_folder, tmp_path):
@@ -264,7 +266,8 @@ def test_int4_default_keeps_lm_head_and_tied_embedding_codes(onnx_folder, onnx_b
     """Without --float-embedding: lm_head (or the tied embedding) stays int4, codes and scales as stored."""
     bundle = onnx_bundle(variant, "int4", None)
     m = read_manifest(bundle)
-    assert m["quant"] == "q4f32"
+    # float32 scales as stored; int8 activations only where the host has dot products
+    assert m["quant"] == default_quant(str(onnx_folder(variant)), "host")[0] in ("q4f32", "q4f32i8")
     assert m["model"]["input"]["int4_kept"] == "bit for bit (codes and scales)"
     params = read_tensor_cache(bundle / "params")
     init = load_initializers(onnx_folder(variant))
@@ -320,7 +323,9 @@ def test_fp16_export_eval_and_inspect(onnx_folder, tmp_path, capsys):
     assert main(["compile", str(folder), "-o", str(out), "--eval", "-q"]) == 0
     assert "accuracy vs q0f32 over 32 positions" in capsys.readouterr().out
     m = read_manifest(out)
-    assert m["quant"] == "q4f16" and m["model"]["input"]["float_kept"] == "quantized by edgesmith"
+    # float weights: our own int4, the target's default (int8 activations where the host has dot products)
+    assert m["quant"] == default_quant(str(folder), "host")[0] in ("q4f16", "q4f16i8")
+    assert m["model"]["input"]["float_kept"] == "quantized by edgesmith"
     assert m["eval"]["mean_kl"] < 0.05
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
