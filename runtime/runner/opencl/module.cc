@@ -237,6 +237,9 @@ class OpenCLModule final : public ffi::ModuleObj {
       std::string name = info.name;
       kernels_[name] = std::make_shared<Kernel>(std::move(info), it->second);
     }
+    // The device now, while the library loads: no OpenCL, no platform or no device is one clear
+    // error here rather than a failure inside the VM's first allocation.
+    Context::get();
   }
 
   const char* kind() const final { return "opencl"; }

@@ -2,6 +2,7 @@
 
 #include "programs.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -181,9 +182,18 @@ static std::string build_log(const Context& ctx, cl_program program) {
        ctx.facts.driver + ") failed: " + error_name(err) + ": " + errors + hint + " (full log: " + log_path + ")");
 }
 
+// Some drivers print the compiler's diagnostics on stderr as well as into the build log (PoCL's
+// clang: "1 error generated."): stderr is muted during the build, so a failure is the runner's
+// one line; the log, kept whole in a file, has every word.
 static cl_int timed_build(const Context& ctx, cl_program program) {
   double t0 = now_s();
+  fflush(stderr);
+  int saved = dup(2), devnull = open("/dev/null", O_WRONLY);
+  if (saved >= 0 && devnull >= 0) dup2(devnull, 2);
   cl_int err = api().clBuildProgram(program, 1, &ctx.device, kBuildOptions, nullptr, nullptr);
+  if (saved >= 0 && devnull >= 0) dup2(saved, 2);
+  if (saved >= 0) close(saved);
+  if (devnull >= 0) close(devnull);
   program_stats().build_s += now_s() - t0;
   return err;
 }
