@@ -1,6 +1,6 @@
 """The lowering pipeline: one phased list of passes, with an IR dump after each phase.
 
-(attention: our CPU attention kernels on llvm; TVM's 16-byte ragged prefill on OpenCL) ->
+(attention: our CPU attention kernels on llvm; two GPU kernels fixed for OpenCL) ->
 legalize -> fuse -> schedule (our CPU rules, then dlight's) -> lower to the VM.
 `tvm.compile`'s default pipeline neither fuses nor schedules, so we pass this one instead.
 """
@@ -16,10 +16,10 @@ def _phases(target) -> list[tuple[str, list]]:
     from edgesmith.compiler import attention_cpu, attention_opencl, schedules, schedules_gpu
 
     T = relax.transform
-    # llvm: our attention kernels in place of TVM's scalar ones; opencl: TVM's ragged prefill
-    # with 16-byte loads (attention_opencl.py says why); other GPU targets keep TVM's
+    # llvm: our attention kernels in place of TVM's scalar ones; opencl: two of TVM's GPU kernels
+    # made right without lock-step warps (attention_opencl.py); other GPU targets keep TVM's
     attention = {"llvm": [("attention", [attention_cpu.ReplaceCPUAttention])],
-                 "opencl": [("attention", [attention_opencl.OpenCLRaggedPrefill16])]}.get(target.kind.name, [])
+                 "opencl": [("attention", [attention_opencl.ReplaceOpenCLAttention])]}.get(target.kind.name, [])
     return attention + [
         ("legalize", [
             relax.backend.DispatchSampling(),
