@@ -40,6 +40,9 @@ def check_compatible(device: Device, manifest: dict) -> None:
     if arch != preset.arch:
         raise DeviceError(device.name, f"runs {preset.arch} (target {preset.name}) and the bundle is for {arch} "
                                        f"(target {built_for}); compile it with --target {preset.name}")
+    missing = manifest.get("device", {}).get("runtime_missing")
+    if missing:
+        raise DeviceError(device.name, f"cannot run the bundle (target {built_for}): it ships no runner: {missing}")
     if preset.layout.startswith("android") and layout == "linux":
         raise DeviceError(device.name, f"is an Android device and the bundle (target {built_for}) needs a glibc "
                                        f"Linux; compile it with --target {preset.name}")

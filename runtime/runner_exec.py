@@ -41,13 +41,17 @@ def runner_argv(bundle: Path) -> list[str]:
     bundle = Path(bundle)
     manifest_path = bundle / "manifest.json"
     try:
-        arch = json.loads(manifest_path.read_text())["arch"]
+        manifest = json.loads(manifest_path.read_text())
+        arch = manifest["arch"]
     except FileNotFoundError:
         raise BundleError(f"{manifest_path} not found; is '{bundle}' a bundle folder?") from None
     except (ValueError, KeyError) as err:
         raise BundleError(f"{manifest_path} is unreadable ({err}); rebuild the bundle") from None
     bindir = bundle / "bin"
     runner = bindir / "runner"
+    missing = manifest.get("device", {}).get("runtime_missing")
+    if missing and not runner.is_file():  # a GPU target nothing here can build a runtime for
+        raise BundleError(f"bundle '{bundle}' ships no runner: {missing}")
     if not runner.is_file():
         raise BundleError(f"{runner} not found; rebuild the bundle (it ships its runner)")
     if arch == host_arch():

@@ -77,13 +77,17 @@ def test_gpu_preset_compiles_tiny_q4f16(name, bundles):
 
 
 @pytest.mark.parametrize("name", ["android-opencl", "android-mali"])
-def test_android_gpu_library_is_aarch64_and_says_what_a_phone_needs(name, bundles):
+def test_android_gpu_library_is_aarch64_and_says_what_a_phone_needs(name, bundles, capsys):
     bundle = bundles(name)
     assert (bundle / "lib" / "model.so").read_bytes()[18] == 183  # ELF e_machine EM_AARCH64
     m = _manifest(bundle)
     note = m["device"]["runtime_missing"]
     assert "bionic" in note and "Android NDK" in note and "arm64-linux-mali" in note
     assert not any(f.startswith("bin/") for f in m["files"])
+    # running it says so in one line (here, and before any copy to a device: runtime/remote.py)
+    assert cli_main(["run", str(bundle), "--tokens", "1", "-n", "1"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "ships no runner" in lines[0] and "Android NDK" in lines[0]
 
 
 def test_opencl_dequantize_is_fused_into_the_gemv(bundles):
