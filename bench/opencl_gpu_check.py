@@ -4,11 +4,11 @@ greedy tokens and logits against the host's, its tok/s beside the CUDA bundle's 
 Two steps, because the GPU machine has neither TVM nor edgesmith (it needs neither):
 
   python bench/opencl_gpu_check.py prepare [--model random:phi-3-mini-4k] [--out dist/opencl-gpu-check]
-      here: compiles the model at q4f32 for `linux-opencl`, `cuda` and `host`; fills all three
-      with the same weights (below); runs the host bundle for the reference greedy tokens and
-      logits; leaves OUT/{opencl,cuda} without their weight shards (a few MB each: the full
-      weights, 2.3 GB a bundle, are too big to carry), OUT/libOpenCL.so.1 (the ICD loader, for a
-      machine without one) and OUT/expected.json. OUT/host keeps its weights (reference only).
+      here: compiles the model at q4f32 for `linux-opencl`, `cuda` and `host` into OUT-bundles/;
+      fills all three with the same weights (below); runs the host bundle for the reference greedy
+      tokens and logits; leaves in OUT (the folder to carry, ~23 MiB for the full model) the
+      OpenCL and CUDA bundles without their weight shards (2.3 GB each, too big to carry),
+      libOpenCL.so.1 (the ICD loader, for a machine without one) and expected.json.
 
   python3 bench/opencl_gpu_check.py run [--out dist/opencl-gpu-check]
       on the GPU machine (python3's standard library, the NVIDIA driver; nvcc for the CUDA
@@ -24,12 +24,16 @@ Weights: every parameter's bytes come from SHAKE-256 of its name (hashlib: the s
 machine and Python), shaped into what a q4f32 parameter holds: packed int4 weights (any 32 bits),
 scales of either sign in [2^-9, 2^-8) (about 1 / sqrt(21 K): activations keep their scale through
 a K-wide int4 dot product; the sign cancels the int4 values' -0.5 mean, which with positive
-scales pushes every layer the same way until one token wins every step) and norm weights in [1, 2). The shards, their md5 in tensor-cache.json and the
-manifest's sha256 and size of each are rewritten, so the runner verifies the bundle as usual.
+scales pushes every layer the same way until one token wins every step) and norm weights in
+[1, 2). The shards, their md5 in tensor-cache.json and the manifest's sha256 and size of each are
+rewritten, so the runner verifies the bundle as usual (the CUDA bundle's shards, laid out the
+same, are hard links to the OpenCL bundle's).
 
-Under 5 minutes of device time for the full model: filling 2 x 2.3 GB (~20 s), NVIDIA's
-OpenCL compile of ~40 kernels and nvcc's of the CUDA ones (each well under a minute; the OpenCL
-binaries are then cached), a few runner starts of a few seconds each.
+On a lent machine (the `run` tool; carry the prepared folder, write the result under $OUT):
+  python3 bench/opencl_gpu_check.py run --out dist/opencl-gpu-check --result $OUT/opencl_gpu_check.json
+Budget, full model: filling 2.3 GB (~40 s on this 2-core VM, single-threaded), NVIDIA's OpenCL
+compile of ~25 kernels and nvcc's of the CUDA ones (under a minute each, the OpenCL binaries then
+cached), seven runner starts (the first verifies 2.3 GB of sha256): about 3-4 minutes.
 """
 from __future__ import annotations
 
@@ -81,15 +85,35 @@ def param_bytes(name: str, dtype: str, nbytes: int) -> bytes:
     return bytes(raw)
 
 
-def fill_bundle(bundle: Path) -> float:
+def _layout(cache: dict) -> list:
+    return [{k: v for k, v in shard.items() if k != "md5sum"} for shard in cache["records"]]
+
+
+def fill_bundle(bundle: Path, like: Path | None = None) -> float:
     """Write every weight shard of `bundle` from the parameter names; update the md5 in
-    tensor-cache.json and the sha256/size of each rewritten file in the manifest. Seconds taken."""
+    tensor-cache.json and the sha256/size of each rewritten file in the manifest. `like`: a bundle
+    filled already whose shards have the same layout: hard-linked (or copied) instead. Seconds."""
     t0 = time.time()
     params = bundle / "params"
     cache = json.loads((params / "tensor-cache.json").read_text())
     manifest = json.loads((bundle / "manifest.json").read_text())
+    if like is not None:
+        other = json.loads((like / "params" / "tensor-cache.json").read_text())
+        if _layout(other) != _layout(cache):
+            like = None
     for shard in cache["records"]:
         path = params / shard["dataPath"]
+        if like is not None:  # same layout, same names: the same bytes
+            path.unlink(missing_ok=True)
+            try:
+                os.link(like / "params" / shard["dataPath"], path)
+            except OSError:
+                shutil.copy2(like / "params" / shard["dataPath"], path)
+            data = path.read_bytes()
+            shard["md5sum"] = hashlib.md5(data).hexdigest()
+            manifest["files"][f"params/{shard['dataPath']}"] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                                                 "size": len(data)}
+            continue
         data = bytearray(shard["nbytes"])
         for rec in shard["records"]:
             if rec.get("format", "raw") != "raw":
@@ -183,13 +207,14 @@ def prepare(args) -> int:
     from edgesmith.compiler.build import compile_bundle
 
     out = Path(args.out)
+    work = Path(str(out) + "-bundles")  # the full bundles: not carried
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     built = {}
     for name, target in (("host", "host"), ("opencl", "linux-opencl"), ("cuda", "cuda")):
         if name == "cuda" and args.no_cuda:
             continue
-        dest = out / f"full-{name}"
+        dest = work / name
         if _same_build(dest, args.model, target):  # weights are rewritten below anyway
             built[name] = dest
             continue
@@ -218,8 +243,8 @@ def prepare(args) -> int:
     }))
     carry = sum(f.stat().st_size for d in ("opencl", "cuda") if (out / d).exists() for f in (out / d).rglob("*")
                 if f.is_file())
-    print(f"ready: {out}/opencl, {out}/cuda ({carry / 2**20:.1f} MiB without weights), expected.json; "
-          f"the full-* bundles stay here. On the GPU machine: python3 bench/opencl_gpu_check.py run --out {out}")
+    print(f"ready: {out} ({carry / 2**20:.1f} MiB of bundles without weights, expected.json, the ICD loader) to "
+          f"carry; {work} stays here. On the GPU machine: python3 bench/opencl_gpu_check.py run --out {out}")
     return 0
 
 
@@ -295,8 +320,10 @@ def run(args) -> int:
     if result["gpu"] is None and "cuda" in bundles:
         result["cuda"] = {"skipped": "no NVIDIA GPU (nvidia-smi)"}
         del bundles["cuda"]
+    filled = None
     for name, bundle in bundles.items():
-        result.setdefault("fill_s", {})[name] = round(fill_bundle(bundle), 1)
+        result.setdefault("fill_s", {})[name] = round(fill_bundle(bundle, like=filled), 1)
+        filled = bundle
 
     env, notes = opencl_env(out, args.device)
     ocl = {"notes": notes}
@@ -324,7 +351,8 @@ def run(args) -> int:
         result["cuda"] = cuda
     result["host_output_ids"] = expected["host_output_ids"]
     result["wall_s"] = round(time.time() - t0, 1)
-    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    result_path = Path(args.result) if args.result else out / "result.json"
+    result_path.write_text(json.dumps(result, indent=1) + "\n")
 
     ok = ocl.get("tokens_equal") and ocl["logits"]["max_abs_diff"] <= MAX_LOGIT_DIFF
     dev = ocl.get("device") or {}
@@ -339,7 +367,7 @@ def run(args) -> int:
             diff = f"{r['logits']['max_abs_diff']:.2e}" if "logits" in r else ""
             print(f"| {name} | {where} | {r['tokens_equal']} | {diff} | {r['prefill_tok_s']:.1f} ± "
                   f"{r['prefill_tok_s_std']:.1f} | {r['decode_tok_s']:.1f} ± {r['decode_tok_s_std']:.1f} |")
-    print(f"result: {out / 'result.json'} ({'PASSED' if ok else 'FAILED'}, {result['wall_s']} s)")
+    print(f"result: {result_path} ({'PASSED' if ok else 'FAILED'}, {result['wall_s']} s)")
     return 0 if ok else 1
 
 
@@ -352,6 +380,7 @@ def main() -> int:
     a.add_argument("--no-cuda", action="store_true", help="no CUDA bundle (a machine without the CUDA toolkit)")
     b = sub.add_parser("run", help="on the GPU machine: fill, run, compare, time; writes OUT/result.json")
     b.add_argument("--out", default="dist/opencl-gpu-check")
+    b.add_argument("--result", help="where to write result.json (default OUT/result.json; on a lent machine $OUT/...)")
     b.add_argument("--device", choices=["gpu", "any"], default="gpu",
                    help="gpu (default): NVIDIA's OpenCL or fail; any: what there is (PoCL on a CPU machine)")
     args = p.parse_args()

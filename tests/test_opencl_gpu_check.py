@@ -101,3 +101,15 @@ def test_opencl_env_finds_nvidias_opencl_or_says_it_is_missing(tmp_path, monkeyp
     with pytest.raises(SystemExit, match="no libOpenCL.so.1 and none was carried"):
         check.opencl_env(tmp_path, "auto", no_vendors)
 
+
+
+def test_a_bundle_with_the_same_layout_shares_the_shards(compiled, filled, tmp_path):
+    dest = tmp_path / "b"
+    check.strip_weights(compiled("random:tiny", "q4f32", "linux-opencl"), dest)
+    check.fill_bundle(dest, like=filled["host"])
+    ours = json.loads((dest / "manifest.json").read_text())["files"]
+    fresh = json.loads((filled["opencl"] / "manifest.json").read_text())["files"]
+    shards = [f for f in fresh if f.startswith("params/")]
+    assert shards and all(ours[f] == fresh[f] for f in shards)
+    first = next((dest / "params").glob("params_shard_*.bin"))
+    assert first.stat().st_ino == (filled["host"] / "params" / first.name).stat().st_ino  # a hard link
