@@ -1,7 +1,7 @@
 """The lowering pipeline: one phased list of passes, with an IR dump after each phase.
 
-(attention: our CPU attention kernels, llvm only) -> legalize -> fuse -> schedule (our CPU rules,
-then dlight's) -> lower to the VM.
+(attention: our CPU attention kernels on llvm; two GPU kernels fixed for OpenCL) ->
+legalize -> fuse -> schedule (our CPU rules, then dlight's) -> lower to the VM.
 `tvm.compile`'s default pipeline neither fuses nor schedules, so we pass this one instead.
 """
 from __future__ import annotations
@@ -13,12 +13,14 @@ from edgesmith.targets.tvm_api import relax
 
 
 def _phases(target) -> list[tuple[str, list]]:
-    from edgesmith.compiler import attention_cpu, schedules, schedules_gpu
+    from edgesmith.compiler import attention_cpu, attention_opencl, schedules, schedules_gpu
 
     T = relax.transform
-    # llvm: our attention kernels in place of TVM's scalar ones (GPU targets keep TVM's)
-    cpu_attention = [("attention", [attention_cpu.ReplaceCPUAttention])] if target.kind.name == "llvm" else []
-    return cpu_attention + [
+    # llvm: our attention kernels in place of TVM's scalar ones; opencl: two of TVM's GPU kernels
+    # made right without lock-step warps (attention_opencl.py); other GPU targets keep TVM's
+    attention = {"llvm": [("attention", [attention_cpu.ReplaceCPUAttention])],
+                 "opencl": [("attention", [attention_opencl.ReplaceOpenCLAttention])]}.get(target.kind.name, [])
+    return attention + [
         ("legalize", [
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),

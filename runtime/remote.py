@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from edgesmith.compiler.bundle import read_manifest
-from edgesmith.errors import EdgesmithError, one_line
+from edgesmith.errors import BundleError, EdgesmithError, one_line
 from edgesmith.runtime.devices import Device
 from edgesmith.runtime.push import PushReport, push_bundle
-from edgesmith.runtime.runner_exec import runner_start
+from edgesmith.runtime.runner_exec import missing_runner, runner_start
 from edgesmith.runtime.transports import open_transport
 from edgesmith.runtime.transports.base import Deadline, DeviceError, DeviceTimeout, shell_join
 from edgesmith.targets.presets import get_preset
@@ -40,6 +40,8 @@ def check_compatible(device: Device, manifest: dict) -> None:
     if arch != preset.arch:
         raise DeviceError(device.name, f"runs {preset.arch} (target {preset.name}) and the bundle is for {arch} "
                                        f"(target {built_for}); compile it with --target {preset.name}")
+    if manifest.get("device", {}).get("runtime_missing"):  # the bundle's fault, found before any copy
+        raise BundleError(missing_runner(f"for {built_for}", manifest))
     if preset.layout.startswith("android") and layout == "linux":
         raise DeviceError(device.name, f"is an Android device and the bundle (target {built_for}) needs a glibc "
                                        f"Linux; compile it with --target {preset.name}")

@@ -42,15 +42,16 @@ def runner_argv(bundle: Path) -> list[str]:
     bundle = Path(bundle)
     manifest_path = bundle / "manifest.json"
     try:
-        arch = json.loads(manifest_path.read_text())["arch"]
+        manifest = json.loads(manifest_path.read_text())
+        arch = manifest["arch"]
     except FileNotFoundError:
         raise BundleError(f"{manifest_path} not found; is '{bundle}' a bundle folder?") from None
     except (ValueError, KeyError) as err:
         raise BundleError(f"{manifest_path} is unreadable ({err}); rebuild the bundle") from None
     bindir = bundle / "bin"
     runner = bindir / "runner"
-    if not runner.is_file():
-        raise BundleError(missing_runner(bundle, json.loads(manifest_path.read_text())))
+    if not runner.is_file():  # a GPU target nothing here can build a runtime for, or a damaged copy
+        raise BundleError(missing_runner(bundle, manifest))
     if arch == host_arch():
         return [str(runner)]
     if arch == "aarch64":
@@ -77,8 +78,8 @@ def missing_runner(bundle: Path, manifest: dict) -> str:
         return (f"bundle '{bundle}' (target {preset.name}) has its runner built on the device: copy the bundle "
                 "there and run bin/build-on-device.sh")
     if note:
-        return (f"bundle '{bundle}' (target {preset.name if preset else '?'}) has no runner: targets "
-                f"{', '.join(_runnerless())} ship none yet, because {note}")
+        return (f"bundle '{bundle}' (target {preset.name if preset else '?'}) ships no runner ({', '.join(_runnerless())} "
+                f"have none yet): {note}")
     return f"{Path(bundle) / 'bin' / 'runner'} not found; the bundle is incomplete: copy it again or recompile"
 
 

@@ -140,6 +140,16 @@ _ANDROID_GPU = dict(_ARM64, layout="android-glibc", mattr=("+neon", "+v8.2a", "+
 _NO_AARCH64_GPU_RUNTIME = (
     "the registry's aarch64 libtvm_runtime.so has no {api} device API: build TVM's runtime for "
     "aarch64 with USE_{API}=ON and put libtvm_runtime.so in the bundle's bin/")
+# A phone's libOpenCL.so is a bionic (Android libc) library: the glibc runner, TVM runtime and
+# OpenCL plug-in this bundle layout ships cannot load it. Nothing here builds or runs them for bionic.
+_ANDROID_OPENCL_RUNTIME = (
+    "a phone's OpenCL driver (/vendor/lib64/libOpenCL.so) is a bionic library that a glibc process cannot load: "
+    "this bundle needs the runner, libtvm_runtime.so, libtvm_ffi.so and libedgesmith_opencl.so built with the "
+    "Android NDK, which the package registry does not have (no Android TVM runtime either); for a glibc ARM "
+    "board use arm64-linux-mali or arm64-linux-adreno")
+# Boards with a glibc Linux (RK3588 + Mali-G610, Qualcomm Linux + Adreno), reached over SSH: the host
+# side is plain ARMv8-A glue; the kernels run on the GPU through edgesmith's OpenCL plug-in.
+_ARM64_BOARD_GPU = dict(_ARM64, layout="linux", mattr=("+neon",))
 _NO_VULKAN_RUNTIME = ("the registry's libtvm_runtime has no Vulkan device API: use a TVM built with "
                       "USE_VULKAN=ON (its libtvm_runtime.so) on the device")
 # SPIR-V needs these declared to use 16-bit storage (float16 scales) and 64-bit indices.
@@ -149,20 +159,43 @@ _VULKAN_ATTRS = (("supports_float16", True), ("supports_16bit_buffer", True), ("
 # Device limits: what the vendors document for the class of device (work-group size, local /
 # threadgroup / shared memory per group, SIMD width). OpenCL and Vulkan assume no subgroup
 # shuffles (warp size 1), which every device runs; Metal SIMD-groups and CUDA warps are 32.
+# OpenCL presets take the smallest common limits of their class: work-groups of 256 (AMD's and
+# older Intel's maximum, which NVIDIA's 1024, Mali's and Adreno's also allow) and 32 KiB of local
+# memory (Mali's and Adreno's; NVIDIA offers 48, Intel and AMD 64).
 GPU_PRESETS = [
     TargetPreset(
         name="android-opencl",
         description="Android phone GPU, Qualcomm Adreno (6xx-8xx) through OpenCL; dlight's Adreno rules",
-        gpu=GpuSpec("opencl", 256, 32768, 1, 16, device="adreno",
-                    runtime_note=_NO_AARCH64_GPU_RUNTIME.format(api="OpenCL", API="OPENCL")),
+        gpu=GpuSpec("opencl", 256, 32768, 1, 16, device="adreno", runtime_note=_ANDROID_OPENCL_RUNTIME),
         **_ANDROID_GPU,
     ),
     TargetPreset(
         name="android-mali",
         description="Android phone GPU, ARM Mali (Valhall/5th gen) through OpenCL",
-        gpu=GpuSpec("opencl", 256, 32768, 1, 16, device="mali",
-                    runtime_note=_NO_AARCH64_GPU_RUNTIME.format(api="OpenCL", API="OPENCL")),
+        gpu=GpuSpec("opencl", 256, 32768, 1, 16, device="mali", runtime_note=_ANDROID_OPENCL_RUNTIME),
         **_ANDROID_GPU,
+    ),
+    TargetPreset(
+        name="linux-opencl",
+        description="a GPU of this Linux machine through OpenCL (NVIDIA, Intel, AMD; PoCL runs it on the CPU)",
+        arch=host_arch(),
+        triple=f"{host_arch()}-linux-gnu",
+        platform="host",
+        layout="linux",
+        toolchain="host",
+        gpu=GpuSpec("opencl", 256, 32768, 1, 16),
+    ),
+    TargetPreset(
+        name="arm64-linux-mali",
+        description="ARM Linux board GPU, Mali (Valhall: RK3588's Mali-G610) through OpenCL; runner over SSH",
+        gpu=GpuSpec("opencl", 256, 32768, 1, 16, device="mali"),
+        **_ARM64_BOARD_GPU,
+    ),
+    TargetPreset(
+        name="arm64-linux-adreno",
+        description="ARM Linux board GPU, Qualcomm Adreno (Qualcomm Linux, QCS6490/8550) through OpenCL; Adreno rules",
+        gpu=GpuSpec("opencl", 256, 32768, 1, 16, device="adreno"),
+        **_ARM64_BOARD_GPU,
     ),
     TargetPreset(
         name="android-vulkan",

@@ -17,10 +17,13 @@ Files that go into BUNDLE/bin/ (`bundle_runtime_files`):
 |               |   --library-path bin bin/runner ...`                                       |
 | cuda          | + libtvm_runtime_cuda.so, libcudart.so.13 (the runner dlopens the first;   |
 |               |   the driver's libcuda.so.1 and nvcc are the GPU machine's)                |
+| opencl        | + libedgesmith_opencl.so: our OpenCL device runtime (runtime/runner/opencl/),|
+| (linux, arm64 |   built here like the runner, linked to libtvm_runtime/libtvm_ffi; it      |
+|  boards)      |   dlopens the device's libOpenCL.so.1 when it first runs                   |
 | apple-metal   | no binary: the macOS arm64 dylibs + src/ (runner.cc, tvm_ffi headers) and  |
 |               |   build-on-device.sh, which links lib/model.tar and builds the runner      |
-| GPU, no       | nothing (android-opencl/-mali/-vulkan, linux-vulkan: the registry has no   |
-|   runtime     |   such device runtime; the manifest says what to build)                    |
+| GPU, no       | nothing (android-opencl/-mali/-vulkan, linux-vulkan: a phone needs NDK     |
+|   runtime     |   builds, Vulkan a TVM with SPIR-V; the manifest says what is missing)     |
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from edgesmith.errors import TargetError
 
 from .presets import TargetPreset
 from .cache import cache_root
-from .runtime_libs import ffi_include_dirs, gpu_runtime_libs, runtime_libs, runtime_version
+from .runtime_libs import ffi_include_dirs, gpu_runtime_libs, runtime_libs, runtime_version, tvm_include_dir
 from .toolchains import Toolchain, find_toolchain
 
 # runtime/runner/ sits next to targets/ in the source tree (read as data, not imported)
 RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "runner" / "runner.cc"
+OPENCL_SOURCE_DIR = RUNNER_SOURCE.parent / "opencl"
+OPENCL_PLUGIN = "libedgesmith_opencl.so"
 
 GCC_RUNTIME = ("libstdc++.so.6", "libgcc_s.so.1")
 GLIBC_FILES = ("ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0")
@@ -73,37 +78,62 @@ def _lib_dir(tc: Toolchain) -> Path:
     return tc.sysroot / "lib"
 
 
-def _build_cached(preset: TargetPreset) -> Path:
-    """Compile (or reuse) the runner for `preset`; returns the cached binary."""
+def _compile_cached(preset: TargetPreset, what: str, sources: list[Path], flags: list[str], name: str,
+                    headers: tuple[Path, ...] = ()) -> Path:
+    """Compile `sources` with the preset's compiler into <cache>/<what>/<toolchain>-<key>/<name>,
+    or reuse it; key = sha256(sources, their own headers, compiler, flags, runtime version)."""
     tc = find_toolchain(preset)
-    src = runner_source()
-    ffi_lib = next(p for p in runtime_libs(preset) if p.name == "libtvm_ffi.so")
-    flags = _flags(preset, ffi_lib)
-    headers = [h.read_text() for h in sorted(src.parent.glob("*.h"))]  # runner.cc includes them
+    texts = [s.read_text() for s in (*sources, *headers)]
     key = hashlib.sha256(
-        "\0".join(
-            [src.read_text(), *headers, _compiler_version(tc), str(tc.cxx), *flags, runtime_version()]
-        ).encode()
+        "\0".join([*texts, _compiler_version(tc), str(tc.cxx), *flags, runtime_version()]).encode()
     ).hexdigest()[:16]
     # keyed by toolchain, not preset: arm64-linux and android-arm64 share one binary
-    entry = cache_root() / "runner" / f"{preset.toolchain}-{key}"
-    binary = entry / "runner"
+    entry = cache_root() / what / f"{preset.toolchain}-{key}"
+    binary = entry / name
     if binary.is_file():
         return binary
     entry.mkdir(parents=True, exist_ok=True)
-    tmp = entry / "runner.tmp"
-    cmd = [str(tc.cxx), str(src), "-o", str(tmp), *flags]
+    tmp = entry / (name + ".tmp")
+    cmd = [str(tc.cxx), *map(str, sources), "-o", str(tmp), *flags]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         log = entry / "build.log"
         log.write_text(" ".join(cmd) + "\n\n" + done.stdout + done.stderr)
         errors = [l for l in done.stderr.splitlines() if "error" in l] or done.stderr.splitlines()
         raise TargetError(
-            f"building the runner for '{preset.name}' with {tc.cxx} failed: "
+            f"building the {what} for '{preset.name}' with {tc.cxx} failed: "
             f"{' | '.join(errors[:3]) or 'no output'} (full log: {log})"
         )
     tmp.replace(binary)
     return binary
+
+
+def _build_cached(preset: TargetPreset) -> Path:
+    """Compile (or reuse) the runner for `preset`; returns the cached binary."""
+    ffi_lib = next(p for p in runtime_libs(preset) if p.name == "libtvm_ffi.so")
+    src = runner_source()
+    return _compile_cached(preset, "runner", [src], _flags(preset, ffi_lib), "runner",
+                           headers=tuple(sorted(src.parent.glob("*.h"))))  # membw.h, beside runner.cc
+
+
+def opencl_plugin_sources() -> list[Path]:
+    sources = sorted(OPENCL_SOURCE_DIR.glob("*.cc"))
+    if not sources:
+        raise TargetError(f"OpenCL runtime sources not found in {OPENCL_SOURCE_DIR}; reinstall edgesmith")
+    return sources
+
+
+def build_opencl_plugin(preset: TargetPreset) -> Path:
+    """Compile (or reuse) libedgesmith_opencl.so for `preset`: TVM's OpenCL device API and module
+    loader, against the wheel's headers, linked to the preset's libtvm_runtime.so / libtvm_ffi.so."""
+    headers = sorted(OPENCL_SOURCE_DIR.glob("*.h"))
+    lib_dirs = sorted({str(p.parent) for p in runtime_libs(preset)})
+    flags = ["-std=c++17", "-O2", "-Wall", "-fPIC", "-shared", f"-I{OPENCL_SOURCE_DIR}", f"-I{tvm_include_dir()}"]
+    flags += [f"-I{d}" for d in ffi_include_dirs()]
+    flags += [f"-L{d}" for d in lib_dirs] + ["-ltvm_runtime", "-ltvm_ffi", "-ldl", "-Wl,-rpath,$ORIGIN"]
+    if preset.layout == "android-ndk":
+        flags += ["-static-libstdc++"]
+    return _compile_cached(preset, "opencl-plugin", opencl_plugin_sources(), flags, OPENCL_PLUGIN, tuple(headers))
 
 
 def build_runner(preset: TargetPreset, out_dir: Path) -> Path:
@@ -138,6 +168,8 @@ def bundle_runtime_files(preset: TargetPreset) -> dict[str, Path]:
     if preset.toolchain == "on-device":
         return _on_device_files(preset)
     files = {"runner": _build_cached(preset)}
+    if preset.gpu is not None and preset.gpu.api == "opencl":
+        files[OPENCL_PLUGIN] = build_opencl_plugin(preset)
     files.update(gpu_runtime_libs(preset))
     for lib in runtime_libs(preset):
         files[lib.name] = lib

@@ -74,6 +74,14 @@ def ffi_include_dirs() -> list[Path]:
     return dirs
 
 
+def tvm_include_dir() -> Path:
+    """The wheel's `tvm/include` (tvm/runtime/device_api.h: what a device runtime plug-in implements)."""
+    inc = _package_dir("tvm") / "include"
+    if not (inc / "tvm" / "runtime" / "device_api.h").is_file():
+        raise TargetError(f"TVM runtime headers not found at {inc}; reinstall apache-tvm")
+    return inc
+
+
 def host_ffi_library() -> Path:
     return _package_dir("tvm_ffi") / "lib" / "libtvm_ffi.so"
 
@@ -177,8 +185,9 @@ def _cudart() -> Path:
 
 def gpu_runtime_libs(preset: TargetPreset) -> dict[str, Path]:
     """{file name: path} of the device runtime a GPU preset's runner needs on top of the CPU one
-    (cuda: TVM's CUDA runtime + libcudart; apple-metal: the whole macOS arm64 runtime)."""
-    if preset.gpu is None or preset.gpu.runtime_note:
+    (cuda: TVM's CUDA runtime + libcudart; apple-metal: the whole macOS arm64 runtime). OpenCL's
+    is none of the wheels': edgesmith builds its own plug-in (targets.runner_build)."""
+    if preset.gpu is None or preset.gpu.runtime_note or preset.gpu.api == "opencl":
         return {}
     if preset.gpu.api == "cuda":
         lib = _package_dir("tvm") / "lib" / "libtvm_runtime_cuda.so"

@@ -1,8 +1,9 @@
 """GPU presets: each compiles random:tiny at q4f16 into a bundle holding its library and the
 generated kernel sources; Vulkan, without SPIR-V codegen in this TVM, fails in one clear line.
 
-What runs where: the OpenCL kernels are run (through PoCL) in test_pocl_kernels.py; the CUDA
-bundle end to end in bench/cuda_check.py on a GPU machine. Here: what the CPU can check.
+What runs where: OpenCL bundles end to end on PoCL in test_opencl_bundles.py (our OpenCL runtime:
+test_opencl_runtime.py), single kernels in test_pocl_kernels.py; the CUDA bundle end to end in
+bench/cuda_check.py on a GPU machine. Here: what the CPU can check.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _manifest(bundle):
 
 def test_gpu_presets_carry_their_limits_as_data():
     assert {p.name for p in GPU_PRESETS} == {"android-opencl", "android-mali", "android-vulkan", "linux-vulkan",
-                                             "apple-metal", "cuda"}
+                                             "apple-metal", "cuda", "linux-opencl", "arm64-linux-mali",
+                                             "arm64-linux-adreno"}
     for p in GPU_PRESETS:
         assert PRESETS[p.name] is p
         limits = p.gpu.limits()
@@ -75,12 +77,17 @@ def test_gpu_preset_compiles_tiny_q4f16(name, bundles):
 
 
 @pytest.mark.parametrize("name", ["android-opencl", "android-mali"])
-def test_android_gpu_library_is_aarch64_and_says_its_runtime_is_missing(name, bundles):
+def test_android_gpu_library_is_aarch64_and_says_what_a_phone_needs(name, bundles, capsys):
     bundle = bundles(name)
     assert (bundle / "lib" / "model.so").read_bytes()[18] == 183  # ELF e_machine EM_AARCH64
     m = _manifest(bundle)
-    assert "USE_OPENCL=ON" in m["device"]["runtime_missing"]
+    note = m["device"]["runtime_missing"]
+    assert "bionic" in note and "Android NDK" in note and "arm64-linux-mali" in note
     assert not any(f.startswith("bin/") for f in m["files"])
+    # running it says so in one line (here, and before any copy to a device: runtime/remote.py)
+    assert cli_main(["run", str(bundle), "--tokens", "1", "-n", "1"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "ships no runner" in lines[0] and "Android NDK" in lines[0]
 
 
 def test_opencl_dequantize_is_fused_into_the_gemv(bundles):

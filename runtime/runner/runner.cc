@@ -24,9 +24,10 @@
 // through RUNPATH $ORIGIN, so BUNDLE/bin is self-contained.
 //
 // GPU bundles (manifest "device"): the runner also dlopen()s the device runtime the manifest
-// names (libtvm_runtime_cuda.so, libtvm_runtime_metal.dylib), runs the VM on that device with
-// the CPU as host, and copies token ids in and logits out. CUDA kernels ship as source; the
-// runner compiles them with nvcc when the library loads (section "device").
+// names (libtvm_runtime_cuda.so, libtvm_runtime_metal.dylib, our libedgesmith_opencl.so), runs
+// the VM on that device with the CPU as host, and copies token ids in and logits out. CUDA
+// kernels ship as source; the runner compiles them with nvcc when the library loads (section
+// "device"). OpenCL bundles end with one {"opencl": ...} line: the device and its program cache.
 //
 // Sections: utilities · sha256 · manifest and checks · model (VM, params) · KV cache ·
 //           sampler · generate · interactive · bench · profiling (sensors, profile, kernels, logits,
@@ -966,11 +967,20 @@ class TimedLibrary : public ffi::ModuleObj {
   ffi::Module inner_;
 };
 
-static void wrap_library(ffi::Module& exec) {
+static void wrap_imports(ffi::ModuleObj* parent) {
   std::vector<ffi::Module> libs;
-  for (const ffi::Any& imp : exec->imports()) libs.push_back(imp.cast<ffi::Module>());
-  exec->ClearImports();
-  for (auto& lib : libs) exec->ImportModule(ffi::Module(ffi::make_object<TimedLibrary>(lib)));
+  for (const ffi::Any& imp : parent->imports()) libs.push_back(imp.cast<ffi::Module>());
+  parent->ClearImports();
+  for (auto& lib : libs) parent->ImportModule(ffi::Module(ffi::make_object<TimedLibrary>(lib)));
+}
+
+static void wrap_library(ffi::Module& exec) { wrap_imports(exec.operator->()); }
+
+// OpenCL: the model library's host functions launch the kernels of its imported OpenCL module,
+// which they look up through the library's imports on first call; timing that module instead
+// makes the table list the OpenCL kernels themselves (host glue counts as "other").
+static void wrap_device_kernels(ffi::Module& exec) {
+  for (const ffi::Any& imp : exec->imports()) wrap_imports(imp.cast<ffi::Module>().operator->());
 }
 
 static void cmd_kernels(const Model& model, const Manifest& m, const ProfileArgs& a) {
@@ -1117,7 +1127,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
   // A KV cache for the context the run needs (whole pages), not the bundle's maximum.
   if (a.context > 0)
     m.max_total_seq_len = std::min(m.max_total_seq_len, (a.context + m.page_size - 1) / m.page_size * m.page_size);
-  if (cmd == "kernels") g_wrap_library = wrap_library;
+  if (cmd == "kernels") g_wrap_library = m.device_api == "opencl" ? wrap_device_kernels : wrap_library;
   load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
@@ -1197,13 +1207,21 @@ static void use_all_cores() {
   if (n > 0) setenv("TVM_NUM_THREADS", std::to_string(n).c_str(), 1);
 }
 
+// OpenCL bundles: what the plug-in (libedgesmith_opencl.so) ran on and compiled, one JSON line.
+static void report_opencl() {
+  if (auto report = ffi::Function::GetGlobal("edgesmith.opencl.report"))
+    printf("{\"opencl\": %s}\n", std::string((*report)().cast<ffi::String>()).c_str());
+}
+
 int main(int argc, char** argv) {
   use_all_cores();
   try {
     run(argc, argv);
+    report_opencl();
   } catch (const ffi::Error& err) {
     // TVM messages can span lines (with a traceback): the first line says what went wrong.
     std::string msg = err.message();
+    if (err.kind() == "OpenCLError") die("OpenCL: " + msg.substr(0, msg.find('\n')));  // our plug-in's own
     die("TVM " + err.kind() + ": " + msg.substr(0, msg.find('\n')));
   } catch (const std::exception& err) {
     die(err.what());
