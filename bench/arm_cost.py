@@ -170,7 +170,8 @@ def static_costs(args, cores: list[Core]) -> list[dict]:
             raise RuntimeError(f"{kern.key}: {loop.markers} x {kern.marker} says {weights} weights per iteration, "
                                f"{loop.count(kern.check[0])} x {kern.check[0]} says otherwise")
         per = BLOCK / weights  # blocks per iteration, inverted
-        row = {"kernel": kern.key, "engine": kern.engine, "label": kern.label, "flags": kern.flags,
+        same = next((r["kernel"] for r in rows if r.get("loop") == loop.body), None)
+        row = {"same_loop_as": same, "kernel": kern.key, "engine": kern.engine, "label": kern.label, "flags": kern.flags,
                "function": loop.function, "loop_label": loop.label, "loop_instructions": loop.instructions,
                "straight_line": loop.straight_line, "weights_per_iteration": weights,
                "instructions_per_block": loop.instructions * per, "loop": loop.body, "cores": {}}
@@ -181,13 +182,15 @@ def static_costs(args, cores: list[Core]) -> list[dict]:
             cluster = demand * core.cluster
             lo, hi = core.bw_gbs
             verdict = ("compute-bound" if cluster < lo else "memory-bound" if cluster > hi else "at the bandwidth")
-            dep = m["cycles_per_iteration"] > 1.25 * m["busiest_pressure"]
+            # Cycles well above the busiest unit's pressure: a dependency chain (or, on the in-order
+            # A55, issue stalls behind one) sets the pace, not a unit's throughput.
+            latency = m["cycles_per_iteration"] > 1.25 * m["busiest_pressure"]
             row["cores"][core.key] = {
                 "mcpu": core.mcpu, "scheduling_model": models[core.key], "cycles_per_block": cpb,
                 "uops_per_block": m["uops"] / m["iterations"] * per, "ipc": m["ipc"],
                 "block_rthroughput_per_block": m["block_rthroughput"] * per,
                 "busiest_resource": m["busiest_resource"], "busiest_pressure_per_block": m["busiest_pressure"] * per,
-                "bound_by": "dependency chain" if dep else f"{m['busiest_resource']} throughput",
+                "bound_by": "latency" if latency else m["busiest_resource"],
                 "cycles_per_row": cpb * args.k / BLOCK, "core_gbs": demand, "cluster_gbs": cluster,
                 "cores_to_saturate": [lo / demand, hi / demand], "verdict": verdict}
         rows.append(row)
@@ -250,13 +253,21 @@ def dynamic_counts(args) -> list[dict]:
             else:
                 src = arm_llama.source(llama_dir)
                 run_dir = arm_llama.build(src, llama_dir, flags, BASE_MARCH, jobs=args.jobs)
-                driver = lambda a, d=run_dir, c=cpu: arm_qemu.run_counted([str(d / "llama_decode"), *a], plugin, c)
+                # The libraries carry their build folder as RUNPATH; LD_LIBRARY_PATH comes first, so
+                # this folder's ggml-cpu (this -march) is the one loaded (checked below).
+                env = {"LD_LIBRARY_PATH": str(run_dir)}
+                driver = lambda a, d=run_dir, c=cpu: arm_qemu.run_counted([str(d / "llama_decode"), *a], plugin, c, env)
                 model = arm_llama.gguf(hf, src, llama_dir, driver)
                 argv = lambda n, d=run_dir, m=model: [str(d / "llama_decode"), "run", str(m), "--tokens", ids, "-n", str(n)]
             runs = {}
             for n in (n1, n2):
                 t = time.perf_counter()
-                out, counts = arm_qemu.run_counted(argv(n), plugin, cpu)
+                out, counts = arm_qemu.run_counted(argv(n), plugin, cpu, env if engine == "llama.cpp" else None)
+                if engine == "llama.cpp":
+                    stray = {p for p, _ in counts if Path(p).name.startswith(("libggml", "libllama"))
+                             and Path(p).parent != run_dir.resolve()}
+                    if stray:
+                        raise arm_qemu.QemuError(f"llama_decode ran libraries from outside {run_dir}: {sorted(stray)}")
                 runs[n] = arm_qemu.symbolize(counts)
                 print(f"{engine} {quant} {flags}: -n {n} under qemu -cpu {cpu} in {time.perf_counter() - t:.0f} s",
                       file=sys.stderr)
@@ -332,10 +343,12 @@ def static_table(rows: list[dict], cores: list[Core]) -> str:
             out.append(row)
             continue
         row["loop"] = f"{r['loop_label']}: {r['loop_instructions']} insns / {r['weights_per_iteration']} w"
+        if r["same_loop_as"]:
+            row["loop"] += f" (same loop as {r['same_loop_as']})"
         row["ipb"] = r["instructions_per_block"]
         for c in cores:
             cc = r["cores"][c.key]
-            row[c.key] = f"{cc['cycles_per_block']:.1f} ({cc['bound_by'].split()[0]})"
+            row[c.key] = f"{cc['cycles_per_block']:.1f} ({cc['bound_by']})"
         out.append(row)
     cols = [("kernel", "kernel"), ("flags", "flags"), ("loop", "hot loop"), ("ipb", "insns / block")]
     cols += [(c.key, f"{c.name} cycles / block") for c in cores]

@@ -117,7 +117,9 @@ def build(src: Path, cache: Path, march: str, base_march: str, jobs: int = 2) ->
     if driver.exists():
         return run
     base = cache / f"build-{base_march}"
-    print(f"llama.cpp: cross-building libllama for aarch64 ({base_march}; minutes on 2 cores)", file=sys.stderr)
+    if not (base / "bin" / "libllama.so").exists():
+        print(f"llama.cpp: cross-building libllama for aarch64 ({base_march}; 10-30 minutes on 2 busy cores)",
+              file=sys.stderr)
     _cmake(src, base, base_march, "llama", jobs)
     cpu_build = base
     if march != base_march:
@@ -128,8 +130,8 @@ def build(src: Path, cache: Path, march: str, base_march: str, jobs: int = 2) ->
     run.mkdir(parents=True)
     libs = {p.name: p for p in (base / "bin").glob("lib*.so*")}
     libs.update({p.name: p for p in (cpu_build / "bin").glob("libggml-cpu.so*")})
-    for name, path in libs.items():
-        shutil.copy2(path, run / name, follow_symlinks=True)
+    for name, path in libs.items():  # the soname links stay links
+        shutil.copy2(path, run / name, follow_symlinks=False)
     sh([CROSS_CXX, "-O2", "-std=c++17", str(HERE / "llama_decode.cpp"), f"-I{src / 'include'}",
         f"-I{src / 'ggml' / 'include'}", f"-L{run}", "-lllama", "-lggml", "-lggml-base", "-Wl,-rpath,$ORIGIN",
         "-o", str(driver)], what="link llama_decode")
