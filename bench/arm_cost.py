@@ -316,7 +316,13 @@ def main() -> None:
     print(f"\n{date}; decode GEMV k={args.k} -> n={args.n}, 32-weight blocks of {BLOCK_BYTES} bytes; "
           f"llvm-mca {arm_asm.mca_version(arm_asm.find_llvm_mca())}, steady state, all loads hit L1\n")
     print(static_table(static, cores))
+    print("\n" + detail_table(static, cores))
     print("\n" + bound_table(static, cores))
+    loops_dir = args.out.with_suffix("")  # the hot loops as llvm-mca read them, to look at
+    loops_dir.mkdir(parents=True, exist_ok=True)
+    for r in static:
+        if "loop" in r:
+            (loops_dir / f"{r['kernel']}.s").write_text("\n".join(r["loop"]) + "\n")
     if dynamic:
         print(f"\nqemu-aarch64 ({_qemu_version()}) TCG plugin: instructions per decoded token, one thread, "
               f"random Phi-3-mini shape, {args.layers} layers, prompt {args.prompt}, over {args.steps} decode steps\n")
@@ -353,6 +359,23 @@ def static_table(rows: list[dict], cores: list[Core]) -> str:
     cols = [("kernel", "kernel"), ("flags", "flags"), ("loop", "hot loop"), ("ipb", "insns / block")]
     cols += [(c.key, f"{c.name} cycles / block") for c in cores]
     return table(out, cols)
+
+
+def detail_table(rows: list[dict], cores: list[Core]) -> str:
+    out = []
+    for r in rows:
+        if "error" in r or r["same_loop_as"]:
+            continue
+        for c in cores:
+            cc = r["cores"][c.key]
+            out.append({"kernel": f"{r['engine']} {r['label']} ({r['flags']})", "core": f"{c.name} ({c.mcpu})",
+                        "cpb": cc["cycles_per_block"], "upb": cc["uops_per_block"], "ipc": cc["ipc"],
+                        "rt": cc["block_rthroughput_per_block"],
+                        "busy": f"{cc['busiest_resource']} {cc['busiest_pressure_per_block']:.2f}",
+                        "row": cc["cycles_per_row"]})
+    return "llvm-mca per 32-weight block:\n" + table(out, [
+        ("kernel", "kernel"), ("core", "core (-mcpu)"), ("cpb", "cycles"), ("upb", "uops"), ("ipc", "IPC"),
+        ("rt", "block RThroughput"), ("busy", "busiest unit, cycles"), ("row", "cycles / row (loop only)")])
 
 
 def bound_table(rows: list[dict], cores: list[Core]) -> str:
