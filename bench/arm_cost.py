@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import subprocess
 import sys
 import time
@@ -85,6 +85,7 @@ class Kernel:
     engine: str
     label: str
     flags: str  # edgesmith: the target preset; llama.cpp: -march
+    source: str  # edgesmith: the generator (q4_gemv, q4_gemv_i8); llama.cpp: the file (quants, repack)
     function: str  # regex: the function whose innermost loop is the hot loop
     marker: str  # regex on the mnemonic: present once per `weights_per_marker` weights
     weights_per_marker: int
@@ -103,15 +104,19 @@ def kernels(k: int, group: int = 32) -> list[Kernel]:
     dot = next(isa for isa in kernels_int8.ISAS if isa.name == "dotprod")
     lam = r"\.L__tvm_parallel_lambda\d*"  # the parallel body holds the row and block loops
     return [
-        Kernel("es-q4f16-v8", "edgesmith", "q4f16 GEMV (float x)", "arm64-linux", lam, "prfm", f_lanes * 8),
-        Kernel("es-q4f16-dot", "edgesmith", "q4f16 GEMV (float x)", "arm64-linux-dotprod", lam, "prfm", f_lanes * 8),
-        Kernel("es-q4f16i8-dot", "edgesmith", "q4f16i8 GEMV (int8 x, sdot)", "arm64-linux-dotprod", lam, "prfm",
-               dot.lanes * 8, ("sdot", 16)),
-        Kernel("ll-vecdot-v8", "llama.cpp", "vec_dot_q4_0_q8_0", BASE_MARCH, "ggml_vec_dot_q4_0_q8_0",
-               r"smull2?", 8),
-        Kernel("ll-vecdot-dot", "llama.cpp", "vec_dot_q4_0_q8_0", DOTPROD_MARCH, "ggml_vec_dot_q4_0_q8_0",
+        Kernel("es-q4f16-v8", "edgesmith", "q4f16 GEMV (float x)", "arm64-linux", "q4_gemv", lam, "prfm",
+               f_lanes * 8),
+        Kernel("es-q4f16-dot", "edgesmith", "q4f16 GEMV (float x)", "arm64-linux-dotprod", "q4_gemv", lam, "prfm",
+               f_lanes * 8),
+        Kernel("es-q4f16i8-dot", "edgesmith", "q4f16i8 GEMV (int8 x, sdot)", "arm64-linux-dotprod", "q4_gemv_i8",
+               lam, "prfm", dot.lanes * 8, ("sdot", 16)),
+        # llama.cpp: vec_dot is its one-row Q4_0 x Q8_0 dot (what armv8-a decodes with); with dotprod,
+        # decode runs the repacked 4-row gemv instead (GGML_CPU_REPACK, on by default).
+        Kernel("ll-vecdot-v8", "llama.cpp", "vec_dot_q4_0_q8_0", BASE_MARCH, "quants", "ggml_vec_dot_q4_0_q8_0",
+               r"smull2?", 8),  # smull/smull2: 8 int8 products each (vdotq emulated without dotprod)
+        Kernel("ll-vecdot-dot", "llama.cpp", "vec_dot_q4_0_q8_0", DOTPROD_MARCH, "quants", "ggml_vec_dot_q4_0_q8_0",
                "sdot", 16),
-        Kernel("ll-gemv4x4-dot", "llama.cpp", "gemv_q4_0_4x4_q8_0 (repacked)", DOTPROD_MARCH,
+        Kernel("ll-gemv4x4-dot", "llama.cpp", "gemv_q4_0_4x4_q8_0 (repacked)", DOTPROD_MARCH, "repack",
                "ggml_gemv_q4_0_4x4_q8_0", "sdot", 16),
     ]
 
@@ -124,7 +129,7 @@ def tvm_asm(kernel: Kernel, n: int, k: int, group: int = 32) -> str:
     from edgesmith.targets.tvm_api import tirx
 
     target = tvm.target.Target(presets.get_preset(kernel.flags).tvm_target())
-    if "i8" in kernel.key:
+    if kernel.source == "q4_gemv_i8":
         isa = kernels_int8.pick(kernels_int8.dot_isas(target), k, group)
         if isa is None or isa.name != "dotprod":
             raise RuntimeError(f"target {kernel.flags} does not pick Arm dotprod for k={k} (got {isa})")
@@ -158,7 +163,7 @@ def static_costs(args, cores: list[Core]) -> list[dict]:
             try:
                 llama_src = llama_src or arm_llama.source(args.cache / "llama.cpp-arm")
                 asm = arm_llama.kernel_asm(llama_src, kern.flags, args.cache / "llama.cpp-arm" / "asm")
-                asm = asm["repack" if "gemv" in kern.key else "quants"]
+                asm = asm[kern.source]
             except arm_llama.LlamaError as e:
                 rows.append({"kernel": kern.key, "engine": kern.engine, "error": str(e)})
                 continue
@@ -222,9 +227,41 @@ MATMUL = {"edgesmith": r"q4_matmul|matmul", "llama.cpp": r"gemv|gemm|vec_dot|mul
 KERNEL_LIB = {"edgesmith": "model.so", "llama.cpp": "libggml-cpu.so"}
 
 
-def dynamic_counts(args) -> list[dict]:
-    import re
+def _edgesmith_command(hf: Path, quant: str, flags: str, ids: str, args):
+    """(argv for n generated tokens, environment) of `runner generate` on a bundle for `flags`."""
+    bundle = edgesmith_bundle(hf, quant, flags, args.cache)
 
+    def argv(n: int) -> list[str]:
+        return [str(bundle / "bin" / "runner"), "generate", str(bundle), "--tokens", ids, "-n", str(n),
+                "--threads", "1", "--no-verify"]
+    return argv, None
+
+
+def _llama_command(hf: Path, flags: str, cpu: str, ids: str, plugin: Path, args):
+    """The same for llama_decode built for -march=`flags` (cross-built and the GGUF made once)."""
+    llama_dir = args.cache / "llama.cpp-arm"
+    src = arm_llama.source(llama_dir)
+    run_dir = arm_llama.build(src, llama_dir, flags, BASE_MARCH, jobs=args.jobs)
+    # The libraries carry their build folder as RUNPATH; LD_LIBRARY_PATH is searched first, so this
+    # folder's ggml-cpu (this -march) is the one loaded: run_counted's caller checks it.
+    env = {"LD_LIBRARY_PATH": str(run_dir)}
+    driver = run_dir / "llama_decode"
+    model = arm_llama.gguf(hf, src, llama_dir, lambda a: arm_qemu.run_counted([str(driver), *a], plugin, cpu, env))
+
+    def argv(n: int) -> list[str]:
+        return [str(driver), "run", str(model), "--tokens", ids, "-n", str(n)]
+    return argv, env
+
+
+def _only_from(counts: dict, folder: Path) -> None:
+    """llama.cpp's libraries counted must be the ones in `folder` (not another -march's build)."""
+    stray = {p for p, _ in counts if Path(p).name.startswith(("libggml", "libllama"))
+             and Path(p).parent != folder.resolve()}
+    if stray:
+        raise arm_qemu.QemuError(f"llama_decode ran libraries from outside {folder}: {sorted(stray)}")
+
+
+def dynamic_counts(args) -> list[dict]:
     from peer_model import write_checkpoint
     from peers import ensure
 
@@ -236,38 +273,27 @@ def dynamic_counts(args) -> list[dict]:
     plugin = arm_qemu.build_plugin(args.cache / "arm-cost")
     ids = ",".join(str(t) for t in [1] + [300 + (17 * i) % 30000 for i in range(args.prompt - 1)])
     n1, n2 = 2, 2 + args.steps
+    # (engine, quantization, flags, qemu -cpu: a CPU of that ISA, so nothing beyond it can run)
     configs = [("edgesmith", "q4f16", "arm64-linux", "cortex-a72"),
                ("edgesmith", "q4f16i8", "arm64-linux-dotprod", "cortex-a76")]
     if not args.no_llama:
         configs += [("llama.cpp", "Q4_0", BASE_MARCH, "cortex-a72"), ("llama.cpp", "Q4_0", DOTPROD_MARCH, "cortex-a76")]
-    llama_dir = args.cache / "llama.cpp-arm"
     results = []
     for engine, quant, flags, cpu in configs:
-        res = {"engine": engine, "quant": quant, "flags": flags, "qemu_cpu": cpu, "weights_per_token": weights_per_token(cfg)}
+        res = {"engine": engine, "quant": quant, "flags": flags, "qemu_cpu": cpu,
+               "weights_per_token": weights_per_token(cfg)}
         results.append(res)
+        runs = {}
         try:
             if engine == "edgesmith":
-                bundle = edgesmith_bundle(hf, quant, flags, args.cache)
-                argv = lambda n: [str(bundle / "bin" / "runner"), "generate", str(bundle), "--tokens", ids, "-n", str(n),
-                                  "--threads", "1", "--no-verify"]
+                argv, env = _edgesmith_command(hf, quant, flags, ids, args)
             else:
-                src = arm_llama.source(llama_dir)
-                run_dir = arm_llama.build(src, llama_dir, flags, BASE_MARCH, jobs=args.jobs)
-                # The libraries carry their build folder as RUNPATH; LD_LIBRARY_PATH comes first, so
-                # this folder's ggml-cpu (this -march) is the one loaded (checked below).
-                env = {"LD_LIBRARY_PATH": str(run_dir)}
-                driver = lambda a, d=run_dir, c=cpu: arm_qemu.run_counted([str(d / "llama_decode"), *a], plugin, c, env)
-                model = arm_llama.gguf(hf, src, llama_dir, driver)
-                argv = lambda n, d=run_dir, m=model: [str(d / "llama_decode"), "run", str(m), "--tokens", ids, "-n", str(n)]
-            runs = {}
+                argv, env = _llama_command(hf, flags, cpu, ids, plugin, args)
             for n in (n1, n2):
                 t = time.perf_counter()
-                out, counts = arm_qemu.run_counted(argv(n), plugin, cpu, env if engine == "llama.cpp" else None)
-                if engine == "llama.cpp":
-                    stray = {p for p, _ in counts if Path(p).name.startswith(("libggml", "libllama"))
-                             and Path(p).parent != run_dir.resolve()}
-                    if stray:
-                        raise arm_qemu.QemuError(f"llama_decode ran libraries from outside {run_dir}: {sorted(stray)}")
+                out, counts = arm_qemu.run_counted(argv(n), plugin, cpu, env)
+                if env:
+                    _only_from(counts, Path(env["LD_LIBRARY_PATH"]))
                 runs[n] = arm_qemu.symbolize(counts)
                 print(f"{engine} {quant} {flags}: -n {n} under qemu -cpu {cpu} in {time.perf_counter() - t:.0f} s",
                       file=sys.stderr)
@@ -277,13 +303,12 @@ def dynamic_counts(args) -> list[dict]:
             print(f"{engine} {flags}: {e}", file=sys.stderr)
             continue
         tok = arm_qemu.per_token(runs[n1], runs[n2], n2 - n1)
-        total = sum(tok.values())
-        mm = sum(v for (lib, sym), v in tok.items() if re.search(MATMUL[engine], sym))
-        lib = sum(v for (name, _), v in tok.items() if name.startswith(KERNEL_LIB[engine]))
+        matmul = sum(v for (_, sym), v in tok.items() if re.search(MATMUL[engine], sym))
         top = sorted(tok.items(), key=lambda kv: -kv[1])[:8]
-        res.update(insns_per_token=total, kernel_lib_insns=lib, matmul_insns=mm,
-                   matmul_insns_per_block=mm / (res["weights_per_token"] / BLOCK),
-                   top=[{"file": f, "symbol": s, "insns": v} for (f, s), v in top])
+        res.update(insns_per_token=sum(tok.values()), matmul_insns=matmul,
+                   kernel_lib_insns=sum(v for (name, _), v in tok.items() if name.startswith(KERNEL_LIB[engine])),
+                   matmul_insns_per_block=matmul / (res["weights_per_token"] / BLOCK),
+                   top=[{"file": f, "symbol": sym, "insns": v} for (f, sym), v in top])
     return results
 
 
