@@ -3,7 +3,7 @@
 # virtual environment of its own (default <repo>/.venv; $EDGESMITH_VENV to choose): nothing goes
 # into the system Python, and nothing installed there by hand counts.
 #   apt:  cross toolchain, qemu, sshd and adb (the emulated devices), PoCL (OpenCL on the CPU),
-#         chromium (the farm report's screenshot test), python3-venv
+#         chromium (the farm report's screenshot test), llvm-19 (llvm-mca), python3-venv
 #   venv: the CPU build of torch (the tests' reference) first, then edgesmith[test] from
 #         pyproject.toml, then the aarch64 device runtime (cached once) and the Phi-3 tokenizer.
 # --fresh: delete the venv first (CI does, so a missing dependency cannot hide).
@@ -26,6 +26,10 @@ dpkg -s pocl-opencl-icd >/dev/null 2>&1 || missing+=(pocl-opencl-icd)
 dpkg -s ocl-icd-opencl-dev >/dev/null 2>&1 || missing+=(ocl-icd-opencl-dev)
 dpkg -s opencl-headers >/dev/null 2>&1 || missing+=(opencl-headers)
 dpkg -s clinfo >/dev/null 2>&1 || missing+=(clinfo)
+# bench/arm_cost.py and its test: llvm-mca with LLVM 19's Arm scheduling models, and the dynamic
+# qemu-aarch64 (the static one loads no TCG plugins).
+command -v llvm-mca-19 >/dev/null || missing+=(llvm-19)
+command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
 # Debian's python3 has no venv module without python3-venv (pyenv and python.org builds do).
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
