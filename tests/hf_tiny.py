@@ -87,13 +87,14 @@ def variant_config_kwargs(variant: str) -> dict:
     return kw
 
 
-def make_tiny_model(variant: str, *, seed: int = 0):
-    """The transformers model itself (float32, eval mode)."""
+def make_tiny_model(variant: str, *, seed: int = 0, overrides: dict | None = None):
+    """The transformers model itself (float32, eval mode). `overrides`: config keys to change
+    (e.g. a real original_max_position_embeddings, a sliding_window)."""
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(seed)
-    model = Phi3ForCausalLM(Phi3Config(**variant_config_kwargs(variant)))
+    model = Phi3ForCausalLM(Phi3Config(**dict(variant_config_kwargs(variant), **(overrides or {}))))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):  # transformers inits these to exactly 1; make a missed norm show
@@ -109,12 +110,13 @@ def make_tiny_checkpoint(
     seed: int = 0,
     with_tokenizer: bool = True,
     max_shard_size: str | int | None = None,
+    overrides: dict | None = None,
 ) -> Path:
     """Build, save (safetensors) and return the folder. `max_shard_size` (e.g. "20KB") forces shards."""
     import torch
 
     out_dir = Path(out_dir)
-    model = make_tiny_model(variant, seed=seed).to(getattr(torch, dtype))
+    model = make_tiny_model(variant, seed=seed, overrides=overrides).to(getattr(torch, dtype))
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
     model.save_pretrained(out_dir, **kwargs)
     if variant == "mini-128k":

@@ -14,7 +14,7 @@
     flags       labels for tables: "emulated", "unstable", "throttled"
     memory      peak_rss_bytes, rss_after_load_bytes, weight_bytes, kv_cache_bytes, kv_context,
                 runtime_bytes, need_bytes (the fit estimate), free_bytes (before the run), fits
-    roofline    read_gb_s, bytes_per_token, ceiling_tok_s, fraction (tg mean / ceiling)
+    roofline    read_gb_s, bytes_per_token, ceiling_tok_s, fraction (tg mean / ceiling), kv_dtype
     kernels     prefill_s, decode_s, other_s, kernels, top: [kernel, phase, calls, total_s,
                 per_call_us, share] — or null when not measured
     check       the accuracy check (check.py) — or null when not asked for
