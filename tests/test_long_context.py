@@ -39,7 +39,7 @@ LONGROPE = dict(original_max_position_embeddings=4096, max_position_embeddings=8
 WINDOW = dict(sliding_window=64, max_position_embeddings=4096)
 PLAIN = dict(max_position_embeddings=4096)
 # float16 KV vs float32 KV, teacher-forced over 61 positions of random:tiny (q0f32 and q4f16
-# alike): mean KL 8e-10 nats, top-1 100%, max |logit diff| 2e-4 (2026-11-27). The bounds leave
+# alike): mean KL 8e-10 nats, top-1 100%, max |logit diff| 2e-4 (2026-11-28). The bounds leave
 # three orders of magnitude for other CPUs' rounding and still catch a broken cache (a wrong key
 # or a lost page moves KL to 1e-3 and beyond)
 F16_MAX_MEAN_KL = 1e-6
