@@ -1,15 +1,18 @@
 """Decode speed and peak memory at long contexts, float16 KV cache against float32, side by side.
 
     python bench/long_context.py [--model random:phi-3-mini-128k:layers=4] [--quant q4f16]
-                                 [--contexts 512,4096,16384] [-n 32] [-r 2] [--out bench/out/long_context.json]
+                                 [--contexts 512,4096,16384] [-n 32] [-r 5] [--out bench/out/long_context.json]
 
 One host bundle per KV dtype, both compiled for the largest context (cached under
-bench/out/bundles). For every context C, in rounds that alternate the two bundles (so machine
-noise hits both alike): the bundle's C++ runner, a fresh process per run, sizes its cache for C
-(`--context C`), prefills C - n random tokens and decodes n greedily (`runner bench`, no
-warm-up: a prefill of C - n tokens warms it). Reported per (C, dtype): the median decode tok/s
-over the rounds with min and max, the runner's peak RSS (VmHWM, the largest of the rounds),
-and the KV cache's own bytes at C.
+bench/out/bundles). For every context C:
+- peak memory: each bundle's C++ runner, a fresh process, sizes its cache for C (`--context C`),
+  prefills C - n random tokens and decodes n (`runner bench`, no warm-up): its peak RSS (VmHWM)
+  and its decode tok/s (one sample);
+- decode tok/s: both bundles loaded in this process (the Python engine, the same kernels), each
+  prefilled once with the same C - n tokens; then r rounds, alternating which goes first, of n
+  greedy decode steps ending at C, each followed by a rewind of those n tokens (TVM's
+  kv_state_popn), so every round decodes the same positions. Alternating round by round puts
+  both caches under the same load on a shared machine: the ratio is the number to read.
 """
 from __future__ import annotations
 
@@ -21,10 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).parent))
 from common import summary, table, write_json  # noqa: E402
 
 from edgesmith.compiler.bundle import read_manifest  # noqa: E402
+from edgesmith.runtime.engine import Engine  # noqa: E402
 from edgesmith.runtime.profile.fit import kv_cache_bytes  # noqa: E402
 from edgesmith.runtime.runner_exec import run_runner  # noqa: E402
 
@@ -43,14 +49,35 @@ def bundle_for(out_dir: Path, model: str, quant: str, kv_dtype: str, context: in
     return bundle
 
 
-def one_run(bundle: Path, context: int, new_tokens: int, seed: int) -> dict:
+def runner_run(bundle: Path, context: int, new_tokens: int) -> dict:
+    """Peak RSS of the runner holding `context` tokens (and its own decode tok/s)."""
     args = ["bench", str(bundle), "-p", str(context - new_tokens), "-n", str(new_tokens), "--warmup", "0",
-            "-r", "1", "--context", str(context), "--seed", str(seed), "--no-verify"]
-    lines = run_runner(bundle, args, timeout=3600)
+            "-r", "1", "--context", str(context), "--no-verify"]
+    lines = run_runner(bundle, args, timeout=7200)
     rep = next(l for l in lines if "rep" in l)
     summ = next(l for l in lines if l.get("summary"))
-    return {"decode_tok_s": rep["decode_tok_s"], "prefill_tok_s": rep["prefill_tok_s"],
-            "peak_rss_kb": summ["peak_rss_kb"]}
+    return {"runner_decode_tok_s": rep["decode_tok_s"], "peak_rss_kb": summ["peak_rss_kb"]}
+
+
+def decode_rounds(bundles: dict, context: int, new_tokens: int, rounds: int, say) -> dict[str, list[float]]:
+    """{dtype: decode tok/s per round}, both engines alive and interleaved."""
+    vocab = read_manifest(bundles[DTYPES[0]])["model"]["config"]["vocab_size"]
+    prompt = np.random.default_rng(context).integers(0, vocab, context - new_tokens).tolist()
+    engines, first = {}, {}
+    for d in DTYPES:
+        engines[d] = Engine(bundles[d], context=context, verify=False)
+        first[d] = int(np.argmax(engines[d].prefill(prompt)))
+    samples = {d: [] for d in DTYPES}
+    for r in range(rounds):
+        for d in (DTYPES if r % 2 == 0 else DTYPES[::-1]):
+            eng, tok = engines[d], first[d]
+            t0 = time.perf_counter()
+            for _ in range(new_tokens):
+                tok = int(np.argmax(eng.decode(tok)))
+            samples[d].append(new_tokens / (time.perf_counter() - t0))
+            eng.rewind(new_tokens)
+            say(f"context {context} {d} round {r}: decode {samples[d][-1]:.2f} tok/s")
+    return samples
 
 
 def main() -> None:
@@ -58,46 +85,48 @@ def main() -> None:
     ap.add_argument("--model", default="random:phi-3-mini-128k:layers=4")
     ap.add_argument("--quant", default="q4f16")
     ap.add_argument("--contexts", default="512,4096,16384")
-    ap.add_argument("-n", "--new-tokens", type=int, default=32, help="decode steps per run (ending at the context)")
-    ap.add_argument("-r", "--rounds", type=int, default=2, help="runs per (context, dtype), interleaved")
+    ap.add_argument("-n", "--new-tokens", type=int, default=32, help="decode steps per round (ending at the context)")
+    ap.add_argument("-r", "--rounds", type=int, default=5, help="decode rounds per (context, dtype), interleaved")
     ap.add_argument("--out", type=Path, default=Path("bench/out/long_context.json"))
     ap.add_argument("--rebuild", action="store_true", help="compile even if cached bundles exist")
     args = ap.parse_args()
 
+    def say(msg):
+        print(msg, file=sys.stderr, flush=True)
+
     contexts = [int(c) for c in args.contexts.split(",")]
     bundles = {d: bundle_for(args.out.parent, args.model, args.quant, d, max(contexts), args.rebuild) for d in DTYPES}
     manifests = {d: read_manifest(b) for d, b in bundles.items()}
-    samples = {(c, d): [] for c in contexts for d in DTYPES}
-    for c in contexts:
-        for r in range(args.rounds):
-            for d in (DTYPES if r % 2 == 0 else DTYPES[::-1]):  # alternate who goes first
-                run = one_run(bundles[d], c, args.new_tokens, seed=r)
-                samples[(c, d)].append(run)
-                print(f"context {c} {d} round {r}: decode {run['decode_tok_s']:.2f} tok/s, "
-                      f"peak RSS {run['peak_rss_kb'] / 1024:.0f} MiB", file=sys.stderr, flush=True)
-
     rows, results = [], []
     for c in contexts:
+        runs = {}
+        for d in DTYPES:
+            runs[d] = runner_run(bundles[d], c, args.new_tokens)
+            say(f"context {c} {d}: runner peak RSS {runs[d]['peak_rss_kb'] / 1024:.0f} MiB, "
+                f"decode {runs[d]['runner_decode_tok_s']:.2f} tok/s")
+        samples = decode_rounds(bundles, c, args.new_tokens, args.rounds, say)
         by = {}
         for d in DTYPES:
-            runs = samples[(c, d)]
-            dec = summary([x["decode_tok_s"] for x in runs])
-            res = {"context": c, "kv_dtype": d, "decode_tok_s": dec,
-                   "prefill_tok_s": summary([x["prefill_tok_s"] for x in runs]),
-                   "peak_rss_bytes": max(x["peak_rss_kb"] for x in runs) * 1024,
-                   "kv_cache_bytes": kv_cache_bytes(manifests[d], c)}
+            dec = summary(samples[d])
+            res = {"context": c, "kv_dtype": d, "decode_tok_s": dec, **runs[d],
+                   "peak_rss_bytes": runs[d]["peak_rss_kb"] * 1024, "kv_cache_bytes": kv_cache_bytes(manifests[d], c)}
             results.append(res)
             by[d] = res
             rows.append({"context": c, "kv": d, "decode": dec["median"], "dmin": dec["min"], "dmax": dec["max"],
-                         "rss": f"{res['peak_rss_bytes'] / 2**20:.0f} MiB",
+                         "runner": res["runner_decode_tok_s"], "rss": f"{res['peak_rss_bytes'] / 2**20:.0f} MiB",
                          "kv_bytes": f"{res['kv_cache_bytes'] / 2**20:.0f} MiB"})
-        rows.append({"context": c, "kv": "f16 / f32",
-                     "decode": by["float16"]["decode_tok_s"]["median"] / by["float32"]["decode_tok_s"]["median"],
-                     "rss": f"{by['float16']['peak_rss_bytes'] / by['float32']['peak_rss_bytes']:.2f}x"})
-    print(f"\n{args.model} {args.quant}, host, decode of {args.new_tokens} tokens ending at the context, "
-          f"{args.rounds} rounds ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)\n")
+        ratios = [a / b for a, b in zip(samples["float16"], samples["float32"])]
+        rows.append({"context": c, "kv": "f16 / f32", "decode": float(np.median(ratios)), "dmin": min(ratios),
+                     "dmax": max(ratios),
+                     "rss": f"{by['float16']['peak_rss_bytes'] / by['float32']['peak_rss_bytes']:.2f}x",
+                     "kv_bytes": f"{by['float16']['kv_cache_bytes'] / by['float32']['kv_cache_bytes']:.2f}x"})
+        results.append({"context": c, "f16_over_f32_decode_per_round": ratios})
+    print(f"\n{args.model} {args.quant}, host: decode of {args.new_tokens} tokens ending at the context, median of "
+          f"{args.rounds} interleaved rounds (Python engine), ratio per round; one runner run per row for peak RSS "
+          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores)\n")
     print(table(rows, [("context", "context"), ("kv", "KV cache"), ("decode", "decode tok/s"), ("dmin", "min"),
-                       ("dmax", "max"), ("rss", "peak RSS"), ("kv_bytes", "KV cache bytes")]))
+                       ("dmax", "max"), ("runner", "runner decode tok/s"), ("rss", "runner peak RSS"),
+                       ("kv_bytes", "KV cache bytes")]))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     write_json(args.out, {"date": time.strftime("%Y-%m-%d"), "host": platform.node(), "commit": commit,
                           "model": args.model, "quant": args.quant, "new_tokens": args.new_tokens,

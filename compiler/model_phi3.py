@@ -95,8 +95,8 @@ class Attention(nn.Module):
         d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         b, t, _ = x.shape
         qkv = op.reshape(self.qkv_proj(x), (b, t, hq + 2 * hkv, d))
-        longrope = rope_factors is not None
-        extra = ([rope_factors] if longrope else []) + ([factor_len] if longrope and factor_len is not None else [])
+        # longrope only: its factors, and (prefill) the length that picks them
+        extra = [] if rope_factors is None else [rope_factors] + ([] if factor_len is None else [factor_len])
         qkv = op.tensor_expr_op(
             lambda q, p, *f: kernels.rope(
                 q, p, f[0] if f else None, n_rot_heads=hq + hkv, rotary_dim=cfg.rotary_dim,

@@ -79,8 +79,9 @@ def cmd_run(args) -> int:
         from edgesmith.runtime.engine import Engine
         from edgesmith.runtime.sampling import Sampler
 
-        result = Engine(args.bundle, context=args.context).generate(prompt, args.max_new_tokens, Sampler(args.temperature, args.top_p, args.seed),
-                                              stop, on_token=stream.token if stream else None).to_json()
+        engine = Engine(args.bundle, context=args.context)
+        result = engine.generate(prompt, args.max_new_tokens, Sampler(args.temperature, args.top_p, args.seed),
+                                 stop, on_token=stream.token if stream else None).to_json()
     else:
         runner_args = ["generate", "--tokens", ",".join(map(str, prompt)), "-n", str(args.max_new_tokens),
                        "--temperature", str(args.temperature), "--top-p", str(args.top_p), "--seed", str(args.seed)]

@@ -94,6 +94,7 @@ class Engine:
         self._end = g("vm.builtin.kv_state_end_forward")
         self._add = g("vm.builtin.kv_state_add_sequence")
         self._remove = g("vm.builtin.kv_state_remove_sequence")
+        self._popn = g("vm.builtin.kv_state_popn")
         kvc = self.manifest["kv_cache"]
         self.max_len = runtime_context(self.manifest, context)
         self.chunk = kvc["prefill_chunk_size"]
@@ -142,6 +143,14 @@ class Engine:
 
     def decode(self, token_id: int) -> np.ndarray:
         return self._forward("decode", np.array([[token_id]], dtype="int32"))
+
+    def rewind(self, n: int) -> None:
+        """Drop the sequence's last n tokens from the KV cache (a benchmark decodes the same
+        positions again without a new prefill)."""
+        if self.length is None or not 0 <= n <= self.length:
+            raise BundleError(f"cannot rewind {n} tokens of a sequence of {self.length or 0}")
+        self._popn(self.kv, 0, n)
+        self.length -= n
 
     def generate(self, prompt: list[int], max_new_tokens: int, sampler: Sampler | None = None,
                  stop_ids: tuple[int, ...] = (), on_token=None) -> Generation:

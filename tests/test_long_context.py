@@ -292,6 +292,9 @@ def test_a_smaller_run_time_context_sizes_the_cache(models):
                             "--context", "32"], timeout=300)
     with pytest.raises(BundleError, match=r"exceeds the context of 32"):
         engine_greedy(bundle, prompt, 13, context=32)  # 20 + 13 tokens in the cache
+    with pytest.raises(BundleError, match=r"^--prefill 21: it must be between 1 and the 20 tokens given$"):
+        run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, prompt)), "--prefill", "21"],
+                   timeout=300)
 
 
 def test_profile_refuses_a_context_too_big_for_the_device(models, tmp_path):
