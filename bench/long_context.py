@@ -8,11 +8,12 @@ bench/out/bundles). For every context C:
 - peak memory: each bundle's C++ runner, a fresh process, sizes its cache for C (`--context C`),
   prefills C - n random tokens and decodes n (`runner bench`, no warm-up): its peak RSS (VmHWM)
   and its decode tok/s (one sample);
-- decode tok/s: both bundles loaded in this process (the Python engine, the same kernels), each
-  prefilled once with the same C - n tokens; then r rounds, alternating which goes first, of n
-  greedy decode steps ending at C, each followed by a rewind of those n tokens (TVM's
-  kv_state_popn), so every round decodes the same positions. Alternating round by round puts
-  both caches under the same load on a shared machine: the ratio is the number to read.
+- decode tok/s: both bundles loaded in this process (the Python engine, the same kernels), one
+  engine per (context, dtype), each prefilled once with C - n random tokens; then r rounds, each
+  visiting every (context, dtype) in turn (the order reversed every other round), of n greedy
+  decode steps ending at C followed by a rewind of those n tokens (TVM's kv_state_popn), so every
+  round decodes the same positions. Every row is measured under the same load on a shared
+  machine, round by round: the rows compare, and the f16/f32 ratio per round is the number to read.
 """
 from __future__ import annotations
 
@@ -59,24 +60,27 @@ def runner_run(bundle: Path, context: int, new_tokens: int) -> dict:
     return {"runner_decode_tok_s": rep["decode_tok_s"], "peak_rss_kb": summ["peak_rss_kb"]}
 
 
-def decode_rounds(bundles: dict, context: int, new_tokens: int, rounds: int, say) -> dict[str, list[float]]:
-    """{dtype: decode tok/s per round}, both engines alive and interleaved."""
+def decode_rounds(bundles: dict, contexts: list[int], new_tokens: int, rounds: int, say) -> dict:
+    """{(context, dtype): decode tok/s per round}, every engine alive, visited in turn each round."""
     vocab = read_manifest(bundles[DTYPES[0]])["model"]["config"]["vocab_size"]
-    prompt = np.random.default_rng(context).integers(0, vocab, context - new_tokens).tolist()
     engines, first = {}, {}
-    for d in DTYPES:
-        engines[d] = Engine(bundles[d], context=context, verify=False)
-        first[d] = int(np.argmax(engines[d].prefill(prompt)))
-    samples = {d: [] for d in DTYPES}
+    for c in contexts:
+        prompt = np.random.default_rng(c).integers(0, vocab, c - new_tokens).tolist()
+        for d in DTYPES:
+            engines[(c, d)] = Engine(bundles[d], context=c, verify=False)
+            first[(c, d)] = int(np.argmax(engines[(c, d)].prefill(prompt)))
+            say(f"context {c} {d}: prefilled {len(prompt)} tokens")
+    keys = list(engines)
+    samples = {k: [] for k in keys}
     for r in range(rounds):
-        for d in (DTYPES if r % 2 == 0 else DTYPES[::-1]):
-            eng, tok = engines[d], first[d]
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            eng, tok = engines[k], first[k]
             t0 = time.perf_counter()
             for _ in range(new_tokens):
                 tok = int(np.argmax(eng.decode(tok)))
-            samples[d].append(new_tokens / (time.perf_counter() - t0))
+            samples[k].append(new_tokens / (time.perf_counter() - t0))
             eng.rewind(new_tokens)
-            say(f"context {context} {d} round {r}: decode {samples[d][-1]:.2f} tok/s")
+            say(f"context {k[0]} {k[1]} round {r}: decode {samples[k][-1]:.2f} tok/s")
     return samples
 
 
@@ -97,25 +101,27 @@ def main() -> None:
     contexts = [int(c) for c in args.contexts.split(",")]
     bundles = {d: bundle_for(args.out.parent, args.model, args.quant, d, max(contexts), args.rebuild) for d in DTYPES}
     manifests = {d: read_manifest(b) for d, b in bundles.items()}
+    runs = {}
+    for c in contexts:
+        for d in DTYPES:
+            runs[(c, d)] = runner_run(bundles[d], c, args.new_tokens)
+            say(f"context {c} {d}: runner peak RSS {runs[(c, d)]['peak_rss_kb'] / 1024:.0f} MiB, "
+                f"decode {runs[(c, d)]['runner_decode_tok_s']:.2f} tok/s")
+    samples = decode_rounds(bundles, contexts, args.new_tokens, args.rounds, say)
     rows, results = [], []
     for c in contexts:
-        runs = {}
-        for d in DTYPES:
-            runs[d] = runner_run(bundles[d], c, args.new_tokens)
-            say(f"context {c} {d}: runner peak RSS {runs[d]['peak_rss_kb'] / 1024:.0f} MiB, "
-                f"decode {runs[d]['runner_decode_tok_s']:.2f} tok/s")
-        samples = decode_rounds(bundles, c, args.new_tokens, args.rounds, say)
         by = {}
         for d in DTYPES:
-            dec = summary(samples[d])
-            res = {"context": c, "kv_dtype": d, "decode_tok_s": dec, **runs[d],
-                   "peak_rss_bytes": runs[d]["peak_rss_kb"] * 1024, "kv_cache_bytes": kv_cache_bytes(manifests[d], c)}
+            dec = summary(samples[(c, d)])
+            res = {"context": c, "kv_dtype": d, "decode_tok_s": dec, **runs[(c, d)],
+                   "peak_rss_bytes": runs[(c, d)]["peak_rss_kb"] * 1024,
+                   "kv_cache_bytes": kv_cache_bytes(manifests[d], c)}
             results.append(res)
             by[d] = res
             rows.append({"context": c, "kv": d, "decode": dec["median"], "dmin": dec["min"], "dmax": dec["max"],
                          "runner": res["runner_decode_tok_s"], "rss": f"{res['peak_rss_bytes'] / 2**20:.0f} MiB",
                          "kv_bytes": f"{res['kv_cache_bytes'] / 2**20:.0f} MiB"})
-        ratios = [a / b for a, b in zip(samples["float16"], samples["float32"])]
+        ratios = [a / b for a, b in zip(samples[(c, "float16")], samples[(c, "float32")])]
         rows.append({"context": c, "kv": "f16 / f32", "decode": float(np.median(ratios)), "dmin": min(ratios),
                      "dmax": max(ratios),
                      "rss": f"{by['float16']['peak_rss_bytes'] / by['float32']['peak_rss_bytes']:.2f}x",
