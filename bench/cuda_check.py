@@ -52,7 +52,9 @@ def prepare(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     cuda = compile_bundle(args.model, "q4f16", "cuda", out / "bundle")
-    host = compile_bundle(args.model, "q4f16", "host", out / "host-bundle")
+    # the reference keeps the GPU bundle's KV cache dtype (float16 by default on GPUs)
+    kv_dtype = json.loads((cuda / "manifest.json").read_text())["kv_cache"]["dtype"]
+    host = compile_bundle(args.model, "q4f16", "host", out / "host-bundle", kv_dtype=kv_dtype)
     print(f"compiled {args.model} for cuda and host in {time.time() - t0:.0f} s")
     vocab = json.loads((host / "manifest.json").read_text())["model"]["config"]["vocab_size"]
     prompt = [t % vocab for t in PROMPT]

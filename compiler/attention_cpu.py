@@ -13,10 +13,19 @@ Limits:
   position buffers are accepted and ignored) and fail at run time on any other rotary_mode. The
   pipeline hook (`replace_cpu_attention`) only swaps them into a module whose every paged KV cache
   is created with rope_mode NONE, so that failure is not reachable from our models.
-- no sliding window: the `_sliding_window` variants are left as TVM wrote them.
-- decode: float32 only (it accumulates in its output); the hook keeps TVM's decode otherwise.
+- float32 or float16 q/k/v/pages/output (the cache's dtype); every product and sum is float32.
 - any head_dim: vectors of 16 lanes where head_dim allows, else 8, 4, 2 or 1 (decode); prefill
   vectorizes over query rows, so head_dim only sets loop lengths.
+
+Sliding window (`window` W > 0, a constant of the kernel): a query at position p sees the keys
+at positions p - W < k <= p, as transformers' Phi-3 does (`kv_idx > q_idx - sliding_window`).
+Every key stays in the cache (TVM's own sliding window evicts pages at sequence level, so the
+early rows of a prefill chunk would lose keys they must see); the kernels skip the pages and
+blocks before the window and mask inside it. Keys outside the window do not count at all (a row
+that sees none gives output 0 and lse -5e4, which TVM's merge weighs 0). Positions, in the key
+numbering of each call: decode, p = kv_len - 1; causal prefill, row r of nq against nk keys,
+p = nk - nq + r; non-causal prefill (the cache's cross-attention over the cached prefix, with
+this chunk's own keys in the ragged call), p = nk + r.
 
 Structure (all tasks in one `T.parallel` loop; per-task scratch is allocated inside it):
 - decode (`batch_decode_paged_kv_cpu`): a task per (sequence, kv head), holding the group's query
@@ -84,6 +93,21 @@ def _chunk(n: int) -> int:
     return next(v for v in (4, 2, 1) if n % v == 0)
 
 
+def _check_dtype(dtype: str) -> None:
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"CPU attention for a {dtype} KV cache: float32 or float16 only")
+
+
+def _window_start(window: int):
+    """end -> the first key a query at position end - 1 sees: end - W (at least 0), or 0 without
+    a window."""
+    if window < 0:
+        raise ValueError(f"sliding window {window}: it must be >= 0 (0: none)")
+    if window == 0:
+        return lambda end: tirx.const(0, "int32")
+    return lambda end: tirx.max(end - tirx.const(window, "int32"), tirx.const(0, "int32"))
+
+
 def _attrs(symbol: str) -> dict:
     return {"global_symbol": symbol, "tirx.is_scheduled": True, "tirx.noalias": True}
 
@@ -93,10 +117,9 @@ def _attrs(symbol: str) -> dict:
 
 
 def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qkv_dtype: str,
-                         page_size: int = PAGE) -> tirx.PrimFunc:
-    """`batch_decode_paged_kv_cpu` (no sliding window, rotary_mode 0 only, float32 only)."""
-    if qkv_dtype != "float32":
-        raise ValueError(f"decode attention for {qkv_dtype}: only float32 (it accumulates in the output)")
+                         page_size: int = PAGE, window: int = 0) -> tirx.PrimFunc:
+    """`batch_decode_paged_kv_cpu` (rotary_mode 0 only; `window` > 0: sliding window)."""
+    _check_dtype(qkv_dtype)
     if num_qo_heads % num_kv_heads:
         raise ValueError(f"{num_qo_heads} query heads are not a multiple of {num_kv_heads} kv heads")
     H_qo, H_kv, D, P = num_qo_heads, num_kv_heads, head_dim, page_size
@@ -104,6 +127,12 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
     VL = _lanes(D)
     NC = D // VL
     log2e = _f32(LOG2E)
+    # float32: the running output is accumulated in `output` itself (a scratch accumulator was
+    # promoted to registers live across the page loop, then spilled); float16: in a float32
+    # scratch per task, (G, D)
+    in_place = qkv_dtype == "float32"
+    OD = 1 if in_place else D
+    window_start = _window_start(window)
 
     @T.macro
     def hsum(acc, dst):
@@ -160,9 +189,8 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
 
         assert rotary_mode == 0, "edgesmith CPU attention: RoPE in the kernel (rotary_mode != 0) is not supported"
         for task in T.parallel(B * H_kv):
-            # q times sm_scale*log2(e); the running output is accumulated in `output` itself (a
-            # scratch accumulator was promoted to registers live across the page loop, then spilled)
-            qs = T.alloc_buffer((G, D), "float32")
+            qs = T.alloc_buffer((G, D), "float32")  # q times sm_scale*log2(e)
+            oacc = T.alloc_buffer((G, OD), "float32")
             s = T.alloc_buffer((G, P), "float32")
             m = T.alloc_buffer((G,), "float32")
             den = T.alloc_buffer((G,), "float32")
@@ -175,17 +203,23 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
             pbeg: T.let[T.int32] = page_table_indptr[b]
             npages: T.let[T.int32] = page_table_indptr[b + 1] - pbeg
             kv_len: T.let[T.int32] = T.if_then_else(npages > 0, (npages - 1) * P + length_info[b], 0)
+            # first visible key: the window's start (the query is the last key, kv_len - 1)
+            lo: T.let[T.int32] = window_start(kv_len)
             for g in range(G):
                 for d in T.vectorized(D):
                     qs[g, d] = T.Cast("float32", Q[b, hk * G + g, d]) * (sm_scale * log2e)
-                    output[b, hk * G + g, d] = T.float32(0)
+                    if in_place:
+                        output[b, hk * G + g, d] = T.Cast(qkv_dtype, T.float32(0))
+                    else:
+                        oacc[g, d] = T.float32(0)
                 m[g] = T.float32(NEG_INIT)
                 den[g] = T.float32(1)
-            for pi in range(npages):
+            for pi in range(lo // P, npages):
                 # int64 page index: one pointer per key row (int32 index math left a sign
                 # extension per load)
                 page: T.let[T.int64] = T.Cast("int64", page_table_values[pbeg + pi])
                 n: T.let[T.int32] = T.min(P, kv_len - pi * P)
+                j0: T.let[T.int32] = lo - pi * P  # keys j < j0 of this page are before the window
                 if n > 0:
                     for g in range(G):
                         for j in T.unroll(P):
@@ -197,7 +231,7 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                                 for i in T.vectorized(VL):
                                     acc[i] = acc[i] + qs[g, c * VL + i] * T.Cast("float32", pages[page, 0, hk, jj, c * VL + i])
                             hsum(acc, tot)
-                            s[g, j] = T.Select(j < n, tot[0], T.float32(OFF))
+                            s[g, j] = T.Select(T.And(j < n, j >= j0), tot[0], T.float32(OFF))
                         mx[0] = m[g]
                         for j in range(P):
                             mx[0] = T.max(mx[0], s[g, j])
@@ -210,16 +244,27 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                             tot[0] = tot[0] + s[g, j]
                         den[g] = den[g] * sc[0] + tot[0]
                         for c in range(NC):
-                            for i in T.vectorized(VL):
-                                acc[i] = output[b, hk * G + g, c * VL + i] * sc[0]
+                            if in_place:
+                                for i in T.vectorized(VL):
+                                    acc[i] = output[b, hk * G + g, c * VL + i] * sc[0]
+                            else:
+                                for i in T.vectorized(VL):
+                                    acc[i] = oacc[g, c * VL + i] * sc[0]
                             for j in T.unroll(P):
                                 for i in T.vectorized(VL):
                                     acc[i] = acc[i] + s[g, j] * T.Cast("float32", pages[page, 1, hk, T.min(j, n - 1), c * VL + i])
-                            for i in T.vectorized(VL):
-                                output[b, hk * G + g, c * VL + i] = acc[i]
+                            if in_place:
+                                for i in T.vectorized(VL):
+                                    output[b, hk * G + g, c * VL + i] = acc[i]
+                            else:
+                                for i in T.vectorized(VL):
+                                    oacc[g, c * VL + i] = acc[i]
             for g in range(G):
                 for d in T.vectorized(D):
-                    output[b, hk * G + g, d] = output[b, hk * G + g, d] * (T.float32(1) / den[g])
+                    if in_place:
+                        output[b, hk * G + g, d] = output[b, hk * G + g, d] * (T.float32(1) / den[g])
+                    else:
+                        output[b, hk * G + g, d] = T.Cast(qkv_dtype, oacc[g, d] * (T.float32(1) / den[g]))
                 lse[b, hk * G + g] = m[g] + T.log2(den[g])
 
     return batch_decode_paged_kv
@@ -229,8 +274,8 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
 # prefill: shared tile loop
 
 
-def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: bool):
-    """The per-(head, sequence) loop over 16-row query tiles, for the ragged or the paged kernel.
+def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: bool, window: int = 0):
+    """The per-(head, sequence) loop over 32-row query tiles, for the ragged or the paged kernel.
 
     Keys are addressed by `key(kk, dd)` / `val(kk, dd)`-like expressions built here from the
     arguments: ragged: k[kv_base + kk, hk, dd]; paged: pages[page_values[pbeg + kk // 16], 0|1,
@@ -240,6 +285,17 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
     R, V = ROWS, ROWS // 2
     DC = _chunk(d_v)
     log2e = _f32(LOG2E)
+    window_start = _window_start(window)
+
+    def first_key(row, nq, nk, causal):
+        # the first key row `row` sees: its position p (module docstring), then p + 1 - W
+        pos = tirx.if_then_else(causal > 0, nk - nq + row, nk + row)
+        return window_start(pos + 1)
+
+    def visible(kk, row, nq, nk, causal):
+        # key kk for query row `row`: in the sequence, not after the query (causal), in the window
+        cond = tirx.And(kk < nk, tirx.Or(causal <= 0, kk < nk - nq + row + 1))
+        return tirx.And(cond, kk >= first_key(row, nq, nk, causal)) if window else cond
 
     def v_at(vbuf, kv_base, pvals, hk, kk, dd):
         if paged:
@@ -290,9 +346,11 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
             for dd in range(d_v):
                 for r in T.vectorized(R):
                     ot[dd, r] = T.float32(0)
-            # keys visible to row r: [0, min(nk, nk - nq + r + 1)) if causal, else [0, nk)
+            # keys visible to row r: [0, min(nk, nk - nq + r + 1)) if causal, else [0, nk), and
+            # with a window from first_key(r) on (which grows with r: the tile's first row's is lowest)
             kv_hi: T.let[T.int32] = T.if_then_else(causal > 0, T.max(T.min(nk, nk - nq + r0 + nr), 0), nk)
-            for blk in range((kv_hi + KB - 1) // KB):
+            blk_end: T.let[T.int32] = (kv_hi + KB - 1) // KB
+            for blk in range(T.min(first_key(r0, nq, nk, causal) // KB, blk_end), blk_end):
                 k0: T.let[T.int32] = blk * KB
                 pg: T.let[T.int32] = block_page(pvals, kv_base, k0)
                 # scores: s[j, r] = qt[:, r] . k[k0 + j]
@@ -307,10 +365,8 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
                             s1[j, r] = s1[j, r] + qt[dd, V + r] * k_blk(kbuf, kv_base, pg, hk, k0, T.min(k0 + j, nk - 1), dd)
                 for j in T.unroll(KB):
                     for r in T.vectorized(V):
-                        s0[j, r] = T.Select(
-                            T.And(k0 + j < nk, T.Or(causal <= 0, k0 + j < nk - nq + r0 + r + 1)), s0[j, r], T.float32(OFF))
-                        s1[j, r] = T.Select(
-                            T.And(k0 + j < nk, T.Or(causal <= 0, k0 + j < nk - nq + r0 + V + r + 1)), s1[j, r], T.float32(OFF))
+                        s0[j, r] = T.Select(visible(k0 + j, r0 + r, nq, nk, causal), s0[j, r], T.float32(OFF))
+                        s1[j, r] = T.Select(visible(k0 + j, r0 + V + r, nq, nk, causal), s1[j, r], T.float32(OFF))
                 for r in T.vectorized(R):
                     mn[r] = m[r]
                 for j in T.unroll(KB):
@@ -364,11 +420,13 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
     return tiles
 
 
-def attention_prefill_ragged_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str) -> tirx.PrimFunc:
-    """`batch_prefill_ragged_kv` (rotary_mode 0 only)."""
+def attention_prefill_ragged_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str,
+                                 window: int = 0) -> tirx.PrimFunc:
+    """`batch_prefill_ragged_kv` (rotary_mode 0 only; `window` > 0: sliding window)."""
+    _check_dtype(dtype)
     if h_q % h_kv:
         raise ValueError(f"{h_q} query heads are not a multiple of {h_kv} kv heads")
-    tiles = _tile_macro(h_kv, h_q, d_qk, d_v, dtype, paged=False)
+    tiles = _tile_macro(h_kv, h_q, d_qk, d_v, dtype, paged=False, window=window)
     masked_score = _f32(NEG_INIT * LOG2E)
 
     @T.prim_func(s_tir=True)
@@ -421,13 +479,15 @@ def attention_prefill_ragged_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype
     return batch_prefill_ragged_kv
 
 
-def attention_prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = PAGE) -> tirx.PrimFunc:
-    """`batch_prefill_paged_kv_cpu` (no sliding window, rotary_mode 0 only)."""
+def attention_prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = PAGE,
+                                window: int = 0) -> tirx.PrimFunc:
+    """`batch_prefill_paged_kv_cpu` (rotary_mode 0 only; `window` > 0: sliding window)."""
+    _check_dtype(dtype)
     if h_q % h_kv:
         raise ValueError(f"{h_q} query heads are not a multiple of {h_kv} kv heads")
     if page_size != PAGE:
         raise ValueError(f"page size {page_size}: the CPU kernels use {PAGE}")
-    tiles = _tile_macro(h_kv, h_q, d, d, dtype, paged=True)
+    tiles = _tile_macro(h_kv, h_q, d, d, dtype, paged=True, window=window)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(
@@ -514,43 +574,57 @@ def _shape(f: tirx.PrimFunc, i: int) -> tuple:
     return tuple(buf.shape), str(buf.dtype)
 
 
-def _ours(symbol: str, f: tirx.PrimFunc) -> tirx.PrimFunc:
+def _ours(symbol: str, f: tirx.PrimFunc, window: int) -> tirx.PrimFunc:
     """Our kernel for TVM's `f`, with the head counts, head dims and dtype read off its buffers."""
     if symbol == DECODE:
         (_, h_q, d), dtype = _shape(f, 0)
         (_, _, h_kv, page, _), _ = _shape(f, 1)
-        return attention_decode_cpu(int(h_kv), int(h_q), int(d), dtype, int(page))
+        return attention_decode_cpu(int(h_kv), int(h_q), int(d), dtype, int(page), window=window)
     if symbol == PREFILL_RAGGED:
         (_, h_q, d_qk), dtype = _shape(f, 0)
         (_, h_kv, _), _ = _shape(f, 2)
         (_, _, d_v), _ = _shape(f, 3)
-        return attention_prefill_ragged_cpu(int(h_kv), int(h_q), int(d_qk), int(d_v), dtype)
+        return attention_prefill_ragged_cpu(int(h_kv), int(h_q), int(d_qk), int(d_v), dtype, window=window)
     (_, h_q, d), dtype = _shape(f, 0)
     (_, _, h_kv, page, _), _ = _shape(f, 2)
-    return attention_prefill_paged_cpu(int(h_kv), int(h_q), int(d), dtype, int(page))
+    return attention_prefill_paged_cpu(int(h_kv), int(h_q), int(d), dtype, int(page), window=window)
 
 
-def replace_cpu_attention(mod: tvm.IRModule) -> tvm.IRModule:
+def replace_cpu_attention(mod: tvm.IRModule, window: int = 0) -> tvm.IRModule:
     """TVM's CPU attention PrimFuncs (by global_symbol) swapped for ours, same GlobalVars.
 
     Only when the module creates paged KV caches and every one of them has rope_mode NONE (0):
-    our kernels never apply RoPE. The sliding-window variants keep TVM's kernels, and so does a
-    decode kernel for a dtype other than float32.
+    our kernels never apply RoPE. The `_sliding_window` variants (TVM's evicting window, which
+    our models never enable) keep TVM's kernels, and so does a cache of another dtype than
+    float32/float16. `window` > 0 (a sliding window only our kernels apply): a module where any
+    of the three cannot be swapped is an error, not a silently unwindowed model.
     """
     modes = _cache_rope_modes(mod)
     if not modes or any(m != 0 for m in modes):
+        if window:
+            raise ValueError(f"sliding window {window}: only edgesmith's CPU attention applies it, and this "
+                             f"module's KV caches have rope modes {modes} (it needs every one NONE)")
         return mod
     funcs = dict(mod.functions)
+    swapped = set()
     for gv, f in funcs.items():
         if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "global_symbol" in f.attrs:
             symbol = str(f.attrs["global_symbol"])
-            # decode accumulates in its float32 output: other dtypes keep TVM's kernel
-            if symbol in (DECODE, PREFILL_RAGGED, PREFILL_PAGED) and (
-                    symbol != DECODE or _shape(f, 0)[1] == "float32"):
-                funcs[gv] = _ours(symbol, f)
+            if symbol in (DECODE, PREFILL_RAGGED, PREFILL_PAGED) and _shape(f, 0)[1] in ("float32", "float16"):
+                funcs[gv] = _ours(symbol, f, window)
+                swapped.add(symbol)
+    missing = {DECODE, PREFILL_RAGGED, PREFILL_PAGED} - swapped
+    if window and missing:
+        raise ValueError(f"sliding window {window}: TVM's {sorted(missing)} would run without it "
+                         "(a KV cache dtype other than float32/float16?)")
     return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
-@tvm.transform.module_pass(opt_level=0, name="ReplaceCPUAttention")
-def ReplaceCPUAttention(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 (a pass)
-    return replace_cpu_attention(mod)
+def ReplaceCPUAttention(window: int = 0):  # noqa: N802 (a pass)
+    """The pass: `replace_cpu_attention` with this sliding window (0: none)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUAttention")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return replace_cpu_attention(mod, window)
+
+    return _pass

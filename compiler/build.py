@@ -11,11 +11,12 @@ import tvm
 from edgesmith.compiler import bundle as bundle_io
 from edgesmith.compiler import gpu_sources
 from edgesmith.compiler.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
+from edgesmith.compiler.context import kv_settings
 from edgesmith.compiler.convert import convert_params
 from edgesmith.compiler.model_phi3 import PAGE_SIZE, Phi3ForCausalLM
 from edgesmith.compiler.pipeline import make_pipeline
 from edgesmith.compiler.quantize import Quantization, get_quantization
-from edgesmith.errors import TargetError
+from edgesmith.errors import ConfigError, TargetError
 from edgesmith.targets import presets
 from edgesmith.targets.tvm_api import TVM_VERSION, build_vm, dump_tensor_cache
 
@@ -30,33 +31,30 @@ class Progress:
     tensors: Callable[[int], Callable[[], None]] = lambda total: (lambda: None)
 
 
-def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize_embedding: bool = True):
+def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize_embedding: bool = True,
+                kv_dtype: str = "float32"):
     """The Relax module and its parameter list [(name, shape, dtype)] for a config."""
-    model = Phi3ForCausalLM(cfg, quant, quantize_embedding=quantize_embedding, target=target)
+    model = Phi3ForCausalLM(cfg, quant, quantize_embedding=quantize_embedding, target=target, kv_dtype=kv_dtype)
     mod, named = model.export_tvm(spec=model.get_default_spec())
     params = [(name, tuple(int(x) for x in p.shape), p.dtype) for name, p in named]
     return mod, params
 
 
-def lower(mod, target: tvm.target.Target, dump_dir: Path | None = None):
+def lower(mod, target: tvm.target.Target, dump_dir: Path | None = None, *, sliding_window: int = 0):
     # Not tvm.compile: it emits all TIR in one LLVM module, where a TVM 0.27 bug drops noalias
     # from every kernel (see tvm_api.build_vm).
-    return build_vm(mod, target, make_pipeline(target, dump_dir))
-
-
-def default_max_context(cfg) -> int:
-    # The paged cache holds no sliding window; stopping at the window keeps results exact.
-    limit = cfg.max_position_embeddings
-    if cfg.sliding_window:
-        limit = min(limit, cfg.sliding_window)
-    return min(limit, 4096)
+    return build_vm(mod, target, make_pipeline(target, dump_dir, sliding_window=sliding_window))
 
 
 def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: str, out: Path, *,
                    quantize_embedding: bool = True, dump_ir: Path | None = None,
-                   progress: Progress | None = None) -> Path:
+                   progress: Progress | None = None, context: int | None = None,
+                   kv_dtype: str | None = None, prefill_chunk: int = PREFILL_CHUNK) -> Path:
     """Compile `model` for `target` into the bundle folder `out`; returns `out`.
-    quant None: the target's and the source's default (checkpoint.default_quant)."""
+
+    quant None: the target's and the source's default (checkpoint.default_quant).
+    context / kv_dtype: the KV cache (compiler/context.py; None: the defaults there).
+    prefill_chunk: tokens per prefill call (a longer prompt is prefilled in chunks)."""
     progress = progress or Progress()
     q = get_quantization(quant) if quant else None
     preset = presets.get_preset(target)
@@ -68,11 +66,15 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     q = q or get_quantization(default_quant(ckpt, target)[0])
     source = ckpt.source_info(q)
     cfg = ckpt.config
+    kv = kv_settings(cfg, preset, context, kv_dtype)
+    if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+        raise ConfigError(f"prefill chunk {prefill_chunk!r}: it must be a positive number of tokens")
     tvm_target = tvm.target.Target(preset.tvm_target())
     t0 = time.perf_counter()
     with bundle_io.staging(Path(out)) as tmp:
-        progress.step(f"tracing {ckpt.description} at {q.name}")
-        mod, params = build_model(cfg, q, tvm_target, quantize_embedding=quantize_embedding)
+        progress.step(f"tracing {ckpt.description} at {q.name}; KV cache {kv.context} tokens, {kv.dtype}"
+                      + (f", sliding window {kv.window}" if kv.window else ""))
+        mod, params = build_model(cfg, q, tvm_target, quantize_embedding=quantize_embedding, kv_dtype=kv.dtype)
         if "int4_kept" in source:
             progress.step(f"the source's int4 weights: {source['int4_kept']}")
 
@@ -90,7 +92,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         t_convert = time.perf_counter() - t0
 
         progress.step(f"lowering for {preset.name} ({tvm_target.kind.name}, {preset.triple})")
-        ex = lower(mod, tvm_target, dump_ir)
+        ex = lower(mod, tvm_target, dump_ir, sliding_window=kv.window)
         (tmp / "lib").mkdir()
         progress.step("linking the model library")
         ex.export_library(str(tmp / "lib" / preset_library_name(preset)), **preset_export_kwargs(preset))
@@ -122,8 +124,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                        "triple": preset.triple, "layout": preset.layout},
             "arch": preset.arch,
             "tvm_version": TVM_VERSION,
-            "kv_cache": {"page_size": PAGE_SIZE, "prefill_chunk_size": PREFILL_CHUNK,
-                         "max_total_seq_len": default_max_context(cfg), "dtype": "float32"},
+            "kv_cache": kv.manifest(PAGE_SIZE, prefill_chunk, cfg),
             **({"device": gpu_device_entry(preset)} if preset.gpu else {}),
             **({"kernels": kernels} if kernels else {}),
             "tokenizer": tokenizer,

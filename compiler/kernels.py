@@ -180,18 +180,23 @@ def last_token(h):
 
 
 def rope(qkv, positions, factors, *, n_rot_heads: int, rotary_dim: int, theta: float,
-         attention_factor: float, original_max_pos: int):
+         attention_factor: float, original_max_pos: int, factor_len=None, out_dtype: str = F32):
     """Rotary embedding as transformers' Phi-3 applies it (rotate_half, partial rotary).
 
-    qkv (b, t, heads_q + 2*heads_kv, d); the first `n_rot_heads` heads (q and k) get the first
-    `rotary_dim` channels rotated. positions (t,) int32 from the KV cache.
+    qkv (b, t, heads_q + 2*heads_kv, d) f32 -> the same shape in `out_dtype` (the KV cache's);
+    the first `n_rot_heads` heads (q and k) get the first `rotary_dim` channels rotated.
+    positions (t,) int32 from the KV cache.
     factors: None (default RoPE) or (2, rotary_dim/2) f32 — longrope's short and long
-    divisors. As in transformers, the long ones are used when the largest position in this
-    forward reaches original_max_pos (one sequence per forward: the last position is the max),
-    and cos/sin are scaled by `attention_factor`.
+    divisors. transformers uses the long ones when the sequence length its forward sees (largest
+    position + 1) exceeds original_max_pos, and scales cos/sin by `attention_factor`.
+    `factor_len` is that length: a prompt prefilled in chunks passes the whole prompt's length
+    (a scalar argument of prefill), so every chunk uses the factors of a one-forward prefill;
+    None (decode) takes this forward's last position + 1.
     """
     b, t, heads, d = qkv.shape
     half = rotary_dim // 2
+    if factor_len is None:
+        factor_len = positions[t - 1] + 1
 
     def inv_freq(jj):
         # float32 like transformers: 1 / (factor * theta ** (2i / rotary_dim))
@@ -199,7 +204,7 @@ def rope(qkv, positions, factors, *, n_rot_heads: int, rotary_dim: int, theta: f
         freq = tirx.const(1.0, F32) / tirx.power(tirx.const(float(theta), F32), exponent)
         if factors is None:
             return freq
-        use_long = (positions[t - 1] + 1 > original_max_pos).astype("int32")
+        use_long = (factor_len > original_max_pos).astype("int32")
         return freq / factors[use_long, jj]
 
     def cos_sin(j, which, jj):
@@ -216,6 +221,6 @@ def rope(qkv, positions, factors, *, n_rot_heads: int, rotary_dim: int, theta: f
         partner = tirx.if_then_else(c < half, -qkv[i, j, h, tirx.min(c + half, d - 1)],
                                     qkv[i, j, h, tirx.max(c - half, 0)])
         rotated = x * table[j, 0, jj] + partner * table[j, 1, jj]
-        return tirx.if_then_else(tirx.all(h < n_rot_heads, c < rotary_dim), rotated, x)
+        return tirx.if_then_else(tirx.all(h < n_rot_heads, c < rotary_dim), rotated, x).astype(out_dtype)
 
     return te.compute((b, t, heads, d), compute, name="rope")

@@ -6,14 +6,22 @@ weights' storage (CPU targets); the KV cache applies no RoPE (rope_mode NONE): R
 (kernels.rope), so longrope and partial rotary match transformers exactly.
 
 Entry points (batch 1, one sequence):
-  prefill(input_ids (1, n) int32, kv, params) -> (logits (1, 1, vocab) f32 of the last token, kv)
+  prefill(input_ids (1, n) int32, kv, total_len, params) -> (logits (1, 1, vocab) f32 of the last token, kv)
+      total_len (a 1-element shape): the sequence's length once the whole prompt this chunk
+      belongs to is in; it picks longrope's factors as a one-forward prefill would (kernels.rope)
   decode(input_ids (1, 1) int32, kv, params)  -> (logits (1, 1, vocab) f32, kv)
   create_paged_kv_cache(max_batch, max_total_seq_len, prefill_chunk, page_size, sliding) -> kv
+
+The KV cache holds `kv_dtype` (float32 or float16): q, k and v leave RoPE in it (TVM's cache
+wants all three in its dtype) and attention's output returns to float32. A sliding window is not
+the cache's business (TVM's evicts at sequence level): the CPU attention kernels mask it
+(attention_cpu.py; the pipeline passes the window).
 """
 from __future__ import annotations
 
 from edgesmith.compiler import kernels, kernels_gemv, kernels_gpu, kernels_int8
 from edgesmith.compiler.config import Phi3Config
+from edgesmith.compiler.context import KV_DTYPES
 from edgesmith.compiler.quantize import Quantization
 from edgesmith.targets.tvm_api import kv_cache_mod, nn, relax, tirx
 
@@ -82,18 +90,23 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(cfg.hidden_size, (hq + 2 * hkv) * d, quant)
         self.o_proj = Linear(hq * d, cfg.hidden_size, quant)
 
-    def forward(self, x, kv, layer_id: int, positions, rope_factors):
+    def forward(self, x, kv, layer_id: int, positions, rope_factors, factor_len, kv_dtype: str):
         cfg = self.cfg
         d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         b, t, _ = x.shape
         qkv = op.reshape(self.qkv_proj(x), (b, t, hq + 2 * hkv, d))
+        # longrope only: its factors, and (prefill) the length that picks them
+        extra = [] if rope_factors is None else [rope_factors] + ([] if factor_len is None else [factor_len])
         qkv = op.tensor_expr_op(
             lambda q, p, *f: kernels.rope(
                 q, p, f[0] if f else None, n_rot_heads=hq + hkv, rotary_dim=cfg.rotary_dim,
                 theta=cfg.rope_theta, attention_factor=cfg.rope_attention_factor,
-                original_max_pos=cfg.original_max_position_embeddings),
-            "rope", [qkv, positions] + ([rope_factors] if rope_factors is not None else []))
-        out = kv.attention_with_fused_qkv(layer_id, qkv, hq, sm_scale=d**-0.5)
+                original_max_pos=cfg.original_max_position_embeddings,
+                factor_len=f[1] if len(f) > 1 else None, out_dtype=kv_dtype),
+            "rope", [qkv, positions] + extra)
+        out = kv.attention_with_fused_qkv(layer_id, qkv, hq, sm_scale=d**-0.5)  # (b, t, hq, d) kv_dtype
+        if kv_dtype != "float32":
+            out = op.astype(out, "float32")
         return self.o_proj(op.reshape(out, (b, t, hq * d)))
 
 
@@ -115,8 +128,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg, quant)
 
-    def forward(self, h, kv, layer_id, positions, rope_factors):
-        h = h + self.self_attn(self.input_layernorm(h), kv, layer_id, positions, rope_factors)
+    def forward(self, h, kv, layer_id, positions, rope_factors, factor_len, kv_dtype):
+        h = h + self.self_attn(self.input_layernorm(h), kv, layer_id, positions, rope_factors, factor_len, kv_dtype)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -145,9 +158,12 @@ def _modules_of_type(module, cls):
 
 class Phi3ForCausalLM(nn.Module):
     def __init__(self, cfg: Phi3Config, quant: Quantization, *, quantize_embedding: bool = True,
-                 target=None):
+                 target=None, kv_dtype: str = "float32"):
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"KV cache dtype {kv_dtype!r}: one of {', '.join(KV_DTYPES)}")
         self.cfg = cfg
         self.target = target
+        self.kv_dtype = kv_dtype
         self.model = Body(cfg, quant, quantize_embedding)
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, quant, quantize=quantize_embedding)
@@ -159,20 +175,20 @@ class Phi3ForCausalLM(nn.Module):
             for linear in _modules_of_type(self, Linear):
                 linear.dot_isa = kernels_int8.pick(isas, linear.in_features, linear.group)
 
-    def _forward(self, input_ids, kv):
+    def _forward(self, input_ids, kv, factor_len=None):
         b, t = input_ids.shape
         h = self.model.embed_tokens.lookup(input_ids)
         positions = kv.get_query_positions(b * t)
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, kv, i, positions, self.model.rope_ext_factors)
+            h = layer(h, kv, i, positions, self.model.rope_ext_factors, factor_len, self.kv_dtype)
         h = self.model.norm(h)
         if t != 1:
             h = op.tensor_expr_op(kernels.last_token, "last_token", [h])  # (1, 1, hidden)
         head = self.model.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head
         return head(h), kv
 
-    def prefill(self, input_ids: nn.Tensor, paged_kv_cache):
-        return self._forward(input_ids, paged_kv_cache)
+    def prefill(self, input_ids: nn.Tensor, paged_kv_cache, total_len):
+        return self._forward(input_ids, paged_kv_cache, total_len)
 
     def decode(self, input_ids: nn.Tensor, paged_kv_cache):
         return self._forward(input_ids, paged_kv_cache)
@@ -202,7 +218,7 @@ class Phi3ForCausalLM(nn.Module):
             rope_ext_factors=relax.prim_value(0),
             rotary_dim=cfg.head_dim,
             enable_disaggregation=False,
-            dtype="float32",
+            dtype=self.kv_dtype,
             target=self.target,
         )
 
@@ -210,7 +226,8 @@ class Phi3ForCausalLM(nn.Module):
         kv_obj = nn.spec.Object(object_type=kv_cache_mod.PagedKVCache)
         packed = {"param_mode": "packed", "effect_mode": "none"}
         return nn.spec.ModuleSpec.from_raw({
-            "prefill": {"input_ids": nn.spec.Tensor([1, "seq_len"], "int32"), "paged_kv_cache": kv_obj, "$": packed},
+            "prefill": {"input_ids": nn.spec.Tensor([1, "seq_len"], "int32"), "paged_kv_cache": kv_obj,
+                        "total_len": int, "$": packed},
             "decode": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "paged_kv_cache": kv_obj, "$": packed},
             "create_paged_kv_cache": {
                 "max_batch_size": int, "max_total_seq_len": int, "prefill_chunk_size": int,

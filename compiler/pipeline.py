@@ -12,13 +12,14 @@ import tvm
 from edgesmith.targets.tvm_api import relax
 
 
-def _phases(target) -> list[tuple[str, list]]:
+def _phases(target, sliding_window: int = 0) -> list[tuple[str, list]]:
     from edgesmith.compiler import attention_cpu, attention_opencl, schedules, schedules_gpu
 
     T = relax.transform
-    # llvm: our attention kernels in place of TVM's scalar ones; opencl: two of TVM's GPU kernels
-    # made right without lock-step warps (attention_opencl.py); other GPU targets keep TVM's
-    attention = {"llvm": [("attention", [attention_cpu.ReplaceCPUAttention])],
+    # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window
+    # (compiler/context.py keeps GPU contexts within it); opencl: two of TVM's GPU kernels made right
+    # without lock-step warps (attention_opencl.py); other GPU targets keep TVM's
+    attention = {"llvm": [("attention", [attention_cpu.ReplaceCPUAttention(sliding_window)])],
                  "opencl": [("attention", [attention_opencl.ReplaceOpenCLAttention])]}.get(target.kind.name, [])
     return attention + [
         ("legalize", [
@@ -46,13 +47,14 @@ def _phases(target) -> list[tuple[str, list]]:
     ]
 
 
-def make_pipeline(target, dump_dir: Path | None = None):
-    """A module pass running every phase under `target`; dumps `NN-phase.py` scripts when asked."""
+def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int = 0):
+    """A module pass running every phase under `target`; dumps `NN-phase.py` scripts when asked.
+    sliding_window: the attention's window (0: none), applied by our CPU attention kernels."""
 
     @tvm.transform.module_pass(opt_level=0, name="edgesmith_pipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         with target:
-            for i, (name, passes) in enumerate(_phases(target)):
+            for i, (name, passes) in enumerate(_phases(target, sliding_window)):
                 mod = tvm.transform.Sequential(passes, name=name)(mod)
                 if dump_dir is not None:
                     dump_dir.mkdir(parents=True, exist_ok=True)

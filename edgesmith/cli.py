@@ -70,8 +70,9 @@ def cmd_compile(args) -> int:
     if progress_note:
         progress.step(progress_note)
     compile_bundle(args.model, args.quant, args.target, out,
-                   quantize_embedding=not args.float_embedding, dump_ir=args.dump_ir, progress=progress)
-    progress.done(f"bundle written to {out}")
+                   quantize_embedding=not args.float_embedding, dump_ir=args.dump_ir, progress=progress,
+                   context=args.context, kv_dtype=args.kv_dtype)
+    progress.done(f"bundle written to {out} ({_kv_summary(out)})")
     if args.eval:
         from edgesmith.runtime.evaluate import evaluate_bundle
 
@@ -98,6 +99,15 @@ def _check_compile_args(model: str, quant: str, target: str, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise EdgesmithError(f"output {out} is a file, not a folder; give -o a folder name for the bundle "
                              "(it is created), or remove the file")
+
+
+def _kv_summary(bundle: Path) -> str:
+    from edgesmith.compiler.bundle import read_manifest
+
+    kv = read_manifest(bundle)["kv_cache"]
+    window = f", sliding window {kv['sliding_window']}" if kv.get("sliding_window") else ""
+    return (f"context {kv['max_total_seq_len']} tokens, KV cache {kv['dtype']} "
+            f"{kv['bytes_per_token'] / 1024:.1f} KiB/token{window}")
 
 
 def _bundle_name(model: str, quant: str, target: str) -> str:
@@ -138,8 +148,9 @@ def cmd_run(args) -> int:
         from edgesmith.runtime.engine import Engine
         from edgesmith.runtime.sampling import Sampler
 
-        result = Engine(args.bundle).generate(prompt, args.max_new_tokens, Sampler(args.temperature, args.top_p, args.seed),
-                                              stop, on_token=stream.token if stream else None).to_json()
+        engine = Engine(args.bundle, context=args.context)
+        result = engine.generate(prompt, args.max_new_tokens, Sampler(args.temperature, args.top_p, args.seed),
+                                 stop, on_token=stream.token if stream else None).to_json()
     else:
         runner_args = ["generate", "--tokens", ",".join(map(str, prompt)), *_sampling_args(args, stop)]
         if stream:
@@ -210,6 +221,8 @@ def _chat_setup(args, manifest: dict, tok):
 def _sampling_args(args, stop) -> list[str]:
     out = ["-n", str(args.max_new_tokens), "--temperature", str(args.temperature), "--top-p", str(args.top_p),
            "--seed", str(args.seed)]
+    if getattr(args, "context", None) is not None:
+        out += ["--context", str(args.context)]
     return out + (["--stop-ids", ",".join(map(str, stop))] if stop else [])
 
 
@@ -290,7 +303,8 @@ def cmd_profile(args) -> int:
         prompts=args.prompt, gens=args.gen, threads=args.threads, warmup=args.warmup, reps=args.reps,
         max_reps=args.max_reps, target_rsd=args.target_rsd, cool_below=args.cool_below,
         cool_timeout=args.cool_timeout, max_temp=args.max_temp, kernels_top=args.kernels, membw_mb=args.membw_mb,
-        check=args.check, reference=args.reference, sysroot=args.sysroot or "", timeout=args.timeout)
+        check=args.check, reference=args.reference, sysroot=args.sysroot or "", timeout=args.timeout,
+        context=args.context)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     records = profile_bundle(args.bundle, device, options, progress=say)
     # Markdown on a terminal is for people: the machine records (for `compare`) go into files only.
@@ -464,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--float-embedding", action="store_true", help="keep the embedding and lm_head in float")
     c.add_argument("--eval", action="store_true", help="also report top-1 agreement and KL against q0f32")
     c.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the IR after each pipeline phase")
+    c.add_argument("--context", type=int, metavar="N", help="tokens the KV cache holds, up to the model's "
+                   "max_position_embeddings (default: that, at most 4096)")
+    c.add_argument("--kv-dtype", choices=["float16", "float32"], help="KV cache dtype (default float16 on GPUs "
+                   "and ARM with fp16, float32 elsewhere)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     c.set_defaults(func=cmd_compile)
 
@@ -492,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--interactive", action="store_true", help="a conversation on one KV cache: each line typed "
                    "(or piped) is a turn, in the chat template (token ids 1,2,3 without a tokenizer); an empty "
                    "line or end of input ends it. --prompt is the first turn; --timeout is per turn")
+    r.add_argument("--context", type=int, metavar="N", help="KV cache size in tokens, at most the compiled "
+                   "context (default: the compiled context)")
     device_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -518,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the bundle's own source)")
         sp.add_argument("--sysroot", metavar="DIR", help="read sysfs and /proc/meminfo under DIR on the device "
                         "(a fake device state, for tests)")
+        sp.add_argument("--context", type=int, metavar="N", help="KV cache size in tokens for every run, at most "
+                        "the compiled context (default: prompt + gen of each combination)")
         sp.add_argument("-o", "--output", choices=["md", "json", "jsonl", "csv"], default="md")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
         device_args(sp)

@@ -1,8 +1,9 @@
 """The Python path: run a host bundle in-process with TVM's Relax VM.
 
 Same calling convention as the C++ runner (runtime/runner/runner.cc): one sequence (id 0) in a
-paged KV cache, prefill in chunks of the manifest's prefill_chunk_size, then one decode call per
-token; every call wrapped in kv_state begin/end_forward.
+paged KV cache, prefill in chunks of the manifest's prefill_chunk_size (each told the whole
+prompt's length), then one decode call per token; every call wrapped in kv_state
+begin/end_forward.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesmith.compiler import bundle as bundle_io
+from edgesmith.compiler.context import runtime_context
 from edgesmith.errors import BundleError
 from edgesmith.runtime.sampling import Sampler
 from edgesmith.targets.tvm_api import TVM_VERSION
@@ -62,7 +64,8 @@ def _use_all_cores(tvm) -> None:
 class Engine:
     """A loaded host bundle. `logits_*` return float32 numpy vectors of length vocab."""
 
-    def __init__(self, bundle: Path, *, verify: bool = True, max_total_seq_len: int | None = None):
+    def __init__(self, bundle: Path, *, verify: bool = True, context: int | None = None):
+        """context: tokens the KV cache holds (None: the bundle's compiled context; never more)."""
         import tvm
         from tvm import relax
 
@@ -91,8 +94,9 @@ class Engine:
         self._end = g("vm.builtin.kv_state_end_forward")
         self._add = g("vm.builtin.kv_state_add_sequence")
         self._remove = g("vm.builtin.kv_state_remove_sequence")
+        self._popn = g("vm.builtin.kv_state_popn")
         kvc = self.manifest["kv_cache"]
-        self.max_len = max_total_seq_len or kvc["max_total_seq_len"]
+        self.max_len = runtime_context(self.manifest, context)
         self.chunk = kvc["prefill_chunk_size"]
         S = tvm.runtime.ShapeTuple
         self.kv = self.vm["create_paged_kv_cache"](S([1]), S([self.max_len]), S([self.chunk]),
@@ -108,14 +112,14 @@ class Engine:
         self._add(self.kv, 0)
         self.length = 0
 
-    def _forward(self, fn: str, ids: np.ndarray) -> np.ndarray:
+    def _forward(self, fn: str, ids: np.ndarray, *extra) -> np.ndarray:
         tvm = self._tvm
         n = ids.shape[1]
         if self.length + n > self.max_len:
-            raise BundleError(f"sequence of {self.length + n} tokens exceeds the bundle's context of "
-                              f"{self.max_len}; shorten the prompt or lower --max-new-tokens")
+            raise BundleError(f"sequence of {self.length + n} tokens exceeds the context of {self.max_len}; "
+                              "shorten the prompt, lower --max-new-tokens, or raise --context")
         self._begin(self.kv, tvm.runtime.ShapeTuple([0]), tvm.runtime.ShapeTuple([n]))
-        out = self.vm[fn](tvm.runtime.tensor(ids, self.dev), self.kv, self.params)
+        out = self.vm[fn](tvm.runtime.tensor(ids, self.dev), self.kv, *extra, self.params)
         self._end(self.kv)
         self.length += n
         return out[0].numpy().reshape(-1)
@@ -130,12 +134,23 @@ class Engine:
             raise BundleError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
         self.reset()
         ids = np.asarray(token_ids, dtype="int32")[None, :]
+        # every chunk is told the whole prompt's length: longrope picks its factors by it, as a
+        # single forward over the prompt would (model_phi3.prefill)
+        total = self._tvm.runtime.ShapeTuple([ids.shape[1]])
         for start in range(0, ids.shape[1], self.chunk):
-            logits = self._forward("prefill", ids[:, start:start + self.chunk])
+            logits = self._forward("prefill", ids[:, start:start + self.chunk], total)
         return logits
 
     def decode(self, token_id: int) -> np.ndarray:
         return self._forward("decode", np.array([[token_id]], dtype="int32"))
+
+    def rewind(self, n: int) -> None:
+        """Drop the sequence's last n tokens from the KV cache (a benchmark decodes the same
+        positions again without a new prefill)."""
+        if self.length is None or not 0 <= n <= self.length:
+            raise BundleError(f"cannot rewind {n} tokens of a sequence of {self.length or 0}")
+        self._popn(self.kv, 0, n)
+        self.length -= n
 
     def generate(self, prompt: list[int], max_new_tokens: int, sampler: Sampler | None = None,
                  stop_ids: tuple[int, ...] = (), on_token=None) -> Generation:

@@ -1,6 +1,7 @@
 """`compile --eval`: how far quantization moved the model, measured against a q0f32 twin.
 
 Both bundles run teacher-forced over the same fixed token sequence (one decode step per position);
+the reference keeps a float32 KV cache, so a float16 cache's rounding is part of what is measured;
 reported: top-1 agreement of the next-token choice, mean KL(p_q0f32 || p_quant) in nats, and the
 largest logit difference. The result is stored in the bundle's manifest (shown by `inspect`).
 """
@@ -84,7 +85,8 @@ def evaluate_bundle(bundle: Path, model: str, *, positions: int = EVAL_POSITIONS
         if manifest["arch"] != host_arch():
             step(f"eval: compiling a host twin of the {manifest['quant']} bundle")
             quantized = compile_bundle(model, manifest["quant"], "host", Path(tmp) / "quant",
-                                       quantize_embedding=manifest.get("quantize_embedding", True))
+                                       quantize_embedding=manifest.get("quantize_embedding", True),
+                                       kv_dtype=manifest["kv_cache"].get("dtype", "float32"))
         step("eval: compiling the q0f32 reference")
         reference = compile_bundle(model, "q0f32", "host", Path(tmp) / "ref")
         step(f"eval: {positions} positions, teacher-forced")

@@ -30,8 +30,7 @@ def describe(bundle: Path, as_json: bool = False) -> str:
         f"tvm         {m['tvm_version']}",
         f"weights     {m['weight_bytes'] / 2**20:.1f} MiB in {sum(1 for f in files if f.startswith('params/params_shard'))} shards",
         f"tokenizer   {_tokenizer_line(m)}",
-        f"context     {m['kv_cache']['max_total_seq_len']} tokens (page {m['kv_cache']['page_size']}, "
-        f"prefill chunk {m['kv_cache']['prefill_chunk_size']})",
+        *_context_lines(m),
         f"size        {size / 2**20:.1f} MiB on disk",
         f"built       convert {m['build']['convert_s']} s, compile {m['build']['compile_s']} s",
     ]
@@ -71,6 +70,19 @@ def _input_lines(source: dict | None) -> list[str]:
     if source.get("float_linears"):
         line += f"; {source['float_linears']} float MatMul: {source.get('float_kept', '')}"
     return [line]
+
+
+def _context_lines(m: dict) -> list[str]:
+    """The KV cache: context, dtype, bytes per token (and at the full context), sliding window."""
+    from edgesmith.runtime.profile.fit import kv_bytes_per_token
+
+    kv = m["kv_cache"]
+    per_token = kv.get("bytes_per_token") or kv_bytes_per_token(m)
+    window = (f"; sliding window {kv['sliding_window']} tokens" if kv.get("sliding_window") else "")
+    return [f"context     {kv['max_total_seq_len']} tokens (page {kv['page_size']}, prefill chunk "
+            f"{kv['prefill_chunk_size']}){window}",
+            f"kv cache    {kv.get('dtype', 'float32')}, {per_token / 1024:.1f} KiB per token, "
+            f"{per_token * kv['max_total_seq_len'] / 2**20:.1f} MiB at the full context"]
 
 
 def _device_lines(m: dict) -> list[str]:

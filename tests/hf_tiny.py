@@ -88,7 +88,8 @@ def variant_config_kwargs(variant: str) -> dict:
 
 
 def make_tiny_model(variant: str, *, seed: int = 0, overrides: dict | None = None):
-    """The transformers model itself (float32, eval mode); `overrides` replace config keys."""
+    """The transformers model itself (float32, eval mode). `overrides`: config keys to change
+    (e.g. a real original_max_position_embeddings, a sliding_window)."""
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 

@@ -35,18 +35,18 @@ def _target():
 
 
 @functools.lru_cache(maxsize=None)
-def _build(kind: str, ours: bool, h_kv: int, h_q: int, d: int):
+def _build(kind: str, ours: bool, h_kv: int, h_q: int, d: int, dtype: str = "float32", window: int = 0):
     from tvm.relax.frontend.nn.llm import kv_cache as kvc
 
     if kind == "decode":
-        f = (ac.attention_decode_cpu(h_kv, h_q, d, "float32") if ours
-             else kvc._attention_decode_cpu(h_kv, h_q, d, "float32", False, {}))
+        f = (ac.attention_decode_cpu(h_kv, h_q, d, dtype, window=window) if ours
+             else kvc._attention_decode_cpu(h_kv, h_q, d, dtype, False, {}))
     elif kind == "ragged":
-        f = (ac.attention_prefill_ragged_cpu(h_kv, h_q, d, d, "float32") if ours
-             else kvc._attention_prefill_ragged_cpu(h_kv, h_q, d, d, "float32", {}))
+        f = (ac.attention_prefill_ragged_cpu(h_kv, h_q, d, d, dtype, window=window) if ours
+             else kvc._attention_prefill_ragged_cpu(h_kv, h_q, d, d, dtype, {}))
     else:
-        f = (ac.attention_prefill_paged_cpu(h_kv, h_q, d, "float32") if ours
-             else kvc._attention_prefill_cpu(h_kv, h_q, d, "float32", False, {}))
+        f = (ac.attention_prefill_paged_cpu(h_kv, h_q, d, dtype, window=window) if ours
+             else kvc._attention_prefill_cpu(h_kv, h_q, d, dtype, False, {}))
     name = str(f.attrs["global_symbol"])
     ex = tvm.compile(tvm.IRModule({name: f}), target=_target())
     return ex[name]
@@ -56,8 +56,11 @@ def _t(a):
     return tvm.runtime.tensor(np.ascontiguousarray(a), tvm.cpu())
 
 
-def _ref(q, keys, vals, visible, masked_score, sm_scale):
-    """One row of one head: float64 softmax attention with TVM's init and masking conventions."""
+def _ref(q, keys, vals, visible, masked_score, sm_scale, absent=None):
+    """One row of one head: float64 softmax attention with TVM's init and masking conventions.
+    `absent`: keys that do not count at all (outside a sliding window)."""
+    if absent is not None:
+        keys, vals, visible = keys[~absent], vals[~absent], visible[~absent]
     s = (keys @ q.astype(np.float64)) * sm_scale * LOG2E
     s = np.where(visible, s, masked_score)
     m = max(-5e4, s.max()) if len(s) else -5e4
@@ -66,11 +69,11 @@ def _ref(q, keys, vals, visible, masked_score, sm_scale):
     return (p @ vals) / den, m + math.log2(den)
 
 
-def _paged(rng, lens, h_kv, d, extra_pages=3):
+def _paged(rng, lens, h_kv, d, extra_pages=3, dtype="float32"):
     """Pages holding `lens` keys per sequence at shuffled page numbers, garbage in unused slots."""
     npages = [(n + 15) // 16 for n in lens]
     total = sum(npages) + extra_pages
-    pages = rng.standard_normal((total, 2, h_kv, 16, d)).astype("float32")
+    pages = rng.standard_normal((total, 2, h_kv, 16, d)).astype(dtype)
     order = rng.permutation(total)[: sum(npages)].astype("int32")
     indptr = np.concatenate([[0], np.cumsum(npages)]).astype("int32")
     last = np.array([n - 16 * (p - 1) if p else 0 for n, p in zip(lens, npages)], "int32")
@@ -123,7 +126,9 @@ def test_decode(h_kv, h_q, d):
     _check(*results[True], *results[False])
 
 
-def _prefill_ref(q, qo_lens, kv, h_q, g, causal, masked_score, sm_scale):
+def _prefill_ref(q, qo_lens, kv, h_q, g, causal, masked_score, sm_scale, window=0):
+    """With a window W, row i sees keys after its position p minus W: p = nk - nq + i (causal),
+    p = nk + i (non-causal: the queries follow the cached keys)."""
     total = sum(qo_lens)
     d = q.shape[-1]
     out = np.zeros((total, h_q, d))
@@ -134,9 +139,12 @@ def _prefill_ref(q, qo_lens, kv, h_q, g, causal, masked_score, sm_scale):
         nk = len(kk_all)
         for i in range(nq):
             vis = np.arange(nk) < (min(nk, nk - nq + i + 1) if causal else nk)
+            pos = nk - nq + i if causal else nk + i
+            absent = np.arange(nk) <= pos - window if window else None
             for h in range(h_q):
-                out[row, h], lse[row, h] = _ref(q[row, h], kk_all[:, h // g], vv_all[:, h // g],
-                                                vis, masked_score, sm_scale)
+                out[row, h], lse[row, h] = _ref(q[row, h], kk_all[:, h // g].astype(np.float64),
+                                                vv_all[:, h // g].astype(np.float64), vis, masked_score,
+                                                sm_scale, absent)
             row += 1
     return out, lse
 
@@ -216,6 +224,97 @@ def test_prefill_paged(h_kv, h_q, d, causal, case):
         _check(*results[True], *results[False])
 
 
+# ---------------------------------------------------------------- sliding window, float16 KV
+
+# float16: inputs are exactly representable (the reference reads the same halves); the output
+# is rounded to float16 once (relative 2^-11), the lse stays float32
+TOL = {"float32": (RTOL, ATOL), "float16": (2e-3, 2e-3)}
+WINDOWS = [5, 20, 64]  # shorter than a page, across pages, four pages
+
+
+def _check_dtype(out, lse, ref_out, ref_lse, dtype):
+    rtol, atol = TOL[dtype]
+    np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(lse, ref_lse, rtol=RTOL, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("window", [0] + WINDOWS)
+def test_decode_window_and_dtype(dtype, window):
+    """The query is the last key (position kv_len - 1): it sees the last `window` keys."""
+    h_kv, h_q, d = 2, 8, 96
+    rng = np.random.default_rng(window)
+    lens = [1, 37, 16, 0, 70, 130]
+    sm_scale = d ** -0.5
+    pages, indptr, values, last, kv = _paged(rng, lens, h_kv, d, dtype=dtype)
+    B, g = len(lens), h_q // h_kv
+    q = (rng.standard_normal((B, h_q, d)) * 2).astype(dtype)
+    ref_out, ref_lse = np.zeros((B, h_q, d)), np.zeros((B, h_q))
+    for b, n in enumerate(lens):
+        absent = np.arange(n) < n - window if window else None
+        for h in range(h_q):
+            kk, vv = kv[b][0][:, h // g].astype(np.float64), kv[b][1][:, h // g].astype(np.float64)
+            ref_out[b, h], ref_lse[b, h] = _ref(q[b, h], kk, vv, np.ones(n, bool), 0.0, sm_scale, absent)
+    zeros = np.zeros(B, "int32")
+    to, tl = _t(np.zeros((B, h_q, d), dtype)), _t(np.zeros((B, h_q), "float32"))
+    _build("decode", True, h_kv, h_q, d, dtype, window)(
+        _t(q), _t(pages), _t(indptr), _t(values), _t(last), _t(zeros), _t(zeros), to, tl, 0, 1.0, 10000.0, sm_scale)
+    _check_dtype(to.numpy(), tl.numpy(), ref_out, ref_lse, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_prefill_ragged_window(dtype, window):
+    """A chunk's causal self-attention: rows far into a 70-token chunk see only their window."""
+    h_kv, h_q, d = 2, 8, 96
+    qo_lens = kv_lens = [70, 3, 33]
+    rng = np.random.default_rng(window + 1)
+    sm_scale = d ** -0.5
+    q = (rng.standard_normal((sum(qo_lens), h_q, d)) * 2).astype(dtype)
+    k = rng.standard_normal((sum(kv_lens), h_kv, d)).astype(dtype)
+    v = rng.standard_normal((sum(kv_lens), h_kv, d)).astype(dtype)
+    q_indptr = np.concatenate([[0], np.cumsum(qo_lens)]).astype("int32")
+    kv_indptr = np.concatenate([[0], np.cumsum(kv_lens)]).astype("int32")
+    kv = [(k[kv_indptr[b]:kv_indptr[b + 1]], v[kv_indptr[b]:kv_indptr[b + 1]]) for b in range(len(kv_lens))]
+    ref = _prefill_ref(q, qo_lens, kv, h_q, h_q // h_kv, 1, -5e4 * LOG2E * sm_scale, sm_scale, window)
+    to = _t(np.zeros((sum(qo_lens), h_q, d), dtype))
+    tl = _t(np.zeros((sum(qo_lens), h_q), "float32"))
+    _build("ragged", True, h_kv, h_q, d, dtype, window)(
+        _t(q), _t(q_indptr), _t(k), _t(v), _t(kv_indptr), _t(np.zeros(sum(qo_lens), "int32")),
+        _t(np.zeros(len(qo_lens), "int32")), to, tl, 1, 0, 1.0, 10000.0, sm_scale)
+    _check_dtype(to.numpy(), tl.numpy(), *ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("causal", [0, 1])
+def test_prefill_paged_window(dtype, window, causal):
+    """Non-causal: the cache's cross-attention of a chunk over the cached prefix; rows whose
+    window starts past the prefix see no key (output 0, lse -5e4: TVM's merge weighs it 0)."""
+    h_kv, h_q, d = 2, 8, 96
+    qo_lens, kv_lens = [40, 3, 90], [45, 16, 30]
+    rng = np.random.default_rng(100 + window)
+    sm_scale = d ** -0.5
+    pages, page_indptr, page_values, last, kv = _paged(rng, kv_lens, h_kv, d, dtype=dtype)
+    q = (rng.standard_normal((sum(qo_lens), h_q, d)) * 2).astype(dtype)
+    q_indptr = np.concatenate([[0], np.cumsum(qo_lens)]).astype("int32")
+    ref = _prefill_ref(q, qo_lens, kv, h_q, h_q // h_kv, causal, -5e4, sm_scale, window)
+    to = _t(np.zeros((sum(qo_lens), h_q, d), dtype))
+    tl = _t(np.zeros((sum(qo_lens), h_q), "float32"))
+    _build("paged", True, h_kv, h_q, d, dtype, window)(
+        _t(q), _t(q_indptr), _t(pages), _t(page_indptr), _t(page_values), _t(last),
+        _t(np.zeros(len(qo_lens), "int32")), _t(np.zeros(sum(qo_lens), "int32")), to, tl,
+        causal, 0, 1.0, 10000.0, sm_scale)
+    _check_dtype(to.numpy(), tl.numpy(), *ref, dtype)
+
+
+def test_bad_window_and_dtype_are_refused():
+    with pytest.raises(ValueError, match="window -1"):
+        ac.attention_decode_cpu(2, 4, 16, "float32", window=-1)
+    with pytest.raises(ValueError, match="bfloat16"):
+        ac.attention_prefill_ragged_cpu(2, 4, 16, 16, "bfloat16")
+
+
 def test_head_dim_not_multiple_of_16():
     """head_dim 40: decode falls back to 8 lanes, prefill to chunks of 8; still exact."""
     test_decode(2, 4, 40)
@@ -231,7 +330,7 @@ def test_rotary_mode_is_refused():
           _t(np.zeros((1, 4, 40), "float32")), _t(np.zeros((1, 4), "float32")), 1, 1.0, 10000.0, 0.1)
 
 
-def _cache_module(rope_mode):
+def _cache_module(rope_mode, dtype="float32"):
     from tvm import relax
     from tvm.relax.frontend import nn
     from tvm.relax.frontend.nn.llm.kv_cache import TIRPagedKVCache
@@ -247,7 +346,7 @@ def _cache_module(rope_mode):
                 v_head_dim=64, mla_original_qk_head_dim=0, mla_original_v_head_dim=0,
                 rope_mode=rope_mode, rope_scale=1, rope_theta=10000, rope_scaling={},
                 rope_ext_factors=relax.prim_value(0), rotary_dim=64, enable_disaggregation=False,
-                dtype="float32", target=_target())
+                dtype=dtype, target=_target())
 
     spec = {"create_paged_kv_cache": {
         "max_batch_size": int, "max_total_seq_len": int, "prefill_chunk_size": int, "page_size": int,
@@ -275,3 +374,16 @@ def test_pipeline_hook_replaces_only_without_rope():
     mod = _cache_module(RopeMode.NORMAL)
     new = ac.replace_cpu_attention(mod)
     assert all(new[gv].same_as(f) for gv, f in mod.functions.items())
+    # a sliding window only our kernels apply: refusing beats running TVM's without it
+    with pytest.raises(ValueError, match="sliding window 64"):
+        ac.replace_cpu_attention(mod, window=64)
+
+
+def test_pipeline_hook_swaps_float16_caches():
+    from tvm.relax.frontend.nn.llm.kv_cache import RopeMode
+
+    mod = _cache_module(RopeMode.NONE, dtype="float16")
+    new = ac.replace_cpu_attention(mod, window=64)
+    swapped = {str(f.attrs["global_symbol"]) for gv, f in mod.functions.items()
+               if isinstance(f, tvm.tirx.PrimFunc) and not new[gv].same_as(f)}
+    assert swapped == {ac.DECODE, ac.PREFILL_RAGGED, ac.PREFILL_PAGED}

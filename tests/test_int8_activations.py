@@ -171,8 +171,8 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path):
         pytest.skip("needs int8 dot products here, the aarch64 toolchain and qemu")
     ids = [1, 5, 9, 200, 17, 3, 44, 100, 7, 8]
     logits = {}
-    for name in ("host", "arm64-linux-dotprod"):
-        bundle = compile_bundle("random:tiny", "q4f16i8", name, tmp_path / name)
+    for name in ("host", "arm64-linux-dotprod"):  # the same KV cache (dotprod's default is float16)
+        bundle = compile_bundle("random:tiny", "q4f16i8", name, tmp_path / name, kv_dtype="float16")
         assert b"q4_matmul_i8" in next((bundle / "lib").iterdir()).read_bytes()
         lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, ids))], timeout=300)
         logits[name] = device_logits(lines)

@@ -306,7 +306,9 @@ def test_compiled_bundle_same_tokens_on_host_and_emulated_arm64(tmp_path):
     outputs = {}
     for name in ("host", "arm64-linux", "android-arm64"):
         assert _can_emulate(name), f"{name}: toolchain or qemu missing (bash scripts/install.sh installs them)"
-        bundle = compile_bundle(model="random:tiny", quant="q4f16", target=name, out=tmp_path / name)
+        # one KV dtype for all (android-arm64's default is float16, the others' float32), as the reference's
+        bundle = compile_bundle(model="random:tiny", quant="q4f16", target=name, out=tmp_path / name,
+                                kv_dtype="float32")
         (result,) = generate(bundle, prompt, n)
         outputs[name] = result["output_ids"]
     cfg = json.loads((tmp_path / "host" / "manifest.json").read_text())["model"]["config"]

@@ -3,7 +3,8 @@
 Until `compiler/build.py` lands, the runner tests need a bundle: this builds one with
 `tvm.relax.frontend.nn` — an embedding, one attention layer on TVM's TIR paged KV cache
 (fused qkv), a SiLU MLP and an fp32 lm_head — exporting exactly the three functions the
-runner calls (`create_paged_kv_cache`, `prefill`, `decode`) with packed params.
+runner calls (`create_paged_kv_cache`, `prefill` (with the prompt's total length), `decode`) with
+packed params.
 
 It also gives the reference the runner is checked against: the same module compiled for
 the host and driven through `tvm.relax.VirtualMachine` in Python.
@@ -58,7 +59,8 @@ class TinyLM(nn.Module):
         )
         return self.lm_head(last)  # (1, 1, VOCAB)
 
-    def prefill(self, input_ids: nn.Tensor, paged_kv_cache: PagedKVCache):
+    def prefill(self, input_ids: nn.Tensor, paged_kv_cache: PagedKVCache, total_len: tirx.Var):
+        # total_len (the whole prompt's length) only matters to longrope; taken like the real model's
         return self._forward(input_ids, paged_kv_cache), paged_kv_cache
 
     def decode(self, input_ids: nn.Tensor, paged_kv_cache: PagedKVCache):
@@ -106,6 +108,7 @@ def _spec():
         "prefill": {
             "input_ids": nn.spec.Tensor([1, "seq_len"], "int32"),
             "paged_kv_cache": kv,
+            "total_len": int,
             "$": packed,
         },
         "decode": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "paged_kv_cache": kv, "$": packed},
@@ -223,7 +226,8 @@ def reference_greedy(bundle: Path, prompt: list[int], n: int) -> list[int]:
         def step(fn: str, ids: list[int]) -> np.ndarray:
             begin(kv, tvm.runtime.ShapeTuple([0]), tvm.runtime.ShapeTuple([len(ids)]))
             x = tvm.runtime.tensor(np.array([ids], dtype="int32"), dev)
-            logits, _ = vm[fn](x, kv, params)
+            extra = [shape([len(prompt)])] if fn == "prefill" else []
+            logits, _ = vm[fn](x, kv, *extra, params)
             end(kv)
             return logits.numpy()[0, 0]
 

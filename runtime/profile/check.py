@@ -56,14 +56,15 @@ def reference_bundle(manifest: dict, source: str | None = None, progress=None) -
 
     fp = manifest["model"]["fingerprint"]
     emb = manifest.get("quantize_embedding", True)
+    kv_dtype = manifest["kv_cache"].get("dtype", "float32")  # the same cache: rounding apart, the same logits
     # keyed by all that makes it (compiler sources and TVM version included): never a stale reference
-    key = bundle_key(fp, manifest["quant"], "host", quantize_embedding=emb)
-    out = cache_root() / "reference" / f"{fp[:12]}-{manifest['quant']}-host-{key[:16]}"
+    key = bundle_key(fp, manifest["quant"], "host", quantize_embedding=emb, kv_dtype=kv_dtype)
+    out = cache_root() / "reference" / f"{fp[:12]}-{manifest['quant']}-kv{kv_dtype}-host-{key[:16]}"
     if not (out / "manifest.json").is_file():
         source = source or reference_source(manifest)
         if progress:
-            progress(f"check: compiling the host reference ({source}, {manifest['quant']}) into {out}")
-        compile_bundle(source, manifest["quant"], "host", out, quantize_embedding=emb)
+            progress(f"check: compiling the host reference ({source}, {manifest['quant']}, KV {kv_dtype}) into {out}")
+        compile_bundle(source, manifest["quant"], "host", out, quantize_embedding=emb, kv_dtype=kv_dtype)
     got = read_manifest(out)["model"]["fingerprint"]
     if got != fp:
         raise EdgesmithError(f"the host reference at {out} is of another model (fingerprint {got[:12]}..., the bundle's "

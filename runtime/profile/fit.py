@@ -5,7 +5,8 @@
          + runtime (model library, runtime libraries, activations of one prefill chunk, a margin)
 
 compared with the device's MemAvailable: a phone that runs out kills the process (low-memory
-killer, OOM killer) without a word; refusing first says why.
+killer, OOM killer) without a word; refusing first says why, and names the largest context
+(KV cache size) that would fit beside the weights and the runtime.
 """
 from __future__ import annotations
 
@@ -29,13 +30,19 @@ def param_bytes(bundle: Path) -> dict[str, int]:
     return {r["name"]: r["nbytes"] for shard in cache["records"] for r in shard["records"]}
 
 
+def kv_bytes_per_token(manifest: dict) -> int:
+    """K and V of one token in every layer, in the cache's dtype."""
+    cfg, kv = manifest["model"]["config"], manifest["kv_cache"]
+    return (cfg["num_hidden_layers"] * 2 * cfg["num_key_value_heads"] * cfg["head_dim"]
+            * _DTYPE_BYTES.get(kv.get("dtype", "float32"), 4))
+
+
 def kv_cache_bytes(manifest: dict, context: int) -> int:
     """Bytes the paged KV cache holds for `context` tokens (whole pages, as the runner sizes it)."""
-    cfg, kv = manifest["model"]["config"], manifest["kv_cache"]
+    kv = manifest["kv_cache"]
     page = kv["page_size"]
     tokens = -(-min(context, kv["max_total_seq_len"]) // page) * page
-    return (cfg["num_hidden_layers"] * 2 * cfg["num_key_value_heads"] * cfg["head_dim"] * tokens
-            * _DTYPE_BYTES.get(kv.get("dtype", "float32"), 4))
+    return kv_bytes_per_token(manifest) * tokens
 
 
 def activation_bytes(manifest: dict, prompt: int) -> int:
@@ -46,15 +53,30 @@ def activation_bytes(manifest: dict, prompt: int) -> int:
     return 2 * 4 * chunk * per_token
 
 
-def memory_need(bundle: Path, manifest: dict, prompt: int, gen: int) -> dict:
+def memory_need(bundle: Path, manifest: dict, prompt: int, gen: int, context: int | None = None) -> dict:
+    """What a run of `prompt` + `gen` tokens needs, with a KV cache of `context` tokens (None:
+    prompt + gen, what the profiler sizes)."""
     bundle = Path(bundle)
     files = manifest.get("files", {})
     code = sum(meta["size"] for rel, meta in files.items() if rel.startswith(("lib/", "bin/")))
     weights = sum(param_bytes(bundle).values())
-    kv = kv_cache_bytes(manifest, prompt + gen)
+    context = context or prompt + gen
+    kv = kv_cache_bytes(manifest, context)
     runtime = code + activation_bytes(manifest, prompt) + RUNTIME_MARGIN
-    return {"weight_bytes": weights, "kv_cache_bytes": kv, "kv_context": prompt + gen, "runtime_bytes": runtime,
-            "need_bytes": weights + kv + runtime}
+    return {"weight_bytes": weights, "kv_cache_bytes": kv, "kv_context": context, "runtime_bytes": runtime,
+            "need_bytes": weights + kv + runtime, "kv_bytes_per_token": kv_bytes_per_token(manifest),
+            "page_size": manifest["kv_cache"]["page_size"],
+            "compiled_context": manifest["kv_cache"]["max_total_seq_len"]}
+
+
+def largest_context(need: dict, free_bytes: int) -> int:
+    """The most tokens (whole pages, at most the compiled context) whose KV cache fits in
+    `free_bytes` beside the weights and the runtime; 0 when not even one page does."""
+    room = free_bytes - need["weight_bytes"] - need["runtime_bytes"]
+    page_bytes = need["kv_bytes_per_token"] * need["page_size"]
+    if room < page_bytes:
+        return 0
+    return min(room // page_bytes * need["page_size"], need["compiled_context"])
 
 
 def check_fit(need: dict, free_bytes: int | None, device: str) -> dict:
@@ -64,10 +86,12 @@ def check_fit(need: dict, free_bytes: int | None, device: str) -> dict:
         return result
     result["fits"] = need["need_bytes"] <= free_bytes
     if not result["fits"]:
+        best = largest_context(need, free_bytes)
+        what = (f"the largest context that fits is {best} tokens: use --context {best} (or -p plus -n at most "
+                f"{best})" if best else "not even the weights fit: use a smaller model or quantization")
         raise DoesNotFit(
             f"device '{device}' has {free_bytes / MiB:.0f} MiB free (MemAvailable) and this run needs about "
             f"{need['need_bytes'] / MiB:.0f} MiB (weights {need['weight_bytes'] / MiB:.1f} + KV cache "
             f"{need['kv_cache_bytes'] / MiB:.1f} for {need['kv_context']} tokens + runtime "
-            f"{need['runtime_bytes'] / MiB:.1f}); use a smaller model or quantization, shorter -p/-n, or free "
-            "memory on the device")
+            f"{need['runtime_bytes'] / MiB:.1f}); {what}, or free memory on the device")
     return result

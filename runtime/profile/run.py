@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgesmith.compiler.bundle import read_manifest
+from edgesmith.compiler.context import runtime_context
 from edgesmith.errors import EdgesmithError
 from edgesmith.runtime.profile import check as check_mod
 from edgesmith.runtime.profile import fit, records, stats
@@ -39,6 +40,7 @@ class ProfileOptions:
     sysroot: str = ""        # read sysfs and /proc/meminfo under this folder (a fake device state)
     timeout: float = 600.0   # per runner command
     seed: int = 0
+    context: int | None = None  # KV cache tokens for every run (None: prompt + gen of each)
 
 
 def _manifest_sha(bundle: Path) -> str:
@@ -59,6 +61,13 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
     for t, p, n in combos:
         if p < 1 or n < 1 or t < 0:
             raise EdgesmithError(f"prompt and gen lengths must be >= 1 and threads >= 0, got -p {p} -n {n} -t {t}")
+    context = None
+    if o.context is not None:
+        context = runtime_context(manifest, o.context)
+        longest = max(p + n for _, p, n in combos)
+        if longest > context:
+            raise EdgesmithError(f"--context {context} is shorter than the longest run (-p plus -n = {longest}); "
+                                 f"use --context {longest} or more, or shorter -p/-n")
 
     say(f"profile: {bundle} on '{device.name}' ({len(combos)} combination{'s' * (len(combos) != 1)})")
     with DeviceSession(device, bundle, manifest, timeout=o.timeout, sysroot=o.sysroot) as s:
@@ -68,7 +77,7 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
         state = s.memory_and_temperature()
         free = state["mem_free_bytes"]
         # Fit check for the largest combination, before anything is loaded on the device.
-        needs = {(p, n): fit.memory_need(bundle, manifest, p, n) for _, p, n in combos}
+        needs = {(p, n): fit.memory_need(bundle, manifest, p, n, context) for _, p, n in combos}
         biggest = max(needs.values(), key=lambda d: d["need_bytes"])
         fit.check_fit(biggest, free, device.name)
 
@@ -99,7 +108,7 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
         out = []
         for t, p, n in combos:
             say(f"pp{p} tg{n}" + (f" threads {t}" if t else "") + f": warm-up {o.warmup}, {o.reps}..{o.max_reps} reps")
-            common = ["--context", p + n, "--seed", o.seed] + (["--threads", t] if t else [])
+            common = ["--context", context or p + n, "--seed", o.seed] + (["--threads", t] if t else [])
             args = ["profile", "-p", p, "-n", n, "--warmup", o.warmup, "-r", o.reps, "--max-reps",
                     max(o.max_reps, o.reps), "--target-rsd", o.target_rsd, *common]
             if cool is not None:

@@ -6,13 +6,16 @@
 //                          stdin line is a turn of token ids (section "interactive")
 //   runner bench    BUNDLE -p 128 -n 128 [--warmup 1] [-r 5] [common options]
 //   runner version
-//   common options: [--lib-dir DIR] [--threads N] [--no-verify]
+//   common options: [--lib-dir DIR] [--threads N] [--no-verify] [--context N]
+//   (--context N: the KV cache holds N tokens, at most what the bundle was compiled for)
 //
 //   profiling (section "profiling" at the end; edgesmith profile drives them):
 //   runner profile BUNDLE -p 128 -n 128 [--warmup 1] [-r 3] [--max-reps 10] [--target-rsd 0.03]
 //                         [--cool-below C] [--cool-timeout S] [--cool-poll S] [--sysroot DIR]
 //   runner kernels BUNDLE -p 128 -n 32 [--warmup 1]     time of every kernel call
-//   runner logits  BUNDLE --tokens 1,2,3                 teacher-forced logits (base64 float32)
+//   runner logits  BUNDLE --tokens 1,2,3 [--prefill K]   teacher-forced logits (base64 float32):
+//                                                        the first K tokens (default 1) prefilled
+//                                                        at once, then one decode per token
 //   runner membw   BUNDLE [--mb 256] [-r 5]              memory read bandwidth (BUNDLE unused)
 //   their common options: [--context N] (KV cache sized for N tokens) and the ones above
 //
@@ -471,11 +474,14 @@ static KVCache create_kv_cache(const Model& model, const Manifest& m) {
 }
 
 // One forward of `n` tokens through `fn` (prefill or decode) -> logits of the last token.
-// logits: (1, 1, vocab) float32, copied into `out`.
+// logits: (1, 1, vocab) float32, copied into `out`. total_len >= 0 (prefill only): the length
+// of the sequence once the whole prompt is in, passed to the model as a 1-element shape; it
+// picks longrope's factors for every chunk as one forward over the prompt would.
 static void forward(const Model& model, KVCache& kv, const ffi::Function& fn, const int32_t* ids,
-                    int64_t n, std::vector<float>& out) {
+                    int64_t n, std::vector<float>& out, int64_t total_len = -1) {
   kv.begin(kv.obj, ffi::Shape({0}), ffi::Shape({n}));
-  ffi::Array<ffi::Any> ret = fn(make_input(model, ids, n), kv.obj, model.params)
+  ffi::Array<ffi::Any> ret = (total_len >= 0 ? fn(make_input(model, ids, n), kv.obj, ffi::Shape({total_len}), model.params)
+                                             : fn(make_input(model, ids, n), kv.obj, model.params))
                                  .cast<ffi::Array<ffi::Any>>();
   kv.end(kv.obj);
   ffi::Tensor logits = ret[0].cast<ffi::Tensor>();
@@ -491,13 +497,26 @@ static void forward(const Model& model, KVCache& kv, const ffi::Function& fn, co
   }
 }
 
-// Prompt of any length: chunks of at most prefill_chunk tokens, each its own forward.
+// Prompt of any length (a new sequence): chunks of at most prefill_chunk tokens, each its own
+// forward, each told the whole prompt's length.
 static void prefill(const Model& model, const Manifest& m, KVCache& kv,
                     const std::vector<int32_t>& prompt, std::vector<float>& logits) {
   for (size_t i = 0; i < prompt.size(); i += m.prefill_chunk) {
     int64_t n = std::min<int64_t>(m.prefill_chunk, prompt.size() - i);
-    forward(model, kv, model.prefill, prompt.data() + i, n, logits);
+    forward(model, kv, model.prefill, prompt.data() + i, n, logits, int64_t(prompt.size()));
   }
+}
+
+// --context N: a KV cache for N tokens (whole pages), at most the compiled context.
+static void apply_context(Manifest& m, int64_t context) {
+  if (context == 0) return;  // not given: the compiled context
+  if (context < 0)
+    die("--context " + std::to_string(context) + ": the context must be a positive number of tokens");
+  if (context > m.max_total_seq_len)
+    die("--context " + std::to_string(context) + " is larger than the " + std::to_string(m.max_total_seq_len) +
+        " tokens this bundle was compiled for; use --context " + std::to_string(m.max_total_seq_len) +
+        " or less, or recompile with --context " + std::to_string(context));
+  m.max_total_seq_len = std::min(m.max_total_seq_len, (context + m.page_size - 1) / m.page_size * m.page_size);
 }
 
 // ----------------------------------------------------------------------------
@@ -598,8 +617,8 @@ static const char* decode_tokens(const Model& model, KVCache& kv, const Generate
 static void check_fits(const Manifest& m, int64_t prompt, int64_t n) {
   if (prompt + n > m.max_total_seq_len)
     die("prompt (" + std::to_string(prompt) + ") + new tokens (" + std::to_string(n) +
-        ") exceed the bundle's max_total_seq_len " + std::to_string(m.max_total_seq_len) +
-        "; ask for fewer tokens");
+        ") exceed the KV cache's max_total_seq_len " + std::to_string(m.max_total_seq_len) +
+        "; ask for fewer tokens, or a larger --context (up to the compiled context)");
 }
 
 static void cmd_generate(const Model& model, const Manifest& m, double load_s, const GenerateArgs& a) {
@@ -828,7 +847,7 @@ static long current_rss_kb() {
 }
 
 struct ProfileArgs {
-  int64_t p = 128, n = 128, warmup = 1, min_reps = 3, max_reps = 10, context = 0, positions = 0;
+  int64_t p = 128, n = 128, warmup = 1, min_reps = 3, max_reps = 10, context = 0, positions = 0, prefill = 1;
   int64_t mb = 0;  // membw: 0 = sized from the last-level cache
   double target_rsd = 0.03, cool_below = 0, cool_timeout = 300, cool_poll = 1;
   std::string sysroot;
@@ -1040,12 +1059,17 @@ static void cmd_logits(const Model& model, const Manifest& m, const ProfileArgs&
   for (int32_t t : a.tokens)
     if (t < 0 || (m.vocab_size > 0 && t >= m.vocab_size))
       die("token id " + std::to_string(t) + " is outside the vocabulary (0.." + std::to_string(m.vocab_size - 1) + ")");
+  if (a.prefill < 1 || a.prefill > int64_t(a.tokens.size()))
+    die("--prefill " + std::to_string(a.prefill) + ": it must be between 1 and the " +
+        std::to_string(a.tokens.size()) + " tokens given");
   check_fits(m, a.tokens.size(), 0);
   KVCache kv = create_kv_cache(model, m);
   std::vector<float> logits;
   kv.add(kv.obj, int64_t(0));
-  for (size_t i = 0; i < a.tokens.size(); ++i) {
-    forward(model, kv, i ? model.decode : model.prefill, &a.tokens[i], 1, logits);
+  std::vector<int32_t> head(a.tokens.begin(), a.tokens.begin() + a.prefill);
+  prefill(model, m, kv, head, logits);  // position prefill - 1 ...
+  for (size_t i = a.prefill - 1; i < a.tokens.size(); ++i) {
+    if (i >= size_t(a.prefill)) forward(model, kv, model.decode, &a.tokens[i], 1, logits);  // ... then one each
     printf("{\"position\": %zu, \"token\": %d, \"vocab\": %zu, \"logits_f32le_b64\": \"%s\"}\n", i, a.tokens[i],
            logits.size(), base64(reinterpret_cast<const uint8_t*>(logits.data()), logits.size() * 4).c_str());
   }
@@ -1082,6 +1106,16 @@ static double flag_number(int argc, char** argv, int& i, const std::string& flag
   return d;
 }
 
+// --context's value: a whole, positive number (0 is "not given" inside the runner).
+static int64_t context_flag(double v) {
+  if (v < 1 || v != std::floor(v)) {
+    char shown[32];
+    snprintf(shown, sizeof(shown), "%g", v);
+    die(std::string("--context ") + shown + ": the context must be a positive whole number of tokens");
+  }
+  return int64_t(v);
+}
+
 static bool is_profiling_command(const std::string& cmd) {
   return cmd == "profile" || cmd == "kernels" || cmd == "logits" || cmd == "membw";
 }
@@ -1102,7 +1136,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
     if (flag == "--lib-dir") lib_dir = value();
     else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1);
     else if (flag == "--no-verify") verify = false;
-    else if (flag == "--context") a.context = int64_t(number());
+    else if (flag == "--context") a.context = context_flag(number());
     else if (flag == "--seed") a.seed = uint64_t(number());
     else if (timed && flag == "-p") a.p = int64_t(number());
     else if (timed && flag == "-n") a.n = int64_t(number());
@@ -1116,6 +1150,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
     else if (cmd == "profile" && flag == "--sysroot") a.sysroot = value();
     else if (cmd == "logits" && flag == "--tokens")
       for (int32_t t : parse_token_list(flag, value())) a.tokens.push_back(t);
+    else if (cmd == "logits" && flag == "--prefill") a.prefill = int64_t(number());
     else if (cmd == "membw" && flag == "--mb") a.mb = int64_t(number());
     else die("unknown option '" + flag + "' for " + cmd + "; see the usage at the top of runner.cc");
   }
@@ -1125,8 +1160,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
   double t0 = now_s();
   Manifest m = load_manifest(bundle, verify);
   // A KV cache for the context the run needs (whole pages), not the bundle's maximum.
-  if (a.context > 0)
-    m.max_total_seq_len = std::min(m.max_total_seq_len, (a.context + m.page_size - 1) / m.page_size * m.page_size);
+  apply_context(m, a.context);
   if (cmd == "kernels") g_wrap_library = m.device_api == "opencl" ? wrap_device_kernels : wrap_library;
   load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
@@ -1144,7 +1178,7 @@ static const char* kUsage =
     "                       [--stop-ids a,b] [--stream] [--interactive: turns of ids on stdin]\n"
     "       runner bench BUNDLE [-p 128] [-n 128] [--warmup 1] [-r 5] [--seed S]\n"
     "       runner version\n"
-    "options for both: [--lib-dir DIR] [--threads N] [--no-verify]\n";
+    "options for both: [--lib-dir DIR] [--threads N] [--no-verify] [--context N]\n";
 
 static void run(int argc, char** argv) {
   if (argc < 2) die(std::string("no command; ") + kUsage);
@@ -1160,6 +1194,7 @@ static void run(int argc, char** argv) {
   std::string bundle = argv[2];
   std::string lib_dir = exe_dir();
   bool verify = true;
+  int64_t context = 0;
   GenerateArgs g;
   BenchArgs b;
 
@@ -1170,6 +1205,7 @@ static void run(int argc, char** argv) {
     if (flag == "--lib-dir") lib_dir = value();
     else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1);  // before the runtime starts its pool
     else if (flag == "--no-verify") verify = false;
+    else if (flag == "--context") context = context_flag(number());
     else if (flag == "--seed") g.seed = b.seed = uint64_t(number());
     else if (flag == "-n") g.n = b.n = int64_t(number());
     else if (cmd == "generate" && flag == "--tokens")
@@ -1188,6 +1224,7 @@ static void run(int argc, char** argv) {
 
   double t0 = now_s();
   Manifest m = load_manifest(bundle, verify);
+  apply_context(m, context);
   load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
