@@ -33,7 +33,7 @@ from common import summary, table, write_json  # noqa: E402
 from edgesmith.compiler.bundle import read_manifest  # noqa: E402
 from edgesmith.runtime.engine import Engine  # noqa: E402
 from edgesmith.runtime.profile.fit import kv_cache_bytes  # noqa: E402
-from edgesmith.runtime.runner_exec import run_runner  # noqa: E402
+from edgesmith.runtime.session import run_runner  # noqa: E402
 
 DTYPES = ("float16", "float32")
 

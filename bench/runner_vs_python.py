@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import cached_bundle, summary, table, write_json  # noqa: E402
 
 from edgesmith.runtime.engine import Engine  # noqa: E402
-from edgesmith.runtime.runner_exec import run_runner  # noqa: E402
+from edgesmith.runtime.session import run_runner  # noqa: E402
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     q = q or get_quantization(default_quant(ckpt, target)[0])
     source = ckpt.source_info(q)
     cfg = ckpt.config
-    kv = kv_settings(cfg, preset, context, kv_dtype)
+    kv = kv_settings(cfg, preset, context, kv_dtype, quant=q)
     if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
         raise ConfigError(f"prefill chunk {prefill_chunk!r}: it must be a positive number of tokens")
     tvm_target = tvm.target.Target(preset.tvm_target())

@@ -72,7 +72,7 @@ def read_manifest(bundle: Path) -> dict:
         raise BundleError(f"bundle {bundle} is not a folder; pass the folder `edgesmith compile -o` wrote")
     path = bundle / MANIFEST
     if not path.is_file():
-        raise BundleError(f"{bundle} has no {MANIFEST}: not a bundle, or an unfinished one; compile it again")
+        raise BundleError(f"{path} not found: '{bundle}' is not a bundle, or an unfinished one; compile it again")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:

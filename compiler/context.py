@@ -6,7 +6,9 @@ sliding window its attention applies. Chosen and checked here, before anything i
   larger one: the model library is built for this one.
 - dtype: float16 where the target computes in float16 well (GPUs, ARM with fullfp16), float32
   elsewhere (x86: half the bytes cost a conversion per element there, and exact logits are the
-  point of a host build); `--kv-dtype` overrides. Attention accumulates in float32 either way.
+  point of a host build); on a GPU a float32 quantization (q4f32, q0f32) keeps float32 too, so
+  its bundle needs no fp16 at all (PoCL and other devices without cl_khr_fp16 run it as
+  generated); `--kv-dtype` overrides. Attention accumulates in float32 either way.
 - window: the config's `sliding_window` when it is shorter than the context (else 0: no key
   ever falls out of it). Our CPU attention kernels apply it per query, as transformers does;
   TVM's GPU kernels have no per-query window, so a GPU bundle's context stops at the window.
@@ -40,8 +42,10 @@ def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype: str) ->
     return layers * 2 * kv_heads * head_dim * _DTYPE_BYTES[dtype]
 
 
-def default_kv_dtype(preset) -> str:
-    return "float16" if preset.gpu is not None or "+fullfp16" in preset.mattr else "float32"
+def default_kv_dtype(preset, quant=None) -> str:
+    if preset.gpu is not None:
+        return "float32" if quant is not None and quant.storage_dtype == "float32" else "float16"
+    return "float16" if "+fullfp16" in preset.mattr else "float32"
 
 
 def default_context(cfg, preset) -> int:
@@ -51,10 +55,10 @@ def default_context(cfg, preset) -> int:
     return limit
 
 
-def kv_settings(cfg, preset, context: int | None = None, kv_dtype: str | None = None) -> KVSettings:
-    """The checked KV settings for compiling `cfg` for `preset` (None: the defaults)."""
+def kv_settings(cfg, preset, context: int | None = None, kv_dtype: str | None = None, quant=None) -> KVSettings:
+    """The checked KV settings for compiling `cfg` at `quant` for `preset` (None: the defaults)."""
     if kv_dtype is None:
-        kv_dtype = default_kv_dtype(preset)
+        kv_dtype = default_kv_dtype(preset, quant)
     if kv_dtype not in KV_DTYPES:
         raise ConfigError(f"--kv-dtype {kv_dtype!r} is not supported; use float16 or float32")
     if context is None:

@@ -181,18 +181,14 @@ def _is_emulated(args, manifest: dict) -> bool:
 
 
 def _run_runner(args, runner_args: list[str], on_line=None, stdin=None) -> list[dict]:
-    timeout = args.timeout
+    from edgesmith.runtime.session import run_bundle
+
+    device = None
     if args.device:
         from edgesmith.runtime.devices import get_device
-        from edgesmith.runtime.remote import run_bundle
 
-        return run_bundle(get_device(args.device, args.devices), Path(args.bundle), runner_args,
-                          timeout=timeout, on_line=on_line, stdin=stdin)
-    from edgesmith.runtime.runner_exec import run_runner
-
-    bundle = str(args.bundle)
-    return run_runner(Path(bundle), [runner_args[0], bundle, *runner_args[1:]], timeout=timeout, on_line=on_line,
-                      stdin=stdin)
+        device = get_device(args.device, args.devices)
+    return run_bundle(device, Path(args.bundle), runner_args, timeout=args.timeout, on_line=on_line, stdin=stdin)
 
 
 def _chat_setup(args, manifest: dict, tok):

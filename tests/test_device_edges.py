@@ -18,7 +18,8 @@ import yaml
 from edgesmith.errors import BundleError
 from edgesmith.runtime.devices import parse_devices
 from edgesmith.runtime.emulated import emulator_status, start_emulators, stop_emulators
-from edgesmith.runtime.remote import probe_devices, run_bundle
+from edgesmith.runtime.remote import probe_devices
+from edgesmith.runtime.session import run_bundle
 from edgesmith.runtime.transports import DeviceError
 
 from emulated_fixtures import *  # noqa: F401,F403

@@ -13,7 +13,7 @@ import pytest
 
 from edgesmith.runtime.emulated import clear_fault
 from edgesmith.runtime.push import temp_name
-from edgesmith.runtime.remote import run_bundle
+from edgesmith.runtime.session import run_bundle
 from edgesmith.runtime.transports import DeviceError
 
 from emulated_fixtures import *  # noqa: F401,F403

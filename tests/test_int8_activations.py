@@ -163,7 +163,7 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path):
     dot products are exact, so the logits agree to float rounding."""
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.runtime.profile.check import device_logits
-    from edgesmith.runtime.runner_exec import run_runner
+    from edgesmith.runtime.session import run_runner
     from edgesmith.targets import toolchains
 
     arm = presets.get_preset("arm64-linux-dotprod")

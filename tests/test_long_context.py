@@ -30,7 +30,7 @@ from edgesmith.compiler.build import compile_bundle
 from edgesmith.errors import BundleError, ConfigError, EdgesmithError
 from edgesmith.runtime.engine import Engine
 from edgesmith.runtime.evaluate import compare_logits
-from edgesmith.runtime.runner_exec import run_runner
+from edgesmith.runtime.session import run_runner
 
 pytestmark = pytest.mark.slow
 
@@ -227,6 +227,11 @@ def test_kv_dtype_defaults_follow_the_target():
     want = {"host": "float32", "arm64-linux": "float32", "arm64-linux-dotprod": "float16",
             "android-arm64": "float16", "cuda": "float16", "android-opencl": "float16"}
     assert {name: default_kv_dtype(get_preset(name)) for name in want} == want
+    # a float32 quantization on a GPU keeps the cache float32: no fp16 anywhere in its bundle (PoCL)
+    from edgesmith.compiler.quantize import get_quantization
+
+    assert default_kv_dtype(get_preset("linux-opencl"), get_quantization("q4f32")) == "float32"
+    assert default_kv_dtype(get_preset("linux-opencl"), get_quantization("q4f16")) == "float16"
 
 
 # ---------------------------------------------------------------- context: inspect, bad input

@@ -22,7 +22,7 @@ import pytest
 from edgesmith.cli import main as cli_main
 from edgesmith.compiler.build import compile_bundle
 from edgesmith.errors import BundleError
-from edgesmith.runtime.runner_exec import run_runner
+from edgesmith.runtime.session import run_runner
 
 cl = pytest.importorskip("pyopencl", reason="pyopencl not installed (scripts/install.sh installs it)")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgesmith.errors import BundleError, TargetError
-from edgesmith.runtime.runner_exec import run_runner, runner_argv
+from edgesmith.runtime.session import run_runner, runner_argv
 from edgesmith.targets import runner_build, toolchains
 from edgesmith.targets.presets import get_preset
 
@@ -48,6 +48,8 @@ def _bundle(tmp_path_factory, name: str) -> Path:
         arch=preset.arch,
         fcompile=toolchains.export_fcompile(preset),
         runtime_files=files,
+        preset=preset.name,
+        layout=preset.layout,
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgesmith.runtime.remote import run_bundle
+from edgesmith.runtime.session import run_bundle
 from edgesmith.runtime.transports import DeviceError, HostKeyError, open_transport
 
 from emulated_fixtures import *  # noqa: F401,F403

@@ -275,7 +275,7 @@ def test_prompt_streams_text_and_chat_stops_at_end(phi3_bundle, hf_tok):
 def test_interactive_keeps_the_conversation_on_one_cache(phi3_bundle, tok):
     """Two turns piped in: turn 2 feeds only its own ids (led by reply 1's last token), and its
     reply is what a one-shot generate of the whole conversation gives."""
-    from edgesmith.runtime.runner_exec import run_runner
+    from edgesmith.runtime.session import run_runner
 
     p = edgesmith("run", phi3_bundle, "--interactive", "-n", "5", "--json", "--ignore-eos",
                   stdin="What is the capital of France?\nAnd of Italy?\n")

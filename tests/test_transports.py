@@ -10,8 +10,9 @@ import time
 import pytest
 
 from edgesmith.runtime.devices import Device, parse_devices
-from edgesmith.runtime.remote import format_devices_table, probe_devices, push_to_device, run_bundle
-from edgesmith.runtime.runner_exec import run_runner
+from edgesmith.runtime.remote import format_devices_table, probe_devices
+from edgesmith.runtime.session import push_to_device, run_bundle
+from edgesmith.runtime.session import run_runner
 from edgesmith.runtime.transports import DeviceError, open_transport
 
 from emulated_fixtures import *  # noqa: F401,F403
@@ -23,9 +24,11 @@ GENERATE = ["generate", "--tokens", TOKENS, "-n", "12"]
 
 @pytest.fixture(scope="module")
 def host_tokens(host_bundle):
-    """The reference: the host bundle, started by runner_exec (not by the code under test)."""
-    records = run_runner(host_bundle, ["generate", str(host_bundle), "--tokens", TOKENS, "-n", "12"], timeout=60)
-    return records[-1]["output_ids"]
+    """The reference: the host bundle run by TVM's Python VM in this process (runtime/engine.py),
+    not by a runner the transports start."""
+    from edgesmith.runtime.engine import Engine
+
+    return Engine(host_bundle).generate([int(t) for t in TOKENS.split(",")], 12).output_ids
 
 
 def test_same_tokens_on_board_phone_and_host(devices, arm64_bundle, host_tokens, emulators):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import shutil
 from pathlib import Path
 
@@ -155,6 +156,8 @@ def write_bundle(
     fcompile=None,
     runtime_files: dict[str, Path] | None = None,
     seed: int = 0,
+    preset: str | None = None,
+    layout: str = "linux",
 ) -> Path:
     """Write BUNDLE/{manifest.json, lib/model.so, params/*, bin/*} like the compiler does."""
     out = Path(out)
@@ -178,7 +181,9 @@ def write_bundle(
         "format": 1,
         "tvm_version": tvm.__version__,
         "arch": arch,
-        "target": target,
+        # as the compiler writes it: the preset (how the bundle is started: runtime/session.py)
+        "target": {"preset": preset or ("host" if arch == platform.machine() else "arm64-linux"),
+                   "tvm_target": target, "layout": layout, "arch": arch},
         "quant": "q0f32",
         "model": {"source": "tests/tiny_vm_model.py", "config": {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_hidden_layers": 1}},
         "kv_cache": {

@@ -1,35 +1,12 @@
-"""One device for the length of a profile: the bundle is pushed (and verified) once, then the
-runner's commands run one after another over the same connection.
-
-A profile run without --device uses this machine as a `local` device: the bundle runs in place,
-an aarch64 bundle through qemu (labelled emulated, like the emulated board and phone).
+"""The device side of a profile: a RunnerSession (runtime/session.py: pushed once, the runner's
+commands one after another over the same connection) that also reads the device's memory and
+temperature. Without --device this machine is the device: the bundle runs in place, an aarch64
+bundle through qemu (labelled emulated, like the emulated board and phone).
 """
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
-from edgesmith.runtime.devices import Device
-from edgesmith.runtime.push import push_bundle
-from edgesmith.runtime.remote import check_compatible, device_bundle_dir, runner_command
-from edgesmith.runtime.transports import open_transport
-from edgesmith.runtime.transports.base import Deadline, DeviceError, DeviceTimeout, shell_join
-from edgesmith.targets.presets import QEMU_AARCH64, host_arch
-
-
-def this_machine(manifest: dict) -> Device:
-    """The host as a device for `manifest`'s bundle (qemu for an aarch64 bundle on x86_64)."""
-    layout = manifest.get("target", {}).get("layout", "linux")
-    wrapper: tuple[str, ...] = ()
-    if manifest["arch"] != host_arch():
-        wrapper = QEMU_AARCH64[:1] if layout.startswith("android") else QEMU_AARCH64
-    from edgesmith.targets.cache import cache_root
-
-    cache = cache_root()
-    return Device(name="host", transport="local", target=manifest["target"]["preset"],
-                  workdir=str(cache / "devices" / "host"), exec_wrapper=wrapper,
-                  tags=("emulated",) if wrapper else ())
+from edgesmith.runtime.session import RunnerSession, this_machine  # noqa: F401  (this_machine: profile/run.py)
+from edgesmith.runtime.transports.base import shell_join
 
 
 def _sensor_script(sysroot: str) -> str:
@@ -41,29 +18,10 @@ def _sensor_script(sysroot: str) -> str:
     ])
 
 
-class DeviceSession:
-    def __init__(self, device: Device, bundle: Path, manifest: dict, *, timeout: float, sysroot: str = ""):
-        self.device, self.bundle, self.manifest = device, Path(bundle).resolve(), manifest
-        self.timeout, self.sysroot = timeout, sysroot
-        self.transport = None
-        self.push_report = None
-
-    def __enter__(self) -> DeviceSession:
-        check_compatible(self.device, self.manifest)
-        self.transport = open_transport(self.device)
-        try:
-            if self.device.transport == "local":
-                self.where = str(self.bundle)
-            else:
-                self.where = device_bundle_dir(self.transport, self.device, self.bundle)
-                self.push_report = push_bundle(self.transport, self.bundle, self.where, deadline=Deadline(self.timeout))
-        except BaseException:
-            self.transport.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.transport.close()
+class DeviceSession(RunnerSession):
+    def __init__(self, device, bundle, manifest: dict, *, timeout: float, sysroot: str = ""):
+        super().__init__(bundle, device, timeout=timeout, manifest=manifest)
+        self.sysroot = sysroot
 
     def probe(self) -> dict:
         return self.transport.probe(timeout=min(self.timeout, 60))
@@ -88,37 +46,4 @@ class DeviceSession:
 
     def runner(self, args: list, on_line=None) -> list[dict]:
         """`runner SUBCOMMAND BUNDLE ARGS` on the device; its JSON lines (each also to on_line)."""
-        records: list[dict] = []
-        bad: list[str] = []
-
-        def line(text: str) -> None:
-            text = text.strip()
-            if not text or bad:
-                return
-            try:
-                rec = json.loads(text)
-            except ValueError:
-                bad.append(text[:200])
-                return
-            records.append(rec)
-            if on_line is not None:
-                on_line(rec)
-
-        argv = runner_command(self.manifest, ".", [str(a) for a in args], self.device.exec_wrapper)
-        try:
-            result = self.transport.run(f"cd {shell_join([self.where])} && {shell_join(argv)}", timeout=self.timeout,
-                                        on_line=line)
-        except DeviceTimeout:
-            raise DeviceTimeout(self.device.name, f"runner {args[0]}", self.timeout,
-                                "device hung, or the run needs a longer --timeout") from None
-        if result.exit_code != 0:
-            errs = [l.strip() for l in result.stderr.splitlines() if l.strip()]
-            message = next((l for l in reversed(errs) if l.startswith("runner: ")), None)
-            message = message or (errs[-1] if errs else f"exit code {result.exit_code}, no message")
-            message = message.removeprefix("runner: ")
-            if message.startswith(f"unknown command '{args[0]}'"):
-                message += f"; the bundle's runner predates `{args[0]}`: recompile the bundle"
-            raise DeviceError(self.device.name, f"runner {args[0]} failed: {message}")
-        if bad:
-            raise DeviceError(self.device.name, f"runner printed a line that is not JSON: {bad[0]!r}")
-        return records
+        return self.run(args, on_line=on_line)

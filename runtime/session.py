@@ -1,0 +1,249 @@
+"""The one way to start a bundle's runner, wherever it runs.
+
+A RunnerSession takes a bundle and where it runs: this machine (device None: in place, an aarch64
+bundle through qemu, labelled emulated) or a device of devices.yaml (pushed first, incremental and
+verified: runtime/push.py). It checks that the device can run the bundle before anything is
+copied, builds the start command once from the manifest's layout, parses the runner's JSON lines
+as they stream, and turns any failure of the runner into one RunnerError.
+
+| layout         | command, run in BUNDLE (the bundle's folder where it runs)                   |
+| -------------- | ---------------------------------------------------------------------------- |
+| linux          | [wrapper] ./bin/runner SUBCOMMAND . ARGS                                     |
+| android-glibc  | [wrapper] ./bin/ld-linux-aarch64.so.1 --library-path ./bin ./bin/runner ...  |
+
+wrapper: the device's exec_wrapper (qemu on the emulated devices; this machine: qemu for an
+aarch64 bundle); a real device has none.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from edgesmith.compiler.bundle import read_manifest
+from edgesmith.errors import BundleError, EdgesmithError
+from edgesmith.runtime.devices import Device
+from edgesmith.runtime.push import PushReport, push_bundle
+from edgesmith.runtime.transports import open_transport
+from edgesmith.runtime.transports.base import Deadline, DeviceError, DeviceTimeout, StdinFeed, shell_join
+from edgesmith.targets.presets import PRESETS, QEMU_AARCH64, get_preset, host_arch
+
+LOADER = "ld-linux-aarch64.so.1"
+
+
+class RunnerError(DeviceError, BundleError):
+    """The runner started and failed (or printed what is not JSON): its own one-line message, after
+    the device's name when it ran on a device."""
+
+    def __init__(self, device: str | None, message: str):
+        self.device, self.detail = device, message
+        EdgesmithError.__init__(self, f"device '{device}': runner failed: {message}" if device else message)
+
+
+# ------------------------------------------------------------------ what runs where
+
+def runner_start(bindir: str, android_glibc: bool) -> list[str]:
+    """argv that starts bindir/runner: directly, or through the glibc loader the android-glibc
+    layout ships next to it (posix paths, so the same argv serves remote devices)."""
+    runner = posixpath.join(bindir, "runner")
+    if android_glibc:
+        return [posixpath.join(bindir, LOADER), "--library-path", bindir, runner]
+    return [runner]
+
+
+def this_machine(manifest: dict) -> Device:
+    """This machine as the device for `manifest`'s bundle: qemu for an aarch64 bundle on x86_64."""
+    from edgesmith.targets.cache import cache_root
+
+    arch = manifest["arch"]
+    layout = manifest.get("target", {}).get("layout", "linux")
+    wrapper: tuple[str, ...] = ()
+    if arch != host_arch():
+        if arch != "aarch64":
+            raise BundleError(f"the bundle is for {arch}; this machine ({host_arch()}) cannot run it")
+        if shutil.which(QEMU_AARCH64[0]) is None:
+            raise BundleError(f"the bundle is for aarch64 and {QEMU_AARCH64[0]} is not installed; "
+                              "apt-get install qemu-user-static")
+        # android-glibc ships its own loader and libraries: qemu needs no sysroot for it
+        wrapper = QEMU_AARCH64[:1] if layout.startswith("android") else QEMU_AARCH64
+    return Device(name="host", transport="local", target=manifest["target"]["preset"],
+                  workdir=str(cache_root() / "devices" / "host"), exec_wrapper=wrapper,
+                  tags=("emulated",) if wrapper else ())
+
+
+def runner_argv(bundle: Path) -> list[str]:
+    """How this machine starts `bundle`'s runner, without the runner's own arguments (absolute
+    paths: for running a runner by hand, as tests that bypass the session do)."""
+    manifest = read_manifest(bundle)
+    _check_runner(bundle, manifest)
+    start = runner_start(str(Path(bundle).resolve() / "bin"), _android_glibc(manifest))
+    return [*this_machine(manifest).exec_wrapper, *start]
+
+
+def _android_glibc(manifest: dict) -> bool:
+    return manifest.get("target", {}).get("layout") == "android-glibc"
+
+
+def missing_runner(bundle, manifest: dict) -> str:
+    """Why `bundle` has no runner: its target has none yet (and what it needs), or it was damaged."""
+    preset = PRESETS.get(manifest.get("target", {}).get("preset", ""))
+    device = manifest.get("device") or {}
+    note = device.get("runtime_missing") or (preset.gpu.runtime_note if preset and preset.gpu else "")
+    if preset is not None and preset.toolchain == "on-device":
+        return (f"bundle '{bundle}' (target {preset.name}) has its runner built on the device: copy the bundle "
+                "there and run bin/build-on-device.sh")
+    if note:
+        runnerless = [p.name for p in PRESETS.values() if p.gpu and p.gpu.runtime_note]
+        return (f"bundle '{bundle}' (target {preset.name if preset else '?'}) ships no runner ({', '.join(runnerless)} "
+                f"have none yet): {note}")
+    return f"{Path(bundle) / 'bin' / 'runner'} not found; the bundle is incomplete: copy it again or recompile"
+
+
+def _check_runner(bundle: Path, manifest: dict) -> None:
+    if manifest.get("device", {}).get("runtime_missing") or not (Path(bundle) / "bin" / "runner").is_file():
+        raise BundleError(missing_runner(bundle, manifest))
+
+
+def check_compatible(device: Device, manifest: dict) -> None:
+    """Refuse a bundle the device cannot run, before anything is copied."""
+    preset = get_preset(device.target)
+    arch = manifest.get("arch")
+    layout = manifest.get("target", {}).get("layout", "linux")
+    built_for = manifest.get("target", {}).get("preset", "?")
+    if arch != preset.arch:
+        raise DeviceError(device.name, f"runs {preset.arch} (target {preset.name}) and the bundle is for {arch} "
+                                       f"(target {built_for}); compile it with --target {preset.name}")
+    if preset.layout.startswith("android") and layout == "linux":
+        raise DeviceError(device.name, f"is an Android device and the bundle (target {built_for}) needs a glibc "
+                                       f"Linux; compile it with --target {preset.name}")
+
+
+def device_bundle_dir(transport, device: Device, bundle: Path) -> str:
+    workdir = device.workdir
+    if not posixpath.isabs(workdir):
+        workdir = posixpath.join(transport.home(), workdir)
+    return posixpath.join(workdir, "bundles", Path(bundle).resolve().name)
+
+
+# ------------------------------------------------------------------ the session
+
+class _Lines:
+    """The runner's stdout lines as JSON records, as they stream."""
+
+    def __init__(self, on_line: Callable[[dict], None] | None):
+        self.on_line, self.records, self.bad = on_line, [], None
+
+    def __call__(self, line: str) -> None:
+        line = line.strip()
+        if not line or self.bad is not None:
+            return
+        try:
+            record = json.loads(line)
+        except ValueError:
+            self.bad = line[:200]
+            return
+        self.records.append(record)
+        if self.on_line is not None:
+            self.on_line(record)
+
+
+class RunnerSession:
+    """`bundle` ready to run on `device` (None: this machine). Use as a context manager; run()
+    as often as needed over the same connection."""
+
+    def __init__(self, bundle: Path, device: Device | None = None, *, timeout: float,
+                 manifest: dict | None = None, on_push: Callable[[PushReport], None] | None = None):
+        self.bundle = Path(bundle).resolve()
+        self.manifest = manifest or read_manifest(self.bundle)
+        self.local = device is None
+        self.device = device or this_machine(self.manifest)
+        self.timeout = timeout
+        self.on_push = on_push
+        self.transport = None
+        self.push_report: PushReport | None = None
+        self.where = str(self.bundle)
+
+    @property
+    def emulated(self) -> bool:
+        return self.device.emulated
+
+    def __enter__(self) -> RunnerSession:
+        check_compatible(self.device, self.manifest)
+        _check_runner(self.bundle, self.manifest)  # the bundle's fault, found before any copy
+        self.transport = open_transport(self.device)
+        try:
+            if self.device.transport != "local":  # a local device runs the bundle in place
+                self.where = device_bundle_dir(self.transport, self.device, self.bundle)
+                try:
+                    self.push_report = push_bundle(self.transport, self.bundle, self.where,
+                                                   deadline=Deadline(self.timeout))
+                except DeviceTimeout as err:  # the command's timeout, not what was left of it
+                    raise DeviceTimeout(self.device.name, err.during, self.timeout) from None
+                if self.on_push is not None:
+                    self.on_push(self.push_report)
+        except BaseException:
+            self.transport.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.transport.close()
+
+    def run(self, args: list, *, on_line: Callable[[dict], None] | None = None, stdin: StdinFeed | None = None,
+            timeout: float | None = None) -> list[dict]:
+        """`runner SUBCOMMAND BUNDLE ARGS` (args = [SUBCOMMAND, *ARGS]); its JSON lines, each also
+        given to on_line as it arrives. stdin feeds the runner's input while it runs."""
+        if not args:
+            raise EdgesmithError("runner arguments are empty; expected e.g. ['generate', '--tokens', '1,2', '-n', '8']")
+        sub, *rest = [str(a) for a in args]
+        timeout = self.timeout if timeout is None else timeout
+        start = runner_start("./bin", _android_glibc(self.manifest))
+        argv = [*self.device.exec_wrapper, *start, sub, ".", *rest]
+        lines = _Lines(on_line)
+        try:
+            result = self.transport.run(f"cd {shell_join([self.where])} && {shell_join(argv)}", timeout=timeout,
+                                        on_line=lines, what="the run", stdin=stdin)
+        except DeviceTimeout:
+            if self.local:
+                raise RunnerError(None, f"runner for '{self.bundle}' did not finish within {timeout:g} s; "
+                                        "raise the timeout") from None
+            raise DeviceTimeout(self.device.name, "the run", timeout, "link stalled, device hung, or the run needs "
+                                                                      "a longer timeout") from None
+        name = None if self.local else self.device.name
+        if result.exit_code != 0:
+            errs = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+            message = next((line for line in reversed(errs) if line.startswith("runner: ")), None)
+            message = (message or (errs[-1] if errs else f"exit code {result.exit_code}, no message"))
+            message = message.removeprefix("runner: ")
+            if message.startswith(f"unknown command '{sub}'"):
+                message += f"; the bundle's runner predates `{sub}`: recompile the bundle"
+            raise RunnerError(name, message)
+        if lines.bad is not None:
+            raise RunnerError(name, f"runner printed a line that is not JSON: {lines.bad!r}")
+        return lines.records
+
+
+# ------------------------------------------------------------------ one-shot helpers
+
+def run_bundle(device: Device | None, bundle: Path, runner_args: list, *, timeout: float, on_line=None,
+               on_push=None, stdin: StdinFeed | None = None) -> list[dict]:
+    """Push `bundle` to `device` (None: run it here) and run `runner SUBCOMMAND BUNDLE ARGS` there
+    (runner_args = [SUBCOMMAND, *ARGS], e.g. ["generate", "--tokens", "1,2,3", "-n", "8"])."""
+    with RunnerSession(bundle, device, timeout=timeout, on_push=on_push) as session:
+        return session.run(runner_args, on_line=on_line, stdin=stdin)
+
+
+def run_runner(bundle: Path, args: list, *, timeout: float, on_line=None, stdin: StdinFeed | None = None) -> list[dict]:
+    """This machine, with the runner's own argument order: args = [SUBCOMMAND, BUNDLE, *ARGS]."""
+    sub, where, *rest = [str(a) for a in args] + ([] if len(args) > 1 else [str(bundle)])
+    if Path(where).resolve() != Path(bundle).resolve():
+        raise EdgesmithError(f"run_runner: the runner's BUNDLE argument {where} is not the bundle {bundle}")
+    return run_bundle(None, bundle, [sub, *rest], timeout=timeout, on_line=on_line, stdin=stdin)
+
+
+def push_to_device(device: Device, bundle: Path, *, timeout: float) -> PushReport:
+    """Only the push half of a session (the tests' and a future `edgesmith push`'s)."""
+    with RunnerSession(bundle, device, timeout=timeout) as session:
+        return session.push_report
