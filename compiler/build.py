@@ -11,6 +11,7 @@ import tvm
 from edgesmith.compiler import bundle as bundle_io
 from edgesmith.compiler import gpu_sources
 from edgesmith.compiler.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
+from edgesmith.compiler.manifest import Manifest
 from edgesmith.compiler.context import kv_settings
 from edgesmith.compiler.convert import convert_params
 from edgesmith.compiler.model_phi3 import PAGE_SIZE, Phi3ForCausalLM
@@ -114,25 +115,25 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
             progress.step(f"no tokenizer in the bundle: {tokenizer['note']}")
 
         progress.step("writing manifest")
-        bundle_io.write_manifest(tmp, {
-            "model": {"source": ckpt.description, "fingerprint": ckpt.fingerprint(), "config": cfg.to_dict(),
-                      "input": source},
-            "quant": q.name,
-            **({"int8_dot": _int8_dot(q, tvm_target, preset)} if q.int8_activations else {}),
-            "quantize_embedding": quantize_embedding and q.quantized,
-            "target": {"preset": preset.name, "tvm_target": preset.tvm_target(), "arch": preset.arch,
-                       "triple": preset.triple, "layout": preset.layout},
-            "arch": preset.arch,
-            "tvm_version": TVM_VERSION,
-            "kv_cache": kv.manifest(PAGE_SIZE, prefill_chunk, cfg),
-            **({"device": gpu_device_entry(preset)} if preset.gpu else {}),
-            **({"kernels": kernels} if kernels else {}),
-            "tokenizer": tokenizer,
-            "params": [name for name, _, _ in params],
-            "weight_bytes": sum(_nbytes(s, d) for _, s, d in params),
-            "build": {"host": platform.node(), "convert_s": round(t_convert, 2), "compile_s": round(t_compile, 2),
-                      "edgesmith_version": _version()},
-        })
+        Manifest(
+            model={"source": ckpt.description, "spec": ckpt.spec, "fingerprint": ckpt.fingerprint(),
+                   "config": cfg.to_dict(), "input": source},
+            quant=q.name,
+            int8_dot=_int8_dot(q, tvm_target, preset) if q.int8_activations else None,
+            quantize_embedding=quantize_embedding and q.quantized,
+            target={"preset": preset.name, "tvm_target": preset.tvm_target(), "arch": preset.arch,
+                    "triple": preset.triple, "layout": preset.layout},
+            arch=preset.arch,
+            tvm_version=TVM_VERSION,
+            kv_cache=kv.manifest(PAGE_SIZE, prefill_chunk, cfg),
+            device=gpu_device_entry(preset) if preset.gpu else None,
+            kernels=kernels or None,
+            tokenizer=tokenizer,
+            params=[name for name, _, _ in params],
+            weight_bytes=sum(_nbytes(s, d) for _, s, d in params),
+            build={"host": platform.node(), "convert_s": round(t_convert, 2), "compile_s": round(t_compile, 2),
+                   "edgesmith_version": _version()},
+        ).write(tmp)
     return Path(out)
 
 

@@ -9,7 +9,6 @@ BUNDLE/bin/...                           runner + device runtime (targets.runner
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -18,8 +17,7 @@ from pathlib import Path
 
 from edgesmith.errors import BundleError
 
-MANIFEST = "manifest.json"
-FORMAT = 1
+from edgesmith.compiler.manifest import FORMAT, MANIFEST  # noqa: F401  (re-exported)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -60,49 +58,11 @@ def staging(out: Path):
         raise
 
 
-def write_manifest(root: Path, manifest: dict) -> dict:
-    manifest = dict(manifest, format=FORMAT, files=file_table(root))
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
-
-
 def read_manifest(bundle: Path) -> dict:
-    bundle = Path(bundle)
-    if not bundle.is_dir():
-        raise BundleError(f"bundle {bundle} is not a folder; pass the folder `edgesmith compile -o` wrote")
-    path = bundle / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{path} not found: '{bundle}' is not a bundle, or an unfinished one; compile it again")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); compile the bundle again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise BundleError(f"{bundle} has bundle format {got!r}; this edgesmith reads format {FORMAT}")
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise BundleError(f"{path} is damaged ({problem}); compile the bundle again")
-    return manifest
+    """The bundle's manifest as a dict, checked (compiler/manifest.py is its one reader)."""
+    from edgesmith.compiler.manifest import Manifest
 
-
-def _manifest_problem(manifest: dict) -> str | None:
-    """What makes a manifest unusable, or None: the fields every reader relies on."""
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        return "no 'files' table"
-    for rel, meta in files.items():
-        parts = rel.split("/")
-        if rel.startswith("/") or ".." in parts or "" in parts or rel == MANIFEST:
-            return f"file entry {rel!r} is not a path inside the bundle"
-        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64
-                and isinstance(meta.get("size"), int)):
-            return f"file entry {rel!r} has no sha256 and size"
-    if not isinstance(manifest.get("arch"), str):
-        return "no 'arch'"
-    if not isinstance(manifest.get("target"), dict) or "preset" not in manifest["target"]:
-        return "no 'target' preset"
-    return None
+    return Manifest.read(bundle).as_dict()
 
 
 def verify(bundle: Path, manifest: dict | None = None, only=None) -> None:

@@ -55,6 +55,7 @@ class OnnxCheckpoint(Checkpoint):
     def __init__(self, path: Path):
         path = Path(path)
         self.folder = path if path.is_dir() else path.parent
+        self.spec = str(Path(path).resolve())
         self.genai = _read_genai_config(self.folder, path)
         onnx_path = path if path.is_file() else self.folder / self.genai["model"]["decoder"].get("filename", "model.onnx")
         if not onnx_path.is_file():

@@ -7,14 +7,13 @@ largest logit difference. The result is stored in the bundle's manifest (shown b
 """
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgesmith.compiler import bundle as bundle_io
+from edgesmith.compiler.manifest import Manifest
 from edgesmith.compiler.build import compile_bundle
 from edgesmith.runtime.engine import Engine
 from edgesmith.targets.presets import host_arch
@@ -91,8 +90,5 @@ def evaluate_bundle(bundle: Path, model: str, *, positions: int = EVAL_POSITIONS
         reference = compile_bundle(model, "q0f32", "host", Path(tmp) / "ref")
         step(f"eval: {positions} positions, teacher-forced")
         report = compare_logits(teacher_forced_logits(reference, ids), teacher_forced_logits(quantized, ids))
-    manifest["eval"] = report
-    tmp_manifest = bundle / f".{bundle_io.MANIFEST}.tmp"
-    tmp_manifest.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp_manifest, bundle / bundle_io.MANIFEST)
+    Manifest.read(bundle).update(bundle, eval=report)
     return report

@@ -10,7 +10,6 @@ or the weights on the device are broken.
 from __future__ import annotations
 
 import base64
-import re
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +33,13 @@ def check_tokens(vocab: int, positions: int = POSITIONS) -> list[int]:
 
 
 def reference_source(manifest: dict) -> str:
-    """The `compile` argument that rebuilds the bundle's model, from the manifest's description."""
-    desc = manifest["model"]["source"]
-    m = re.fullmatch(r"(random:[^ ]+) \(seed (\d+)\)", desc)
-    if m:
-        return f"{m.group(1)}:seed={m.group(2)}"
-    m = re.fullmatch(r"folder (.+) \(\d+ shards?, \w+\)", desc)
-    if m and Path(m.group(1)).is_dir():
-        return m.group(1)
-    raise EdgesmithError(f"cannot rebuild the bundle's model from its description {desc!r} for the host reference; "
-                         "pass --reference MODEL (the checkpoint folder it was compiled from)")
+    """The `compile` argument that rebuilds the bundle's model: the manifest's model.spec."""
+    spec = manifest["model"].get("spec")
+    if spec and (spec.startswith("random:") or Path(spec).exists()):
+        return spec
+    where = f"{spec} is not on this machine" if spec else "the bundle predates model.spec"
+    raise EdgesmithError(f"cannot rebuild the bundle's model for the host reference ({where}); pass --reference "
+                         "MODEL (the checkpoint it was compiled from)")
 
 
 def reference_bundle(manifest: dict, source: str | None = None, progress=None) -> Path:
