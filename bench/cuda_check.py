@@ -21,24 +21,24 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_runner import run_runner  # noqa: E402  (stdlib only: it runs on the GPU machine)
+
 PROMPT = [1, 450, 4996, 17354, 1701, 432]  # fixed ids, all < 512 (random:tiny's vocab)
 NEW_TOKENS = 32
 
 
 def _runner(bundle: Path, args: list[str], timeout: float = 280) -> list[dict]:
-    env = dict(os.environ, LD_LIBRARY_PATH=f"{bundle / 'bin'}:{os.environ.get('LD_LIBRARY_PATH', '')}")
-    done = subprocess.run([str(bundle / "bin" / "runner"), args[0], str(bundle), *args[1:]],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-    if done.returncode != 0:
-        sys.exit(f"cuda_check: runner {args[0]} on {bundle} failed: {done.stderr.strip()[-600:]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    try:
+        return run_runner(bundle, args, timeout=timeout)
+    except RuntimeError as err:
+        sys.exit(f"cuda_check: {err}")
 
 
 def _generate(bundle: Path, prompt: list[int]) -> dict:

@@ -51,6 +51,9 @@ import time
 from array import array
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_runner import run_runner  # noqa: E402  (stdlib only: it runs on the GPU machine)
+
 PROMPT = [1, 450, 4996, 17354, 1701, 432, 3681, 29892]  # fixed ids (reduced modulo the vocab)
 NEW_TOKENS = 32
 LOGIT_TOKENS = PROMPT + [1576, 4799, 338, 263]  # teacher-forced: 12 positions of logits
@@ -145,12 +148,7 @@ def strip_weights(bundle: Path, dest: Path) -> None:
 
 
 def _runner(bundle: Path, args: list[str], env: dict | None = None, timeout: float = 600) -> list[dict]:
-    done = subprocess.run([str(bundle / "bin" / "runner"), args[0], str(bundle), *args[1:]], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
-        raise RuntimeError(f"runner {args[0]} on {bundle.name}: {tail[0]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return run_runner(bundle, args, env=env, timeout=timeout)
 
 
 def _generate(bundle: Path, prompt: list[int], env=None, verify=True) -> tuple[dict, dict | None]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgesmith.errors import BundleError
 
-from edgesmith.compiler.manifest import FORMAT, MANIFEST  # noqa: F401  (re-exported)
+from edgesmith.compiler.manifest import MANIFEST
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

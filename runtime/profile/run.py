@@ -16,7 +16,8 @@ from edgesmith.runtime.profile import check as check_mod
 from edgesmith.runtime.profile import fit, records, stats
 from edgesmith.runtime.profile.kernels import kernel_table
 from edgesmith.runtime.profile.roofline import roofline
-from edgesmith.runtime.profile.session import DeviceSession, this_machine
+from edgesmith.runtime.profile.session import DeviceSession
+from edgesmith.runtime.session import this_machine
 
 
 @dataclass

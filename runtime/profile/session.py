@@ -5,7 +5,7 @@ bundle through qemu (labelled emulated, like the emulated board and phone).
 """
 from __future__ import annotations
 
-from edgesmith.runtime.session import RunnerSession, this_machine  # noqa: F401  (this_machine: profile/run.py)
+from edgesmith.runtime.session import RunnerSession
 from edgesmith.runtime.transports.base import shell_join
 
 
