@@ -24,17 +24,10 @@ from edgesmith.compiler.build import compile_bundle
 from edgesmith.errors import BundleError
 from edgesmith.runtime.session import run_runner
 
-cl = pytest.importorskip("pyopencl", reason="pyopencl not installed (scripts/install.sh installs it)")
+from pocl import needs_pocl  # noqa: E402
 
 
-def _have_pocl() -> bool:
-    try:
-        return any("Portable Computing Language" in p.name for p in cl.get_platforms())
-    except cl.Error:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _have_pocl(), reason="PoCL not found (apt-get install pocl-opencl-icd)")
+pytestmark = needs_pocl
 
 TINY = "random:tiny"
 PHI = "random:phi-3-mini-4k:layers=2"

@@ -28,23 +28,13 @@ from tvm import te
 from edgesmith.targets.presets import get_preset
 from edgesmith.targets.runner_build import OPENCL_SOURCE_DIR, build_opencl_plugin
 
-cl = pytest.importorskip("pyopencl", reason="pyopencl not installed (scripts/install.sh installs it)")
+import pyopencl as cl  # noqa: E402  (the test extra installs it)
+from pocl import DEVICE as POCL, needs_pocl  # noqa: E402
 
 PRESET = get_preset("linux-opencl")
 
 
-def _pocl():
-    try:
-        for platform in cl.get_platforms():
-            if "Portable Computing Language" in platform.name:
-                return platform.get_devices()[0]
-    except cl.Error:
-        pass
-    return None
-
-
-POCL = _pocl()
-pytestmark = pytest.mark.skipif(POCL is None, reason="PoCL not found (apt-get install pocl-opencl-icd)")
+pytestmark = needs_pocl
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ import re
 import numpy as np
 import pytest
 
-cl = pytest.importorskip("pyopencl", reason="pyopencl not installed (pip install pyopencl; see scripts/install.sh)")
+import pyopencl as cl  # noqa: E402  (the test extra installs it)
+from pocl import DEVICE, needs_pocl  # noqa: E402
 
 import tvm  # noqa: E402
 from tvm import te, tirx, topi  # noqa: E402
@@ -32,19 +33,7 @@ from edgesmith.targets.presets import get_preset  # noqa: E402
 from edgesmith.targets.tvm_api import Schedule, dlight  # noqa: E402
 
 
-def _pocl_device():
-    try:
-        for platform in cl.get_platforms():
-            if "Portable Computing Language" in platform.name:
-                return platform.get_devices()[0]
-    except cl.Error:
-        pass
-    return None
-
-
-DEVICE = _pocl_device()
-pytestmark = pytest.mark.skipif(
-    DEVICE is None, reason="PoCL not found (apt-get install pocl-opencl-icd ocl-icd-opencl-dev)")
+pytestmark = needs_pocl
 
 # The android-opencl preset's GPU target; the host part is this machine's (only the kernels run).
 TARGET = tvm.target.Target(dict(get_preset("android-opencl").tvm_target(), host={"kind": "llvm"}))
