@@ -62,3 +62,18 @@ def compiled(tmp_path_factory, tiny_ckpt_dir):
         return cache[key]
 
     return get
+
+
+def pytest_collection_modifyitems(config, items):
+    """EDGESMITH_TEST_SHUFFLE=SEED runs the tests in an order shuffled by SEED (how the suite is
+    checked for order dependence: issue #21); unset, the files' own order."""
+    seed = os.environ.get("EDGESMITH_TEST_SHUFFLE")
+    if seed:
+        import random
+
+        random.Random(seed).shuffle(items)
+
+
+def pytest_report_header(config):
+    seed = os.environ.get("EDGESMITH_TEST_SHUFFLE")
+    return f"test order shuffled with seed {seed} (EDGESMITH_TEST_SHUFFLE)" if seed else None
