@@ -3,6 +3,7 @@ port it took ("bind to HOST:PORT" on stderr), so no port is picked free, release
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +39,11 @@ def running_tracker(timeout: float = 60):
         while not ready.wait(0.2):
             assert time.monotonic() < end, "the tracker did not start: " + "".join(said[-5:])
         assert found, f"the tracker exited ({proc.poll()}): " + "".join(said[-5:])
+        # it says "bind to" once bound, a moment before it listens: wait until it takes connections
+        host, port = found[0].split(":")
+        while socket.socket().connect_ex((host, int(port))) != 0:
+            assert time.monotonic() < end and proc.poll() is None, "the tracker did not listen: " + "".join(said[-5:])
+            time.sleep(0.05)
         yield found[0]
     finally:
         proc.terminate()
