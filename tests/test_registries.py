@@ -29,9 +29,6 @@ from edgesmith.compiler.models.phi3 import config as phi3_config
 from edgesmith.compiler.models.phi3 import loader as phi3_loader
 from edgesmith.compiler.quant_q4 import GroupQ4
 
-pytestmark = pytest.mark.slow
-
-
 # ---------------------------------------------------------------- a new quantization scheme
 
 
@@ -69,6 +66,7 @@ def toy_quant(monkeypatch):
     return toy
 
 
+@pytest.mark.slow
 def test_toy_quantization_compiles_and_runs(toy_quant, compiled, tmp_path):
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.runtime.engine import Engine
@@ -179,6 +177,7 @@ def write_split_checkpoint(phi3_folder, out):
     return out
 
 
+@pytest.mark.slow
 def test_toy_architecture_compiles_and_matches_transformers(toy_arch, tiny_ckpt_dir, tmp_path):
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.compiler.checkpoint import open_checkpoint
