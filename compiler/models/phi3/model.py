@@ -97,7 +97,7 @@ class Body(nn.Module):
         self.layers = nn.ModuleList([DecoderLayer(cfg, linear) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if cfg.rope_type == "longrope":
-            # (short, long) divisors of the inverse frequencies; not in HF's files, made by the converter.
+            # (short, long) divisors of the inverse frequencies; not in HF's files: loader.py makes them from the config.
             self.rope_ext_factors = nn.Parameter((2, cfg.rotary_dim // 2), "float32")
         else:
             self.rope_ext_factors = None
