@@ -218,6 +218,6 @@ def format_targets_table(facts: list[dict] | None = None) -> str:
     if no_runner:
         lines += ["", "no runner yet (the bundle compiles; running it needs what is named):"] + no_runner
     lines += ["", "default quant: q4f16i8 (int8 activations) where the target has int8 dot products, q4f16 "
-              "elsewhere; --quant overrides (`edgesmith quants` lists them). `edgesmith targets NAME` or --json: the TVM "
-              "target and the rest."]
+              "elsewhere; --quant overrides (`edgesmith quants` lists them).",
+              "`edgesmith targets NAME` or --json: the TVM target and the rest."]
     return "\n".join(lines)
