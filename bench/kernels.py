@@ -28,7 +28,7 @@ import tvm  # noqa: E402
 from edgesmith.compiler import kernels, schedules  # noqa: E402
 from edgesmith.compiler.quantize import dequantize_q4, get_quantization, quantize_q4  # noqa: E402
 from edgesmith.targets import presets  # noqa: E402
-from edgesmith.targets.tvm_api import te  # noqa: E402
+from edgesmith.targets.tvm_api import te, tirx  # noqa: E402
 
 # (name, k, n): Phi-3-mini's linears (hidden 3072, intermediate 8192, vocab 32064).
 SHAPES = [("qkv", 3072, 9216), ("o", 3072, 3072), ("gate_up", 3072, 16384), ("down", 8192, 3072),
@@ -42,7 +42,7 @@ def build(quant: str, m: int, k: int, n: int, residual: bool, target, dump: bool
     x_np = rng.standard_normal((1, m, k)).astype("float32")
     w_float = (rng.standard_normal((n, k)) * 0.05).astype("float32")
     # Prefill's token count is dynamic in the model; decode's is the constant 1.
-    m_dim = 1 if m == 1 else tvm.tirx.Var("seq_len", "int64")
+    m_dim = 1 if m == 1 else tirx.Var("seq_len", "int64")
     x = te.placeholder((1, m_dim, k), "float32", "x")
     if q.quantized:
         packed, scale = quantize_q4(w_float, q.group_size, q.storage_dtype)

@@ -47,8 +47,9 @@ from __future__ import annotations
 import math
 
 import tvm
-from tvm import tirx
-from tvm.script import tirx as T
+
+from edgesmith.targets.tvm_api import relax, tirx
+from edgesmith.targets.tvm_api import tir_script as T
 
 LOG2E = math.log2(math.e)
 NEG_INIT = -5e4  # TVM's initial running max; also the paged kernels' masked score
@@ -553,8 +554,6 @@ _ROPE_MODE_ARG = 9  # call_pure_packed args: the ExternFunc, then the creation a
 
 def _cache_rope_modes(mod: tvm.IRModule) -> list:
     """The rope_mode of every paged KV cache created in `mod` (None where it can't be read)."""
-    from tvm import relax
-
     modes = []
 
     def visit(e):
@@ -564,8 +563,8 @@ def _cache_rope_modes(mod: tvm.IRModule) -> list:
             modes.append(int(arg.value) if isinstance(arg, tirx.IntImm) else None)
 
     for f in mod.functions.values():
-        if isinstance(f, tvm.relax.Function):
-            tvm.relax.analysis.post_order_visit(f.body, visit)
+        if isinstance(f, relax.Function):
+            relax.analysis.post_order_visit(f.body, visit)
     return modes
 
 

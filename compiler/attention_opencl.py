@@ -25,11 +25,10 @@ caches with rope_mode NONE and no rope_scaling, so the ragged kernel is rebuilt 
 from __future__ import annotations
 
 import tvm
-from tvm import tirx
-from tvm.script import tirx as T
 
 from edgesmith.compiler.attention_cpu import PREFILL_RAGGED, _cache_rope_modes, _shape
-from edgesmith.targets.tvm_api import Schedule
+from edgesmith.targets.tvm_api import Schedule, llm_prefill_kernels, tirx
+from edgesmith.targets.tvm_api import tir_script as T
 
 MERGE = "tir_attention_merge_state"
 
@@ -104,8 +103,6 @@ def _vec16_target(target) -> tvm.target.Target:
 
 
 def replace_opencl_attention(mod: tvm.IRModule, target) -> tvm.IRModule:
-    from tvm.relax.frontend.nn.llm import _prefill_kernels
-
     modes = _cache_rope_modes(mod)
     if not modes or any(m != 0 for m in modes):
         return mod
@@ -118,7 +115,7 @@ def replace_opencl_attention(mod: tvm.IRModule, target) -> tvm.IRModule:
             (_, h_q, d_qk), dtype = _shape(f, 0)
             (_, h_kv, _), _ = _shape(f, 2)
             (_, _, d_v), _ = _shape(f, 3)
-            funcs[gv] = _prefill_kernels._attention_prefill_ragged(
+            funcs[gv] = llm_prefill_kernels._attention_prefill_ragged(
                 int(h_kv), int(h_q), int(d_qk), int(d_v), dtype, {}, _vec16_target(target))
         elif symbol == MERGE:
             ext = _thread_extents(f)

@@ -11,10 +11,10 @@ import tvm
 from edgesmith.compiler import bundle as bundle_io
 from edgesmith.compiler import gpu_sources
 from edgesmith.compiler.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
+from edgesmith.compiler.context import PAGE_SIZE, kv_settings
 from edgesmith.compiler.manifest import Manifest
-from edgesmith.compiler.context import kv_settings
 from edgesmith.compiler.convert import convert_params
-from edgesmith.compiler.model_phi3 import PAGE_SIZE, Phi3ForCausalLM
+from edgesmith.compiler.models import for_config
 from edgesmith.compiler.pipeline import make_pipeline
 from edgesmith.compiler.quantize import Quantization, get_quantization
 from edgesmith.errors import ConfigError, TargetError
@@ -34,8 +34,10 @@ class Progress:
 
 def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize_embedding: bool = True,
                 kv_dtype: str = "float32"):
-    """The Relax module and its parameter list [(name, shape, dtype)] for a config."""
-    model = Phi3ForCausalLM(cfg, quant, quantize_embedding=quantize_embedding, target=target, kv_dtype=kv_dtype)
+    """The Relax module and its parameter list [(name, shape, dtype)] for a config (its
+    architecture's nn model, from the model registry)."""
+    model_class = for_config(cfg).model_class()
+    model = model_class(cfg, quant, quantize_embedding=quantize_embedding, target=target, kv_dtype=kv_dtype)
     mod, named = model.export_tvm(spec=model.get_default_spec())
     params = [(name, tuple(int(x) for x in p.shape), p.dtype) for name, p in named]
     return mod, params

@@ -1,8 +1,9 @@
-"""A checkpoint = Phi3Config + named tensors, read one tensor at a time, no torch.
+"""Opening a checkpoint: a Hugging Face folder read here, or `random:` / ONNX (their own modules).
 
 Sources: a Hugging Face folder (config.json + model.safetensors or a sharded
-model.safetensors.index.json, tokenizer.json if present) or `random:<preset>[:layers=N][:seed=S]`
-(random_weights.py). Tensor names are the HF ones; every `read` returns float32, C-contiguous.
+model.safetensors.index.json, tokenizer.json if present), `random:<preset>[:layers=N][:seed=S]`
+(random_weights.py) or an ONNX Runtime GenAI folder (onnx_checkpoint.py); what every source
+provides is source.Checkpoint. Tensor names are the HF ones; every `read` returns float32, C-contiguous.
 
 The safetensors format is parsed here: 8-byte little-endian header length N, N bytes of JSON
 {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data; offsets
@@ -13,7 +14,6 @@ when the file is opened, so a truncated download fails at open, not halfway thro
 from __future__ import annotations
 
 import hashlib
-from abc import ABC, abstractmethod
 import json
 import struct
 from dataclasses import replace
@@ -23,62 +23,14 @@ import numpy as np
 
 from edgesmith.errors import CheckpointError
 
-from .config import Phi3Config, load_config
+from .config import load_config
+from .source import RANDOM_PREFIX, Checkpoint, expected_shapes, validate  # noqa: F401 (their home until now)
 
-RANDOM_PREFIX = "random:"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # safetensors dtype -> (numpy storage dtype, our dtype name); BF16 is stored as uint16 and widened by hand.
 _DTYPES = {"F32": (np.dtype("<f4"), "float32"), "F16": (np.dtype("<f2"), "float16"), "BF16": (np.dtype("<u2"), "bfloat16")}
 _MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
-
-
-class Checkpoint(ABC):
-    """Config + named tensors. Subclasses fill `_shapes` and implement `_read` and `fingerprint`."""
-
-    config: Phi3Config
-    description: str
-    tokenizer_path: Path | None = None  # tokenizer.json the bundle carries
-    tokenizer_files: tuple[Path, ...] = ()  # what goes with it: tokenizer_config.json, chat_template.jinja
-    tokenizer_entry: dict | None = None  # the manifest's "tokenizer": where it comes from, or why there is none
-    spec: str = ""  # what `compile` is given to open this checkpoint again (the manifest's model.spec)
-    source_format = "safetensors"  # "random", "onnx" (onnx_checkpoint.py)
-    preferred_quant = "q4f16"  # the source's own scheme (an int4 ONNX export's scales: q4f32)
-    _shapes: dict[str, tuple[int, ...]]
-
-    def tensor_names(self) -> list[str]:
-        return sorted(self._shapes)
-
-    def tensor_shape(self, name: str) -> tuple[int, ...]:
-        self._check_name(name)
-        return self._shapes[name]
-
-    def read(self, name: str) -> np.ndarray:
-        """The tensor as float32, C-contiguous, owned by the caller (not a view of the file)."""
-        self._check_name(name)
-        return self._read(name)
-
-    def read_q4(self, name: str, group_size: int, scale_dtype: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """The tensor already in our int4 layout (packed, scales) when the source stores it so, else None."""
-        return None
-
-    def source_info(self, quant) -> dict:
-        """What the manifest records about the source's format (and what stayed exact)."""
-        return {"format": self.source_format}
-
-    @abstractmethod
-    def fingerprint(self) -> str:
-        """A stable id of the source (for caches), cheap to compute."""
-
-    @abstractmethod
-    def _read(self, name: str) -> np.ndarray: ...
-
-    def _check_name(self, name: str) -> None:
-        if name not in self._shapes:
-            raise CheckpointError(f"{self.description} has no tensor {name!r} — see tensor_names() for what it holds")
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.description}>"
 
 
 # ---------------------------------------------------------------- safetensors
@@ -280,38 +232,3 @@ def default_quant(source: str | Path | Checkpoint, target: str) -> tuple[str, st
         quant = own + "i8" if quant.endswith("i8") else own
         why += f"; {own}: the source's own int4 scheme, its weights kept bit for bit"
     return quant, why
-
-
-def expected_shapes(cfg: Phi3Config) -> dict[str, tuple[int, ...]]:
-    """Every tensor a Phi3ForCausalLM checkpoint must hold, with its shape ([out, in] for linears)."""
-    h, d = cfg.hidden_size, cfg.head_dim
-    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, h)}
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (h,)
-        shapes[p + "self_attn.qkv_proj.weight"] = (cfg.qkv_dim, h)  # rows: q heads, k heads, v heads
-        shapes[p + "self_attn.o_proj.weight"] = (h, cfg.num_attention_heads * d)
-        shapes[p + "post_attention_layernorm.weight"] = (h,)
-        shapes[p + "mlp.gate_up_proj.weight"] = (2 * cfg.intermediate_size, h)  # rows: gate, then up
-        shapes[p + "mlp.down_proj.weight"] = (h, cfg.intermediate_size)
-    shapes["model.norm.weight"] = (h,)
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head.weight"] = (cfg.vocab_size, h)
-    return shapes
-
-
-def validate(ckpt: Checkpoint) -> None:
-    """Every expected tensor present with the right shape; extra tensors (rotary inv_freq, ...) are ignored."""
-    have = set(ckpt.tensor_names())
-    for name, shape in expected_shapes(ckpt.config).items():
-        if name not in have:
-            raise CheckpointError(
-                f"{ckpt.description} lacks tensor {name!r} (expected shape {list(shape)}) — the checkpoint is"
-                " incomplete or not a Phi-3 model"
-            )
-        got = ckpt.tensor_shape(name)
-        if tuple(got) != shape:
-            raise CheckpointError(
-                f"{ckpt.description}: tensor {name!r} has shape {list(got)}, expected {list(shape)} from config.json"
-                " — config.json and the weights disagree"
-            )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from edgesmith.errors import BundleError, ConfigError
 
 DEFAULT_CONTEXT = 4096
+PAGE_SIZE = 16  # tokens per KV cache page: the CPU attention kernels (attention_cpu.PAGE) require 16
 KV_DTYPES = ("float16", "float32")
 _DTYPE_BYTES = {"float32": 4, "float16": 2}
 

@@ -2,7 +2,7 @@
 embedding gather, and RoPE. Dequantization is part of each expression, so the weight is
 decoded in registers inside the consuming kernel and never written out whole.
 
-int4 layout (see quantize.py): weight (n, k/8) uint32, eight 4-bit values per word, value
+int4 layout (see quant_q4.py): weight (n, k/8) uint32, eight 4-bit values per word, value
 i of a row in bits 4*(i%8).. of word i//8, stored as q+8 for q in [-7, 7]; scales (n, k/G).
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ def applies(k: int, group: int) -> bool:
 
 def q4_gemv(n: int, k: int, group: int, scale_dtype: str):
     """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/group) scale_dtype) -> y (1,1,n) f32."""
-    from tvm.script import tirx as T
+    from edgesmith.targets.tvm_api import tir_script as T
 
     words, groups = k // 8, k // group
     per_group = group // 8

@@ -69,7 +69,7 @@ def pick(isas: list[DotISA], k: int, group: int) -> DotISA | None:
 
 def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
     """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/group) scale_dtype) -> y (1,1,n) f32."""
-    from tvm.script import tirx as T
+    from edgesmith.targets.tvm_api import tir_script as T
 
     words, groups, lanes = k // 8, k // group, isa.lanes
     per_group = group // 8  # words per group
@@ -170,7 +170,7 @@ def q4_gemm_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
     group, int32 tiles of token x output dot products (one instruction: the strip's 4 bytes
     per output times a token's 4 x bytes, broadcast), then into float with both scales.
     """
-    from tvm.script import tirx as T
+    from edgesmith.targets.tvm_api import tir_script as T
 
     words, groups, lanes = k // 8, k // group, isa.lanes
     per_group = group // 8

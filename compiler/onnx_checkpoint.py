@@ -31,12 +31,12 @@ import numpy as np
 
 from edgesmith.errors import CheckpointError, ConfigError
 
-from .checkpoint import Checkpoint, expected_shapes
 from .config import Phi3Config, load_config, parse_config
+from .models import for_onnx_genai_type, onnx_genai_types
 from .onnx_graph import Embedding, LinearNode, OnnxFile, Phi3Graph, match_phi3
+from .source import Checkpoint
 
 GENAI_CONFIG = "genai_config.json"
-GENAI_TYPES = ("phi3",)  # Phi-3/3.5-mini, Phi-3-medium and Phi-4-mini are all "phi3" to ONNX Runtime GenAI
 _F32 = np.float32
 # Any base reproduces a longrope table exactly (the factors absorb it); without config.json we use Phi-3's.
 LONGROPE_BASE = 10000.0
@@ -248,7 +248,8 @@ class OnnxCheckpoint(Checkpoint):
                     raise ConfigError(f"{self.folder / 'config.json'} says {key} {getattr(cfg, key)}, the ONNX graph has {value} — it describes another model")
             return replace(cfg, tie_word_embeddings=tied, dtype=dtype,
                            sliding_window=window if window and window > 0 else cfg.sliding_window)
-        raw = dict(sizes, architectures=["Phi3ForCausalLM"], rms_norm_eps=float(next(iter(g.epsilons))),
+        arch = for_onnx_genai_type(dec["type"]).architecture  # genai_config's model.type, checked at open
+        raw = dict(sizes, architectures=[arch], rms_norm_eps=float(next(iter(g.epsilons))),
                    tie_word_embeddings=tied, bos_token_id=dec.get("bos_token_id"), eos_token_id=dec.get("eos_token_id"),
                    pad_token_id=dec.get("pad_token_id"), sliding_window=window if window and window > 0 else None,
                    torch_dtype=dtype, **rope_config_from_tables(f, g, head_dim, rotary_dim, dec.get("context_length")))
@@ -267,8 +268,8 @@ def _read_genai_config(folder: Path, given: Path) -> dict:
         kind, decoder = genai["model"]["type"], genai["model"]["decoder"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is not an ONNX Runtime GenAI config ({type(e).__name__}) — download it again") from None
-    if kind not in GENAI_TYPES or not isinstance(decoder, dict):
-        raise ConfigError(f"{path} says model type {kind!r}; edgesmith compiles Phi-3 ({', '.join(GENAI_TYPES)}) only")
+    if for_onnx_genai_type(kind) is None or not isinstance(decoder, dict):
+        raise ConfigError(f"{path} says model type {kind!r}; edgesmith compiles Phi-3 ({', '.join(onnx_genai_types())}) only")
     return genai
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import tvm
+from edgesmith.compiler.kernel_family import is_gpu
 from edgesmith.targets.tvm_api import relax
 
 
 def _phases(target, sliding_window: int = 0) -> list[tuple[str, list]]:
     from edgesmith.compiler import attention_cpu, attention_opencl, schedules, schedules_gpu
 
-    T = relax.transform
+    rt = relax.transform
     # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window
     # (compiler/context.py keeps GPU contexts within it); opencl: two of TVM's GPU kernels made right
     # without lock-step warps (attention_opencl.py); other GPU targets keep TVM's
@@ -25,24 +26,24 @@ def _phases(target, sliding_window: int = 0) -> list[tuple[str, list]]:
         ("legalize", [
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),
-            T.LegalizeOps(),
-            T.AnnotateTIROpPattern(),
-            T.FoldConstant(),
+            rt.LegalizeOps(),
+            rt.AnnotateTIROpPattern(),
+            rt.FoldConstant(),
         ]),
-        ("fuse", [T.FuseOps(), T.FuseTIR(), T.DeadCodeElimination()]),
-        ("schedule", schedules_gpu.passes(target) if "gpu" in target.keys else [schedules.apply(target)]),
+        ("fuse", [rt.FuseOps(), rt.FuseTIR(), rt.DeadCodeElimination()]),
+        ("schedule", schedules_gpu.passes(target) if is_gpu(target) else [schedules.apply(target)]),
         ("lower", [
-            T.RewriteDataflowReshape(),
-            T.ToNonDataflow(),
-            T.RemovePurityChecking(),
-            T.CallTIRRewrite(),
-            T.StaticPlanBlockMemory(),
-            T.LowerAllocTensor(),
-            T.KillAfterLastUse(),
-            T.LowerRuntimeBuiltin(),
-            T.ComputePrimValue(),
-            T.VMShapeLower(),
-            T.AttachGlobalSymbol(),
+            rt.RewriteDataflowReshape(),
+            rt.ToNonDataflow(),
+            rt.RemovePurityChecking(),
+            rt.CallTIRRewrite(),
+            rt.StaticPlanBlockMemory(),
+            rt.LowerAllocTensor(),
+            rt.KillAfterLastUse(),
+            rt.LowerRuntimeBuiltin(),
+            rt.ComputePrimValue(),
+            rt.VMShapeLower(),
+            rt.AttachGlobalSymbol(),
         ]),
     ]
 

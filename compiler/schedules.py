@@ -13,7 +13,7 @@ itself (no fast-math), but it does vectorize this.
 from __future__ import annotations
 
 from edgesmith.compiler import kernels
-from edgesmith.targets.tvm_api import Schedule, dlight, tirx
+from edgesmith.targets.tvm_api import SBlockRealize, Schedule, collect_vars_used_in_prim_expr, dlight, tirx  # noqa: E501
 
 _SPATIAL, _REDUCE = 0, 2
 # Blocks computed into their own buffer although inlining would be legal: inlined, RoPE's
@@ -86,8 +86,6 @@ def _parallel_if_large(sch: Schedule, block, loops) -> None:
 
 def _leading_spatial(sch: Schedule, block) -> list:
     """The loops above `block` that feed none of its reduction iterators, outermost first."""
-    from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
-
     realize = _block_realize(sch, block)
     reduce_vars = set()
     for iv, value in zip(realize.block.iter_vars, realize.iter_values):  # noqa: B905
@@ -103,8 +101,6 @@ def _leading_spatial(sch: Schedule, block) -> list:
 
 def _block_realize(sch: Schedule, block):
     """The SBlockRealize of `block`: its innermost loop's body, or one statement of it."""
-    from tvm.s_tir import SBlockRealize
-
     target = sch.get(block)
     body = sch.get(sch.get_loops(block)[-1]).body
     for stmt in getattr(body, "seq", [body]):

@@ -348,6 +348,27 @@ def cmd_targets(args) -> int:
     return 0
 
 
+def cmd_quants(args) -> int:
+    from edgesmith.compiler.quantize import QUANTIZATIONS
+
+    rows = [{"name": q.name, "weights": f"int{q.weight_bits}, groups of {q.group_size}" if q.quantized
+             else q.storage_dtype, "scales": q.storage_dtype if q.quantized else "-",
+             "activations": "int8 where the CPU has int8 dot products" if q.int8_activations else "float32",
+             "description": q.description} for q in QUANTIZATIONS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    cols = ("name", "weights", "scales", "activations")
+    widths = [max(len(c), *(len(r[c]) for r in rows)) for c in cols]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip(),  # noqa: B905
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(r[c].ljust(w) for c, w in zip(cols, widths)).rstrip() for r in rows]  # noqa: B905
+    lines += [""] + [f"{r['name']}: {r['description']}" for r in rows]
+    lines += ["", "`edgesmith targets` shows each target's default."]
+    print("\n".join(lines))
+    return 0
+
+
 # ------------------------------------------------------------------------------------ tokenizer
 def cmd_tokenizer(args) -> int:
     from edgesmith.compiler import phi3_tokenizer
@@ -461,14 +482,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and libraries' log output (accepted anywhere on the command line)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # The registries (TVM-free) name the presets and quantizations.
+    from edgesmith.compiler.models import RANDOM_PRESETS, supported
+    from edgesmith.compiler.quantize import QUANTIZATIONS
+
     c = sub.add_parser("compile", help="checkpoint folder or random:<preset> -> bundle folder")
-    c.add_argument("model", help="a Hugging Face folder (config.json, *.safetensors), an ONNX Runtime GenAI folder "
-                   "(genai_config.json, model.onnx) or random:<preset>[:layers=N][:seed=S] "
-                   "(presets: tiny, phi-3-mini-4k, phi-3-mini-128k, phi-3-medium-4k, phi-3.5-mini, phi-4-mini)")
-    c.add_argument("--quant", help="q4f16i8 (int4 weights, int8 activations on the CPU's int8 dot products: the "
-                   "default where the target has them), q4f16 (int4 weights, float activations: the default "
-                   "elsewhere), q4f32, q4f32i8, q0f16, q0f32; an int4 ONNX model keeps its own scale dtype (q4f32 or "
-                   "q4f32i8); `edgesmith targets` shows each target's default")
+    c.add_argument("model", help=f"a Hugging Face folder (config.json, *.safetensors; architectures: {supported()}), "
+                   "an ONNX Runtime GenAI folder (genai_config.json, model.onnx) or random:<preset>[:layers=N][:seed=S] "
+                   f"(presets: {', '.join(RANDOM_PRESETS)})")
+    c.add_argument("--quant", help=f"{', '.join(QUANTIZATIONS)} (`edgesmith quants` says what each is); default: "
+                   "q4f16i8 (int8 activations) where the target has int8 dot products, q4f16 elsewhere, and an "
+                   "int4 ONNX model keeps its own scale dtype (q4f32 or q4f32i8); `edgesmith targets` shows each "
+                   "target's default")
     c.add_argument("--target", default="host", help="target preset (see `edgesmith targets`); default host")
     c.add_argument("-o", "--output", type=Path, help="bundle folder to write (default dist/<model>-<quant>-<target>)")
     c.add_argument("--float-embedding", action="store_true", help="keep the embedding and lm_head in float")
@@ -563,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("names", nargs="*", metavar="NAME", help="show these presets in full (JSON, with the TVM target)")
     t.add_argument("--json", action="store_true", help="every preset in full, as JSON")
     t.set_defaults(func=cmd_targets)
+
+    qs = sub.add_parser("quants", help="list quantizations (--quant): weights, scales, activations")
+    qs.add_argument("--json", action="store_true")
+    qs.set_defaults(func=cmd_quants)
 
     tk = sub.add_parser("tokenizer", help="build the real Phi-3 tokenizer once (from a registry package) for "
                         "random: bundles, or show where it is")

@@ -13,7 +13,7 @@ Which compiler is used (first match wins):
 | on-device           | none here: the library ships as objects (`model.tar`) and the device   |
 |                     | links it and builds the runner (apple-metal: no Mach-O linker here)    |
 
-TVM's moving module names for the linker helpers (`tvm.support.cc`) stay in this file.
+TVM's linker helpers (`tvm.support.cc`) are reached through tvm_api.create_shared.
 """
 
 from __future__ import annotations
@@ -154,14 +154,14 @@ def export_fcompile(preset: TargetPreset):
     Unlike `tvm.support.cc.cross_compiler`, the options list is not shared between calls,
     and a failed link raises TargetError carrying the compiler's own output.
     """
-    from tvm.support import cc as tvm_cc  # the one place that names TVM's linker helpers
+    from edgesmith.targets.tvm_api import create_shared
 
     tc = find_toolchain(preset)
     base = ["-O2"] if tc.kind == "gcc" else ["-O2", "-static-libstdc++"]
 
     def fcompile(output, objects, options=None):
         try:
-            tvm_cc.create_shared(output, objects, options=base + list(options or []), cc=str(tc.cxx))
+            create_shared(output, objects, options=base + list(options or []), cc=str(tc.cxx))
         except RuntimeError as err:
             detail = " | ".join(line for line in str(err).splitlines() if line.strip())
             raise TargetError(
@@ -218,5 +218,6 @@ def format_targets_table(facts: list[dict] | None = None) -> str:
     if no_runner:
         lines += ["", "no runner yet (the bundle compiles; running it needs what is named):"] + no_runner
     lines += ["", "default quant: q4f16i8 (int8 activations) where the target has int8 dot products, q4f16 "
-              "elsewhere; --quant overrides. `edgesmith targets NAME` or --json: the TVM target and the rest."]
+              "elsewhere; --quant overrides (`edgesmith quants` lists them).",
+              "`edgesmith targets NAME` or --json: the TVM target and the rest."]
     return "\n".join(lines)

@@ -1,16 +1,23 @@
-"""The one place that names TVM's moving modules (0.27: tvm.s_tir, tvm.tirx, tvm.support).
+"""The one place that names TVM's moving modules (0.27: tvm.s_tir, tvm.tirx, tvm.script.tirx,
+tvm.support, tvm.relax.frontend.nn and its llm kernels).
 
-When the next TVM release renames them again, this file is the change.
+When the next TVM release renames them again, this file is the change. Kernel files write
+TVMScript as `from edgesmith.targets.tvm_api import tir_script as T` (T is TVMScript's name).
 """
 from __future__ import annotations
 
 import tvm
 from tvm import relax, te, tirx  # noqa: F401  (re-exported)
 from tvm.relax.frontend import nn  # noqa: F401
+from tvm.relax.frontend.nn.llm import _decode_kernels as llm_decode_kernels  # noqa: F401
+from tvm.relax.frontend.nn.llm import _prefill_kernels as llm_prefill_kernels  # noqa: F401
 from tvm.relax.frontend.nn.llm import kv_cache as kv_cache_mod  # noqa: F401
+from tvm.s_tir import SBlockRealize  # noqa: F401
 from tvm.s_tir import Schedule  # noqa: F401
 from tvm.s_tir import dlight  # noqa: F401
 from tvm.s_tir import transform as s_tir_transform  # noqa: F401
+from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr  # noqa: F401
+from tvm.script import tirx as tir_script  # noqa: F401
 
 TVM_VERSION: str = tvm.__version__
 
@@ -20,6 +27,14 @@ def host_cpu_name() -> str:
     from tvm.target import codegen
 
     return str(codegen.llvm_get_system_cpu())
+
+
+def create_shared(output: str, objects: list[str], options: list[str], cc: str) -> None:
+    """Link `objects` into the shared library `output` with compiler `cc` (tvm.support.cc); a
+    failed link raises RuntimeError carrying the compiler's output."""
+    from tvm.support import cc as tvm_cc
+
+    tvm_cc.create_shared(output, objects, options=options, cc=cc)
 
 
 def dump_tensor_cache(params: dict, out_dir: str, meta_data: dict | None = None) -> None:

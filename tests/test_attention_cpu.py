@@ -18,6 +18,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 from edgesmith.compiler import attention_cpu as ac  # noqa: E402
+from edgesmith.targets.tvm_api import tirx  # noqa: E402
 
 LOG2E = math.log2(math.e)
 RTOL, ATOL = 1e-5, 1e-5
@@ -36,7 +37,7 @@ def _target():
 
 @functools.lru_cache(maxsize=None)
 def _build(kind: str, ours: bool, h_kv: int, h_q: int, d: int, dtype: str = "float32", window: int = 0):
-    from tvm.relax.frontend.nn.llm import kv_cache as kvc
+    from edgesmith.targets.tvm_api import kv_cache_mod as kvc
 
     if kind == "decode":
         f = (ac.attention_decode_cpu(h_kv, h_q, d, dtype, window=window) if ours
@@ -331,9 +332,9 @@ def test_rotary_mode_is_refused():
 
 
 def _cache_module(rope_mode, dtype="float32"):
-    from tvm import relax
-    from tvm.relax.frontend import nn
-    from tvm.relax.frontend.nn.llm.kv_cache import TIRPagedKVCache
+    from edgesmith.targets.tvm_api import kv_cache_mod, nn, relax
+
+    TIRPagedKVCache = kv_cache_mod.TIRPagedKVCache
 
     class M(nn.Module):
         def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
@@ -355,13 +356,15 @@ def _cache_module(rope_mode, dtype="float32"):
 
 
 def test_pipeline_hook_replaces_only_without_rope():
-    from tvm.relax.frontend.nn.llm.kv_cache import RopeMode
+    from edgesmith.targets.tvm_api import kv_cache_mod
+
+    RopeMode = kv_cache_mod.RopeMode
 
     mod = _cache_module(RopeMode.NONE)
     new = ac.replace_cpu_attention(mod)
     swapped = set()
     for gv, f in mod.functions.items():
-        if not isinstance(f, tvm.tirx.PrimFunc):
+        if not isinstance(f, tirx.PrimFunc):
             continue
         g = new[gv]  # same GlobalVar
         assert str(g.attrs["global_symbol"]) == str(f.attrs["global_symbol"])
@@ -380,10 +383,12 @@ def test_pipeline_hook_replaces_only_without_rope():
 
 
 def test_pipeline_hook_swaps_float16_caches():
-    from tvm.relax.frontend.nn.llm.kv_cache import RopeMode
+    from edgesmith.targets.tvm_api import kv_cache_mod
+
+    RopeMode = kv_cache_mod.RopeMode
 
     mod = _cache_module(RopeMode.NONE, dtype="float16")
     new = ac.replace_cpu_attention(mod, window=64)
     swapped = {str(f.attrs["global_symbol"]) for gv, f in mod.functions.items()
-               if isinstance(f, tvm.tirx.PrimFunc) and not new[gv].same_as(f)}
+               if isinstance(f, tirx.PrimFunc) and not new[gv].same_as(f)}
     assert swapped == {ac.DECODE, ac.PREFILL_RAGGED, ac.PREFILL_PAGED}

@@ -26,11 +26,11 @@ import pyopencl as cl  # noqa: E402  (the test extra installs it)
 from pocl import DEVICE, needs_pocl  # noqa: E402
 
 import tvm  # noqa: E402
-from tvm import te, tirx, topi  # noqa: E402
+from tvm import topi  # noqa: E402
 
 from edgesmith.compiler import kernels_gpu, schedules_gpu  # noqa: E402
 from edgesmith.targets.presets import get_preset  # noqa: E402
-from edgesmith.targets.tvm_api import Schedule, dlight  # noqa: E402
+from edgesmith.targets.tvm_api import Schedule, dlight, te, tirx  # noqa: E402
 
 
 pytestmark = needs_pocl
@@ -219,7 +219,7 @@ def test_paged_kv_decode_attention():
     """The paged KV cache's GPU decode kernel (what TIRPagedKVCache builds for this target),
     Phi-3 tiny's heads (4 query, 2 kv, head dim 32), one sequence of 37 tokens over 3 pages
     laid out out of order."""
-    from tvm.relax.frontend.nn.llm import _decode_kernels
+    from edgesmith.targets.tvm_api import llm_decode_kernels as _decode_kernels
 
     h_q, h_kv, d, page, n_kv = 4, 2, 32, 16, 37
     func = _decode_kernels._attention_decode(h_kv, h_q, d, "float32", False, {}, TARGET, page_size=page)
@@ -294,7 +294,7 @@ def _run_ragged(func, target, n, h_q=4, h_kv=2, d=32):
 @pytest.mark.parametrize("n", [1, 3, 9, 16, 17, 40])
 def test_ragged_prefill_attention_as_opencl_bundles_build_it(n):
     from edgesmith.compiler.attention_opencl import _vec16_target
-    from tvm.relax.frontend.nn.llm import _prefill_kernels
+    from edgesmith.targets.tvm_api import llm_prefill_kernels as _prefill_kernels
 
     func = _prefill_kernels._attention_prefill_ragged(2, 4, 32, 32, "float32", {}, _vec16_target(GENERIC))
     got, want = _run_ragged(func, GENERIC, n)
@@ -303,7 +303,7 @@ def test_ragged_prefill_attention_as_opencl_bundles_build_it(n):
 
 @pytest.mark.xfail(strict=True, reason="TVM's 8-byte ragged prefill: PoCL 3.1 leaves its __local float2 V tile zero")
 def test_tvm_generic_ragged_prefill_on_pocl():
-    from tvm.relax.frontend.nn.llm import _prefill_kernels
+    from edgesmith.targets.tvm_api import llm_prefill_kernels as _prefill_kernels
 
     func = _prefill_kernels._attention_prefill_ragged(2, 4, 32, 32, "float32", {}, GENERIC)
     got, want = _run_ragged(func, GENERIC, 3)
@@ -327,7 +327,7 @@ def _run_merge(func, n=18, h=4, d=32):
 
 def test_merge_attention_states_as_opencl_bundles_build_it():
     from edgesmith.compiler.attention_opencl import _thread_extents, merge_state_inplace
-    from tvm.relax.frontend.nn.llm import kv_cache
+    from edgesmith.targets.tvm_api import kv_cache_mod as kv_cache
 
     tvm_func = kv_cache._merge_state_inplace(4, 32, "float32", GENERIC, "tir_attention_merge_state")
     ext = _thread_extents(tvm_func)
@@ -339,7 +339,7 @@ def test_merge_attention_states_as_opencl_bundles_build_it():
 
 @pytest.mark.xfail(strict=True, reason="TVM's merge_state rewrites S in place with no barrier: needs lock-step warps")
 def test_tvm_merge_attention_states_on_pocl():
-    from tvm.relax.frontend.nn.llm import kv_cache
+    from edgesmith.targets.tvm_api import kv_cache_mod as kv_cache
 
     (got_v, _), (want_v, _) = _run_merge(kv_cache._merge_state_inplace(4, 32, "float32", GENERIC, "m"))
     np.testing.assert_allclose(got_v, want_v, rtol=1e-5, atol=1e-6)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx
 from tvm.contrib import tvmjs
-from tvm.relax.frontend import nn
-from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+
+from edgesmith.targets.tvm_api import kv_cache_mod, nn, relax, te, tirx
+
+PagedKVCache, RopeMode, TIRPagedKVCache = kv_cache_mod.PagedKVCache, kv_cache_mod.RopeMode, kv_cache_mod.TIRPagedKVCache
 
 VOCAB = 96
 HIDDEN = 32

@@ -1,7 +1,8 @@
 """Phi-3 (Phi3ForCausalLM) in tvm.relax.frontend.nn, on TVM's paged KV cache.
 
 Parameter names follow transformers' (`model.layers.3.self_attn.qkv_proj.weight`); an int4
-linear holds `q_weight` + `q_scale` in place of `weight`. Activations are float32 whatever the
+linear holds `q_weight` + `q_scale` in place of `weight` (compiler/linear.py: the layers are
+stored and computed as the quantization entry says, with the target's kernel family). Activations are float32 whatever the
 weights' storage (CPU targets); the KV cache applies no RoPE (rope_mode NONE): RoPE is ours
 (kernels.rope), so longrope and partial rotary match transformers exactly.
 
@@ -19,59 +20,16 @@ the cache's business (TVM's evicts at sequence level): the CPU attention kernels
 """
 from __future__ import annotations
 
-from edgesmith.compiler import kernels, kernels_gemv, kernels_gpu, kernels_int8
-from edgesmith.compiler.config import Phi3Config
+from edgesmith.compiler import kernels
 from edgesmith.compiler.context import KV_DTYPES
-from edgesmith.compiler.quantize import Quantization
-from edgesmith.targets.tvm_api import kv_cache_mod, nn, relax, tirx
+from edgesmith.compiler.kernel_family import kernel_family
+from edgesmith.compiler.linear import Linears
+from edgesmith.compiler.quant_scheme import Quantization
+from edgesmith.targets.tvm_api import kv_cache_mod, nn, relax
+
+from .config import Phi3Config
 
 op = nn.op
-PAGE_SIZE = 16  # the CPU attention kernels require 16
-
-
-class Linear(nn.Module):
-    """y = x @ W.T over a stored weight: float (`weight`) or int4 (`q_weight`, `q_scale`)."""
-
-    def __init__(self, in_features: int, out_features: int, quant: Quantization, quantize: bool = True):
-        self.quantized = quant.quantized and quantize
-        self.group = quant.group_size
-        self.in_features, self.out_features = in_features, out_features
-        self.scale_dtype = quant.storage_dtype
-        self.dot_isa = None  # kernels_int8.DotISA: decode with int8 activations (set by Phi3ForCausalLM)
-        if self.quantized:
-            self.q_weight = nn.Parameter((out_features, in_features // 8), "uint32")
-            self.q_scale = nn.Parameter((out_features, in_features // quant.group_size), quant.storage_dtype)
-        else:
-            self.weight = nn.Parameter((out_features, in_features), quant.storage_dtype)
-        self.ops = kernels  # kernels_gpu on a GPU target (set by Phi3ForCausalLM)
-
-    def forward(self, x: nn.Tensor) -> nn.Tensor:
-        n, k = self.out_features, self.in_features
-        if self.quantized and self.dot_isa is not None and _is_one_token(x):
-            gemv = kernels_int8.q4_gemv_i8(n, k, self.group, self.scale_dtype, self.dot_isa)
-            return op.tensor_ir_op(gemv, "q4_matmul_i8", [x, self.q_weight, self.q_scale],
-                                   out=nn.Tensor.placeholder((1, 1, n), "float32"))
-        if self.quantized and self.ops is kernels and _is_one_token(x) and kernels_gemv.applies(k, self.group):
-            gemv = kernels_gemv.q4_gemv(n, k, self.group, self.scale_dtype)
-            return op.tensor_ir_op(gemv, "q4_matmul", [x, self.q_weight, self.q_scale],
-                                   out=nn.Tensor.placeholder((1, 1, n), "float32"))
-        if self.quantized and kernels_int8.gemm_applies(self.dot_isa, n, k, self.group):
-            gemm = kernels_int8.q4_gemm_i8(n, k, self.group, self.scale_dtype, self.dot_isa)
-            return op.tensor_ir_op(gemm, "q4_matmul_i8", [x, self.q_weight, self.q_scale],
-                                   out=nn.Tensor.placeholder((1, x.shape[1], n), "float32"))
-        if self.quantized:
-            return op.tensor_expr_op(self.ops.q4_linear, "q4_matmul", [x, self.q_weight, self.q_scale, self.group])
-        return op.tensor_expr_op(self.ops.float_linear, "matmul", [x, self.weight])
-
-    def lookup(self, ids: nn.Tensor) -> nn.Tensor:
-        """Rows of the weight: this layer used as an embedding table (tied embeddings)."""
-        if self.quantized:
-            return op.tensor_expr_op(kernels.q4_embedding, "q4_take", [ids, self.q_weight, self.q_scale, self.group])
-        return op.tensor_expr_op(kernels.float_embedding, "take", [ids, self.weight])
-
-
-def _is_one_token(x: nn.Tensor) -> bool:
-    return all(isinstance(d, int) and d == 1 for d in x.shape[:2])
 
 
 class RMSNorm(nn.Module):
@@ -84,11 +42,11 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: Phi3Config, quant: Quantization):
+    def __init__(self, cfg: Phi3Config, linear: Linears):
         self.cfg = cfg
         d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
-        self.qkv_proj = Linear(cfg.hidden_size, (hq + 2 * hkv) * d, quant)
-        self.o_proj = Linear(hq * d, cfg.hidden_size, quant)
+        self.qkv_proj = linear(cfg.hidden_size, (hq + 2 * hkv) * d)
+        self.o_proj = linear(hq * d, cfg.hidden_size)
 
     def forward(self, x, kv, layer_id: int, positions, rope_factors, factor_len, kv_dtype: str):
         cfg = self.cfg
@@ -111,10 +69,10 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: Phi3Config, quant: Quantization):
+    def __init__(self, cfg: Phi3Config, linear: Linears):
         self.inter = cfg.intermediate_size
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, quant)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, quant)
+        self.gate_up_proj = linear(cfg.hidden_size, 2 * cfg.intermediate_size)
+        self.down_proj = linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x):
         gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
@@ -122,11 +80,11 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: Phi3Config, quant: Quantization):
+    def __init__(self, cfg: Phi3Config, linear: Linears):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, quant)
+        self.self_attn = Attention(cfg, linear)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg, quant)
+        self.mlp = MLP(cfg, linear)
 
     def forward(self, h, kv, layer_id, positions, rope_factors, factor_len, kv_dtype):
         h = h + self.self_attn(self.input_layernorm(h), kv, layer_id, positions, rope_factors, factor_len, kv_dtype)
@@ -134,26 +92,15 @@ class DecoderLayer(nn.Module):
 
 
 class Body(nn.Module):
-    def __init__(self, cfg: Phi3Config, quant: Quantization, quantize_embedding: bool):
-        self.embed_tokens = Linear(cfg.hidden_size, cfg.vocab_size, quant, quantize=quantize_embedding)
-        self.layers = nn.ModuleList([DecoderLayer(cfg, quant) for _ in range(cfg.num_hidden_layers)])
+    def __init__(self, cfg: Phi3Config, linear: Linears, quantize_embedding: bool):
+        self.embed_tokens = linear(cfg.hidden_size, cfg.vocab_size, quantize=quantize_embedding)
+        self.layers = nn.ModuleList([DecoderLayer(cfg, linear) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if cfg.rope_type == "longrope":
-            # (short, long) divisors of the inverse frequencies; not in HF's files, made by the converter.
+            # (short, long) divisors of the inverse frequencies; not in HF's files: loader.py makes them from the config.
             self.rope_ext_factors = nn.Parameter((2, cfg.rotary_dim // 2), "float32")
         else:
             self.rope_ext_factors = None
-
-
-def _modules_of_type(module, cls):
-    """Every submodule of `module` that is a `cls` (nn.Module has no modules() walker)."""
-    for value in vars(module).values():
-        children = list(value) if isinstance(value, nn.ModuleList) else [value]
-        for child in children:
-            if isinstance(child, cls):
-                yield child
-            if isinstance(child, nn.Module):
-                yield from _modules_of_type(child, cls)
 
 
 class Phi3ForCausalLM(nn.Module):
@@ -164,16 +111,10 @@ class Phi3ForCausalLM(nn.Module):
         self.cfg = cfg
         self.target = target
         self.kv_dtype = kv_dtype
-        self.model = Body(cfg, quant, quantize_embedding)
+        linear = Linears(quant, kernel_family(target))  # every layer: the entry's kernels for this target
+        self.model = Body(cfg, linear, quantize_embedding)
         if not cfg.tie_word_embeddings:
-            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, quant, quantize=quantize_embedding)
-        if target is not None and "gpu" in target.keys:
-            for linear in _modules_of_type(self, Linear):
-                linear.ops = kernels_gpu
-        elif quant.int8_activations:
-            isas = kernels_int8.dot_isas(target)
-            for linear in _modules_of_type(self, Linear):
-                linear.dot_isa = kernels_int8.pick(isas, linear.in_features, linear.group)
+            self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, quantize=quantize_embedding)
 
     def _forward(self, input_ids, kv, factor_len=None):
         b, t = input_ids.shape

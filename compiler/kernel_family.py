@@ -1,0 +1,44 @@
+"""Which kernels a target gets: its kernel family, decided here and nowhere else.
+
+    cpu          an LLVM CPU target: our tensor-expression linears (kernels.py) and TIR GEMVs
+                 (kernels_gemv.py), scheduled by our CPU rules (schedules.py)
+    cpu-int8dot  the same, on a CPU with int8 dot products (kernels_int8.ISAS, widest first):
+                 a scheme with int8 activations runs its decode and prefill on them
+    gpu          a GPU target: the textbook forms of kernels_gpu.py, scheduled by dlight's GPU
+                 rules (schedules_gpu.py)
+
+A quantization entry (compiler/quantize.py) picks its linear kernels by the family; the
+pipeline picks the schedule rules by `is_gpu`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KernelFamily:
+    name: str  # "cpu" | "cpu-int8dot" | "gpu"
+    dot_isas: tuple = ()  # cpu-int8dot: the target's kernels_int8.DotISA, widest first
+
+    @property
+    def gpu(self) -> bool:
+        return self.name == "gpu"
+
+
+CPU = KernelFamily("cpu")
+GPU = KernelFamily("gpu")
+
+
+def is_gpu(target) -> bool:
+    """A tvm.target.Target whose code runs on a GPU (TVM tags those with the "gpu" key)."""
+    return target is not None and "gpu" in target.keys
+
+
+def kernel_family(target) -> KernelFamily:
+    """The family of a tvm.target.Target (None: a plain CPU)."""
+    if is_gpu(target):
+        return GPU
+    from edgesmith.compiler.kernels_int8 import dot_isas
+
+    isas = dot_isas(target)
+    return KernelFamily("cpu-int8dot", tuple(isas)) if isas else CPU

@@ -1,0 +1,146 @@
+"""The model registry: one `ModelArchitecture` entry per `architectures` value of config.json.
+
+An entry is everything edgesmith knows about one architecture, each piece in the entry's own
+folder (compiler/models/<name>/): how its config.json reads, which tensors its checkpoints hold
+(names and shapes), where each parameter of our model comes from in them (the name map, with
+fusions), the nn model itself, and the `random:` presets of its public shapes. The rest of the
+compiler looks an architecture up here and never imports a model folder by name.
+
+Nothing here imports TVM: the CLI reads the registry for its help text. The nn model is loaded
+by `ModelArchitecture.model_class()` when a compile traces it.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgesmith.errors import ConfigError
+
+# What a config.json without an `architectures` list is read as (early Phi-3 exports omit it).
+DEFAULT_ARCHITECTURE = "Phi3ForCausalLM"
+
+
+@dataclass(frozen=True)
+class ParamSource:
+    """Where one parameter of our model comes from in a checkpoint (in its float form).
+
+    hf_names: the checkpoint tensors it is made from, in order.
+    combine: how several of them become ours (a fusion: q, k and v stacked by rows); None: the
+        one tensor as it is.
+    derive: for a parameter no checkpoint holds, its value computed from the config
+        (Phi-3's longrope factors); hf_names is then empty.
+    """
+
+    hf_names: tuple[str, ...]
+    combine: Callable[[list[np.ndarray]], np.ndarray] | None = None
+    derive: Callable[[Any], np.ndarray] | None = None
+
+    def read(self, ckpt) -> np.ndarray:
+        """The parameter as float32, from `ckpt` (a compiler.source.Checkpoint)."""
+        if self.derive is not None:
+            return self.derive(ckpt.config)
+        parts = [ckpt.read(name) for name in self.hf_names]
+        return self.combine(parts) if self.combine is not None else parts[0]
+
+    def read_q4(self, ckpt, group_size: int, scale_dtype: str):
+        """The parameter already in our int4 layout when the source stores it so (an int4 ONNX
+        export), else None. Only a parameter made of one tensor: a fusion re-quantizes."""
+        if self.derive is not None or self.combine is not None or len(self.hf_names) != 1:
+            return None
+        return ckpt.read_q4(self.hf_names[0], group_size, scale_dtype)
+
+
+def stack_rows(parts: list[np.ndarray]) -> np.ndarray:
+    """The usual fusion: [(n1, k), (n2, k), ...] -> (n1 + n2 + ..., k)."""
+    return np.concatenate(parts, axis=0)
+
+
+@dataclass(frozen=True)
+class ModelArchitecture:
+    """One architecture. The config its parser returns is a frozen dataclass whose class names the
+    architecture (`architecture` ClassVar), with `to_dict()`, and the fields the shared compiler
+    reads: vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
+    head_dim, max_position_embeddings, sliding_window, tie_word_embeddings, dtype, eos_token_ids."""
+
+    architecture: str  # config.json's `architectures` value: "Phi3ForCausalLM"
+    name: str  # the folder under compiler/models/: "phi3"
+    models: str  # what it covers, for messages: "Phi-3/3.5/4-mini"
+    parse_config: Callable[[dict, str], Any]  # (config.json dict, where it came from) -> config
+    expected_shapes: Callable[[Any], dict[str, tuple[int, ...]]]  # config -> checkpoint tensor -> shape
+    param_source: Callable[[Any, str], ParamSource]  # (config, our float parameter name) -> its source
+    model: str  # "module:Class" of the nn.Module, imported by model_class() (TVM)
+    random_presets: Mapping[str, dict] = field(default_factory=dict)  # random:<preset> -> config.json dict
+    onnx_genai_types: tuple[str, ...] = ()  # ONNX Runtime GenAI `model.type` values of this architecture
+
+    def model_class(self) -> type:
+        """The nn.Module: (config, quantization, *, quantize_embedding, target, kv_dtype) -> model
+        with prefill, decode, create_paged_kv_cache and get_default_spec (models/phi3/model.py)."""
+        module, _, cls = self.model.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+MODELS: dict[str, ModelArchitecture] = {}
+
+
+def register(entry: ModelArchitecture) -> ModelArchitecture:
+    """Add an architecture; its random presets must not clash with another's."""
+    if entry.architecture in MODELS:
+        raise ValueError(f"architecture {entry.architecture} is registered already")
+    clash = sorted(set(entry.random_presets) & set(RANDOM_PRESETS))
+    if clash:
+        raise ValueError(f"{entry.architecture}: random presets {clash} belong to another architecture")
+    MODELS[entry.architecture] = entry
+    return entry
+
+
+def supported() -> str:
+    """'Phi3ForCausalLM (Phi-3/3.5/4-mini)', for messages."""
+    return ", ".join(f"{m.architecture} ({m.models})" for m in MODELS.values())
+
+
+def get_architecture(architecture: str, where: str = "config") -> ModelArchitecture:
+    try:
+        return MODELS[architecture]
+    except KeyError:
+        raise ConfigError(f"{where} says architecture {architecture!r}; edgesmith compiles {supported()} only") from None
+
+
+def for_config(cfg) -> ModelArchitecture:
+    """The entry a parsed config belongs to (its class names the architecture)."""
+    return get_architecture(type(cfg).architecture, where=f"a {type(cfg).__name__}")
+
+
+def for_onnx_genai_type(kind: str) -> ModelArchitecture | None:
+    return next((m for m in MODELS.values() if kind in m.onnx_genai_types), None)
+
+
+def onnx_genai_types() -> list[str]:
+    return [t for m in MODELS.values() for t in m.onnx_genai_types]
+
+
+class _Presets(Mapping):
+    """Every architecture's random presets as one read-only name -> config.json dict mapping,
+    live: an architecture registered later shows up in it."""
+
+    def __getitem__(self, name: str) -> dict:
+        for m in MODELS.values():
+            if name in m.random_presets:
+                return m.random_presets[name]
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        for m in MODELS.values():
+            yield from m.random_presets
+
+    def __len__(self) -> int:
+        return sum(len(m.random_presets) for m in MODELS.values())
+
+    def __repr__(self) -> str:
+        return f"RANDOM_PRESETS({', '.join(self)})"
+
+
+RANDOM_PRESETS: Mapping[str, dict] = _Presets()

@@ -1,0 +1,31 @@
+"""FloatWeights (q0f32, q0f16): every weight stored as it is, in one float dtype.
+
+Kernels: kernels.float_linear on CPU targets (decode split into vector lanes, prefill a register-
+tiled GEMM; schedules.py), kernels_gpu.float_linear on GPUs; embedding rows by kernels.float_embedding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgesmith.compiler.quant_scheme import Quantization
+
+
+@dataclass(frozen=True)
+class FloatWeights(Quantization):
+    """weight_bits 0; storage_dtype: the weights' dtype."""
+
+    def params(self, n, k):
+        return {"weight": ((n, k), self.storage_dtype)}
+
+    def linear(self, layer, x, family):
+        from edgesmith.compiler import kernels, kernels_gpu
+        from edgesmith.targets.tvm_api import nn
+
+        ops = kernels_gpu if family.gpu else kernels
+        return nn.op.tensor_expr_op(ops.float_linear, "matmul", [x, layer.weight])
+
+    def lookup(self, layer, ids):
+        from edgesmith.compiler import kernels
+        from edgesmith.targets.tvm_api import nn
+
+        return nn.op.tensor_expr_op(kernels.float_embedding, "take", [ids, layer.weight])

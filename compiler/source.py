@@ -1,0 +1,90 @@
+"""What every checkpoint source provides (`Checkpoint`), and its check against the architecture.
+
+The sources: a Hugging Face folder (checkpoint.py), `random:` (random_weights.py), an ONNX Runtime
+GenAI folder (onnx_checkpoint.py); checkpoint.open_checkpoint picks one. They import this module,
+never each other. The tensors an architecture's checkpoint must hold come from the model registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesmith.compiler.models import for_config
+from edgesmith.errors import CheckpointError
+
+RANDOM_PREFIX = "random:"
+
+
+class Checkpoint(ABC):
+    """Config + named tensors. Subclasses fill `_shapes` and implement `_read` and `fingerprint`."""
+
+    config: Any  # the architecture's config (models/<name>/config.py), e.g. Phi3Config
+    description: str
+    tokenizer_path: Path | None = None  # tokenizer.json the bundle carries
+    tokenizer_files: tuple[Path, ...] = ()  # what goes with it: tokenizer_config.json, chat_template.jinja
+    tokenizer_entry: dict | None = None  # the manifest's "tokenizer": where it comes from, or why there is none
+    spec: str = ""  # what `compile` is given to open this checkpoint again (the manifest's model.spec)
+    source_format = "safetensors"  # "random", "onnx" (onnx_checkpoint.py)
+    preferred_quant = "q4f16"  # the source's own scheme (an int4 ONNX export's scales: q4f32)
+    _shapes: dict[str, tuple[int, ...]]
+
+    def tensor_names(self) -> list[str]:
+        return sorted(self._shapes)
+
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        self._check_name(name)
+        return self._shapes[name]
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as float32, C-contiguous, owned by the caller (not a view of the file)."""
+        self._check_name(name)
+        return self._read(name)
+
+    def read_q4(self, name: str, group_size: int, scale_dtype: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The tensor already in our int4 layout (packed, scales) when the source stores it so, else None."""
+        return None
+
+    def source_info(self, quant) -> dict:
+        """What the manifest records about the source's format (and what stayed exact)."""
+        return {"format": self.source_format}
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A stable id of the source (for caches), cheap to compute."""
+
+    @abstractmethod
+    def _read(self, name: str) -> np.ndarray: ...
+
+    def _check_name(self, name: str) -> None:
+        if name not in self._shapes:
+            raise CheckpointError(f"{self.description} has no tensor {name!r} — see tensor_names() for what it holds")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description}>"
+
+
+def expected_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of `cfg`'s architecture must hold, with its shape ([out, in] for linears)."""
+    return for_config(cfg).expected_shapes(cfg)
+
+
+def validate(ckpt: Checkpoint) -> None:
+    """Every expected tensor present with the right shape; extra tensors (rotary inv_freq, ...) are ignored."""
+    have = set(ckpt.tensor_names())
+    arch = for_config(ckpt.config)
+    for name, shape in arch.expected_shapes(ckpt.config).items():
+        if name not in have:
+            raise CheckpointError(
+                f"{ckpt.description} lacks tensor {name!r} (expected shape {list(shape)}) — the checkpoint is"
+                f" incomplete or not a {arch.architecture} ({arch.models}) model"
+            )
+        got = ckpt.tensor_shape(name)
+        if tuple(got) != shape:
+            raise CheckpointError(
+                f"{ckpt.description}: tensor {name!r} has shape {list(got)}, expected {list(shape)} from config.json"
+                " — config.json and the weights disagree"
+            )
