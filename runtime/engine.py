@@ -135,7 +135,7 @@ class Engine:
         self.reset()
         ids = np.asarray(token_ids, dtype="int32")[None, :]
         # every chunk is told the whole prompt's length: longrope picks its factors by it, as a
-        # single forward over the prompt would (model_phi3.prefill)
+        # single forward over the prompt would (compiler/models/phi3/model.py, prefill)
         total = self._tvm.runtime.ShapeTuple([ids.shape[1]])
         for start in range(0, ids.shape[1], self.chunk):
             logits = self._forward("prefill", ids[:, start:start + self.chunk], total)
