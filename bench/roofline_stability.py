@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ def main() -> None:
     for i in range(args.probes):
         lines = subprocess.run([str(bundle / "bin" / "runner"), "membw", str(bundle), "--mb", str(mb), "-r", "5"],
                                capture_output=True, text=True, check=True).stdout.splitlines()
-        probes.append(json.loads(lines[-1]))
+        probes.append(dict(json.loads(lines[-1]), load=round(os.getloadavg()[0], 2)))
         print(f"probe {i + 1}: {probes[-1]['read_gb_s']:.2f} GB/s", file=sys.stderr)
         time.sleep(2)
     profiles = []
@@ -47,21 +48,27 @@ def main() -> None:
         roof = rec["roofline"]
         profiles.append({"run": i + 1, "tg": rec["tg"]["mean"], "read_gb_s": roof["read_gb_s"],
                          "decode_gb_s": roof["decode_gb_s"], "bound": roof["bound"],
-                         "ceiling_tok_s": roof["ceiling_tok_s"], "fraction": roof["fraction"]})
+                         "ceiling_tok_s": roof["ceiling_tok_s"], "fraction": roof["fraction"],
+                         "load": round(os.getloadavg()[0], 2)})
         print(f"profile {i + 1}: tg {rec['tg']['mean']:.2f} tok/s, ceiling {roof['read_gb_s']} GB/s "
               f"({roof['bound']})", file=sys.stderr)
-    gbs = [p["read_gb_s"] for p in probes]
-    ceilings = [p["read_gb_s"] for p in profiles]
-    summary = {"probe_spread": (max(gbs) - min(gbs)) / max(gbs),
-               "profile_ceiling_spread": (max(ceilings) - min(ceilings)) / max(ceilings)}
+    def spread(xs):
+        return (max(xs) - min(xs)) / max(xs) if xs else None
+
+    # the load average beside every number: this measures the machine, and a busy one reads less
+    summary = {"probe_spread": spread([p["read_gb_s"] for p in probes]),
+               "profile_ceiling_spread": spread([p["read_gb_s"] for p in profiles])}
     print(table([dict(p, run=i + 1) for i, p in enumerate(probes)],
                 [("run", "probe"), ("read_gb_s", "best GB/s"), ("median_gb_s", "median GB/s"), ("spread", "passes' spread"),
-                 ("mb", "MiB"), ("threads", "threads")]))
+                 ("mb", "MiB"), ("threads", "threads"), ("load", "load avg (1 min)")]))
     print()
     print(table(profiles, [("run", "profile"), ("tg", "decode tok/s"), ("read_gb_s", "ceiling GB/s"),
-                           ("decode_gb_s", "decode GB/s"), ("bound", "bound"), ("fraction", "fraction")]))
-    print(f"\nprobe spread over {len(probes)} runs: {100 * summary['probe_spread']:.1f}%; ceiling spread over "
-          f"{len(profiles)} profiles: {100 * summary['profile_ceiling_spread']:.1f}%")
+                           ("decode_gb_s", "decode GB/s"), ("bound", "bound"), ("fraction", "fraction"),
+                           ("load", "load avg (1 min)")]))
+    for key, what, n in (("probe_spread", "probe spread over", len(probes)),
+                         ("profile_ceiling_spread", "ceiling spread over", len(profiles))):
+        if summary[key] is not None:
+            print(f"{what} {n} runs: {100 * summary[key]:.1f}%")
     write_json(OUT / "roofline_stability.json", {"model": args.model, "quant": args.quant, "probes": probes,
                                                  "profiles": profiles, **summary, "date": time.strftime("%Y-%m-%d")})
 
