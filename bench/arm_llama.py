@@ -21,10 +21,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import extract_llama_sdist  # noqa: E402
+
 VERSION = "0.3.36"  # llama-cpp-python; its vendor/llama.cpp is what is compiled
 KEEP = ("CMakeLists.txt", "cmake/", "ggml/", "src/", "include/", "vendor/", "licenses/", "LICENSE",
         "convert_hf_to_gguf.py", "conversion/", "gguf-py/")
@@ -51,22 +53,8 @@ def source(cache: Path, version: str = VERSION) -> Path:
     if (src / ".complete").exists():
         return src
     shutil.rmtree(src, ignore_errors=True)
-    dl = cache / "sdist"
-    shutil.rmtree(dl, ignore_errors=True)
     print(f"llama.cpp: pip download llama-cpp-python=={version} (sdist, ~77 MB)", file=sys.stderr)
-    sh([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-        f"llama-cpp-python=={version}", "-d", str(dl)], what="pip download llama-cpp-python sdist")
-    with tarfile.open(next(dl.glob("llama_cpp_python-*.tar.gz"))) as tar:
-        root = tar.getnames()[0].split("/")[0]
-        prefix = f"{root}/vendor/llama.cpp/"
-        keep = tuple(prefix + p for p in KEEP)
-        members = [m for m in tar.getmembers() if m.name.startswith(keep)]
-        for m in members:
-            m.name = m.name[len(prefix):]
-        tar.extractall(src, members=members, filter="data")
-    shutil.rmtree(dl)
-    (src / ".complete").touch()
-    return src
+    return extract_llama_sdist(sh, version, cache / "sdist", src, KEEP)
 
 
 def _need(tool: str) -> str:

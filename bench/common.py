@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tarfile
 import statistics
 import sys
 import time
@@ -55,3 +57,22 @@ def cached_bundle(out_dir: Path, model: str, quant: str, rebuild: bool = False) 
         compile_bundle(model, quant, "host", bundle)
         print(f"compiled {quant} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return bundle
+
+
+def extract_llama_sdist(sh, version: str, download: Path, dest: Path, keep: tuple[str, ...]) -> Path:
+    """llama-cpp-python's sdist downloaded into `download`, the parts of its vendor/llama.cpp named
+    by `keep` (path prefixes) extracted into `dest` and marked complete; `sh(cmd, what=...)` runs
+    pip the caller's way (its errors are the caller's)."""
+    shutil.rmtree(download, ignore_errors=True)
+    sh([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+        f"llama-cpp-python=={version}", "-d", str(download)], what="pip download llama-cpp-python sdist")
+    with tarfile.open(next(download.glob("llama_cpp_python-*.tar.gz"))) as tar:
+        root = tar.getnames()[0].split("/")[0]
+        prefix = f"{root}/vendor/llama.cpp/"
+        members = [m for m in tar.getmembers() if m.name.startswith(tuple(prefix + k for k in keep))]
+        for m in members:
+            m.name = m.name[len(prefix):]
+        tar.extractall(dest, members=members, filter="data")
+    shutil.rmtree(download)
+    (dest / ".complete").touch()
+    return dest

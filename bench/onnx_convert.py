@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_json  # noqa: E402
-from peer_model import MINI_4K  # noqa: E402
+from peer_model import MINI_4K, write_weights  # noqa: E402
 
 MODELS = Path(__file__).parent / "models"
 
@@ -56,15 +56,9 @@ def run(cmd: list[str]) -> tuple[float, float, str]:
 def write_checkpoint(out: Path, layers: int, seed: int = 0) -> Path:
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
         return out
-    import torch
     from tokenizers import Tokenizer, models
-    from transformers import Phi3Config, Phi3ForCausalLM
 
-    torch.manual_seed(seed)
-    model = Phi3ForCausalLM(Phi3Config(num_hidden_layers=layers, **MINI_4K)).to(torch.float16).eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    del model
+    write_weights(out, layers, seed)
     # The builder wants a tokenizer it can load; conversion never looks at it.
     vocab = {f"w{i}": i for i in range(MINI_4K["vocab_size"])}
     Tokenizer(models.WordLevel(vocab, unk_token="w0")).save(str(out / "tokenizer.json"))

@@ -33,6 +33,13 @@ def write_checkpoint(out: Path, layers: int = 4, seed: int = 0) -> Path:
     out = Path(out)
     if (out / "config.json").is_file() and list(out.glob("*.safetensors")) and (out / "tokenizer.model").is_file():
         return out
+    write_weights(out, layers, seed)
+    write_tokenizer(out)
+    return out
+
+
+def write_weights(out: Path, layers: int, seed: int = 0) -> None:
+    """config.json and float16 model.safetensors: transformers' own random init, seeded."""
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
@@ -40,9 +47,6 @@ def write_checkpoint(out: Path, layers: int = 4, seed: int = 0) -> Path:
     model = Phi3ForCausalLM(Phi3Config(num_hidden_layers=layers, **MINI_4K)).to(torch.float16).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    del model
-    write_tokenizer(out)
-    return out
 
 
 def _pieces() -> list[tuple[str, float, int]]:

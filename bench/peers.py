@@ -34,13 +34,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import table, write_json  # noqa: E402
+from common import extract_llama_sdist, table, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "models"
@@ -159,20 +158,7 @@ def _llama_sdist(version: str | None, out: Path) -> Path:
     if (src / ".complete").exists() or version is None:
         return src
     shutil.rmtree(src, ignore_errors=True)
-    dl = out / "sdist"
-    sh([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-        f"llama-cpp-python=={version}", "-d", str(dl)], what="pip download llama-cpp-python sdist")
-    with tarfile.open(next(dl.glob("llama_cpp_python-*.tar.gz"))) as tar:
-        root = tar.getnames()[0].split("/")[0]
-        prefix = f"{root}/vendor/llama.cpp/"
-        keep = tuple(prefix + p for p in ("convert_hf_to_gguf.py", "conversion/", "gguf-py/"))
-        members = [m for m in tar.getmembers() if m.name.startswith(keep)]
-        for m in members:
-            m.name = m.name[len(prefix):]
-        tar.extractall(src, members=members, filter="data")
-    shutil.rmtree(dl)
-    (src / ".complete").touch()
-    return src
+    return extract_llama_sdist(sh, version, out / "sdist", src, ("convert_hf_to_gguf.py", "conversion/", "gguf-py/"))
 
 
 def build_ort(hf: Path, args) -> Built:
