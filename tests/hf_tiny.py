@@ -114,7 +114,11 @@ def make_tiny_checkpoint(
 ) -> Path:
     """Build, save (safetensors) and return the folder. `max_shard_size` (e.g. "20KB") forces shards."""
     import torch
+    from transformers.utils import logging as hf_logging
 
+    # save_pretrained's progress bar goes to stderr, and a test that builds its checkpoint inside
+    # a capsys test (a fixture first used there, as in a shuffled order) would read it as its own
+    hf_logging.disable_progress_bar()
     out_dir = Path(out_dir)
     model = make_tiny_model(variant, seed=seed, overrides=overrides).to(getattr(torch, dtype))
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}

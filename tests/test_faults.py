@@ -76,6 +76,20 @@ def in_flight(emulators, name: str, bundle: Path) -> set[str]:
     return {rel for rel, sha in expected(bundle).items() if temp_name(rel, sha) in files}
 
 
+def settle(emulators, name: str, bundle: Path, quiet: float = 1.5, limit: float = 15.0) -> None:
+    """Wait until the device's files stop changing: after our client gave up, the device's side
+    (sftp-server, adbd) may still be writing what had arrived; a snapshot taken before that ends
+    misses a temporary that the retry then rightly renames."""
+    last, since, t0 = None, time.monotonic(), time.monotonic()
+    while time.monotonic() - t0 < limit:
+        now = device_files(emulators, name, bundle)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.25)
+
+
 def retry_sends_only_what_was_missing(devices, emulators, name, bundle, before: set[str],
                                       started: set[str] = frozenset()) -> None:
     clear_fault(Path(emulators["state_dir"]), name)
@@ -108,6 +122,7 @@ def _fault_during_push(devices, emulators, arm64_bundle, fault, name, kind):
     message, took = fails_in_time(name, lambda: run_bundle(devices[name], arm64_bundle, GENERATE, timeout=TIMEOUT))
     print(f"\n{name} {kind} during push: failed after {took:.2f} s: {message}")
     assert re.search(SAYS[kind], message), message
+    settle(emulators, name, arm64_bundle)
     complete_files(emulators, name, arm64_bundle)
     before = held_files(emulators, name, arm64_bundle)
     started = in_flight(emulators, name, arm64_bundle)

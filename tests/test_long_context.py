@@ -238,6 +238,7 @@ def test_kv_dtype_defaults_follow_the_target():
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()  # what fixtures printed before is not the command's
     code = cli_main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
