@@ -1,0 +1,195 @@
+"""Kernel choices as parameters, and the tuning record that picks them per kernel shape.
+
+Our CPU kernels are hand-scheduled; the choices in them were measured on one x86 host. Each
+family's choices are one small frozen dataclass here, whose defaults are those values:
+
+    GemvParams       decode GEMVs (kernels_gemv.q4_gemv float activations; kernels_int8.q4_gemv_i8):
+                     rows per parallel task, software prefetch distance in rows
+    GemmI8Params     prefill int8 GEMM (kernels_int8.q4_gemm_i8): tokens per register tile
+    GemmParams       prefill float GEMM (kernels.q4_linear / float_linear + schedules.Linear):
+                     tokens per register tile (the padding and the schedule's split agree on it)
+
+A kernel is named by a shape key, e.g. `gemv_i8:n=9216:k=3072:g=32:s=float16`; a Tuning maps keys
+to params and answers the defaults for any key it lacks. `edgesmith tune` (runtime/tune/) measures
+candidates on a device and writes a record (TuningRecord, JSON); `compile --tuning` applies it and
+the manifest's "tuning" says what was applied. TVM-free: the CLI reads records before TVM loads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgesmith.errors import EdgesmithError
+
+RECORD_FORMAT = 1
+
+
+class TuningError(EdgesmithError):
+    """A tuning record that cannot be used: unreadable, or measured on another device/target."""
+
+
+@dataclass(frozen=True)
+class GemvParams:
+    rows: int = 16  # output rows per parallel task
+    prefetch_rows: int = 2  # llvm.prefetch of the weight this many rows ahead
+
+
+@dataclass(frozen=True)
+class GemmI8Params:
+    tokens: int = 4  # register tile: tokens x 2 vectors of outputs
+
+
+@dataclass(frozen=True)
+class GemmParams:
+    tokens: int = 8  # register tile: tokens x 2 vectors of outputs (kernels.ROW_TILE's default)
+
+
+# kind of kernel -> its params class. The kind is the shape key's prefix.
+KINDS: dict[str, type] = {"gemv": GemvParams, "gemv_i8": GemvParams, "gemm_i8": GemmI8Params, "gemm": GemmParams}
+
+# The small spaces `tune` searches (the default always among them).
+SPACES: dict[str, list] = {
+    "gemv": [GemvParams(r, p) for r in (4, 8, 16, 32) for p in (0, 2, 4)],
+    "gemv_i8": [GemvParams(r, p) for r in (4, 8, 16, 32) for p in (0, 2, 4)],
+    "gemm_i8": [GemmI8Params(t) for t in (2, 4, 6, 8)],
+    "gemm": [GemmParams(t) for t in (4, 6, 8, 12)],
+}
+
+
+def shape_key(kind: str, n: int, k: int, group: int = 0, scale_dtype: str = "") -> str:
+    """`kind:n=N:k=K[:g=G:s=DTYPE]`: one kernel of one shape (the float GEMM has no groups)."""
+    if kind not in KINDS:
+        raise ValueError(f"kernel kind {kind!r}: one of {', '.join(KINDS)}")
+    key = f"{kind}:n={n}:k={k}"
+    return key + (f":g={group}:s={scale_dtype}" if group else "")
+
+
+def parse_key(key: str) -> dict:
+    kind, *parts = key.split(":")
+    out: dict = {"kind": kind}
+    for part in parts:
+        name, _, value = part.partition("=")
+        out[name] = value if name == "s" else int(value)
+    return out
+
+
+def params_from_dict(kind: str, data: dict):
+    cls = KINDS[kind]
+    names = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(data, dict) or set(data) - names:
+        raise TuningError(f"tuning params {data!r} for a {kind} kernel: expected the fields {sorted(names)}")
+    try:
+        params = cls(**{k: int(v) for k, v in data.items()})
+    except (TypeError, ValueError):
+        raise TuningError(f"tuning params {data!r} for a {kind} kernel are not whole numbers") from None
+    check_params(kind, params)
+    return params
+
+
+def check_params(kind: str, params) -> None:
+    bad = [f.name for f in dataclasses.fields(params) if getattr(params, f.name) < (0 if f.name == "prefetch_rows" else 1)]
+    if bad:
+        raise TuningError(f"tuning params {dataclasses.asdict(params)} for a {kind} kernel: {', '.join(bad)} out of range")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Params per shape key (a tuple of pairs: hashable, so a KernelFamily can carry it)."""
+
+    entries: tuple = ()
+
+    @classmethod
+    def of(cls, table: dict) -> Tuning:
+        return cls(tuple(sorted(table.items())))
+
+    def params(self, kind: str, n: int, k: int, group: int = 0, scale_dtype: str = ""):
+        key = shape_key(kind, n, k, group, scale_dtype)
+        for name, params in self.entries:
+            if name == key:
+                return params
+        return KINDS[kind]()
+
+    def as_dict(self) -> dict:
+        return {key: dataclasses.asdict(p) for key, p in self.entries}
+
+
+DEFAULT = Tuning()
+
+
+# ------------------------------------------------------------------ the record
+
+
+@dataclass
+class TuningRecord:
+    """What `edgesmith tune` measured on one device for one target: per shape key, the chosen
+    params and the timings behind them. JSON; keyed by the device fingerprint (runtime/tune/)."""
+
+    fingerprint: dict  # arch, cpu_model, cores, isa (sorted flags that matter), gpu
+    fingerprint_id: str  # sha256[:16] of the fingerprint's JSON
+    target: str  # target preset the candidates were built for
+    device: str  # devices.yaml name it was measured on ("host": this machine)
+    emulated: bool  # measured under qemu: proves the mechanism, never a device's best choice
+    kernels: dict = field(default_factory=dict)  # key -> {params, median_us, default_us, candidates}
+    complete: bool = True  # False: the budget ran out before every shape was measured
+    notes: list = field(default_factory=list)
+    created: str = ""
+    format: int = RECORD_FORMAT
+
+    def tuning(self) -> Tuning:
+        return Tuning.of({key: params_from_dict(parse_key(key)["kind"], entry["params"])
+                          for key, entry in self.kernels.items()})
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def write(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.as_dict(), indent=1) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> TuningRecord:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise TuningError(f"tuning record {path} not found; write one with `edgesmith tune MODEL -o {path}`") from None
+        except (OSError, ValueError) as e:
+            raise TuningError(f"tuning record {path} is not readable JSON ({e}); tune again") from None
+        if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
+            raise TuningError(f"tuning record {path} has format {data.get('format') if isinstance(data, dict) else None!r}; "
+                              f"this edgesmith reads format {RECORD_FORMAT}: tune again")
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = {"fingerprint", "fingerprint_id", "target", "device", "emulated"} - set(data)
+        if missing or not isinstance(data.get("kernels", {}), dict):
+            raise TuningError(f"tuning record {path} is damaged (missing {sorted(missing) or 'kernels'}); tune again")
+        record = cls(**{k: v for k, v in data.items() if k in known})
+        record.tuning()  # every entry's params checked now, not at compile's end
+        return record
+
+
+def fingerprint_id(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint_mismatch(record: TuningRecord, fingerprint: dict) -> str | None:
+    """What differs between the record's device and `fingerprint` (None: the same device kind)."""
+    diffs = [f"{k} {record.fingerprint.get(k)!r} vs {fingerprint.get(k)!r}"
+             for k in sorted(set(record.fingerprint) | set(fingerprint))
+             if record.fingerprint.get(k) != fingerprint.get(k)]
+    return "; ".join(diffs) or None
+
+
+def manifest_entry(record: TuningRecord | None, tuning: Tuning, source: str) -> dict:
+    """The manifest's "tuning": where the params came from and every non-default one applied."""
+    if record is None:
+        return {"source": "defaults", "kernels": {}}
+    return {"source": source, "device": record.device, "fingerprint_id": record.fingerprint_id,
+            "fingerprint": record.fingerprint, "emulated": record.emulated, "complete": record.complete,
+            "kernels": tuning.as_dict()}
