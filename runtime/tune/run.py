@@ -1,0 +1,229 @@
+"""The tuning loop: for each tunable kernel shape of the model, build the candidates of its small
+space (compiler/tuning.SPACES) into one library, push it with the runner session, time it with
+`runner kernelbench` (warm-up, alternating rounds, medians, the thermal gate), keep the best.
+
+Budget: before each shape the time it will take is estimated from what the shapes before it took
+(a prior for the first); a shape that would not fit is not started, and the runner's own timeout
+is what is left. The record then says it is incomplete, and why.
+
+Resume: the record in the cache (<cache>/tuning/<fingerprint id>-<target>.json) is written after
+every shape; a later `tune` of the same device and target measures only the shapes it lacks
+(restart=True measures all again). So an interrupted tune loses at most the shape in flight, and
+a second model with the same shapes costs nothing.
+
+Emulated devices (qemu) are refused unless allow_emulated: their timings say nothing about a
+device; with it, the record is marked emulated and `compile` says so when it applies one.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgesmith.compiler.tuning import SPACES, TuningRecord, fingerprint_id, parse_key
+from edgesmith.errors import EdgesmithError
+from edgesmith.runtime.tune.fingerprint import describe, fingerprint
+
+
+@dataclass
+class TuneOptions:
+    budget_s: float = 600.0
+    allow_emulated: bool = False
+    restart: bool = False  # ignore the cached record's shapes and measure them all again
+    quant: str | None = None  # None: the target's default for this model
+    quantize_embedding: bool = True
+    reps: int = 7  # rounds of every candidate
+    warmup: int = 2
+    min_time: float = 0.02  # seconds per sample (back-to-back calls)
+    tie_margin: float = 0.02  # a candidate must beat the default by this fraction to replace it
+    cool_below: float | None = None  # °C before each round; None: the start temperature + 5, if it has zones
+
+
+class _Quiet:
+    def step(self, msg: str) -> None:
+        pass
+
+    def note(self, msg: str) -> None:
+        pass
+
+    def bar(self, total: int, unit: str):
+        return lambda n=1: None
+
+
+def cache_path(fp: dict, target: str) -> Path:
+    from edgesmith.targets.cache import cache_root
+
+    return cache_root() / "tuning" / f"{fingerprint_id(fp)}-{target}.json"
+
+
+def emulated_refusal(device) -> str:
+    return (f"device '{device.name}' is emulated ({' '.join(device.exec_wrapper[:1])}): its timings say nothing about "
+            "a real device, so tune refuses to choose kernels on it; pass --allow-emulated to test the mechanism "
+            "(the record is then marked emulated)")
+
+
+def tune_model(model: str, device, options: TuneOptions | None = None, *, out: Path | None = None,
+               progress=None) -> tuple[TuningRecord, Path]:
+    """Tune `model`'s kernels on `device` (a devices.yaml Device). Returns the record and where the
+    cache keeps it (also written to `out` when given)."""
+    o = options or TuneOptions()
+    say = progress or _Quiet()
+    if o.budget_s <= 0:
+        raise EdgesmithError(f"--budget {o.budget_s / 60:g} minutes: it must be more than 0")
+    if device.emulated and not o.allow_emulated:
+        raise EdgesmithError(emulated_refusal(device))
+    start = time.monotonic()
+    deadline = start + o.budget_s
+
+    import tvm
+    from edgesmith.compiler.checkpoint import default_quant, open_checkpoint
+    from edgesmith.compiler.kernel_family import kernel_family
+    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.runtime.tune.shapes import tunable_shapes
+    from edgesmith.targets.presets import get_preset
+
+    preset = get_preset(device.target)
+    if preset.gpu is not None:
+        raise EdgesmithError(f"device '{device.name}' has target {preset.name} (a {preset.gpu.api} GPU): tune "
+                             "measures the CPU kernels' choices; use a CPU target's device")
+    ckpt = open_checkpoint(model)
+    quant = get_quantization(o.quant or default_quant(ckpt, preset.name)[0])
+    family = kernel_family(tvm.target.Target(preset.tvm_target()))
+    shapes = tunable_shapes(ckpt.config, quant, family, quantize_embedding=o.quantize_embedding)
+
+    from edgesmith.runtime.transports import open_transport
+
+    transport = open_transport(device)
+    try:
+        probe = transport.probe(timeout=60)
+    finally:
+        transport.close()
+    fp = fingerprint(probe)
+    path = cache_path(fp, preset.name)
+    record = _cached(path, fp, preset.name) if not o.restart else None
+    if record is None:
+        record = TuningRecord(fingerprint=fp, fingerprint_id=fingerprint_id(fp), target=preset.name,
+                              device=device.name, emulated=device.emulated)
+    record.device, record.emulated = device.name, record.emulated or device.emulated
+    todo = [s for s in shapes if s.key not in record.kernels]
+    say.step(f"tune: {ckpt.description} at {quant.name} on '{device.name}', {describe(fp)}: {len(shapes)} kernel "
+             f"shapes, {len(shapes) - len(todo)} already in {path}; budget {o.budget_s / 60:g} min")
+    cool = o.cool_below
+    if cool is None and probe.get("thermal"):
+        cool = max(probe["thermal"].values()) + 5
+
+    estimate = _Estimate()
+    tick = say.bar(sum(len(SPACES[parse_key(s.key)["kind"]]) for s in todo), "candidate")
+    stopped = None
+    for shape in todo:
+        n_cand = len(SPACES[parse_key(shape.key)["kind"]])
+        left = deadline - time.monotonic()
+        if estimate.seconds(shape.key, n_cand, o) > left:
+            stopped = (f"the budget ({o.budget_s / 60:g} min) ran out before {len(todo) - todo.index(shape)} of "
+                       f"{len(shapes)} shapes; run tune again to measure them (it resumes from the cache)")
+            break
+        try:
+            entry, build_s, run_s = _tune_shape(shape, preset, device, o, cool, deadline, tick)
+        except _OutOfBudget:
+            stopped = (f"the budget ({o.budget_s / 60:g} min) ran out while timing {shape.key}; run tune again to "
+                       "measure the rest (it resumes from the cache)")
+            break
+        estimate.add(shape.key, n_cand, build_s, run_s)
+        record.kernels[shape.key] = entry
+        record.complete = False
+        record.write(path)  # after every shape: an interruption loses at most the one in flight
+        say.note(f"  {shape.phase} {'/'.join(shape.layers)} {shape.key}: {_summary(entry)}")
+    record.complete = stopped is None and all(s.key in record.kernels for s in shapes)
+    record.notes = [stopped] if stopped else []
+    record.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record.write(path)
+    if out is not None:
+        record.write(out)
+    elapsed = time.monotonic() - start
+    say.step(f"tune: {len(record.kernels)} shapes in the record, {elapsed:.0f} s of {o.budget_s:.0f} s"
+             + (f"; stopped early: {stopped}" if stopped else ""))
+    return record, path
+
+
+class _OutOfBudget(Exception):
+    pass
+
+
+class _Estimate:
+    """Seconds a shape will take, from the shapes measured so far (per candidate, per kind)."""
+
+    PRIOR = {"gemv": (1.0, 0.5), "gemv_i8": (1.0, 0.5), "gemm": (3.0, 1.0), "gemm_i8": (2.0, 1.0)}
+
+    def __init__(self):
+        self.seen: dict[str, tuple[float, float]] = {}
+
+    def add(self, key: str, n: int, build_s: float, run_s: float) -> None:
+        kind = parse_key(key)["kind"]
+        self.seen[kind] = (build_s / n, run_s / n)
+
+    def seconds(self, key: str, n: int, o: TuneOptions) -> float:
+        kind = parse_key(key)["kind"]
+        build, run = self.seen.get(kind) or self.PRIOR[kind]
+        return n * (build + max(run, (o.reps + o.warmup + 1) * o.min_time))
+
+
+def _cached(path: Path, fp: dict, target: str) -> TuningRecord | None:
+    if not path.is_file():
+        return None
+    try:
+        record = TuningRecord.read(path)
+    except EdgesmithError:
+        return None  # a damaged cache entry is measured again, not an error
+    return record if record.fingerprint == fp and record.target == target else None
+
+
+def _tune_shape(shape, preset, device, o: TuneOptions, cool, deadline: float, tick):
+    from edgesmith.compiler.tune_kernels import Candidate, arg_spec, build_candidates
+    from edgesmith.runtime.session import RunnerSession
+    from edgesmith.runtime.transports.base import DeviceTimeout
+    from edgesmith.targets.cache import cache_root
+
+    kind = parse_key(shape.key)["kind"]
+    space = SPACES[kind]
+    default = type(space[0])()
+    candidates = [Candidate(f"c{i}", p) for i, p in enumerate(space)]
+    t0 = time.monotonic()
+    # One folder name per target: a push sends only the library that changed, not the runner again.
+    folder = cache_root() / "tuning" / "candidates" / f"edgesmith-tune-{preset.name}"
+    bundle = build_candidates(shape.key, candidates, shape.quant, preset, folder)
+    build_s = time.monotonic() - t0
+    left = deadline - time.monotonic()
+    if left <= 1:
+        raise _OutOfBudget
+    spec = arg_spec(shape.key, shape.quant)
+    args = ["kernelbench", "-r", o.reps, "--warmup", o.warmup, "--min-time", o.min_time]
+    if cool is not None:
+        args += ["--cool-below", f"{cool:.1f}", "--cool-timeout", f"{max(1.0, min(60.0, left / 4)):.0f}"]
+    for c in candidates:
+        args += ["--fn", f"{c.name}={spec}"]
+    t1 = time.monotonic()
+    try:
+        with RunnerSession(bundle, device, timeout=left) as session:
+            lines = session.run(args, on_line=lambda line: tick() if "fn" in line else None)
+    except DeviceTimeout:
+        raise _OutOfBudget from None
+    except EdgesmithError as err:
+        if time.monotonic() >= deadline - 1:
+            raise _OutOfBudget from None
+        raise EdgesmithError(f"tuning {shape.key}: {err}") from None
+    run_s = time.monotonic() - t1
+    times = {line["fn"]: line for line in lines if "fn" in line}
+    results = [{"params": c.params.__dict__, "median_us": round(times[c.name]["median_s"] * 1e6, 3),
+                "rsd": times[c.name]["rsd"]} for c in candidates]
+    default_us = next(r["median_us"] for r, c in zip(results, candidates) if c.params == default)
+    best = min(results, key=lambda r: r["median_us"])
+    if best["median_us"] > default_us * (1 - o.tie_margin):  # within the noise: keep the default
+        best = next(r for r, c in zip(results, candidates) if c.params == default)
+    return ({"params": best["params"], "median_us": best["median_us"], "default_us": default_us,
+             "layers": list(shape.layers), "phase": shape.phase, "candidates": results}, build_s, run_s)
+
+
+def _summary(entry: dict) -> str:
+    gain = entry["default_us"] / entry["median_us"] if entry["median_us"] else 1.0
+    params = ", ".join(f"{k}={v}" for k, v in entry["params"].items())
+    return f"{params}: {entry['median_us']:.1f} us (default {entry['default_us']:.1f} us, x{gain:.2f})"
