@@ -496,7 +496,9 @@ def cmd_farm(args) -> int:
                                    profile=profile, retries=args.retries, retry_delay=args.retry_delay,
                                    allow_failures=args.allow_failures,
                                    threshold=args.threshold, priority=args.priority,
-                                   lease_timeout=args.lease_timeout), progress=say)
+                                   lease_timeout=args.lease_timeout, tune=args.tune,
+                                   tune_budget_s=args.tune_budget * 60, allow_emulated=args.allow_emulated),
+                       progress=say)
     print((args.out / "summary.md").read_text(), end="")
     return results["exit_code"]
 
@@ -703,6 +705,12 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--kernels", type=_count, default=0, metavar="N", help="top-N kernel table (default 0: skip)")
     fr.add_argument("--membw-mb", type=_count, default=0, help="as profile's (default 0: from the caches)")
     fr.add_argument("--timeout", type=_seconds, default=600.0, help="seconds per runner command (default 600)")
+    fr.add_argument("--tune", action="store_true", help="tune each device first (edgesmith tune; a cached complete "
+                    "record is reused) and profile the bundle compiled with its record")
+    fr.add_argument("--tune-budget", type=_at_least(0.01, float), default=10.0, metavar="MINUTES",
+                    help="tuning budget per device (default 10)")
+    fr.add_argument("--allow-emulated", action="store_true", help="with --tune: tune emulated devices too (the "
+                    "mechanism only); otherwise they keep the default kernels")
     fr.add_argument("-q", "--quiet", action="store_true")
     farm_common(fr)
 
