@@ -72,7 +72,10 @@ def parse_key(key: str) -> dict:
     out: dict = {"kind": kind}
     for part in parts:
         name, _, value = part.partition("=")
-        out[name] = value if name == "s" else int(value)
+        try:
+            out[name] = value if name == "s" else int(value)
+        except ValueError:
+            raise TuningError(f"kernel shape key {key!r}: {part!r} is not name=integer") from None
     return out
 
 
@@ -135,12 +138,19 @@ class TuningRecord:
     kernels: dict = field(default_factory=dict)  # key -> {params, median_us, default_us, candidates}
     complete: bool = True  # False: the budget ran out before every shape was measured
     notes: list = field(default_factory=list)
+    budget_s: float = 0.0  # the last tune's budget and the seconds it took
+    elapsed_s: float = 0.0
     created: str = ""
     format: int = RECORD_FORMAT
 
     def tuning(self) -> Tuning:
-        return Tuning.of({key: params_from_dict(parse_key(key)["kind"], entry["params"])
-                          for key, entry in self.kernels.items()})
+        table = {}
+        for key, entry in self.kernels.items():
+            kind = parse_key(key)["kind"]
+            if kind not in KINDS:
+                raise TuningError(f"kernel {key!r} is of no kind this edgesmith knows ({', '.join(KINDS)})")
+            table[key] = params_from_dict(kind, entry["params"])
+        return Tuning.of(table)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -170,7 +180,10 @@ class TuningRecord:
         if missing or not isinstance(data.get("kernels", {}), dict):
             raise TuningError(f"tuning record {path} is damaged (missing {sorted(missing) or 'kernels'}); tune again")
         record = cls(**{k: v for k, v in data.items() if k in known})
-        record.tuning()  # every entry's params checked now, not at compile's end
+        try:
+            record.tuning()  # every entry's params checked now, not at compile's end
+        except (TuningError, KeyError, TypeError, ValueError) as e:
+            raise TuningError(f"tuning record {path} is damaged ({e}); tune again") from None
         return record
 
 

@@ -136,10 +136,11 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
     record.complete = stopped is None and all(s.key in record.kernels for s in shapes)
     record.notes = [stopped] if stopped else []
     record.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    elapsed = time.monotonic() - start
+    record.budget_s, record.elapsed_s = o.budget_s, round(elapsed, 2)
     record.write(path)
     if out is not None:
         record.write(out)
-    elapsed = time.monotonic() - start
     say.step(f"tune: {len(record.kernels)} shapes in the record, {elapsed:.0f} s of {o.budget_s:.0f} s"
              + (f"; stopped early: {stopped}" if stopped else ""))
     return record, path
