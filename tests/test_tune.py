@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from emulated_fixtures import board_emulator, pytestmark_emulated  # noqa: F401 (a fixture)
 
 from edgesmith.compiler.tuning import (SPACES, GemmI8Params, GemmParams, GemvParams, Tuning, TuningError,
                                        TuningRecord, parse_key, shape_key)
@@ -211,6 +212,7 @@ def test_tuned_bundle_gives_the_untuned_tokens_and_the_numpy_reference(quant, tm
 
 
 @pytest.mark.slow
+@pytestmark_emulated
 def test_tune_on_the_emulated_board_needs_allow_emulated_and_applies(tmp_path, board_emulator):
     from edgesmith.runtime.emulated import emulated_device_entries
 
