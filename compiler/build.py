@@ -17,7 +17,8 @@ from edgesmith.compiler.convert import convert_params
 from edgesmith.compiler.models import for_config
 from edgesmith.compiler.pipeline import make_pipeline
 from edgesmith.compiler.quantize import Quantization, get_quantization
-from edgesmith.compiler.tuning import DEFAULT, Tuning, TuningError, TuningRecord, manifest_entry
+from edgesmith.compiler.tuning import (DEFAULT, Tuning, TuningError, TuningRecord, manifest_entry,
+                                       model_shape_id)
 from edgesmith.errors import ConfigError, TargetError
 from edgesmith.targets import presets
 from edgesmith.targets.tvm_api import TVM_VERSION, build_vm, dump_tensor_cache
@@ -144,7 +145,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
             kv_cache=kv.manifest(PAGE_SIZE, prefill_chunk, cfg),
             device=gpu_device_entry(preset) if preset.gpu else None,
             kernels=kernels or None,
-            tuning=None if preset.gpu else manifest_entry(tuning, kernel_tuning or DEFAULT, tuning_source),
+            tuning=None if preset.gpu else manifest_entry(tuning, kernel_tuning or DEFAULT, tuning_source,
+                                                          model_shape_id(cfg, q.name)),
             tokenizer=tokenizer,
             params=[name for name, _, _ in params],
             weight_bytes=sum(_nbytes(s, d) for _, s, d in params),

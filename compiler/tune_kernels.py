@@ -78,13 +78,19 @@ def arg_spec(key: str, quant) -> str:
 def build_candidates(key: str, candidates: list[Candidate], quant, preset, out: Path) -> Path:
     """Compile every candidate of kernel `key` into one library, in a bundle folder at `out`
     (replaced whole: never a half-written folder)."""
+    return build_library([(c.name, key, c.params, quant) for c in candidates], preset, out,
+                         f"edgesmith tune candidates for {key}")
+
+
+def build_library(funcs: list[tuple], preset, out: Path, what: str) -> Path:
+    """funcs: (name, shape key, params, quantization) each -> one library in a bundle folder at `out`."""
     import tvm
     from edgesmith.compiler.build import preset_export_kwargs, presets_runtime_files
     from edgesmith.targets.tvm_api import TVM_VERSION
 
     target = tvm.target.Target(preset.tvm_target())
-    funcs = {c.name: _func(key, c.params, target, quant).with_attr("global_symbol", c.name) for c in candidates}
-    lib = tvm.compile(tvm.IRModule(funcs), target=target)
+    mod = {name: _func(key, params, target, quant).with_attr("global_symbol", name) for name, key, params, quant in funcs}
+    lib = tvm.compile(tvm.IRModule(mod), target=target)
     with bundle_io.staging(Path(out)) as tmp:
         (tmp / "lib").mkdir()
         lib.export_library(str(tmp / "lib" / "kernels.so"), **preset_export_kwargs(preset))
@@ -92,10 +98,11 @@ def build_candidates(key: str, candidates: list[Candidate], quant, preset, out: 
         for rel, src in presets_runtime_files(preset).items():
             (tmp / "bin" / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / "bin" / rel)
-        Manifest(model={"source": f"edgesmith tune candidates for {key}"}, quant=quant.name,
+        Manifest(model={"source": what}, quant=funcs[0][3].name,
                  target={"preset": preset.name, "tvm_target": preset.tvm_target(), "arch": preset.arch,
                          "triple": preset.triple, "layout": preset.layout},
                  arch=preset.arch, tvm_version=TVM_VERSION, kv_cache={}, params=[],
-                 build={"host": platform.node(), "kernel": key,
-                        "candidates": {c.name: c.params.__dict__ for c in candidates}}).write(tmp)
+                 build={"host": platform.node(),
+                        "functions": {name: {"kernel": key, "params": params.__dict__}
+                                      for name, key, params, _ in funcs}}).write(tmp)
     return Path(out)

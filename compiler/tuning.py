@@ -8,6 +8,8 @@ family's choices are one small frozen dataclass here, whose defaults are those v
     GemmI8Params     prefill int8 GEMM (kernels_int8.q4_gemm_i8): tokens per register tile
     GemmParams       prefill float GEMM (kernels.q4_linear / float_linear + schedules.Linear):
                      tokens per register tile (the padding and the schedule's split agree on it)
+    threads          a run-time setting, not a kernel's: the record's `threads`, which the manifest
+                     carries and the runner starts TVM's thread pool with (unless --threads says)
 
 A kernel is named by a shape key, e.g. `gemv_i8:n=9216:k=3072:g=32:s=float16`; a Tuning maps keys
 to params and answers the defaults for any key it lacks. `edgesmith tune` (runtime/tune/) measures
@@ -137,6 +139,9 @@ class TuningRecord:
     emulated: bool  # measured under qemu: proves the mechanism, never a device's best choice
     kernels: dict = field(default_factory=dict)  # key -> {params, median_us, default_us, candidates}
     complete: bool = True  # False: the budget ran out before every shape was measured
+    # the run-time thread count that decoded fastest, per model shape (model_shape_id): {id: {threads,
+    # model, us: {count: a decode step's linear kernels, summed}}}; small models want fewer threads
+    threads: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     budget_s: float = 0.0  # the last tune's budget and the seconds it took
     elapsed_s: float = 0.0
@@ -177,7 +182,7 @@ class TuningRecord:
                               f"this edgesmith reads format {RECORD_FORMAT}: tune again")
         known = {f.name for f in dataclasses.fields(cls)}
         missing = {"fingerprint", "fingerprint_id", "target", "device", "emulated"} - set(data)
-        if missing or not isinstance(data.get("kernels", {}), dict):
+        if missing or not isinstance(data.get("kernels", {}), dict) or not isinstance(data.get("threads", {}), dict):
             raise TuningError(f"tuning record {path} is damaged (missing {sorted(missing) or 'kernels'}); tune again")
         record = cls(**{k: v for k, v in data.items() if k in known})
         try:
@@ -199,10 +204,20 @@ def fingerprint_mismatch(record: TuningRecord, fingerprint: dict) -> str | None:
     return "; ".join(diffs) or None
 
 
-def manifest_entry(record: TuningRecord | None, tuning: Tuning, source: str) -> dict:
+def manifest_entry(record: TuningRecord | None, tuning: Tuning, source: str, model_id: str = "") -> dict:
     """The manifest's "tuning": where the params came from and every non-default one applied."""
     if record is None:
         return {"source": "defaults", "kernels": {}}
-    return {"source": source, "device": record.device, "fingerprint_id": record.fingerprint_id,
-            "fingerprint": record.fingerprint, "emulated": record.emulated, "complete": record.complete,
-            "kernels": tuning.as_dict()}
+    entry = {"source": source, "device": record.device, "fingerprint_id": record.fingerprint_id,
+             "fingerprint": record.fingerprint, "emulated": record.emulated, "complete": record.complete,
+             "kernels": tuning.as_dict()}
+    chosen = record.threads.get(model_id) if model_id else None
+    if chosen:
+        entry["threads"] = chosen["threads"]  # the runner starts TVM's pool with it unless told otherwise
+    return entry
+
+
+def model_shape_id(cfg, quant_name: str) -> str:
+    """What a thread count was measured for: the model's layer shapes, depth and quantization."""
+    return (f"{quant_name}:h={cfg.hidden_size}:i={cfg.intermediate_size}:q={cfg.num_attention_heads}"
+            f":kv={cfg.num_key_value_heads}:d={cfg.head_dim}:v={cfg.vocab_size}:l={cfg.num_hidden_layers}")

@@ -156,7 +156,7 @@ def _record_for(fp: dict, target: str, table: dict, emulated=False) -> TuningRec
 
 @pytest.mark.slow
 @pytest.mark.parametrize("quant", ["q4f16", "q4f16i8"])
-def test_tuned_bundle_gives_the_untuned_tokens_and_the_numpy_reference(quant, tmp_path, compiled):
+def test_tuned_bundle_gives_the_untuned_tokens_and_the_numpy_reference(quant, tmp_path, compiled, monkeypatch):
     """Every tunable kernel of the model given a non-default choice: the library changes, the logits
     do not (each output is reduced in the same order), so neither do the greedy tokens; q4f16 (float
     activations) also against the numpy Phi-3 over the bundle's own dequantized weights."""
@@ -164,6 +164,7 @@ def test_tuned_bundle_gives_the_untuned_tokens_and_the_numpy_reference(quant, tm
     from edgesmith.compiler.checkpoint import open_checkpoint
     from edgesmith.compiler.kernel_family import kernel_family
     from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.tuning import model_shape_id
     from edgesmith.runtime.engine import Engine
     from edgesmith.runtime.session import run_bundle
     from edgesmith.runtime.tune.shapes import tunable_shapes
@@ -176,7 +177,10 @@ def test_tuned_bundle_gives_the_untuned_tokens_and_the_numpy_reference(quant, tm
     shapes = tunable_shapes(open_checkpoint("random:tiny").config, get_quantization(quant), family)
     assert {s.phase for s in shapes} == {"decode", "prefill"} and len(shapes) >= 8
     table = _all_non_default(shapes)
-    _record_for(host_fingerprint(), "host", table).write(tmp_path / "rec.json")
+    record = _record_for(host_fingerprint(), "host", table)
+    cfg = open_checkpoint("random:tiny").config
+    record.threads = {model_shape_id(cfg, quant): {"threads": 1, "us": {}}}  # a run-time choice, applied by the runner
+    record.write(tmp_path / "rec.json")
     tuned = tmp_path / "tuned"
     p = edgesmith("compile", "random:tiny", "--quant", quant, "--tuning", tmp_path / "rec.json", "-o", tuned, "-q")
     assert p.returncode == 0, p.stderr
@@ -196,9 +200,17 @@ def test_tuned_bundle_gives_the_untuned_tokens_and_the_numpy_reference(quant, tm
             out.append(eng.decode(int(np.argmax(out[-1]))))
         logits[name] = np.stack(out)
     assert np.abs(logits["tuned"] - logits["default"]).max() <= 1e-5
-    tokens = {name: run_bundle(None, bundle, ["generate", "--tokens", ",".join(map(str, PROMPT)), "-n", STEPS],
-                               timeout=300)[-1]["output_ids"] for name, bundle in (("default", default), ("tuned", tuned))}
+    # The in-process Engine above set TVM_NUM_THREADS for its own pool; a runner given it would take it as
+    # the user's choice and ignore the bundle's tuned count.
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    runs = {name: run_bundle(None, bundle, ["generate", "--tokens", ",".join(map(str, PROMPT)), "-n", STEPS],
+                             timeout=300)[-1] for name, bundle in (("default", default), ("tuned", tuned))}
+    tokens = {name: r["output_ids"] for name, r in runs.items()}
     assert tokens["tuned"] == tokens["default"] and len(tokens["tuned"]) == STEPS
+    assert manifest["tuning"]["threads"] == 1 and runs["tuned"]["threads"] == 1
+    assert runs["default"]["threads"] == len(os.sched_getaffinity(0))  # the runner's own default: every core
+    overridden = run_bundle(None, tuned, ["generate", "--tokens", "1,2", "-n", 1, "--threads", 2], timeout=300)
+    assert overridden[-1]["threads"] == 2
     if quant == "q4f16":
         ref = NumpyPhi3(manifest["model"]["config"], dequantized_weights(read_tensor_cache(tuned / "params")))
         want, out = [], ref.forward(PROMPT)

@@ -262,6 +262,7 @@ struct Manifest {
   std::string device_api = "cpu";         // device.api: cpu | cuda | metal | opencl | vulkan
   int device_type = 1;                    // device.dl_device_type (DLPack: 1 CPU, 2 CUDA, 8 Metal)
   std::vector<std::string> device_libs;   // device.runtime_libs: dlopen()ed after libtvm_runtime
+  int64_t threads = 0;                    // tuning.threads: what `edgesmith tune` measured best (0: unset)
 };
 
 static std::string read_text(const std::string& path) {
@@ -310,6 +311,10 @@ static Manifest load_manifest(const std::string& bundle, bool verify) {
   if (config != model.end()) m.vocab_size = get_int((*config).second.cast<ffi::json::Object>(), "vocab_size", 0);
   for (const ffi::Any& name : get("params").cast<ffi::json::Array>())
     m.param_names.push_back(std::string(name.cast<ffi::String>()));
+  auto tuning_it = obj->find(ffi::String("tuning"));  // CPU bundles: the kernels' choices
+  if (tuning_it != obj->end()) {
+    m.threads = get_int((*tuning_it).second.cast<ffi::json::Object>(), "threads", 0);
+  }
   auto dev_it = obj->find(ffi::String("device"));  // absent in CPU bundles
   if (dev_it != obj->end()) {
     auto dev = (*dev_it).second.cast<ffi::json::Object>();
@@ -398,6 +403,22 @@ static void register_cuda_compiler() {
 
 // ----------------------------------------------------------------------------
 // model: the Relax VM, the parameters
+
+// TVM_NUM_THREADS was given (environment or --threads): a tuned thread count does not override it.
+static bool g_user_threads = false;
+
+// The bundle's tuned thread count (manifest tuning.threads), unless the user chose one. Called before
+// the runtime is loaded: TVM's pool reads TVM_NUM_THREADS when it first starts.
+static void apply_tuned_threads(const Manifest& m) {
+  if (g_user_threads || m.threads <= 0) return;
+  setenv("TVM_NUM_THREADS", std::to_string(m.threads).c_str(), 1);
+}
+
+// The thread count TVM's CPU pool was started with (what generate reports).
+static int pool_threads() {
+  const char* env = getenv("TVM_NUM_THREADS");
+  return env ? atoi(env) : 0;
+}
 
 // Set by `runner kernels`: wraps the model library before the VM looks its kernels up.
 static void (*g_wrap_library)(ffi::Module& lib) = nullptr;
@@ -647,10 +668,10 @@ static void cmd_generate(const Model& model, const Manifest& m, double load_s, c
   int64_t decoded = std::max<int64_t>(int64_t(out.size()) - 1, 0);
   printf("{\"output_ids\": %s, \"prompt_tokens\": %zu, \"stop_reason\": \"%s\", "
          "\"load_s\": %.6f, \"prefill_s\": %.6f, \"decode_s\": %.6f, "
-         "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"peak_rss_kb\": %ld}\n",
+         "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d}\n",
          json_ints(out).c_str(), a.tokens.size(), stop_reason, load_s, prefill_s, decode_s,
          prefill_s > 0 ? a.tokens.size() / prefill_s : 0.0,
-         decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb());
+         decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb(), pool_threads());
 }
 
 // ----------------------------------------------------------------------------
@@ -1263,7 +1284,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
     bool timed = cmd == "profile" || cmd == "kernels";
     bool gated = cmd == "profile" || cmd == "kernelbench";  // the thermal gate
     if (flag == "--lib-dir") lib_dir = value();
-    else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1);
+    else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1), g_user_threads = true;
     else if (flag == "--no-verify") verify = false;
     else if (flag == "--context") a.context = context_flag(number());
     else if (flag == "--seed") a.seed = uint64_t(number());
@@ -1298,6 +1319,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
     return cmd_kernelbench(bundle, fns, a, min_time);
   }
   if (cmd == "kernels") g_wrap_library = m.device_api == "opencl" ? wrap_device_kernels : wrap_library;
+  apply_tuned_threads(m);
   load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
@@ -1339,7 +1361,8 @@ static void run(int argc, char** argv) {
     auto value = [&] { return flag_value(argc, argv, i, flag); };
     auto number = [&] { return flag_number(argc, argv, i, flag); };
     if (flag == "--lib-dir") lib_dir = value();
-    else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1);  // before the runtime starts its pool
+    else if (flag == "--threads")  // before the runtime starts its pool
+      setenv("TVM_NUM_THREADS", value().c_str(), 1), g_user_threads = true;
     else if (flag == "--no-verify") verify = false;
     else if (flag == "--context") context = context_flag(number());
     else if (flag == "--seed") g.seed = b.seed = uint64_t(number());
@@ -1361,6 +1384,7 @@ static void run(int argc, char** argv) {
   double t0 = now_s();
   Manifest m = load_manifest(bundle, verify);
   apply_context(m, context);
+  apply_tuned_threads(m);
   load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
@@ -1369,9 +1393,13 @@ static void run(int argc, char** argv) {
 }
 
 // TVM's CPU pool halves the core count on x86 (it assumes hyper-threads), which is one thread on a
-// 2-core VM: use every core this process may run on, unless TVM_NUM_THREADS or --threads says.
+// 2-core VM: use every core this process may run on, unless TVM_NUM_THREADS or --threads says
+// (or, once the manifest is read, the thread count the bundle was tuned for: apply_tuned_threads).
 static void use_all_cores() {
-  if (getenv("TVM_NUM_THREADS")) return;
+  if (getenv("TVM_NUM_THREADS")) {
+    g_user_threads = true;
+    return;
+  }
   int n = int(std::thread::hardware_concurrency());
 #if !defined(__APPLE__)
   cpu_set_t set;

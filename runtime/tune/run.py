@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgesmith.compiler.tuning import SPACES, TuningRecord, fingerprint_id, parse_key
+from edgesmith.compiler.tuning import SPACES, TuningRecord, fingerprint_id, model_shape_id, parse_key
 from edgesmith.errors import EdgesmithError
 from edgesmith.runtime.tune.fingerprint import describe, fingerprint
 
@@ -113,7 +113,11 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
         cool = max(probe["thermal"].values()) + 5
 
     estimate = _Estimate()
-    tick = say.bar(sum(len(SPACES[parse_key(s.key)["kind"]]) for s in todo), "candidate")
+    thread_counts = _thread_counts(probe.get("cores") or 1)
+    model_id = model_shape_id(ckpt.config, quant.name)
+    measure_threads = o.restart or model_id not in record.threads or bool(todo)
+    tick = say.bar(sum(len(SPACES[parse_key(s.key)["kind"]]) for s in todo)
+                   + (len(thread_counts) if measure_threads else 0), "candidate")
     stopped = None
     for shape in todo:
         n_cand = len(SPACES[parse_key(shape.key)["kind"]])
@@ -133,7 +137,20 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
         record.complete = False
         record.write(path)  # after every shape: an interruption loses at most the one in flight
         say.note(f"  {shape.phase} {'/'.join(shape.layers)} {shape.key}: {_summary(entry)}")
-    record.complete = stopped is None and all(s.key in record.kernels for s in shapes)
+    decode = [s for s in shapes if s.phase == "decode" and s.key in record.kernels]
+    if stopped is None and measure_threads and decode:
+        if (len(thread_counts) - 1) * estimate.threads_s(len(decode)) > deadline - time.monotonic():
+            stopped = "the budget ran out before the thread count was measured; run tune again to measure it"
+        else:
+            try:
+                best, totals = _tune_threads(decode, record, ckpt.config, preset, device, o, cool, deadline,
+                                             thread_counts, tick)
+                record.threads[model_id] = {"threads": best, "model": ckpt.description, "us": totals}
+                say.note(f"  threads: {best} (a decode step's kernels: "
+                         + ", ".join(f"{t}: {us:.0f} us" for t, us in totals.items()) + ")")
+            except _OutOfBudget:
+                stopped = "the budget ran out while measuring the thread count; run tune again to measure it"
+    record.complete = stopped is None and all(s.key in record.kernels for s in shapes) and model_id in record.threads
     record.notes = [stopped] if stopped else []
     record.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     elapsed = time.monotonic() - start
@@ -150,6 +167,61 @@ class _OutOfBudget(Exception):
     pass
 
 
+def _thread_counts(cores: int) -> list[int]:
+    """Thread counts worth timing: 1, 2, 4, ... and half and all of the cores (the runner's default)."""
+    counts = {c for c in (1, 2, 4, 8, cores // 2, cores) if 1 <= c <= cores}
+    return sorted(counts)
+
+
+def _tune_threads(decode, record, cfg, preset, device, o: TuneOptions, cool, deadline: float, counts, tick):
+    """(best thread count, {count: us}) for one decode step's linear kernels with the chosen params,
+    each weighted by how many layers run it. All cores (the runner's default) wins ties."""
+    from edgesmith.compiler.tune_kernels import arg_spec, build_library
+    from edgesmith.compiler.tuning import params_from_dict
+    from edgesmith.targets.cache import cache_root
+
+    funcs = [(f"d{i}", s.key, params_from_dict(parse_key(s.key)["kind"], record.kernels[s.key]["params"]), s.quant)
+             for i, s in enumerate(decode)]
+    weight = {f"d{i}": sum(1 if name == "lm_head" else cfg.num_hidden_layers for name in s.layers)
+              for i, s in enumerate(decode)}
+    folder = cache_root() / "tuning" / "candidates" / f"edgesmith-tune-{preset.name}"
+    bundle = build_library(funcs, preset, folder, "edgesmith tune: decode kernels for the thread count")
+    totals = {}
+    for t in counts:
+        args = ["kernelbench", "--threads", t, "-r", o.reps, "--warmup", o.warmup, "--min-time", o.min_time]
+        for name, key, _, quant in funcs:
+            args += ["--fn", f"{name}={arg_spec(key, quant)}"]
+        lines = _run(bundle, device, args, deadline, cool)
+        totals[t] = round(sum(weight[line["fn"]] * line["median_s"] * 1e6 for line in lines if "fn" in line), 1)
+        tick()
+    default = max(counts)
+    best = min(totals, key=totals.get)
+    if totals[best] > totals[default] * (1 - o.tie_margin):
+        best = default
+    return best, {str(t): us for t, us in totals.items()}
+
+
+def _run(bundle, device, args, deadline: float, cool, on_line=None) -> list[dict]:
+    """`runner ARGS` on the candidates' bundle within what is left of the budget."""
+    from edgesmith.runtime.session import RunnerSession
+    from edgesmith.runtime.transports.base import DeviceTimeout
+
+    left = deadline - time.monotonic()
+    if left <= 1:
+        raise _OutOfBudget
+    if cool is not None:
+        args = [*args, "--cool-below", f"{cool:.1f}", "--cool-timeout", f"{max(1.0, min(60.0, left / 4)):.0f}"]
+    try:
+        with RunnerSession(bundle, device, timeout=left) as session:
+            return session.run(args, on_line=on_line)
+    except DeviceTimeout:
+        raise _OutOfBudget from None
+    except EdgesmithError:
+        if time.monotonic() >= deadline - 1:
+            raise _OutOfBudget from None
+        raise
+
+
 class _Estimate:
     """Seconds a shape will take, from the shapes measured so far (per candidate, per kind)."""
 
@@ -161,6 +233,11 @@ class _Estimate:
     def add(self, key: str, n: int, build_s: float, run_s: float) -> None:
         kind = parse_key(key)["kind"]
         self.seen[kind] = (build_s / n, run_s / n)
+
+    def threads_s(self, shapes: int) -> float:
+        """One more thread count: a run of every decode kernel (the library is built once)."""
+        run = max((r for _, r in self.seen.values()), default=0.5)
+        return shapes * run + 1.0
 
     def seconds(self, key: str, n: int, o: TuneOptions) -> float:
         kind = parse_key(key)["kind"]
@@ -180,8 +257,6 @@ def _cached(path: Path, fp: dict, target: str) -> TuningRecord | None:
 
 def _tune_shape(shape, preset, device, o: TuneOptions, cool, deadline: float, tick):
     from edgesmith.compiler.tune_kernels import Candidate, arg_spec, build_candidates
-    from edgesmith.runtime.session import RunnerSession
-    from edgesmith.runtime.transports.base import DeviceTimeout
     from edgesmith.targets.cache import cache_root
 
     kind = parse_key(shape.key)["kind"]
@@ -193,24 +268,16 @@ def _tune_shape(shape, preset, device, o: TuneOptions, cool, deadline: float, ti
     folder = cache_root() / "tuning" / "candidates" / f"edgesmith-tune-{preset.name}"
     bundle = build_candidates(shape.key, candidates, shape.quant, preset, folder)
     build_s = time.monotonic() - t0
-    left = deadline - time.monotonic()
-    if left <= 1:
-        raise _OutOfBudget
     spec = arg_spec(shape.key, shape.quant)
     args = ["kernelbench", "-r", o.reps, "--warmup", o.warmup, "--min-time", o.min_time]
-    if cool is not None:
-        args += ["--cool-below", f"{cool:.1f}", "--cool-timeout", f"{max(1.0, min(60.0, left / 4)):.0f}"]
     for c in candidates:
         args += ["--fn", f"{c.name}={spec}"]
     t1 = time.monotonic()
     try:
-        with RunnerSession(bundle, device, timeout=left) as session:
-            lines = session.run(args, on_line=lambda line: tick() if "fn" in line else None)
-    except DeviceTimeout:
-        raise _OutOfBudget from None
+        lines = _run(bundle, device, args, deadline, cool, on_line=lambda line: tick() if "fn" in line else None)
+    except _OutOfBudget:
+        raise
     except EdgesmithError as err:
-        if time.monotonic() >= deadline - 1:
-            raise _OutOfBudget from None
         raise EdgesmithError(f"tuning {shape.key}: {err}") from None
     run_s = time.monotonic() - t1
     times = {line["fn"]: line for line in lines if "fn" in line}
