@@ -1,7 +1,8 @@
 """`edgesmith tune` on this host, then the tuned bundle against the default one, A/B alternating.
 
     python bench/tune_ab.py [--model random:phi-3-mini-4k:layers=2] [--quant Q] [--budget 8]
-                            [-p 128] [-n 64] [--rounds 6] [--out bench/results/tune_ab.json]
+                            [-p 128] [-n 64] [--rounds 10] [--threads N]
+                            [--out bench/results/tune_ab.json]
 
 1. tune the model's kernels on the host within --budget minutes (runtime/tune/: candidates timed
    by `runner kernelbench`), the record written next to the JSON;
@@ -27,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import summary, table, write_json  # noqa: E402
 
 from edgesmith.compiler.build import compile_bundle  # noqa: E402
-from edgesmith.compiler.checkpoint import default_quant  # noqa: E402
-from edgesmith.compiler.tuning import TuningRecord  # noqa: E402
+from edgesmith.compiler.checkpoint import default_quant, open_checkpoint  # noqa: E402
+from edgesmith.compiler.tuning import TuningRecord, model_shape_id  # noqa: E402
 from edgesmith.runtime.devices import Device  # noqa: E402
 from edgesmith.runtime.session import run_bundle  # noqa: E402
 from edgesmith.runtime.tune.run import TuneOptions, tune_model  # noqa: E402
@@ -56,8 +57,20 @@ def bundle(out: Path, model: str, quant: str, record: TuningRecord | None, sourc
     return path
 
 
-def bench_once(path: Path, p: int, n: int) -> tuple[float, float]:
-    lines = run_bundle(None, path, ["bench", "-p", p, "-n", n, "--warmup", 1, "-r", 1], timeout=1800)
+def _model_keys(model: str, quant: str) -> set[str]:
+    import tvm
+    from edgesmith.compiler.kernel_family import kernel_family
+    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.runtime.tune.shapes import tunable_shapes
+    from edgesmith.targets.presets import get_preset
+
+    family = kernel_family(tvm.target.Target(get_preset("host").tvm_target()))
+    return {s.key for s in tunable_shapes(open_checkpoint(model).config, get_quantization(quant), family)}
+
+
+def bench_once(path: Path, p: int, n: int, threads: int) -> tuple[float, float]:
+    extra = ["--threads", threads] if threads else []  # 0: each bundle's own (the tuned one's record)
+    lines = run_bundle(None, path, ["bench", "-p", p, "-n", n, "--warmup", 1, "-r", 1, *extra], timeout=1800)
     s = next(line for line in lines if line.get("summary"))
     return s["prefill_tok_s"], s["decode_tok_s"]
 
@@ -69,7 +82,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=8.0, help="tuning budget in minutes (default 8)")
     ap.add_argument("-p", "--prompt", type=int, default=128)
     ap.add_argument("-n", "--gen", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="run both bundles with this many threads (default 0: "
+                    "each its own; the tuned one the record's count): isolates the kernels' choices")
     ap.add_argument("--restart", action="store_true", help="tune again even if the cache has every shape")
     ap.add_argument("--out", type=Path, default=Path("bench/results/tune_ab.json"))
     args = ap.parse_args()
@@ -82,9 +97,12 @@ def main() -> None:
     tune_s = time.perf_counter() - t0
     record_path = args.out.with_name(args.out.stem + "-record.json")
     record.write(record_path)
-    changed = {k: e["params"] for k, e in record.kernels.items() if e["median_us"] < e["default_us"]}
-    print(f"tuned {len(record.kernels)} shapes in {tune_s:.0f} s ({'complete' if record.complete else 'incomplete'}); "
-          f"{len(changed)} differ from the defaults", file=sys.stderr)
+    mine = _model_keys(args.model, quant)
+    kernels = {k: e for k, e in record.kernels.items() if k in mine}  # the cache may hold other models' shapes
+    changed = {k: e["params"] for k, e in kernels.items() if e["median_us"] < e["default_us"]}
+    threads = record.threads.get(model_shape_id(open_checkpoint(args.model).config, quant), {}).get("threads")
+    print(f"tuned {len(kernels)} shapes in {tune_s:.0f} s ({'complete' if record.complete else 'incomplete'}); "
+          f"{len(changed)} differ from the defaults; threads {threads}", file=sys.stderr)
 
     work = Path("bench/out/tune_ab")
     a = bundle(work, args.model, quant, None, "")
@@ -93,7 +111,7 @@ def main() -> None:
     for r in range(args.rounds):
         order = [("default", a), ("tuned", b)] if r % 2 == 0 else [("tuned", b), ("default", a)]
         for name, path in order:
-            pp, tg = bench_once(path, args.prompt, args.gen)
+            pp, tg = bench_once(path, args.prompt, args.gen, args.threads)
             samples[name]["prefill"].append(pp)
             samples[name]["decode"].append(tg)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(
@@ -106,18 +124,19 @@ def main() -> None:
              "dmin": stats[k]["decode"]["min"], "dmax": stats[k]["decode"]["max"]} for k in ("default", "tuned")]
     rows.append({"bundle": "tuned / default", "prefill": ratio["prefill"], "decode": ratio["decode"]})
     print(f"{args.model} {quant} on {platform.node()}: p {args.prompt}, n {args.gen}, {args.rounds} alternating "
-          "rounds (runner bench, medians)")
+          f"rounds (runner bench, medians); threads: {args.threads or f'default / tuned ({threads})'}")
     print(table(rows, [("bundle", "bundle"), ("prefill", "prefill tok/s"), ("pmin", "min"), ("pmax", "max"),
                        ("decode", "decode tok/s"), ("dmin", "min"), ("dmax", "max")]))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     write_json(args.out, {
         "model": args.model, "quant": quant, "prompt": args.prompt, "gen": args.gen, "rounds": args.rounds,
+        "threads": args.threads or "each bundle's own",
         "host": platform.node(), "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "tune": {"budget_s": args.budget * 60, "seconds": round(tune_s, 1), "complete": record.complete,
                  "notes": record.notes, "record": str(record_path), "cache": str(cached),
-                 "changed": changed, "shapes": len(record.kernels)},
-        "kernels": {k: {"params": e["params"], "median_us": e["median_us"], "default_us": e["default_us"]}
-                    for k, e in record.kernels.items()},
+                 "changed": changed, "shapes": len(kernels), "threads": threads},
+        "kernels": {k: {"params": e["params"], "median_us": e["median_us"], "default_us": e["default_us"],
+                        "layers": e.get("layers"), "phase": e.get("phase")} for k, e in kernels.items()},
         "samples": samples, "stats": stats, "ratio_tuned_over_default": ratio,
     })
     print(f"wrote {args.out}", file=sys.stderr)
