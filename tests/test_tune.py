@@ -260,3 +260,22 @@ def test_tune_on_the_emulated_board_needs_allow_emulated_and_applies(tmp_path, b
         assert p.returncode == 0, p.stderr
         outs[name] = p.stdout.strip().splitlines()[-1]
     assert outs["tuned"] == outs["default"] and len(outs["tuned"].split()) == 8
+
+
+@pytest.mark.slow
+def test_farm_run_tune_tunes_once_and_profiles_the_tuned_bundle(tmp_path):
+    env = own_cache(tmp_path)
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(yaml.safe_dump({"devices": [{"name": "host", "transport": "local", "target": "host"}]}))
+    logs = []
+    for run in ("first", "second"):
+        p = edgesmith("farm", "run", "--model", "random:tiny", "--devices", devices, "-s", "host", "--tune",
+                      "--tune-budget", "2", "-p", "8", "-n", "4", "-r", "1", "--max-reps", "1", "--out", tmp_path / run,
+                      env=env)
+        assert p.returncode == 0, p.stderr
+        logs.append(p.stderr)
+        (device,) = json.loads((tmp_path / run / "results.json").read_text())["devices"]
+        assert device["status"] == "passed" and device["tuning"]["status"] == "tuned", device
+        manifest = json.loads((Path(device["bundle"]) / "manifest.json").read_text())
+        assert manifest["tuning"]["source"] == device["tuning"]["record"] and manifest["tuning"]["kernels"]
+    assert "0 already in" in logs[0] and "8 already in" in logs[1]  # the second run measures nothing
