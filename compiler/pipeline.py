@@ -20,7 +20,8 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
     # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window
     # (compiler/context.py keeps GPU contexts within it); opencl: two of TVM's GPU kernels made right
     # without lock-step warps (attention_opencl.py); other GPU targets keep TVM's
-    attention = {"llvm": [("attention", [attention_cpu.ReplaceCPUAttention(sliding_window)])],
+    tuning = tuning or schedules.DEFAULT
+    attention = {"llvm": [("attention", [attention_cpu.ReplaceCPUAttention(sliding_window, tuning)])],
                  "opencl": [("attention", [attention_opencl.ReplaceOpenCLAttention])]}.get(target.kind.name, [])
     return attention + [
         ("legalize", [
@@ -32,7 +33,7 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
         ]),
         ("fuse", [rt.FuseOps(), rt.FuseTIR(), rt.DeadCodeElimination()]),
         ("schedule", schedules_gpu.passes(target) if is_gpu(target)
-         else [schedules.apply(target, tuning or schedules.DEFAULT)]),
+         else [schedules.apply(target, tuning)]),
         ("lower", [
             rt.RewriteDataflowReshape(),
             rt.ToNonDataflow(),

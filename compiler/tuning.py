@@ -8,6 +8,8 @@ family's choices are one small frozen dataclass here, whose defaults are those v
     GemmI8Params     prefill int8 GEMM (kernels_int8.q4_gemm_i8): tokens per register tile
     GemmParams       prefill float GEMM (kernels.q4_linear / float_linear + schedules.Linear):
                      tokens per register tile (the padding and the schedule's split agree on it)
+    AttentionParams  prefill attention (attention_cpu's ragged and paged kernels): query rows per
+                     tile, keys per block
     threads          a run-time setting, not a kernel's: the record's `threads`, which the manifest
                      carries and the runner starts TVM's thread pool with (unless --threads says)
 
@@ -49,8 +51,15 @@ class GemmParams:
     tokens: int = 8  # register tile: tokens x 2 vectors of outputs (kernels.ROW_TILE's default)
 
 
+@dataclass(frozen=True)
+class AttentionParams:
+    rows: int = 32  # query rows per prefill tile, held as two vectors of rows/2 lanes
+    keys: int = 8  # keys per block (a divisor of the page, 16): its rows x keys scores stay in registers
+
+
 # kind of kernel -> its params class. The kind is the shape key's prefix.
-KINDS: dict[str, type] = {"gemv": GemvParams, "gemv_i8": GemvParams, "gemm_i8": GemmI8Params, "gemm": GemmParams}
+KINDS: dict[str, type] = {"gemv": GemvParams, "gemv_i8": GemvParams, "gemm_i8": GemmI8Params, "gemm": GemmParams,
+                          "attn_prefill": AttentionParams}
 
 # The small spaces `tune` searches (the default always among them).
 SPACES: dict[str, list] = {
@@ -58,7 +67,13 @@ SPACES: dict[str, list] = {
     "gemv_i8": [GemvParams(r, p) for r in (4, 8, 16, 32) for p in (0, 2, 4)],
     "gemm_i8": [GemmI8Params(t) for t in (2, 4, 6, 8)],
     "gemm": [GemmParams(t) for t in (4, 6, 8, 12)],
+    "attn_prefill": [AttentionParams(r, kb) for r in (16, 32) for kb in (4, 8)],
 }
+
+
+def attention_key(h_q: int, h_kv: int, d: int, dtype: str) -> str:
+    """The prefill attention kernels' key: both (ragged and paged) use the same params."""
+    return f"attn_prefill:hq={h_q}:hkv={h_kv}:d={d}:dt={dtype}"
 
 
 def shape_key(kind: str, n: int, k: int, group: int = 0, scale_dtype: str = "") -> str:
@@ -75,7 +90,7 @@ def parse_key(key: str) -> dict:
     for part in parts:
         name, _, value = part.partition("=")
         try:
-            out[name] = value if name == "s" else int(value)
+            out[name] = value if name in ("s", "dt") else int(value)
         except ValueError:
             raise TuningError(f"kernel shape key {key!r}: {part!r} is not name=integer") from None
     return out
@@ -96,6 +111,9 @@ def params_from_dict(kind: str, data: dict):
 
 def check_params(kind: str, params) -> None:
     bad = [f.name for f in dataclasses.fields(params) if getattr(params, f.name) < (0 if f.name == "prefetch_rows" else 1)]
+    if isinstance(params, AttentionParams):  # two vectors of rows; blocks never cross a page of 16
+        bad += [n for n, ok in (("rows", params.rows % 2 == 0 and params.rows <= 32),
+                                ("keys", 16 % max(params.keys, 1) == 0)) if not ok]
     if bad:
         raise TuningError(f"tuning params {dataclasses.asdict(params)} for a {kind} kernel: {', '.join(bad)} out of range")
 
@@ -111,11 +129,14 @@ class Tuning:
         return cls(tuple(sorted(table.items())))
 
     def params(self, kind: str, n: int, k: int, group: int = 0, scale_dtype: str = ""):
-        key = shape_key(kind, n, k, group, scale_dtype)
+        return self.by_key(shape_key(kind, n, k, group, scale_dtype))
+
+    def by_key(self, key: str):
+        """The params of kernel `key`, or its kind's defaults."""
         for name, params in self.entries:
             if name == key:
                 return params
-        return KINDS[kind]()
+        return KINDS[parse_key(key)["kind"]]()
 
     def as_dict(self) -> dict:
         return {key: dataclasses.asdict(p) for key, p in self.entries}
