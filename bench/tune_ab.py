@@ -64,8 +64,11 @@ def _model_keys(model: str, quant: str) -> set[str]:
     from edgesmith.runtime.tune.shapes import tunable_shapes
     from edgesmith.targets.presets import get_preset
 
-    family = kernel_family(tvm.target.Target(get_preset("host").tvm_target()))
-    return {s.key for s in tunable_shapes(open_checkpoint(model).config, get_quantization(quant), family)}
+    from edgesmith.compiler.context import kv_settings
+
+    preset, cfg, q = get_preset("host"), open_checkpoint(model).config, get_quantization(quant)
+    family = kernel_family(tvm.target.Target(preset.tvm_target()))
+    return {s.key for s in tunable_shapes(cfg, q, family, kv_dtype=kv_settings(cfg, preset, quant=q).dtype)}
 
 
 def bench_once(path: Path, p: int, n: int, threads: int) -> tuple[float, float]:

@@ -6,8 +6,9 @@ what is timed is what a tuned bundle runs. The library goes into a small bundle 
 runner and runtime libraries of the target, a manifest with its sha256 table) that the ordinary
 runner session pushes and verifies; `runner kernelbench` times it (runtime/runner/runner.cc).
 
-    BUNDLE/lib/kernels.so   c0, c1, ...: (x, w, s, y) each; x (1, t, k) f32, w (n, k/8) u32,
-                            s (n, k/group) scales, y (1, t, n) f32; t = 1 (decode) or PREFILL_TOKENS
+    BUNDLE/lib/kernels.so   c0, c1, ...: linears (x, w, s, y) each; x (1, t, k) f32, w (n, k/8) u32,
+                            s (n, k/group) scales, y (1, t, n) f32; t = 1 (decode) or PREFILL_TOKENS;
+                            attention: attention_cpu's ragged prefill kernel, timed at a few lengths
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from edgesmith.compiler.manifest import Manifest
 from edgesmith.compiler.tuning import Tuning, parse_key
 
 PREFILL_TOKENS = 64  # tokens of the prefill GEMM's timed call (a chunk of a prompt)
+ATTENTION_LENGTHS = (64, 256)  # prompt lengths the prefill attention is timed at (their times summed)
 _DTYPE = {"float32": "f32", "float16": "f16", "uint32": "u32"}
 
 
@@ -37,6 +39,11 @@ def _func(key: str, params, target, quant):
     from edgesmith.targets.tvm_api import te, tirx
 
     info = parse_key(key)
+    if info["kind"] == "attn_prefill":  # what a prompt's prefill runs: the ragged kernel
+        from edgesmith.compiler import attention_cpu
+
+        return attention_cpu.attention_prefill_ragged_cpu(info["hkv"], info["hq"], info["d"], info["d"], info["dt"],
+                                                          params=params)
     kind, n, k = info["kind"], info["n"], info["k"]
     g, s = info.get("g", quant.group_size), info.get("s", quant.storage_dtype)
     if kind in ("gemv_i8", "gemm_i8"):
@@ -62,8 +69,26 @@ def _func(key: str, params, target, quant):
     return mod["main"]
 
 
+def arg_specs(key: str, quant) -> list[tuple[str, str]]:
+    """(label suffix, the runner's --fn argument list) per argument set kernel `key` is timed on:
+    one for a linear; attention at ATTENTION_LENGTHS tokens (a fresh prompt: q = k = v length)."""
+    info = parse_key(key)
+    if info["kind"] != "attn_prefill":
+        return [("", arg_spec(key, quant))]
+    hq, hkv, d, dt = info["hq"], info["hkv"], info["d"], _DTYPE[info["dt"]]
+    out = []
+    for n in ATTENTION_LENGTHS:
+        # q, q_indptr, k, v, kv_indptr, q_rope_position, k_rope_pos_offset, output, lse,
+        # causal, rotary_mode, rope_scale, rope_theta, sm_scale
+        out.append((f"@{n}", ",".join([f"{dt}:{n}x{hq}x{d}", f"i32:2@0/{n}", f"{dt}:{n}x{hkv}x{d}",
+                                       f"{dt}:{n}x{hkv}x{d}", f"i32:2@0/{n}", f"i32:{n}", "i32:1@0",
+                                       f"{dt}:{n}x{hq}x{d}", f"f32:{n}x{hq}", "int@1", "int@0", "float@1",
+                                       "float@10000", f"float@{d ** -0.5:.6g}"])))
+    return out
+
+
 def arg_spec(key: str, quant) -> str:
-    """The runner's --fn argument list (dtype:shape, output last) for kernel `key`."""
+    """The runner's --fn argument list (dtype:shape, output last) for linear kernel `key`."""
     info = parse_key(key)
     n, k = info["n"], info["k"]
     t = 1 if info["kind"].startswith("gemv") else PREFILL_TOKENS

@@ -118,7 +118,7 @@ def test_tune_on_host_keeps_its_budget_and_resumes_after_an_interruption(tmp_pat
     assert proc.returncode == 130, err
     (path,) = cached.glob("*-host.json")
     partial = json.loads(path.read_text())
-    assert partial["complete"] is False and 1 <= len(partial["kernels"]) < 8, partial
+    assert partial["complete"] is False and 1 <= len(partial["kernels"]) < 9, partial
     # ... then run again: only the missing shapes are measured, within the budget.
     t0 = time.monotonic()
     p = edgesmith("tune", "random:tiny", "--device", "host", "--budget", "1", "-r", "3", "-o", tmp_path / "rec.json",
@@ -127,7 +127,7 @@ def test_tune_on_host_keeps_its_budget_and_resumes_after_an_interruption(tmp_pat
     assert p.returncode == 0, p.stderr
     assert f"{len(partial['kernels'])} already in" in p.stderr
     record = TuningRecord.read(tmp_path / "rec.json")
-    assert record.complete and not record.emulated and len(record.kernels) == 8
+    assert record.complete and not record.emulated and len(record.kernels) == 9  # 8 linears + attention
     assert record.elapsed_s <= 60 and wall < 60 + 20  # the budget, plus the process start and TVM's import
     for key, entry in partial["kernels"].items():  # what was measured before the interruption is kept
         assert record.kernels[key] == entry
@@ -174,8 +174,9 @@ def test_tuned_bundle_gives_the_untuned_tokens_and_the_numpy_reference(quant, tm
     family = kernel_family(tvm.target.Target(get_preset("host").tvm_target()))
     if quant.endswith("i8") and not family.dot_isas:
         pytest.skip("this CPU has no int8 dot products")
-    shapes = tunable_shapes(open_checkpoint("random:tiny").config, get_quantization(quant), family)
-    assert {s.phase for s in shapes} == {"decode", "prefill"} and len(shapes) >= 8
+    shapes = tunable_shapes(open_checkpoint("random:tiny").config, get_quantization(quant), family, kv_dtype="float32")
+    assert {s.phase for s in shapes} == {"decode", "prefill"} and len(shapes) >= 9
+    assert any(s.key.startswith("attn_prefill:") for s in shapes)
     table = _all_non_default(shapes)
     record = _record_for(host_fingerprint(), "host", table)
     cfg = open_checkpoint("random:tiny").config
@@ -278,4 +279,4 @@ def test_farm_run_tune_tunes_once_and_profiles_the_tuned_bundle(tmp_path):
         assert device["status"] == "passed" and device["tuning"]["status"] == "tuned", device
         manifest = json.loads((Path(device["bundle"]) / "manifest.json").read_text())
         assert manifest["tuning"]["source"] == device["tuning"]["record"] and manifest["tuning"]["kernels"]
-    assert "0 already in" in logs[0] and "8 already in" in logs[1]  # the second run measures nothing
+    assert "0 already in" in logs[0] and "9 already in" in logs[1]  # the second run measures nothing

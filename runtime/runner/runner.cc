@@ -17,7 +17,8 @@
 //                                                        the first K tokens (default 1) prefilled
 //                                                        at once, then one decode per token
 //   runner membw   BUNDLE [--mb 256] [-r 5]              memory read bandwidth (BUNDLE unused)
-//   runner kernelbench BUNDLE --fn NAME=f32:1x1x3072,u32:9216x384,... [--fn ...] [--warmup 2] [-r 7]
+//   runner kernelbench BUNDLE --fn LABEL[/FUNC]=f32:1x1x3072,u32:9216x384,i32:2@0/64,int@1,... [--fn ...]
+//                  [--warmup 2] [-r 7]
 //                  [--min-time 0.02] [--cool-below C] [--cool-timeout S] [--cool-poll S] [--sysroot DIR]
 //                                                        candidate kernels of BUNDLE/lib/kernels.so
 //                                                        timed alone (edgesmith tune)
@@ -1119,19 +1120,23 @@ static void cmd_membw(const ProfileArgs& a) {
 }
 
 // --- kernelbench: `edgesmith tune`'s candidates (runtime/tune/). BUNDLE/lib/kernels.so holds
-// one function per candidate; --fn NAME=SPEC gives each one's arguments (dtype:shape, the output
-// last), which are allocated on the CPU and filled with finite values (floats in [-1, 1), fp16
-// scales 1/64, integers random bits: any packed weight is valid). After the warm-up every round
+// one function per candidate; --fn LABEL[/FUNC]=SPEC gives each one's arguments (dtype:shape, the
+// output last), which are allocated on the CPU and filled with finite values (floats in [-1, 1),
+// fp16 1/64, integers random bits: any packed weight is valid), or hold the values given (an
+// attention kernel's indptrs: i32:N@v/v/...), or are scalars (int@V, float@V). One function may be
+// timed on several argument sets under several labels (attention at a few lengths). After the warm-up every round
 // times each function once, in turn (a noisy machine slows all candidates of a round alike); a
 // sample is `number` back-to-back calls, `number` chosen so a sample lasts --min-time. The
 // thermal gate is profile's: before each round, wait until the device is below --cool-below.
 
 struct BenchArg {
   DLDataType dtype;
-  std::vector<int64_t> shape;
+  std::vector<int64_t> shape;   // empty with `scalar`
+  std::vector<double> values;   // given values (int tensors: indptrs; scalars: one), else filled
+  bool scalar = false;          // int@V or float@V: a plain argument, not a tensor
 };
 struct BenchFn {
-  std::string name;
+  std::string label, name;  // label (what the output line says) / function in the library
   std::vector<BenchArg> args;
 };
 
@@ -1144,24 +1149,53 @@ static DLDataType parse_dtype(const std::string& s) {
   die("--fn: dtype '" + s + "' is not one of f32, f16, u32, i32, i8");
 }
 
+static double parse_value(const std::string& spec, const std::string& v) {
+  char* end = nullptr;
+  double d = strtod(v.c_str(), &end);
+  if (v.empty() || *end != 0) die("--fn '" + spec + "': value '" + v + "' is not a number");
+  return d;
+}
+
+// LABEL[/FUNC]=ARG,ARG,...; ARG: dtype:AxBxC (filled), dtype:N@v0/v1/... (these values, int32),
+// int@V or float@V (a scalar argument).
 static BenchFn parse_fn(const std::string& spec) {
   BenchFn fn;
   size_t eq = spec.find('=');
   if (eq == std::string::npos || eq == 0) die("--fn '" + spec + "': expected NAME=dtype:AxB,dtype:C,...");
-  fn.name = spec.substr(0, eq);
+  std::string names = spec.substr(0, eq);
+  size_t slash = names.find('/');
+  fn.label = names.substr(0, slash);
+  fn.name = slash == std::string::npos ? names : names.substr(slash + 1);
   std::stringstream ss(spec.substr(eq + 1));
   std::string item;
   while (std::getline(ss, item, ',')) {
-    size_t colon = item.find(':');
+    size_t at = item.find('@');
+    std::string head = item.substr(0, at);
+    if (head == "int" || head == "float") {
+      if (at == std::string::npos) die("--fn '" + spec + "': scalar '" + item + "' needs @VALUE");
+      BenchArg a{head == "int" ? DLDataType{kDLInt, 64, 1} : DLDataType{kDLFloat, 64, 1}, {}, {}, true};
+      a.values.push_back(parse_value(spec, item.substr(at + 1)));
+      fn.args.push_back(a);
+      continue;
+    }
+    size_t colon = head.find(':');
     if (colon == std::string::npos) die("--fn '" + spec + "': argument '" + item + "' has no dtype:shape");
-    BenchArg a{parse_dtype(item.substr(0, colon)), {}};
-    std::stringstream dims(item.substr(colon + 1));
+    BenchArg a{parse_dtype(head.substr(0, colon)), {}, {}, false};
+    std::stringstream dims(head.substr(colon + 1));
     std::string d;
     while (std::getline(dims, d, 'x')) {
       char* end = nullptr;
       long long v = strtoll(d.c_str(), &end, 10);
       if (d.empty() || *end != 0 || v < 1) die("--fn '" + spec + "': dimension '" + d + "' is not a positive integer");
       a.shape.push_back(v);
+    }
+    if (at != std::string::npos) {
+      if (a.dtype.code != kDLInt || a.dtype.bits != 32 || a.shape.size() != 1)
+        die("--fn '" + spec + "': given values ('" + item + "') are for a 1-d i32 tensor");
+      std::stringstream vals(item.substr(at + 1));
+      std::string v;
+      while (std::getline(vals, v, '/')) a.values.push_back(parse_value(spec, v));
+      if (int64_t(a.values.size()) != a.shape[0]) die("--fn '" + spec + "': '" + item + "' gives the wrong count of values");
     }
     fn.args.push_back(a);
   }
@@ -1175,7 +1209,10 @@ static ffi::Tensor bench_tensor(const BenchArg& a, Rng& rng) {
                       .cast<ffi::Tensor>();
   int64_t n = 1;
   for (int64_t d : a.shape) n *= d;
-  if (a.dtype.code == kDLFloat && a.dtype.bits == 32) {
+  if (!a.values.empty()) {
+    int32_t* p = static_cast<int32_t*>(t.data_ptr());
+    for (int64_t i = 0; i < n; ++i) p[i] = int32_t(a.values[i]);
+  } else if (a.dtype.code == kDLFloat && a.dtype.bits == 32) {
     float* p = static_cast<float*>(t.data_ptr());
     for (int64_t i = 0; i < n; ++i) p[i] = float(2 * rng.uniform() - 1);
   } else if (a.dtype.code == kDLFloat) {
@@ -1196,7 +1233,7 @@ static void cmd_kernelbench(const std::string& bundle, const std::vector<BenchFn
   Rng rng(a.seed + 1);
   struct Bound {
     ffi::Function f;
-    std::vector<ffi::Tensor> tensors;
+    std::vector<ffi::Any> values;  // tensors, and scalars as int64 / double
     std::vector<ffi::AnyView> views;
     int64_t number = 1;
     std::vector<double> per_call;
@@ -1206,10 +1243,14 @@ static void cmd_kernelbench(const std::string& bundle, const std::vector<BenchFn
     auto f = lib->GetFunction(fns[i].name);
     if (!f) die(bundle + "/lib/kernels.so has no function '" + fns[i].name + "'");
     bound[i].f = *f;
-    for (const auto& arg : fns[i].args) bound[i].tensors.push_back(bench_tensor(arg, rng));
+    for (const auto& arg : fns[i].args) {
+      if (!arg.scalar) bound[i].values.push_back(bench_tensor(arg, rng));
+      else if (arg.dtype.code == kDLInt) bound[i].values.push_back(int64_t(arg.values[0]));
+      else bound[i].values.push_back(arg.values[0]);
+    }
   }
   for (auto& b : bound)
-    for (auto& t : b.tensors) b.views.push_back(ffi::AnyView(t));
+    for (auto& v : b.values) b.views.push_back(ffi::AnyView(v));
   auto call = [](Bound& b, int64_t times) {
     ffi::Any rv;
     double t0 = now_s();
@@ -1230,7 +1271,7 @@ static void cmd_kernelbench(const std::string& bundle, const std::vector<BenchFn
     std::sort(v.begin(), v.end());
     double median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
     printf("{\"fn\": %s, \"median_s\": %.9f, \"min_s\": %.9f, \"rsd\": %.5f, \"reps\": %zu, \"number\": %ld}\n",
-           json_string(fns[i].name).c_str(), median, v.front(), rel_sd(bound[i].per_call), v.size(),
+           json_string(fns[i].label).c_str(), median, v.front(), rel_sd(bound[i].per_call), v.size(),
            long(bound[i].number));
   }
   Sensors s = read_sensors(a.sysroot);

@@ -32,6 +32,7 @@ class TuneOptions:
     restart: bool = False  # ignore the cached record's shapes and measure them all again
     quant: str | None = None  # None: the target's default for this model
     quantize_embedding: bool = True
+    kv_dtype: str | None = None  # the KV cache dtype the bundles will use (None: the target's default)
     reps: int = 7  # rounds of every candidate
     warmup: int = 2
     min_time: float = 0.02  # seconds per sample (back-to-back calls)
@@ -89,7 +90,10 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
     ckpt = open_checkpoint(model)
     quant = get_quantization(o.quant or default_quant(ckpt, preset.name)[0])
     family = kernel_family(tvm.target.Target(preset.tvm_target()))
-    shapes = tunable_shapes(ckpt.config, quant, family, quantize_embedding=o.quantize_embedding)
+    from edgesmith.compiler.context import kv_settings
+
+    kv_dtype = kv_settings(ckpt.config, preset, None, o.kv_dtype, quant=quant).dtype
+    shapes = tunable_shapes(ckpt.config, quant, family, quantize_embedding=o.quantize_embedding, kv_dtype=kv_dtype)
 
     from edgesmith.runtime.transports import open_transport
 
@@ -225,7 +229,8 @@ def _run(bundle, device, args, deadline: float, cool, on_line=None) -> list[dict
 class _Estimate:
     """Seconds a shape will take, from the shapes measured so far (per candidate, per kind)."""
 
-    PRIOR = {"gemv": (1.0, 0.5), "gemv_i8": (1.0, 0.5), "gemm": (3.0, 1.0), "gemm_i8": (2.0, 1.0)}
+    PRIOR = {"gemv": (1.0, 0.5), "gemv_i8": (1.0, 0.5), "gemm": (3.0, 1.0), "gemm_i8": (2.0, 1.0),
+             "attn_prefill": (3.0, 2.0)}
 
     def __init__(self):
         self.seen: dict[str, tuple[float, float]] = {}
@@ -256,7 +261,7 @@ def _cached(path: Path, fp: dict, target: str) -> TuningRecord | None:
 
 
 def _tune_shape(shape, preset, device, o: TuneOptions, cool, deadline: float, tick):
-    from edgesmith.compiler.tune_kernels import Candidate, arg_spec, build_candidates
+    from edgesmith.compiler.tune_kernels import Candidate, arg_specs, build_candidates
     from edgesmith.targets.cache import cache_root
 
     kind = parse_key(shape.key)["kind"]
@@ -268,21 +273,25 @@ def _tune_shape(shape, preset, device, o: TuneOptions, cool, deadline: float, ti
     folder = cache_root() / "tuning" / "candidates" / f"edgesmith-tune-{preset.name}"
     bundle = build_candidates(shape.key, candidates, shape.quant, preset, folder)
     build_s = time.monotonic() - t0
-    spec = arg_spec(shape.key, shape.quant)
+    specs = arg_specs(shape.key, shape.quant)
     args = ["kernelbench", "-r", o.reps, "--warmup", o.warmup, "--min-time", o.min_time]
     for c in candidates:
-        args += ["--fn", f"{c.name}={spec}"]
+        for suffix, spec in specs:
+            args += ["--fn", f"{c.name}{suffix}/{c.name}={spec}"]
     t1 = time.monotonic()
     try:
-        lines = _run(bundle, device, args, deadline, cool, on_line=lambda line: tick() if "fn" in line else None)
+        lines = _run(bundle, device, args, deadline, cool,
+                     on_line=lambda line: tick() if line.get("fn", "").endswith(specs[-1][0]) else None)
     except _OutOfBudget:
         raise
     except EdgesmithError as err:
         raise EdgesmithError(f"tuning {shape.key}: {err}") from None
     run_s = time.monotonic() - t1
     times = {line["fn"]: line for line in lines if "fn" in line}
-    results = [{"params": c.params.__dict__, "median_us": round(times[c.name]["median_s"] * 1e6, 3),
-                "rsd": times[c.name]["rsd"]} for c in candidates]
+    # a candidate's time: summed over its argument sets (attention: its lengths)
+    results = [{"params": c.params.__dict__,
+                "median_us": round(sum(times[c.name + sfx]["median_s"] for sfx, _ in specs) * 1e6, 3),
+                "rsd": max(times[c.name + sfx]["rsd"] for sfx, _ in specs)} for c in candidates]
     default_us = next(r["median_us"] for r, c in zip(results, candidates) if c.params == default)
     best = min(results, key=lambda r: r["median_us"])
     if best["median_us"] > default_us * (1 - o.tie_margin):  # within the noise: keep the default

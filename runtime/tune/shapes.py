@@ -1,9 +1,12 @@
 """The distinct tunable kernels of a model on a target: its linear layers (qkv, o, gate_up, down,
 lm_head) at decode (one token: a GEMV) and prefill (a GEMM), each as the shape key the compile
-looks its params up by (the quantization entry's `tunable`, so tune and compile agree)."""
+looks its params up by (the quantization entry's `tunable`, so tune and compile agree), and the
+prefill attention (the key attention_cpu looks up)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from edgesmith.compiler.tuning import attention_key
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,10 @@ def linear_layers(cfg) -> list[tuple[str, int, int, bool]]:
     return layers + [("lm_head", cfg.vocab_size, cfg.hidden_size, True)]
 
 
-def tunable_shapes(cfg, quant, family, *, quantize_embedding: bool = True) -> list[KernelShape]:
-    """Decode kernels first (they decide tok/s in generation), in the model's layer order."""
+def tunable_shapes(cfg, quant, family, *, quantize_embedding: bool = True, kv_dtype: str | None = None
+                   ) -> list[KernelShape]:
+    """Decode kernels first (they decide tok/s in generation), in the model's layer order; then the
+    prefill GEMMs and (kv_dtype given: the KV cache's dtype on the target) the prefill attention."""
     by_key: dict[tuple, list[str]] = {}
     for phase in ("decode", "prefill"):
         for name, n, k, _ in linear_layers(cfg):
@@ -33,4 +38,8 @@ def tunable_shapes(cfg, quant, family, *, quantize_embedding: bool = True) -> li
             key = q.tunable(family, n, k, phase == "decode")
             if key is not None:
                 by_key.setdefault((phase, key, q), []).append(name)
-    return [KernelShape(key, tuple(names), phase, q) for (phase, key, q), names in by_key.items()]
+    shapes = [KernelShape(key, tuple(names), phase, q) for (phase, key, q), names in by_key.items()]
+    if kv_dtype and not family.gpu:  # our CPU attention kernels (attention_cpu.py)
+        key = attention_key(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, kv_dtype)
+        shapes.append(KernelShape(key, ("attention",), "prefill", quant))
+    return shapes
