@@ -143,7 +143,7 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
         say.note(f"  {shape.phase} {'/'.join(shape.layers)} {shape.key}: {_summary(entry)}")
     decode = [s for s in shapes if s.phase == "decode" and s.key in record.kernels]
     if stopped is None and measure_threads and decode:
-        if (len(thread_counts) - 1) * estimate.threads_s(len(decode)) > deadline - time.monotonic():
+        if len(thread_counts) * estimate.threads_s(len(decode)) > deadline - time.monotonic():
             stopped = "the budget ran out before the thread count was measured; run tune again to measure it"
         else:
             try:
