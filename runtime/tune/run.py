@@ -16,6 +16,7 @@ device; with it, the record is marked emulated and `compile` says so when it app
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,17 +142,17 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
         record.complete = False
         record.write(path)  # after every shape: an interruption loses at most the one in flight
         say.note(f"  {shape.phase} {'/'.join(shape.layers)} {shape.key}: {_summary(entry)}")
-    decode = [s for s in shapes if s.phase == "decode" and s.key in record.kernels]
-    if stopped is None and measure_threads and decode:
-        if len(thread_counts) * estimate.threads_s(len(decode)) > deadline - time.monotonic():
+    tuned = [s for s in shapes if s.key in record.kernels]
+    if stopped is None and measure_threads and any(s.phase == "decode" for s in tuned):
+        if len(thread_counts) * estimate.threads_s(len(tuned)) > deadline - time.monotonic():
             stopped = "the budget ran out before the thread count was measured; run tune again to measure it"
         else:
             try:
-                best, totals = _tune_threads(decode, record, ckpt.config, preset, device, o, cool, deadline,
+                best, totals = _tune_threads(tuned, record, ckpt.config, preset, device, o, cool, deadline,
                                              thread_counts, tick)
                 record.threads[model_id] = {"threads": best, "model": ckpt.description, "us": totals}
-                say.note(f"  threads: {best} (a decode step's kernels: "
-                         + ", ".join(f"{t}: {us:.0f} us" for t, us in totals.items()) + ")")
+                say.note(f"  threads: {best} (the kernels of a decode step / a prefill chunk: " + ", ".join(
+                    f"{t}: {v['decode_us']:.0f} / {v['prefill_us']:.0f} us" for t, v in totals.items()) + ")")
             except _OutOfBudget:
                 stopped = "the budget ran out while measuring the thread count; run tune again to measure it"
     record.complete = stopped is None and all(s.key in record.kernels for s in shapes) and model_id in record.threads
@@ -171,38 +172,57 @@ class _OutOfBudget(Exception):
     pass
 
 
+THREAD_ROUNDS = 3
+
+
 def _thread_counts(cores: int) -> list[int]:
     """Thread counts worth timing: 1, 2, 4, ... and half and all of the cores (the runner's default)."""
     counts = {c for c in (1, 2, 4, 8, cores // 2, cores) if 1 <= c <= cores}
     return sorted(counts)
 
 
-def _tune_threads(decode, record, cfg, preset, device, o: TuneOptions, cool, deadline: float, counts, tick):
-    """(best thread count, {count: us}) for one decode step's linear kernels with the chosen params,
-    each weighted by how many layers run it. All cores (the runner's default) wins ties."""
-    from edgesmith.compiler.tune_kernels import arg_spec, build_library
+def _tune_threads(tuned, record, cfg, preset, device, o: TuneOptions, cool, deadline: float, counts, tick):
+    """(best thread count, {count: {decode_us, prefill_us}}): the model's kernels with their chosen
+    params, a decode step's (each weighted by the layers that run it) and a prefill chunk's, timed
+    at each count. The score is the two relative to all cores (the runner's default) added, so a
+    count that speeds decode but slows prefill as much does not win; all cores wins ties."""
+    from edgesmith.compiler.tune_kernels import arg_specs, build_library
     from edgesmith.compiler.tuning import params_from_dict
     from edgesmith.targets.cache import cache_root
 
-    funcs = [(f"d{i}", s.key, params_from_dict(parse_key(s.key)["kind"], record.kernels[s.key]["params"]), s.quant)
-             for i, s in enumerate(decode)]
-    weight = {f"d{i}": sum(1 if name == "lm_head" else cfg.num_hidden_layers for name in s.layers)
-              for i, s in enumerate(decode)}
+    funcs, labels = [], []  # labels: (label, function, phase, weight)
+    for i, s in enumerate(tuned):
+        name = f"k{i}"
+        funcs.append((name, s.key, params_from_dict(parse_key(s.key)["kind"], record.kernels[s.key]["params"]),
+                      s.quant))
+        weight = sum(1 if layer == "lm_head" else cfg.num_hidden_layers for layer in s.layers)
+        for suffix, spec in arg_specs(s.key, s.quant):
+            labels.append((name + suffix, name, s.phase, weight, spec))
     folder = cache_root() / "tuning" / "candidates" / f"edgesmith-tune-{preset.name}"
-    bundle = build_library(funcs, preset, folder, "edgesmith tune: decode kernels for the thread count")
-    totals = {}
-    for t in counts:
-        args = ["kernelbench", "--threads", t, "-r", o.reps, "--warmup", o.warmup, "--min-time", o.min_time]
-        for name, key, _, quant in funcs:
-            args += ["--fn", f"{name}={arg_spec(key, quant)}"]
-        lines = _run(bundle, device, args, deadline, cool)
-        totals[t] = round(sum(weight[line["fn"]] * line["median_s"] * 1e6 for line in lines if "fn" in line), 1)
-        tick()
+    bundle = build_library(funcs, preset, folder, "edgesmith tune: the model's kernels for the thread count")
+    # Thread counts in alternating rounds (a busy spell of a shared machine falls on all of them),
+    # each count's totals the medians of its rounds.
+    rounds: dict[int, dict[str, list[float]]] = {t: {"decode": [], "prefill": []} for t in counts}
+    for r in range(THREAD_ROUNDS):
+        for t in counts:
+            args = ["kernelbench", "--threads", t, "-r", o.reps, "--warmup", o.warmup, "--min-time", o.min_time]
+            for label, name, _, _, spec in labels:
+                args += ["--fn", f"{label}/{name}={spec}"]
+            times = {line["fn"]: line["median_s"] for line in _run(bundle, device, args, deadline, cool) if "fn" in line}
+            for phase in ("decode", "prefill"):
+                rounds[t][phase].append(sum(w * times[label] * 1e6 for label, _, ph, w, _ in labels if ph == phase))
+            if r == THREAD_ROUNDS - 1:
+                tick()
+    totals = {t: {ph: round(statistics.median(v), 1) for ph, v in phases.items()} for t, phases in rounds.items()}
     default = max(counts)
-    best = min(totals, key=totals.get)
-    if totals[best] > totals[default] * (1 - o.tie_margin):
+
+    def score(t):
+        return sum(totals[t][ph] / totals[default][ph] for ph in ("decode", "prefill") if totals[default][ph])
+
+    best = min(counts, key=score)
+    if score(best) > score(default) * (1 - o.tie_margin):
         best = default
-    return best, {str(t): us for t, us in totals.items()}
+    return best, {str(t): {f"{ph}_us": us for ph, us in v.items()} for t, v in totals.items()}
 
 
 def _run(bundle, device, args, deadline: float, cool, on_line=None) -> list[dict]:
@@ -240,9 +260,9 @@ class _Estimate:
         self.seen[kind] = (build_s / n, run_s / n)
 
     def threads_s(self, shapes: int) -> float:
-        """One more thread count: a run of every decode kernel (the library is built once)."""
+        """One more thread count: THREAD_ROUNDS runs of every kernel of the model (built once)."""
         run = max((r for _, r in self.seen.values()), default=0.5)
-        return shapes * run + 1.0
+        return THREAD_ROUNDS * shapes * run + 1.0
 
     def seconds(self, key: str, n: int, o: TuneOptions) -> float:
         kind = parse_key(key)["kind"]
