@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from emulated_fixtures import board_emulator, pytestmark_emulated  # noqa: F401 (a fixture)
+from emulated_fixtures import board_emulator, devices_yaml, emulators, pytestmark_emulated  # noqa: F401 (fixtures)
 
 from edgesmith.compiler.tuning import (SPACES, GemmI8Params, GemmParams, GemvParams, Tuning, TuningError,
                                        TuningRecord, parse_key, shape_key)
@@ -261,6 +261,22 @@ def test_tune_on_the_emulated_board_needs_allow_emulated_and_applies(tmp_path, b
         assert p.returncode == 0, p.stderr
         outs[name] = p.stdout.strip().splitlines()[-1]
     assert outs["tuned"] == outs["default"] and len(outs["tuned"].split()) == 8
+
+
+@pytest.mark.slow
+@pytestmark_emulated
+def test_tune_on_the_emulated_phone_over_adb(tmp_path, devices_yaml):
+    """The same mechanism through the real adb (android-arm64: the glibc loader shipped with the
+    runner); refused without --allow-emulated, marked emulated with it."""
+    env = own_cache(tmp_path)
+    p = edgesmith("tune", "random:tiny", "--device", "phone", "--devices", devices_yaml, env=env)
+    assert p.returncode != 0 and "--allow-emulated" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = edgesmith("tune", "random:tiny", "--device", "phone", "--devices", devices_yaml, "--allow-emulated",
+                  "--budget", "4", "-r", "2", "-o", tmp_path / "phone.json", env=env)
+    assert p.returncode == 0, p.stderr
+    record = TuningRecord.read(tmp_path / "phone.json")
+    assert record.emulated and record.target == "android-arm64" and record.device == "phone"
+    assert record.complete and len(record.kernels) == 9 and record.elapsed_s <= 240
 
 
 @pytest.mark.slow
