@@ -111,6 +111,12 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
 
         progress.step(f"lowering for {preset.name} ({tvm_target.kind.name}, {preset.triple})")
         ex = lower(mod, tvm_target, dump_ir, sliding_window=kv.window, tuning=kernel_tuning)
+        if kernel_tuning is not None:
+            used = kernel_tuning.used
+            untuned = sorted(used - set(kernel_tuning.as_dict()))
+            progress.step(f"tuning applied to {len(used) - len(untuned)} of the model's {len(used)} tunable kernels"
+                          + (f"; the record has none for {', '.join(untuned)} (defaults kept: tune this model "
+                             "to measure them)" if untuned else ""))
         (tmp / "lib").mkdir()
         progress.step("linking the model library")
         ex.export_library(str(tmp / "lib" / preset_library_name(preset)), **preset_export_kwargs(preset))

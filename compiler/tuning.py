@@ -120,9 +120,12 @@ def check_params(kind: str, params) -> None:
 
 @dataclass(frozen=True)
 class Tuning:
-    """Params per shape key (a tuple of pairs: hashable, so a KernelFamily can carry it)."""
+    """Params per shape key (a tuple of pairs: hashable, so a KernelFamily can carry it). `used`
+    collects the keys a compile looked up (not part of equality), so the manifest can say which
+    of the model's kernels the record tuned and which kept the defaults."""
 
     entries: tuple = ()
+    used: set = field(default_factory=set, compare=False, hash=False, repr=False)
 
     @classmethod
     def of(cls, table: dict) -> Tuning:
@@ -133,6 +136,7 @@ class Tuning:
 
     def by_key(self, key: str):
         """The params of kernel `key`, or its kind's defaults."""
+        self.used.add(key)
         for name, params in self.entries:
             if name == key:
                 return params
@@ -142,7 +146,7 @@ class Tuning:
         return {key: dataclasses.asdict(p) for key, p in self.entries}
 
 
-DEFAULT = Tuning()
+DEFAULT = Tuning()  # (its `used` collects across compiles: nothing reads it)
 
 
 # ------------------------------------------------------------------ the record
@@ -229,9 +233,12 @@ def manifest_entry(record: TuningRecord | None, tuning: Tuning, source: str, mod
     """The manifest's "tuning": where the params came from and every non-default one applied."""
     if record is None:
         return {"source": "defaults", "kernels": {}}
+    table = tuning.as_dict()
     entry = {"source": source, "device": record.device, "fingerprint_id": record.fingerprint_id,
              "fingerprint": record.fingerprint, "emulated": record.emulated, "complete": record.complete,
-             "kernels": tuning.as_dict()}
+             # the model's kernels the record tuned, and those it has no entry for (the defaults)
+             "kernels": {key: table[key] for key in sorted(tuning.used) if key in table},
+             "untuned": sorted(tuning.used - set(table))}
     chosen = record.threads.get(model_id) if model_id else None
     if chosen:
         entry["threads"] = chosen["threads"]  # the runner starts TVM's pool with it unless told otherwise

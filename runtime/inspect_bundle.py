@@ -56,6 +56,9 @@ def _tuning_lines(t: dict | None) -> list[str]:
              f"{', incomplete' if not t.get('complete', True) else ''}"]
     for key, params in sorted(t.get("kernels", {}).items()):
         lines.append(f"            {key:42s} {', '.join(f'{k}={v}' for k, v in params.items())}")
+    if t.get("untuned"):
+        lines.append(f"            {len(t['untuned'])} more kernels keep the defaults (not in the record): "
+                     + ", ".join(t["untuned"]))
     if t.get("threads"):
         lines.append(f"            {'threads (run time; --threads overrides)':42s} {t['threads']}")
     return lines

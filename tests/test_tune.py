@@ -132,9 +132,9 @@ def test_tune_on_host_keeps_its_budget_and_resumes_after_an_interruption(tmp_pat
     for key, entry in partial["kernels"].items():  # what was measured before the interruption is kept
         assert record.kernels[key] == entry
     # A budget too small for any shape: stops at once, says so, and keeps what it has.
-    p = edgesmith("tune", "random:tiny", "--device", "host", "--budget", "0.05", "--restart", env=env)
+    p = edgesmith("tune", "random:tiny", "--device", "host", "--budget", "0.1", "--restart", env=env)
     assert p.returncode == 0 and "budget" in p.stderr and "ran out" in p.stderr, p.stderr
-    assert TuningRecord.read(path).elapsed_s <= 3
+    assert TuningRecord.read(path).elapsed_s <= 6
 
 
 def _all_non_default(shapes) -> dict:
@@ -188,6 +188,7 @@ def test_tuned_bundle_gives_the_untuned_tokens_and_the_numpy_reference(quant, tm
     default = compiled("random:tiny", quant)
     manifest = json.loads((tuned / "manifest.json").read_text())
     assert manifest["tuning"]["kernels"] == {k: dataclasses.asdict(v) for k, v in table.items()}
+    assert manifest["tuning"]["untuned"] == []  # every tunable kernel the compile met was in `shapes`
     assert manifest["files"]["lib/model.so"]["sha256"] != json.loads(
         (default / "manifest.json").read_text())["files"]["lib/model.so"]["sha256"]
     shown = edgesmith("inspect", tuned).stdout
