@@ -141,7 +141,8 @@ def cmd_tune(args) -> int:
         from edgesmith.errors import EdgesmithError
         raise EdgesmithError(f"-o {args.output} is a folder; give the tuning record a file name (e.g. tuning.json)")
     options = TuneOptions(budget_s=args.budget * 60, allow_emulated=args.allow_emulated, restart=args.restart,
-                          quant=args.quant, quantize_embedding=not args.float_embedding, reps=args.reps)
+                          quant=args.quant, quantize_embedding=not args.float_embedding, reps=args.reps,
+                          kv_dtype=args.kv_dtype)
     progress = ConsoleProgress(quiet=args.quiet)
     record, path = tune_model(args.model, device, options, out=args.output, progress=progress)
     where = f"{path}" + (f" and {args.output}" if args.output else "")
@@ -551,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "kept in the cache, where --tuning auto finds it)")
     tn.add_argument("--quant", help="quantization whose kernels to tune (default: the target's, as compile)")
     tn.add_argument("--float-embedding", action="store_true", help="tune for bundles compiled with --float-embedding")
+    tn.add_argument("--kv-dtype", choices=["float16", "float32"], help="tune the attention for this KV cache dtype "
+                    "(default: the target's, as compile)")
     tn.add_argument("-r", "--reps", type=_positive, default=7, help="timed rounds per candidate (default 7)")
     tn.add_argument("--restart", action="store_true", help="measure every shape again (default: resume, keeping "
                     "the shapes already in the cached record)")
