@@ -48,12 +48,14 @@ import math
 
 import tvm
 
+from edgesmith.compiler.tuning import DEFAULT, AttentionParams, Tuning, attention_key
 from edgesmith.targets.tvm_api import relax, tirx
 from edgesmith.targets.tvm_api import tir_script as T
 
 LOG2E = math.log2(math.e)
 NEG_INIT = -5e4  # TVM's initial running max; also the paged kernels' masked score
 OFF = -3.0e38  # a lane's score when its key is masked inside a block: drops out of max and exp2
+# The prefill tile's defaults (compiler/tuning.AttentionParams, which `edgesmith tune` varies):
 ROWS = 32  # query rows per prefill tile (two 16-lane vectors)
 KB = 8  # keys per prefill block
 PAGE = 16
@@ -275,15 +277,17 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
 # prefill: shared tile loop
 
 
-def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: bool, window: int = 0):
-    """The per-(head, sequence) loop over 32-row query tiles, for the ragged or the paged kernel.
+def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: bool, window: int = 0,
+                params: AttentionParams = AttentionParams()):
+    """The per-(head, sequence) loop over query tiles of params.rows rows (ROWS by default) and
+    key blocks of params.keys (KB), for the ragged or the paged kernel.
 
     Keys are addressed by `key(kk, dd)` / `val(kk, dd)`-like expressions built here from the
     arguments: ragged: k[kv_base + kk, hk, dd]; paged: pages[page_values[pbeg + kk // 16], 0|1,
     hk, kk % 16, dd].
     """
     G = h_q // h_kv
-    R, V = ROWS, ROWS // 2
+    R, V, KB = params.rows, params.rows // 2, params.keys  # noqa: N806 (the module's names for them)
     DC = _chunk(d_v)
     log2e = _f32(LOG2E)
     window_start = _window_start(window)
@@ -422,12 +426,12 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
 
 
 def attention_prefill_ragged_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str,
-                                 window: int = 0) -> tirx.PrimFunc:
+                                 window: int = 0, params: AttentionParams = AttentionParams()) -> tirx.PrimFunc:
     """`batch_prefill_ragged_kv` (rotary_mode 0 only; `window` > 0: sliding window)."""
     _check_dtype(dtype)
     if h_q % h_kv:
         raise ValueError(f"{h_q} query heads are not a multiple of {h_kv} kv heads")
-    tiles = _tile_macro(h_kv, h_q, d_qk, d_v, dtype, paged=False, window=window)
+    tiles = _tile_macro(h_kv, h_q, d_qk, d_v, dtype, paged=False, window=window, params=params)
     masked_score = _f32(NEG_INIT * LOG2E)
 
     @T.prim_func(s_tir=True)
@@ -481,14 +485,14 @@ def attention_prefill_ragged_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype
 
 
 def attention_prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = PAGE,
-                                window: int = 0) -> tirx.PrimFunc:
+                                window: int = 0, params: AttentionParams = AttentionParams()) -> tirx.PrimFunc:
     """`batch_prefill_paged_kv_cpu` (rotary_mode 0 only; `window` > 0: sliding window)."""
     _check_dtype(dtype)
     if h_q % h_kv:
         raise ValueError(f"{h_q} query heads are not a multiple of {h_kv} kv heads")
     if page_size != PAGE:
         raise ValueError(f"page size {page_size}: the CPU kernels use {PAGE}")
-    tiles = _tile_macro(h_kv, h_q, d, d, dtype, paged=True, window=window)
+    tiles = _tile_macro(h_kv, h_q, d, d, dtype, paged=True, window=window, params=params)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(
@@ -573,8 +577,9 @@ def _shape(f: tirx.PrimFunc, i: int) -> tuple:
     return tuple(buf.shape), str(buf.dtype)
 
 
-def _ours(symbol: str, f: tirx.PrimFunc, window: int) -> tirx.PrimFunc:
-    """Our kernel for TVM's `f`, with the head counts, head dims and dtype read off its buffers."""
+def _ours(symbol: str, f: tirx.PrimFunc, window: int, tuning: Tuning = DEFAULT) -> tirx.PrimFunc:
+    """Our kernel for TVM's `f`, with the head counts, head dims and dtype read off its buffers,
+    and (prefill) the tuning's tile for them."""
     if symbol == DECODE:
         (_, h_q, d), dtype = _shape(f, 0)
         (_, _, h_kv, page, _), _ = _shape(f, 1)
@@ -583,13 +588,16 @@ def _ours(symbol: str, f: tirx.PrimFunc, window: int) -> tirx.PrimFunc:
         (_, h_q, d_qk), dtype = _shape(f, 0)
         (_, h_kv, _), _ = _shape(f, 2)
         (_, _, d_v), _ = _shape(f, 3)
-        return attention_prefill_ragged_cpu(int(h_kv), int(h_q), int(d_qk), int(d_v), dtype, window=window)
+        params = tuning.by_key(attention_key(int(h_q), int(h_kv), int(d_qk), dtype))
+        return attention_prefill_ragged_cpu(int(h_kv), int(h_q), int(d_qk), int(d_v), dtype, window=window,
+                                            params=params)
     (_, h_q, d), dtype = _shape(f, 0)
     (_, _, h_kv, page, _), _ = _shape(f, 2)
-    return attention_prefill_paged_cpu(int(h_kv), int(h_q), int(d), dtype, int(page), window=window)
+    params = tuning.by_key(attention_key(int(h_q), int(h_kv), int(d), dtype))
+    return attention_prefill_paged_cpu(int(h_kv), int(h_q), int(d), dtype, int(page), window=window, params=params)
 
 
-def replace_cpu_attention(mod: tvm.IRModule, window: int = 0) -> tvm.IRModule:
+def replace_cpu_attention(mod: tvm.IRModule, window: int = 0, tuning: Tuning = DEFAULT) -> tvm.IRModule:
     """TVM's CPU attention PrimFuncs (by global_symbol) swapped for ours, same GlobalVars.
 
     Only when the module creates paged KV caches and every one of them has rope_mode NONE (0):
@@ -610,7 +618,7 @@ def replace_cpu_attention(mod: tvm.IRModule, window: int = 0) -> tvm.IRModule:
         if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "global_symbol" in f.attrs:
             symbol = str(f.attrs["global_symbol"])
             if symbol in (DECODE, PREFILL_RAGGED, PREFILL_PAGED) and _shape(f, 0)[1] in ("float32", "float16"):
-                funcs[gv] = _ours(symbol, f, window)
+                funcs[gv] = _ours(symbol, f, window, tuning)
                 swapped.add(symbol)
     missing = {DECODE, PREFILL_RAGGED, PREFILL_PAGED} - swapped
     if window and missing:
@@ -619,11 +627,11 @@ def replace_cpu_attention(mod: tvm.IRModule, window: int = 0) -> tvm.IRModule:
     return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
-def ReplaceCPUAttention(window: int = 0):  # noqa: N802 (a pass)
-    """The pass: `replace_cpu_attention` with this sliding window (0: none)."""
+def ReplaceCPUAttention(window: int = 0, tuning: Tuning = DEFAULT):  # noqa: N802 (a pass)
+    """The pass: `replace_cpu_attention` with this sliding window (0: none) and tuning."""
 
     @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUAttention")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return replace_cpu_attention(mod, window)
+        return replace_cpu_attention(mod, window, tuning)
 
     return _pass

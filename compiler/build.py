@@ -17,6 +17,8 @@ from edgesmith.compiler.convert import convert_params
 from edgesmith.compiler.models import for_config
 from edgesmith.compiler.pipeline import make_pipeline
 from edgesmith.compiler.quantize import Quantization, get_quantization
+from edgesmith.compiler.tuning import (DEFAULT, Tuning, TuningError, TuningRecord, manifest_entry,
+                                       model_shape_id)
 from edgesmith.errors import ConfigError, TargetError
 from edgesmith.targets import presets
 from edgesmith.targets.tvm_api import TVM_VERSION, build_vm, dump_tensor_cache
@@ -33,31 +35,36 @@ class Progress:
 
 
 def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize_embedding: bool = True,
-                kv_dtype: str = "float32"):
+                kv_dtype: str = "float32", tuning: Tuning | None = None):
     """The Relax module and its parameter list [(name, shape, dtype)] for a config (its
-    architecture's nn model, from the model registry)."""
+    architecture's nn model, from the model registry). tuning: the kernels' choices (None: defaults)."""
     model_class = for_config(cfg).model_class()
-    model = model_class(cfg, quant, quantize_embedding=quantize_embedding, target=target, kv_dtype=kv_dtype)
+    extra = {"tuning": tuning} if tuning is not None else {}
+    model = model_class(cfg, quant, quantize_embedding=quantize_embedding, target=target, kv_dtype=kv_dtype, **extra)
     mod, named = model.export_tvm(spec=model.get_default_spec())
     params = [(name, tuple(int(x) for x in p.shape), p.dtype) for name, p in named]
     return mod, params
 
 
-def lower(mod, target: tvm.target.Target, dump_dir: Path | None = None, *, sliding_window: int = 0):
+def lower(mod, target: tvm.target.Target, dump_dir: Path | None = None, *, sliding_window: int = 0,
+          tuning: Tuning | None = None):
     # Not tvm.compile: it emits all TIR in one LLVM module, where a TVM 0.27 bug drops noalias
     # from every kernel (see tvm_api.build_vm).
-    return build_vm(mod, target, make_pipeline(target, dump_dir, sliding_window=sliding_window))
+    return build_vm(mod, target, make_pipeline(target, dump_dir, sliding_window=sliding_window, tuning=tuning))
 
 
 def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: str, out: Path, *,
                    quantize_embedding: bool = True, dump_ir: Path | None = None,
                    progress: Progress | None = None, context: int | None = None,
-                   kv_dtype: str | None = None, prefill_chunk: int = PREFILL_CHUNK) -> Path:
+                   kv_dtype: str | None = None, prefill_chunk: int = PREFILL_CHUNK,
+                   tuning: TuningRecord | None = None, tuning_source: str = "") -> Path:
     """Compile `model` for `target` into the bundle folder `out`; returns `out`.
 
     quant None: the target's and the source's default (checkpoint.default_quant).
     context / kv_dtype: the KV cache (compiler/context.py; None: the defaults there).
-    prefill_chunk: tokens per prefill call (a longer prompt is prefilled in chunks)."""
+    prefill_chunk: tokens per prefill call (a longer prompt is prefilled in chunks).
+    tuning: a record from `edgesmith tune` (checked against the target by the caller:
+    runtime/tune/apply.py); its kernel choices are applied and recorded in the manifest."""
     progress = progress or Progress()
     q = get_quantization(quant) if quant else None
     preset = presets.get_preset(target)
@@ -73,11 +80,19 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
         raise ConfigError(f"prefill chunk {prefill_chunk!r}: it must be a positive number of tokens")
     tvm_target = tvm.target.Target(preset.tvm_target())
+    if tuning is not None and tuning.target != preset.name:
+        raise TuningError(f"tuning record {tuning_source or ''} was measured for target {tuning.target}, not "
+                          f"{preset.name}; tune with --target {preset.name} or compile with --target {tuning.target}")
+    kernel_tuning = tuning.tuning() if tuning is not None else None
     t0 = time.perf_counter()
     with bundle_io.staging(Path(out)) as tmp:
         progress.step(f"tracing {ckpt.description} at {q.name}; KV cache {kv.context} tokens, {kv.dtype}"
                       + (f", sliding window {kv.window}" if kv.window else ""))
-        mod, params = build_model(cfg, q, tvm_target, quantize_embedding=quantize_embedding, kv_dtype=kv.dtype)
+        if tuning is not None:
+            progress.step(f"tuning from {tuning_source or 'a record'}: {len(tuning.kernels)} kernel shapes measured on "
+                          f"'{tuning.device}'" + (" (emulated: proves the mechanism only)" if tuning.emulated else ""))
+        mod, params = build_model(cfg, q, tvm_target, quantize_embedding=quantize_embedding, kv_dtype=kv.dtype,
+                                  tuning=kernel_tuning)
         if "int4_kept" in source:
             progress.step(f"the source's int4 weights: {source['int4_kept']}")
 
@@ -95,7 +110,13 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         t_convert = time.perf_counter() - t0
 
         progress.step(f"lowering for {preset.name} ({tvm_target.kind.name}, {preset.triple})")
-        ex = lower(mod, tvm_target, dump_ir, sliding_window=kv.window)
+        ex = lower(mod, tvm_target, dump_ir, sliding_window=kv.window, tuning=kernel_tuning)
+        if kernel_tuning is not None:
+            used = kernel_tuning.used
+            untuned = sorted(used - set(kernel_tuning.as_dict()))
+            progress.step(f"tuning applied to {len(used) - len(untuned)} of the model's {len(used)} tunable kernels"
+                          + (f"; the record has none for {', '.join(untuned)} (defaults kept: tune this model "
+                             "to measure them)" if untuned else ""))
         (tmp / "lib").mkdir()
         progress.step("linking the model library")
         ex.export_library(str(tmp / "lib" / preset_library_name(preset)), **preset_export_kwargs(preset))
@@ -130,6 +151,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
             kv_cache=kv.manifest(PAGE_SIZE, prefill_chunk, cfg),
             device=gpu_device_entry(preset) if preset.gpu else None,
             kernels=kernels or None,
+            tuning=None if preset.gpu else manifest_entry(tuning, kernel_tuning or DEFAULT, tuning_source,
+                                                          model_shape_id(cfg, q.name)),
             tokenizer=tokenizer,
             params=[name for name, _, _ in params],
             weight_bytes=sum(_nbytes(s, d) for _, s, d in params),

@@ -7,18 +7,22 @@
     gpu          a GPU target: the textbook forms of kernels_gpu.py, scheduled by dlight's GPU
                  rules (schedules_gpu.py)
 
-A quantization entry (compiler/quantize.py) picks its linear kernels by the family; the
-pipeline picks the schedule rules by `is_gpu`.
+A quantization entry (compiler/quantize.py) picks its linear kernels by the family, and their
+parameters by the family's tuning (compiler/tuning.py); the pipeline picks the schedule rules by
+`is_gpu`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+
+from edgesmith.compiler.tuning import DEFAULT, Tuning
 
 
 @dataclass(frozen=True)
 class KernelFamily:
     name: str  # "cpu" | "cpu-int8dot" | "gpu"
     dot_isas: tuple = ()  # cpu-int8dot: the target's kernels_int8.DotISA, widest first
+    tuning: Tuning = field(default=DEFAULT)  # the CPU kernels' choices per shape (compiler/tuning.py)
 
     @property
     def gpu(self) -> bool:
@@ -34,11 +38,12 @@ def is_gpu(target) -> bool:
     return target is not None and "gpu" in target.keys
 
 
-def kernel_family(target) -> KernelFamily:
-    """The family of a tvm.target.Target (None: a plain CPU)."""
+def kernel_family(target, tuning: Tuning | None = None) -> KernelFamily:
+    """The family of a tvm.target.Target (None: a plain CPU), with `tuning`'s kernel choices."""
     if is_gpu(target):
         return GPU
     from edgesmith.compiler.kernels_int8 import dot_isas
 
     isas = dot_isas(target)
-    return KernelFamily("cpu-int8dot", tuple(isas)) if isas else CPU
+    family = KernelFamily("cpu-int8dot", tuple(isas)) if isas else CPU
+    return replace(family, tuning=tuning) if tuning is not None else family

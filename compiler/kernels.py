@@ -22,10 +22,12 @@ Q4_WORDS_T, Q4_SCALES_T = "q4_gemm_words_t", "q4_gemm_scales_t"  # prefill: a st
 X_PERMUTED = "linear_x_permuted"  # decode int4: x reordered like the packed words' lanes
 X_WORD_SUM = "q4_gemv_xsum"
 Q4_SCALES_F32 = "q4_gemv_scales"  # decode: a word block's scales as float32, in registers
-X_PADDED = "linear_x_padded"  # prefill: tokens padded to a multiple of ROW_TILE with zeros
+X_PADDED = "linear_x_padded"  # prefill: tokens padded to a multiple of the row tile with zeros
 GEMM_CROP = "linear_gemm_crop"  # prefill: the padded rows dropped
 ROPE_TABLE = "rope_cos_sin"  # per (position, frequency) cos/sin: kept as its own loop, never inlined
-ROW_TILE = 8  # prefill's register tile of tokens: padding to it leaves the tile without bounds checks
+# prefill's register tile of tokens (default; tuning.GemmParams): padding to it leaves the tile
+# without bounds checks. The schedule (schedules.Linear) looks up the same params by shape.
+ROW_TILE = 8
 
 
 def _nibble(word, i):
@@ -69,7 +71,7 @@ def _is_vector(x) -> bool:
     return all(isinstance(d, tirx.IntImm) and int(d) == 1 for d in (b, t))
 
 
-def q4_linear(x, w, s, group: int):
+def q4_linear(x, w, s, group: int, row_tile: int = ROW_TILE):
     """x (b, t, k) f32 @ dequant(w, s).T -> (b, t, n) f32.
 
     Decode reorders the reduction so that the vector lanes run over consecutive packed words
@@ -79,7 +81,7 @@ def q4_linear(x, w, s, group: int):
     """
     if _is_vector(x):
         return _q4_gemv(x, w, s, group)
-    return _q4_gemm(x, w, s, group)
+    return _q4_gemm(x, w, s, group, row_tile)
 
 
 def _q4_gemv(x, w, s, group: int):
@@ -111,27 +113,27 @@ def _q4_gemv(x, w, s, group: int):
     return te.compute((b, t, n), body, name=GEMV)
 
 
-def _padded_rows(t):
-    return (t + ROW_TILE - 1) // ROW_TILE * ROW_TILE
+def _padded_rows(t, row_tile: int):
+    return (t + row_tile - 1) // row_tile * row_tile
 
 
-def _gemm(x, weight_t, n):
+def _gemm(x, weight_t, n, row_tile: int = ROW_TILE):
     """Prefill: y (b, t, n) = x @ W.T with W.T given as weight_t(kk, o) -> f32.
 
     The weight is read through WEIGHT_TILE, a (k, n) float32 transpose the schedule computes
     one column strip at a time (never the whole weight), so that the register tile is an outer
     product: a token's x broadcast times a vector of consecutive outputs."""
     b, t, k_dim = x.shape
-    xpad = te.compute((b, _padded_rows(t), k_dim),
+    xpad = te.compute((b, _padded_rows(t, row_tile), k_dim),
                       lambda i, j, kk: tirx.if_then_else(j < t, x[i, tirx.min(j, t - 1), kk], tirx.const(0.0, F32)),
                       name=X_PADDED)
     tile = te.compute((k_dim, n), weight_t, name=WEIGHT_TILE)
     rk = te.reduce_axis((0, k_dim), name="k")
-    y = te.compute((b, _padded_rows(t), n), lambda i, j, o: te.sum(xpad[i, j, rk] * tile[rk, o], axis=rk), name=GEMM)
+    y = te.compute((b, _padded_rows(t, row_tile), n), lambda i, j, o: te.sum(xpad[i, j, rk] * tile[rk, o], axis=rk), name=GEMM)
     return te.compute((b, t, n), lambda i, j, o: y[i, j, o], name=GEMM_CROP)
 
 
-def _q4_gemm(x, w, s, group: int):
+def _q4_gemm(x, w, s, group: int, row_tile: int = ROW_TILE):
     """The strip is decoded from transposed copies of its packed words and scales (scalar
     copies, 1/8 and 1/group of the elements), so that decoding is vectorized over outputs."""
     n, words = w.shape
@@ -141,10 +143,10 @@ def _q4_gemm(x, w, s, group: int):
     def value(kk, o):
         return (_nibble(w_t[kk // 8, o], kk % 8) - tirx.const(8.0, F32)) * s_t[kk // group, o]
 
-    return _gemm(x, value, n)
+    return _gemm(x, value, n, row_tile)
 
 
-def float_linear(x, w):
+def float_linear(x, w, row_tile: int = ROW_TILE):
     """x (b, t, k) f32 @ w.T for w (n, k) of any float dtype -> (b, t, n) f32. Decode splits the
     reduction into (blocks, lanes) for the schedule to vectorize; prefill is _gemm."""
     b, t, k_dim = x.shape
@@ -153,7 +155,7 @@ def float_linear(x, w):
     rb = te.reduce_axis((0, int(k_dim) // lanes), name="kb")
     rl = te.reduce_axis((0, lanes), name="kl")
     if not _is_vector(x):
-        return _gemm(x, lambda kk, o: w[o, kk].astype(F32), n)
+        return _gemm(x, lambda kk, o: w[o, kk].astype(F32), n, row_tile)
     return te.compute(
         (b, t, n),
         lambda i, j, o: te.sum(x[i, j, rb * lanes + rl] * w[o, rb * lanes + rl].astype(F32), axis=[rb, rl]),

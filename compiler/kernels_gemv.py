@@ -4,16 +4,16 @@ The same arithmetic as kernels.q4_linear's decode expression (each nibble read a
 16 + n by a shift and an and-or; per word, sum_i x_i * (16 + n_i) - 24 * sum_i x_i; times the
 group's scale; lanes over consecutive words, x permuted once per call to match), laid out the
 way the int8 kernel (kernels_int8) is, which a schedule of the expression cannot say:
-  - rows in parallel tasks of GEMV_ROWS, so per-task scratch is allocated once per task, not
+  - rows in parallel tasks of params.rows (compiler/tuning.py), so per-task scratch is allocated once per task, not
     once per row (an allocation in a parallel loop is a workspace call);
-  - a software prefetch of the weight GEMV_PREFETCH_ROWS rows ahead: one core otherwise keeps
+  - a software prefetch of the weight params.prefetch_rows rows ahead (0: none): one core otherwise keeps
     too few misses in flight to stream at the memory's speed;
   - the lanes summed as a tree.
 """
 from __future__ import annotations
 
 from edgesmith.compiler import kernels
-from edgesmith.compiler.kernels_int8 import GEMV_PREFETCH_ROWS, GEMV_ROWS
+from edgesmith.compiler.tuning import GemvParams
 
 
 
@@ -22,7 +22,7 @@ def applies(k: int, group: int) -> bool:
     return k % group == 0 and group % 8 == 0 and lanes >= 4 and lanes % (group // 8) == 0
 
 
-def q4_gemv(n: int, k: int, group: int, scale_dtype: str):
+def q4_gemv(n: int, k: int, group: int, scale_dtype: str, params: GemvParams = GemvParams()):
     """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/group) scale_dtype) -> y (1,1,n) f32."""
     from edgesmith.targets.tvm_api import tir_script as T
 
@@ -31,7 +31,7 @@ def q4_gemv(n: int, k: int, group: int, scale_dtype: str):
     lanes = kernels._lanes(words, per_group)
     scales_per_vec = lanes // per_group
     blocks = words // lanes
-    rows, ahead = GEMV_ROWS, GEMV_PREFETCH_ROWS
+    rows, ahead = params.rows, params.prefetch_rows
     vf32 = f"float32x{lanes}"
     mask = T.broadcast(T.uint32(15 << kernels._MANTISSA_SHIFT), lanes)
     bias = T.broadcast(T.uint32(kernels._BIAS_BITS), lanes)
@@ -72,9 +72,10 @@ def q4_gemv(n: int, k: int, group: int, scale_dtype: str):
                     for lane in T.vectorized(lanes):
                         total[lane] = T.float32(0)
                     for jb in range(blocks):
-                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
-                                                      T.address_of(w[T.min(o + ahead, n - 1), jb * lanes]),
-                                                      T.int32(0), T.int32(3), T.int32(1)))
+                        if ahead > 0:
+                            T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                                          T.address_of(w[T.min(o + ahead, n - 1), jb * lanes]),
+                                                          T.int32(0), T.int32(3), T.int32(1)))
                         for c in T.vectorized(scales_per_vec):
                             w_scale[c] = T.Cast("float32", s[o, jb * scales_per_vec + c])
                         dot[T.ramp(0, 1, lanes)] = word_dot(x_perm, w[o, T.ramp(jb * lanes, 1, lanes)], jb)

@@ -20,8 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GEMV_ROWS = 16  # output rows per parallel task
-GEMV_PREFETCH_ROWS = 2  # software prefetch distance in rows (llvm.prefetch: read, keep in all caches)
+from edgesmith.compiler.tuning import GemmI8Params, GemvParams
+
+# The choices below are parameters (compiler/tuning.py); their defaults are these values, measured
+# on one x86 host: 16 output rows per parallel task, the weight prefetched 2 rows ahead
+# (llvm.prefetch: read, keep in all caches), a prefill tile of 4 tokens x 2 vectors.
+GEMV_ROWS = GemvParams().rows
+GEMV_PREFETCH_ROWS = GemvParams().prefetch_rows
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ def pick(isas: list[DotISA], k: int, group: int) -> DotISA | None:
     return None
 
 
-def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
+def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemvParams = GemvParams()):
     """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/group) scale_dtype) -> y (1,1,n) f32."""
     from edgesmith.targets.tvm_api import tir_script as T
 
@@ -75,8 +80,7 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
     per_group = group // 8  # words per group
     scales_per_vec = lanes // per_group
     blocks = words // lanes
-    rows = GEMV_ROWS
-    ahead = GEMV_PREFETCH_ROWS
+    rows, ahead = params.rows, params.prefetch_rows
     vbytes = f"int8x{4 * lanes}"
     vi32 = f"int32x{lanes}"
     nibbles = 0x0F0F0F0F
@@ -121,9 +125,10 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
                     for jb in range(blocks):
                         # The same place `ahead` rows on: one core alone keeps few enough misses in
                         # flight that it streamed 6.8 GB/s; prefetched, 10-12 (19 on two cores).
-                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
-                                                      T.address_of(w[T.min(o + ahead, n - 1), jb * lanes]),
-                                                      T.int32(0), T.int32(3), T.int32(1)))
+                        if ahead > 0:
+                            T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                                          T.address_of(w[T.min(o + ahead, n - 1), jb * lanes]),
+                                                          T.int32(0), T.int32(3), T.int32(1)))
                         packed = T.reinterpret(w[o, T.ramp(jb * lanes, 1, lanes)], dtype=vi32)
                         low = T.bitwise_and(packed, T.broadcast(T.int32(nibbles), lanes))
                         high = T.bitwise_and(T.shift_right(packed, T.broadcast(T.int32(4), lanes)),
@@ -154,14 +159,14 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
     return gemv
 
 
-GEMM_TOKENS = 4  # register tile: tokens x 2 vectors of outputs, int32 and float accumulators
+GEMM_TOKENS = GemmI8Params().tokens  # register tile: tokens x 2 vectors of outputs, int32 and float accumulators
 
 
 def gemm_applies(isa: DotISA | None, n: int, k: int, group: int) -> bool:
     return isa is not None and pick([isa], k, group) is isa and n % (2 * isa.lanes) == 0
 
 
-def q4_gemm_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
+def q4_gemm_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemmI8Params = GemmI8Params()):
     """Prefill: PrimFunc (x (1,t,k) f32, w (n,k/8) u32, s (n,k/group)) -> y (1,t,n) f32, t dynamic.
 
     x is quantized per token as in the GEMV (its bytes in the words' nibble order), once per
@@ -176,7 +181,7 @@ def q4_gemm_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA):
     per_group = group // 8
     cols = 2 * lanes
     strips = n // cols
-    rt = GEMM_TOKENS
+    rt = params.tokens
     vbytes, vi32 = f"int8x{4 * lanes}", f"int32x{lanes}"
     nibbles = 0x0F0F0F0F
 

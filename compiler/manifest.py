@@ -17,6 +17,8 @@ added to an existing bundle, atomically). Fields:
     files           {relative path: {sha256, size}} of every file but this one
     device          GPU bundles: api, dl_device_type, runtime_libs, limits, runtime_missing
     kernels         GPU bundles: the kernels' sources
+    tuning          CPU bundles: the kernel choices applied (compiler/tuning.py): source ("defaults" or
+                    the record's path), device, fingerprint, emulated, kernels {shape key: params}
     tokenizer       where the bundle's tokenizer comes from, or why there is none
     build           host, seconds, edgesmith version
     eval            `compile --eval`'s accuracy against q0f32, once measured
@@ -50,6 +52,7 @@ class Manifest:
     int8_dot: str | None = None
     device: dict | None = None
     kernels: dict | None = None
+    tuning: dict | None = None
     tokenizer: dict | None = None
     build: dict = field(default_factory=dict)
     eval: dict | None = None

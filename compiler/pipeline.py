@@ -13,14 +13,15 @@ from edgesmith.compiler.kernel_family import is_gpu
 from edgesmith.targets.tvm_api import relax
 
 
-def _phases(target, sliding_window: int = 0) -> list[tuple[str, list]]:
+def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, list]]:
     from edgesmith.compiler import attention_cpu, attention_opencl, schedules, schedules_gpu
 
     rt = relax.transform
     # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window
     # (compiler/context.py keeps GPU contexts within it); opencl: two of TVM's GPU kernels made right
     # without lock-step warps (attention_opencl.py); other GPU targets keep TVM's
-    attention = {"llvm": [("attention", [attention_cpu.ReplaceCPUAttention(sliding_window)])],
+    tuning = tuning or schedules.DEFAULT
+    attention = {"llvm": [("attention", [attention_cpu.ReplaceCPUAttention(sliding_window, tuning)])],
                  "opencl": [("attention", [attention_opencl.ReplaceOpenCLAttention])]}.get(target.kind.name, [])
     return attention + [
         ("legalize", [
@@ -31,7 +32,8 @@ def _phases(target, sliding_window: int = 0) -> list[tuple[str, list]]:
             rt.FoldConstant(),
         ]),
         ("fuse", [rt.FuseOps(), rt.FuseTIR(), rt.DeadCodeElimination()]),
-        ("schedule", schedules_gpu.passes(target) if is_gpu(target) else [schedules.apply(target)]),
+        ("schedule", schedules_gpu.passes(target) if is_gpu(target)
+         else [schedules.apply(target, tuning)]),
         ("lower", [
             rt.RewriteDataflowReshape(),
             rt.ToNonDataflow(),
@@ -48,14 +50,15 @@ def _phases(target, sliding_window: int = 0) -> list[tuple[str, list]]:
     ]
 
 
-def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int = 0):
+def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int = 0, tuning=None):
     """A module pass running every phase under `target`; dumps `NN-phase.py` scripts when asked.
-    sliding_window: the attention's window (0: none), applied by our CPU attention kernels."""
+    sliding_window: the attention's window (0: none), applied by our CPU attention kernels.
+    tuning: compiler/tuning.Tuning for the CPU schedule's choices (None: the defaults)."""
 
     @tvm.transform.module_pass(opt_level=0, name="edgesmith_pipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         with target:
-            for i, (name, passes) in enumerate(_phases(target, sliding_window)):
+            for i, (name, passes) in enumerate(_phases(target, sliding_window, tuning)):
                 mod = tvm.transform.Sequential(passes, name=name)(mod)
                 if dump_dir is not None:
                     dump_dir.mkdir(parents=True, exist_ok=True)

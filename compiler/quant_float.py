@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgesmith.compiler.quant_scheme import Quantization
+from edgesmith.compiler.quant_scheme import Quantization, is_one_token
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,18 @@ class FloatWeights(Quantization):
         from edgesmith.compiler import kernels, kernels_gpu
         from edgesmith.targets.tvm_api import nn
 
-        ops = kernels_gpu if family.gpu else kernels
-        return nn.op.tensor_expr_op(ops.float_linear, "matmul", [x, layer.weight])
+        if family.gpu:
+            return nn.op.tensor_expr_op(kernels_gpu.float_linear, "matmul", [x, layer.weight])
+        n, k = layer.out_features, layer.in_features
+        if is_one_token(x):
+            return nn.op.tensor_expr_op(kernels.float_linear, "matmul", [x, layer.weight])
+        tokens = family.tuning.params("gemm", n, k).tokens  # the schedule looks up the same
+        return nn.op.tensor_expr_op(kernels.float_linear, "matmul", [x, layer.weight, tokens])
+
+    def tunable(self, family, n, k, one_token):
+        from edgesmith.compiler.tuning import shape_key
+
+        return None if family.gpu or one_token else shape_key("gemm", n, k)
 
     def lookup(self, layer, ids):
         from edgesmith.compiler import kernels

@@ -59,18 +59,44 @@ class GroupQ4(Quantization):
         args = [x, layer.q_weight, layer.q_scale]
         if family.gpu:
             return op.tensor_expr_op(kernels_gpu.q4_linear, "q4_matmul", args + [g])
-        isa = kernels_int8.pick(list(family.dot_isas), k, g) if self.int8_activations else None
-        if is_one_token(x):
-            if isa is not None:
-                return op.tensor_ir_op(kernels_int8.q4_gemv_i8(n, k, g, scales, isa), "q4_matmul_i8", args,
-                                       out=nn.Tensor.placeholder((1, 1, n), "float32"))
-            if kernels_gemv.applies(k, g):
-                return op.tensor_ir_op(kernels_gemv.q4_gemv(n, k, g, scales), "q4_matmul", args,
-                                       out=nn.Tensor.placeholder((1, 1, n), "float32"))
-        elif kernels_int8.gemm_applies(isa, n, k, g):
-            return op.tensor_ir_op(kernels_int8.q4_gemm_i8(n, k, g, scales, isa), "q4_matmul_i8", args,
+        one = is_one_token(x)
+        kind, isa = self._cpu_kernel(family, n, k, one)
+        params = family.tuning.params(kind, n, k, *(() if kind == "gemm" else (g, scales))) if kind else None
+        if kind == "gemv_i8":
+            return op.tensor_ir_op(kernels_int8.q4_gemv_i8(n, k, g, scales, isa, params), "q4_matmul_i8", args,
+                                   out=nn.Tensor.placeholder((1, 1, n), "float32"))
+        if kind == "gemv":
+            return op.tensor_ir_op(kernels_gemv.q4_gemv(n, k, g, scales, params), "q4_matmul", args,
+                                   out=nn.Tensor.placeholder((1, 1, n), "float32"))
+        if kind == "gemm_i8":
+            return op.tensor_ir_op(kernels_int8.q4_gemm_i8(n, k, g, scales, isa, params), "q4_matmul_i8", args,
                                    out=nn.Tensor.placeholder((1, x.shape[1], n), "float32"))
+        if kind == "gemm":  # the schedule (schedules.Linear) looks up the same params
+            return op.tensor_expr_op(kernels.q4_linear, "q4_matmul", args + [g, params.tokens])
         return op.tensor_expr_op(kernels.q4_linear, "q4_matmul", args + [g])
+
+    def _cpu_kernel(self, family, n: int, k: int, one_token: bool):
+        """(kind, isa) of the CPU kernel an (n, k) layer gets; kind None: the decode expression
+        (kernels.q4_linear's GEMV, scheduled by rules with no choices)."""
+        from edgesmith.compiler import kernels_gemv, kernels_int8
+
+        g = self.group_size
+        isa = kernels_int8.pick(list(family.dot_isas), k, g) if self.int8_activations else None
+        if one_token:
+            if isa is not None:
+                return "gemv_i8", isa
+            return ("gemv", None) if kernels_gemv.applies(k, g) else (None, None)
+        return ("gemm_i8", isa) if kernels_int8.gemm_applies(isa, n, k, g) else ("gemm", None)
+
+    def tunable(self, family, n, k, one_token):
+        from edgesmith.compiler.tuning import shape_key
+
+        if family.gpu:
+            return None
+        kind, _ = self._cpu_kernel(family, n, k, one_token)
+        if kind is None:
+            return None
+        return shape_key(kind, n, k) if kind == "gemm" else shape_key(kind, n, k, self.group_size, self.storage_dtype)
 
     def lookup(self, layer, ids):
         from edgesmith.compiler import kernels

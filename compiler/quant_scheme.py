@@ -62,6 +62,12 @@ class Quantization:
         """Rows `ids` (b, t) int32 of W: (b, t, k) float32 (the layer used as an embedding table)."""
         raise NotImplementedError
 
+    def tunable(self, family, n: int, k: int, one_token: bool) -> str | None:
+        """The shape key (compiler/tuning.py) of the kernel an (n, k) linear gets on `family`,
+        decode (one_token) or prefill; None: a kernel with no tunable choices. `linear` looks its
+        params up by this key and `edgesmith tune` measures candidates for it."""
+        return None
+
 
 def is_one_token(x) -> bool:
     """x (b, t, k) with b = t = 1 known at trace time: decode."""

@@ -13,6 +13,7 @@ itself (no fast-math), but it does vectorize this.
 from __future__ import annotations
 
 from edgesmith.compiler import kernels
+from edgesmith.compiler.tuning import DEFAULT, Tuning
 from edgesmith.targets.tvm_api import SBlockRealize, Schedule, collect_vars_used_in_prim_expr, dlight, tirx  # noqa: E501
 
 _SPATIAL, _REDUCE = 0, 2
@@ -181,9 +182,14 @@ class Linear(dlight.ScheduleRule):
     Decode (GEMV, one token): output rows in parallel, each row's packed words streamed once
     with a vector accumulator of L lanes. Prefill (GEMM, t tokens): strips of 2 vectors of
     outputs in parallel; each strip of the weight is dequantized (or cast) once into a (k, cols)
-    float buffer, then every ROW_TILE tokens accumulate a ROW_TILE x cols register tile by outer
-    products (x broadcast times a weight vector).
+    float buffer, then every R tokens accumulate an R x cols register tile by outer products (x
+    broadcast times a weight vector). R: the tuning's GemmParams.tokens for the layer's (n, k),
+    the same value kernels._gemm padded the tokens to.
     """
+
+    def __init__(self, tuning: Tuning = DEFAULT):
+        super().__init__()
+        self.tuning = tuning
 
     def apply(self, func, target, _tunable):
         if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
@@ -228,13 +234,14 @@ class Linear(dlight.ScheduleRule):
         block = names[kernels.GEMM]
         b, t, o, k = sch.get_loops(block)
         n = _static(sch.get(o).extent)
+        row_tile = self.tuning.params("gemm", n, _static(sch.get(k).extent)).tokens
         lanes = _vector_bits(target) // 32
-        cols = 2 * lanes  # register tile: ROW_TILE tokens x 2 vectors of outputs
+        cols = 2 * lanes  # register tile: row_tile tokens x 2 vectors of outputs
         while n % cols:
             cols //= 2
         vec = min(lanes, cols)
         m = sch.fuse(b, t)
-        mo, mi = sch.split(m, [None, kernels.ROW_TILE])
+        mo, mi = sch.split(m, [None, row_tile])
         oo, oi = sch.split(o, [None, cols])
         ovo, ov = sch.split(oi, [None, vec])
         sch.reorder(oo, mo, k, mi, ovo, ov)
@@ -265,5 +272,5 @@ class Linear(dlight.ScheduleRule):
         return sch
 
 
-def apply(target):
-    return dlight.ApplyDefaultSchedule(Linear(), RowReduction(), Elementwise())
+def apply(target, tuning: Tuning = DEFAULT):
+    return dlight.ApplyDefaultSchedule(Linear(tuning), RowReduction(), Elementwise())

@@ -66,12 +66,21 @@ def cmd_compile(args) -> int:
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.cli_progress import ConsoleProgress
 
+    tuning, tuning_source = None, ""
+    if args.tuning:
+        from edgesmith.runtime.tune.apply import resolve
+
+        tuning, tuning_source = resolve(args.tuning, args.target, args.device, args.devices)
+    elif args.device:
+        from edgesmith.errors import EdgesmithError
+        raise EdgesmithError("compile --device only names the device of --tuning auto or the one to check a "
+                             "--tuning FILE against; add --tuning")
     progress = ConsoleProgress(quiet=args.quiet)
     if progress_note:
         progress.step(progress_note)
     compile_bundle(args.model, args.quant, args.target, out,
                    quantize_embedding=not args.float_embedding, dump_ir=args.dump_ir, progress=progress,
-                   context=args.context, kv_dtype=args.kv_dtype)
+                   context=args.context, kv_dtype=args.kv_dtype, tuning=tuning, tuning_source=tuning_source)
     progress.done(f"bundle written to {out} ({_kv_summary(out)})")
     if args.eval:
         from edgesmith.runtime.evaluate import evaluate_bundle
@@ -119,6 +128,27 @@ def _bundle_name(model: str, quant: str, target: str) -> str:
 def _format_eval(r: dict) -> str:
     return (f"accuracy vs q0f32 over {r['positions']} positions: top-1 agreement {100 * r['top1_agreement']:.1f}%, "
             f"mean KL {r['mean_kl']:.5f} nats, max |logit diff| {r['max_abs_diff']:.4f}")
+
+
+# ------------------------------------------------------------------------------------ tune
+def cmd_tune(args) -> int:
+    from edgesmith.cli_progress import ConsoleProgress
+    from edgesmith.runtime.devices import get_device
+    from edgesmith.runtime.tune.run import TuneOptions, tune_model
+
+    device = get_device(args.device, args.devices)
+    if args.output is not None and args.output.is_dir():
+        from edgesmith.errors import EdgesmithError
+        raise EdgesmithError(f"-o {args.output} is a folder; give the tuning record a file name (e.g. tuning.json)")
+    options = TuneOptions(budget_s=args.budget * 60, allow_emulated=args.allow_emulated, restart=args.restart,
+                          quant=args.quant, quantize_embedding=not args.float_embedding, reps=args.reps,
+                          kv_dtype=args.kv_dtype)
+    progress = ConsoleProgress(quiet=args.quiet)
+    record, path = tune_model(args.model, device, options, out=args.output, progress=progress)
+    where = f"{path}" + (f" and {args.output}" if args.output else "")
+    progress.done(f"tuning record ({'complete' if record.complete else 'incomplete'}"
+                  f"{', emulated' if record.emulated else ''}) written to {where}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------ run
@@ -467,7 +497,9 @@ def cmd_farm(args) -> int:
                                    profile=profile, retries=args.retries, retry_delay=args.retry_delay,
                                    allow_failures=args.allow_failures,
                                    threshold=args.threshold, priority=args.priority,
-                                   lease_timeout=args.lease_timeout), progress=say)
+                                   lease_timeout=args.lease_timeout, tune=args.tune,
+                                   tune_budget_s=args.tune_budget * 60, allow_emulated=args.allow_emulated),
+                       progress=say)
     print((args.out / "summary.md").read_text(), end="")
     return results["exit_code"]
 
@@ -503,8 +535,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "max_position_embeddings (default: that, at most 4096)")
     c.add_argument("--kv-dtype", choices=["float16", "float32"], help="KV cache dtype (default float16 on GPUs "
                    "and ARM with fp16, float32 elsewhere)")
+    c.add_argument("--tuning", metavar="FILE|auto", help="apply a tuning record from `edgesmith tune` (a file, or "
+                   "auto: the cache's record for --device); a record from another device or target is refused")
+    c.add_argument("--device", help="with --tuning: the device the bundle is for (its fingerprint is checked)")
+    c.add_argument("--devices", type=Path, help=DEVICES_HELP)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     c.set_defaults(func=cmd_compile)
+
+    tn = sub.add_parser("tune", help="measure the CPU kernels' choices on a device; a tuning record for compile --tuning")
+    tn.add_argument("model", help="checkpoint folder or random:<preset> (its kernel shapes are tuned)")
+    tn.add_argument("--device", default="host", help="device name from devices.yaml (default host)")
+    tn.add_argument("--devices", type=Path, help=DEVICES_HELP)
+    tn.add_argument("--budget", type=_at_least(0.01, float), default=10.0, metavar="MINUTES",
+                    help="stop within this many minutes, keeping the best found so far (default 10)")
+    tn.add_argument("-o", "--output", type=Path, metavar="FILE", help="also write the record here (it is always "
+                    "kept in the cache, where --tuning auto finds it)")
+    tn.add_argument("--quant", help="quantization whose kernels to tune (default: the target's, as compile)")
+    tn.add_argument("--float-embedding", action="store_true", help="tune for bundles compiled with --float-embedding")
+    tn.add_argument("--kv-dtype", choices=["float16", "float32"], help="tune the attention for this KV cache dtype "
+                    "(default: the target's, as compile)")
+    tn.add_argument("-r", "--reps", type=_positive, default=7, help="timed rounds per candidate (default 7)")
+    tn.add_argument("--restart", action="store_true", help="measure every shape again (default: resume, keeping "
+                    "the shapes already in the cached record)")
+    tn.add_argument("--allow-emulated", action="store_true", help="tune on an emulated (qemu) device, to test the "
+                    "mechanism; the record is marked emulated")
+    tn.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    tn.set_defaults(func=cmd_tune)
 
     def device_args(sp):
         sp.add_argument("--device", help="device name from devices.yaml (default: run here)")
@@ -652,6 +708,12 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--kernels", type=_count, default=0, metavar="N", help="top-N kernel table (default 0: skip)")
     fr.add_argument("--membw-mb", type=_count, default=0, help="as profile's (default 0: from the caches)")
     fr.add_argument("--timeout", type=_seconds, default=600.0, help="seconds per runner command (default 600)")
+    fr.add_argument("--tune", action="store_true", help="tune each device first (edgesmith tune; a cached complete "
+                    "record is reused) and profile the bundle compiled with its record")
+    fr.add_argument("--tune-budget", type=_at_least(0.01, float), default=10.0, metavar="MINUTES",
+                    help="tuning budget per device (default 10)")
+    fr.add_argument("--allow-emulated", action="store_true", help="with --tune: tune emulated devices too (the "
+                    "mechanism only); otherwise they keep the default kernels")
     fr.add_argument("-q", "--quiet", action="store_true")
     farm_common(fr)
 

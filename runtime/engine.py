@@ -58,7 +58,13 @@ def _use_all_cores(tvm) -> None:
     was measured slower than this (50 vs 81 prefill tok/s on 2 cores)."""
     import os
 
-    os.environ.setdefault("TVM_NUM_THREADS", str(usable_cores()))
+    if "TVM_NUM_THREADS" not in os.environ:
+        # Ours, not the user's: a runner this process starts later (runtime/transports/local.py)
+        # does not inherit it, so it keeps its own choice (a bundle's tuned thread count).
+        os.environ["TVM_NUM_THREADS"] = os.environ[ENGINE_THREADS] = str(usable_cores())
+
+
+ENGINE_THREADS = "EDGESMITH_ENGINE_TVM_THREADS"  # what the engine set TVM_NUM_THREADS to, if it did
 
 
 class Engine:

@@ -31,6 +31,7 @@ def describe(bundle: Path, as_json: bool = False) -> str:
         f"weights     {m['weight_bytes'] / 2**20:.1f} MiB in {sum(1 for f in files if f.startswith('params/params_shard'))} shards",
         f"tokenizer   {_tokenizer_line(m)}",
         *_context_lines(m),
+        *_tuning_lines(m.get("tuning")),
         f"size        {size / 2**20:.1f} MiB on disk",
         f"built       convert {m['build']['convert_s']} s, compile {m['build']['compile_s']} s",
     ]
@@ -42,6 +43,25 @@ def describe(bundle: Path, as_json: bool = False) -> str:
     for rel, f in files.items():
         lines.append(f"  {rel:40s} {f['size']:>12,d}  {f['sha256'][:12]}")
     return "\n".join(lines)
+
+
+def _tuning_lines(t: dict | None) -> list[str]:
+    """The kernel choices the compile applied (compiler/tuning.py): defaults, or a record's."""
+    if t is None:
+        return []
+    if t.get("source") == "defaults":
+        return ["tuning      none: the kernels' default choices"]
+    lines = [f"tuning      {t['source']}: measured on '{t.get('device')}' ({t.get('fingerprint', {}).get('cpu_model', '?')}, "
+             f"id {t.get('fingerprint_id')}){', EMULATED (mechanism only)' if t.get('emulated') else ''}"
+             f"{', incomplete' if not t.get('complete', True) else ''}"]
+    for key, params in sorted(t.get("kernels", {}).items()):
+        lines.append(f"            {key:42s} {', '.join(f'{k}={v}' for k, v in params.items())}")
+    if t.get("untuned"):
+        lines.append(f"            {len(t['untuned'])} more kernels keep the defaults (not in the record): "
+                     + ", ".join(t["untuned"]))
+    if t.get("threads"):
+        lines.append(f"            {'threads (run time; --threads overrides)':42s} {t['threads']}")
+    return lines
 
 
 def _tokenizer_line(m: dict) -> str:

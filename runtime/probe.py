@@ -1,5 +1,6 @@
 """What a device is, from one shell command that works on Linux and on Android's toybox:
-arch, OS, memory, storage, cores and their frequencies, thermal zones, GPU API libraries."""
+arch, OS, memory, storage, cores and their frequencies, CPU model and ISA flags, thermal zones,
+GPU API libraries."""
 from __future__ import annotations
 
 from edgesmith.runtime.transports.base import Transport, shell_join
@@ -24,6 +25,10 @@ def probe_script(workdir: str) -> str:
         '[ -r /etc/os-release ] && sed -n "s/^PRETTY_NAME=/os=/p" /etc/os-release | tr -d \'"\'',
         "grep -E '^(MemTotal|MemAvailable):' /proc/meminfo 2>/dev/null | tr -d ' ' | sed 's/kB$//;s/:/=/'",
         'echo "cores=$(grep -c ^processor /proc/cpuinfo 2>/dev/null)"',
+        # x86: "model name"; ARM: "CPU implementer"/"CPU part" (and sometimes "Hardware")
+        "grep -m 3 -E '^(model name|Hardware|CPU implementer|CPU part)' /proc/cpuinfo 2>/dev/null | "
+        "sed 's/[[:space:]]*:[[:space:]]*/=/;s/^/cpuinfo_/'",
+        "grep -m 1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null | sed 's/^[^:]*:[[:space:]]*/isa=/'",
         'for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq; do '
         '[ -r "$f" ] && echo "freq=$(cat "$f")"; done',
         'for c in /sys/devices/system/cpu/cpu0/cache/index*; do [ -r "$c/size" ] && '
@@ -57,6 +62,10 @@ def parse_probe(text: str) -> dict:
             info["mem_free_mb"] = int(value) // 1024
         elif key == "cores" and value.isdigit():
             info["cores"] = int(value)
+        elif key.startswith("cpuinfo_") and value:
+            info.setdefault("cpu", {})[key[len("cpuinfo_"):]] = value
+        elif key == "isa":
+            info["isa_flags"] = value.split()
         elif key == "freq" and value.isdigit():
             info["freqs_mhz"].append(int(value) // 1000)
         elif key == "thermal":

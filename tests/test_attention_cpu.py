@@ -36,17 +36,21 @@ def _target():
 
 
 @functools.lru_cache(maxsize=None)
-def _build(kind: str, ours: bool, h_kv: int, h_q: int, d: int, dtype: str = "float32", window: int = 0):
+def _build(kind: str, ours: bool, h_kv: int, h_q: int, d: int, dtype: str = "float32", window: int = 0,
+           tile: tuple | None = None):
+    """tile (rows, keys): our prefill kernels with that AttentionParams (what `edgesmith tune` varies)."""
+    from edgesmith.compiler.tuning import AttentionParams
     from edgesmith.targets.tvm_api import kv_cache_mod as kvc
 
+    extra = {"params": AttentionParams(*tile)} if tile else {}
     if kind == "decode":
         f = (ac.attention_decode_cpu(h_kv, h_q, d, dtype, window=window) if ours
              else kvc._attention_decode_cpu(h_kv, h_q, d, dtype, False, {}))
     elif kind == "ragged":
-        f = (ac.attention_prefill_ragged_cpu(h_kv, h_q, d, d, dtype, window=window) if ours
+        f = (ac.attention_prefill_ragged_cpu(h_kv, h_q, d, d, dtype, window=window, **extra) if ours
              else kvc._attention_prefill_ragged_cpu(h_kv, h_q, d, d, dtype, {}))
     else:
-        f = (ac.attention_prefill_paged_cpu(h_kv, h_q, d, dtype, window=window) if ours
+        f = (ac.attention_prefill_paged_cpu(h_kv, h_q, d, dtype, window=window, **extra) if ours
              else kvc._attention_prefill_cpu(h_kv, h_q, d, dtype, False, {}))
     name = str(f.attrs["global_symbol"])
     ex = tvm.compile(tvm.IRModule({name: f}), target=_target())
@@ -157,10 +161,14 @@ RAGGED_CASES = [  # (qo_lens, kv_lens)
 ]
 
 
+TILES = [None, (16, 4)]  # the default tile (32 rows, blocks of 8 keys), and the other corner of tune's space
+
+
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("h_kv,h_q,d", SHAPES)
 @pytest.mark.parametrize("causal", [1, 0])
 @pytest.mark.parametrize("case", range(len(RAGGED_CASES)))
-def test_prefill_ragged(h_kv, h_q, d, causal, case):
+def test_prefill_ragged(h_kv, h_q, d, causal, case, tile):
     qo_lens, kv_lens = RAGGED_CASES[case]
     rng = np.random.default_rng(case)
     sm_scale = d ** -0.5
@@ -178,7 +186,7 @@ def test_prefill_ragged(h_kv, h_q, d, causal, case):
         out = np.zeros((sum(qo_lens), h_q, d), "float32")
         lse = np.zeros((sum(qo_lens), h_q), "float32")
         to, tl = _t(out), _t(lse)
-        _build("ragged", ours, h_kv, h_q, d)(
+        _build("ragged", ours, h_kv, h_q, d, tile=tile if ours else None)(
             _t(q), _t(q_indptr), _t(k), _t(v), _t(kv_indptr), _t(np.zeros(sum(qo_lens), "int32")),
             _t(np.zeros(len(qo_lens), "int32")), to, tl, causal, 0, 1.0, 10000.0, sm_scale)
         results[ours] = to.numpy(), tl.numpy()
@@ -192,10 +200,11 @@ PAGED_CASES = [  # (qo_lens, kv_lens): kv are the cached prefix
 ]
 
 
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("h_kv,h_q,d", SHAPES)
 @pytest.mark.parametrize("causal", [0, 1])
 @pytest.mark.parametrize("case", range(len(PAGED_CASES)))
-def test_prefill_paged(h_kv, h_q, d, causal, case):
+def test_prefill_paged(h_kv, h_q, d, causal, case, tile):
     qo_lens, kv_lens = PAGED_CASES[case]
     rng = np.random.default_rng(10 + case)
     sm_scale = d ** -0.5
@@ -215,7 +224,7 @@ def test_prefill_paged(h_kv, h_q, d, causal, case):
         out = np.zeros((sum(qo_lens), h_q, d), "float32")
         lse = np.zeros((sum(qo_lens), h_q), "float32")
         to, tl = _t(out), _t(lse)
-        _build("paged", ours, h_kv, h_q, d)(
+        _build("paged", ours, h_kv, h_q, d, tile=tile if ours else None)(
             _t(q), _t(q_indptr), _t(pages), _t(page_indptr), _t(page_values), _t(last),
             _t(np.zeros(len(qo_lens), "int32")), _t(np.zeros(sum(qo_lens), "int32")), to, tl,
             causal, 0, 1.0, 10000.0, sm_scale)
@@ -319,7 +328,8 @@ def test_bad_window_and_dtype_are_refused():
 def test_head_dim_not_multiple_of_16():
     """head_dim 40: decode falls back to 8 lanes, prefill to chunks of 8; still exact."""
     test_decode(2, 4, 40)
-    test_prefill_ragged(2, 4, 40, 1, 0)
+    test_prefill_ragged(2, 4, 40, 1, 0, None)
+    test_prefill_ragged(2, 4, 40, 1, 0, (16, 4))
 
 
 def test_rotary_mode_is_refused():

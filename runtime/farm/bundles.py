@@ -23,15 +23,23 @@ def content_key(model: str, quant: str, target: str) -> str:
     return bundle_key(open_checkpoint(model).fingerprint(), quant, target)
 
 
-def bundle_for(model: str, quant: str | None, target: str, *, progress=None) -> dict:
+def bundle_for(model: str, quant: str | None, target: str, *, progress=None, tuning=None,
+               tuning_source: str = "") -> dict:
     """{target, path, key, cached, compile_s}: the cached bundle, compiled first if missing
-    (quant None: the target's default quantization)."""
+    (quant None: the target's default quantization). tuning: a TuningRecord to compile with
+    (`farm run --tune`): its kernel choices are part of the cache key."""
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.compiler.checkpoint import default_quant
 
     say = progress or (lambda msg: None)
     quant = quant or default_quant(model, target)[0]
     key = content_key(model, quant, target)
+    if tuning is not None:
+        import hashlib
+        import json
+
+        choices = json.dumps(tuning.tuning().as_dict(), sort_keys=True)
+        key = hashlib.sha256(f"{key}:{tuning.fingerprint_id}:{choices}".encode()).hexdigest()
     base = model.split("random:", 1)[1] if model.startswith("random:") else Path(model).name
     name = f"{base.replace(':', '-').replace('=', '')}-{quant}-{target}-{key[:12]}"
     path = cache_dir() / name
@@ -43,7 +51,7 @@ def bundle_for(model: str, quant: str | None, target: str, *, progress=None) -> 
     t0 = time.monotonic()
     tmp = path.with_name(f".{name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    compile_bundle(model, quant, target, tmp)
+    compile_bundle(model, quant, target, tmp, tuning=tuning, tuning_source=tuning_source)
     try:
         os.replace(tmp, path)  # another job may have finished the same bundle first: keep theirs
     except OSError:

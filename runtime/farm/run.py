@@ -48,6 +48,9 @@ class FarmOptions:
     threshold: float = 0.05      # slower by more than this (and beyond the noise) is a regression
     priority: int = 0            # higher is served first by the tracker
     lease_timeout: float = 3600.0
+    tune: bool = False  # tune each device first (runtime/tune/; a cached record is reused) and profile its tuned bundle
+    tune_budget_s: float = 600.0
+    allow_emulated: bool = False  # --tune on emulated devices too (the mechanism only); else they keep the defaults
     user: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
@@ -153,6 +156,14 @@ def _run_device(o: FarmOptions, spec, bundle: dict | None, say) -> dict:
     try:
         device = spec.device if entry is None else parse_devices([entry], f"agent {spec.agent}")[spec.name]
         _mark(device, f"begin {o.user}")
+        if o.tune:
+            try:
+                bundle = _tuned_bundle(o, device, bundle, result, say)
+            except Exception as err:  # noqa: BLE001 - this device's row, the others still report
+                result["reason"] = f"tuning failed: {one_line(err)}"
+                _mark(device, f"end {o.user}")
+                return result
+        result["bundle"] = bundle["path"]
         for attempt in range(1, o.retries + 2):
             started = time.monotonic()
             try:
@@ -177,6 +188,43 @@ def _run_device(o: FarmOptions, spec, bundle: dict | None, say) -> dict:
     finally:
         lease.release()
     return result
+
+
+class _TuneLog:
+    """tune's progress as the farm's log lines (no bars: devices run in parallel)."""
+
+    def __init__(self, name: str, say):
+        self.name, self.say = name, say
+
+    def step(self, msg: str) -> None:
+        self.say(f"[{self.name}] {msg.strip()}")
+
+    note = step
+
+    def bar(self, total: int, unit: str):
+        return lambda n=1: None
+
+
+def _tuned_bundle(o: FarmOptions, device, bundle: dict, result: dict, say) -> dict:
+    """`--tune`: the device's tuning record (measured now, or the cache's when it has every shape)
+    and the bundle compiled with it; an emulated device without --allow-emulated keeps `bundle`."""
+    from edgesmith.runtime.farm.bundles import bundle_for
+    from edgesmith.runtime.tune.run import TuneOptions, tune_model
+
+    if device.emulated and not o.allow_emulated:
+        result["tuning"] = {"status": "skipped", "reason": "emulated device: default kernels (--allow-emulated to tune)"}
+        say(f"[{device.name}] not tuned: emulated (its timings would choose nothing real)")
+        return bundle
+    say(f"[{device.name}] tuning (budget {o.tune_budget_s / 60:g} min; a cached complete record is reused)")
+    options = TuneOptions(budget_s=o.tune_budget_s, allow_emulated=o.allow_emulated, quant=bundle.get("quant"))
+    record, path = tune_model(o.model, device, options, progress=_TuneLog(device.name, say))
+    result["tuning"] = {"status": "tuned", "record": str(path), "shapes": len(record.kernels),
+                        "complete": record.complete, "emulated": record.emulated,
+                        "fingerprint_id": record.fingerprint_id}
+    tuned = bundle_for(o.model, bundle.get("quant"), device.target, progress=lambda m: say(f"[{device.name}] {m}"),
+                       tuning=record, tuning_source=str(path))
+    say(f"[{device.name}] tuned bundle {Path(tuned['path']).name}: {len(record.kernels)} kernel shapes")
+    return tuned
 
 
 # ------------------------------------------------------------------ the run
@@ -286,7 +334,8 @@ def assemble(o: FarmOptions, devices: list[dict], bundles: list[dict], baseline:
             for p in o.profile.prompts:
                 for n in o.profile.gens:
                     for test in (f"pp{p}", f"tg{n}@p{p}"):
-                        rows.append({"device": d["name"], "target": d["target"], "bundle": bundle.get("path"),
+                        rows.append({"device": d["name"], "target": d["target"],
+                                     "bundle": d.get("bundle") or bundle.get("path"),
                                      "test": test, "status": "failed", "reason": d["reason"], "mean": None,
                                      "sd": None, "n": 0, "samples": [], "baseline": None, "change": None,
                                      "significant": None, "verdict": "failed", "flags": []})
@@ -297,7 +346,8 @@ def assemble(o: FarmOptions, devices: list[dict], bundles: list[dict], baseline:
                 e, b = matched.get(key), base_rows.get(key)
                 regression = bool(e and e["significant"] and e["change"] < -o.threshold)
                 rows.append({
-                    "device": d["name"], "target": d["target"], "bundle": bundle.get("path"), "test": row["test"],
+                    "device": d["name"], "target": d["target"], "bundle": d.get("bundle") or bundle.get("path"),
+                    "test": row["test"],
                     "threads": row["threads"], "status": "regression" if regression else "passed",
                     "reason": (f"{100 * e['change']:+.1f}% vs baseline ({b['stats']['mean']:.2f} -> "
                                f"{row['stats']['mean']:.2f} tok/s), beyond the noise and the "

@@ -17,6 +17,11 @@
 //                                                        the first K tokens (default 1) prefilled
 //                                                        at once, then one decode per token
 //   runner membw   BUNDLE [--mb 256] [-r 5]              memory read bandwidth (BUNDLE unused)
+//   runner kernelbench BUNDLE --fn LABEL[/FUNC]=f32:1x1x3072,u32:9216x384,i32:2@0/64,int@1,... [--fn ...]
+//                  [--warmup 2] [-r 7]
+//                  [--min-time 0.02] [--cool-below C] [--cool-timeout S] [--cool-poll S] [--sysroot DIR]
+//                                                        candidate kernels of BUNDLE/lib/kernels.so
+//                                                        timed alone (edgesmith tune)
 //   their common options: [--context N] (KV cache sized for N tokens) and the ones above
 //
 // Output: one JSON object per line on stdout. Errors: one line on stderr, exit code 1.
@@ -258,6 +263,7 @@ struct Manifest {
   std::string device_api = "cpu";         // device.api: cpu | cuda | metal | opencl | vulkan
   int device_type = 1;                    // device.dl_device_type (DLPack: 1 CPU, 2 CUDA, 8 Metal)
   std::vector<std::string> device_libs;   // device.runtime_libs: dlopen()ed after libtvm_runtime
+  int64_t threads = 0;                    // tuning.threads: what `edgesmith tune` measured best (0: unset)
 };
 
 static std::string read_text(const std::string& path) {
@@ -306,6 +312,10 @@ static Manifest load_manifest(const std::string& bundle, bool verify) {
   if (config != model.end()) m.vocab_size = get_int((*config).second.cast<ffi::json::Object>(), "vocab_size", 0);
   for (const ffi::Any& name : get("params").cast<ffi::json::Array>())
     m.param_names.push_back(std::string(name.cast<ffi::String>()));
+  auto tuning_it = obj->find(ffi::String("tuning"));  // CPU bundles: the kernels' choices
+  if (tuning_it != obj->end()) {
+    m.threads = get_int((*tuning_it).second.cast<ffi::json::Object>(), "threads", 0);
+  }
   auto dev_it = obj->find(ffi::String("device"));  // absent in CPU bundles
   if (dev_it != obj->end()) {
     auto dev = (*dev_it).second.cast<ffi::json::Object>();
@@ -394,6 +404,22 @@ static void register_cuda_compiler() {
 
 // ----------------------------------------------------------------------------
 // model: the Relax VM, the parameters
+
+// TVM_NUM_THREADS was given (environment or --threads): a tuned thread count does not override it.
+static bool g_user_threads = false;
+
+// The bundle's tuned thread count (manifest tuning.threads), unless the user chose one. Called before
+// the runtime is loaded: TVM's pool reads TVM_NUM_THREADS when it first starts.
+static void apply_tuned_threads(const Manifest& m) {
+  if (g_user_threads || m.threads <= 0) return;
+  setenv("TVM_NUM_THREADS", std::to_string(m.threads).c_str(), 1);
+}
+
+// The thread count TVM's CPU pool was started with (what generate reports).
+static int pool_threads() {
+  const char* env = getenv("TVM_NUM_THREADS");
+  return env ? atoi(env) : 0;
+}
 
 // Set by `runner kernels`: wraps the model library before the VM looks its kernels up.
 static void (*g_wrap_library)(ffi::Module& lib) = nullptr;
@@ -643,10 +669,10 @@ static void cmd_generate(const Model& model, const Manifest& m, double load_s, c
   int64_t decoded = std::max<int64_t>(int64_t(out.size()) - 1, 0);
   printf("{\"output_ids\": %s, \"prompt_tokens\": %zu, \"stop_reason\": \"%s\", "
          "\"load_s\": %.6f, \"prefill_s\": %.6f, \"decode_s\": %.6f, "
-         "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"peak_rss_kb\": %ld}\n",
+         "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d}\n",
          json_ints(out).c_str(), a.tokens.size(), stop_reason, load_s, prefill_s, decode_s,
          prefill_s > 0 ? a.tokens.size() / prefill_s : 0.0,
-         decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb());
+         decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb(), pool_threads());
 }
 
 // ----------------------------------------------------------------------------
@@ -758,6 +784,7 @@ static void cmd_bench(const Model& model, const Manifest& m, double load_s, cons
 //   kernels   every kernel call timed through a wrapper around the model library
 //   logits    teacher-forced logits of a fixed token sequence (the on-device accuracy check)
 //   membw     memory read bandwidth (the roofline's ceiling)
+//   kernelbench  kernels of a candidate library timed in isolation, in alternating rounds
 
 // Thermal zones (°C, in zone order) and current/max CPU frequencies (MHz, per cpu) under
 // ROOT/sys — ROOT is "" on a real device; a test points it at a fake sysfs folder.
@@ -1092,6 +1119,166 @@ static void cmd_membw(const ProfileArgs& a) {
          (unsigned long long)(r.checksum & 0xffff));
 }
 
+// --- kernelbench: `edgesmith tune`'s candidates (runtime/tune/). BUNDLE/lib/kernels.so holds
+// one function per candidate; --fn LABEL[/FUNC]=SPEC gives each one's arguments (dtype:shape, the
+// output last), which are allocated on the CPU and filled with finite values (floats in [-1, 1),
+// fp16 1/64, integers random bits: any packed weight is valid), or hold the values given (an
+// attention kernel's indptrs: i32:N@v/v/...), or are scalars (int@V, float@V). One function may be
+// timed on several argument sets under several labels (attention at a few lengths). After the warm-up every round
+// times each function once, in turn (a noisy machine slows all candidates of a round alike); a
+// sample is `number` back-to-back calls, `number` chosen so a sample lasts --min-time. The
+// thermal gate is profile's: before each round, wait until the device is below --cool-below.
+
+struct BenchArg {
+  DLDataType dtype;
+  std::vector<int64_t> shape;   // empty with `scalar`
+  std::vector<double> values;   // given values (int tensors: indptrs; scalars: one), else filled
+  bool scalar = false;          // int@V or float@V: a plain argument, not a tensor
+};
+struct BenchFn {
+  std::string label, name;  // label (what the output line says) / function in the library
+  std::vector<BenchArg> args;
+};
+
+static DLDataType parse_dtype(const std::string& s) {
+  if (s == "f32") return DLDataType{kDLFloat, 32, 1};
+  if (s == "f16") return DLDataType{kDLFloat, 16, 1};
+  if (s == "u32") return DLDataType{kDLUInt, 32, 1};
+  if (s == "i32") return DLDataType{kDLInt, 32, 1};
+  if (s == "i8") return DLDataType{kDLInt, 8, 1};
+  die("--fn: dtype '" + s + "' is not one of f32, f16, u32, i32, i8");
+}
+
+static double parse_value(const std::string& spec, const std::string& v) {
+  char* end = nullptr;
+  double d = strtod(v.c_str(), &end);
+  if (v.empty() || *end != 0) die("--fn '" + spec + "': value '" + v + "' is not a number");
+  return d;
+}
+
+// LABEL[/FUNC]=ARG,ARG,...; ARG: dtype:AxBxC (filled), dtype:N@v0/v1/... (these values, int32),
+// int@V or float@V (a scalar argument).
+static BenchFn parse_fn(const std::string& spec) {
+  BenchFn fn;
+  size_t eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0) die("--fn '" + spec + "': expected NAME=dtype:AxB,dtype:C,...");
+  std::string names = spec.substr(0, eq);
+  size_t slash = names.find('/');
+  fn.label = names.substr(0, slash);
+  fn.name = slash == std::string::npos ? names : names.substr(slash + 1);
+  std::stringstream ss(spec.substr(eq + 1));
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t at = item.find('@');
+    std::string head = item.substr(0, at);
+    if (head == "int" || head == "float") {
+      if (at == std::string::npos) die("--fn '" + spec + "': scalar '" + item + "' needs @VALUE");
+      BenchArg a{head == "int" ? DLDataType{kDLInt, 64, 1} : DLDataType{kDLFloat, 64, 1}, {}, {}, true};
+      a.values.push_back(parse_value(spec, item.substr(at + 1)));
+      fn.args.push_back(a);
+      continue;
+    }
+    size_t colon = head.find(':');
+    if (colon == std::string::npos) die("--fn '" + spec + "': argument '" + item + "' has no dtype:shape");
+    BenchArg a{parse_dtype(head.substr(0, colon)), {}, {}, false};
+    std::stringstream dims(head.substr(colon + 1));
+    std::string d;
+    while (std::getline(dims, d, 'x')) {
+      char* end = nullptr;
+      long long v = strtoll(d.c_str(), &end, 10);
+      if (d.empty() || *end != 0 || v < 1) die("--fn '" + spec + "': dimension '" + d + "' is not a positive integer");
+      a.shape.push_back(v);
+    }
+    if (at != std::string::npos) {
+      if (a.dtype.code != kDLInt || a.dtype.bits != 32 || a.shape.size() != 1)
+        die("--fn '" + spec + "': given values ('" + item + "') are for a 1-d i32 tensor");
+      std::stringstream vals(item.substr(at + 1));
+      std::string v;
+      while (std::getline(vals, v, '/')) a.values.push_back(parse_value(spec, v));
+      if (int64_t(a.values.size()) != a.shape[0]) die("--fn '" + spec + "': '" + item + "' gives the wrong count of values");
+    }
+    fn.args.push_back(a);
+  }
+  if (fn.args.empty()) die("--fn '" + spec + "' gives no arguments");
+  return fn;
+}
+
+static ffi::Tensor bench_tensor(const BenchArg& a, Rng& rng) {
+  static ffi::Function alloc = global("runtime.TVMTensorAllocWithScope");
+  ffi::Tensor t = alloc(ffi::Shape(a.shape), a.dtype, DLDevice{kDLCPU, 0}, ffi::Optional<ffi::String>())
+                      .cast<ffi::Tensor>();
+  int64_t n = 1;
+  for (int64_t d : a.shape) n *= d;
+  if (!a.values.empty()) {
+    int32_t* p = static_cast<int32_t*>(t.data_ptr());
+    for (int64_t i = 0; i < n; ++i) p[i] = int32_t(a.values[i]);
+  } else if (a.dtype.code == kDLFloat && a.dtype.bits == 32) {
+    float* p = static_cast<float*>(t.data_ptr());
+    for (int64_t i = 0; i < n; ++i) p[i] = float(2 * rng.uniform() - 1);
+  } else if (a.dtype.code == kDLFloat) {
+    uint16_t* p = static_cast<uint16_t*>(t.data_ptr());
+    for (int64_t i = 0; i < n; ++i) p[i] = 0x2400;  // 1/64 in fp16
+  } else {
+    uint8_t* p = static_cast<uint8_t*>(t.data_ptr());
+    for (int64_t i = 0; i < n * a.dtype.bits / 8; ++i) p[i] = uint8_t(rng.next());
+  }
+  return t;
+}
+
+static void cmd_kernelbench(const std::string& bundle, const std::vector<BenchFn>& fns, const ProfileArgs& a,
+                            double min_time) {
+  if (fns.empty()) die("kernelbench needs at least one --fn NAME=SPEC");
+  if (a.min_reps < 1 || a.warmup < 0 || !(min_time > 0)) die("kernelbench needs -r >= 1, --warmup >= 0, --min-time > 0");
+  ffi::Module lib = ffi::Module::LoadFromFile(bundle + "/lib/kernels.so");
+  Rng rng(a.seed + 1);
+  struct Bound {
+    ffi::Function f;
+    std::vector<ffi::Any> values;  // tensors, and scalars as int64 / double
+    std::vector<ffi::AnyView> views;
+    int64_t number = 1;
+    std::vector<double> per_call;
+  };
+  std::vector<Bound> bound(fns.size());
+  for (size_t i = 0; i < fns.size(); ++i) {
+    auto f = lib->GetFunction(fns[i].name);
+    if (!f) die(bundle + "/lib/kernels.so has no function '" + fns[i].name + "'");
+    bound[i].f = *f;
+    for (const auto& arg : fns[i].args) {
+      if (!arg.scalar) bound[i].values.push_back(bench_tensor(arg, rng));
+      else if (arg.dtype.code == kDLInt) bound[i].values.push_back(int64_t(arg.values[0]));
+      else bound[i].values.push_back(arg.values[0]);
+    }
+  }
+  for (auto& b : bound)
+    for (auto& v : b.values) b.views.push_back(ffi::AnyView(v));
+  auto call = [](Bound& b, int64_t times) {
+    ffi::Any rv;
+    double t0 = now_s();
+    for (int64_t i = 0; i < times; ++i) b.f.CallPacked(b.views.data(), int32_t(b.views.size()), &rv);
+    return now_s() - t0;
+  };
+  for (auto& b : bound) {
+    double once = call(b, 1);
+    for (int64_t w = 0; w < a.warmup; ++w) once = std::min(once, call(b, 1));
+    b.number = std::max<int64_t>(1, int64_t(min_time / std::max(once, 1e-7)));
+  }
+  for (int64_t rep = 0; rep < a.min_reps; ++rep) {
+    cool_down(a, rep);
+    for (auto& b : bound) b.per_call.push_back(call(b, b.number) / b.number);
+  }
+  for (size_t i = 0; i < fns.size(); ++i) {
+    std::vector<double> v = bound[i].per_call;
+    std::sort(v.begin(), v.end());
+    double median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+    printf("{\"fn\": %s, \"median_s\": %.9f, \"min_s\": %.9f, \"rsd\": %.5f, \"reps\": %zu, \"number\": %ld}\n",
+           json_string(fns[i].label).c_str(), median, v.front(), rel_sd(bound[i].per_call), v.size(),
+           long(bound[i].number));
+  }
+  Sensors s = read_sensors(a.sysroot);
+  printf("{\"summary\": true, \"functions\": %zu, \"reps\": %ld, \"sensors\": %s}\n", fns.size(), long(a.min_reps),
+         json_sensors(s).c_str());
+}
+
 // Command-line values shared by every command's parser: the argument after `flag` (advancing i).
 static std::string flag_value(int argc, char** argv, int& i, const std::string& flag) {
   if (i + 1 >= argc) die(flag + " needs a value");
@@ -1117,7 +1304,7 @@ static int64_t context_flag(double v) {
 }
 
 static bool is_profiling_command(const std::string& cmd) {
-  return cmd == "profile" || cmd == "kernels" || cmd == "logits" || cmd == "membw";
+  return cmd == "profile" || cmd == "kernels" || cmd == "logits" || cmd == "membw" || cmd == "kernelbench";
 }
 
 static void run_profiling(const std::string& cmd, int argc, char** argv) {
@@ -1128,26 +1315,32 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
   ProfileArgs a;
   if (cmd == "kernels") a.n = 32;
   if (cmd == "membw") a.min_reps = 5;
+  if (cmd == "kernelbench") a.min_reps = 7, a.warmup = 2;
+  std::vector<BenchFn> fns;
+  double min_time = 0.02;
   for (int i = 3; i < argc; ++i) {
     std::string flag = argv[i];
     auto value = [&] { return flag_value(argc, argv, i, flag); };
     auto number = [&] { return flag_number(argc, argv, i, flag); };
     bool timed = cmd == "profile" || cmd == "kernels";
+    bool gated = cmd == "profile" || cmd == "kernelbench";  // the thermal gate
     if (flag == "--lib-dir") lib_dir = value();
-    else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1);
+    else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1), g_user_threads = true;
     else if (flag == "--no-verify") verify = false;
     else if (flag == "--context") a.context = context_flag(number());
     else if (flag == "--seed") a.seed = uint64_t(number());
     else if (timed && flag == "-p") a.p = int64_t(number());
     else if (timed && flag == "-n") a.n = int64_t(number());
-    else if (timed && flag == "--warmup") a.warmup = int64_t(number());
-    else if ((cmd == "profile" || cmd == "membw") && flag == "-r") a.min_reps = int64_t(number());
+    else if ((timed || cmd == "kernelbench") && flag == "--warmup") a.warmup = int64_t(number());
+    else if ((cmd == "profile" || cmd == "membw" || cmd == "kernelbench") && flag == "-r") a.min_reps = int64_t(number());
     else if (cmd == "profile" && flag == "--max-reps") a.max_reps = int64_t(number());
     else if (cmd == "profile" && flag == "--target-rsd") a.target_rsd = number();
-    else if (cmd == "profile" && flag == "--cool-below") a.cool_below = number();
-    else if (cmd == "profile" && flag == "--cool-timeout") a.cool_timeout = number();
-    else if (cmd == "profile" && flag == "--cool-poll") a.cool_poll = number();
-    else if (cmd == "profile" && flag == "--sysroot") a.sysroot = value();
+    else if (gated && flag == "--cool-below") a.cool_below = number();
+    else if (gated && flag == "--cool-timeout") a.cool_timeout = number();
+    else if (gated && flag == "--cool-poll") a.cool_poll = number();
+    else if (gated && flag == "--sysroot") a.sysroot = value();
+    else if (cmd == "kernelbench" && flag == "--fn") fns.push_back(parse_fn(value()));
+    else if (cmd == "kernelbench" && flag == "--min-time") min_time = number();
     else if (cmd == "logits" && flag == "--tokens")
       for (int32_t t : parse_token_list(flag, value())) a.tokens.push_back(t);
     else if (cmd == "logits" && flag == "--prefill") a.prefill = int64_t(number());
@@ -1161,7 +1354,13 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
   Manifest m = load_manifest(bundle, verify);
   // A KV cache for the context the run needs (whole pages), not the bundle's maximum.
   apply_context(m, a.context);
+  if (cmd == "kernelbench") {
+    if (m.device_api != "cpu") die("kernelbench times CPU kernels; bundle " + bundle + " is for " + m.device_api);
+    load_runtime(lib_dir, m);
+    return cmd_kernelbench(bundle, fns, a, min_time);
+  }
   if (cmd == "kernels") g_wrap_library = m.device_api == "opencl" ? wrap_device_kernels : wrap_library;
+  apply_tuned_threads(m);
   load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
@@ -1189,7 +1388,7 @@ static void run(int argc, char** argv) {
   }
   if (is_profiling_command(cmd)) return run_profiling(cmd, argc, argv);
   if (cmd != "generate" && cmd != "bench")
-    die("unknown command '" + cmd + "'; use generate, bench, profile, kernels, logits, membw or version");
+    die("unknown command '" + cmd + "'; use generate, bench, profile, kernels, logits, membw, kernelbench or version");
   if (argc < 3 || argv[2][0] == '-') die(cmd + " needs a BUNDLE folder as its first argument");
   std::string bundle = argv[2];
   std::string lib_dir = exe_dir();
@@ -1203,7 +1402,8 @@ static void run(int argc, char** argv) {
     auto value = [&] { return flag_value(argc, argv, i, flag); };
     auto number = [&] { return flag_number(argc, argv, i, flag); };
     if (flag == "--lib-dir") lib_dir = value();
-    else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1);  // before the runtime starts its pool
+    else if (flag == "--threads")  // before the runtime starts its pool
+      setenv("TVM_NUM_THREADS", value().c_str(), 1), g_user_threads = true;
     else if (flag == "--no-verify") verify = false;
     else if (flag == "--context") context = context_flag(number());
     else if (flag == "--seed") g.seed = b.seed = uint64_t(number());
@@ -1225,6 +1425,7 @@ static void run(int argc, char** argv) {
   double t0 = now_s();
   Manifest m = load_manifest(bundle, verify);
   apply_context(m, context);
+  apply_tuned_threads(m);
   load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
@@ -1233,9 +1434,13 @@ static void run(int argc, char** argv) {
 }
 
 // TVM's CPU pool halves the core count on x86 (it assumes hyper-threads), which is one thread on a
-// 2-core VM: use every core this process may run on, unless TVM_NUM_THREADS or --threads says.
+// 2-core VM: use every core this process may run on, unless TVM_NUM_THREADS or --threads says
+// (or, once the manifest is read, the thread count the bundle was tuned for: apply_tuned_threads).
 static void use_all_cores() {
-  if (getenv("TVM_NUM_THREADS")) return;
+  if (getenv("TVM_NUM_THREADS")) {
+    g_user_threads = true;
+    return;
+  }
   int n = int(std::thread::hardware_concurrency());
 #if !defined(__APPLE__)
   cpu_set_t set;

@@ -105,13 +105,14 @@ class Body(nn.Module):
 
 class Phi3ForCausalLM(nn.Module):
     def __init__(self, cfg: Phi3Config, quant: Quantization, *, quantize_embedding: bool = True,
-                 target=None, kv_dtype: str = "float32"):
+                 target=None, kv_dtype: str = "float32", tuning=None):
         if kv_dtype not in KV_DTYPES:
             raise ValueError(f"KV cache dtype {kv_dtype!r}: one of {', '.join(KV_DTYPES)}")
         self.cfg = cfg
         self.target = target
         self.kv_dtype = kv_dtype
-        linear = Linears(quant, kernel_family(target))  # every layer: the entry's kernels for this target
+        # every layer: the entry's kernels for this target, with the tuning's choices (None: defaults)
+        linear = Linears(quant, kernel_family(target, tuning))
         self.model = Body(cfg, linear, quantize_embedding)
         if not cfg.tie_word_embeddings:
             self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, quantize=quantize_embedding)
