@@ -2,7 +2,9 @@
 port it took ("bind to HOST:PORT" on stderr), so no port is picked free, released and raced for."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ def running_tracker(timeout: float = 60):
     base = random.randrange(20000, 60000)
     proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
                              str(base), "--port-end", str(base + 500)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     found: list[str] = []
     said: list[str] = []
     ready = threading.Event()
@@ -46,5 +48,11 @@ def running_tracker(timeout: float = 60):
             time.sleep(0.05)
         yield found[0]
     finally:
-        proc.terminate()
+        # the module's process only waits on the tracker it forked (a PopenWorker): terminating
+        # the parent alone orphans that child, its port and ~400 MB; stop the whole group
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
