@@ -43,7 +43,10 @@ echo "== host (chat)"
 echo "== phone (adb, a conversation on one KV cache)"
 printf 'Hello!\nWhat is the capital of France?\n' | "$es" run "$out/android" --device phone --interactive -n 4
 echo "== host (profile)"
-"$es" profile "$out/host" -p 128 -n 32 -r 3 --kernels 5
+# kept in a file (its records are what `edgesmith compare` reads); the tables shown here
+"$es" profile "$out/host" -p 128 -n 32 -r 3 --kernels 5 > "$out/host-profile.md"
+grep -v '^<!-- edgesmith-record' "$out/host-profile.md"
+echo "(this profile, with its records for \`edgesmith compare\`: $out/host-profile.md)"
 
 "$py" - "$out" <<'PY'
 import json, sys
