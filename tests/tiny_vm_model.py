@@ -1,7 +1,7 @@
 """A tiny test-only model that follows the bundle convention of the real compiler.
 
-Until `compiler/build.py` lands, the runner tests need a bundle: this builds one with
-`tvm.relax.frontend.nn` — an embedding, one attention layer on TVM's TIR paged KV cache
+The runner tests use it to check the runner apart from the compiler (a compiler bug cannot hide
+behind the same compiler's reference): it is built directly with `tvm.relax.frontend.nn` — an embedding, one attention layer on TVM's TIR paged KV cache
 (fused qkv), a SiLU MLP and an fp32 lm_head — exporting exactly the three functions the
 runner calls (`create_paged_kv_cache`, `prefill` (with the prompt's total length), `decode`) with
 packed params.
