@@ -165,7 +165,9 @@ class SshTransport(Transport):
         self.close()
         if dog.fired:
             return DeviceTimeout(self.name, what, timeout)
-        if not alive:
+        # an EOF, a reset or an SSH-level fault is the link itself, even when the transport's thread
+        # has not noticed yet (alive for a moment after a cut); an SFTP status (ENOSPC...) is not
+        if not alive or isinstance(err, (EOFError, ConnectionError, paramiko.SSHException)):
             return self.error(DeviceUnreachable, f"connection lost during {what} ({_describe(err)})")
         return self.error(TransferError, f"{what} failed: {_describe(err)}")
 
