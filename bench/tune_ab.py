@@ -32,18 +32,8 @@ from edgesmith.compiler.checkpoint import default_quant, open_checkpoint  # noqa
 from edgesmith.compiler.tuning import TuningRecord, model_shape_id  # noqa: E402
 from edgesmith.runtime.devices import Device  # noqa: E402
 from edgesmith.runtime.session import run_bundle  # noqa: E402
-from edgesmith.runtime.tune.run import TuneOptions, tune_model  # noqa: E402
+from edgesmith.runtime.tune.run import LineProgress, TuneOptions, tune_model  # noqa: E402
 from edgesmith.targets.cache import cache_root  # noqa: E402
-
-
-class _Say:
-    def step(self, msg):
-        print(msg, file=sys.stderr, flush=True)
-
-    note = step
-
-    def bar(self, total, unit):
-        return lambda n=1: None
 
 
 def bundle(out: Path, model: str, quant: str, record: TuningRecord | None, source: str) -> Path:
@@ -96,7 +86,7 @@ def main() -> None:
     host = Device(name="host", transport="local", target="host", workdir=str(cache_root() / "devices" / "host"))
     t0 = time.perf_counter()
     record, cached = tune_model(args.model, host, TuneOptions(budget_s=args.budget * 60, quant=quant,
-                                                              restart=args.restart), progress=_Say())
+                                                              restart=args.restart), progress=LineProgress(lambda msg: print(msg, file=sys.stderr, flush=True)))
     tune_s = time.perf_counter() - t0
     record_path = args.out.with_name(args.out.stem + "-record.json")
     record.write(record_path)

@@ -190,26 +190,11 @@ def _run_device(o: FarmOptions, spec, bundle: dict | None, say) -> dict:
     return result
 
 
-class _TuneLog:
-    """tune's progress as the farm's log lines (no bars: devices run in parallel)."""
-
-    def __init__(self, name: str, say):
-        self.name, self.say = name, say
-
-    def step(self, msg: str) -> None:
-        self.say(f"[{self.name}] {msg.strip()}")
-
-    note = step
-
-    def bar(self, total: int, unit: str):
-        return lambda n=1: None
-
-
 def _tuned_bundle(o: FarmOptions, device, bundle: dict, result: dict, say) -> dict:
     """`--tune`: the device's tuning record (measured now, or the cache's when it has every shape)
     and the bundle compiled with it; an emulated device without --allow-emulated keeps `bundle`."""
     from edgesmith.runtime.farm.bundles import bundle_for
-    from edgesmith.runtime.tune.run import TuneOptions, tune_model
+    from edgesmith.runtime.tune.run import LineProgress, TuneOptions, tune_model
 
     if device.emulated and not o.allow_emulated:
         result["tuning"] = {"status": "skipped", "reason": "emulated device: default kernels (--allow-emulated to tune)"}
@@ -217,7 +202,8 @@ def _tuned_bundle(o: FarmOptions, device, bundle: dict, result: dict, say) -> di
         return bundle
     say(f"[{device.name}] tuning (budget {o.tune_budget_s / 60:g} min; a cached complete record is reused)")
     options = TuneOptions(budget_s=o.tune_budget_s, allow_emulated=o.allow_emulated, quant=bundle.get("quant"))
-    record, path = tune_model(o.model, device, options, progress=_TuneLog(device.name, say))
+    log = LineProgress(lambda msg: say(f"[{device.name}] {msg.strip()}"))  # no bars: devices run in parallel
+    record, path = tune_model(o.model, device, options, progress=log)
     result["tuning"] = {"status": "tuned", "record": str(path), "shapes": len(record.kernels),
                         "complete": record.complete, "emulated": record.emulated,
                         "fingerprint_id": record.fingerprint_id}

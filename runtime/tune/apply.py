@@ -25,14 +25,10 @@ def _device(name: str | None, target: str, devices: Path | None):
                               f"compile with --target {device.target}")
         return device
     if target == "host":
-        return this_machine({"arch": _host_arch(), "target": {"preset": "host"}})
+        from edgesmith.targets.presets import host_arch
+
+        return this_machine({"arch": host_arch(), "target": {"preset": "host"}})
     return None
-
-
-def _host_arch() -> str:
-    from edgesmith.targets.presets import host_arch
-
-    return host_arch()
 
 
 def resolve(spec: str, target: str, device_name: str | None = None,

@@ -41,12 +41,17 @@ class TuneOptions:
     cool_below: float | None = None  # °C before each round; None: the start temperature + 5, if it has zones
 
 
-class _Quiet:
-    def step(self, msg: str) -> None:
-        pass
+class LineProgress:
+    """tune's progress as plain lines through `say` (nothing when None), no bars: for callers
+    without a console of their own (the farm's log, benchmarks, tests)."""
 
-    def note(self, msg: str) -> None:
-        pass
+    def __init__(self, say=None):
+        self.say = say or (lambda msg: None)
+
+    def step(self, msg: str) -> None:
+        self.say(msg)
+
+    note = step
 
     def bar(self, total: int, unit: str):
         return lambda n=1: None
@@ -69,7 +74,7 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
     """Tune `model`'s kernels on `device` (a devices.yaml Device). Returns the record and where the
     cache keeps it (also written to `out` when given)."""
     o = options or TuneOptions()
-    say = progress or _Quiet()
+    say = progress or LineProgress()
     if o.budget_s <= 0:
         raise EdgesmithError(f"--budget {o.budget_s / 60:g} minutes: it must be more than 0")
     if device.emulated and not o.allow_emulated:
