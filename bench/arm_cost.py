@@ -35,11 +35,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-import arm_asm  # noqa: E402
-import arm_llama  # noqa: E402
-import arm_qemu  # noqa: E402
-from common import table, write_json  # noqa: E402
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings as bench.NAME from the
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
+from bench import arm_asm  # noqa: E402
+from bench import arm_llama  # noqa: E402
+from bench import arm_qemu  # noqa: E402
+from bench.common import table, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BLOCK = 32  # weights per block: a q4 group here, a Q4_0 block in llama.cpp
@@ -262,8 +263,8 @@ def _only_from(counts: dict, folder: Path) -> None:
 
 
 def dynamic_counts(args) -> list[dict]:
-    from peer_model import write_checkpoint
-    from peers import ensure
+    from bench.peer_model import write_checkpoint
+    from bench.peers import ensure
 
     # peer_model writes a SentencePiece tokenizer.model (llama.cpp's converter insists on one).
     ensure("sentencepiece", ["sentencepiece"], True)

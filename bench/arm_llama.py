@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import extract_llama_sdist  # noqa: E402
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings as bench.NAME from the
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
+from bench.common import extract_llama_sdist  # noqa: E402
 
 VERSION = "0.3.36"  # llama-cpp-python; its vendor/llama.cpp is what is compiled
 KEEP = ("CMakeLists.txt", "cmake/", "ggml/", "src/", "include/", "vendor/", "licenses/", "LICENSE",

@@ -27,8 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from gpu_runner import run_runner  # noqa: E402  (stdlib only: it runs on the GPU machine)
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings as bench.NAME from the
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
+from bench.gpu_runner import run_runner  # noqa: E402  (stdlib only: it runs on the GPU machine)
 
 PROMPT = [1, 450, 4996, 17354, 1701, 432]  # fixed ids, all < 512 (random:tiny's vocab)
 NEW_TOKENS = 32

@@ -38,8 +38,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import extract_llama_sdist, table, write_json  # noqa: E402
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings as bench.NAME from the
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
+from bench.common import extract_llama_sdist, table, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "models"
@@ -143,8 +144,7 @@ def build_llama(hf: Path, args) -> Built:
         sh([sys.executable, __file__, "--worker", "llama-quantize", "--artifact", str(f16), "--to", str(q4),
             "-t", str(args.threads)], what="llama_model_quantize")
         f16.unlink()
-    sys.path.insert(0, str(_llama_sdist(None, out) / "gguf-py"))
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # the installed gguf (an edgesmith dependency), not the sdist's copy
 
     tensors = {t.name: int(t.n_bytes) for t in GGUFReader(str(q4)).tensors}
     emb = tensors.pop("token_embd.weight")
@@ -378,7 +378,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from peer_model import write_checkpoint
+    from bench.peer_model import write_checkpoint
 
     hf = write_checkpoint(MODELS / f"phi3-mini-4k-l{args.layers}", layers=args.layers)
     args.cfg = json.loads((hf / "config.json").read_text())

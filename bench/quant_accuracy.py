@@ -15,8 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import table, write_json  # noqa: E402
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings as bench.NAME from the
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
+from bench.common import table, write_json  # noqa: E402
 
 from edgesmith.compiler.build import compile_bundle  # noqa: E402
 from edgesmith.runtime.evaluate import EVAL_POSITIONS, compare_logits, teacher_forced_logits  # noqa: E402

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import cached_bundle, summary, table, write_json  # noqa: E402
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings as bench.NAME from the
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
+from bench.common import cached_bundle, summary, table, write_json  # noqa: E402
 
 from edgesmith.runtime.engine import Engine  # noqa: E402
 from edgesmith.runtime.session import run_runner  # noqa: E402

@@ -4,13 +4,10 @@ tail loops and look-alike functions. The expected loops are written out by hand 
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import arm_asm  # noqa: E402
+from bench import arm_asm
 
 # GCC's dialect: `bgt` without a dot, `.L` labels, immediates without '#'; a vector loop with the
 # marker, then a scalar tail loop, and a look-alike function whose name extends the wanted one.

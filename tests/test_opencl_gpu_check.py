@@ -9,13 +9,11 @@ import hashlib
 import json
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import opencl_gpu_check as check  # noqa: E402
+from bench import opencl_gpu_check as check
 
 import pyopencl as cl  # noqa: E402,F401  (the test extra installs it)
 

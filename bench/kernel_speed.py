@@ -1,6 +1,6 @@
 """Single linear layers at Phi-3-mini shapes, scheduled as the compiler schedules them.
 
-    python bench/kernels.py [--only q4f32,q4f16,q0f32,q0f16] [--shapes decode,prefill]
+    python bench/kernel_speed.py [--only q4f32,q4f16,q0f32,q0f16] [--shapes decode,prefill]
                             [-m 128] [-r 7] [--residual] [--out bench/out/kernels.json]
 
 Each kernel is the compiler's own tensor expression (compiler/kernels.py) with the compiler's
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import read_bandwidth_gbs, table, write_json  # noqa: E402
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings as bench.NAME from the
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
+from bench.common import read_bandwidth_gbs, table, write_json  # noqa: E402
 
 import tvm  # noqa: E402
 from edgesmith.compiler import kernels, schedules  # noqa: E402
