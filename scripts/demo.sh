@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${EDGESMITH_VENV:-$(pwd)/.venv}
-[ -x "$venv/bin/edgesmith" ] || bash scripts/install.sh
+bash scripts/install.sh --if-needed  # nothing to do when the venv holds requirements.lock already
 es="$venv/bin/edgesmith"
 py="$venv/bin/python"
 MODEL=${MODEL:-random:phi-3-mini-4k:layers=2}

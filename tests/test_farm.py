@@ -6,7 +6,6 @@ logs) and both finish; the regression gate trips on a clearly faster baseline, n
 inside the noise."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -16,7 +15,6 @@ import sys
 import threading
 import time
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -267,41 +265,37 @@ def qemu_baseline(tmp_path_factory) -> Path:
     return tmp / "base" / "results.json"
 
 
-CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")  # cgroup v1's cpu controller (cfs quota), as on this machine
+THROTTLE = [sys.executable, str(Path(__file__).with_name("cpu_throttle.py"))]
 
 
-@contextmanager
-def throttled(share: float):
-    """A cgroup whose processes get at most `share` of one CPU, whatever else runs: a device
-    throttled the way a hot phone is. Yields the wrapper that starts a command inside it."""
-    assert os.access(CPU_CGROUPS, os.W_OK), (f"{CPU_CGROUPS} is not writable: the regression-gate test throttles "
-                                             "the device with a CPU cgroup (run the tests as root, as CI does)")
-    group = CPU_CGROUPS / f"edgesmith-test-{os.getpid()}"
-    group.mkdir()
-    try:
-        # a short period: the quota bites within every few milliseconds, not in 100 ms bursts
-        (group / "cpu.cfs_period_us").write_text("10000")
-        (group / "cpu.cfs_quota_us").write_text(str(int(10000 * share)))
-        yield ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(group)]
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), 9)
-        group.rmdir()
+def throttled(share: float) -> list[str]:
+    """The wrapper that runs a command at `share` of the CPU, whatever else runs: a device
+    throttled the way a hot phone is (stopped and continued in turn; no cgroup, so the same on
+    cgroup v1 and v2 machines)."""
+    return [*THROTTLE, str(share)]
+
+
+def test_throttle_slows_a_command_and_passes_its_status():
+    spin = [sys.executable, "-c", "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+            "sys.exit(7)"]
+    t0 = time.monotonic()
+    assert subprocess.run(spin).returncode == 7
+    alone = time.monotonic() - t0
+    t0 = time.monotonic()
+    assert subprocess.run([*throttled(0.1), *spin]).returncode == 7
+    slowed = time.monotonic() - t0
+    assert slowed > 3 * alone, (alone, slowed)  # a tenth of the CPU: about 10x, whatever the machine
 
 
 @pytest.mark.parametrize("kind, expected", [("slowed down", EXIT_REGRESSION), ("same speed", EXIT_PASS)])
 def test_regression_gate(qemu_baseline, tmp_path, kind, expected):
     """A genuinely slower run trips the gate: the same device throttled to a tenth of one CPU (a
-    CPU cgroup quota: the kernel enforces it whatever else the machine runs). The same device rerun
+    stop/continue duty cycle, enforced whatever else the machine runs). The same device rerun
     at its own speed does not. The threshold (50%) is what a gate on a shared 2-core machine
     needs: reruns here drift by tens of percent; the throttled run is several times slower."""
-    with contextlib.ExitStack() as stack:
-        wrapper = QEMU
-        if kind == "slowed down":
-            wrapper = [*stack.enter_context(throttled(0.1)), *QEMU]
-        code, res = _farm(_qemu_device(tmp_path, wrapper), tmp_path / "out", *GATE_ARGS, "--baseline",
-                          str(qemu_baseline), "--threshold", "0.5")
+    wrapper = [*throttled(0.1), *QEMU] if kind == "slowed down" else QEMU
+    code, res = _farm(_qemu_device(tmp_path, wrapper), tmp_path / "out", *GATE_ARGS, "--baseline",
+                      str(qemu_baseline), "--threshold", "0.5")
     assert code == expected == res["exit_code"], res["results"]
     if expected == EXIT_REGRESSION:
         assert any(r["status"] == "regression" and r["verdict"] == "SLOWER" for r in res["results"]), res["results"]

@@ -67,13 +67,24 @@ def test_the_walk_sees_the_imports_it_must_judge():
         assert module in found
 
 
+def _source_packages() -> set[str]:
+    """Every package the four source roots hold (a folder with an __init__.py), by its installed name."""
+    found = set()
+    for package, folder in zip(("edgesmith", "edgesmith.compiler", "edgesmith.targets", "edgesmith.runtime"),
+                               PACKAGE_DIRS):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            if "__pycache__" not in rel.parts:
+                found.add(".".join([package, *rel.parts]))
+    return found
+
+
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """A venv holding a wheel of this checkout (not an editable install); its dependencies come
-    from the test environment's site-packages through a .pth line, so nothing is downloaded."""
+def wheel(tmp_path_factory) -> Path:
+    """A wheel of this checkout, built from a copy of it (setuptools writes build/ and *.egg-info)."""
     import shutil
 
-    tmp = tmp_path_factory.mktemp("wheel-install")
+    tmp = tmp_path_factory.mktemp("wheel-build")
     wheel_dir = tmp / "wheels"
     # a copy of the checkout: setuptools builds in the source folder (build/, *.egg-info)
     src = tmp / "src"
@@ -81,12 +92,29 @@ def installed(tmp_path_factory) -> Path:
         ".git", ".venv", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache", "bench"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(wheel_dir), str(src)], check=True, capture_output=True, text=True)
+    return next(wheel_dir.glob("edgesmith-*.whl"))
+
+
+def test_the_wheel_holds_every_package(wheel):
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = _source_packages()
+    assert "edgesmith.runtime.tune" in packages and "edgesmith.compiler.models.phi3" in packages  # the walk works
+    missing = sorted(p for p in packages if p.replace(".", "/") + "/__init__.py" not in names)
+    assert not missing, f"packages the wheel leaves out: {missing}"
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """A venv holding a wheel of this checkout (not an editable install); its dependencies come
+    from the test environment's site-packages through a .pth line, so nothing is downloaded."""
+    tmp = tmp_path_factory.mktemp("wheel-install")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    wheel = next(wheel_dir.glob("edgesmith-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
                    check=True, capture_output=True, text=True)
     # Dependencies: the test venv's site-packages, after the new venv's own (whose edgesmith wins).
@@ -122,3 +150,58 @@ def test_installed_package_compiles_and_runs_from_another_folder(installed, tmp_
     assert len(__import__("json").loads(run.stdout)["output_ids"]) == 4
     # the runner was built from the installed sources, which must hold the build script too
     assert any(Path(installed).rglob("build-on-device.sh"))
+
+
+def test_every_module_of_the_installed_package_imports(installed, tmp_path):
+    """From another folder, the installed package (not this checkout) imports every module the
+    sources have: a subpackage or module left out of the wheel fails here by name."""
+    sources = set()
+    for package, folder in zip(("edgesmith", "edgesmith.compiler", "edgesmith.targets", "edgesmith.runtime"),
+                               PACKAGE_DIRS):
+        for path in (ROOT / folder).rglob("*.py"):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            if "__pycache__" not in rel.parts and rel.name != "__main__":
+                parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+                sources.add(".".join([package, *parts]))
+    code = ("import importlib, json, sys\nbad = {}\nfor m in json.loads(sys.argv[1]):\n"
+            "    try:\n        mod = importlib.import_module(m)\n"
+            "        assert sys.argv[2] not in (mod.__file__ or ''), mod.__file__\n"
+            "    except BaseException as e:\n        bad[m] = f'{type(e).__name__}: {e}'\nprint(json.dumps(bad))")
+    out = subprocess.run([str(installed / "bin" / "python"), "-c", code, __import__("json").dumps(sorted(sources)),
+                          str(ROOT)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert __import__("json").loads(out.stdout) == {}
+
+
+@pytest.mark.slow
+def test_every_subcommand_from_the_wheel(installed, tmp_path):
+    """Every subcommand's --help, then one real command from each subcommand's module, tune on the
+    host and compile --tuning auto included, run from the installed package in another folder."""
+    import json
+
+    top = _run(installed, tmp_path, "--help")
+    assert top.returncode == 0, top.stderr
+    commands = re.search(r"\{([a-z,]+)\}", top.stdout).group(1).split(",")
+    assert {"compile", "tune", "run", "profile", "farm", "emulators"} <= set(commands), commands
+    for command in commands:
+        helped = _run(installed, tmp_path, command, "--help")
+        assert helped.returncode == 0 and "usage:" in helped.stdout, (command, helped.stderr)
+    for action in ("run", "agent", "status"):
+        helped = _run(installed, tmp_path, "farm", action, "--help")
+        assert helped.returncode == 0, (action, helped.stderr)
+
+    tuned = _run(installed, tmp_path, "tune", "random:tiny", "--device", "host", "--budget", "1", "-o", "t.json")
+    assert tuned.returncode == 0, tuned.stderr
+    assert json.loads((tmp_path / "t.json").read_text())["fingerprint"]
+    done = _run(installed, tmp_path, "compile", "random:tiny", "--quant", "q4f16", "--tuning", "auto",
+                "--device", "host", "-o", "b", "-q")
+    assert done.returncode == 0, done.stderr
+    profiled = _run(installed, tmp_path, "profile", "b", "-p", "8", "-n", "4", "-r", "1", "--max-reps", "1",
+                    "--kernels", "0", "--cool-below", "off", "-q", "-o", "json")
+    assert profiled.returncode == 0, profiled.stderr
+    (tmp_path / "p.json").write_text(profiled.stdout)
+    for args in (["inspect", "b"], ["quants"], ["tokenizer", "show"], ["emulators", "status"],
+                 ["compare", "p.json", "p.json"], ["run", "b", "--tokens", "1,2", "-n", "2"]):
+        ran = _run(installed, tmp_path, *args)
+        assert ran.returncode in (0, 1) and "internal error" not in ran.stderr and "Traceback" not in ran.stderr, \
+            (args, ran.stdout[-2000:], ran.stderr[-2000:])
