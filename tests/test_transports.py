@@ -2,6 +2,7 @@
 through the real adb server; the reference is the host running its own bundle natively."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -141,14 +142,15 @@ def test_runner_failure_is_one_line(devices, arm64_bundle):
 
 def test_probe_all_at_once(devices, emulators):
     dead = parse_devices([{"name": "gone", "transport": "ssh", "target": "arm64-linux",
-                           "ssh": {"host": "127.0.0.1", "port": emulators["ports"]["sshd"] + 0 or 1,
+                           "ssh": {"host": "127.0.0.1", "port": emulators["ports"]["ssh"],
                                    "known_hosts": "/dev/null"}},
                           {"name": "lost", "transport": "adb", "target": "android-arm64",
                            "adb": {"serial": "127.0.0.1:1", "server_port": emulators["ports"]["adb_server"]}}])
-    dead = {"gone": _closed_port_device(dead["gone"]), "lost": dead["lost"]}
-    t0 = time.monotonic()
-    rows = probe_devices([devices[n] for n in ("host", "board", "phone")] + list(dead.values()), timeout=15)
-    took = time.monotonic() - t0
+    with _closed_port() as port:
+        dead = {"gone": _with_port(dead["gone"], port), "lost": dead["lost"]}
+        t0 = time.monotonic()
+        rows = probe_devices([devices[n] for n in ("host", "board", "phone")] + list(dead.values()), timeout=15)
+        took = time.monotonic() - t0
     by = {r["name"]: r for r in rows}
     assert [r["name"] for r in rows] == ["host", "board", "phone", "gone", "lost"]
     for name in ("board", "phone"):
@@ -166,13 +168,20 @@ def test_probe_all_at_once(devices, emulators):
     print(f"\nprobe of 5 devices (2 unreachable) in parallel: {took:.2f} s\n{table}")
 
 
-def _closed_port_device(device: Device) -> Device:
-    import dataclasses
+@contextlib.contextmanager
+def _closed_port():
+    """A loopback port that refuses connections for as long as it is held: bound, never listening,
+    so no other process can start listening on it meanwhile."""
     import socket
 
-    with socket.socket() as s:  # a port nothing listens on
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        yield s.getsockname()[1]
+
+
+def _with_port(device: Device, port: int) -> Device:
+    import dataclasses
+
     return dataclasses.replace(device, ssh=dataclasses.replace(device.ssh, port=port))
 
 

@@ -2,7 +2,7 @@
 
 | device | reached by                                   | what answers                                   |
 | ------ | -------------------------------------------- | ---------------------------------------------- |
-| board  | ssh 127.0.0.1:2222 (paramiko)                | fault proxy (devd) -> private OpenSSH sshd     |
+| board  | ssh 127.0.0.1:2222 (paramiko)                | fault proxy (devd) -> OpenSSH sshd -i per link |
 | phone  | adb server :5038 -> `adb connect` :5557      | device-side ADB protocol server (devd, adbd.py)|
 
 Both run aarch64 code through qemu (the exec_wrapper of their devices.yaml entries). Their
@@ -25,6 +25,7 @@ from edgesmith.errors import EdgesmithError
 from edgesmith.runtime.devices import emulated_state_dir
 
 from . import sshd as _sshd
+from .devd import PORTS_FILE
 from .faults import KINDS as FAULT_KINDS, clear_fault, set_fault
 
 HOST = "127.0.0.1"
@@ -98,17 +99,24 @@ def _adb(state: Path, port: int, *args: str, timeout: float = 10) -> subprocess.
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def _log_tail(log: Path | None) -> str:
+    if log is None or not log.is_file():
+        return ""
+    lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
+    return f" (its log {log}: {lines[-1][:200]})" if lines else f" (see {log})"
+
+
 def _wait(predicate, timeout: float, what: str, log: Path | None = None) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
             return
         time.sleep(0.05)
-    tail = ""
-    if log is not None and log.is_file():
-        lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
-        tail = f" (its log {log}: {lines[-1][:200]})" if lines else f" (see {log})"
-    raise EdgesmithError(f"emulated devices: {what} did not come up within {timeout:g} s{tail}")
+    raise EdgesmithError(f"emulated devices: {what} did not come up within {timeout:g} s{_log_tail(log)}")
+
+
+def _exited(what: str, log: Path) -> EdgesmithError:
+    return EdgesmithError(f"emulated devices: {what} exited at start{_log_tail(log)}")
 
 
 def emulator_status(state_dir=None) -> dict:
@@ -175,7 +183,7 @@ def start_emulators(state_dir: Path | None = None, *, faults: dict[str, tuple[st
     same_ports = all(v == 0 or status["ports"].get(k) == v for k, v in wanted.items())
     if not (status["running"] and same_ports and (not phone or "adb_server" in status["pids"])):
         stop_emulators(state)
-        status = _start(state, {k: v or _free_port() for k, v in wanted.items()}, timeout, phone)
+        status = _start(state, wanted, timeout, phone)
     clear_fault(state)
     for device, fault in (faults or {}).items():
         kind, after = (fault, 0) if isinstance(fault, str) else fault
@@ -184,6 +192,9 @@ def start_emulators(state_dir: Path | None = None, *, faults: dict[str, tuple[st
 
 
 def _start(state: Path, ports: dict[str, int], timeout: float, phone: bool = True) -> dict:
+    """ports: wanted ports, 0 for one the OS picks. The device server binds its two itself and
+    reports them; sshd has none (the device server hands it each connection); the adb server
+    cannot take port 0, so it gets a free port and a new one if another process took it first."""
     for tool in (QEMU, "adb") if phone else ():
         if shutil.which(tool) is None:
             raise EdgesmithError(f"emulated devices need {tool} (apt-get install "
@@ -191,12 +202,12 @@ def _start(state: Path, ports: dict[str, int], timeout: float, phone: bool = Tru
     if not os.access("/usr/sbin/sshd", os.X_OK):
         raise EdgesmithError("the emulated board needs OpenSSH's sshd (apt-get install openssh-server)")
     for name in ("ssh", "adb_device", "adb_server"):
-        if _listening(ports[name]):
+        if ports[name] and _listening(ports[name]):
             raise EdgesmithError(f"emulated devices: port {HOST}:{ports[name]} ({name}) is taken; stop what "
                                  f"holds it or pick another port")
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
-    ports = dict(ports, sshd=_free_port())
+    ports = dict(ports)
     processes: dict[str, dict] = {}
 
     def record(name: str, proc: subprocess.Popen) -> None:
@@ -205,29 +216,27 @@ def _start(state: Path, ports: dict[str, int], timeout: float, phone: bool = Tru
                                                      indent=1))
 
     try:
-        config = _sshd.prepare(state, listen_port=ports["sshd"], public_port=ports["ssh"], host=HOST)
-        record("sshd", _sshd.start_sshd(config, logs / "sshd.log"))
-        _wait(lambda: _listening(ports["sshd"]), timeout, "sshd", logs / "sshd.log")
-
+        config = _sshd.prepare(state)
+        (state / PORTS_FILE).unlink(missing_ok=True)
         with open(logs / "devd.log", "ab") as log:
             devd = subprocess.Popen(
                 [sys.executable, "-m", "edgesmith.runtime.emulated.devd", "--state", str(state), "--host", HOST,
                  "--adb-port", str(ports["adb_device"]), "--ssh-port", str(ports["ssh"]),
-                 "--sshd-port", str(ports["sshd"])],
+                 "--sshd-config", str(config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         record("devd", devd)
-        _wait(lambda: _listening(ports["ssh"]) and _listening(ports["adb_device"]), timeout, "the device server",
+        _wait(lambda: devd.poll() is not None or (state / PORTS_FILE).is_file(), timeout, "the device server",
               logs / "devd.log")
+        if devd.poll() is not None:
+            raise _exited("the device server", logs / "devd.log")  # its log says why (a port taken)
+        bound = json.loads((state / PORTS_FILE).read_text())
+        ports.update(ssh=bound["ssh"], adb_device=bound["adb_device"])
+        _sshd.write_known_hosts(state, HOST, ports["ssh"])
+        record("devd", devd)
 
         if not phone:
             return emulator_status(state)
-        # A private adb server: its own port, HOME and TMPDIR; `nodaemon` so its pid is ours.
-        with open(logs / "adb.log", "ab") as log:
-            adb = subprocess.Popen([shutil.which("adb"), "-P", str(ports["adb_server"]), "nodaemon", "server"],
-                                   env=_adb_env(state), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   start_new_session=True)
-        record("adb_server", adb)
-        _wait(lambda: _listening(ports["adb_server"]), timeout, "the adb server", logs / "adb.log")
+        record("adb_server", _start_adb_server(state, ports, timeout))
         serial = f"{HOST}:{ports['adb_device']}"
         _adb(state, ports["adb_server"], "connect", serial)
         _wait(lambda: _adb(state, ports["adb_server"], "-s", serial, "get-state").stdout.strip() == "device",
@@ -236,6 +245,39 @@ def _start(state: Path, ports: dict[str, int], timeout: float, phone: bool = Tru
         stop_emulators(state)
         raise
     return emulator_status(state)
+
+
+def _start_adb_server(state: Path, ports: dict, timeout: float, tries: int = 5) -> subprocess.Popen:
+    """A private adb server: its own port, HOME and TMPDIR; `nodaemon` so its pid is ours. With
+    no port asked for, a free one, and another if something took it before adb bound it."""
+    log_path = state / "logs" / "adb.log"
+    chosen = not ports["adb_server"]
+    for _ in range(tries if chosen else 1):
+        port = ports["adb_server"] = ports["adb_server"] if not chosen else _free_port()
+        with open(log_path, "ab") as log:
+            adb = subprocess.Popen([shutil.which("adb"), "-P", str(port), "nodaemon", "server"],
+                                   env=_adb_env(state), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   start_new_session=True)
+        _wait(lambda: adb.poll() is not None or _listens(adb.pid, port), timeout, "the adb server", log_path)
+        if adb.poll() is None:
+            return adb
+        if not chosen:
+            break
+    raise _exited(f"the adb server (port {ports['adb_server']})", log_path)
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Process pid holds the listening socket on HOST:port (not some other process that took it)."""
+    want = f"{socket.inet_aton(HOST)[::-1].hex().upper()}:{port:04X}"
+    inodes = set()
+    try:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[1] == want and f[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir()) if inodes else False
+    except OSError:
+        return False
 
 
 def _kill(entry: dict, timeout: float = 5) -> None:

@@ -36,8 +36,15 @@ def keygen(path: Path, comment: str) -> None:
     path.chmod(0o600)
 
 
-def prepare(state: Path, *, listen_port: int, public_port: int, host: str = "127.0.0.1") -> Path:
-    """Keys, authorized_keys, known_hosts (for the port clients use), board-shell, sshd_config."""
+def write_known_hosts(state: Path, host: str, port: int) -> None:
+    """The board's host key, for the address and port clients reach it on."""
+    ssh = state / "ssh"
+    host_pub = " ".join((ssh / "host_ed25519.pub").read_text().split()[:2])
+    (ssh / "known_hosts").write_text(f"[{host}]:{port} {host_pub}\n")
+
+
+def prepare(state: Path) -> Path:
+    """Keys, authorized_keys, board-shell, sshd_config (known_hosts once the port is known)."""
     ssh = state / "ssh"
     ssh.mkdir(parents=True, exist_ok=True)
     home = state / "board"
@@ -45,8 +52,6 @@ def prepare(state: Path, *, listen_port: int, public_port: int, host: str = "127
     keygen(ssh / "host_ed25519", "edgesmith-emulated-board")
     keygen(ssh / "client_ed25519", "edgesmith-client")
     (ssh / "authorized_keys").write_text((ssh / "client_ed25519.pub").read_text())
-    host_pub = " ".join((ssh / "host_ed25519.pub").read_text().split()[:2])
-    (ssh / "known_hosts").write_text(f"[{host}]:{public_port} {host_pub}\n")
     sftp = sftp_server()
     fault = state / "faults" / "board"
     shell = ssh / "board-shell"
@@ -71,9 +76,8 @@ esac
 """)
     shell.chmod(0o755)
     config = ssh / "sshd_config"
-    config.write_text(f"""# private sshd of the emulated board: loopback only, key auth only
-ListenAddress {host}
-Port {listen_port}
+    config.write_text(f"""# private sshd of the emulated board, started per connection in inetd mode (sshd -i) by the
+# device server, which owns the listening socket: key auth only
 HostKey {ssh / 'host_ed25519'}
 PidFile none
 AuthorizedKeysFile {ssh / 'authorized_keys'}
@@ -104,11 +108,12 @@ def write_fault_bin(state: Path) -> None:
     df.chmod(0o755)
 
 
-def start_sshd(config: Path, log: Path) -> subprocess.Popen:
+def inetd_command(config: Path) -> list[str]:
+    """sshd serving one connection on its stdin/stdout (inetd mode): the device server accepts on
+    the port it bound itself and hands each connection over, so no port of sshd's own exists to
+    be taken by another process between choosing and binding it."""
     if not os.access(SSHD, os.X_OK):
         raise FileNotFoundError(f"{SSHD} not found (apt-get install openssh-server)")
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", exist_ok=True)  # privilege separation folder sshd insists on as root
-    with open(log, "ab") as out:
-        return subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=out, start_new_session=True)
+    return [SSHD, "-i", "-e", "-f", str(config)]
