@@ -37,10 +37,11 @@ class GpuSpec:
                 "thread_warp_size": self.thread_warp_size, "vector_width_bytes": self.vector_width}
 
     def tvm_target(self, host: dict) -> dict:
-        target = {"kind": self.api, "max_threads_per_block": self.max_threads_per_block,
-                  "max_num_threads": self.max_threads_per_block,
+        target = {"kind": self.api, "max_num_threads": self.max_threads_per_block,
                   "max_shared_memory_per_block": self.max_shared_memory_per_block,
                   "thread_warp_size": self.thread_warp_size, **dict(self.attrs)}
+        if self.api != "webgpu":  # TVM's webgpu target kind knows only max_num_threads
+            target["max_threads_per_block"] = self.max_threads_per_block
         if self.device:
             target["device"] = self.device
         return dict(target, host=host)
@@ -212,7 +213,7 @@ GPU_PRESETS = [
         platform="host",
         layout="linux",
         toolchain="host",
-        gpu=GpuSpec("vulkan", 1024, 32768, 1, 16, attrs=_VULKAN_ATTRS, runtime_note=_NO_VULKAN_RUNTIME),
+        gpu=GpuSpec("webgpu", 256, 16384, 1, 16),
     ),
     TargetPreset(
         name="apple-metal",
