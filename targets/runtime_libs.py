@@ -183,12 +183,77 @@ def _cudart() -> Path:
                       "toolkit (or its cuda-cudart-13 package) or set CUDA_HOME")
 
 
+# wgpu-native (WebGPU over Vulkan/Metal) comes in pip's `wgpu` package: the version installed here,
+# which edgesmith's WebGPU plug-in is compiled against (its headers), for every platform.
+WGPU_LIBRARY = "libwgpu_native.so"
+_WGPU_MEMBER = "wgpu/resources/libwgpu_native-release.so"
+
+
+def wgpu_version() -> str:
+    try:
+        return importlib.metadata.version("wgpu")
+    except importlib.metadata.PackageNotFoundError:
+        raise TargetError("python package 'wgpu' is not installed (WebGPU/Vulkan bundles ship its wgpu-native); "
+                          "pip install wgpu") from None
+
+
+def wgpu_include_dir() -> Path:
+    """The `wgpu` wheel's webgpu.h and wgpu.h (wgpu-native's C API, architecture-independent)."""
+    wgpu_version()
+    inc = _package_dir("wgpu") / "resources"
+    if not (inc / "webgpu.h").is_file() or not (inc / "wgpu.h").is_file():
+        raise TargetError(f"webgpu.h / wgpu.h not found in {inc}; reinstall the wgpu package")
+    return inc
+
+
+def wgpu_library(preset: TargetPreset) -> Path:
+    """libwgpu_native for `preset`'s platform: the installed package's ("host"), else pip's `wgpu`
+    wheel of the same version for that platform, downloaded once into
+    <cache>/runtime/<platform>/wgpu-<version>/ and checked against its record on every use."""
+    version = wgpu_version()
+    if preset.platform == "host":
+        lib = _package_dir("wgpu") / "resources" / "libwgpu_native-release.so"
+        if not lib.is_file():
+            raise TargetError(f"{lib} not found; reinstall the wgpu package")
+        return lib
+    dest = cache_root() / "runtime" / preset.platform / f"wgpu-{version}"
+    record_path, lib = dest / "wgpu.json", dest / WGPU_LIBRARY
+    if not record_path.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--platform", preset.platform,
+                   "--python-version", "3.11", "--no-deps", "--disable-pip-version-check", "-q", "-d", tmp,
+                   f"wgpu=={version}"]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if done.returncode != 0 or not wheels:
+                last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise TargetError(f"could not download the {preset.platform} wgpu {version} wheel (pip: {last}); "
+                                  f"check the network, or put {WGPU_LIBRARY} in {dest}")
+            with zipfile.ZipFile(wheels[0]) as zf:
+                if _WGPU_MEMBER not in zf.namelist():
+                    raise TargetError(f"the {preset.platform} wgpu {version} wheel holds no {_WGPU_MEMBER}")
+                dest.mkdir(parents=True, exist_ok=True)
+                part = dest / (WGPU_LIBRARY + ".part")
+                part.write_bytes(zf.read(_WGPU_MEMBER))
+                part.replace(lib)
+        record_path.write_text(json.dumps({"wgpu_version": version, "platform": preset.platform,
+                                           "sha256": _sha256(lib)}, indent=1))
+    record = json.loads(record_path.read_text())
+    if not lib.is_file() or _sha256(lib) != record.get("sha256"):
+        raise TargetError(f"cached {lib} is missing or its sha256 does not match {record_path}; delete {dest} "
+                          "to download it again")
+    return lib
+
+
 def gpu_runtime_libs(preset: TargetPreset) -> dict[str, Path]:
     """{file name: path} of the device runtime a GPU preset's runner needs on top of the CPU one
-    (cuda: TVM's CUDA runtime + libcudart; apple-metal: the whole macOS arm64 runtime). OpenCL's
-    is none of the wheels': edgesmith builds its own plug-in (targets.runner_build)."""
+    (cuda: TVM's CUDA runtime + libcudart; apple-metal: the whole macOS arm64 runtime; webgpu:
+    wgpu-native). OpenCL's and WebGPU's TVM side are none of the wheels': edgesmith builds its own
+    plug-ins (targets.runner_build)."""
     if preset.gpu is None or preset.gpu.runtime_note or preset.gpu.api == "opencl":
         return {}
+    if preset.gpu.api == "webgpu":
+        return {WGPU_LIBRARY: wgpu_library(preset)}
     if preset.gpu.api == "cuda":
         lib = _package_dir("tvm") / "lib" / "libtvm_runtime_cuda.so"
         if not lib.is_file():

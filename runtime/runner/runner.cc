@@ -32,10 +32,12 @@
 // through RUNPATH $ORIGIN, so BUNDLE/bin is self-contained.
 //
 // GPU bundles (manifest "device"): the runner also dlopen()s the device runtime the manifest
-// names (libtvm_runtime_cuda.so, libtvm_runtime_metal.dylib, our libedgesmith_opencl.so), runs
-// the VM on that device with the CPU as host, and copies token ids in and logits out. CUDA
-// kernels ship as source; the runner compiles them with nvcc when the library loads (section
-// "device"). OpenCL bundles end with one {"opencl": ...} line: the device and its program cache.
+// names (libtvm_runtime_cuda.so, libtvm_runtime_metal.dylib, our libedgesmith_opencl.so or
+// libedgesmith_webgpu.so), runs the VM on that device with the CPU as host, and copies token ids
+// in and logits out. CUDA kernels ship as source; the runner compiles them with nvcc when the
+// library loads (section "device"). OpenCL bundles end with one {"opencl": ...} line (the device
+// and its program cache), WebGPU (Vulkan) bundles with one {"webgpu": ...} line (the adapter,
+// pipelines built, dispatches).
 //
 // Sections: utilities · sha256 · manifest and checks · model (VM, params) · KV cache ·
 //           sampler · generate · interactive · bench · profiling (sensors, profile, kernels, logits,
@@ -260,8 +262,8 @@ struct Manifest {
   int64_t vocab_size = 0;                 // model.config.vocab_size (bench draws token ids below it)
   int64_t page_size = 16, prefill_chunk = 512, max_total_seq_len = 4096;
   std::vector<std::string> param_names;   // in the order prefill/decode take them
-  std::string device_api = "cpu";         // device.api: cpu | cuda | metal | opencl | vulkan
-  int device_type = 1;                    // device.dl_device_type (DLPack: 1 CPU, 2 CUDA, 8 Metal)
+  std::string device_api = "cpu";         // device.api: cpu | cuda | metal | opencl | webgpu
+  int device_type = 1;                    // device.dl_device_type (DLPack: 1 CPU, 2 CUDA, 8 Metal, 15 WebGPU)
   std::vector<std::string> device_libs;   // device.runtime_libs: dlopen()ed after libtvm_runtime
   int64_t threads = 0;                    // tuning.threads: what `edgesmith tune` measured best (0: unset)
 };
@@ -1022,9 +1024,11 @@ static void wrap_imports(ffi::ModuleObj* parent) {
 
 static void wrap_library(ffi::Module& exec) { wrap_imports(exec.operator->()); }
 
-// OpenCL: the model library's host functions launch the kernels of its imported OpenCL module,
-// which they look up through the library's imports on first call; timing that module instead
-// makes the table list the OpenCL kernels themselves (host glue counts as "other").
+// OpenCL and WebGPU: the model library's host functions launch the kernels of its imported device
+// module, which they look up through the library's imports on first call; timing that module
+// instead makes the table list the device kernels themselves (host glue counts as "other"). Each
+// timed call waits for the device before and after it (WebGPU: the batch is submitted and the
+// queue drained per dispatch), so the times are per-dispatch waits, not timestamp queries.
 static void wrap_device_kernels(ffi::Module& exec) {
   for (const ffi::Any& imp : exec->imports()) wrap_imports(imp.cast<ffi::Module>().operator->());
 }
@@ -1359,7 +1363,8 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
     load_runtime(lib_dir, m);
     return cmd_kernelbench(bundle, fns, a, min_time);
   }
-  if (cmd == "kernels") g_wrap_library = m.device_api == "opencl" ? wrap_device_kernels : wrap_library;
+  if (cmd == "kernels")
+    g_wrap_library = m.device_api == "opencl" || m.device_api == "webgpu" ? wrap_device_kernels : wrap_library;
   apply_tuned_threads(m);
   load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);
@@ -1449,21 +1454,25 @@ static void use_all_cores() {
   if (n > 0) setenv("TVM_NUM_THREADS", std::to_string(n).c_str(), 1);
 }
 
-// OpenCL bundles: what the plug-in (libedgesmith_opencl.so) ran on and compiled, one JSON line.
-static void report_opencl() {
+// OpenCL and WebGPU bundles: what the plug-in (libedgesmith_opencl.so, libedgesmith_webgpu.so)
+// ran on and compiled, one JSON line.
+static void report_device_runtime() {
   if (auto report = ffi::Function::GetGlobal("edgesmith.opencl.report"))
     printf("{\"opencl\": %s}\n", std::string((*report)().cast<ffi::String>()).c_str());
+  if (auto report = ffi::Function::GetGlobal("edgesmith.webgpu.report"))
+    printf("{\"webgpu\": %s}\n", std::string((*report)().cast<ffi::String>()).c_str());
 }
 
 int main(int argc, char** argv) {
   use_all_cores();
   try {
     run(argc, argv);
-    report_opencl();
+    report_device_runtime();
   } catch (const ffi::Error& err) {
     // TVM messages can span lines (with a traceback): the first line says what went wrong.
     std::string msg = err.message();
-    if (err.kind() == "OpenCLError") die("OpenCL: " + msg.substr(0, msg.find('\n')));  // our plug-in's own
+    if (err.kind() == "OpenCLError") die("OpenCL: " + msg.substr(0, msg.find('\n')));  // our plug-ins' own
+    if (err.kind() == "WebGPUError") die("WebGPU: " + msg.substr(0, msg.find('\n')));
     die("TVM " + err.kind() + ": " + msg.substr(0, msg.find('\n')));
   } catch (const std::exception& err) {
     die(err.what());
