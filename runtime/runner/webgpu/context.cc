@@ -95,7 +95,23 @@ static WGPUInstanceBackend wanted_backends() {
 #endif
 }
 
+// wgpu's Vulkan instance asks libwayland whether a Wayland display is there; with neither
+// WAYLAND_DISPLAY nor XDG_RUNTIME_DIR set (a headless board, ssh, CI) libwayland prints "error:
+// XDG_RUNTIME_DIR is invalid" on every call. An absolute WAYLAND_DISPLAY that does not exist makes
+// the same answer (no display) silent; it is set only while the instance is made.
+struct QuietWayland {
+  bool set = false;
+  QuietWayland() {
+    if (!std::getenv("WAYLAND_DISPLAY") && !std::getenv("XDG_RUNTIME_DIR"))
+      set = setenv("WAYLAND_DISPLAY", "/nonexistent/edgesmith-no-wayland", 0) == 0;
+  }
+  ~QuietWayland() {
+    if (set) unsetenv("WAYLAND_DISPLAY");
+  }
+};
+
 static WGPUInstance make_instance() {
+  QuietWayland quiet;
   WGPUInstanceExtras extras{};
   extras.chain.sType = static_cast<WGPUSType>(WGPUSType_InstanceExtras);
   extras.backends = wanted_backends();
