@@ -104,6 +104,9 @@ fi
 # and the aarch64 wgpu-native (arm64 Vulkan bundles) from the wgpu wheel of the installed version.
 "$py" -c "from edgesmith.targets import presets, runtime_libs; runtime_libs.runtime_libs(presets.get_preset('arm64-linux'))"
 "$py" -c "from edgesmith.targets import presets, runtime_libs; runtime_libs.wgpu_library(presets.get_preset('arm64-linux-vulkan'))"
+# Debian's arm64 Mesa (lavapipe) unpacked into a private root (apt with its own state: nothing is
+# installed, no foreign architecture added): qemu runs arm64-linux-vulkan bundles on it here.
+"$py" -c "from edgesmith.targets import runtime_libs; runtime_libs.arm64_vulkan_root(fetch=True)"
 # The real Phi-3 tokenizer for random: bundles (llama-cpp-python's sdist -> tokenizer.json in the
 # cache; once: it does nothing when it is there). `edgesmith run` never downloads it.
 "$venv/bin/edgesmith" tokenizer fetch

@@ -260,3 +260,67 @@ def gpu_runtime_libs(preset: TargetPreset) -> dict[str, Path]:
             raise TargetError(f"{lib} not found: this apache-tvm wheel has no CUDA runtime; reinstall apache-tvm")
         return {lib.name: lib, "libcudart.so.13": _cudart()}
     return {p.name: p for p in _cached(preset.platform)}
+
+
+# ------------------------------------------------------------------ arm64 Vulkan under qemu, here
+
+# Debian's arm64 Mesa (lavapipe: Vulkan on the CPU) and Vulkan loader with everything they need,
+# unpacked into a private root that qemu-aarch64 takes as its -L prefix: how this x86_64 machine runs
+# an arm64-linux-vulkan bundle. apt fetches the packages into a private state folder (its own
+# lists, an empty dpkg status: nothing is installed and the system's dpkg architectures stay as
+# they are), then each .deb is unpacked with dpkg-deb.
+ARM64_MESA_PACKAGES = ("mesa-vulkan-drivers", "libvulkan1")
+
+
+def arm64_vulkan_root_dir() -> Path:
+    return cache_root() / "runtime" / "debian-arm64" / "mesa-vulkan"
+
+
+def arm64_vulkan_root(fetch: bool = False) -> Path | None:
+    """The unpacked arm64 root holding lavapipe (None when not fetched and fetch is False)."""
+    dest = arm64_vulkan_root_dir()
+    done = dest / "root.json"
+    if done.is_file():
+        return dest / "root"
+    if not fetch:
+        return None
+    import shutil
+
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise TargetError("fetching Debian's arm64 Mesa needs apt-get and dpkg-deb (a Debian or Ubuntu machine)")
+    state = dest / "apt"
+    (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (state / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    (state / "status").touch()
+    opts = ["-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64",
+            "-o", f"Dir::State::Lists={state / 'lists'}", "-o", f"Dir::Cache={state / 'cache'}",
+            "-o", f"Dir::State::status={state / 'status'}", "-o", "Debug::NoLocking=1", "-qq"]
+    for args in (["update"], ["install", "--download-only", "-y", *ARM64_MESA_PACKAGES]):
+        run = subprocess.run(["apt-get", *opts, *args], capture_output=True, text=True)
+        if run.returncode != 0:
+            last = (run.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise TargetError(f"apt-get {args[0]} for Debian's arm64 Mesa failed: {last}")
+    root = dest / "root.part"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir()
+    debs = sorted((state / "cache" / "archives").glob("*.deb"))
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    icds = sorted(root.glob("usr/share/vulkan/icd.d/lvp_icd.*.json"))
+    if not icds:
+        raise TargetError(f"Debian's arm64 mesa-vulkan-drivers held no lavapipe ICD (unpacked in {root})")
+    if (dest / "root").exists():
+        shutil.rmtree(dest / "root")
+    root.replace(dest / "root")
+    shutil.rmtree(state / "cache", ignore_errors=True)  # the .debs: unpacked now
+    done.write_text(json.dumps({"packages": [d.name for d in debs], "icd": "/" + str(icds[0].relative_to(root))},
+                               indent=1))
+    return dest / "root"
+
+
+def arm64_vulkan_wrapper(root: Path) -> tuple[str, ...]:
+    """How this machine starts an aarch64 runner that finds lavapipe in `root` (qemu's -L prefix
+    maps the loader's absolute paths into it)."""
+    icd = json.loads((root.parent / "root.json").read_text())["icd"]
+    return ("env", f"VK_ICD_FILENAMES={icd}", f"VK_DRIVER_FILES={icd}", "qemu-aarch64-static", "-L", str(root))

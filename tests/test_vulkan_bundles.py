@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,3 +101,124 @@ def test_q4f16_runs_within_its_bound(compiled, capsys, model):
     assert (diff < F16_BOUND[model]).all(), f"max |logit diff| per position: {diff}"
     assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() >= 0.8
     assert json.loads((vk_bundle / "manifest.json").read_text())["quant"] == "q4f16"
+
+
+def test_every_kernel_fits_the_presets_limits(compiled):
+    """What the preset promises a driver (workgroups of 256, 32 KiB of workgroup memory) and WebGPU's
+    own portable default of 8 storage buffers a kernel: read off each kernel's WGSL."""
+    sizes = {"f32": 4, "i32": 4, "u32": 4, "f16": 2}
+    for model, quant in ((TINY, "q4f16"), (PHI, "q4f32"), (PHI, "q4f16")):
+        kernels = compiled(model, quant, "linux-vulkan") / "kernels"
+        shaders = [p for p in kernels.glob("*.wgsl") if p.name != "module.wgsl"]
+        assert len(shaders) > 20
+        for path in shaders:
+            wgsl = path.read_text()
+            x, y, z = map(int, re.search(r"@workgroup_size\((\d+), (\d+), (\d+)\)", wgsl).groups())
+            assert x * y * z <= 256, path.name
+            shared = sum(int(n) * sizes[t] * int(lanes or 1) for lanes, t, n in
+                         re.findall(r"var<workgroup> \w+ : array<(?:vec(\d)<)?(\w+)>?, (\d+)>", wgsl))
+            assert shared <= 32768, (path.name, shared)
+            assert len(re.findall(r"var<storage,", wgsl)) <= 8, path.name
+
+
+def test_profile_checks_accuracy_and_lists_webgpu_kernels(compiled, capsys):
+    bundle = compiled(TINY, "q4f32", "linux-vulkan")
+    code = cli_main(["profile", str(bundle), "-p", "8", "-n", "4", "-r", "1", "--max-reps", "1", "--check",
+                     "--kernels", "40", "--cool-below", "off", "-o", "json", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0
+    (record,) = json.loads(out)
+    assert record["check"]["passed"] and record["check"]["max_abs_diff"] < 1e-4
+    assert record["pp"]["mean"] > 0 and record["tg"]["mean"] > 0
+    names = {row["kernel"] for row in record["kernels"]["top"]}
+    # the WGSL kernels themselves (host launch glue is "other"): attention, int4 matmuls, norms
+    assert all(name.endswith("_kernel") for name in names), names
+    for kernel in ("batch_decode_paged_kv_kernel", "batch_prefill_ragged_kv_kernel", "rms_norm_kernel"):
+        assert kernel in names, names
+
+
+def test_interactive_second_reply_equals_a_one_shot_generate(compiled):
+    bundle = compiled(TINY, "q4f32", "linux-vulkan")
+    turns = "1,45,496\n7,300\n"
+    p = subprocess.run([sys.executable, "-m", "edgesmith", "run", str(bundle), "--interactive", "-n", "5",
+                        "--ignore-eos", "--json"], input=turns, capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 0, p.stderr
+    replies = [json.loads(l) for l in p.stdout.strip().splitlines()]
+    assert len(replies) == 2
+    first = replies[0]["output_ids"]
+    # the second turn continues the conversation: prompt + reply + (last reply token fed) + new ids
+    whole = [1, 45, 496] + first + [7, 300]
+    one = run_runner(bundle, ["generate", str(bundle), "--tokens", ",".join(map(str, whole)), "-n", "5"],
+                     timeout=TIMEOUT)
+    assert replies[1]["output_ids"] == next(l for l in one if "output_ids" in l)["output_ids"]
+
+
+# ------------------------------------------------------------------ ARM boards
+
+
+def test_arm64_board_bundle_runs_under_qemu_on_debians_arm64_lavapipe(compiled, capsys, monkeypatch):
+    from edgesmith.targets.runtime_libs import arm64_vulkan_root
+
+    assert arm64_vulkan_root(fetch=True) is not None  # install.sh fetched it; else apt does it now
+    bundle = compiled(TINY, "q4f32", "arm64-linux-vulkan")
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["arch"] == "aarch64" and m["device"]["api"] == "webgpu" and m["device"]["dl_device_type"] == 15
+    assert m["device"]["runtime_libs"] == ["libedgesmith_webgpu.so"] and "runtime_missing" not in m["device"]
+    for name in ("runner", "libedgesmith_webgpu.so", "libwgpu_native.so", "libtvm_runtime.so", "libstdc++.so.6"):
+        head = (bundle / "bin" / name).read_bytes()[:20]
+        assert head[:4] == b"\x7fELF" and head[18] == 183, name  # e_machine EM_AARCH64
+    # the aarch64 runner, plug-in, wgpu-native and Debian's arm64 Mesa, all under qemu
+    prompt = _prompt(TINY, 7)
+    host = _run_json(capsys, compiled(TINY, "q4f32"), prompt)
+    arm = _run_json(capsys, bundle, prompt)
+    assert arm["output_ids"] == host["output_ids"] and arm["emulated"]
+    # arm64 lavapipe (128-bit vectors) has no shader-f16: a q4f16 bundle refuses at load, in one line
+    line = _one_line_error(capsys, compiled(TINY, "q4f16", "arm64-linux-vulkan"), env={}, monkeypatch=monkeypatch)
+    assert "WebGPU adapter 'llvmpipe (LLVM 15.0.6, 128 bits)' has no shader-f16" in line
+    assert line.endswith("compile the bundle with --quant q4f32")
+
+
+# ------------------------------------------------------------------ failures, one line each
+
+
+@pytest.fixture(scope="module")
+def tiny_vk(compiled):
+    return compiled(TINY, "q4f32", "linux-vulkan")
+
+
+def test_no_webgpu_library(tiny_vk, capsys, monkeypatch):
+    line = _one_line_error(capsys, tiny_vk, env={"EDGESMITH_WGPU_LIBRARY": "/nonexistent/libwgpu_native.so"},
+                           monkeypatch=monkeypatch)
+    assert line.startswith("edgesmith: error: WebGPU: no WebGPU library (wgpu-native): /nonexistent/libwgpu_native.so")
+
+
+def test_no_vulkan_driver(tiny_vk, capsys, monkeypatch, tmp_path):
+    none = str(tmp_path / "none.json")
+    line = _one_line_error(capsys, tiny_vk, env={"VK_ICD_FILENAMES": none, "VK_DRIVER_FILES": none},
+                           monkeypatch=monkeypatch)
+    assert "WebGPU: no WebGPU adapter: wgpu-native found no Vulkan device" in line and "mesa-vulkan-drivers" in line
+
+
+def test_no_gpu_adapter(tiny_vk, capsys, monkeypatch):
+    line = _one_line_error(capsys, tiny_vk, env={"EDGESMITH_WEBGPU_ADAPTER": "gpu"}, monkeypatch=monkeypatch)
+    assert "no WebGPU adapter matches EDGESMITH_WEBGPU_ADAPTER='gpu'" in line and "(cpu)" in line
+
+
+def test_float16_bundle_on_an_adapter_without_shader_f16(compiled, capsys, monkeypatch):
+    line = _one_line_error(capsys, compiled(TINY, "q4f16", "linux-vulkan"), env={"EDGESMITH_WEBGPU_F16": "off"},
+                           monkeypatch=monkeypatch)
+    assert "compute in float16" in line and "has no shader-f16: compile the bundle with --quant q4f32" in line
+
+
+def test_a_model_the_device_cannot_bind(tmp_path_factory, capsys, monkeypatch):
+    # a float embedding of Phi-3 width: 375.8 MiB in one buffer, over lavapipe's 128 MiB a binding
+    bundle = compile_bundle("random:phi-3-mini-4k:layers=1", "q4f32", "linux-vulkan",
+                            tmp_path_factory.mktemp("float-embedding") / "b", quantize_embedding=False)
+    line = _one_line_error(capsys, bundle, env={}, monkeypatch=monkeypatch)
+    assert "binds a buffer of 375.8 MiB" in line and "binds at most 128.0 MiB (maxStorageBufferBindingSize)" in line
+
+
+def test_runner_errors_reach_python_as_bundle_errors(tiny_vk, monkeypatch):
+    monkeypatch.setenv("EDGESMITH_WEBGPU_ADAPTER", "gpu")
+    with pytest.raises(BundleError, match="^WebGPU: no WebGPU adapter matches"):
+        run_runner(tiny_vk, ["generate", str(tiny_vk), "--tokens", "1", "-n", "1"], timeout=TIMEOUT)

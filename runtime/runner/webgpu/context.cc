@@ -242,7 +242,10 @@ void Context::init() {
   facts = all[chosen];
 
   // The adapter's best limits (WebGPU's defaults are far lower: 128 MiB bindings, 256 threads)
-  // and the features the kernels may use.
+  // and the features the kernels may use. EDGESMITH_WEBGPU_F16=off leaves float16 out, for a driver
+  // that claims shader-f16 and computes it wrong (q4f16 bundles then refuse to load).
+  const char* f16_env = std::getenv("EDGESMITH_WEBGPU_F16");
+  if (f16_env && std::string(f16_env) == "off") facts.f16 = false;
   std::vector<WGPUFeatureName> features;
   if (facts.f16) features.push_back(WGPUFeatureName_ShaderF16);
   if (facts.timestamps) features.push_back(WGPUFeatureName_TimestampQuery);

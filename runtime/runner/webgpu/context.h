@@ -6,6 +6,7 @@
 //                  Vulkan on the CPU, on a machine without a GPU)
 //   gpu | cpu      the first adapter of that kind (gpu: discrete or integrated); none is an error
 //   N              adapter N in the order `edgesmith.webgpu.adapters()` lists them
+// $EDGESMITH_WEBGPU_F16=off: the device without shader-f16 even where the adapter has it.
 //
 // Work is batched as TVM's own WebGPU runtime (web/src/webgpu.ts) does: dispatches are recorded
 // into one pending command encoder, their scalar (POD) arguments into one uniform arena, and the
