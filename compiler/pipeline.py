@@ -1,6 +1,6 @@
 """The lowering pipeline: one phased list of passes, with an IR dump after each phase.
 
-(attention: our CPU attention kernels on llvm; two GPU kernels fixed for OpenCL) ->
+(attention: our CPU attention kernels on llvm; two GPU kernels fixed for OpenCL, one for WebGPU) ->
 legalize -> fuse -> schedule (our CPU rules, then dlight's) -> lower to the VM.
 `tvm.compile`'s default pipeline neither fuses nor schedules, so we pass this one instead.
 """
@@ -14,15 +14,17 @@ from edgesmith.targets.tvm_api import relax
 
 
 def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, list]]:
-    from edgesmith.compiler import attention_cpu, attention_opencl, schedules, schedules_gpu
+    from edgesmith.compiler import attention_cpu, attention_opencl, attention_webgpu, schedules, schedules_gpu
 
     rt = relax.transform
     # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window
     # (compiler/context.py keeps GPU contexts within it); opencl: two of TVM's GPU kernels made right
-    # without lock-step warps (attention_opencl.py); other GPU targets keep TVM's
+    # without lock-step warps (attention_opencl.py), the merge one of them on webgpu (attention_webgpu.py);
+    # other GPU targets keep TVM's
     tuning = tuning or schedules.DEFAULT
     attention = {"llvm": [("attention", [attention_cpu.ReplaceCPUAttention(sliding_window, tuning)])],
-                 "opencl": [("attention", [attention_opencl.ReplaceOpenCLAttention])]}.get(target.kind.name, [])
+                 "opencl": [("attention", [attention_opencl.ReplaceOpenCLAttention])],
+                 "webgpu": [("attention", [attention_webgpu.ReplaceWebGPUAttention])]}.get(target.kind.name, [])
     return attention + [
         ("legalize", [
             relax.backend.DispatchSampling(),
