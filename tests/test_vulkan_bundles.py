@@ -121,7 +121,10 @@ def test_every_kernel_fits_the_presets_limits(compiled):
             assert len(re.findall(r"var<storage,", wgsl)) <= 8, path.name
 
 
-def test_profile_checks_accuracy_and_lists_webgpu_kernels(compiled, capsys):
+@pytest.mark.parametrize("timing", ["timestamp queries", "per-dispatch waits"])
+def test_profile_checks_accuracy_and_lists_webgpu_kernels(compiled, capsys, monkeypatch, timing):
+    if timing == "per-dispatch waits":  # as on an adapter without timestamp queries
+        monkeypatch.setenv("EDGESMITH_WEBGPU_NO_TIMESTAMPS", "1")
     bundle = compiled(TINY, "q4f32", "linux-vulkan")
     code = cli_main(["profile", str(bundle), "-p", "8", "-n", "4", "-r", "1", "--max-reps", "1", "--check",
                      "--kernels", "40", "--cool-below", "off", "-o", "json", "-q"])
@@ -130,11 +133,17 @@ def test_profile_checks_accuracy_and_lists_webgpu_kernels(compiled, capsys):
     (record,) = json.loads(out)
     assert record["check"]["passed"] and record["check"]["max_abs_diff"] < 1e-4
     assert record["pp"]["mean"] > 0 and record["tg"]["mean"] > 0
-    names = {row["kernel"] for row in record["kernels"]["top"]}
+    k = record["kernels"]
+    assert k["timing"] == timing
+    names = {row["kernel"] for row in k["top"]}
     # the WGSL kernels themselves (host launch glue is "other"): attention, int4 matmuls, norms
     assert all(name.endswith("_kernel") for name in names), names
     for kernel in ("batch_decode_paged_kv_kernel", "batch_prefill_ragged_kv_kernel", "rms_norm_kernel"):
         assert kernel in names, names
+    # every decode step runs each layer's kernels: 4 steps, 2 layers
+    calls = {(r["kernel"], r["phase"]): r["calls"] for r in k["top"]}
+    assert calls[("batch_decode_paged_kv_kernel", "decode")] == 4 * 2
+    assert 0 < sum(r["total_s"] for r in k["top"] if r["phase"] == "decode") <= k["decode_s"]
 
 
 def test_interactive_second_reply_equals_a_one_shot_generate(compiled):

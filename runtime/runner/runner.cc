@@ -1027,10 +1027,28 @@ static void wrap_library(ffi::Module& exec) { wrap_imports(exec.operator->()); }
 // OpenCL and WebGPU: the model library's host functions launch the kernels of its imported device
 // module, which they look up through the library's imports on first call; timing that module
 // instead makes the table list the device kernels themselves (host glue counts as "other"). Each
-// timed call waits for the device before and after it (WebGPU: the batch is submitted and the
-// queue drained per dispatch), so the times are per-dispatch waits, not timestamp queries.
+// timed call waits for the device before and after it, so the times are per-dispatch waits. WebGPU
+// bundles on an adapter with timestamp queries are not wrapped: the plug-in times each dispatch on
+// the device (edgesmith.webgpu.timestamps / kernel_times), read at the end of each phase.
 static void wrap_device_kernels(ffi::Module& exec) {
   for (const ffi::Any& imp : exec->imports()) wrap_imports(imp.cast<ffi::Module>().operator->());
+}
+
+static bool g_device_timestamps = false;  // WebGPU: kernel times from the plug-in's timestamp queries
+
+// The plug-in's times of one phase ({"kernel": [calls, seconds]}) into g_kernels.
+static void take_device_times(int phase) {
+  static ffi::Function take = global("edgesmith.webgpu.kernel_times");
+  ffi::String err;
+  ffi::json::Value times = ffi::json::Parse(std::string(take().cast<ffi::String>()), &err);
+  if (!err.empty()) die("the WebGPU plug-in's kernel times are not JSON: " + std::string(err));
+  if (phase < 0) return;  // dropped (the warm-up's)
+  for (const auto& kv : times.cast<ffi::json::Object>()) {
+    auto pair = kv.second.cast<ffi::json::Array>();
+    KernelStat& st = g_kernels[std::string(kv.first.cast<ffi::String>())];
+    st.calls[phase] += pair[0].cast<int64_t>();
+    st.seconds[phase] += pair[1].cast<double>();
+  }
 }
 
 static void cmd_kernels(const Model& model, const Manifest& m, const ProfileArgs& a) {
@@ -1043,16 +1061,19 @@ static void cmd_kernels(const Model& model, const Manifest& m, const ProfileArgs
   // Measured: prefill with the clock on phase 0, then decode on phase 1.
   std::vector<float> logits;
   kv.add(kv.obj, int64_t(0));
+  if (g_device_timestamps) take_device_times(-1);  // the warm-up's: dropped
   g_phase = 0;
   double t0 = now_s();
   prefill(model, m, kv, prompt, logits);
   double t1 = now_s();
+  if (g_device_timestamps) take_device_times(0);
   g_phase = 1;
   for (int64_t i = 0; i < a.n; ++i) {
     int32_t tok = argmax(logits);
     forward(model, kv, model.decode, &tok, 1, logits);
   }
   double t2 = now_s();
+  if (g_device_timestamps) take_device_times(1);
   g_phase = -1;
   kv.remove(kv.obj, int64_t(0));
   double sum[2] = {0, 0};
@@ -1064,9 +1085,12 @@ static void cmd_kernels(const Model& model, const Manifest& m, const ProfileArgs
              ph ? "decode" : "prefill", long(st.calls[ph]), st.seconds[ph]);
     }
   }
+  const char* timing = g_device_timestamps ? "timestamp queries"
+                       : m.device_api == "cpu"  ? "host clock"
+                                                : "per-dispatch waits";
   printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"prefill_s\": %.6f, \"decode_s\": %.6f, "
-         "\"kernels_prefill_s\": %.6f, \"kernels_decode_s\": %.6f}\n",
-         long(a.p), long(a.n), t1 - t0, t2 - t1, sum[0], sum[1]);
+         "\"kernels_prefill_s\": %.6f, \"kernels_decode_s\": %.6f, \"timing\": \"%s\"}\n",
+         long(a.p), long(a.n), t1 - t0, t2 - t1, sum[0], sum[1], timing);
 }
 
 // --- logits: position 0 from a prefill of tokens[0], position i from a decode of tokens[i];
@@ -1367,6 +1391,9 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
     g_wrap_library = m.device_api == "opencl" || m.device_api == "webgpu" ? wrap_device_kernels : wrap_library;
   apply_tuned_threads(m);
   load_runtime(lib_dir, m);
+  if (cmd == "kernels" && m.device_api == "webgpu" && !getenv("EDGESMITH_WEBGPU_NO_TIMESTAMPS") &&
+      global("edgesmith.webgpu.timestamps")(true).cast<bool>())
+    g_device_timestamps = true, g_wrap_library = nullptr;  // timed on the device instead
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
   if (cmd == "profile") cmd_profile(model, m, load_s, a);

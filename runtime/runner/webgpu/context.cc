@@ -390,6 +390,11 @@ void Context::flush() {
   if (!pending_) return;
   const Api& w = api();
   if (!arena_host_.empty()) w.wgpuQueueWriteBuffer(queue, arena_, 0, arena_host_.data(), arena_host_.size());
+  uint32_t timed = uint32_t(timed_.size());
+  if (timed) {  // the batch's timestamps into a buffer the host can map, after its last pass
+    w.wgpuCommandEncoderResolveQuerySet(pending_, queries_, 0, 2 * timed, query_resolve_, 0);
+    w.wgpuCommandEncoderCopyBufferToBuffer(pending_, query_resolve_, 0, query_read_, 0, 16 * uint64_t(timed));
+  }
   WGPUCommandBuffer commands = w.wgpuCommandEncoderFinish(pending_, nullptr);
   w.wgpuCommandEncoderRelease(pending_);
   pending_ = nullptr;
@@ -400,6 +405,7 @@ void Context::flush() {
   used_groups_.clear();
   ++submits_;
   check_uncaptured();
+  if (timed) read_timestamps();
 }
 
 void Context::sync() {
@@ -442,13 +448,92 @@ void Context::dispatch(const std::string& kernel, WGPUComputePipeline pipeline, 
   WGPUBindGroup group = w.wgpuDeviceCreateBindGroup(device, &bg);
   used_groups_.push_back(group);
 
-  WGPUComputePassEncoder pass = w.wgpuCommandEncoderBeginComputePass(encoder(), nullptr);
+  if (timing_ && timed_.size() == query_pairs_) flush();
+  WGPUPassTimestampWrites stamps{};
+  WGPUComputePassDescriptor timed_pass{};
+  if (timing_) {
+    stamps.querySet = queries_;
+    stamps.beginningOfPassWriteIndex = uint32_t(2 * timed_.size());
+    stamps.endOfPassWriteIndex = uint32_t(2 * timed_.size() + 1);
+    timed_pass.timestampWrites = &stamps;
+    timed_.push_back(kernel);
+  }
+  WGPUComputePassEncoder pass = w.wgpuCommandEncoderBeginComputePass(encoder(), timing_ ? &timed_pass : nullptr);
   w.wgpuComputePassEncoderSetPipeline(pass, pipeline);
   w.wgpuComputePassEncoderSetBindGroup(pass, 0, group, 0, nullptr);
   w.wgpuComputePassEncoderDispatchWorkgroups(pass, grid[0], grid[1], grid[2]);
   w.wgpuComputePassEncoderEnd(pass);
   w.wgpuComputePassEncoderRelease(pass);
   ++dispatches_;
+}
+
+struct MapResult {
+  bool done = false;
+  WGPUMapAsyncStatus status = WGPUMapAsyncStatus_Success;
+  std::string message;
+};
+
+static void on_map(WGPUMapAsyncStatus status, WGPUStringView message, void* user, void*) {
+  auto* r = static_cast<MapResult*>(user);
+  r->status = status, r->message = str(message), r->done = true;
+}
+
+// ---------------------------------------------------------------------------- timestamps
+
+bool Context::set_timestamps(bool on) {
+  Lock lock(mu_);
+  if (on && !facts.timestamps) return false;
+  flush();  // what was recorded so far is not timed
+  if (on && !queries_) {
+    const Api& w = api();
+    WGPUQuerySetDescriptor qd{};
+    qd.type = WGPUQueryType_Timestamp;
+    qd.count = 2 * query_pairs_;
+    queries_ = scoped("creating timestamp queries", [&] { return w.wgpuDeviceCreateQuerySet(device, &qd); });
+    WGPUBufferDescriptor bd{};
+    bd.size = 16 * uint64_t(query_pairs_);
+    bd.usage = WGPUBufferUsage_QueryResolve | WGPUBufferUsage_CopySrc;
+    query_resolve_ = scoped("a timestamp buffer", [&] { return w.wgpuDeviceCreateBuffer(device, &bd); });
+    bd.usage = WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst;
+    query_read_ = scoped("a timestamp read-back buffer", [&] { return w.wgpuDeviceCreateBuffer(device, &bd); });
+  }
+  timing_ = on;
+  return true;
+}
+
+void Context::read_timestamps() {
+  const Api& w = api();
+  size_t n = timed_.size();
+  MapResult r;
+  WGPUBufferMapCallbackInfo cb{};
+  cb.mode = WGPUCallbackMode_AllowProcessEvents;
+  cb.callback = on_map;
+  cb.userdata1 = &r;
+  w.wgpuBufferMapAsync(query_read_, WGPUMapMode_Read, 0, 16 * n, cb);
+  wait_for(&r.done);
+  if (r.status != WGPUMapAsyncStatus_Success) fail("reading the timestamps back failed: " + r.message);
+  const uint64_t* ticks = static_cast<const uint64_t*>(w.wgpuBufferGetConstMappedRange(query_read_, 0, 16 * n));
+  double ns_per_tick = w.wgpuQueueGetTimestampPeriod(queue);
+  for (size_t i = 0; i < n; ++i) {
+    auto& [calls, seconds] = kernel_times_[timed_[i]];
+    calls += 1;
+    if (ticks[2 * i + 1] > ticks[2 * i]) seconds += double(ticks[2 * i + 1] - ticks[2 * i]) * ns_per_tick * 1e-9;
+  }
+  w.wgpuBufferUnmap(query_read_);
+  timed_.clear();
+}
+
+std::string Context::take_kernel_times() {
+  Lock lock(mu_);
+  sync();
+  std::string out = "{";
+  for (const auto& [name, t] : kernel_times_) {
+    char buf[64];
+    snprintf(buf, sizeof(buf), "[%lld, %.9f]", static_cast<long long>(t.first), t.second);
+    out += (out.size() > 1 ? ", " : "") + json_string(name) + ": " + buf;
+  }
+  kernel_times_.clear();
+  return out + "}";
 }
 
 // ---------------------------------------------------------------------------- copies
@@ -463,17 +548,6 @@ WGPUBuffer Context::staging(size_t nbytes) {
                     [&] { return api().wgpuDeviceCreateBuffer(device, &bd); });
   staging_size_ = bd.size;
   return staging_;
-}
-
-struct MapResult {
-  bool done = false;
-  WGPUMapAsyncStatus status = WGPUMapAsyncStatus_Success;
-  std::string message;
-};
-
-static void on_map(WGPUMapAsyncStatus status, WGPUStringView message, void* user, void*) {
-  auto* r = static_cast<MapResult*>(user);
-  r->status = status, r->message = str(message), r->done = true;
 }
 
 void Context::to_host(void* dst, WGPUBuffer src, size_t offset, size_t nbytes) {

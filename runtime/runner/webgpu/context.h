@@ -83,6 +83,13 @@ class Context {
   template <typename F>
   auto scoped(const std::string& what, F make) -> decltype(make());
 
+  // Kernel times from timestamp queries (the adapter's timestamp-query feature): while on, each
+  // dispatch's pass writes a timestamp at its start and end, and every submission waits to read
+  // them back. Returns false (and stays off) on an adapter without timestamps.
+  bool set_timestamps(bool on);
+  // {"kernel": [calls, seconds], ...} of the dispatches timed since the last call (then reset).
+  std::string take_kernel_times();
+
   int64_t dispatches() const { return dispatches_; }
   int64_t submits() const { return submits_; }
 
@@ -106,6 +113,14 @@ class Context {
   size_t staging_size_ = 0;
   int64_t dispatches_ = 0, submits_ = 0;
   std::vector<WGPUBindGroup> used_groups_;  // released once their batch is submitted
+  // timestamp queries (set_timestamps)
+  void read_timestamps();
+  bool timing_ = false;
+  WGPUQuerySet queries_ = nullptr;
+  WGPUBuffer query_resolve_ = nullptr, query_read_ = nullptr;
+  uint32_t query_pairs_ = 1024;
+  std::vector<std::string> timed_;  // the kernel of each query pair in the pending batch
+  std::map<std::string, std::pair<int64_t, double>> kernel_times_;
 };
 
 template <typename F>

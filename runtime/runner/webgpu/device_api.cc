@@ -6,7 +6,8 @@
 // queue: the stream handle is ignored, and StreamSync submits the batch and waits for the device.
 //
 // Also registers edgesmith.webgpu.device_info(), .adapters() and .report() (JSON strings): what the
-// runner prints about the device, what `devices` lists, and how many pipelines were built.
+// runner prints about the device, what `devices` lists, and how many pipelines were built; and
+// .timestamps(on) / .kernel_times(), the kernel times `runner kernels` reads from timestamp queries.
 
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/string.h>
@@ -173,6 +174,12 @@ struct Register {
     Function::SetGlobal("edgesmith.webgpu.adapters", Function::FromTyped([]() -> tvm::ffi::String { return adapters(); }),
                         true);
     Function::SetGlobal("edgesmith.webgpu.report", Function::FromTyped([]() -> tvm::ffi::String { return report(); }),
+                        true);
+    // `runner kernels`: kernel times from timestamp queries where the adapter has them
+    Function::SetGlobal("edgesmith.webgpu.timestamps",
+                        Function::FromTyped([](bool on) -> bool { return Context::get().set_timestamps(on); }), true);
+    Function::SetGlobal("edgesmith.webgpu.kernel_times",
+                        Function::FromTyped([]() -> tvm::ffi::String { return Context::get().take_kernel_times(); }),
                         true);
   }
 } register_device_api;
