@@ -1,4 +1,4 @@
-// context.h — the one WebGPU device this process runs on (through wgpu-native, on Vulkan; Metal
+// context.h (context.cc, batch.cc) — the one WebGPU device this process runs on (through wgpu-native, on Vulkan; Metal
 // on macOS): which adapter, its facts and limits, its memory, and the one queue all work goes to.
 //
 // Adapter choice ($EDGESMITH_WEBGPU_ADAPTER):
@@ -133,6 +133,9 @@ auto Context::scoped(const std::string& what, F make) -> decltype(make()) {
 
 // What went wrong outside a scope (set by the device's callbacks).
 std::string& uncaptured_error();
+
+std::string mib(double bytes);                  // "12.3 MiB"
+std::string json_string(const std::string& s);  // a JSON string literal
 
 }  // namespace wgpu
 }  // namespace edgesmith
