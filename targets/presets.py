@@ -115,6 +115,9 @@ def default_quantization(preset: TargetPreset) -> tuple[str, str]:
         return "q4f16", "this CPU has no int8 dot products (AVX512-VNNI, AVX-VNNI or Arm dotprod)"
     if preset.default_quant == "q4f16i8":
         return "q4f16i8", f"target {preset.name} has int8 dot products"
+    if preset.gpu is not None and preset.gpu.api == "webgpu":
+        return preset.default_quant, ("a Vulkan GPU computes in float16 where its driver has shader-f16 (most do; the "
+                                      "runner refuses such a bundle in one line where it has not: then --quant q4f32)")
     if preset.gpu is not None:
         return preset.default_quant, f"a {preset.gpu.api} GPU computes in float"
     return preset.default_quant, f"target {preset.name} has no int8 dot products"
