@@ -119,7 +119,7 @@ def vulkan_env(out: Path, device: str, icd_dirs=ICD_DIRS) -> tuple[dict, list[st
         shutil.copy2(out / VULKAN_LOADER, loader_dir / VULKAN_LOADER)
         env["LD_LIBRARY_PATH"] = f"{loader_dir}:{env.get('LD_LIBRARY_PATH', '')}"
         notes.append(f"no {VULKAN_LOADER} on the machine: used the carried Vulkan loader")
-    if device == "gpu" and not any(d.glob("nvidia*.json") for d in icd_dirs if d.is_dir()):
+    if device == "gpu" and not any(any(d.glob("nvidia*.json")) for d in icd_dirs if d.is_dir()):
         glx = _find_lib("libGLX_nvidia.so.0", libs)
         if glx is None:
             raise SystemExit("vulkan_gpu_check: no NVIDIA Vulkan driver on this machine (no nvidia_icd.json and no "

@@ -37,7 +37,13 @@ def split_wgsl(source: str) -> dict[str, str]:
     """{kernel name: its complete WGSL shader} from TVM's WebGPU module source."""
     marks = list(_WGSL_BANNER.finditer(source))
     ends = [m.start() for m in marks[1:]] + [len(source)]
-    return {m.group(1): source[m.start():end].rstrip() + "\n" for m, end in zip(marks, ends)}
+    out = {}
+    for m, end in zip(marks, ends):
+        lines = source[m.start():end].rstrip().splitlines()
+        while lines and lines[-1].startswith("// Function: "):  # the source listing's own line before the next banner
+            lines.pop()
+        out[m.group(1)] = "\n".join(lines).rstrip() + "\n"
+    return out
 
 
 def split_kernels(source: str) -> dict[str, str]:

@@ -39,9 +39,10 @@ PHI = "random:phi-3-mini-4k:layers=2"
 VOCAB = {TINY: 512, PHI: 32064}
 TIMEOUT = 900
 # q4f16 on the GPU (float16 activations and scales) against the host's q4f16 (float16 scales,
-# float32 arithmetic): measured 3e-3 (tiny) and 2e-2 (phi-3 width, 2 layers) at most over these
-# positions; the bound leaves room for other drivers' rounding, far below a wrong kernel's error.
-F16_BOUND = {TINY: 1e-2, PHI: 5e-2}
+# float32 arithmetic): on lavapipe at most 2.2e-4 (tiny) and 4.8e-3 (phi-3 width, 2 layers) over
+# prompts of 7 and 530 tokens and two decode steps; the bound leaves room for other drivers'
+# rounding and stays far below a wrong kernel's error (a logit of random weights is ~1).
+F16_BOUND = {TINY: 1e-3, PHI: 2e-2}
 
 
 def _prompt(model: str, n: int) -> list[int]:
@@ -107,8 +108,8 @@ def test_q4f16_runs_within_its_bound(compiled, capsys, model):
 
 
 def test_every_kernel_fits_the_presets_limits(compiled):
-    """What the preset promises a driver (workgroups of 256, 32 KiB of workgroup memory) and WebGPU's
-    own portable default of 8 storage buffers a kernel: read off each kernel's WGSL."""
+    """What the README says a driver needs (workgroups of 256, 32 KiB of workgroup memory, 10
+    storage buffers a kernel), read off each kernel's WGSL."""
     sizes = {"f32": 4, "i32": 4, "u32": 4, "f16": 2}
     for model, quant in ((TINY, "q4f16"), (PHI, "q4f32"), (PHI, "q4f16")):
         kernels = compiled(model, quant, "linux-vulkan") / "kernels"
@@ -121,7 +122,11 @@ def test_every_kernel_fits_the_presets_limits(compiled):
             shared = sum(int(n) * sizes[t] * int(lanes or 1) for lanes, t, n in
                          re.findall(r"var<workgroup> \w+ : array<(?:vec(\d)<)?(\w+)>?, (\d+)>", wgsl))
             assert shared <= 32768, (path.name, shared)
-            assert len(re.findall(r"var<storage,", wgsl)) <= 8, path.name
+            assert "// Function: " not in wgsl.split("\n", 3)[3], path.name  # one kernel a file
+            # TVM's paged prefill attention binds 10 storage buffers, over WebGPU's portable default
+            # of 8 (the runtime asks for the adapter's own limit: lavapipe 32); 10 is what the
+            # README promises a driver needs
+            assert len(re.findall(r"var<storage,", wgsl)) <= 10, path.name
 
 
 @pytest.mark.parametrize("timing", ["timestamp queries", "per-dispatch waits"])
