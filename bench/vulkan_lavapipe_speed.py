@@ -5,7 +5,7 @@ runs whole models, and how far from the host build it is.
 
   python bench/vulkan_lavapipe_speed.py [--model random:phi-3-mini-4k:layers=2] [--rounds 2]
 
-Compiles host q4f32 and linux-vulkan q4f32 and q4f16 bundles, then `runner bench -p 64 -n 32 -r 3`
+Compiles host q4f32 and linux-vulkan q4f32 and q4f16 bundles, then `runner bench -p 32 -n 16 -r 2`
 (after a warm-up) of each in turn, --rounds times; prints a table of every round and writes
 bench/results/vulkan_lavapipe.json.
 """
@@ -22,7 +22,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 from bench.gpu_runner import run_runner  # noqa: E402
 
-BENCH = ["-p", "64", "-n", "32", "--warmup", "1", "-r", "3"]
+BENCH = ["-p", "32", "-n", "16", "--warmup", "1", "-r", "2"]
 
 
 def main() -> int:
