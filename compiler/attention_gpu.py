@@ -1,0 +1,56 @@
+"""GPU targets: TVM's paged-KV-cache attention kernels with their inline-RoPE branch folded away.
+
+Every GPU attention kernel of TVM's paged KV cache (prefill over pages, ragged prefill, tree
+attention, decode) takes `rotary_mode` and, for 1, applies RoPE to q and k as it loads them: a
+`Let` expression (the frequency) inside each load. Our model applies RoPE in the graph and
+creates its caches with rope_mode NONE, so the cache calls every kernel with rotary_mode 0 and
+that branch is dead code.
+
+It is also what breaks the compile: TVM 0.27's CommonSubexprElim (the TIR pass after
+unrolling) hoists an index expression whose first use sits inside that `Let` and binds it after
+the use, and the build stops with "variable cse_vN has been used before definition". Which
+shapes hit it depends on the tile arithmetic: Phi-3-medium-like grouped heads with small heads
+(head dim 16 with 4 query heads per KV head, head dim 32 with 3 or 4) on every GPU preset,
+float16 and float32 caches alike (see tests/test_gpu_shapes.py). Folding rotary_mode = 0 into
+the kernels (signature kept: the cache still passes the argument) removes the branch, the `Let`
+with it, and the failure; the kernels compute exactly what they computed before for
+rotary_mode 0.
+
+Only in modules whose every cache has rope_mode NONE (read off the create call, as
+attention_opencl.py does): a cache that applies RoPE itself keeps TVM's kernels as they are.
+"""
+from __future__ import annotations
+
+import tvm
+
+from edgesmith.compiler.attention_cpu import _cache_rope_modes
+from edgesmith.targets.tvm_api import tirx
+
+ROTARY_MODE = "rotary_mode"  # the int32 parameter of TVM's attention kernels (0: none, 1: inline RoPE)
+
+
+def fold_rotary_mode(f: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """`f` with rotary_mode fixed at 0 and kept as an (unused) parameter; None when `f` has none."""
+    var = next((p for p in f.params if isinstance(p, tirx.Var) and p.name == ROTARY_MODE), None)
+    if var is None or str(var.ty) != "int32":
+        return None
+    return f.with_body(f.specialize({var: tirx.IntImm("int32", 0)}).body)
+
+
+def fold_gpu_attention_rope(mod: tvm.IRModule) -> tvm.IRModule:
+    modes = _cache_rope_modes(mod)
+    if not modes or any(m != 0 for m in modes):
+        return mod
+    funcs = dict(mod.functions)
+    changed = False
+    for gv, f in funcs.items():
+        if isinstance(f, tirx.PrimFunc):
+            folded = fold_rotary_mode(f)
+            if folded is not None:
+                funcs[gv], changed = folded, True
+    return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos) if changed else mod
+
+
+@tvm.transform.module_pass(opt_level=0, name="FoldGPUAttentionRope")
+def FoldGPUAttentionRope(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 (a pass)
+    return fold_gpu_attention_rope(mod)
