@@ -18,15 +18,43 @@ rotary_mode 0.
 
 Only in modules whose every cache has rope_mode NONE (read off the create call, as
 attention_opencl.py does): a cache that applies RoPE itself keeps TVM's kernels as they are.
+
+Head sizes those kernels cannot take are refused before anything is traced (`head_size_limit`,
+called by build.py), in one line naming the limit, instead of TVM's ValueError from deep inside
+the cache's construction (or, for the decode kernel, wrong numbers): the decode and merge kernels
+give each thread 4 values of a head (head size a multiple of 4), and the prefill kernels' tiles
+must divide among 128 threads, which TVM's own `_get_prefill_kernel_config` decides per target
+and KV dtype (on OpenCL and CUDA: multiples of 8 with float32 KV, of 4 with float16 KV, up to
+256 and some larger). Phi-3's own head sizes (96, 128) pass everywhere.
 """
 from __future__ import annotations
 
 import tvm
 
 from edgesmith.compiler.attention_cpu import _cache_rope_modes
-from edgesmith.targets.tvm_api import tirx
+from edgesmith.targets.tvm_api import llm_kernel_common, tirx
 
 ROTARY_MODE = "rotary_mode"  # the int32 parameter of TVM's attention kernels (0: none, 1: inline RoPE)
+DECODE_VEC = 4  # values of a head per thread in TVM's GPU decode and merge kernels (bdx = head_dim // 4)
+
+
+def head_size_limit(cfg, target, kv_dtype: str) -> str | None:
+    """Why TVM's GPU attention kernels cannot take `cfg`'s heads on `target` with a `kv_dtype`
+    cache (one clause, naming the limit); None when they can."""
+    d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+    if d % DECODE_VEC:
+        return (f"head size {d} is not a multiple of {DECODE_VEC}: TVM's GPU decode attention gives each thread "
+                f"{DECODE_VEC} values of a head and would leave the last {d % DECODE_VEC} out")
+    threads = int(target.attrs["max_num_threads"])
+    if d // DECODE_VEC > threads:
+        return (f"head size {d} needs {d // DECODE_VEC} threads a row in TVM's GPU decode attention, more than "
+                f"the {threads} a work-group has here")
+    try:
+        llm_kernel_common._get_prefill_kernel_config(hkv, hq, d, kv_dtype, target)
+    except (ValueError, AssertionError) as e:
+        return (f"head size {d} with a {kv_dtype} KV cache does not tile into TVM's GPU prefill attention "
+                f"({' '.join(str(e).split())})")
+    return None
 
 
 def fold_rotary_mode(f: tirx.PrimFunc) -> tirx.PrimFunc | None:

@@ -92,6 +92,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
         raise ConfigError(f"prefill chunk {prefill_chunk!r}: it must be a positive number of tokens")
     tvm_target = tvm.target.Target(preset.tvm_target())
+    if preset.gpu is not None:
+        _check_gpu_heads(cfg, preset, tvm_target, kv.dtype)
     if tuning is not None and tuning.target != preset.name:
         raise TuningError(f"tuning record {tuning_source or ''} was measured for target {tuning.target}, not "
                           f"{preset.name}; tune with --target {preset.name} or compile with --target {tuning.target}")
@@ -175,6 +177,19 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                    "edgesmith_version": _version()},
         ).write(tmp)
     return Path(out)
+
+
+def _check_gpu_heads(cfg, preset, tvm_target, kv_dtype: str) -> None:
+    """One line, before anything is traced, when TVM's GPU attention kernels cannot take the heads."""
+    from edgesmith.compiler.attention_gpu import head_size_limit
+
+    why = head_size_limit(cfg, tvm_target, kv_dtype)
+    if why is None:
+        return
+    other = "float16" if kv_dtype == "float32" else "float32"
+    hint = (f"--kv-dtype {other} takes it on this target" if head_size_limit(cfg, tvm_target, other) is None
+            else "compile it for a CPU target (host, arm64-linux, ...): edgesmith's CPU attention kernels take it")
+    raise TargetError(f"target {preset.name}: {why}; {hint}")
 
 
 def _float_kept_note(ckpt: Checkpoint, q: Quantization, emb_q: bool, head_q: bool) -> str:

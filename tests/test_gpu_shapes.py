@@ -97,6 +97,44 @@ def test_every_gpu_preset_lowers_small_grouped_heads(preset):
             assert lower(mod, target) is not None, (preset, d, heads, kv, quant)
 
 
+# ---------------------------------------------------------------- head sizes the kernels cannot take
+
+
+@pytest.mark.parametrize("preset", LOWERED)
+def test_phi3s_own_heads_pass_the_check_everywhere(preset):
+    """Phi-3-mini (32 heads of 96), Phi-3-medium (40 of 128 on 10 KV heads), Phi-4-mini (24 of 128
+    on 8), with either KV dtype: no GPU preset refuses them."""
+    from edgesmith.compiler.attention_gpu import head_size_limit
+
+    for d, heads, kv in ((96, 32, 32), (128, 40, 10), (128, 24, 8)):
+        for kv_dtype in ("float16", "float32"):
+            assert head_size_limit(_config(d, heads, kv), _target(preset), kv_dtype) is None, (preset, d, kv_dtype)
+
+
+@pytest.mark.parametrize("d,limit,hint", [
+    (18, "head size 18 is not a multiple of 4", "compile it for a CPU target"),  # decode would drop 2 values a head
+    (12, "head size 12 with a float32 KV cache does not tile into TVM's GPU prefill attention", "--kv-dtype float16"),
+])
+def test_head_sizes_the_gpu_kernels_cannot_take_are_refused_in_one_line(tmp_path, capsys, d, limit, hint):
+    from edgesmith.cli import main
+
+    from hf_tiny import make_tiny_checkpoint
+
+    hf = make_tiny_checkpoint("medium", tmp_path / "hf", with_tokenizer=False, overrides=dict(
+        hidden_size=4 * d, num_attention_heads=4, num_key_value_heads=1, intermediate_size=96))
+    out = tmp_path / "out"
+    assert main(["compile", str(hf), "--quant", "q0f32", "--target", "linux-opencl", "-o", str(out), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target linux-opencl: " + limit in err[0] and hint in err[0], err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["hf"]  # nothing written
+
+
+def test_the_float16_cache_the_refusal_names_does_lower():
+    cfg, target = _config(12, 4, 1), _target("linux-opencl")
+    mod, _ = build_model(cfg, get_quantization("q0f32"), target, kv_dtype="float16")
+    assert lower(mod, target) is not None
+
+
 # ---------------------------------------------------------------- run on PoCL against transformers
 
 SHAPES = {  # head size, query heads, KV heads, intermediate; hidden = head size x query heads
