@@ -43,7 +43,7 @@ def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize
     model_class = for_config(cfg).model_class()
     extra = {"tuning": tuning} if tuning is not None else {}
     if quantize_lm_head is not None and quantize_lm_head != quantize_embedding:
-        extra["quantize_lm_head"] = quantize_lm_head
+        extra["quantize_lm_head"] = quantize_lm_head  # only when it differs: older model classes lack it
     model = model_class(cfg, quant, quantize_embedding=quantize_embedding, target=target, kv_dtype=kv_dtype, **extra)
     mod, named = model.export_tvm(spec=model.get_default_spec())
     params = [(name, tuple(int(x) for x in p.shape), p.dtype) for name, p in named]

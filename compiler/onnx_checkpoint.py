@@ -96,7 +96,8 @@ class OnnxCheckpoint(Checkpoint):
         # a float lm_head beside int4 layers is reported with the embedding (the manifest's float_ends)
         floats = [lin for lin in self._linears()
                   if not lin.int4 and not (self.keeps_float_lm_head and lin is self.graph.lm_head)]
-        info = {"format": "onnx", "file": self.file.path.name, "int4_linears": len(self.int4), "float_linears": len(floats)}
+        info = {"format": "onnx", "file": self.file.path.name, "int4_linears": len(self.int4),
+                "float_linears": len(floats)}
         if info["float_linears"]:
             info["float_kept"] = "quantized by edgesmith" if quant.quantized else f"stored as {quant.storage_dtype}"
         if self.int4:
@@ -240,7 +241,8 @@ class OnnxCheckpoint(Checkpoint):
             raise CheckpointError(f"{f.path}: rotary_embedding_dim {rot['dim']} disagrees with the cos table's {rotary_dim}")
         window = att["local_window_size"]
         dec = self.genai["model"]
-        sizes = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=sum(p.n for p in g.layers[0].gate_up) // 2,
+        intermediate = sum(p.n for p in g.layers[0].gate_up) // 2  # [gate; up], packed or two nodes
+        sizes = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
                      num_hidden_layers=len(g.layers), num_attention_heads=heads, num_key_value_heads=kv)
         for key, genai_key in (("num_hidden_layers", "num_hidden_layers"), ("num_attention_heads", "num_attention_heads"),
                                ("num_key_value_heads", "num_key_value_heads"), ("hidden_size", "hidden_size")):

@@ -14,8 +14,8 @@ Two jobs, both free of any weight bytes until a tensor is asked for:
              ((Skip)SimplifiedLayerNormalization), q/k/v (one packed or three MatMul[NBits]),
              attention (GroupQueryAttention with do_rotary, or RotaryEmbedding + MultiHeadAttention),
              o_proj, gate/up (two, or one packed + Split) -> x*Sigmoid(x) * up -> down, the final
-             norm and lm_head. Anything
-             else on that path, or any other node reading the hidden state, is refused by name.
+             norm and lm_head. Anything else on that path, or any other node reading the hidden
+             state, is refused by name.
              Nodes off the path (attention-mask plumbing, the longrope cache If) are left to
              ONNX Runtime: our paged KV cache does the same job.
 

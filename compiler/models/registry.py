@@ -77,8 +77,9 @@ class ModelArchitecture:
     onnx_genai_types: tuple[str, ...] = ()  # ONNX Runtime GenAI `model.type` values of this architecture
 
     def model_class(self) -> type:
-        """The nn.Module: (config, quantization, *, quantize_embedding, quantize_lm_head, target, kv_dtype) -> model
-        with prefill, decode, create_paged_kv_cache and get_default_spec (models/phi3/model.py)."""
+        """The nn.Module: (config, quantization, *, quantize_embedding, target, kv_dtype) -> model
+        with prefill, decode, create_paged_kv_cache and get_default_spec (models/phi3/model.py);
+        `quantize_lm_head` too where a source stores the lm_head otherwise than the embedding."""
         module, _, cls = self.model.partition(":")
         return getattr(importlib.import_module(module), cls)
 
