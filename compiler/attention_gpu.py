@@ -9,9 +9,11 @@ that branch is dead code.
 It is also what breaks the compile: TVM 0.27's CommonSubexprElim (the TIR pass after
 unrolling) hoists an index expression whose first use sits inside that `Let` and binds it after
 the use, and the build stops with "variable cse_vN has been used before definition". Which
-shapes hit it depends on the tile arithmetic: Phi-3-medium-like grouped heads with small heads
-(head dim 16 with 4 query heads per KV head, head dim 32 with 3 or 4) on every GPU preset,
-float16 and float32 caches alike (see tests/test_gpu_shapes.py). Folding rotary_mode = 0 into
+shapes hit it depends on the tile arithmetic and the KV dtype; measured kernel by kernel on every
+GPU preset: head dim 16 with 4 or 8 query heads per KV head (float32 cache: both prefill kernels
+and tree attention, everywhere), head dim 32 with 3 or 4 (float16: tree attention; float32: the
+ragged prefill on the OpenCL presets), head dim 64 with 3 or 4 on the Adreno presets (float16:
+tree attention). tests/test_gpu_shapes.py keeps one of each per preset. Folding rotary_mode = 0 into
 the kernels (signature kept: the cache still passes the argument) removes the branch, the `Let`
 with it, and the failure; the kernels compute exactly what they computed before for
 rotary_mode 0.
