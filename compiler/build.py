@@ -202,8 +202,10 @@ def _float_kept_note(ckpt: Checkpoint, q: Quantization, emb_q: bool, head_q: boo
     kept = [n for n in stored if not quantized[n]]
     parts = []
     if kept:
-        parts.append(f"{' and '.join(kept)} kept in {q.unquantized().storage_dtype}, as the source stores "
-                     f"{'it' if len(kept) == 1 else 'them'} (--quantize-embedding: int4)")
+        ours, theirs = q.unquantized().storage_dtype, getattr(ckpt.config, "dtype", None)
+        how = (f"as the source stores {'it' if len(kept) == 1 else 'them'}" if ours == theirs or theirs is None
+               else f"the source's {theirs} rounded")
+        parts.append(f"{' and '.join(kept)} kept in {ours}, {how} (--quantize-embedding: int4)")
     requantized = [n for n in stored if quantized[n]]
     if requantized:
         parts.append(f"{' and '.join(requantized)} quantized to int4 by edgesmith (the source keeps "
