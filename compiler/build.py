@@ -11,6 +11,7 @@ import tvm
 from edgesmith.compiler import bundle as bundle_io
 from edgesmith.compiler import gpu_sources
 from edgesmith.compiler.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
+from edgesmith.compiler.source import quantized_ends
 from edgesmith.compiler.context import PAGE_SIZE, kv_settings
 from edgesmith.compiler.manifest import Manifest
 from edgesmith.compiler.convert import convert_params
@@ -35,11 +36,14 @@ class Progress:
 
 
 def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize_embedding: bool = True,
-                kv_dtype: str = "float32", tuning: Tuning | None = None):
+                quantize_lm_head: bool | None = None, kv_dtype: str = "float32", tuning: Tuning | None = None):
     """The Relax module and its parameter list [(name, shape, dtype)] for a config (its
-    architecture's nn model, from the model registry). tuning: the kernels' choices (None: defaults)."""
+    architecture's nn model, from the model registry). tuning: the kernels' choices (None: defaults).
+    quantize_lm_head None: as quantize_embedding."""
     model_class = for_config(cfg).model_class()
     extra = {"tuning": tuning} if tuning is not None else {}
+    if quantize_lm_head is not None and quantize_lm_head != quantize_embedding:
+        extra["quantize_lm_head"] = quantize_lm_head  # only when it differs: older model classes lack it
     model = model_class(cfg, quant, quantize_embedding=quantize_embedding, target=target, kv_dtype=kv_dtype, **extra)
     mod, named = model.export_tvm(spec=model.get_default_spec())
     params = [(name, tuple(int(x) for x in p.shape), p.dtype) for name, p in named]
@@ -54,13 +58,17 @@ def lower(mod, target: tvm.target.Target, dump_dir: Path | None = None, *, slidi
 
 
 def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: str, out: Path, *,
-                   quantize_embedding: bool = True, dump_ir: Path | None = None,
+                   quantize_embedding: bool | None = None, quantize_lm_head: bool | None = None,
+                   dump_ir: Path | None = None,
                    progress: Progress | None = None, context: int | None = None,
                    kv_dtype: str | None = None, prefill_chunk: int = PREFILL_CHUNK,
                    tuning: TuningRecord | None = None, tuning_source: str = "") -> Path:
     """Compile `model` for `target` into the bundle folder `out`; returns `out`.
 
     quant None: the target's and the source's default (checkpoint.default_quant).
+    quantize_embedding / quantize_lm_head: int4 (True) or float (False); None: the source's choice
+    (source.quantized_ends: int4, except what an int4 ONNX export stores in float); an explicit
+    quantize_embedding with quantize_lm_head None sets both (--float-embedding).
     context / kv_dtype: the KV cache (compiler/context.py; None: the defaults there).
     prefill_chunk: tokens per prefill call (a longer prompt is prefilled in chunks).
     tuning: a record from `edgesmith tune` (checked against the target by the caller:
@@ -76,10 +84,16 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     q = q or get_quantization(default_quant(ckpt, target)[0])
     source = ckpt.source_info(q)
     cfg = ckpt.config
+    emb_q, head_q = quantized_ends(ckpt, q, quantize_embedding, quantize_lm_head)
+    kept = _float_kept_note(ckpt, q, emb_q, head_q)
+    if kept:
+        source["float_ends"] = kept
     kv = kv_settings(cfg, preset, context, kv_dtype, quant=q)
     if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
         raise ConfigError(f"prefill chunk {prefill_chunk!r}: it must be a positive number of tokens")
     tvm_target = tvm.target.Target(preset.tvm_target())
+    if preset.gpu is not None:
+        _check_gpu_heads(cfg, preset, tvm_target, kv.dtype)
     if tuning is not None and tuning.target != preset.name:
         raise TuningError(f"tuning record {tuning_source or ''} was measured for target {tuning.target}, not "
                           f"{preset.name}; tune with --target {preset.name} or compile with --target {tuning.target}")
@@ -91,10 +105,12 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         if tuning is not None:
             progress.step(f"tuning from {tuning_source or 'a record'}: {len(tuning.kernels)} kernel shapes measured on "
                           f"'{tuning.device}'" + (" (emulated: proves the mechanism only)" if tuning.emulated else ""))
-        mod, params = build_model(cfg, q, tvm_target, quantize_embedding=quantize_embedding, kv_dtype=kv.dtype,
-                                  tuning=kernel_tuning)
+        mod, params = build_model(cfg, q, tvm_target, quantize_embedding=emb_q, quantize_lm_head=head_q,
+                                  kv_dtype=kv.dtype, tuning=kernel_tuning)
         if "int4_kept" in source:
             progress.step(f"the source's int4 weights: {source['int4_kept']}")
+        if kept:
+            progress.step(f"the source's float {kept}")
 
         progress.step(f"converting {len(params)} tensors")
         tick = progress.tensors(len(params))
@@ -143,7 +159,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                    "config": cfg.to_dict(), "input": source},
             quant=q.name,
             int8_dot=_int8_dot(q, tvm_target, preset) if q.int8_activations else None,
-            quantize_embedding=quantize_embedding and q.quantized,
+            quantize_embedding=emb_q,
+            quantize_lm_head=head_q,
             target={"preset": preset.name, "tvm_target": preset.tvm_target(), "arch": preset.arch,
                     "triple": preset.triple, "layout": preset.layout},
             arch=preset.arch,
@@ -160,6 +177,40 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                    "edgesmith_version": _version()},
         ).write(tmp)
     return Path(out)
+
+
+def _check_gpu_heads(cfg, preset, tvm_target, kv_dtype: str) -> None:
+    """One line, before anything is traced, when TVM's GPU attention kernels cannot take the heads."""
+    from edgesmith.compiler.attention_gpu import head_size_limit
+
+    why = head_size_limit(cfg, tvm_target, kv_dtype)
+    if why is None:
+        return
+    other = "float16" if kv_dtype == "float32" else "float32"
+    hint = (f"--kv-dtype {other} takes it on this target" if head_size_limit(cfg, tvm_target, other) is None
+            else "compile it for a CPU target (host, arm64-linux, ...): edgesmith's CPU attention kernels take it")
+    raise TargetError(f"target {preset.name}: {why}; {hint}")
+
+
+def _float_kept_note(ckpt: Checkpoint, q: Quantization, emb_q: bool, head_q: bool) -> str:
+    """What happens to the embedding / lm_head the source stores in float beside its int4 weights."""
+    stored = [n for n, kept in (("embedding", ckpt.keeps_float_embedding), ("lm_head", ckpt.keeps_float_lm_head))
+              if kept and not (n == "lm_head" and ckpt.config.tie_word_embeddings)]
+    if not stored or not q.quantized:
+        return ""
+    quantized = {"embedding": emb_q, "lm_head": head_q}
+    kept = [n for n in stored if not quantized[n]]
+    parts = []
+    if kept:
+        ours, theirs = q.unquantized().storage_dtype, getattr(ckpt.config, "dtype", None)
+        how = (f"as the source stores {'it' if len(kept) == 1 else 'them'}" if ours == theirs or theirs is None
+               else f"the source's {theirs} rounded")
+        parts.append(f"{' and '.join(kept)} kept in {ours}, {how} (--quantize-embedding: int4)")
+    requantized = [n for n in stored if quantized[n]]
+    if requantized:
+        parts.append(f"{' and '.join(requantized)} quantized to int4 by edgesmith (the source keeps "
+                     f"{'it' if len(requantized) == 1 else 'them'} in float: logits differ from the source's)")
+    return "; ".join(parts)
 
 
 def _copy_tokenizer(ckpt: Checkpoint, tmp: Path) -> dict:

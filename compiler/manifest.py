@@ -49,6 +49,7 @@ class Manifest:
     files: dict[str, dict] = field(default_factory=dict)
     weight_bytes: int = 0
     quantize_embedding: bool = True
+    quantize_lm_head: bool | None = None  # None (bundles before it): as quantize_embedding
     int8_dot: str | None = None
     device: dict | None = None
     kernels: dict | None = None

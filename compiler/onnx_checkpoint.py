@@ -13,7 +13,9 @@ Face config.json. onnx_graph.py matches the graph; here it becomes a Checkpoint:
            carries are then compared with the ones our model computes from that config (both
            sets for longrope, switched at the same length) and a disagreement is refused.
   tensors  the Hugging Face names our converter asks for, each built from the graph's weights
-           by node: MatMul's [K, N] transposed to [N, K], q/k/v and gate/up stacked by rows.
+           by node: MatMul's [K, N] transposed to [N, K], q/k/v and gate/up stacked by rows (or
+           taken as one packed node). An int4 export's float embedding (and a float lm_head) stay
+           float unless the compile asks otherwise (keeps_float_embedding / keeps_float_lm_head).
            `read` gives float32 (int4 dequantized exactly as ONNX Runtime does: (nibble - 8) *
            scale in float32). `read_q4` gives int4 weights in our layout without touching a
            value: MatMulNBits' bytes [N, K/32, 16] are our uint32 words [N, K/8] (same nibble
@@ -69,6 +71,10 @@ class OnnxCheckpoint(Checkpoint):
         tok = self.folder / "tokenizer.json"
         self.tokenizer_path = tok if tok.is_file() else None
         self.int4 = [lin for lin in self._linears() if lin.int4]
+        # An int4 export's float embedding (and an lm_head left out of its quantization) is part of the
+        # model ONNX Runtime computes: kept in float by default (source.quantized_ends).
+        self.keeps_float_embedding = bool(self.int4) and self.graph.embedding.scales is None
+        self.keeps_float_lm_head = bool(self.int4) and not self.graph.lm_head.int4
         scales = sorted({str(self.file.info(lin.scales).dtype) for lin in self.int4})
         if len(scales) > 1:
             raise CheckpointError(f"{onnx_path}: its int4 scales mix {' and '.join(scales)}; edgesmith keeps one scale dtype")
@@ -87,8 +93,11 @@ class OnnxCheckpoint(Checkpoint):
 
     def source_info(self, quant) -> dict:
         """The manifest's record of where the weights came from and what stayed exact."""
+        # a float lm_head beside int4 layers is reported with the embedding (the manifest's float_ends)
+        floats = [lin for lin in self._linears()
+                  if not lin.int4 and not (self.keeps_float_lm_head and lin is self.graph.lm_head)]
         info = {"format": "onnx", "file": self.file.path.name, "int4_linears": len(self.int4),
-                "float_linears": sum(1 for lin in self._linears() if not lin.int4)}
+                "float_linears": len(floats)}
         if info["float_linears"]:
             info["float_kept"] = "quantized by edgesmith" if quant.quantized else f"stored as {quant.storage_dtype}"
         if self.int4:
@@ -142,7 +151,7 @@ class OnnxCheckpoint(Checkpoint):
 
     def _linears(self) -> list[LinearNode]:
         g = self.graph
-        out = [lin for layer in g.layers for lin in (*layer.qkv, layer.o, layer.gate, layer.up, layer.down)]
+        out = [lin for layer in g.layers for lin in (*layer.qkv, layer.o, *layer.gate_up, layer.down)]
         return out + [g.lm_head]
 
     def _tensor_parts(self) -> dict[str, list]:
@@ -155,7 +164,7 @@ class OnnxCheckpoint(Checkpoint):
             parts[p + "post_attention_layernorm.weight"] = [layer.post_norm]
             parts[p + "self_attn.qkv_proj.weight"] = list(layer.qkv)
             parts[p + "self_attn.o_proj.weight"] = [layer.o]
-            parts[p + "mlp.gate_up_proj.weight"] = [layer.gate, layer.up]
+            parts[p + "mlp.gate_up_proj.weight"] = list(layer.gate_up)
             parts[p + "mlp.down_proj.weight"] = [layer.down]
         if not cfg.tie_word_embeddings:
             parts["lm_head.weight"] = [g.lm_head]
@@ -232,7 +241,8 @@ class OnnxCheckpoint(Checkpoint):
             raise CheckpointError(f"{f.path}: rotary_embedding_dim {rot['dim']} disagrees with the cos table's {rotary_dim}")
         window = att["local_window_size"]
         dec = self.genai["model"]
-        sizes = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=g.layers[0].gate.n,
+        intermediate = sum(p.n for p in g.layers[0].gate_up) // 2  # [gate; up], packed or two nodes
+        sizes = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
                      num_hidden_layers=len(g.layers), num_attention_heads=heads, num_key_value_heads=kv)
         for key, genai_key in (("num_hidden_layers", "num_hidden_layers"), ("num_attention_heads", "num_attention_heads"),
                                ("num_key_value_heads", "num_key_value_heads"), ("hidden_size", "hidden_size")):

@@ -13,8 +13,9 @@ Two jobs, both free of any weight bytes until a tensor is asked for:
              over the lm_head's int4 codes when embeddings are tied), the RMSNorms
              ((Skip)SimplifiedLayerNormalization), q/k/v (one packed or three MatMul[NBits]),
              attention (GroupQueryAttention with do_rotary, or RotaryEmbedding + MultiHeadAttention),
-             o_proj, gate/up -> x*Sigmoid(x) * up -> down, the final norm and lm_head. Anything
-             else on that path, or any other node reading the hidden state, is refused by name.
+             o_proj, gate/up (two, or one packed + Split) -> x*Sigmoid(x) * up -> down, the final
+             norm and lm_head. Anything else on that path, or any other node reading the hidden
+             state, is refused by name.
              Nodes off the path (attention-mask plumbing, the longrope cache If) are left to
              ONNX Runtime: our paged KV cache does the same job.
 
@@ -193,8 +194,7 @@ class Layer:
     post_norm: str
     qkv: list[LinearNode]  # one packed [q; k; v], or q, k, v
     o: LinearNode
-    gate: LinearNode
-    up: LinearNode
+    gate_up: list[LinearNode]  # one packed [gate; up] (then a Split), or gate, up
     down: LinearNode
     attention: dict  # op, num_heads, kv_num_heads, scale, local_window_size, node
     rotary: dict  # interleaved, rotary_embedding_dim, cos, sin (tensor names), node
@@ -397,12 +397,12 @@ class _Walk:
         o = self.linear(self.only_user(attn.output[0], LINEAR_OPS, where + " o_proj"), attn.output[0], where + " o_proj")
         post = self.only_user(o.out, ("SkipSimplifiedLayerNormalization",), where + " post-attention norm")
         normed2, stream2 = self.residual_norm(post, stream, o.out, where)
-        gate, up = self.mlp_in(normed2, where)
-        down_in = self.silu_mul(gate, up, where)
+        gate_up, gate_out, up_out = self.mlp_in(normed2, where)
+        down_in = self.silu_mul(gate_out, up_out, where)
         down_node = self.only_user(down_in, LINEAR_OPS, where + " down_proj")
         down = self.linear(down_node, down_in, where + " down_proj")
         nxt = self.only_user(down_node.output[0], ("SkipSimplifiedLayerNormalization",), where + " after down_proj")
-        layer = Layer(input_norm, self._weight_of(post), qkv, o, gate, up, down, *self._attention_info(attn, rotary))
+        layer = Layer(input_norm, self._weight_of(post), qkv, o, gate_up, down, *self._attention_info(attn, rotary))
         return layer, nxt, stream2, down_node.output[0]
 
     def attention(self, qkv_nodes: dict, where: str):
@@ -460,8 +460,14 @@ class _Walk:
                 self.fail(f"{self.describe(r)} uses packed batching")
         return info, rot
 
-    def mlp_in(self, normed: str, where: str) -> tuple[LinearNode, LinearNode]:
+    def mlp_in(self, normed: str, where: str) -> tuple[list[LinearNode], str, str]:
+        """gate and up: two linears, or one packed [gate; up] linear split in halves along its
+        output (the builder's fuse_mlp_gate_up). Returns (linears, gate output, up output)."""
         users = self.users(normed)
+        if len(users) == 1 and users[0].op_type in LINEAR_OPS:
+            fused = self.linear(users[0], normed, where + " gate_up_proj")
+            gate_out, up_out = self.split_halves(fused, where)
+            return [fused], gate_out, up_out
         if len(users) != 2 or any(u.op_type not in LINEAR_OPS for u in users):
             found = ", ".join(self.describe(u) for u in users) or "nothing"
             self.fail(f"{where}: the post-attention norm's output {normed!r} feeds {found}, not gate_proj and up_proj")
@@ -469,11 +475,28 @@ class _Walk:
         # gate is the one read twice (by the activation and by x * act(x)); up only by the product.
         gate_node = a if len(self.users(a.output[0])) > len(self.users(b.output[0])) else b
         up_node = b if gate_node is a else a
-        return self.linear(gate_node, normed, where + " gate_proj"), self.linear(up_node, normed, where + " up_proj")
+        gate = self.linear(gate_node, normed, where + " gate_proj")
+        up = self.linear(up_node, normed, where + " up_proj")
+        return [gate, up], gate.out, up.out
 
-    def silu_mul(self, gate: LinearNode, up: LinearNode, where: str) -> str:
-        """gate_out * Sigmoid(gate_out) * up_out, as Sigmoid + Mul + Mul; returns the product."""
-        g, u = gate.out, up.out
+    def split_halves(self, fused: LinearNode, where: str) -> tuple[str, str]:
+        """The Split of a packed gate_up output into [gate | up] along the last axis, equal halves."""
+        split = self.only_user(fused.out, ("Split",), where + " gate_up_proj")
+        a = attrs(split)
+        sizes = None
+        if len(split.input) > 1 and split.input[1]:
+            sizes = [int(x) for x in self.f.read(split.input[1]).reshape(-1)] if self.f.has(split.input[1]) else None
+        elif a.get("num_outputs", len(split.output)) == 2 and fused.n % 2 == 0:
+            sizes = [fused.n // 2] * 2
+        if (split.domain not in ("", "ai.onnx") or a.get("axis", 0) not in (-1, 2) or len(split.output) != 2
+                or sizes != [fused.n // 2, fused.n // 2] or fused.n % 2):
+            self.fail(f"{where}: {self.describe(split)} does not cut gate_up_proj's {fused.n} outputs into two equal"
+                      " halves along the last axis")
+        self.visit(split, *split.output)
+        return split.output[0], split.output[1]
+
+    def silu_mul(self, g: str, u: str, where: str) -> str:
+        """g * Sigmoid(g) * u (gate_proj's and up_proj's outputs), as Sigmoid + Mul + Mul; returns the product."""
         users = self.users(g)
         sig = [x for x in users if x.op_type == "Sigmoid"]
         mul = [x for x in users if x.op_type == "Mul"]

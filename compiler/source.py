@@ -30,6 +30,11 @@ class Checkpoint(ABC):
     spec: str = ""  # what `compile` is given to open this checkpoint again (the manifest's model.spec)
     source_format = "safetensors"  # "random", "onnx" (onnx_checkpoint.py)
     preferred_quant = "q4f16"  # the source's own scheme (an int4 ONNX export's scales: q4f32)
+    # The embedding / lm_head the source stores in float beside int4 weights it keeps bit for bit
+    # (an int4 ONNX export's float32 embedding, an lm_head left out of its quantization): the bundle
+    # keeps them in float unless told otherwise, or it would compute another model than the source.
+    keeps_float_embedding = False
+    keeps_float_lm_head = False
     _shapes: dict[str, tuple[int, ...]]
 
     def tensor_names(self) -> list[str]:
@@ -65,6 +70,22 @@ class Checkpoint(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
+
+
+def quantized_ends(ckpt: Checkpoint, quant, quantize_embedding: bool | None = None,
+                   quantize_lm_head: bool | None = None) -> tuple[bool, bool]:
+    """(embedding quantized, lm_head quantized) for a compile of `ckpt` at `quant`.
+
+    None: the source's own choice (int4 unless it keeps that weight in float, see
+    `keeps_float_embedding`); quantize_lm_head None follows an explicit quantize_embedding, so
+    `quantize_embedding=False` (--float-embedding) keeps both in float. Tied embeddings: one weight,
+    the embedding's choice. A float scheme (q0f32, q0f16) quantizes neither."""
+    if not quant.quantized:
+        return False, False
+    emb = not ckpt.keeps_float_embedding if quantize_embedding is None else bool(quantize_embedding)
+    if quantize_lm_head is None:
+        quantize_lm_head = not ckpt.keeps_float_lm_head if quantize_embedding is None else bool(quantize_embedding)
+    return emb, emb if getattr(ckpt.config, "tie_word_embeddings", False) else bool(quantize_lm_head)
 
 
 def expected_shapes(cfg) -> dict[str, tuple[int, ...]]:

@@ -81,7 +81,7 @@ def cmd_compile(args) -> int:
     if progress_note:
         progress.step(progress_note)
     compile_bundle(args.model, args.quant, args.target, out,
-                   quantize_embedding=not args.float_embedding, dump_ir=args.dump_ir, progress=progress,
+                   quantize_embedding=_embedding_choice(args), dump_ir=args.dump_ir, progress=progress,
                    context=args.context, kv_dtype=args.kv_dtype, tuning=tuning, tuning_source=tuning_source)
     progress.done(f"bundle written to {out} ({_kv_summary(out)})")
     if args.eval:
@@ -94,6 +94,12 @@ def cmd_compile(args) -> int:
         print(_format_eval(report))
         print(f"  {guidance(report, read_manifest(out))}")
     return 0
+
+
+def _embedding_choice(args) -> bool | None:
+    """--float-embedding: both in float; --quantize-embedding: both int4; neither: the source's choice
+    (int4, except what an int4 ONNX export stores in float)."""
+    return False if args.float_embedding else True if args.quantize_embedding else None
 
 
 def _check_compile_args(model: str, quant: str, target: str, out: Path) -> None:
@@ -143,7 +149,8 @@ def cmd_tune(args) -> int:
         from edgesmith.errors import EdgesmithError
         raise EdgesmithError(f"-o {args.output} is a folder; give the tuning record a file name (e.g. tuning.json)")
     options = TuneOptions(budget_s=args.budget * 60, allow_emulated=args.allow_emulated, restart=args.restart,
-                          quant=args.quant, quantize_embedding=not args.float_embedding, reps=args.reps,
+                          quant=args.quant, quantize_embedding=False if args.float_embedding else None,
+                          reps=args.reps,
                           kv_dtype=args.kv_dtype)
     progress = ConsoleProgress(quiet=args.quiet)
     record, path = tune_model(args.model, device, options, out=args.output, progress=progress)
@@ -394,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "target's default")
     c.add_argument("--target", default="host", help="target preset (see `edgesmith targets`); default host")
     c.add_argument("-o", "--output", type=Path, help="bundle folder to write (default dist/<model>-<quant>-<target>)")
-    c.add_argument("--float-embedding", action="store_true", help="keep the embedding and lm_head in float")
+    ends = c.add_mutually_exclusive_group()
+    ends.add_argument("--float-embedding", action="store_true", help="keep the embedding and lm_head in float")
+    ends.add_argument("--quantize-embedding", action="store_true", help="int4 embedding and lm_head even where "
+                      "an int4 ONNX export stores them in float (smaller; its logits then differ from the source's)")
     c.add_argument("--eval", action="store_true", help="also report top-1 agreement and KL against q0f32")
     c.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the IR after each pipeline phase")
     c.add_argument("--context", type=int, metavar="N", help="tokens the KV cache holds, up to the model's "

@@ -85,6 +85,7 @@ def evaluate_bundle(bundle: Path, model: str, *, positions: int = EVAL_POSITIONS
             step(f"eval: compiling a host twin of the {manifest['quant']} bundle")
             quantized = compile_bundle(model, manifest["quant"], "host", Path(tmp) / "quant",
                                        quantize_embedding=manifest.get("quantize_embedding", True),
+                                       quantize_lm_head=manifest.get("quantize_lm_head"),
                                        kv_dtype=manifest["kv_cache"].get("dtype", "float32"))
         step("eval: compiling the q0f32 reference")
         reference = compile_bundle(model, "q0f32", "host", Path(tmp) / "ref")

@@ -23,7 +23,7 @@ def describe(bundle: Path, as_json: bool = False) -> str:
         f"{'' if cfg['partial_rotary_factor'] == 1 else ' partial ' + str(cfg['partial_rotary_factor'])}"
         f"{', tied embeddings' if cfg['tie_word_embeddings'] else ''}",
         *_input_lines(m["model"].get("input")),
-        f"quant       {m['quant']}{' (embedding and lm_head in float)' if m['quant'].startswith('q4') and not m.get('quantize_embedding') else ''}",
+        f"quant       {m['quant']}{_float_ends(m)}",
         f"target      {m['target']['preset']} ({m['target']['triple']}, layout {m['target']['layout']}) "
         f"{json.dumps(m['target']['tvm_target'], separators=(',', ':'))}",
         *_device_lines(m),
@@ -43,6 +43,19 @@ def describe(bundle: Path, as_json: bool = False) -> str:
     for rel, f in files.items():
         lines.append(f"  {rel:40s} {f['size']:>12,d}  {f['sha256'][:12]}")
     return "\n".join(lines)
+
+
+def _float_ends(m: dict) -> str:
+    """' (embedding and lm_head in float)' and the like for an int4 bundle; '' when both are int4."""
+    if not m["quant"].startswith("q4"):
+        return ""
+    emb = bool(m.get("quantize_embedding"))
+    head = emb if m.get("quantize_lm_head") is None else bool(m["quantize_lm_head"])
+    if emb and head:
+        return ""
+    if not emb and not head:
+        return " (embedding and lm_head in float)"
+    return " (embedding in float, lm_head int4)" if head else " (lm_head in float, embedding int4)"
 
 
 def _tuning_lines(t: dict | None) -> list[str]:
@@ -89,6 +102,8 @@ def _input_lines(source: dict | None) -> list[str]:
                  f" {source['int4_scales']} scales): {source['int4_kept']}")
     if source.get("float_linears"):
         line += f"; {source['float_linears']} float MatMul: {source.get('float_kept', '')}"
+    if source.get("float_ends"):
+        line += f"; {source['float_ends']}"
     return [line]
 
 

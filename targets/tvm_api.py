@@ -10,6 +10,7 @@ import tvm
 from tvm import relax, te, tirx  # noqa: F401  (re-exported)
 from tvm.relax.frontend import nn  # noqa: F401
 from tvm.relax.frontend.nn.llm import _decode_kernels as llm_decode_kernels  # noqa: F401
+from tvm.relax.frontend.nn.llm import _kernel_common as llm_kernel_common  # noqa: F401
 from tvm.relax.frontend.nn.llm import _prefill_kernels as llm_prefill_kernels  # noqa: F401
 from tvm.relax.frontend.nn.llm import kv_cache as kv_cache_mod  # noqa: F401
 from tvm.s_tir import SBlockRealize  # noqa: F401

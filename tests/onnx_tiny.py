@@ -44,7 +44,7 @@ def run_builder(hf: Path, out: Path, precision: str, cache: Path, extra: str | N
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out),
            "-p", precision, "-e", "cpu", "-c", str(cache)]
     if extra:
-        cmd += ["--extra_options", extra]
+        cmd += ["--extra_options", *extra.split()]  # "key=value key=value"
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if r.returncode != 0 or not (out / "genai_config.json").is_file():
         raise RuntimeError(f"the ONNX Runtime GenAI builder failed ({r.returncode}): {r.stderr[-2000:]}")

@@ -85,7 +85,7 @@ def onnx_bundle(onnx_root, onnx_folder):
         if key not in made:
             out = onnx_root / "bundles" / f"{variant}-{precision}-{quant}-{float_embedding}"
             made[key] = compile_bundle(onnx_folder(variant, precision), quant, "host", out,
-                                       quantize_embedding=not float_embedding)
+                                       quantize_embedding=False if float_embedding else None)
         return made[key]
 
     return get
@@ -263,7 +263,8 @@ def test_int4_logits_close_to_onnxruntime(onnx_folder, onnx_bundle, variant, tmp
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mini-4k", "phi-4-mini"])
 def test_int4_default_keeps_lm_head_and_tied_embedding_codes(onnx_folder, onnx_bundle, variant):
-    """Without --float-embedding: lm_head (or the tied embedding) stays int4, codes and scales as stored."""
+    """By default: lm_head (or the tied embedding) stays int4, codes and scales as stored, and the
+    export's float32 embedding stays float32 as stored (not requantized: issue #35)."""
     bundle = onnx_bundle(variant, "int4", None)
     m = read_manifest(bundle)
     # float32 scales as stored; int8 activations only where the host has dot products
@@ -275,6 +276,10 @@ def test_int4_default_keeps_lm_head_and_tied_embedding_codes(onnx_folder, onnx_b
     codes = init["lm_head.MatMul.weight_Q4"]
     assert np.array_equal(params[name + ".q_weight"].view(np.uint8).reshape(codes.shape), codes)
     assert np.array_equal(params[name + ".q_scale"], init["lm_head.MatMul.weight_scales"])
+    if variant == "mini-4k":
+        emb = init["model.embed_tokens.weight"]
+        assert emb.dtype == np.float32 and np.array_equal(params["model.embed_tokens.weight"], emb)
+        assert (m["quantize_embedding"], m["quantize_lm_head"]) == (False, True)
 
 
 @pytest.mark.slow

@@ -78,7 +78,8 @@ class ModelArchitecture:
 
     def model_class(self) -> type:
         """The nn.Module: (config, quantization, *, quantize_embedding, target, kv_dtype) -> model
-        with prefill, decode, create_paged_kv_cache and get_default_spec (models/phi3/model.py)."""
+        with prefill, decode, create_paged_kv_cache and get_default_spec (models/phi3/model.py);
+        `quantize_lm_head` too where a source stores the lm_head otherwise than the embedding."""
         module, _, cls = self.model.partition(":")
         return getattr(importlib.import_module(module), cls)
 

@@ -52,15 +52,18 @@ def reference_bundle(manifest: dict, source: str | None = None, progress=None) -
 
     fp = manifest["model"]["fingerprint"]
     emb = manifest.get("quantize_embedding", True)
+    head = manifest.get("quantize_lm_head")  # bundles before it: as the embedding
+    head = emb if head is None else head
     kv_dtype = manifest["kv_cache"].get("dtype", "float32")  # the same cache: rounding apart, the same logits
     # keyed by all that makes it (compiler sources and TVM version included): never a stale reference
-    key = bundle_key(fp, manifest["quant"], "host", quantize_embedding=emb, kv_dtype=kv_dtype)
+    key = bundle_key(fp, manifest["quant"], "host", quantize_embedding=emb, quantize_lm_head=head, kv_dtype=kv_dtype)
     out = cache_root() / "reference" / f"{fp[:12]}-{manifest['quant']}-kv{kv_dtype}-host-{key[:16]}"
     if not (out / "manifest.json").is_file():
         source = source or reference_source(manifest)
         if progress:
             progress(f"check: compiling the host reference ({source}, {manifest['quant']}, KV {kv_dtype}) into {out}")
-        compile_bundle(source, manifest["quant"], "host", out, quantize_embedding=emb, kv_dtype=kv_dtype)
+        compile_bundle(source, manifest["quant"], "host", out, quantize_embedding=emb, quantize_lm_head=head,
+                       kv_dtype=kv_dtype)
     got = read_manifest(out)["model"]["fingerprint"]
     if got != fp:
         raise EdgesmithError(f"the host reference at {out} is of another model (fingerprint {got[:12]}..., the bundle's "

@@ -32,7 +32,7 @@ class TuneOptions:
     allow_emulated: bool = False
     restart: bool = False  # ignore the cached record's shapes and measure them all again
     quant: str | None = None  # None: the target's default for this model
-    quantize_embedding: bool = True
+    quantize_embedding: bool | None = None  # False: --float-embedding; None: the source's choice (as compile)
     kv_dtype: str | None = None  # the KV cache dtype the bundles will use (None: the target's default)
     reps: int = 7  # rounds of every candidate
     warmup: int = 2
@@ -99,7 +99,10 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
     from edgesmith.compiler.context import kv_settings
 
     kv_dtype = kv_settings(ckpt.config, preset, None, o.kv_dtype, quant=quant).dtype
-    shapes = tunable_shapes(ckpt.config, quant, family, quantize_embedding=o.quantize_embedding, kv_dtype=kv_dtype)
+    from edgesmith.compiler.source import quantized_ends
+
+    head_q = quantized_ends(ckpt, quant, o.quantize_embedding)[1]  # the lm_head compile will build
+    shapes = tunable_shapes(ckpt.config, quant, family, quantize_embedding=head_q, kv_dtype=kv_dtype)
 
     from edgesmith.runtime.transports import open_transport
 

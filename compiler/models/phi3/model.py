@@ -105,7 +105,7 @@ class Body(nn.Module):
 
 class Phi3ForCausalLM(nn.Module):
     def __init__(self, cfg: Phi3Config, quant: Quantization, *, quantize_embedding: bool = True,
-                 target=None, kv_dtype: str = "float32", tuning=None):
+                 quantize_lm_head: bool | None = None, target=None, kv_dtype: str = "float32", tuning=None):
         if kv_dtype not in KV_DTYPES:
             raise ValueError(f"KV cache dtype {kv_dtype!r}: one of {', '.join(KV_DTYPES)}")
         self.cfg = cfg
@@ -115,7 +115,9 @@ class Phi3ForCausalLM(nn.Module):
         linear = Linears(quant, kernel_family(target, tuning))
         self.model = Body(cfg, linear, quantize_embedding)
         if not cfg.tie_word_embeddings:
-            self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, quantize=quantize_embedding)
+            # None: as the embedding (an int4 ONNX export may store one in float, the other in int4)
+            head_q = quantize_embedding if quantize_lm_head is None else quantize_lm_head
+            self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, quantize=head_q)
 
     def _forward(self, input_ids, kv, factor_len=None):
         b, t = input_ids.shape
