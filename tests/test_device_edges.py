@@ -23,7 +23,7 @@ from edgesmith.runtime.session import run_bundle
 from edgesmith.runtime.transports import DeviceError
 
 from emulated_fixtures import *  # noqa: F401,F403
-from emulated_fixtures import TOKENS, device_files, pytestmark_emulated, wipe
+from emulated_fixtures import TOKENS, device_dir, device_files, pytestmark_emulated, wipe
 
 pytestmark = [pytestmark_emulated, pytest.mark.slow]
 GENERATE = ["generate", "--tokens", TOKENS, "-n", "4"]
@@ -69,8 +69,8 @@ def test_bundle_damaged_here_is_blamed_here(devices, emulators, arm64_bundle, tm
         lib.write_bytes(bytes(data))
     else:
         lib.unlink()
-    # the device's copy of this bundle name is the same bundle; make the device need model.so
-    dev_lib = Path(emulators["state_dir"]) / name / "edgesmith" / "bundles" / bundle.name / "lib" / "model.so"
+    # the copy has the same manifest, so the device's copy is shared; make the device need model.so
+    dev_lib = device_dir(emulators, name, bundle) / "lib" / "model.so"
     dev_lib.unlink()
     before.pop("lib/model.so")
     with pytest.raises(BundleError) as info:

@@ -17,7 +17,7 @@ from edgesmith.runtime.session import run_runner
 from edgesmith.runtime.transports import DeviceError, open_transport
 
 from emulated_fixtures import *  # noqa: F401,F403
-from emulated_fixtures import TOKENS, device_files, pytestmark_emulated, sandbox, wipe
+from emulated_fixtures import TOKENS, device_dir, device_files, pytestmark_emulated, sandbox, wipe
 
 pytestmark = [pytestmark_emulated, pytest.mark.slow]
 GENERATE = ["generate", "--tokens", TOKENS, "-n", "12"]
@@ -64,7 +64,7 @@ def test_push_is_incremental(devices, arm64_bundle, emulators, name):
     assert again.sent == [] and again.skipped == files
     # A file changed on the device and one deleted: exactly those two go again (and the manifest,
     # which is rewritten last whenever anything changes).
-    root = sandbox(emulators, name) / "bundles" / arm64_bundle.name
+    root = device_dir(emulators, name, arm64_bundle)
     (root / "params/params_shard_0.bin").write_bytes(b"stale")
     (root / "bin/runner").unlink()
     fixed = push_to_device(device, arm64_bundle, timeout=60)

@@ -253,7 +253,7 @@ class Transport(ABC):
         errors ("no answer within 5 s during {what}")."""
 
     @abstractmethod
-    def home(self) -> str:
+    def home(self, timeout: float = 10) -> str:
         """The device's login folder, as an absolute path: where a relative workdir lies."""
 
     @abstractmethod
