@@ -189,18 +189,25 @@ class AdbTransport(Transport):
         return not timed_out and result.stdout.strip() == "ok"
 
     def _reconnect(self, end: float) -> str:
-        """A TCP device that timed out or dropped stays "offline" in the server: start afresh."""
+        """A TCP device that timed out or dropped stays "offline" in the server: start afresh. The
+        server may still be tearing down the old link and drop the new one with it ("device not
+        found" right after "connected to"): then once more."""
         base = self._server_argv()
-        run_process([*base, "disconnect", self.cfg.serial], timeout=max(0.1, min(5, end - time.monotonic())))
-        done, _ = run_process([*base, "connect", self.cfg.serial], timeout=max(0.1, min(10, end - time.monotonic())))
-        said = (done.stdout + done.stderr).strip()
-        if "connected to" not in said:  # `adb connect` exits 0 even when it failed
-            raise self.error(DeviceUnreachable, f"adb connect {self.cfg.serial} failed: "
-                                                f"{said.splitlines()[-1] if said else 'no answer'}; "
-                                                "is the device listening there?")
-        while (state := self._state(max(0.1, min(5, end - time.monotonic())))) != "device" \
-                and time.monotonic() < end - 0.2:
-            time.sleep(0.2)
+        for _ in range(3):
+            run_process([*base, "disconnect", self.cfg.serial], timeout=max(0.1, min(5, end - time.monotonic())))
+            done, _ = run_process([*base, "connect", self.cfg.serial],
+                                  timeout=max(0.1, min(10, end - time.monotonic())))
+            said = (done.stdout + done.stderr).strip()
+            if "connected to" not in said:  # `adb connect` exits 0 even when it failed
+                raise self.error(DeviceUnreachable, f"adb connect {self.cfg.serial} failed: "
+                                                    f"{said.splitlines()[-1] if said else 'no answer'}; "
+                                                    "is the device listening there?")
+            settle = min(end, time.monotonic() + 5)
+            while (state := self._state(max(0.1, min(5, end - time.monotonic())))) != "device" \
+                    and time.monotonic() < settle - 0.2:
+                time.sleep(0.2)
+            if state == "device" or time.monotonic() >= end - 0.5:
+                break
         return state
 
     def home(self, timeout: float = 10) -> str:

@@ -90,7 +90,8 @@ class Watchdog:
 
     def __init__(self, seconds: float, abort: Callable[[], None]):
         self.fired = False
-        self.seconds = max(seconds, 0.0)
+        # threading's timers refuse more than TIMEOUT_MAX (~292 years): a longer wait is no limit
+        self.seconds = min(max(seconds, 0.0), threading.TIMEOUT_MAX)
         self._abort = abort
         self._lock = threading.Lock()
         self._over = False
