@@ -101,10 +101,9 @@ class DeviceLock:
         return self.transport.name
 
     def __enter__(self) -> DeviceLock:
-        holder, age = "", 0
         while True:
             left = self.deadline.left()
-            wait = int(max(0, min(WAIT_STEP_S, left - 2)))
+            wait = int(min(WAIT_STEP_S, max(0.0, left - 1)))
             out = self.transport.check(_acquire_script(self.path, self.token, self.info, wait, self.done_if),
                                        timeout=max(left, 0.1), what="taking the bundle's push lock")
             lines = out.splitlines()
@@ -123,7 +122,7 @@ class DeviceLock:
             # HELD AGE TOKEN HOST pid PID (no owner file yet: HELD AGE)
             _, age_text, _token, holder = (last.split(" ", 3) + ["", "", ""])[:4]
             age = int(age_text) if age_text.lstrip("-").isdigit() else 0
-            if self.deadline.left() <= 0.5:
+            if self.deadline.left() <= 1:
                 raise LockTimeout(self.name, self.deadline.total, holder, age)
         self.held = True
         self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="push-lock-heartbeat")
@@ -136,6 +135,7 @@ class DeviceLock:
         from edgesmith.runtime.transports import open_transport
 
         beat = open_transport(self.transport.device)
+        beat.sidecar = True
         try:
             while not self._stop.wait(HEARTBEAT_S):
                 try:

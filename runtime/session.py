@@ -227,7 +227,9 @@ class RunnerSession:
         if result.exit_code != 0:
             errs = [line.strip() for line in result.stderr.splitlines() if line.strip()]
             message = next((line for line in reversed(errs) if line.startswith("runner: ")), None)
-            message = message or (errs[-1] if errs else self._silent_failure(result.exit_code))
+            if message is None and (not errs or result.exit_code in (126, 127)):  # the shell could not start it
+                message = self._start_failure(result.exit_code, said_nothing=not errs)
+            message = message or errs[-1]
             message = message.removeprefix("runner: ")
             if message.startswith(f"unknown command '{sub}'"):
                 message += f"; the bundle's runner predates `{sub}`: recompile the bundle"
@@ -236,10 +238,12 @@ class RunnerSession:
             raise RunnerError(name, f"runner printed a line that is not JSON: {lines.bad!r}")
         return lines.records
 
-    def _silent_failure(self, code: int) -> str:
-        """Why the runner exited non-zero without a word. qemu says nothing about a file it may
-        not execute, nor does a wrapper that fails quietly: look at both, and blame the one at fault."""
-        if code > 128 and code - 128 in _SIGNALS:
+    def _start_failure(self, code: int, said_nothing: bool) -> str | None:
+        """Why the runner did not start, or exited non-zero without a word. qemu says nothing about
+        a file it may not execute, nor does a wrapper that fails quietly: look at both, and raise
+        the error that blames the one at fault. Returns the runner's own fault as a message, or
+        None when the shell's own words say it best."""
+        if said_nothing and code > 128 and code - 128 in _SIGNALS:
             return f"the runner was killed by {_SIGNALS[code - 128]} (exit code {code}) without a message"
         in_place = self.device.transport == "local"
         here = "on this machine" if in_place else "on the device"
@@ -255,19 +259,24 @@ class RunnerSession:
         except DeviceError:
             out = []
         shown = " ".join(wrapper)
+        blame = EdgesmithError if self.local else (lambda message: DeviceError(self.device.name, message))
         if "NOWRAPPER" in out:
-            return (f"exec_wrapper '{shown}' (devices.yaml) is not found {here}: install {wrapper[0]} there or fix "
-                    "the device's exec_wrapper")
+            raise blame(f"exec_wrapper '{shown}' (devices.yaml) is not found {here}: install {wrapper[0]} there or "
+                        "fix the device's exec_wrapper")
         if "NOEXEC" in out:
-            what = posixpath.normpath(posixpath.join(self.where, start[0]))
             if in_place:
-                return (f"{what} is not executable (the bundle was copied without its file modes); "
-                        f"chmod +x {posixpath.dirname(what)}/*, or copy the bundle again keeping modes (cp -a)")
-            return (f"{what} is not executable on the device: its filesystem may be mounted noexec; give the device "
-                    "a workdir where programs may run (on Android: under /data/local/tmp)")
+                raise BundleError(f"bundle {self.bundle} (on this machine): {posixpath.normpath(start[0])} is not "
+                                  "executable (the bundle was copied without its file modes); chmod +x "
+                                  f"{self.bundle}/bin/*, or copy the bundle again keeping modes (cp -a)")
+            raise blame(f"{posixpath.normpath(posixpath.join(self.where, start[0]))} is not executable on the device: "
+                        "its filesystem may be mounted noexec; give the device a workdir where programs may run "
+                        "(on Android: under /data/local/tmp)")
+        if not said_nothing:
+            return None
         if "NOSTART" in out and wrapper:
-            return (f"exit code {code} and no message: the exec_wrapper '{shown}' (devices.yaml) cannot start the "
-                    f"runner either (`{shown} {' '.join(start)} version` fails {here}); fix the exec_wrapper")
+            raise blame(f"the runner exited with code {code} and no message, and the exec_wrapper '{shown}' "
+                        f"(devices.yaml) cannot start it at all (`{shown} {' '.join(start)} version` fails {here}); "
+                        "fix the exec_wrapper")
         return f"exit code {code} and no message from the runner {here}"
 
 

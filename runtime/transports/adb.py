@@ -50,8 +50,12 @@ class _Servers:
     def acquire(self, adb: str, port: int, timeout: float, device: str) -> None:
         with self._lock:
             self._users[port] = self._users.get(port, 0) + 1
-            if port in self._ours and self._ours[port].poll() is not None:
-                self._stop(port)  # ours died (killed): start another, ours again
+            if port in self._ours and self._ours[port].poll() is not None:  # ours died (killed)
+                if self._users[port] > 1:  # mid-command: its users fail in one line, no second server
+                    self._users[port] -= 1
+                    raise DeviceUnreachable(device, f"the adb server on port {port} that edgesmith started went "
+                                                    "away (stopped or killed); run again")
+                self._stop(port)  # a new command: start another, ours again
             if port in self._ours or _listening(port):
                 return
             proc = subprocess.Popen([adb, "-P", str(port), "nodaemon", "server"], stdin=subprocess.DEVNULL,
@@ -159,9 +163,10 @@ class AdbTransport(Transport):
             SERVERS.acquire(self._argv()[0], self.cfg.server_port, min(timeout, 10), self.name)
             self._server = True
         state = self._state(min(timeout, 5))
-        if state != "device" and self.cfg.tcp:
+        # (a sidecar never reconnects: `adb disconnect` would cut the busy connection beside it)
+        if state != "device" and self.cfg.tcp and not self.sidecar:
             state = self._reconnect(end)
-        if state == "device" and self.cfg.tcp and not self._answers(end):
+        if state == "device" and self.cfg.tcp and not self.sidecar and not self._answers(end):
             state = self._reconnect(end)
         if state != "device":
             self._server_gone("connecting")

@@ -236,7 +236,12 @@ def run_process(argv: Sequence[str], *, timeout: float, on_line: LineCallback | 
 
 
 class Transport(ABC):
-    """How edgesmith reaches one device. Use as a context manager; close() drops the connection."""
+    """How edgesmith reaches one device. Use as a context manager; close() drops the connection.
+
+    sidecar: a second connection beside a busy one (a lock's heartbeat): it must never disturb
+    the device's other connections (adb: no `adb disconnect` to recover, which would cut them)."""
+
+    sidecar = False
 
     def __init__(self, device):
         self.device = device
