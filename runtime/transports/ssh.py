@@ -128,8 +128,10 @@ class SshTransport(Transport):
                 client.connect(cfg.host, cfg.port, username=cfg.user, sock=sock,
                                key_filename=str(cfg.key_file) if cfg.key_file else None, password=password,
                                allow_agent=not explicit, look_for_keys=not explicit,
-                               timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                               channel_timeout=timeout)
+                               # paramiko's own limits a little later than our watchdog's: a slow link
+                               # is then our timeout, never its "Authentication timeout" (a refusal?)
+                               timeout=timeout + 5, banner_timeout=timeout + 5, auth_timeout=timeout + 5,
+                               channel_timeout=timeout + 5)
             except _KeyRefused as err:
                 self.close()
                 raise self.error(HostKeyError, str(err)) from None
@@ -140,8 +142,10 @@ class SshTransport(Transport):
                                                f"{fingerprint(err.expected_key)}; refusing (possible "
                                                "man-in-the-middle; if the device was reinstalled, update "
                                                "known_hosts or pin the new key with ssh.host_key)") from None
-            except paramiko.AuthenticationException:
+            except paramiko.AuthenticationException as err:
                 self.close()
+                if dog.fired or "timeout" in str(err).lower():
+                    raise DeviceTimeout(self.name, f"the SSH login to {cfg.host}:{cfg.port}", timeout) from None
                 how = f"key {cfg.key_file}" if cfg.key_file else ("password" if password else "agent/default keys")
                 raise self.error(DeviceUnreachable, f"authentication as {cfg.user!r} with {how} was refused") \
                     from None
