@@ -262,7 +262,8 @@ def _send_one(transport: Transport, local: Path, dest: str, tmp: str, left: int,
         free = free_bytes(transport, dest, deadline)
         if "No space left" in err.detail or "disk full" in err.detail or (free is not None and free < left):
             _remove(transport, dest, [tmp], deadline)  # a partial file only takes the space others need
-            said = f"the device has {size_text(free)} free at {dest}" if free is not None else "its free space is unknown"
+            said = (f"the device has {size_text(free)} free at {dest}" if free is not None
+                    else "its free space is unknown")
             raise transport.error(DiskFull, f"disk full during the push of {local.name}: {said} and the push "
                                             f"needs {size_text(left)} more ({err.detail}); free space there, or "
                                             "give the device a workdir on a larger filesystem (devices.yaml)") \
@@ -272,6 +273,7 @@ def _send_one(transport: Transport, local: Path, dest: str, tmp: str, left: int,
 
 def _remove(transport: Transport, dest: str, temps: list[str], deadline: Deadline) -> None:
     try:
-        transport.run(f"cd {shell_join([dest])} && rm -f -- {shell_join(temps)}", timeout=max(1.0, min(10, deadline.left())))
+        transport.run(f"cd {shell_join([dest])} && rm -f -- {shell_join(temps)}",
+                      timeout=max(1.0, min(10, deadline.left())))
     except DeviceError:
         pass

@@ -14,12 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from edgesmith.runtime.devices import parse_devices
 from edgesmith.runtime.session import run_bundle, run_runner
 from edgesmith.runtime.transports import DeviceError, open_transport
 
@@ -45,7 +43,8 @@ def twins(arm64_bundle, compiled, tmp_path_factory) -> tuple[Path, Path]:
 
 def alone(bundle: Path) -> list[int]:
     """The bundle's tokens, run in place here under qemu."""
-    return run_runner(bundle, ["generate", str(bundle), "--tokens", PROMPT, "-n", str(N)], timeout=120)[-1]["output_ids"]
+    records = run_runner(bundle, ["generate", str(bundle), "--tokens", PROMPT, "-n", str(N)], timeout=120)
+    return records[-1]["output_ids"]
 
 
 def cli_runs(bundles: list[Path], device: str, devices_yaml: Path, timeout: float = 300, env=None) -> list[dict]:

@@ -3,7 +3,9 @@
 
 Implemented: CNXN (no AUTH), OPEN/OKAY/WRTE/CLSE streams with per-stream flow control, the
 services `shell,v2,...:CMD` (stdout/stderr apart, exit status), `shell:CMD` and `exec:CMD`, and
-`sync:` (STAT, LIST, SEND, RECV, QUIT). Its /data/local/tmp is a sandbox folder: sync paths under
+`sync:` (STAT, LIST, SEND, RECV, QUIT; a SEND the disk cannot take is answered as adbd answers
+it: FAIL "write failed: No space left on device" at once, the rest of the file read and dropped,
+the sync service ended). Its /data/local/tmp is a sandbox folder: sync paths under
 it map there, and shell commands run in it with the text /data/local/tmp replaced by the sandbox
 path. Commands run on this machine, with a `getprop` of its own; aarch64 binaries run through the
 exec wrapper devices.yaml gives the phone (qemu). Its fault switch: runtime/emulated/faults.py.
