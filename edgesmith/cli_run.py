@@ -48,7 +48,7 @@ def cmd_run(args) -> int:
         if pushes and args.json:  # what reaching the device cost: files sent, and whether it waited for another push
             p = pushes[0]
             result["push"] = {"files_sent": len(p.sent), "bytes_sent": p.bytes_sent, "resumed": len(p.renamed),
-                              "waited": p.waited, "seconds": round(p.seconds, 3)}
+                              "reused": len(p.reused), "waited": p.waited, "seconds": round(p.seconds, 3)}
     emulated = _is_emulated(args, manifest)
     if args.json:
         if tok is not None:

@@ -8,7 +8,9 @@ final, and concurrent pushes of one bundle to one device send it once.
    manifest, written last, is then ours).
 3. A file whose hash already matches is skipped. One that differs goes to a temporary name of
    this push's own beside its final one (`.NAME.<sha256[:16]>.<token>.partial`); a temporary
-   of an earlier, interrupted push that holds the right bytes is taken over (renamed to ours).
+   of an earlier, interrupted push that holds the right bytes is taken over (renamed to ours),
+   and one that another bundle folder there holds (an earlier build of the same model: the same
+   weights, the same runtime libraries) is hard-linked from it: neither is sent again.
 4. Before anything is sent, the device's free space is checked against what is to be sent;
    a disk that fills up mid-push is reported as full too, with its free space.
 5. One command hashes every temporary on the device and renames it to its final name only if
@@ -46,6 +48,7 @@ class PushReport:
     dest: str
     sent: list[str] = field(default_factory=list)
     renamed: list[str] = field(default_factory=list)  # temporaries completed by an earlier push
+    reused: list[str] = field(default_factory=list)  # linked from another bundle on the device
     skipped: int = 0
     bytes_sent: int = 0
     seconds: float = 0.0
@@ -120,6 +123,30 @@ def _adopt(transport: Transport, dest: str, items: list[tuple[str, str, str]], d
     return adopted
 
 
+def _reuse(transport: Transport, dest: str, items: list[tuple[str, str, int, str]], deadline: Deadline) -> set[str]:
+    """Files that another bundle folder on the device holds with the right bytes (an earlier
+    build of the same model: its weights, the runtime libraries), hard-linked (else copied) to
+    our temporaries instead of sent; items: (rel, sha256, size, our temporary). Candidates are
+    the same path in the sibling folders, hashed only when their size matches."""
+    reused: set[str] = set()
+    for i in range(0, len(items), BATCH):
+        batch = items[i:i + BATCH]
+        lines = [f"cd {shell_join([dest])} || exit 3"]
+        for rel, sha, size, ours in batch:
+            lines.append(f"h=-; for c in ../*/{shell_join([rel])}; do "
+                         f'[ -f "$c" ] && [ "$(stat -c %s -- "$c" 2>/dev/null)" = {size} ] || continue; '
+                         f'x=$(sha256sum < "$c" | cut -c1-64); if [ "$x" = {sha} ]; then '
+                         f'{{ ln -f -- "$c" {shell_join([ours])} 2>/dev/null || cp -- "$c" {shell_join([ours])}; }} '
+                         '&& h=ok && break; fi; done; echo "$h"')
+        out = transport.check("\n".join(lines), timeout=deadline.left(), what="looking for the files on the device")
+        answers = out.splitlines()
+        if len(answers) != len(batch):
+            raise transport.error(TransferError, f"looking for the files on the device gave {len(answers)} lines "
+                                                 f"for {len(batch)} files: {out[:120]!r}")
+        reused |= {rel for (rel, _, _, _), line in zip(batch, answers) if line == "ok"}
+    return reused
+
+
 def _finish(transport: Transport, dest: str, moves: list[tuple[str, str, str, str]], deadline: Deadline) -> None:
     """Hash each temporary on the device; give it its mode and rename it to its final name only
     when the hash matches. moves: (temporary, sha256, final, octal mode)."""
@@ -169,7 +196,8 @@ def push_bundle(transport: Transport, bundle: Path, dest: str, *, deadline: Dead
         # What we are about to send must be right here first: a corrupt, missing or escaping local
         # file is this machine's fault, and is found before anything on the device changes.
         check_inside(bundle, [MANIFEST])
-        verify(bundle, manifest, only=[rel for rel in todo if rel != MANIFEST])
+        verified = {rel for rel in todo if rel != MANIFEST}
+        verify(bundle, manifest, only=sorted(verified))
         lock = lock or posixpath.join(posixpath.dirname(dest), f".{posixpath.basename(dest)}.lock")
         # Waiting for another push of this bundle ends when its manifest is there, unless the
         # manifest was there before (a damaged file being repaired): then only the lock tells.
@@ -177,9 +205,10 @@ def push_bundle(transport: Transport, bundle: Path, dest: str, *, deadline: Dead
         with DeviceLock(transport, lock, deadline, done_if=done_if) as held:
             report.waited = held.waited
             todo = _still_missing(transport, dest, want, have, deadline) if held.held else []
+            verify(bundle, manifest, only=[rel for rel in todo if rel != MANIFEST and rel not in verified])
             if todo:
                 _push_locked(transport, bundle, dest, want, todo, report, held, deadline, on_file)
-    report.skipped = len(want) - len(report.sent) - len(report.renamed)
+    report.skipped = len(want) - len(report.sent) - len(report.renamed) - len(report.reused)
     report.seconds = time.monotonic() - start
     return report
 
@@ -197,8 +226,13 @@ def _still_missing(transport: Transport, dest: str, want: dict, before: dict, de
 def _push_locked(transport, bundle: Path, dest: str, want: dict, todo: list[str], report: PushReport,
                  held: DeviceLock, deadline: Deadline, on_file) -> None:
     temps = {rel: temp_name(rel, want[rel], held.token) for rel in todo}
+    temps.setdefault(MANIFEST, temp_name(MANIFEST, want[MANIFEST], held.token))
+    dirs = sorted({posixpath.join(dest, posixpath.dirname(rel)) for rel in temps})
+    transport.check(f"mkdir -p -- {shell_join(dirs)}", timeout=deadline.left(), what=f"preparing {dest}")
     adopted = _adopt(transport, dest, [(rel, want[rel], temps[rel]) for rel in todo], deadline)
-    to_send = [rel for rel in todo if rel not in adopted]
+    reused = _reuse(transport, dest, [(rel, want[rel], (bundle / rel).stat().st_size, temps[rel])
+                                      for rel in todo if rel not in adopted and rel != MANIFEST], deadline)
+    to_send = [rel for rel in todo if rel not in adopted and rel not in reused]
     need = sum((bundle / rel).stat().st_size for rel in to_send)
     free = free_bytes(transport, dest, deadline)
     if free is not None and need + FREE_MARGIN > free:
@@ -209,10 +243,8 @@ def _push_locked(transport, bundle: Path, dest: str, want: dict, todo: list[str]
     # The manifest marks a complete bundle: it goes first and comes back last.
     if MANIFEST not in todo:
         todo.append(MANIFEST)
-        temps[MANIFEST] = temp_name(MANIFEST, want[MANIFEST], held.token)
-    dirs = sorted({posixpath.join(dest, posixpath.dirname(rel)) for rel in todo})
-    transport.check(f"rm -f -- {shell_join([posixpath.join(dest, MANIFEST)])} && mkdir -p -- {shell_join(dirs)}",
-                    timeout=deadline.left(), what=f"preparing {dest}")
+    transport.check(f"rm -f -- {shell_join([posixpath.join(dest, MANIFEST)])}", timeout=deadline.left(),
+                    what=f"preparing {dest}")
     sent_temps: list[str] = []
     left = need + (0 if MANIFEST in to_send else (bundle / MANIFEST).stat().st_size)
     try:
@@ -222,6 +254,8 @@ def _push_locked(transport, bundle: Path, dest: str, want: dict, todo: list[str]
                 tmp = temps[rel]
                 if rel in adopted:
                     report.renamed.append(rel)
+                elif rel in reused:
+                    report.reused.append(rel)
                 else:
                     held.check()
                     sent_temps.append(tmp)
