@@ -23,7 +23,8 @@ import secrets
 import socket
 import threading
 
-from edgesmith.runtime.transports.base import Deadline, DeviceError, DeviceTimeout, Transport, shell_join
+from edgesmith.runtime.transports.base import (Deadline, DeviceError, DeviceTimeout, Transport, TransferError,
+                                               shell_join)
 
 HEARTBEAT_S = 5.0
 STALE_S = 30  # six missed heartbeats: the holder is gone
@@ -47,13 +48,16 @@ def _acquire_script(lock: str, token: str, info: str, wait: int, done: tuple[str
     return f"""L={q([lock])}; me={q([token])}; stale={STALE_S}; wait={wait}; done={q([done_file])}
 mkdir -p -- "${{L%/*}}" || exit 3
 age() {{ m=$(stat -c %Y -- "$1" 2>/dev/null) || {{ echo 0; return; }}; echo $(( $(date +%s) - m )); }}
-t0=$(date +%s)
+t0=$(date +%s); fails=0
 while :; do
   if err=$(mkdir -- "$L" 2>&1); then
-    if printf '%s %s\\n' "$me" {q([info])} > "$L/owner"; then echo GOT; exit 0; fi
-    rm -rf -- "$L"; echo "FAIL cannot write $L/owner"; exit 0
+    if err=$( {{ printf '%s %s\\n' "$me" {q([info])} > "$L/owner"; }} 2>&1 ); then echo GOT; exit 0; fi
+    rm -rf -- "$L"; echo "FAIL $err"; exit 0
   fi
-  [ -d "$L" ] || {{ echo "FAIL $err"; exit 0; }}
+  if [ ! -d "$L" ]; then  # released between our mkdir and this look: try again; a real failure repeats
+    fails=$((fails + 1)); [ "$fails" -ge 3 ] && {{ echo "FAIL $err"; exit 0; }}; continue
+  fi
+  fails=0
   if [ -n "$done" ] && [ -f "$done" ] && [ "$(sha256sum < "$done" | cut -c1-64)" = {q([done_sha])} ]; then
     echo DONE; exit 0
   fi
@@ -114,8 +118,8 @@ class DeviceLock:
             if last == "DONE":  # made by the holder we waited for
                 self.waited = True
                 return self
-            if last.startswith("FAIL "):
-                raise self.transport.error(DeviceError, f"cannot make the push lock {self.path}: {last[5:]}")
+            if last.startswith("FAIL "):  # (a full disk: push.py says so)
+                raise self.transport.error(TransferError, f"cannot make the push lock {self.path}: {last[5:]}")
             if not last.startswith("HELD "):
                 raise self.transport.error(DeviceError, f"taking the push lock {self.path} gave {out[-200:]!r}")
             self.waited = True

@@ -28,6 +28,7 @@ import os
 import posixpath
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,7 +203,7 @@ def push_bundle(transport: Transport, bundle: Path, dest: str, *, deadline: Dead
         # Waiting for another push of this bundle ends when its manifest is there, unless the
         # manifest was there before (a damaged file being repaired): then only the lock tells.
         done_if = None if have.get(MANIFEST) == want[MANIFEST] else (posixpath.join(dest, MANIFEST), want[MANIFEST])
-        with DeviceLock(transport, lock, deadline, done_if=done_if) as held:
+        with _lock_or_disk_full(transport, lock, deadline, done_if, dest) as held:
             report.waited = held.waited
             todo = _still_missing(transport, dest, want, have, deadline) if held.held else []
             verify(bundle, manifest, only=[rel for rel in todo if rel != MANIFEST and rel not in verified])
@@ -211,6 +212,25 @@ def push_bundle(transport: Transport, bundle: Path, dest: str, *, deadline: Dead
     report.skipped = len(want) - len(report.sent) - len(report.renamed) - len(report.reused)
     report.seconds = time.monotonic() - start
     return report
+
+
+@contextmanager
+def _lock_or_disk_full(transport: Transport, lock: str, deadline: Deadline, done_if, dest: str):
+    """The push lock; a disk too full for even the lock's folder is said as what it is."""
+    try:
+        held = DeviceLock(transport, lock, deadline, done_if=done_if).__enter__()
+    except TransferError as err:
+        if "No space left" not in err.detail:
+            raise
+        free = free_bytes(transport, dest, deadline)
+        raise transport.error(DiskFull, f"disk full: the device has {size_text(free or 0)} free at "
+                                        f"{posixpath.dirname(dest)}, not even room for the push lock ({err.detail}); "
+                                        "free space there, or give the device a workdir on a larger filesystem "
+                                        "(devices.yaml)") from None
+    try:
+        yield held
+    finally:
+        held.__exit__(None, None, None)
 
 
 def _still_missing(transport: Transport, dest: str, want: dict, before: dict, deadline: Deadline) -> list[str]:

@@ -188,7 +188,7 @@ def _small_disk_device(devices, emulators, name: str):
 
 def test_disk_full_on_the_phone_is_one_line(devices_yaml, devices, emulators, arm64_bundle, tmp_path):
     """The phone's storage a 4 MiB tmpfs, the bundle 11 MiB: one line saying the disk is full and
-    how much is free, before anything is sent; nothing is left there."""
+    how much is free, before anything is sent; nothing is left there. Then the tmpfs filled up."""
     phone, here = _small_disk_device(devices, emulators, "phone")
     import yaml
 
@@ -208,6 +208,19 @@ def test_disk_full_on_the_phone_is_one_line(devices_yaml, devices, emulators, ar
         assert "and the device has 4.0 MiB free at /data/local/tmp/small-disk/bundles/" in lines[0], lines[0]
         left = [f for f in here.rglob("*") if f.is_file()]
         assert not left, left
+        # a disk with no room at all (not even for the push lock): still one line, disk full
+        with open(here / "filler", "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        p = subprocess.run([sys.executable, "-m", "edgesmith", "run", str(arm64_bundle), "--device", "phone",
+                            "--devices", str(inventory), "--tokens", PROMPT, "-n", "2"],
+                           capture_output=True, text=True, timeout=120)
+        lines = [l for l in p.stderr.splitlines() if l.strip()]
+        assert p.returncode == 1 and len(lines) == 1, p.stderr
+        assert lines[0].startswith("edgesmith: error: device 'phone': disk full: the device has 0 KiB free at "), \
+            lines[0]
+        assert {f.name for f in here.rglob("*") if f.is_file()} == {"filler"}
 
 
 @pytest.mark.parametrize("name", ["board", "phone"])
@@ -301,8 +314,6 @@ def test_adb_server_killed_mid_push_leaves_nothing_running(emulators, arm64_bund
     finally:
         if p.poll() is None:
             p.kill()
-        subprocess.run(["adb", "-H", "127.0.0.1", "-P", str(emulators["ports"]["adb_server"]), "reconnect", "offline"],
-                       capture_output=True, timeout=10)
     lines = [l for l in err.splitlines() if l.strip()]
     assert p.returncode == 1 and len(lines) == 1, err
     assert lines[0].startswith("edgesmith: error: device 'phone': the adb server on port "), lines[0]

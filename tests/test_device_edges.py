@@ -159,7 +159,8 @@ def test_adbd_without_shell_v2_is_named(emulators, tmp_path):
                      "server_port": emulators["ports"]["adb_server"]}}
     device = parse_devices([entry], "test")["old"]
     [row] = probe_devices([device], timeout=30)
-    subprocess.run(["adb", "-P", str(emulators["ports"]["adb_server"]), "disconnect", entry["adb"]["serial"]],
+    subprocess.run(["adb", "-H", "127.0.0.1", "-P", str(emulators["ports"]["adb_server"]), "disconnect",
+                    entry["adb"]["serial"]],
                    capture_output=True, timeout=10)
     assert not row["reachable"]
     assert "lacks the shell_v2 protocol (Android 7 and later have it)" in row["error"], row["error"]

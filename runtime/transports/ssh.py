@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .base import (DeviceTimeout, DeviceUnreachable, HostKeyError, LineCallback,
                    StdinFeed, Transport, TransferError, Watchdog, shell_join)
 
 TCP_USER_TIMEOUT_MS = 15_000
+EOF_GRACE_S = 2.0
 # paramiko logs a garbled or cut link at ERROR with its traceback ("Exception (client): Invalid
 # packet blocking", "Error reading SSH protocol banner"); our one-line DeviceError says it. With no
 # handler anywhere Python would print those on stderr: they go to the caller's logging only
@@ -198,14 +200,22 @@ class SshTransport(Transport):
                 chan.exec_command(command)
                 if stdin is not None:  # end of input is the channel's EOF (shutdown_write)
                     stdin.start(dog, chan.sendall, chan.shutdown_write)
+                exited = None
                 while True:
                     select.select([chan], [], [], 0.02)  # exit-status itself does not wake select
                     while chan.recv_ready():
                         out.feed(chan.recv(65536).decode("utf-8", "replace"))
                     while chan.recv_stderr_ready():
                         err_parts.append(chan.recv_stderr(65536))
-                    if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                        break
+                    if chan.exit_status_ready():
+                        # sshd may send the exit status before the last of the output: read on to
+                        # the channel's end (EOF), or a moment more where a background job of the
+                        # command keeps its output open
+                        exited = exited or time.monotonic()
+                        if (chan.eof_received or chan.closed or time.monotonic() - exited > EOF_GRACE_S) \
+                                and not chan.recv_ready() and not chan.recv_stderr_ready():
+                            break
+                        continue
                     if chan.closed or not self._alive():
                         raise EOFError("channel closed before the command's exit status")
                 code = chan.recv_exit_status()
