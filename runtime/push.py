@@ -220,9 +220,10 @@ def _lock_or_disk_full(transport: Transport, lock: str, deadline: Deadline, done
     try:
         held = DeviceLock(transport, lock, deadline, done_if=done_if).__enter__()
     except TransferError as err:
-        if "No space left" not in err.detail:
-            raise
+        # (dash's printf says "I/O error" for a full disk: the free space tells)
         free = free_bytes(transport, dest, deadline)
+        if "No space left" not in err.detail and (free is None or free >= FREE_MARGIN):
+            raise
         raise transport.error(DiskFull, f"disk full: the device has {size_text(free or 0)} free at "
                                         f"{posixpath.dirname(dest)}, not even room for the push lock ({err.detail}); "
                                         "free space there, or give the device a workdir on a larger filesystem "
