@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     ap.add_argument("-o", "--out", type=Path, default=Path("bench/results/device_concurrency.json"))
     args = ap.parse_args(argv)
 
-    import edgesmith
+    import edgesmith as package
     from edgesmith.runtime.emulated import start_emulators, stop_emulators, write_devices_file
 
     work = Path(tempfile.mkdtemp(prefix="es-concurrency-"))
@@ -101,11 +101,11 @@ def main(argv=None) -> None:
     for row in rows:
         for e in row["errors"]:
             print(f"  {row['device']} {row['scenario']} round {row['round']}: {e}")
-    commit = subprocess.run(["git", "-C", str(Path(edgesmith.__file__).resolve().parents[1]), "rev-parse", "--short",
+    commit = subprocess.run(["git", "-C", str(Path(package.__file__).resolve().parents[1]), "rev-parse", "--short",
                              "HEAD"], capture_output=True, text=True).stdout.strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "commit": commit,
-                                    "edgesmith": str(Path(edgesmith.__file__).parent), "rows": rows}, indent=1) + "\n")
+                                    "edgesmith": str(Path(package.__file__).parent), "rows": rows}, indent=1) + "\n")
     print(f"written to {args.out}")
 
 
