@@ -200,8 +200,8 @@ class AdbTransport(Transport):
         base = self._server_argv()
         for _ in range(3):
             run_process([*base, "disconnect", self.cfg.serial], timeout=max(0.1, min(5, end - time.monotonic())))
-            done, _ = run_process([*base, "connect", self.cfg.serial],
-                                  timeout=max(0.1, min(10, end - time.monotonic())))
+            done = run_process([*base, "connect", self.cfg.serial],
+                               timeout=max(0.1, min(10, end - time.monotonic())))[0]
             said = (done.stdout + done.stderr).strip()
             if "connected to" not in said:  # `adb connect` exits 0 even when it failed
                 raise self.error(DeviceUnreachable, f"adb connect {self.cfg.serial} failed: "

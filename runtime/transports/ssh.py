@@ -131,7 +131,8 @@ class SshTransport(Transport):
                                key_filename=str(cfg.key_file) if cfg.key_file else None, password=password,
                                allow_agent=not explicit, look_for_keys=not explicit,
                                # paramiko's own limits a little later than our watchdog's: a slow link
-                               # is then our timeout, never its "Authentication timeout" (a refusal?)
+                               # is then our timeout, not paramiko's "Authentication timeout" (which
+                               # it raises as an authentication failure)
                                timeout=timeout + 5, banner_timeout=timeout + 5, auth_timeout=timeout + 5,
                                channel_timeout=timeout + 5)
             except _KeyRefused as err:
