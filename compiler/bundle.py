@@ -28,10 +28,28 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def check_inside(root: Path, rels) -> None:
+    """Refuse a bundle file that is a symbolic link (or lies under one) pointing outside the
+    bundle: its bytes are some other file of this machine's, which must never reach a device or
+    a manifest."""
+    top = Path(root).resolve()
+    for rel in rels:
+        path = Path(root) / rel
+        real = path.resolve()
+        if real != top and top not in real.parents:
+            link = next((p for p in [path, *path.parents] if p.is_symlink()), path)
+            raise BundleError(f"bundle {root} (on this machine): {rel} leads outside the bundle (symbolic link "
+                              f"{link} -> {os.readlink(link) if link.is_symlink() else real}); edgesmith never "
+                              "sends or records files from outside a bundle: put the file itself there "
+                              "(cp -L) or recompile")
+
+
 def file_table(root: Path) -> dict[str, dict]:
     """{relative path: {sha256, size}} for every file under root but the manifest."""
     table = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    check_inside(root, [p.relative_to(root).as_posix() for p in files])
+    for path in files:
         table[path.relative_to(root).as_posix()] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     return table
 
@@ -69,7 +87,9 @@ def verify(bundle: Path, manifest: dict | None = None, only=None) -> None:
     """Every file the manifest lists (or those of `only`) is present here with its recorded size
     and sha256. The error says it is this machine's copy that is bad, not a device's."""
     manifest = manifest or read_manifest(bundle)
-    for rel in (manifest["files"] if only is None else only):
+    rels = list(manifest["files"] if only is None else only)
+    check_inside(bundle, rels)
+    for rel in rels:
         meta = manifest["files"][rel]
         path = Path(bundle) / rel
         if not path.is_file():

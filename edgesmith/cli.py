@@ -34,6 +34,9 @@ def _at_least(minimum: float, kind=int):
                                              f"got {text!r}") from None
         if value != value or value < minimum:  # NaN too
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        if value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}; give the longest you mean "
+                                             "(e.g. 86400 for a day)")
         return value
 
     return parse
@@ -65,6 +68,7 @@ def cmd_compile(args) -> int:
             f"; --quant {args.quant[:-2]} for exact float activations" if args.quant.endswith("i8") else "")
     out = args.output or Path("dist") / _bundle_name(args.model, args.quant, args.target)
     _check_compile_args(args.model, args.quant, args.target, out)
+    _check_writable(out, "-o")
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.cli_progress import ConsoleProgress
 
@@ -118,6 +122,25 @@ def _check_compile_args(model: str, quant: str, target: str, out: Path) -> None:
                              "(it is created), or remove the file")
 
 
+def _check_writable(path: Path, flag: str) -> None:
+    """Fail at once, in one line, when `path` (a file or folder to be made) cannot be written
+    there (a read-only filesystem, a parent that cannot exist): not after minutes of work."""
+    import os
+    import tempfile
+
+    from edgesmith.errors import EdgesmithError
+
+    parent = Path(path).absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise EdgesmithError(f"{flag} {path}: cannot write in {err.filename or parent} ({err.strerror}); "
+                             "choose a path where files can be made") from None
+
+
 def _kv_summary(bundle: Path) -> str:
     from edgesmith.compiler.bundle import read_manifest
 
@@ -148,6 +171,8 @@ def cmd_tune(args) -> int:
     if args.output is not None and args.output.is_dir():
         from edgesmith.errors import EdgesmithError
         raise EdgesmithError(f"-o {args.output} is a folder; give the tuning record a file name (e.g. tuning.json)")
+    if args.output is not None:
+        _check_writable(args.output, "-o")
     options = TuneOptions(budget_s=args.budget * 60, allow_emulated=args.allow_emulated, restart=args.restart,
                           quant=args.quant, quantize_embedding=False if args.float_embedding else None,
                           reps=args.reps,
@@ -669,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgesmithError as e:
         if debug:
             raise
-        print(f"edgesmith: error: {e}", file=sys.stderr)
+        print(f"edgesmith: error: {' '.join(str(e).split(chr(10)))}", file=sys.stderr)  # one line, always
         return e.exit_code
     except KeyboardInterrupt:
         _leave_interrupted()

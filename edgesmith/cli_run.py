@@ -41,9 +41,14 @@ def cmd_run(args) -> int:
         runner_args = ["generate", "--tokens", ",".join(map(str, prompt)), *_sampling_args(args, stop)]
         if stream:
             runner_args.append("--stream")
+        pushes = []
         lines = _run_runner(args, runner_args, on_line=(lambda d: stream.token(d["token"]) if "token" in d else None)
-                            if stream else None)
+                            if stream else None, on_push=pushes.append)
         result = [d for d in lines if "output_ids" in d][-1]
+        if pushes and args.json:  # what reaching the device cost: files sent, and whether it waited for another push
+            p = pushes[0]
+            result["push"] = {"files_sent": len(p.sent), "bytes_sent": p.bytes_sent, "resumed": len(p.renamed),
+                              "reused": len(p.reused), "waited": p.waited, "seconds": round(p.seconds, 3)}
     emulated = _is_emulated(args, manifest)
     if args.json:
         if tok is not None:
@@ -66,7 +71,7 @@ def _is_emulated(args, manifest: dict) -> bool:
     return manifest.get("arch") != host_arch()
 
 
-def _run_runner(args, runner_args: list[str], on_line=None, stdin=None) -> list[dict]:
+def _run_runner(args, runner_args: list[str], on_line=None, stdin=None, on_push=None) -> list[dict]:
     from edgesmith.runtime.session import run_bundle
 
     device = None
@@ -74,7 +79,8 @@ def _run_runner(args, runner_args: list[str], on_line=None, stdin=None) -> list[
         from edgesmith.runtime.devices import get_device
 
         device = get_device(args.device, args.devices)
-    return run_bundle(device, Path(args.bundle), runner_args, timeout=args.timeout, on_line=on_line, stdin=stdin)
+    return run_bundle(device, Path(args.bundle), runner_args, timeout=args.timeout, on_line=on_line, stdin=stdin,
+                      on_push=on_push)
 
 
 def _chat_setup(args, manifest: dict, tok):

@@ -41,6 +41,6 @@ def one_line(err: BaseException) -> str:
     """A failure as one line for a per-device row: our errors as they are, anything else (a bug, a
     library's exception) with its type, so one device's surprise never stops the others' report."""
     if isinstance(err, EdgesmithError):
-        return str(err)
+        return " ".join(str(err).splitlines())
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:300]}" if text else type(err).__name__

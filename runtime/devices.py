@@ -34,6 +34,8 @@ from edgesmith.targets.cache import cache_root
 TRANSPORTS = ("local", "ssh", "adb")
 SHIPPED = Path(__file__).parent / "devices.yaml"  # a link to the top-level devices.yaml; a copy when installed
 FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+HOST = re.compile(r"[A-Za-z0-9._:%\[\]-]+")  # a name, an IPv4 or IPv6 address
 
 
 def emulated_state_dir() -> Path:
@@ -120,6 +122,8 @@ class _Fields:
             value = str(value)
             if not value.strip():
                 raise self.fail(key, "is empty")
+            if CONTROL.search(value):  # a newline or NUL would split messages and commands
+                raise self.fail(key, f"holds a control character: {value!r}")
             if expand:
                 value = expand_path(value)
         elif kind is list:
@@ -128,6 +132,8 @@ class _Fields:
             if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
                 raise self.fail(key, f"must be a list of strings, got {value!r}")
             value = tuple(str(v) for v in value)
+            if any(CONTROL.search(v) for v in value):
+                raise self.fail(key, f"holds a control character: {list(value)!r}")
         return value
 
     def port(self, key: str, default=...) -> int:
@@ -169,6 +175,8 @@ def _ssh(f: _Fields) -> SshConfig:
         host_key=s.get("host_key", str, None),
         known_hosts=_opt_path(s.get("known_hosts", str, None, expand=True)),
     )
+    if not HOST.fullmatch(cfg.host):
+        raise s.fail("host", f"must be a host name or an address, got {cfg.host!r}")
     if cfg.host_key and not FINGERPRINT.match(cfg.host_key):
         raise s.fail("host_key", "must be a SHA256 fingerprint as `ssh-keygen -lf KEY.pub` prints it "
                                  "(SHA256: and 43 base64 characters)")
@@ -271,7 +279,14 @@ def load_devices(path: Path | None = None) -> dict[str, Device]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or err})") from None
+        if isinstance(err, yaml.reader.ReaderError):  # a byte YAML never allows (NUL, other controls)
+            where = f" at line {text.count(chr(10), 0, err.position) + 1}"
+            code = err.character if isinstance(err.character, int) else ord(err.character)
+            problem = (f"{'a NUL byte' if code == 0 else f'character U+{code:04X}'} is not allowed there; "
+                       "devices.yaml must be plain text")
+        else:
+            problem = getattr(err, "problem", None) or err
+        raise ConfigError(f"{path}: not valid YAML{where} ({' '.join(str(problem).split())})") from None
     return parse_devices(data, str(path))
 
 

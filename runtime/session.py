@@ -17,6 +17,7 @@ aarch64 bundle); a real device has none.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import shutil
 from collections.abc import Callable
@@ -24,8 +25,9 @@ from pathlib import Path
 
 from edgesmith.compiler.bundle import read_manifest
 from edgesmith.errors import BundleError, EdgesmithError
+from edgesmith.runtime.device_lock import LockTimeout
 from edgesmith.runtime.devices import Device
-from edgesmith.runtime.push import PushReport, push_bundle
+from edgesmith.runtime.push import PushReport, bundle_digest, push_bundle
 from edgesmith.runtime.transports import open_transport
 from edgesmith.runtime.transports.base import Deadline, DeviceError, DeviceTimeout, StdinFeed, shell_join
 from edgesmith.targets.presets import PRESETS, QEMU_AARCH64, get_preset, host_arch
@@ -128,11 +130,13 @@ def check_compatible(device: Device, manifest: dict) -> None:
                                        f"Linux; compile it with --target {preset.name}")
 
 
-def device_bundle_dir(transport, device: Device, bundle: Path) -> str:
+def device_bundle_dir(transport, device: Device, bundle: Path, timeout: float = 10) -> str:
+    """WORKDIR/bundles/DIGEST: named by the manifest's sha256 (runtime/push.bundle_digest), not
+    by the local folder's name, so two bundles that share a name never share a folder."""
     workdir = device.workdir
     if not posixpath.isabs(workdir):
-        workdir = posixpath.join(transport.home(), workdir)
-    return posixpath.join(workdir, "bundles", Path(bundle).resolve().name)
+        workdir = posixpath.join(transport.home(timeout), workdir)
+    return posixpath.join(workdir, "bundles", bundle_digest(bundle))
 
 
 # ------------------------------------------------------------------ the session
@@ -170,6 +174,7 @@ class RunnerSession:
         self.timeout = timeout
         self.on_push = on_push
         self.transport = None
+        self.deadline = Deadline(timeout)
         self.push_report: PushReport | None = None
         self.where = str(self.bundle)
 
@@ -180,14 +185,18 @@ class RunnerSession:
     def __enter__(self) -> RunnerSession:
         check_compatible(self.device, self.manifest)
         _check_runner(self.bundle, self.manifest)  # the bundle's fault, found before any copy
+        if self.device.transport == "local":  # run in place
+            _check_executable(self.bundle, self.manifest)
+        self.deadline = Deadline(self.timeout)  # connecting, waiting for the push lock and pushing
         self.transport = open_transport(self.device)
         try:
             if self.device.transport != "local":  # a local device runs the bundle in place
-                self.where = device_bundle_dir(self.transport, self.device, self.bundle)
                 try:
-                    self.push_report = push_bundle(self.transport, self.bundle, self.where,
-                                                   deadline=Deadline(self.timeout))
+                    self.where = device_bundle_dir(self.transport, self.device, self.bundle, self.deadline.left())
+                    self.push_report = push_bundle(self.transport, self.bundle, self.where, deadline=self.deadline)
                 except DeviceTimeout as err:  # the command's timeout, not what was left of it
+                    if isinstance(err, LockTimeout):
+                        raise
                     raise DeviceTimeout(self.device.name, err.during, self.timeout) from None
                 if self.on_push is not None:
                     self.on_push(self.push_report)
@@ -200,13 +209,16 @@ class RunnerSession:
         self.transport.close()
 
     def run(self, args: list, *, on_line: Callable[[dict], None] | None = None, stdin: StdinFeed | None = None,
-            timeout: float | None = None) -> list[dict]:
+            timeout: float | None = None, deadline: Deadline | None = None) -> list[dict]:
         """`runner SUBCOMMAND BUNDLE ARGS` (args = [SUBCOMMAND, *ARGS]); its JSON lines, each also
-        given to on_line as it arrives. stdin feeds the runner's input while it runs."""
+        given to on_line as it arrives. stdin feeds the runner's input while it runs. The time it
+        may take: `timeout`, else what is left of `deadline`, else the session's timeout."""
         if not args:
             raise EdgesmithError("runner arguments are empty; expected e.g. ['generate', '--tokens', '1,2', '-n', '8']")
         sub, *rest = [str(a) for a in args]
-        timeout = self.timeout if timeout is None else timeout
+        if timeout is None:
+            timeout = deadline.left() if deadline is not None else self.timeout
+        said = deadline.total if deadline is not None else timeout  # what the user asked for
         start = runner_start("./bin", _android_glibc(self.manifest))
         argv = [*self.device.exec_wrapper, *start, sub, ".", *rest]
         lines = _Lines(on_line)
@@ -215,15 +227,17 @@ class RunnerSession:
                                         on_line=lines, what="the run", stdin=stdin)
         except DeviceTimeout:
             if self.local:
-                raise RunnerError(None, f"runner for '{self.bundle}' did not finish within {timeout:g} s; "
+                raise RunnerError(None, f"runner for '{self.bundle}' did not finish within {said:g} s; "
                                         "raise the timeout") from None
-            raise DeviceTimeout(self.device.name, "the run", timeout, "link stalled, device hung, or the run needs "
-                                                                      "a longer timeout") from None
+            raise DeviceTimeout(self.device.name, "the run", said, "link stalled, device hung, or the run needs "
+                                                                   "a longer timeout") from None
         name = None if self.local else self.device.name
         if result.exit_code != 0:
             errs = [line.strip() for line in result.stderr.splitlines() if line.strip()]
             message = next((line for line in reversed(errs) if line.startswith("runner: ")), None)
-            message = (message or (errs[-1] if errs else f"exit code {result.exit_code}, no message"))
+            if message is None and (not errs or result.exit_code in (126, 127)):  # the shell could not start it
+                message = self._start_failure(result.exit_code, said_nothing=not errs)
+            message = message or errs[-1]
             message = message.removeprefix("runner: ")
             if message.startswith(f"unknown command '{sub}'"):
                 message += f"; the bundle's runner predates `{sub}`: recompile the bundle"
@@ -231,6 +245,60 @@ class RunnerSession:
         if lines.bad is not None:
             raise RunnerError(name, f"runner printed a line that is not JSON: {lines.bad!r}")
         return lines.records
+
+    def _start_failure(self, code: int, said_nothing: bool) -> str | None:
+        """Why the runner did not start, or exited non-zero without a word. qemu says nothing about
+        a file it may not execute, nor does a wrapper that fails quietly: look at both, and raise
+        the error that blames the one at fault. Returns the runner's own fault as a message, or
+        None when the shell's own words say it best."""
+        if said_nothing and code > 128 and code - 128 in _SIGNALS:
+            return f"the runner was killed by {_SIGNALS[code - 128]} (exit code {code}) without a message"
+        in_place = self.device.transport == "local"
+        here = "on this machine" if in_place else "on the device"
+        wrapper = list(self.device.exec_wrapper)
+        start = runner_start("./bin", _android_glibc(self.manifest))
+        checks = [f"[ -x {shell_join([start[0]])} ] || echo NOEXEC"]
+        if wrapper:
+            checks.append(f"command -v {shell_join(wrapper[:1])} >/dev/null 2>&1 || echo NOWRAPPER")
+        checks.append(f"{shell_join([*wrapper, *start, 'version'])} >/dev/null 2>&1 || echo NOSTART $?")
+        try:
+            out = self.transport.run(f"cd {shell_join([self.where])} && {{ {'; '.join(checks)}; }}",
+                                     timeout=min(30.0, self.timeout), what="looking into the failed run").stdout.split()
+        except DeviceError:
+            out = []
+        shown = " ".join(wrapper)
+        blame = EdgesmithError if self.local else (lambda message: DeviceError(self.device.name, message))
+        if "NOWRAPPER" in out:
+            raise blame(f"exec_wrapper '{shown}' (devices.yaml) is not found {here}: install {wrapper[0]} there or "
+                        "fix the device's exec_wrapper")
+        if "NOEXEC" in out:
+            if in_place:
+                raise BundleError(f"bundle {self.bundle} (on this machine): {posixpath.normpath(start[0])} is not "
+                                  "executable (the bundle was copied without its file modes); chmod +x "
+                                  f"{self.bundle}/bin/*, or copy the bundle again keeping modes (cp -a)")
+            raise blame(f"{posixpath.normpath(posixpath.join(self.where, start[0]))} is not executable on the device: "
+                        "its filesystem may be mounted noexec; give the device a workdir where programs may run "
+                        "(on Android: under /data/local/tmp)")
+        if not said_nothing:
+            return None
+        if "NOSTART" in out and wrapper:
+            raise blame(f"the runner exited with code {code} and no message, and the exec_wrapper '{shown}' "
+                        f"(devices.yaml) cannot start it at all (`{shown} {' '.join(start)} version` fails {here}); "
+                        "fix the exec_wrapper")
+        return f"exit code {code} and no message from the runner {here}"
+
+
+_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE",
+            9: "SIGKILL (out of memory?)", 11: "SIGSEGV", 13: "SIGPIPE", 15: "SIGTERM"}
+
+
+def _check_executable(bundle: Path, manifest: dict) -> None:
+    """This machine starts the bundle's first program in place: it must be executable."""
+    first = Path(runner_start(str(Path(bundle) / "bin"), _android_glibc(manifest))[0])
+    if not os.access(first, os.X_OK):
+        raise BundleError(f"bundle {bundle} (on this machine): {first.relative_to(bundle)} is not executable (the "
+                          f"bundle was copied without its file modes); chmod +x {first.parent}/*, or copy the "
+                          "bundle again keeping modes (cp -a)")
 
 
 # ------------------------------------------------------------------ one-shot helpers
@@ -240,7 +308,9 @@ def run_bundle(device: Device | None, bundle: Path, runner_args: list, *, timeou
     """Push `bundle` to `device` (None: run it here) and run `runner SUBCOMMAND BUNDLE ARGS` there
     (runner_args = [SUBCOMMAND, *ARGS], e.g. ["generate", "--tokens", "1,2,3", "-n", "8"])."""
     with RunnerSession(bundle, device, timeout=timeout, on_push=on_push) as session:
-        return session.run(runner_args, on_line=on_line, stdin=stdin)
+        # one --timeout for the whole command (connect, push, run); a conversation's is per turn
+        return session.run(runner_args, on_line=on_line, stdin=stdin,
+                           deadline=session.deadline if stdin is None else None)
 
 
 def run_runner(bundle: Path, args: list, *, timeout: float, on_line=None, stdin: StdinFeed | None = None) -> list[dict]:

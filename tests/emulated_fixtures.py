@@ -18,7 +18,7 @@ from edgesmith.runtime.emulated import (clear_fault, emulated_device_entries, se
 TOKENS = "1,2,3,4,5"
 
 __all__ = ["emulators", "devices_yaml", "devices", "arm64_bundle", "host_bundle", "fault", "sandbox", "wipe",
-           "device_files", "TOKENS", "pytestmark_emulated", "board_emulator", "board_device", "needs_sshd"]
+           "device_files", "device_dir", "TOKENS", "pytestmark_emulated", "board_emulator", "board_device", "needs_sshd"]
 
 # Each test skips only for what it uses (scripts/install.sh installs all of them: CI skips none).
 needs_sshd = pytest.mark.skipif(not os.access("/usr/sbin/sshd", os.X_OK),
@@ -115,9 +115,16 @@ def wipe(emulators, device: str) -> None:
     shutil.rmtree(sandbox(emulators, device), ignore_errors=True)
 
 
+def device_dir(emulators, device: str, bundle: Path) -> Path:
+    """The host folder holding the device's copy of `bundle`: named by its manifest's sha256,
+    computed here with hashlib (not by the code under test)."""
+    digest = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()[:32]
+    return sandbox(emulators, device) / "bundles" / digest
+
+
 def device_files(emulators, device: str, bundle: Path) -> dict[str, str]:
     """{relative path: sha256} of every file in the device's copy of `bundle`, temporaries included."""
-    root = sandbox(emulators, device) / "bundles" / bundle.name
+    root = device_dir(emulators, device, bundle)
     if not root.is_dir():
         return {}
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()

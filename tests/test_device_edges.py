@@ -23,7 +23,7 @@ from edgesmith.runtime.session import run_bundle
 from edgesmith.runtime.transports import DeviceError
 
 from emulated_fixtures import *  # noqa: F401,F403
-from emulated_fixtures import TOKENS, device_files, pytestmark_emulated, wipe
+from emulated_fixtures import TOKENS, device_dir, device_files, pytestmark_emulated, wipe
 
 pytestmark = [pytestmark_emulated, pytest.mark.slow]
 GENERATE = ["generate", "--tokens", TOKENS, "-n", "4"]
@@ -69,8 +69,8 @@ def test_bundle_damaged_here_is_blamed_here(devices, emulators, arm64_bundle, tm
         lib.write_bytes(bytes(data))
     else:
         lib.unlink()
-    # the device's copy of this bundle name is the same bundle; make the device need model.so
-    dev_lib = Path(emulators["state_dir"]) / name / "edgesmith" / "bundles" / bundle.name / "lib" / "model.so"
+    # the copy has the same manifest, so the device's copy is shared; make the device need model.so
+    dev_lib = device_dir(emulators, name, bundle) / "lib" / "model.so"
     dev_lib.unlink()
     before.pop("lib/model.so")
     with pytest.raises(BundleError) as info:
@@ -159,7 +159,8 @@ def test_adbd_without_shell_v2_is_named(emulators, tmp_path):
                      "server_port": emulators["ports"]["adb_server"]}}
     device = parse_devices([entry], "test")["old"]
     [row] = probe_devices([device], timeout=30)
-    subprocess.run(["adb", "-P", str(emulators["ports"]["adb_server"]), "disconnect", entry["adb"]["serial"]],
+    subprocess.run(["adb", "-H", "127.0.0.1", "-P", str(emulators["ports"]["adb_server"]), "disconnect",
+                    entry["adb"]["serial"]],
                    capture_output=True, timeout=10)
     assert not row["reachable"]
     assert "lacks the shell_v2 protocol (Android 7 and later have it)" in row["error"], row["error"]
@@ -192,3 +193,128 @@ def test_emulators_restart_a_dead_device_and_write_their_devices_file(tmp_path):
         assert again["running"] and again["pids"]["devd"] != status["pids"]["devd"]
     finally:
         stop_emulators(state)
+
+
+# ---------------------------------------------------------------- issue #34's smaller items
+
+class SlowLink:
+    """A TCP proxy to 127.0.0.1:port that holds every chunk `delay` seconds each way: a link with
+    that latency (the emulated devices have no delay fault)."""
+
+    def __init__(self, port: int, delay: float):
+        self.port, self.delay = port, delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        import time
+
+        try:
+            while data := src.recv(65536):
+                time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_timeout_holds_on_a_slow_link(devices, emulators, arm64_bundle):
+    """--timeout 2 over a 0.25 s link: the whole command (connect, push, run) gives up at 2 s, not
+    at the sum of each step's own timeout."""
+    import dataclasses
+    import time
+
+    from edgesmith.runtime.transports import DeviceTimeout
+
+    wipe(emulators, "board")
+    link = SlowLink(emulators["ports"]["ssh"], 0.25)
+    board = devices["board"]
+    pub = Path(emulators["state_dir"]) / "ssh" / "host_ed25519.pub"
+    pinned = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                            check=True).stdout.split()[1]
+    slow = dataclasses.replace(board, ssh=dataclasses.replace(board.ssh, port=link.address[1], known_hosts=None,
+                                                              host_key=pinned))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(DeviceTimeout) as info:
+            run_bundle(slow, arm64_bundle, GENERATE, timeout=2)
+        took = time.monotonic() - t0
+    finally:
+        link.close()
+    assert str(info.value).startswith("device 'board': no answer within 2 s during "), str(info.value)
+    assert took < 2 + 1.5, f"--timeout 2 gave up after {took:.1f} s"
+
+
+@pytest.mark.parametrize("name", ["board", "phone"])
+@pytest.mark.parametrize("wrapper, says", [
+    (["false"], "the runner exited with code 1 and no message, and the exec_wrapper 'false' (devices.yaml) cannot "
+                "start it at all"),
+    (["/nonexistent/qemu-aarch64"], "exec_wrapper '/nonexistent/qemu-aarch64' (devices.yaml) is not found on the "
+                                    "device"),
+])
+def test_bad_exec_wrapper_is_blamed(devices, arm64_bundle, name, wrapper, says):
+    import dataclasses
+
+    device = dataclasses.replace(devices[name], exec_wrapper=tuple(wrapper))
+    with pytest.raises(DeviceError) as info:
+        run_bundle(device, arm64_bundle, GENERATE, timeout=60)
+    assert str(info.value) == f"device '{name}': {says}" or str(info.value).startswith(f"device '{name}': {says}")
+    assert "runner failed" not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["board", "phone"])
+def test_runner_that_may_not_execute_is_named(devices, emulators, arm64_bundle, tmp_path, name):
+    """A bundle copied without its file modes still runs on a device (the push makes its programs
+    executable); a device copy that cannot execute (a noexec filesystem: here its mode taken away)
+    is named, not "exit code 1, no message"; and in place on this machine, the bundle is blamed."""
+    bundle = copy_bundle(arm64_bundle, tmp_path)
+    for f in (bundle / "bin").iterdir():
+        f.chmod(0o644)
+    assert run_bundle(devices[name], bundle, GENERATE, timeout=120)[-1]["stop_reason"] == "length"
+    loader = device_dir(emulators, name, bundle) / "bin" / "ld-linux-aarch64.so.1"
+    loader.chmod(0o644)
+    try:
+        with pytest.raises(DeviceError) as info:
+            run_bundle(devices[name], bundle, GENERATE, timeout=60)
+    finally:
+        loader.chmod(0o755)
+    message = str(info.value)
+    assert message.startswith(f"device '{name}': ") and "bin/ld-linux-aarch64.so.1 is not executable on the device" \
+        in message, message
+    with pytest.raises(BundleError, match=r"\(on this machine\): bin/ld-linux-aarch64.so.1 is not executable"):
+        run_bundle(None, bundle, GENERATE, timeout=60)
+
+
+def test_symlink_out_of_the_bundle_is_never_pushed(devices, emulators, arm64_bundle, tmp_path):
+    """A bundle file that is a link to a file outside the bundle (here with the very bytes the
+    manifest expects, so only the link gives it away) is refused before anything is sent."""
+    bundle = copy_bundle(arm64_bundle, tmp_path / "copy")
+    outside = tmp_path / "elsewhere.so"
+    shutil.move(bundle / "lib" / "model.so", outside)
+    (bundle / "lib" / "model.so").symlink_to(outside)
+    wipe(emulators, "board")
+    with pytest.raises(BundleError) as info:
+        run_bundle(devices["board"], bundle, GENERATE, timeout=60)
+    message = str(info.value)
+    assert "(on this machine): lib/model.so leads outside the bundle (symbolic link" in message, message
+    assert str(outside) in message and "\n" not in message
+    assert not device_files(emulators, "board", bundle)

@@ -109,6 +109,14 @@ BAD = [
     ("entry not a mapping", ["pi"], "device #1: must be a mapping"),
     ("no list", "devices: {pi: 1}\n", "expected `devices:` followed by a list"),
     ("not yaml", "devices:\n  - name: [pi\n", "not valid YAML at line"),
+    ("NUL byte", "devices:\n  - name: p\0i\n    transport: local\n    target: host\n",
+     "not valid YAML at line 2 (a NUL byte is not allowed there; devices.yaml must be plain text)"),
+    ("newline in ssh.host", [with_field(BOARD, "ssh.host", "10.0.0.7\nevil")],
+     "device 'pi': field 'ssh.host' holds a control character: '10.0.0.7\\nevil'"),
+    ("option in ssh.host", [with_field(BOARD, "ssh.host", "-oProxyCommand=x y")],
+     "device 'pi': field 'ssh.host' must be a host name or an address, got '-oProxyCommand=x y'"),
+    ("newline in exec_wrapper", [with_field(BOARD, "exec_wrapper", ["qemu", "-L\n/x"])],
+     "device 'pi': field 'exec_wrapper' holds a control character"),
 ]
 
 

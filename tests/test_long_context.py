@@ -293,7 +293,7 @@ def test_a_smaller_run_time_context_sizes_the_cache(models):
                                    "--context", "32"], timeout=300)
     full = engine_greedy(bundle, prompt, 11, context=32)[1]
     assert small["output_ids"] == full
-    with pytest.raises(BundleError, match=r"max_total_seq_len 32"):
+    with pytest.raises(BundleError, match=r"exceed the context of 32 tokens \(--context 32\)"):
         run_runner(bundle, ["generate", str(bundle), "--tokens", ",".join(map(str, prompt)), "-n", "13",
                             "--context", "32"], timeout=300)
     with pytest.raises(BundleError, match=r"exceeds the context of 32"):

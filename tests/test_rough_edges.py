@@ -3,6 +3,7 @@ with what to do; nothing accepted that makes no sense."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def test_output_path_that_is_a_file(tmp_path):
     (["profile", "B", "-r", "0"], "must be at least 1"),
     (["farm", "run", "--model", "random:tiny", "--out", "o", "--retries", "-1"], "must be at least 0"),
     (["compile"], "required: model"),
+    (["run", "B", "--timeout", "inf"], "must be a finite number"),
 ])
 def test_argument_errors_are_one_line_exit_1(args, needle):
     p = edgesmith(*args)
@@ -217,3 +219,78 @@ def test_eval_guidance_says_what_is_typical_and_what_is_a_problem():
     assert "a problem" in guidance({"mean_kl": 5 * kl, "top1_agreement": 0.2}, manifest)
     trained = {"quant": "q4f16i8", "model": {"source": "folder /m (2 shards, bfloat16)"}}
     assert "compare with `--quant q4f32`" in guidance({"mean_kl": 0.02, "top1_agreement": 0.9}, trained)
+
+
+# ---------------------------------------------------------------- issue #34's smaller items
+
+def test_a_timeout_beyond_any_timer_is_no_limit_and_no_traceback(monkeypatch):
+    """threading's timers refuse more than TIMEOUT_MAX (`--timeout 1e300` used to print a thread's
+    OverflowError traceback): the watchdog treats it as no limit."""
+    import threading
+
+    from edgesmith.runtime.transports.base import run_process
+
+    died = []
+    monkeypatch.setattr(threading, "excepthook", lambda info: died.append(info.exc_value))
+    result, timed_out = run_process(["echo", "ok"], timeout=1e300)
+    assert (result.stdout, timed_out, died) == ("ok\n", False, [])
+
+
+def test_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
+    """-o where nothing can be made (a parent that is a file, /proc, a read-only filesystem): one
+    line naming the path and why, exit 1, at once (not "internal error" after the work)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    paths = [blocker / "bundle", Path("/proc/edgesmith-nowhere/bundle")]
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
+                      capture_output=True).returncode == 0:  # as root: a read-only mount (CI runs as root)
+        paths.append(readonly / "bundle")
+    try:
+        for out in paths:
+            assert_one_line_error(edgesmith("compile", "random:tiny", "-o", out), f"-o {out}: cannot write in")
+            assert_one_line_error(edgesmith("tune", "random:tiny", "--device", "host", "-o", out.with_suffix(".json")),
+                                  f"-o {out.with_suffix('.json')}: cannot write in")
+    finally:
+        subprocess.run(["umount", "-l", str(readonly)], capture_output=True)
+    assert len(paths) == 3 or os.geteuid() != 0, "the read-only case did not run"
+
+
+def test_max_position_embeddings_zero_blames_the_config(tiny_ckpt_dir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt_dir("mini-4k"), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["max_position_embeddings"] = 0
+    (ckpt / "config.json").write_text(json.dumps(config))
+    p = edgesmith("compile", ckpt, "--target", "host", "-o", tmp_path / "out")
+    assert_one_line_error(p, "max_position_embeddings 0 must be at least 1", "config.json")
+    assert "--context" not in p.stderr, p.stderr
+
+
+def test_run_context_is_kept_as_asked(q0_bundle):
+    """--context 4 is a context of 4 tokens, though the cache is made of 16-token pages: 3 + 2 is
+    refused in one line naming --context 4, and 3 + 1 runs."""
+    assert_one_line_error(edgesmith("run", q0_bundle, "--tokens", "1,2,3", "-n", "2", "--context", "4"),
+                          "exceed the context of 4 tokens (--context 4)")
+    ok = edgesmith("run", q0_bundle, "--tokens", "1,2,3", "-n", "1", "--context", "4", "--json")
+    assert ok.returncode == 0 and len(json.loads(ok.stdout)["output_ids"]) == 1, ok.stderr
+
+
+def test_a_manifest_never_records_a_file_from_outside(tmp_path):
+    """The one writer of manifests refuses a link that leaves the folder (a bundle made of links
+    to files elsewhere would record, and later push, what lies outside it); a link that stays
+    inside is fine."""
+    from edgesmith.compiler.bundle import file_table
+    from edgesmith.errors import BundleError
+
+    root = tmp_path / "bundle"
+    (root / "lib").mkdir(parents=True)
+    (root / "lib" / "a.so").write_bytes(b"inside")
+    (root / "lib" / "b.so").symlink_to("a.so")
+    assert set(file_table(root)) == {"lib/a.so", "lib/b.so"}
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the device")
+    (root / "tokenizer.json").symlink_to(secret)
+    with pytest.raises(BundleError, match=r"tokenizer.json leads outside the bundle \(symbolic link .*secret.txt\)"):
+        file_table(root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 import threading
 import time
 
@@ -17,7 +18,7 @@ from edgesmith.runtime.session import run_runner
 from edgesmith.runtime.transports import DeviceError, open_transport
 
 from emulated_fixtures import *  # noqa: F401,F403
-from emulated_fixtures import TOKENS, device_files, pytestmark_emulated, sandbox, wipe
+from emulated_fixtures import TOKENS, device_dir, device_files, pytestmark_emulated, sandbox, wipe
 
 pytestmark = [pytestmark_emulated, pytest.mark.slow]
 GENERATE = ["generate", "--tokens", TOKENS, "-n", "12"]
@@ -64,13 +65,34 @@ def test_push_is_incremental(devices, arm64_bundle, emulators, name):
     assert again.sent == [] and again.skipped == files
     # A file changed on the device and one deleted: exactly those two go again (and the manifest,
     # which is rewritten last whenever anything changes).
-    root = sandbox(emulators, name) / "bundles" / arm64_bundle.name
+    root = device_dir(emulators, name, arm64_bundle)
     (root / "params/params_shard_0.bin").write_bytes(b"stale")
     (root / "bin/runner").unlink()
     fixed = push_to_device(device, arm64_bundle, timeout=60)
     assert sorted(fixed.sent) == ["bin/runner", "manifest.json", "params/params_shard_0.bin"]
     assert not [f for f in device_files(emulators, name, arm64_bundle) if f.endswith(".partial")]
     assert run_bundle(device, arm64_bundle, GENERATE, timeout=60)[-1]["stop_reason"]
+
+
+@pytest.mark.parametrize("name", ["board", "phone"])
+def test_a_rebuilt_bundle_reuses_what_the_device_holds(devices, arm64_bundle, emulators, tmp_path, name):
+    """A bundle whose manifest changed and nothing else (`compile --eval` adds its result) has a
+    folder of its own on the device, made of the first one's files (hard links: the same inodes),
+    and only its manifest is sent."""
+    push_to_device(devices[name], arm64_bundle, timeout=60)
+    again = tmp_path / arm64_bundle.name
+    shutil.copytree(arm64_bundle, again)
+    manifest = json.loads((again / "manifest.json").read_text())
+    manifest["eval"] = {"top1_agreement": 1.0}
+    (again / "manifest.json").write_text(json.dumps(manifest))
+    report = push_to_device(devices[name], again, timeout=60)
+    assert report.sent == ["manifest.json"] and len(report.reused) == len(manifest["files"]), report
+    old, new = device_dir(emulators, name, arm64_bundle), device_dir(emulators, name, again)
+    assert old != new
+    for rel in manifest["files"]:
+        assert (new / rel).stat().st_ino == (old / rel).stat().st_ino, rel
+    assert run_bundle(devices[name], again, GENERATE, timeout=60)[-1]["stop_reason"] == "length"
+    shutil.rmtree(new)
 
 
 @pytest.mark.parametrize("name", ["board", "phone", "host"])

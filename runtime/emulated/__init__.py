@@ -95,7 +95,8 @@ def _adb_env(state: Path) -> dict:
 
 
 def _adb(state: Path, port: int, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
-    return subprocess.run([shutil.which("adb") or "adb", "-P", str(port), *args], env=_adb_env(state),
+    # -H: the server is named, so a client never starts one of its own (runtime/transports/adb.py)
+    return subprocess.run([shutil.which("adb") or "adb", "-H", HOST, "-P", str(port), *args], env=_adb_env(state),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 

@@ -3,13 +3,16 @@
 
 Implemented: CNXN (no AUTH), OPEN/OKAY/WRTE/CLSE streams with per-stream flow control, the
 services `shell,v2,...:CMD` (stdout/stderr apart, exit status), `shell:CMD` and `exec:CMD`, and
-`sync:` (STAT, LIST, SEND, RECV, QUIT). Its /data/local/tmp is a sandbox folder: sync paths under
+`sync:` (STAT, LIST, SEND, RECV, QUIT; a SEND the disk cannot take is answered as adbd answers
+it: FAIL "write failed: No space left on device" at once, the rest of the file read and dropped,
+the sync service ended). Its /data/local/tmp is a sandbox folder: sync paths under
 it map there, and shell commands run in it with the text /data/local/tmp replaced by the sandbox
 path. Commands run on this machine, with a `getprop` of its own; aarch64 binaries run through the
 exec wrapper devices.yaml gives the phone (qemu). Its fault switch: runtime/emulated/faults.py.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -358,8 +361,9 @@ class Connection(threading.Thread):
                 stream.write(b"DONE" + bytes(16))
             elif rid == b"SEND":
                 path, _, mode = arg.rpartition(",")
-                error = self._receive(stream, path, int(mode) if mode.isdigit() else 0o644)
-                reply(b"FAIL", error.encode()) if error else reply(b"OKAY", arg=0)
+                if not self._receive(stream, path, int(mode) if mode.isdigit() else 0o644):
+                    return  # adbd ends the sync service after a failed SEND
+                reply(b"OKAY", arg=0)
             elif rid == b"RECV":
                 target = self.phone.map_path(arg)
                 try:
@@ -387,40 +391,58 @@ class Connection(threading.Thread):
             return bytes(12)
         return struct.pack("<III", st.st_mode & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, int(st.st_mtime))
 
-    def _receive(self, stream: Stream, path: str, mode: int) -> str | None:
-        """SEND: read DATA chunks until DONE, writing them to path; an error message, or None."""
+    def _receive(self, stream: Stream, path: str, mode: int) -> bool:
+        """SEND: write the DATA chunks to path until DONE. As adbd does on a failure (a full disk,
+        a folder it may not write): FAIL with "REASON: strerror" at once, read and drop the rest
+        of the file's chunks up to DONE, remove what was written, and answer False (the caller
+        ends the sync service)."""
         target = self.phone.map_path(path)
-        error = None if target is not None else "open failed: Permission denied"
         f = None
         written = 0
         try:
-            if error is None:
-                f = open(target, "wb")
+            if target is None:
+                raise PermissionError(13, "Permission denied")
+            f = open(target, "wb", buffering=0)  # unbuffered: a full disk shows on the chunk that hit it
         except OSError as err:
-            error = f"open failed: {err.strerror}"
-        while True:
-            rid, length = stream.read(4), struct.unpack("<I", stream.read(4))[0]
-            if rid == b"DONE":
-                mtime = length
-                break
-            if rid != b"DATA" or length > SYNC_MAX:
-                raise EOFError(f"bad sync SEND frame {rid!r}")
-            data = stream.read(length)
-            if f is not None and error is None:
-                limit = self.phone.faults.disk_limit()
-                if limit is not None and written + len(data) > limit:
-                    error = "No space left on device"
-                else:
-                    f.write(data)
+            return self._fail_send(stream, f"couldn't create file: {err.strerror}", None, None)
+        with f:
+            while True:
+                rid, length = stream.read(4), struct.unpack("<I", stream.read(4))[0]
+                if rid == b"DONE":
+                    mtime = length
+                    break
+                if rid != b"DATA" or length > SYNC_MAX:
+                    raise EOFError(f"bad sync SEND frame {rid!r}")
+                data = stream.read(length)
+                try:
+                    limit = self.phone.faults.disk_limit()
+                    if limit is not None and written + len(data) > limit:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    view = memoryview(data)
+                    while view:  # a nearly full disk takes part of a chunk, then refuses the rest
+                        view = view[f.write(view):]
                     written += len(data)
-        if f is not None:
-            f.close()
-            if error is not None:
-                target.unlink(missing_ok=True)  # adbd removes what it could not finish
-            else:
-                os.chmod(target, mode & 0o7777)
-                os.utime(target, (mtime, mtime))
-        return error
+                except OSError as err:
+                    return self._fail_send(stream, f"write failed: {err.strerror}", f, target)
+        os.chmod(target, mode & 0o7777)
+        os.utime(target, (mtime, mtime))
+        return True
+
+    @staticmethod
+    def _fail_send(stream: Stream, message: str, f, target: Path | None) -> bool:
+        stream.write(b"FAIL" + struct.pack("<I", len(message.encode())) + message.encode())
+        try:
+            while True:
+                rid, length = stream.read(4), struct.unpack("<I", stream.read(4))[0]
+                if rid != b"DATA" or length > SYNC_MAX:
+                    break  # DONE, or anything else: stop reading
+                stream.read(length)
+        finally:
+            if f is not None:
+                f.close()
+            if target is not None:
+                target.unlink(missing_ok=True)
+        return False
 
 
 def serve(phone: Phone, listener: socket.socket) -> None:

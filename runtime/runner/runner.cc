@@ -261,6 +261,7 @@ struct Manifest {
   std::string tvm_version, arch;
   int64_t vocab_size = 0;                 // model.config.vocab_size (bench draws token ids below it)
   int64_t page_size = 16, prefill_chunk = 512, max_total_seq_len = 4096;
+  int64_t context = 0;                    // tokens a run may hold: --context N (0: max_total_seq_len)
   std::vector<std::string> param_names;   // in the order prefill/decode take them
   std::string device_api = "cpu";         // device.api: cpu | cuda | metal | opencl | webgpu
   int device_type = 1;                    // device.dl_device_type (DLPack: 1 CPU, 2 CUDA, 8 Metal, 15 WebGPU)
@@ -535,7 +536,11 @@ static void prefill(const Model& model, const Manifest& m, KVCache& kv,
   }
 }
 
-// --context N: a KV cache for N tokens (whole pages), at most the compiled context.
+// Tokens a run may hold: what --context asked for, not the whole pages its cache is made of.
+static int64_t context_limit(const Manifest& m) { return m.context ? m.context : m.max_total_seq_len; }
+
+// --context N: a KV cache for N tokens (whole pages), at most the compiled context; a run holds
+// at most N tokens (prompt + new), as asked, though its cache's last page has room for more.
 static void apply_context(Manifest& m, int64_t context) {
   if (context == 0) return;  // not given: the compiled context
   if (context < 0)
@@ -545,6 +550,7 @@ static void apply_context(Manifest& m, int64_t context) {
         " tokens this bundle was compiled for; use --context " + std::to_string(m.max_total_seq_len) +
         " or less, or recompile with --context " + std::to_string(context));
   m.max_total_seq_len = std::min(m.max_total_seq_len, (context + m.page_size - 1) / m.page_size * m.page_size);
+  m.context = context;
 }
 
 // ----------------------------------------------------------------------------
@@ -642,11 +648,16 @@ static const char* decode_tokens(const Model& model, KVCache& kv, const Generate
   return "length";
 }
 
+static std::string context_name(const Manifest& m) {
+  return m.context ? "the context of " + std::to_string(m.context) + " tokens (--context " +
+                         std::to_string(m.context) + ")"
+                   : "the KV cache's max_total_seq_len " + std::to_string(m.max_total_seq_len);
+}
+
 static void check_fits(const Manifest& m, int64_t prompt, int64_t n) {
-  if (prompt + n > m.max_total_seq_len)
-    die("prompt (" + std::to_string(prompt) + ") + new tokens (" + std::to_string(n) +
-        ") exceed the KV cache's max_total_seq_len " + std::to_string(m.max_total_seq_len) +
-        "; ask for fewer tokens, or a larger --context (up to the compiled context)");
+  if (prompt + n > context_limit(m))
+    die("prompt (" + std::to_string(prompt) + ") + new tokens (" + std::to_string(n) + ") exceed " +
+        context_name(m) + "; ask for fewer tokens, or a larger --context (up to the compiled context)");
 }
 
 static void cmd_generate(const Model& model, const Manifest& m, double load_s, const GenerateArgs& a) {
@@ -700,10 +711,9 @@ static void cmd_interactive(const Model& model, const Manifest& m, double load_s
     std::vector<int32_t> ids = parse_token_list("turn " + std::to_string(turn), line);
     if (ids.empty()) die("turn " + std::to_string(turn) + " holds no token ids: '" + line + "'");
     check_ids(m, ids);
-    if (context + int64_t(ids.size()) + a.n > m.max_total_seq_len)
+    if (context + int64_t(ids.size()) + a.n > context_limit(m))
       die("the conversation (" + std::to_string(context) + " tokens) + turn " + std::to_string(turn) + " (" +
-          std::to_string(ids.size()) + ") + new tokens (" + std::to_string(a.n) +
-          ") exceed the bundle's max_total_seq_len " + std::to_string(m.max_total_seq_len) +
+          std::to_string(ids.size()) + ") + new tokens (" + std::to_string(a.n) + ") exceed " + context_name(m) +
           "; start a new conversation or ask for fewer tokens");
     std::vector<int32_t> out;
     double t0 = now_s();

@@ -1,8 +1,13 @@
-"""ADB: the real adb client and server (`adb -P PORT -s SERIAL shell|push|pull`).
+"""ADB: the real adb client and server (`adb -H 127.0.0.1 -P PORT -s SERIAL shell|push|pull`).
 
 adb has no timeouts of its own (a blackholed push hangs while `adb devices` still says
 "device"), so every adb client runs under our timeout and is killed when it passes; the next
 call then reconnects a TCP device (`adb disconnect` + `adb connect`) before using it again.
+
+An adb client that finds no server starts one, as a daemon of its own (`adb fork-server`) that
+outlives us. Every client here names the server's address (`-H 127.0.0.1`): adb then counts the
+server as remote and never starts one, so after a server died every call fails in one line
+instead; the one server edgesmith starts is its own child (`_Servers`).
 """
 from __future__ import annotations
 
@@ -45,6 +50,12 @@ class _Servers:
     def acquire(self, adb: str, port: int, timeout: float, device: str) -> None:
         with self._lock:
             self._users[port] = self._users.get(port, 0) + 1
+            if port in self._ours and self._ours[port].poll() is not None:  # ours died (killed)
+                if self._users[port] > 1:  # mid-command: its users fail in one line, no second server
+                    self._users[port] -= 1
+                    raise DeviceUnreachable(device, f"the adb server on port {port} that edgesmith started went "
+                                                    "away (stopped or killed); run again")
+                self._stop(port)  # a new command: start another, ours again
             if port in self._ours or _listening(port):
                 return
             proc = subprocess.Popen([adb, "-P", str(port), "nodaemon", "server"], stdin=subprocess.DEVNULL,
@@ -54,6 +65,8 @@ class _Servers:
             while not _listening(port):
                 if proc.poll() is not None or time.monotonic() > end:
                     self._stop(port)
+                    if _listening(port):  # another process started one at the same moment: use it
+                        return
                     self._users[port] -= 1
                     raise DeviceUnreachable(device, f"could not start an adb server on port {port} (adb -P {port} "
                                                            "nodaemon server exited or never listened)")
@@ -78,9 +91,12 @@ class _Servers:
             proc.wait()
 
 
+SERVER_HOST = "127.0.0.1"
+
+
 def _listening(port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection((SERVER_HOST, port), timeout=1).close()
         return True
     except OSError:
         return False
@@ -106,7 +122,11 @@ class AdbTransport(Transport):
         if self._adb is None:
             raise DeviceError(self.name, "the adb binary is not installed (apt-get install adb, or the "
                                          "Android platform-tools)")
-        return [self._adb, "-P", str(self.cfg.server_port), "-s", self.cfg.serial, *args]
+        return [*self._server_argv(), "-s", self.cfg.serial, *args]
+
+    def _server_argv(self) -> list[str]:
+        # -H 127.0.0.1: the server's address, so that no client ever starts a server of its own
+        return [self._adb, "-H", SERVER_HOST, "-P", str(self.cfg.server_port)]
 
     def _call(self, args: Sequence[str], *, timeout: float, what: str,
               on_line: LineCallback | None = None, stdin: StdinFeed | None = None) -> RunResult:
@@ -114,10 +134,20 @@ class AdbTransport(Transport):
         if timed_out:
             self._ready = False
             raise DeviceTimeout(self.name, what, timeout)
-        if result.exit_code != 0 and _LINK_ERRORS.match(result.last_error_line()):
-            self._ready = False
-            raise self.error(DeviceUnreachable, f"connection lost during {what} ({result.last_error_line()})")
+        if result.exit_code != 0:
+            self._server_gone(what)
+            if _LINK_ERRORS.match(result.last_error_line()):
+                self._ready = False
+                raise self.error(DeviceUnreachable, f"connection lost during {what} ({result.last_error_line()})")
         return result
+
+    def _server_gone(self, what: str) -> None:
+        """A failed call whose adb server is gone (killed, crashed): say so, in one line."""
+        port = self.cfg.server_port
+        if not _listening(port):
+            self._ready = False
+            raise self.error(DeviceUnreachable, f"the adb server on port {port} went away during {what} (stopped or "
+                                                "killed); run again: edgesmith starts one of its own")
 
     def _state(self, timeout: float) -> str:
         result, timed_out = run_process(self._argv("get-state"), timeout=timeout)
@@ -133,11 +163,13 @@ class AdbTransport(Transport):
             SERVERS.acquire(self._argv()[0], self.cfg.server_port, min(timeout, 10), self.name)
             self._server = True
         state = self._state(min(timeout, 5))
-        if state != "device" and self.cfg.tcp:
+        # (a sidecar never reconnects: `adb disconnect` would cut the busy connection beside it)
+        if state != "device" and self.cfg.tcp and not self.sidecar:
             state = self._reconnect(end)
-        if state == "device" and self.cfg.tcp and not self._answers(end):
+        if state == "device" and self.cfg.tcp and not self.sidecar and not self._answers(end):
             state = self._reconnect(end)
         if state != "device":
+            self._server_gone("connecting")
             help = _STATE_HELP.get(state, f"adb says: {state}" + (
                 "; is it connected (`adb devices`)?" if not self.cfg.tcp else
                 f"; is the device listening at {self.cfg.serial}?"))
@@ -162,18 +194,25 @@ class AdbTransport(Transport):
         return not timed_out and result.stdout.strip() == "ok"
 
     def _reconnect(self, end: float) -> str:
-        """A TCP device that timed out or dropped stays "offline" in the server: start afresh."""
-        base = [self._adb, "-P", str(self.cfg.server_port)]
-        run_process([*base, "disconnect", self.cfg.serial], timeout=max(0.1, min(5, end - time.monotonic())))
-        done, _ = run_process([*base, "connect", self.cfg.serial], timeout=max(0.1, min(10, end - time.monotonic())))
-        said = (done.stdout + done.stderr).strip()
-        if "connected to" not in said:  # `adb connect` exits 0 even when it failed
-            raise self.error(DeviceUnreachable, f"adb connect {self.cfg.serial} failed: "
-                                                f"{said.splitlines()[-1] if said else 'no answer'}; "
-                                                "is the device listening there?")
-        while (state := self._state(max(0.1, min(5, end - time.monotonic())))) != "device" \
-                and time.monotonic() < end - 0.2:
-            time.sleep(0.2)
+        """A TCP device that timed out or dropped stays "offline" in the server: start afresh. The
+        server may still be tearing down the old link and drop the new one with it ("device not
+        found" right after "connected to"): then once more."""
+        base = self._server_argv()
+        for _ in range(3):
+            run_process([*base, "disconnect", self.cfg.serial], timeout=max(0.1, min(5, end - time.monotonic())))
+            done = run_process([*base, "connect", self.cfg.serial],
+                               timeout=max(0.1, min(10, end - time.monotonic())))[0]
+            said = (done.stdout + done.stderr).strip()
+            if "connected to" not in said:  # `adb connect` exits 0 even when it failed
+                raise self.error(DeviceUnreachable, f"adb connect {self.cfg.serial} failed: "
+                                                    f"{said.splitlines()[-1] if said else 'no answer'}; "
+                                                    "is the device listening there?")
+            settle = min(end, time.monotonic() + 5)
+            while (state := self._state(max(0.1, min(5, end - time.monotonic())))) != "device" \
+                    and time.monotonic() < settle - 0.2:
+                time.sleep(0.2)
+            if state == "device" or time.monotonic() >= end - 0.5:
+                break
         return state
 
     def home(self, timeout: float = 10) -> str:
@@ -219,6 +258,7 @@ class AdbTransport(Transport):
             self._fail(what, result)
 
     def _fail(self, what: str, result: RunResult):
+        self._server_gone(what)
         message = _adb_message(result)
         if _LINK_LOST.search(message):
             self._ready = False

@@ -90,7 +90,8 @@ class Watchdog:
 
     def __init__(self, seconds: float, abort: Callable[[], None]):
         self.fired = False
-        self.seconds = max(seconds, 0.0)
+        # threading's timers refuse more than TIMEOUT_MAX (~292 years): a longer wait is no limit
+        self.seconds = min(max(seconds, 0.0), threading.TIMEOUT_MAX)
         self._abort = abort
         self._lock = threading.Lock()
         self._over = False
@@ -235,7 +236,12 @@ def run_process(argv: Sequence[str], *, timeout: float, on_line: LineCallback | 
 
 
 class Transport(ABC):
-    """How edgesmith reaches one device. Use as a context manager; close() drops the connection."""
+    """How edgesmith reaches one device. Use as a context manager; close() drops the connection.
+
+    sidecar: a second connection beside a busy one (a lock's heartbeat): it must never disturb
+    the device's other connections (adb: no `adb disconnect` to recover, which would cut them)."""
+
+    sidecar = False
 
     def __init__(self, device):
         self.device = device
@@ -253,7 +259,7 @@ class Transport(ABC):
         errors ("no answer within 5 s during {what}")."""
 
     @abstractmethod
-    def home(self) -> str:
+    def home(self, timeout: float = 10) -> str:
         """The device's login folder, as an absolute path: where a relative workdir lies."""
 
     @abstractmethod

@@ -21,7 +21,7 @@ def _child_env() -> dict | None:
 
 
 class LocalTransport(Transport):
-    def home(self) -> str:
+    def home(self, timeout: float = 10) -> str:
         return str(Path(self.device.workdir).absolute())
 
     def run(self, command: str | Sequence[str], *, timeout: float, on_line: LineCallback | None = None,

@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .base import (DeviceTimeout, DeviceUnreachable, HostKeyError, LineCallback,
                    StdinFeed, Transport, TransferError, Watchdog, shell_join)
 
 TCP_USER_TIMEOUT_MS = 15_000
+EOF_GRACE_S = 2.0
 # paramiko logs a garbled or cut link at ERROR with its traceback ("Exception (client): Invalid
 # packet blocking", "Error reading SSH protocol banner"); our one-line DeviceError says it. With no
 # handler anywhere Python would print those on stderr: they go to the caller's logging only
@@ -128,8 +130,11 @@ class SshTransport(Transport):
                 client.connect(cfg.host, cfg.port, username=cfg.user, sock=sock,
                                key_filename=str(cfg.key_file) if cfg.key_file else None, password=password,
                                allow_agent=not explicit, look_for_keys=not explicit,
-                               timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                               channel_timeout=timeout)
+                               # paramiko's own limits a little later than our watchdog's: a slow link
+                               # is then our timeout, not paramiko's "Authentication timeout" (which
+                               # it raises as an authentication failure)
+                               timeout=timeout + 5, banner_timeout=timeout + 5, auth_timeout=timeout + 5,
+                               channel_timeout=timeout + 5)
             except _KeyRefused as err:
                 self.close()
                 raise self.error(HostKeyError, str(err)) from None
@@ -140,8 +145,10 @@ class SshTransport(Transport):
                                                f"{fingerprint(err.expected_key)}; refusing (possible "
                                                "man-in-the-middle; if the device was reinstalled, update "
                                                "known_hosts or pin the new key with ssh.host_key)") from None
-            except paramiko.AuthenticationException:
+            except paramiko.AuthenticationException as err:
                 self.close()
+                if dog.fired or "timeout" in str(err).lower():
+                    raise DeviceTimeout(self.name, f"the SSH login to {cfg.host}:{cfg.port}", timeout) from None
                 how = f"key {cfg.key_file}" if cfg.key_file else ("password" if password else "agent/default keys")
                 raise self.error(DeviceUnreachable, f"authentication as {cfg.user!r} with {how} was refused") \
                     from None
@@ -194,14 +201,22 @@ class SshTransport(Transport):
                 chan.exec_command(command)
                 if stdin is not None:  # end of input is the channel's EOF (shutdown_write)
                     stdin.start(dog, chan.sendall, chan.shutdown_write)
+                exited = None
                 while True:
                     select.select([chan], [], [], 0.02)  # exit-status itself does not wake select
                     while chan.recv_ready():
                         out.feed(chan.recv(65536).decode("utf-8", "replace"))
                     while chan.recv_stderr_ready():
                         err_parts.append(chan.recv_stderr(65536))
-                    if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                        break
+                    if chan.exit_status_ready():
+                        # sshd may send the exit status before the last of the output: read on to
+                        # the channel's end (EOF), or a moment more where a background job of the
+                        # command keeps its output open
+                        exited = exited or time.monotonic()
+                        if (chan.eof_received or chan.closed or time.monotonic() - exited > EOF_GRACE_S) \
+                                and not chan.recv_ready() and not chan.recv_stderr_ready():
+                            break
+                        continue
                     if chan.closed or not self._alive():
                         raise EOFError("channel closed before the command's exit status")
                 code = chan.recv_exit_status()

@@ -153,6 +153,9 @@ def _parse_rope(raw: dict[str, Any], where: str, head_dim: int) -> dict[str, Any
             f"{where}: rotary dim int({head_dim} * {partial}) = {rotary_dim} must be even and >= 2 — fix partial_rotary_factor"
         )
     max_pos = int(raw.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS))
+    if max_pos < 1:  # said here: the default context comes from it, and a user never passed --context 0
+        raise ConfigError(f"{where}: max_position_embeddings {max_pos} must be at least 1 (the positions the model "
+                          "was trained for) — fix config.json")
     # Top-level wins (transformers: "Phi3 ... exception case where we give priority to
     # self.original_max_position_embeddings").
     original = raw.get("original_max_position_embeddings", params.get("original_max_position_embeddings"))
