@@ -271,9 +271,9 @@ def preset_library_name(preset) -> str:
 
 
 # DLPack device types, and the runtime library each GPU API needs on top of libtvm_runtime
-_DL_DEVICE = {"cuda": 2, "opencl": 4, "vulkan": 7, "metal": 8}
+_DL_DEVICE = {"cuda": 2, "opencl": 4, "vulkan": 7, "metal": 8, "webgpu": 15}
 _DEVICE_LIBS = {"cuda": ["libtvm_runtime_cuda.so"], "metal": ["libtvm_runtime_metal.dylib"],
-                "opencl": ["libedgesmith_opencl.so"]}
+                "opencl": ["libedgesmith_opencl.so"], "webgpu": ["libedgesmith_webgpu.so"]}
 
 
 def gpu_device_entry(preset) -> dict:

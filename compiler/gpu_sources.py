@@ -1,18 +1,21 @@
-"""The GPU kernels' source code (OpenCL C, Metal Shading Language, CUDA C) as TVM generated it,
+"""The GPU kernels' source code (OpenCL C, Metal Shading Language, CUDA C, WGSL) as TVM generated it,
 written into the bundle so it can be read, diffed and checked (`edgesmith inspect --kernels`).
 
 BUNDLE/kernels/module.<ext>     the device module exactly as built (what the library carries)
 BUNDLE/kernels/<name>.<ext>     one kernel each: its definition, from the signature to its
                                 closing brace (helpers and pragmas stay in module.<ext>)
 
-Vulkan has no file here: its module is SPIR-V (binary), not source.
+WGSL (the Vulkan presets' WebGPU kernels): each kernel is a whole shader of its own (its bindings,
+the struct of its scalar arguments, the entry point), so <name>.wgsl is that complete shader.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-EXTENSIONS = {"opencl": "cl", "metal": "metal", "cuda": "cu"}
+EXTENSIONS = {"opencl": "cl", "metal": "metal", "cuda": "cu", "webgpu": "wgsl"}
+# TVM's WebGPU codegen opens each kernel's shader with this banner.
+_WGSL_BANNER = re.compile(r"^//-+\n// Function: (\w+)\n//-+\n", re.M)
 # A kernel definition starts on a line of its own: OpenCL `__kernel void f(`, Metal
 # `kernel void f(`, CUDA `extern "C" __global__ void __launch_bounds__(n) f(`.
 _DEFINITION = re.compile(
@@ -30,8 +33,23 @@ def device_modules(executable) -> list:
     return found
 
 
+def split_wgsl(source: str) -> dict[str, str]:
+    """{kernel name: its complete WGSL shader} from TVM's WebGPU module source."""
+    marks = list(_WGSL_BANNER.finditer(source))
+    ends = [m.start() for m in marks[1:]] + [len(source)]
+    out = {}
+    for m, end in zip(marks, ends):
+        lines = source[m.start():end].rstrip().splitlines()
+        while lines and lines[-1].startswith("// Function: "):  # the source listing's own line before the next banner
+            lines.pop()
+        out[m.group(1)] = "\n".join(lines).rstrip() + "\n"
+    return out
+
+
 def split_kernels(source: str) -> dict[str, str]:
     """{kernel name: its definition} for every kernel *defined* (not just declared) in `source`."""
+    if _WGSL_BANNER.search(source):
+        return split_wgsl(source)
     kernels = {}
     for match in _DEFINITION.finditer(source):
         open_paren = match.end() - 1

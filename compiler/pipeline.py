@@ -1,7 +1,7 @@
 """The lowering pipeline: one phased list of passes, with an IR dump after each phase.
 
-(attention: our CPU attention kernels on llvm; two GPU kernels fixed for OpenCL; the GPU
-kernels' dead inline-RoPE branch folded) ->
+(attention: our CPU attention kernels on llvm; two GPU kernels fixed for OpenCL, one for WebGPU;
+the GPU kernels' dead inline-RoPE branch folded) ->
 legalize -> fuse -> schedule (our CPU rules, then dlight's) -> lower to the VM.
 `tvm.compile`'s default pipeline neither fuses nor schedules, so we pass this one instead.
 """
@@ -15,17 +15,20 @@ from edgesmith.targets.tvm_api import relax
 
 
 def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, list]]:
-    from edgesmith.compiler import attention_cpu, attention_gpu, attention_opencl, schedules, schedules_gpu
+    from edgesmith.compiler import (attention_cpu, attention_gpu, attention_opencl, attention_webgpu, schedules,
+                                    schedules_gpu)
 
     rt = relax.transform
     # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window
     # (compiler/context.py keeps GPU contexts within it); opencl: two of TVM's GPU kernels made right
-    # without lock-step warps (attention_opencl.py); every GPU target: TVM's kernels without their
-    # dead inline-RoPE branch, which TVM's CSE miscompiles for small grouped heads (attention_gpu.py)
+    # without lock-step warps (attention_opencl.py), the merge one of them on webgpu (attention_webgpu.py);
+    # every GPU target: TVM's kernels without their dead inline-RoPE branch, which TVM's CSE
+    # miscompiles for small grouped heads (attention_gpu.py)
     tuning = tuning or schedules.DEFAULT
     gpu_fix = [attention_gpu.FoldGPUAttentionRope] if is_gpu(target) else []
     attention = {"llvm": [attention_cpu.ReplaceCPUAttention(sliding_window, tuning)],
-                 "opencl": [attention_opencl.ReplaceOpenCLAttention]}.get(target.kind.name, []) + gpu_fix
+                 "opencl": [attention_opencl.ReplaceOpenCLAttention],
+                 "webgpu": [attention_webgpu.ReplaceWebGPUAttention]}.get(target.kind.name, []) + gpu_fix
     attention = [("attention", attention)] if attention else []
     return attention + [
         ("legalize", [

@@ -144,7 +144,7 @@ def _kernel_entry(bundle: Path) -> dict:
     entry = m.get("kernels")
     if not entry:
         raise BundleError(f"bundle {bundle} ({m['target']['preset']}) holds no GPU kernel sources: "
-                          "only GPU targets (opencl, metal, cuda) have them")
+                          "only GPU targets (opencl, webgpu, metal, cuda) have them")
     return entry
 
 

@@ -16,6 +16,21 @@ GPU_PATHS = {
 }
 
 
+# Vulkan drivers by their ICD manifest (the Vulkan loader reads /usr/share/vulkan/icd.d and
+# /etc/vulkan/icd.d): what a linux-vulkan / arm64-linux-vulkan bundle's adapter will be.
+VULKAN_ICD_DIRS = ("/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d")
+VULKAN_DRIVERS = {"lvp": "lavapipe (Mesa, CPU)", "nvidia": "NVIDIA", "radeon": "RADV (AMD)", "amd": "AMDVLK",
+                  "intel": "ANV (Intel)", "intel_hasvk": "HasVK (older Intel)", "broadcom": "V3DV (Raspberry Pi)",
+                  "panfrost": "PanVK (Mali)", "freedreno": "turnip (Adreno)", "asahi": "Honeykrisp (Apple)",
+                  "nouveau": "NVK (NVIDIA, Mesa)", "virtio": "Venus (virtio)", "powervr_mesa": "PowerVR"}
+
+
+def vulkan_driver(icd_file: str) -> str:
+    """'lvp_icd.x86_64.json' -> 'lavapipe (Mesa, CPU)'; an unknown driver keeps its file's stem."""
+    stem = icd_file.split("_icd")[0] if "_icd" in icd_file else icd_file.rsplit(".json", 1)[0]
+    return VULKAN_DRIVERS.get(stem, stem)
+
+
 def probe_script(workdir: str) -> str:
     gpu = " ".join(f"{api}={p}" for api, paths in GPU_PATHS.items() for p in paths)
     return "\n".join([
@@ -38,6 +53,8 @@ def probe_script(workdir: str) -> str:
         f"d={shell_join([workdir])}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; "
         'echo "df=$(df -Pk "$d" 2>/dev/null | tail -n 1)"',
         f'for e in {gpu}; do for p in ${{e#*=}}; do [ -e "$p" ] && echo "gpu=${{e%%=*}}:$p"; done; done',
+        f'for f in {" ".join(d + "/*.json" for d in VULKAN_ICD_DIRS)}; do [ -e "$f" ] && '
+        'echo "vulkan_icd=${f##*/}"; done',
         "true",
     ])
 
@@ -87,6 +104,10 @@ def parse_probe(text: str) -> dict:
         elif key == "gpu":
             api, _, path = value.partition(":")
             info["gpu_apis"].setdefault(api, []).append(path)
+        elif key == "vulkan_icd" and value:
+            driver = vulkan_driver(value)
+            if driver not in info.setdefault("vulkan_drivers", []):
+                info["vulkan_drivers"].append(driver)
     if caches:
         info["llc_bytes"] = max(caches)[1]  # the highest level (the largest of it)
     return info
@@ -107,7 +128,48 @@ def probe_transport(transport: Transport, *, timeout: float) -> dict:
         info["arch"] = native
         info["emulated"] = None
     info["os"] = f"Android {info['android']}" if info.get("android") else info.get("os", info.get("kernel", "?"))
+    if device.transport == "local" and info.get("vulkan_drivers"):
+        # This machine: the adapters themselves (wgpu, the same wgpu-native the bundles ship), not
+        # just the drivers installed; elsewhere the ICD files are what a shell can see.
+        adapters = local_vulkan_adapters()
+        if adapters is not None:
+            info["vulkan_adapters"] = adapters
     return info
+
+
+def local_vulkan_adapters() -> list[str] | None:
+    """'name (type)' of each Vulkan adapter wgpu-native finds on this machine; None if wgpu cannot say."""
+    import os
+
+    # as the WebGPU plug-in does (runtime/runner/webgpu/context.cc): no Wayland session, no libwayland noise
+    quiet = "WAYLAND_DISPLAY" not in os.environ and "XDG_RUNTIME_DIR" not in os.environ
+    if quiet:
+        os.environ["WAYLAND_DISPLAY"] = "/nonexistent/edgesmith-no-wayland"
+    try:
+        import wgpu
+
+        found = []
+        for adapter in wgpu.gpu.enumerate_adapters_sync():
+            info = adapter.info
+            if info.get("backend_type") == "Vulkan":
+                found.append(f"{info.get('device', '?')} ({str(info.get('adapter_type', '?')).lower()})")
+        return found
+    except Exception:  # noqa: BLE001 - a probe reports what it can; the bundle's run names any failure
+        return None
+    finally:
+        if quiet:
+            os.environ.pop("WAYLAND_DISPLAY", None)
+
+
+def _api_label(api: str, probe: dict) -> str:
+    """'vulkan (llvmpipe (LLVM 15.0.6, 256 bits) (cpu))': this machine's Vulkan adapters; on another
+    device the drivers installed beside its loader ('vulkan (drivers: V3DV (Raspberry Pi))')."""
+    if api != "vulkan":
+        return api
+    if probe.get("vulkan_adapters") is not None:
+        return f"vulkan ({', '.join(probe['vulkan_adapters']) or 'no adapter'})"
+    drivers = probe.get("vulkan_drivers")
+    return f"vulkan (drivers: {', '.join(drivers)})" if drivers else api
 
 
 def format_table(probes: list[dict]) -> str:
@@ -128,7 +190,7 @@ def format_table(probes: list[dict]) -> str:
             f"{p.get('mem_free_mb', '?')}/{p.get('mem_total_mb', '?')}",
             str(p.get("storage_free_mb", "?")),
             f"{max(thermal.values()):.0f} ({len(thermal)} zones)" if thermal else "-",
-            ", ".join(sorted(p.get("gpu_apis") or {})) or "none",
+            ", ".join(_api_label(api, p) for api in sorted(p.get("gpu_apis") or {})) or "none",
         ])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]

@@ -70,6 +70,14 @@ def this_machine(manifest: dict) -> Device:
                               "apt-get install qemu-user-static")
         # android-glibc ships its own loader and libraries: qemu needs no sysroot for it
         wrapper = QEMU_AARCH64[:1] if layout.startswith("android") else QEMU_AARCH64
+        if manifest.get("device", {}).get("api") == "webgpu":
+            # an arm64 Vulkan bundle: Debian's arm64 Mesa (lavapipe) as qemu's root, where install.sh
+            # fetched it; without it the runner says there is no Vulkan device, in one line
+            from edgesmith.targets.runtime_libs import arm64_vulkan_root, arm64_vulkan_wrapper
+
+            root = arm64_vulkan_root()
+            if root is not None:
+                wrapper = arm64_vulkan_wrapper(root)
     return Device(name="host", transport="local", target=manifest["target"]["preset"],
                   workdir=str(cache_root() / "devices" / "host"), exec_wrapper=wrapper,
                   tags=("emulated",) if wrapper else ())

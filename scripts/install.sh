@@ -3,6 +3,7 @@
 # virtual environment of its own (default <repo>/.venv; $EDGESMITH_VENV to choose): nothing goes
 # into the system Python, and nothing installed there by hand counts.
 #   apt:  cross toolchain, qemu, sshd and adb (the emulated devices), PoCL (OpenCL on the CPU),
+#         Mesa's Vulkan drivers (lavapipe: Vulkan on the CPU, for the Vulkan bundles' tests),
 #         chromium (the farm report's screenshot test), llvm-19 (llvm-mca), python3-venv
 #   venv: by default exactly requirements.lock (every package at the version CI tested, hashes
 #         checked; scripts/lock.sh writes it), then edgesmith itself (editable) without resolving
@@ -49,6 +50,9 @@ dpkg -s pocl-opencl-icd >/dev/null 2>&1 || missing+=(pocl-opencl-icd)
 dpkg -s ocl-icd-opencl-dev >/dev/null 2>&1 || missing+=(ocl-icd-opencl-dev)
 dpkg -s opencl-headers >/dev/null 2>&1 || missing+=(opencl-headers)
 dpkg -s clinfo >/dev/null 2>&1 || missing+=(clinfo)
+# linux-vulkan bundles run on lavapipe here (wgpu-native finds it through the Vulkan loader)
+dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
+dpkg -s libvulkan1 >/dev/null 2>&1 || missing+=(libvulkan1)
 # bench/arm_cost.py and its test: llvm-mca with LLVM 19's Arm scheduling models, and the dynamic
 # qemu-aarch64 (the static one loads no TCG plugins).
 command -v llvm-mca-19 >/dev/null || missing+=(llvm-19)
@@ -96,8 +100,13 @@ else
   "${pip[@]}" --upgrade --upgrade-strategy eager -e "$root[test]"
   echo "latest" > "$marker"
 fi
-# The aarch64 libtvm_runtime/libtvm_ffi from the registry's wheels, at the installed TVM version.
+# The aarch64 libtvm_runtime/libtvm_ffi from the registry's wheels, at the installed TVM version,
+# and the aarch64 wgpu-native (arm64 Vulkan bundles) from the wgpu wheel of the installed version.
 "$py" -c "from edgesmith.targets import presets, runtime_libs; runtime_libs.runtime_libs(presets.get_preset('arm64-linux'))"
+"$py" -c "from edgesmith.targets import presets, runtime_libs; runtime_libs.wgpu_library(presets.get_preset('arm64-linux-vulkan'))"
+# Debian's arm64 Mesa (lavapipe) unpacked into a private root (apt with its own state: nothing is
+# installed, no foreign architecture added): qemu runs arm64-linux-vulkan bundles on it here.
+"$py" -c "from edgesmith.targets import runtime_libs; runtime_libs.arm64_vulkan_root(fetch=True)"
 # The real Phi-3 tokenizer for random: bundles (llama-cpp-python's sdist -> tokenizer.json in the
 # cache; once: it does nothing when it is there). `edgesmith run` never downloads it.
 "$venv/bin/edgesmith" tokenizer fetch

@@ -4,8 +4,11 @@ A preset ties together the TVM target the model library is compiled for, the too
 that links it (and builds the C++ runner), where its device runtime comes from, and how
 its binaries are started (natively, through qemu, or through a shipped glibc loader).
 
-A GPU preset adds a `GpuSpec`: the TVM device API (opencl, vulkan, metal, cuda) and the
+A GPU preset adds a `GpuSpec`: the TVM device API (opencl, webgpu, metal, cuda) and the
 device's limits as data; its `tvm_target()` is the GPU target with the CPU target as host.
+Vulkan presets use TVM's WebGPU target: its kernels are WGSL, which edgesmith's WebGPU runtime
+(runtime/runner/webgpu/) runs through wgpu-native on the device's Vulkan driver (the registry's
+TVM has no SPIR-V code generation).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ QEMU_AARCH64 = ("qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu")
 class GpuSpec:
     """The GPU side of a preset: TVM's device API and the limits dlight's schedules read."""
 
-    api: str  # TVM target kind: "opencl" | "vulkan" | "metal" | "cuda"
+    api: str  # TVM target kind: "opencl" | "webgpu" (Vulkan through wgpu-native) | "metal" | "cuda"
     max_threads_per_block: int
     max_shared_memory_per_block: int  # bytes
     thread_warp_size: int  # 1: no subgroup/warp shuffles assumed
@@ -37,10 +40,11 @@ class GpuSpec:
                 "thread_warp_size": self.thread_warp_size, "vector_width_bytes": self.vector_width}
 
     def tvm_target(self, host: dict) -> dict:
-        target = {"kind": self.api, "max_threads_per_block": self.max_threads_per_block,
-                  "max_num_threads": self.max_threads_per_block,
+        target = {"kind": self.api, "max_num_threads": self.max_threads_per_block,
                   "max_shared_memory_per_block": self.max_shared_memory_per_block,
                   "thread_warp_size": self.thread_warp_size, **dict(self.attrs)}
+        if self.api != "webgpu":  # TVM's webgpu target kind knows only max_num_threads
+            target["max_threads_per_block"] = self.max_threads_per_block
         if self.device:
             target["device"] = self.device
         return dict(target, host=host)
@@ -111,6 +115,9 @@ def default_quantization(preset: TargetPreset) -> tuple[str, str]:
         return "q4f16", "this CPU has no int8 dot products (AVX512-VNNI, AVX-VNNI or Arm dotprod)"
     if preset.default_quant == "q4f16i8":
         return "q4f16i8", f"target {preset.name} has int8 dot products"
+    if preset.gpu is not None and preset.gpu.api == "webgpu":
+        return preset.default_quant, ("a Vulkan GPU computes in float16 where its driver has shader-f16 (most do; the "
+                                      "runner refuses such a bundle in one line where it has not: then --quant q4f32)")
     if preset.gpu is not None:
         return preset.default_quant, f"a {preset.gpu.api} GPU computes in float"
     return preset.default_quant, f"target {preset.name} has no int8 dot products"
@@ -137,9 +144,6 @@ _ARM64 = dict(
 )
 
 _ANDROID_GPU = dict(_ARM64, layout="android-glibc", mattr=("+neon", "+v8.2a", "+dotprod", "+fullfp16", "+fp16fml"))
-_NO_AARCH64_GPU_RUNTIME = (
-    "the registry's aarch64 libtvm_runtime.so has no {api} device API: build TVM's runtime for "
-    "aarch64 with USE_{API}=ON and put libtvm_runtime.so in the bundle's bin/")
 # A phone's libOpenCL.so is a bionic (Android libc) library: the glibc runner, TVM runtime and
 # OpenCL plug-in this bundle layout ships cannot load it. Nothing here builds or runs them for bionic.
 _ANDROID_OPENCL_RUNTIME = (
@@ -150,11 +154,20 @@ _ANDROID_OPENCL_RUNTIME = (
 # Boards with a glibc Linux (RK3588 + Mali-G610, Qualcomm Linux + Adreno), reached over SSH: the host
 # side is plain ARMv8-A glue; the kernels run on the GPU through edgesmith's OpenCL plug-in.
 _ARM64_BOARD_GPU = dict(_ARM64, layout="linux", mattr=("+neon",))
-_NO_VULKAN_RUNTIME = ("the registry's libtvm_runtime has no Vulkan device API: use a TVM built with "
-                      "USE_VULKAN=ON (its libtvm_runtime.so) on the device")
-# SPIR-V needs these declared to use 16-bit storage (float16 scales) and 64-bit indices.
-_VULKAN_ATTRS = (("supports_float16", True), ("supports_16bit_buffer", True), ("supports_int64", True),
-                 ("supports_storage_buffer_storage_class", True))
+# A phone's libvulkan.so is bionic like its libOpenCL.so: the glibc runner, TVM runtime, WebGPU
+# plug-in and wgpu-native this layout would ship cannot load it.
+_ANDROID_VULKAN_RUNTIME = (
+    "a phone's Vulkan loader (/system/lib64/libvulkan.so) is a bionic library that a glibc process cannot load: "
+    "this bundle needs the runner, libtvm_runtime.so, libtvm_ffi.so, libedgesmith_webgpu.so and wgpu-native built "
+    "with the Android NDK, which the package registry does not have (no Android TVM runtime either); for a glibc "
+    "ARM board use arm64-linux-vulkan")
+# Vulkan through WebGPU (WGSL kernels, wgpu-native): 256 invocations a workgroup (WebGPU's portable
+# limit, every Vulkan driver allows it) and 32 KiB of workgroup memory (TVM's webgpu default, what
+# WebLLM runs with; TVM's prefill attention takes 18.1 KiB at Phi-3's head dim 96, over WebGPU's
+# 16 KiB default, so a driver with only 16 KiB, the Pi 5's V3DV, refuses that kernel in one line).
+# The runtime requests the adapter's own limits, so a kernel never needs more than these.
+_WEBGPU = dict(api="webgpu", max_threads_per_block=256, max_shared_memory_per_block=32768, thread_warp_size=1,
+               vector_width=16)
 
 # Device limits: what the vendors document for the class of device (work-group size, local /
 # threadgroup / shared memory per group, SIMD width). OpenCL and Vulkan assume no subgroup
@@ -199,20 +212,27 @@ GPU_PRESETS = [
     ),
     TargetPreset(
         name="android-vulkan",
-        description="Android phone GPU through Vulkan 1.1 (Adreno, Mali, Xclipse); needs a TVM built with Vulkan",
-        gpu=GpuSpec("vulkan", 256, 16384, 1, 16, attrs=_VULKAN_ATTRS,
-                    runtime_note=_NO_AARCH64_GPU_RUNTIME.format(api="Vulkan", API="VULKAN")),
+        description="Android phone GPU through Vulkan (Adreno, Mali, Xclipse): WebGPU kernels; library only",
+        gpu=GpuSpec(**_WEBGPU, runtime_note=_ANDROID_VULKAN_RUNTIME),
         **_ANDROID_GPU,
     ),
     TargetPreset(
         name="linux-vulkan",
-        description="a GPU of this Linux machine through Vulkan (desktop or board); needs a TVM built with Vulkan",
+        description="a GPU of this Linux machine through Vulkan (NVIDIA, AMD, Intel; Mesa's lavapipe on the CPU): "
+                    "TVM's WebGPU kernels on wgpu-native",
         arch=host_arch(),
         triple=f"{host_arch()}-linux-gnu",
         platform="host",
         layout="linux",
         toolchain="host",
-        gpu=GpuSpec("vulkan", 1024, 32768, 1, 16, attrs=_VULKAN_ATTRS, runtime_note=_NO_VULKAN_RUNTIME),
+        gpu=GpuSpec(**_WEBGPU),
+    ),
+    TargetPreset(
+        name="arm64-linux-vulkan",
+        description="ARM Linux board GPU through Vulkan (Pi 5's V3DV, Mali's PanVK, Adreno's turnip): WebGPU kernels "
+                    "on wgpu-native; runner over SSH",
+        gpu=GpuSpec(**_WEBGPU),
+        **_ARM64_BOARD_GPU,
     ),
     TargetPreset(
         name="apple-metal",
@@ -294,11 +314,6 @@ def missing_codegen(preset: TargetPreset) -> str | None:
 
     if tvm.get_global_func(f"target.build.{preset.gpu.api}", allow_missing=True) is not None:
         return None
-    if preset.gpu.api == "vulkan":
-        return (f"target '{preset.name}': this TVM ({tvm.__version__}) has no Vulkan SPIR-V code generation "
-                "(target.build.vulkan is missing; the package registry's apache-tvm is built without it); "
-                "build TVM from source with USE_VULKAN=ON (Vulkan SDK: libvulkan, SPIRV headers/tools) and "
-                "install that TVM, then compile again")
     return (f"target '{preset.name}': this TVM ({tvm.__version__}) has no {preset.gpu.api} code generation "
             f"(target.build.{preset.gpu.api} is missing); install a TVM built with it")
 

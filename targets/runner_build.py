@@ -20,6 +20,9 @@ Files that go into BUNDLE/bin/ (`bundle_runtime_files`):
 | opencl        | + libedgesmith_opencl.so: our OpenCL device runtime (runtime/runner/opencl/),|
 | (linux, arm64 |   built here like the runner, linked to libtvm_runtime/libtvm_ffi; it      |
 |  boards)      |   dlopens the device's libOpenCL.so.1 when it first runs                   |
+| webgpu        | + libedgesmith_webgpu.so (runtime/runner/webgpu/, built the same way) and  |
+| (linux-vulkan,|   libwgpu_native.so from the registry's `wgpu` wheel for the architecture, |
+|  arm64 boards)|   which the plug-in dlopens; it drives the device's Vulkan driver          |
 | apple-metal   | no binary: the macOS arm64 dylibs + src/ (runner.cc, tvm_ffi headers) and  |
 |               |   build-on-device.sh, which links lib/model.tar and builds the runner      |
 | GPU, no       | nothing (android-opencl/-mali/-vulkan, linux-vulkan: a phone needs NDK     |
@@ -37,13 +40,16 @@ from edgesmith.errors import TargetError
 
 from .presets import TargetPreset
 from .cache import cache_root
-from .runtime_libs import ffi_include_dirs, gpu_runtime_libs, runtime_libs, runtime_version, tvm_include_dir
+from .runtime_libs import (ffi_include_dirs, gpu_runtime_libs, runtime_libs, runtime_version, tvm_include_dir,
+                           wgpu_include_dir)
 from .toolchains import Toolchain, find_toolchain
 
 # runtime/runner/ sits next to targets/ in the source tree (read as data, not imported)
 RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "runner" / "runner.cc"
 OPENCL_SOURCE_DIR = RUNNER_SOURCE.parent / "opencl"
 OPENCL_PLUGIN = "libedgesmith_opencl.so"
+WEBGPU_SOURCE_DIR = RUNNER_SOURCE.parent / "webgpu"
+WEBGPU_PLUGIN = "libedgesmith_webgpu.so"
 
 GCC_RUNTIME = ("libstdc++.so.6", "libgcc_s.so.1")
 GLIBC_FILES = ("ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0")
@@ -136,6 +142,27 @@ def build_opencl_plugin(preset: TargetPreset) -> Path:
     return _compile_cached(preset, "opencl-plugin", opencl_plugin_sources(), flags, OPENCL_PLUGIN, tuple(headers))
 
 
+def webgpu_plugin_sources() -> list[Path]:
+    sources = sorted(WEBGPU_SOURCE_DIR.glob("*.cc"))
+    if not sources:
+        raise TargetError(f"WebGPU runtime sources not found in {WEBGPU_SOURCE_DIR}; reinstall edgesmith")
+    return sources
+
+
+def build_webgpu_plugin(preset: TargetPreset) -> Path:
+    """Compile (or reuse) libedgesmith_webgpu.so for `preset`: TVM's WebGPU device API and module
+    loader over wgpu-native (webgpu.h / wgpu.h from the `wgpu` wheel; the library is dlopen()ed at
+    run time), linked to the preset's libtvm_runtime.so / libtvm_ffi.so."""
+    wgpu_inc = wgpu_include_dir()
+    headers = sorted(WEBGPU_SOURCE_DIR.glob("*.h")) + [wgpu_inc / "webgpu.h", wgpu_inc / "wgpu.h"]
+    lib_dirs = sorted({str(p.parent) for p in runtime_libs(preset)})
+    flags = ["-std=c++17", "-O2", "-Wall", "-fPIC", "-shared", f"-I{WEBGPU_SOURCE_DIR}", f"-I{wgpu_inc}",
+             f"-I{tvm_include_dir()}"]
+    flags += [f"-I{d}" for d in ffi_include_dirs()]
+    flags += [f"-L{d}" for d in lib_dirs] + ["-ltvm_runtime", "-ltvm_ffi", "-ldl", "-Wl,-rpath,$ORIGIN"]
+    return _compile_cached(preset, "webgpu-plugin", webgpu_plugin_sources(), flags, WEBGPU_PLUGIN, tuple(headers))
+
+
 def build_runner(preset: TargetPreset, out_dir: Path) -> Path:
     """Compile the runner for `preset` into `out_dir`/runner (cached across calls)."""
     out_dir = Path(out_dir)
@@ -170,6 +197,8 @@ def bundle_runtime_files(preset: TargetPreset) -> dict[str, Path]:
     files = {"runner": _build_cached(preset)}
     if preset.gpu is not None and preset.gpu.api == "opencl":
         files[OPENCL_PLUGIN] = build_opencl_plugin(preset)
+    if preset.gpu is not None and preset.gpu.api == "webgpu":
+        files[WEBGPU_PLUGIN] = build_webgpu_plugin(preset)
     files.update(gpu_runtime_libs(preset))
     for lib in runtime_libs(preset):
         files[lib.name] = lib

@@ -112,12 +112,14 @@ def test_gpu_bundle_without_runner_says_which_targets_and_why(q0_bundle, tmp_pat
     b = tmp_path / "b"
     shutil.copytree(q0_bundle, b)
     manifest = json.loads((b / "manifest.json").read_text())
-    manifest["target"]["preset"] = "linux-vulkan"
+    # a runnerless GPU preset's manifest (an Android phone's: aarch64, the android-glibc layout)
+    manifest["target"].update(preset="android-vulkan", layout="android-glibc")
+    manifest["arch"] = "aarch64"
     (b / "bin" / "runner").unlink()
     del manifest["files"]["bin/runner"]
     (b / "manifest.json").write_text(json.dumps(manifest))
-    assert_one_line_error(edgesmith("run", b, "--tokens", "1", "-n", "1"), "linux-vulkan", "no runner",
-                          "Vulkan device API")
+    assert_one_line_error(edgesmith("run", b, "--tokens", "1", "-n", "1"), "android-vulkan", "no runner",
+                          "libvulkan.so) is a bionic library")
 
 
 def test_ctrl_c_mid_compile_is_one_line_and_leaves_nothing(tmp_path):

@@ -241,7 +241,8 @@ def _details(rec: dict) -> str:
                      f"{c['max_abs_diff']:.2e} over {c['positions']} positions")
     k = rec.get("kernels")
     if k:
-        lines += ["", f"Top {len(k['top'])} of {k['kernels']} kernels by phase (one pass; prefill {1e3 * k['prefill_s']:.2f} ms, "
+        lines += ["", f"Top {len(k['top'])} of {k['kernels']} kernels by phase (one pass, timed by "
+                  f"{k.get('timing', 'host clock')}; prefill {1e3 * k['prefill_s']:.2f} ms, "
                   f"decode {1e3 * k['decode_s']:.2f} ms; outside kernels: prefill {1e3 * k['other_s']['prefill']:.2f} ms, "
                   f"decode {1e3 * k['other_s']['decode']:.2f} ms):", ""]
         lines.append(_table(["kernel", "phase", "calls", "total ms", "µs/call", "share"],

@@ -4,6 +4,9 @@ The Relax VM in TVM 0.27's device runtime has no profiler (`vm_profiler_load_exe
 in libtvm_runtime.so), so the runner times every call itself: it swaps the executable's import
 (the model library) for a module that wraps each kernel it hands out with a clock. Builtins the
 VM runs itself (KV-cache bookkeeping, allocation) are outside the kernels: they show as "other".
+How the kernels were timed (`timing`): "host clock" (CPU kernels), "per-dispatch waits" (a GPU
+kernel's call bracketed by waits for the device: it includes the launch), "timestamp queries"
+(WebGPU on an adapter with them: the device's own time of each dispatch).
 """
 from __future__ import annotations
 
@@ -21,4 +24,5 @@ def kernel_table(lines: list[dict], top: int) -> dict:
     in_kernels = {ph: sum(r["total_s"] for r in rows if r["phase"] == ph) for ph in wall}
     return {"prefill_s": wall["prefill"], "decode_s": wall["decode"],
             "other_s": {ph: round(max(wall[ph] - in_kernels[ph], 0.0), 6) for ph in wall},
-            "kernels": len(rows), "top": table}  # rows: one per (kernel, phase), as the top
+            "kernels": len(rows), "top": table,  # rows: one per (kernel, phase), as the top
+            "timing": summary.get("timing", "host clock")}

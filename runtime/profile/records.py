@@ -18,7 +18,8 @@
     roofline    read_gb_s, probe {read_gb_s, median_gb_s, spread, mb, llc_bytes, threads},
                 bytes_per_token, decode_gb_s, ceiling_tok_s, fraction (tg mean / ceiling), bound
                 ("dram" | "cache" | "decode" | "emulated", roofline.py), note, kv_dtype
-    kernels     prefill_s, decode_s, other_s, kernels, top: [kernel, phase, calls, total_s,
+    kernels     prefill_s, decode_s, other_s, kernels, timing (host clock | per-dispatch waits |
+                timestamp queries), top: [kernel, phase, calls, total_s,
                 per_call_us, share] — or null when not measured
     check       the accuracy check (check.py) — or null when not asked for
 

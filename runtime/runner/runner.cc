@@ -32,10 +32,12 @@
 // through RUNPATH $ORIGIN, so BUNDLE/bin is self-contained.
 //
 // GPU bundles (manifest "device"): the runner also dlopen()s the device runtime the manifest
-// names (libtvm_runtime_cuda.so, libtvm_runtime_metal.dylib, our libedgesmith_opencl.so), runs
-// the VM on that device with the CPU as host, and copies token ids in and logits out. CUDA
-// kernels ship as source; the runner compiles them with nvcc when the library loads (section
-// "device"). OpenCL bundles end with one {"opencl": ...} line: the device and its program cache.
+// names (libtvm_runtime_cuda.so, libtvm_runtime_metal.dylib, our libedgesmith_opencl.so or
+// libedgesmith_webgpu.so), runs the VM on that device with the CPU as host, and copies token ids
+// in and logits out. CUDA kernels ship as source; the runner compiles them with nvcc when the
+// library loads (section "device"). OpenCL bundles end with one {"opencl": ...} line (the device
+// and its program cache), WebGPU (Vulkan) bundles with one {"webgpu": ...} line (the adapter,
+// pipelines built, dispatches).
 //
 // Sections: utilities · sha256 · manifest and checks · model (VM, params) · KV cache ·
 //           sampler · generate · interactive · bench · profiling (sensors, profile, kernels, logits,
@@ -261,8 +263,8 @@ struct Manifest {
   int64_t page_size = 16, prefill_chunk = 512, max_total_seq_len = 4096;
   int64_t context = 0;                    // tokens a run may hold: --context N (0: max_total_seq_len)
   std::vector<std::string> param_names;   // in the order prefill/decode take them
-  std::string device_api = "cpu";         // device.api: cpu | cuda | metal | opencl | vulkan
-  int device_type = 1;                    // device.dl_device_type (DLPack: 1 CPU, 2 CUDA, 8 Metal)
+  std::string device_api = "cpu";         // device.api: cpu | cuda | metal | opencl | webgpu
+  int device_type = 1;                    // device.dl_device_type (DLPack: 1 CPU, 2 CUDA, 8 Metal, 15 WebGPU)
   std::vector<std::string> device_libs;   // device.runtime_libs: dlopen()ed after libtvm_runtime
   int64_t threads = 0;                    // tuning.threads: what `edgesmith tune` measured best (0: unset)
 };
@@ -1032,11 +1034,31 @@ static void wrap_imports(ffi::ModuleObj* parent) {
 
 static void wrap_library(ffi::Module& exec) { wrap_imports(exec.operator->()); }
 
-// OpenCL: the model library's host functions launch the kernels of its imported OpenCL module,
-// which they look up through the library's imports on first call; timing that module instead
-// makes the table list the OpenCL kernels themselves (host glue counts as "other").
+// OpenCL and WebGPU: the model library's host functions launch the kernels of its imported device
+// module, which they look up through the library's imports on first call; timing that module
+// instead makes the table list the device kernels themselves (host glue counts as "other"). Each
+// timed call waits for the device before and after it, so the times are per-dispatch waits. WebGPU
+// bundles on an adapter with timestamp queries are not wrapped: the plug-in times each dispatch on
+// the device (edgesmith.webgpu.timestamps / kernel_times), read at the end of each phase.
 static void wrap_device_kernels(ffi::Module& exec) {
   for (const ffi::Any& imp : exec->imports()) wrap_imports(imp.cast<ffi::Module>().operator->());
+}
+
+static bool g_device_timestamps = false;  // WebGPU: kernel times from the plug-in's timestamp queries
+
+// The plug-in's times of one phase ({"kernel": [calls, seconds]}) into g_kernels.
+static void take_device_times(int phase) {
+  static ffi::Function take = global("edgesmith.webgpu.kernel_times");
+  ffi::String err;
+  ffi::json::Value times = ffi::json::Parse(std::string(take().cast<ffi::String>()), &err);
+  if (!err.empty()) die("the WebGPU plug-in's kernel times are not JSON: " + std::string(err));
+  if (phase < 0) return;  // dropped (the warm-up's)
+  for (const auto& kv : times.cast<ffi::json::Object>()) {
+    auto pair = kv.second.cast<ffi::json::Array>();
+    KernelStat& st = g_kernels[std::string(kv.first.cast<ffi::String>())];
+    st.calls[phase] += pair[0].cast<int64_t>();
+    st.seconds[phase] += pair[1].cast<double>();
+  }
 }
 
 static void cmd_kernels(const Model& model, const Manifest& m, const ProfileArgs& a) {
@@ -1049,16 +1071,19 @@ static void cmd_kernels(const Model& model, const Manifest& m, const ProfileArgs
   // Measured: prefill with the clock on phase 0, then decode on phase 1.
   std::vector<float> logits;
   kv.add(kv.obj, int64_t(0));
+  if (g_device_timestamps) take_device_times(-1);  // the warm-up's: dropped
   g_phase = 0;
   double t0 = now_s();
   prefill(model, m, kv, prompt, logits);
   double t1 = now_s();
+  if (g_device_timestamps) take_device_times(0);
   g_phase = 1;
   for (int64_t i = 0; i < a.n; ++i) {
     int32_t tok = argmax(logits);
     forward(model, kv, model.decode, &tok, 1, logits);
   }
   double t2 = now_s();
+  if (g_device_timestamps) take_device_times(1);
   g_phase = -1;
   kv.remove(kv.obj, int64_t(0));
   double sum[2] = {0, 0};
@@ -1070,9 +1095,12 @@ static void cmd_kernels(const Model& model, const Manifest& m, const ProfileArgs
              ph ? "decode" : "prefill", long(st.calls[ph]), st.seconds[ph]);
     }
   }
+  const char* timing = g_device_timestamps ? "timestamp queries"
+                       : m.device_api == "cpu"  ? "host clock"
+                                                : "per-dispatch waits";
   printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"prefill_s\": %.6f, \"decode_s\": %.6f, "
-         "\"kernels_prefill_s\": %.6f, \"kernels_decode_s\": %.6f}\n",
-         long(a.p), long(a.n), t1 - t0, t2 - t1, sum[0], sum[1]);
+         "\"kernels_prefill_s\": %.6f, \"kernels_decode_s\": %.6f, \"timing\": \"%s\"}\n",
+         long(a.p), long(a.n), t1 - t0, t2 - t1, sum[0], sum[1], timing);
 }
 
 // --- logits: position 0 from a prefill of tokens[0], position i from a decode of tokens[i];
@@ -1369,9 +1397,13 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
     load_runtime(lib_dir, m);
     return cmd_kernelbench(bundle, fns, a, min_time);
   }
-  if (cmd == "kernels") g_wrap_library = m.device_api == "opencl" ? wrap_device_kernels : wrap_library;
+  if (cmd == "kernels")
+    g_wrap_library = m.device_api == "opencl" || m.device_api == "webgpu" ? wrap_device_kernels : wrap_library;
   apply_tuned_threads(m);
   load_runtime(lib_dir, m);
+  if (cmd == "kernels" && m.device_api == "webgpu" && !getenv("EDGESMITH_WEBGPU_NO_TIMESTAMPS") &&
+      global("edgesmith.webgpu.timestamps")(true).cast<bool>())
+    g_device_timestamps = true, g_wrap_library = nullptr;  // timed on the device instead
   Model model = load_model(bundle, m);
   double load_s = now_s() - t0;
   if (cmd == "profile") cmd_profile(model, m, load_s, a);
@@ -1459,21 +1491,25 @@ static void use_all_cores() {
   if (n > 0) setenv("TVM_NUM_THREADS", std::to_string(n).c_str(), 1);
 }
 
-// OpenCL bundles: what the plug-in (libedgesmith_opencl.so) ran on and compiled, one JSON line.
-static void report_opencl() {
+// OpenCL and WebGPU bundles: what the plug-in (libedgesmith_opencl.so, libedgesmith_webgpu.so)
+// ran on and compiled, one JSON line.
+static void report_device_runtime() {
   if (auto report = ffi::Function::GetGlobal("edgesmith.opencl.report"))
     printf("{\"opencl\": %s}\n", std::string((*report)().cast<ffi::String>()).c_str());
+  if (auto report = ffi::Function::GetGlobal("edgesmith.webgpu.report"))
+    printf("{\"webgpu\": %s}\n", std::string((*report)().cast<ffi::String>()).c_str());
 }
 
 int main(int argc, char** argv) {
   use_all_cores();
   try {
     run(argc, argv);
-    report_opencl();
+    report_device_runtime();
   } catch (const ffi::Error& err) {
     // TVM messages can span lines (with a traceback): the first line says what went wrong.
     std::string msg = err.message();
-    if (err.kind() == "OpenCLError") die("OpenCL: " + msg.substr(0, msg.find('\n')));  // our plug-in's own
+    if (err.kind() == "OpenCLError") die("OpenCL: " + msg.substr(0, msg.find('\n')));  // our plug-ins' own
+    if (err.kind() == "WebGPUError") die("WebGPU: " + msg.substr(0, msg.find('\n')));
     die("TVM " + err.kind() + ": " + msg.substr(0, msg.find('\n')));
   } catch (const std::exception& err) {
     die(err.what());
