@@ -63,7 +63,7 @@ def runner_run(bundle: Path, context: int, new_tokens: int) -> dict:
 
 def decode_rounds(bundles: dict, contexts: list[int], new_tokens: int, rounds: int, say) -> dict:
     """{(context, dtype): decode tok/s per round}, every engine alive, visited in turn each round."""
-    vocab = read_manifest(bundles[DTYPES[0]])["model"]["config"]["vocab_size"]
+    vocab = read_manifest(bundles[DTYPES[0]]).config.vocab_size
     engines, first = {}, {}
     for c in contexts:
         prompt = np.random.default_rng(c).integers(0, vocab, c - new_tokens).tolist()

@@ -35,7 +35,7 @@ def main() -> None:
 
     bundle = cached_bundle(args.out.parent, args.model, args.quant)
     eng = Engine(bundle)
-    vocab = eng.config["vocab_size"]
+    vocab = eng.config.vocab_size
     samples = {k: {"prefill": [], "decode": []} for k in ("runner", "python")}
     eng.generate([1] * args.prompt, 4)  # warm-up
     for _ in range(args.reps):

@@ -12,7 +12,7 @@ from edgesmith.compiler import bundle as bundle_io
 from edgesmith.compiler import gpu_sources
 from edgesmith.compiler.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
 from edgesmith.compiler.context import PAGE_SIZE, kv_settings
-from edgesmith.compiler.manifest import Manifest
+from edgesmith.compiler.manifest import BuildInfo, DeviceInfo, Manifest, ModelInfo, TargetInfo, TokenizerInfo
 from edgesmith.compiler.convert import convert_params
 from edgesmith.compiler.models import for_config
 from edgesmith.compiler.pipeline import make_pipeline
@@ -134,44 +134,46 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                 shutil.copy2(src, dst)
 
         tokenizer = _copy_tokenizer(ckpt, tmp)
-        if tokenizer.get("note"):
-            progress.step(f"no tokenizer in the bundle: {tokenizer['note']}")
+        if tokenizer.note:
+            progress.step(f"no tokenizer in the bundle: {tokenizer.note}")
 
         progress.step("writing manifest")
         Manifest(
-            model={"source": ckpt.description, "spec": ckpt.spec, "fingerprint": ckpt.fingerprint(),
-                   "config": cfg.to_dict(), "input": source},
+            model=ModelInfo(source=ckpt.description, spec=ckpt.spec, fingerprint=ckpt.fingerprint(), config=cfg,
+                            input=source),
             quant=q.name,
             int8_dot=_int8_dot(q, tvm_target, preset) if q.int8_activations else None,
             quantize_embedding=quantize_embedding and q.quantized,
-            target={"preset": preset.name, "tvm_target": preset.tvm_target(), "arch": preset.arch,
-                    "triple": preset.triple, "layout": preset.layout},
+            target=TargetInfo(preset=preset.name, tvm_target=preset.tvm_target(), arch=preset.arch,
+                              triple=preset.triple, layout=preset.layout),
             arch=preset.arch,
             tvm_version=TVM_VERSION,
             kv_cache=kv.manifest(PAGE_SIZE, prefill_chunk, cfg),
             device=gpu_device_entry(preset) if preset.gpu else None,
-            kernels=kernels or None,
+            kernels=kernels,
             tuning=None if preset.gpu else manifest_entry(tuning, kernel_tuning or DEFAULT, tuning_source,
                                                           model_shape_id(cfg, q.name)),
             tokenizer=tokenizer,
-            params=[name for name, _, _ in params],
+            params=tuple(name for name, _, _ in params),
             weight_bytes=sum(_nbytes(s, d) for _, s, d in params),
-            build={"host": platform.node(), "convert_s": round(t_convert, 2), "compile_s": round(t_compile, 2),
-                   "edgesmith_version": _version()},
+            build=BuildInfo(host=platform.node(), convert_s=round(t_convert, 2), compile_s=round(t_compile, 2),
+                            edgesmith_version=_version()),
         ).write(tmp)
     return Path(out)
 
 
-def _copy_tokenizer(ckpt: Checkpoint, tmp: Path) -> dict:
+def _copy_tokenizer(ckpt: Checkpoint, tmp: Path) -> TokenizerInfo:
     """tokenizer.json and what goes with it into the bundle; returns the manifest's "tokenizer"."""
+    import dataclasses
     import shutil
 
-    entry = dict(getattr(ckpt, "tokenizer_entry", None) or {"source": None})
+    entry = ckpt.tokenizer_entry or TokenizerInfo()
     if ckpt.tokenizer_path:
         shutil.copy2(ckpt.tokenizer_path, tmp / "tokenizer.json")
         for extra in ckpt.tokenizer_files:
             shutil.copy2(extra, tmp / extra.name)
-        entry["chat_template"] = (tmp / "chat_template.jinja").is_file() or _has_chat_template(tmp / "tokenizer_config.json")
+        entry = dataclasses.replace(entry, chat_template=(tmp / "chat_template.jinja").is_file()
+                                    or _has_chat_template(tmp / "tokenizer_config.json"))
     return entry
 
 
@@ -225,13 +227,9 @@ _DEVICE_LIBS = {"cuda": ["libtvm_runtime_cuda.so"], "metal": ["libtvm_runtime_me
                 "opencl": ["libedgesmith_opencl.so"]}
 
 
-def gpu_device_entry(preset) -> dict:
+def gpu_device_entry(preset) -> DeviceInfo:
     """The manifest's "device": what the runner runs on, and whether the bundle can run there."""
     gpu = preset.gpu
-    entry = {"api": gpu.api, "dl_device_type": _DL_DEVICE[gpu.api], "runtime_libs": _DEVICE_LIBS.get(gpu.api, []),
-             "limits": gpu.limits()}
-    if gpu.runtime_note:
-        entry["runtime_missing"] = gpu.runtime_note
-    if preset.toolchain == "on-device":
-        entry["build_on_device"] = "bin/build-on-device.sh"
-    return entry
+    return DeviceInfo(api=gpu.api, dl_device_type=_DL_DEVICE[gpu.api], runtime_libs=tuple(_DEVICE_LIBS.get(gpu.api, [])),
+                      limits=gpu.limits(), runtime_missing=gpu.runtime_note or None,
+                      build_on_device="bin/build-on-device.sh" if preset.toolchain == "on-device" else None)

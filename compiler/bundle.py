@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgesmith.errors import BundleError
 
-from edgesmith.compiler.manifest import MANIFEST
+from edgesmith.compiler.manifest import MANIFEST, Manifest
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -58,23 +58,21 @@ def staging(out: Path):
         raise
 
 
-def read_manifest(bundle: Path) -> dict:
-    """The bundle's manifest as a dict, checked (compiler/manifest.py is its one reader)."""
-    from edgesmith.compiler.manifest import Manifest
-
-    return Manifest.read(bundle).as_dict()
+def read_manifest(bundle: Path) -> Manifest:
+    """The bundle's manifest, typed and checked (compiler/manifest.py is its one reader)."""
+    return Manifest.read(bundle)
 
 
-def verify(bundle: Path, manifest: dict | None = None, only=None) -> None:
+def verify(bundle: Path, manifest: Manifest | None = None, only=None) -> None:
     """Every file the manifest lists (or those of `only`) is present here with its recorded size
     and sha256. The error says it is this machine's copy that is bad, not a device's."""
     manifest = manifest or read_manifest(bundle)
-    for rel in (manifest["files"] if only is None else only):
-        meta = manifest["files"][rel]
+    for rel in (manifest.files if only is None else only):
+        meta = manifest.files[rel]
         path = Path(bundle) / rel
         if not path.is_file():
             raise BundleError(f"bundle {bundle} (on this machine) is missing {rel}; copy the whole bundle again "
                               "or recompile")
-        if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
+        if path.stat().st_size != meta.size or sha256_file(path) != meta.sha256:
             raise BundleError(f"bundle {bundle} (on this machine): {rel} does not match its sha256 in the manifest "
                               "(the local copy is corrupt); copy the bundle again or recompile")

@@ -24,6 +24,7 @@ import numpy as np
 from edgesmith.errors import CheckpointError
 
 from .config import load_config
+from .manifest import TokenizerInfo
 from .source import RANDOM_PREFIX, Checkpoint, expected_shapes, validate  # noqa: F401 (their home until now)
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -144,9 +145,9 @@ class FolderCheckpoint(Checkpoint):
         if self.tokenizer_path:  # the checkpoint's own, as is (its chat template too)
             self.tokenizer_files = tuple(p for p in (self.folder / "tokenizer_config.json",
                                                      self.folder / "chat_template.jinja") if p.is_file())
-            self.tokenizer_entry = {"source": "checkpoint"}
+            self.tokenizer_entry = TokenizerInfo(source="checkpoint")
         else:
-            self.tokenizer_entry = {"source": None, "note": f"{self.folder} has no tokenizer.json"}
+            self.tokenizer_entry = TokenizerInfo(note=f"{self.folder} has no tokenizer.json")
         n = len(self.files)
         self.description = f"folder {self.folder} ({n} shard{'s' if n != 1 else ''}, {self.config.dtype})"
 
@@ -229,6 +230,8 @@ def default_quant(source: str | Path | Checkpoint, target: str) -> tuple[str, st
         own = open_checkpoint(source).preferred_quant if Path(source).exists() and is_onnx_source(Path(source)) \
             else "q4f16"
     if own != "q4f16":
-        quant = own + "i8" if quant.endswith("i8") else own
+        from .quantize import get_quantization
+
+        quant = get_quantization(own).variant(int8_activations=get_quantization(quant).int8_activations).name
         why += f"; {own}: the source's own int4 scheme, its weights kept bit for bit"
     return quant, why

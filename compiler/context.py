@@ -31,11 +31,13 @@ class KVSettings:
     dtype: str  # "float16" | "float32"
     window: int  # sliding window the attention applies; 0: none within this context
 
-    def manifest(self, page_size: int, prefill_chunk: int, cfg) -> dict:
-        return {"page_size": page_size, "prefill_chunk_size": prefill_chunk, "max_total_seq_len": self.context,
-                "dtype": self.dtype, "sliding_window": self.window or None,
-                "bytes_per_token": kv_bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
-                                                      cfg.head_dim, self.dtype)}
+    def manifest(self, page_size: int, prefill_chunk: int, cfg):
+        from edgesmith.compiler.manifest import KvCacheInfo
+
+        return KvCacheInfo(page_size=page_size, prefill_chunk_size=prefill_chunk, max_total_seq_len=self.context,
+                           dtype=self.dtype, sliding_window=self.window or None,
+                           bytes_per_token=kv_bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
+                                                              cfg.head_dim, self.dtype))
 
 
 def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype: str) -> int:
@@ -78,10 +80,10 @@ def kv_settings(cfg, preset, context: int | None = None, kv_dtype: str | None = 
     return KVSettings(context=context, dtype=kv_dtype, window=window)
 
 
-def runtime_context(manifest: dict, context: int | None) -> int:
+def runtime_context(manifest, context: int | None) -> int:
     """The cache a run sizes: `context` tokens (None: the compiled maximum), never more than the
-    bundle was compiled for."""
-    compiled = manifest["kv_cache"]["max_total_seq_len"]
+    bundle was compiled for (manifest: compiler.manifest.Manifest)."""
+    compiled = manifest.kv_cache.max_total_seq_len
     if context is None:
         return compiled
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:

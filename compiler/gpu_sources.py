@@ -64,8 +64,8 @@ def _matching_brace(text: str, i: int) -> int:
     return len(text) - 1
 
 
-def write_kernel_sources(executable, out_dir: Path) -> dict | None:
-    """Write BUNDLE/kernels/; returns the manifest's "kernels" entry (None: no source module)."""
+def write_kernel_sources(executable, out_dir: Path):
+    """Write BUNDLE/kernels/; returns the manifest's KernelSources (None: no source module)."""
     modules = device_modules(executable)
     if not modules:
         return None
@@ -77,5 +77,7 @@ def write_kernel_sources(executable, out_dir: Path) -> dict | None:
     kernels = split_kernels(source)
     for name, text in kernels.items():
         (out_dir / f"{name}.{ext}").write_text(text)
-    return {"language": mod.kind, "module": f"{out_dir.name}/module.{ext}",
-            "names": sorted(kernels), "extension": ext}
+    from edgesmith.compiler.manifest import KernelSources
+
+    return KernelSources(language=mod.kind, module=f"{out_dir.name}/module.{ext}", names=tuple(sorted(kernels)),
+                         extension=ext)

@@ -1,61 +1,229 @@
-"""manifest.json, typed: what a bundle holds, written by the compiler, read by everything else.
+"""manifest.json, typed on both ends: what a bundle holds, written by the compiler, read by
+everything else as attributes (never as dict keys).
 
-One dataclass with one reader (it checks the fields every reader relies on), one writer (the
-file table's sha256 and sizes are computed here, never by hand) and one update (eval results
-added to an existing bundle, atomically). Fields:
+One frozen dataclass per section, one reader (it checks the fields every reader relies on and
+returns the typed `Manifest`), one writer (the file table's sha256 and sizes are computed here,
+never by hand) and one update (eval results added to an existing bundle, atomically). Sections:
 
     format          bundle format (FORMAT)
-    model           source (human), spec (what `compile` reopens it with), fingerprint, config
-                    (Phi3Config as a dict), input (source format, what stayed exact)
+    model           ModelInfo: source (human), spec (what `compile` reopens it with), fingerprint,
+                    architecture, config (the architecture's own config, e.g. Phi3Config),
+                    input (source format, what stayed exact)
     quant           quantization name; int8_dot: the dot-product ISA decode runs on (q4*i8)
-    target          preset, tvm_target, arch, triple, layout
+    target          TargetInfo: preset, tvm_target, arch, triple, layout
     arch            the runner's and the model library's architecture
     tvm_version     the TVM the library was built with (the runner checks its runtime's)
-    kv_cache        page_size, prefill_chunk_size, max_total_seq_len, dtype, sliding_window,
-                    bytes_per_token (compiler/context.py)
+    kv_cache        KvCacheInfo: page_size, prefill_chunk_size, max_total_seq_len, dtype,
+                    sliding_window, bytes_per_token (compiler/context.py); none in a kernel library
     params          parameter names in the library's order; weight_bytes
-    files           {relative path: {sha256, size}} of every file but this one
-    device          GPU bundles: api, dl_device_type, runtime_libs, limits, runtime_missing
-    kernels         GPU bundles: the kernels' sources
-    tuning          CPU bundles: the kernel choices applied (compiler/tuning.py): source ("defaults" or
-                    the record's path), device, fingerprint, emulated, kernels {shape key: params}
-    tokenizer       where the bundle's tokenizer comes from, or why there is none
-    build           host, seconds, edgesmith version
-    eval            `compile --eval`'s accuracy against q0f32, once measured
+    files           {relative path: FileEntry (sha256, size)} of every file but this one
+    device          DeviceInfo (GPU bundles): api, dl_device_type, runtime_libs, limits,
+                    runtime_missing, build_on_device
+    kernels         KernelSources (GPU bundles): the kernels' sources
+    tuning          TuningInfo (CPU bundles): the kernel choices applied (compiler/tuning.py): source
+                    ("defaults" or the record's path), device, fingerprint, emulated, kernels
+    tokenizer       TokenizerInfo: where the bundle's tokenizer comes from, or why there is none
+    build           BuildInfo: host, seconds, edgesmith version
+    eval            EvalReport: `compile --eval`'s accuracy against q0f32, once measured
+
+In JSON a section leaves out what is unset (None); the C++ runner reads the same file
+(runtime/runner/manifest.h).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from edgesmith.errors import BundleError
+from edgesmith.errors import BundleError, one_line as _one_line
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-@dataclass
+# ---------------------------------------------------------------- sections
+
+class _Section:
+    """JSON <-> a frozen dataclass: unknown keys are ignored (a newer writer), unset ones left
+    out; a field whose JSON name differs says so in its metadata (`from` is a keyword)."""
+
+    @classmethod
+    def from_json(cls, data: Mapping):
+        kw = {}
+        for f in dataclasses.fields(cls):
+            key = f.metadata.get("json", f.name)
+            if key in data:
+                value = data[key]
+                kw[f.name] = tuple(value) if isinstance(value, list) and f.metadata.get("tuple") else value
+        return cls(**kw)
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.metadata.get("json", f.name)] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _tuple(**kw):
+    return field(metadata={"tuple": True}, **kw)
+
+
+@dataclass(frozen=True)
+class FileEntry(_Section):
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ModelInfo(_Section):
+    source: str
+    spec: str | None = None  # what `compile` reopens the model with (random:..., a folder)
+    fingerprint: str | None = None
+    config: Any = None  # the architecture's config (compiler/models/); None in a kernel library
+    input: Mapping | None = None  # the source's format and what stayed exact (the source says what)
+
+    @property
+    def architecture(self) -> str | None:
+        """The model registry's key (JSON: model.architecture; bundles written before it: Phi-3's)."""
+        return None if self.config is None else type(self.config).architecture
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> ModelInfo:
+        from edgesmith.compiler.models import DEFAULT_ARCHITECTURE, MODELS
+
+        config, arch = data.get("config"), data.get("architecture")
+        if config:
+            arch = arch or DEFAULT_ARCHITECTURE
+            entry = MODELS.get(arch)
+            if entry is None:
+                raise BundleError(f"the bundle's model is a {arch}, which this edgesmith does not know "
+                                  f"(it knows {', '.join(MODELS)}); use the edgesmith that compiled it")
+            config = entry.config_from_dict(config)
+        return cls(source=data["source"], spec=data.get("spec"), fingerprint=data.get("fingerprint"),
+                   config=config or None, input=data.get("input"))
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        if self.config is not None:
+            out["config"] = self.config.to_dict()
+            out["architecture"] = self.architecture
+        return out
+
+
+@dataclass(frozen=True)
+class TargetInfo(_Section):
+    preset: str
+    tvm_target: Mapping = field(default_factory=dict)
+    arch: str = ""
+    triple: str = ""
+    layout: str = "linux"  # the bundle layout (targets/layouts.py)
+
+
+@dataclass(frozen=True)
+class KvCacheInfo(_Section):
+    page_size: int
+    prefill_chunk_size: int
+    max_total_seq_len: int  # the compiled context: a run may size less, never more
+    dtype: str = "float32"
+    sliding_window: int | None = None
+    bytes_per_token: int | None = None  # K and V of one token in every layer
+
+
+@dataclass(frozen=True)
+class DeviceInfo(_Section):
+    api: str  # "opencl" | "vulkan" | "metal" | "cuda"
+    dl_device_type: int
+    runtime_libs: tuple[str, ...] = _tuple(default=())
+    limits: Mapping = field(default_factory=dict)
+    runtime_missing: str | None = None  # no runner ships: why, and what it needs
+    build_on_device: str | None = None  # the script that links and builds on the device
+
+
+@dataclass(frozen=True)
+class KernelSources(_Section):
+    language: str
+    module: str
+    names: tuple[str, ...] = _tuple(default=())
+    extension: str = ""
+
+
+@dataclass(frozen=True)
+class TuningInfo(_Section):
+    source: str  # "defaults", or the tuning record's path
+    kernels: Mapping = field(default_factory=dict)  # {shape key: {param: value}} applied
+    device: str | None = None
+    fingerprint_id: str | None = None
+    fingerprint: Mapping | None = None
+    emulated: bool = False
+    complete: bool = True
+    untuned: tuple[str, ...] = _tuple(default=())  # the model's tunable kernels the record lacks
+    threads: int | None = None  # the runner starts TVM's pool with it unless told otherwise
+
+    @property
+    def defaults(self) -> bool:
+        return self.source == "defaults"
+
+
+@dataclass(frozen=True)
+class TokenizerInfo(_Section):
+    source: str | None = None  # "checkpoint", "phi-3 vocabulary" (built), None: no tokenizer
+    vocabulary: str | None = None  # the built vocabulary it needs ("phi-3"), even when missing
+    origin: str | None = field(default=None, metadata={"json": "from"})  # what it was built from
+    gguf_sha256: str | None = None
+    chat_template: bool | None = None
+    note: str | None = None  # why there is none
+
+
+@dataclass(frozen=True)
+class BuildInfo(_Section):
+    host: str = ""
+    convert_s: float | None = None
+    compile_s: float | None = None
+    edgesmith_version: str | None = None
+    functions: Mapping | None = None  # a kernel library's functions (edgesmith tune)
+
+
+@dataclass(frozen=True)
+class EvalReport(_Section):
+    positions: int
+    top1_agreement: float
+    mean_kl: float
+    max_abs_diff: float
+
+
+# Which dataclass reads each section (the rest are plain values).
+_SECTIONS = {"model": ModelInfo, "target": TargetInfo, "kv_cache": KvCacheInfo, "device": DeviceInfo,
+             "kernels": KernelSources, "tuning": TuningInfo, "tokenizer": TokenizerInfo, "build": BuildInfo,
+             "eval": EvalReport}
+
+
+# ---------------------------------------------------------------- the manifest
+
+@dataclass(frozen=True)
 class Manifest:
-    model: dict
+    model: ModelInfo
     quant: str
-    target: dict
+    target: TargetInfo
     arch: str
     tvm_version: str
-    kv_cache: dict
-    params: list[str]
-    files: dict[str, dict] = field(default_factory=dict)
+    kv_cache: KvCacheInfo | None  # None: a kernel library (edgesmith tune), no model
+    params: tuple[str, ...]
+    files: Mapping[str, FileEntry] = field(default_factory=dict)
     weight_bytes: int = 0
     quantize_embedding: bool = True
     int8_dot: str | None = None
-    device: dict | None = None
-    kernels: dict | None = None
-    tuning: dict | None = None
-    tokenizer: dict | None = None
-    build: dict = field(default_factory=dict)
-    eval: dict | None = None
+    device: DeviceInfo | None = None
+    kernels: KernelSources | None = None
+    tuning: TuningInfo | None = None
+    tokenizer: TokenizerInfo | None = None
+    build: BuildInfo = field(default_factory=BuildInfo)
+    eval: EvalReport | None = None
     format: int = FORMAT
 
     # ---------------------------------------------------------------- reading
@@ -82,33 +250,77 @@ class Manifest:
         problem = _problem(data)
         if problem:
             raise BundleError(f"{where} is damaged ({problem}); compile the bundle again")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        kw = {}
+        try:
+            for f in dataclasses.fields(cls):
+                if f.name not in data:
+                    continue
+                value = data[f.name]
+                if f.name in _SECTIONS:
+                    value = _SECTIONS[f.name].from_json(value) if value else None
+                elif f.name == "files":
+                    value = {rel: FileEntry.from_json(meta) for rel, meta in value.items()}
+                elif f.name == "params":
+                    value = tuple(value)
+                kw[f.name] = value
+            return cls(**kw)
+        except (TypeError, KeyError) as e:  # a section lacks a field its readers need
+            raise BundleError(f"{where} is damaged ({_one_line(e)}); compile the bundle again") from None
 
     def as_dict(self) -> dict:
         """The JSON object (fields left unset are left out)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "kv_cache" and value is None:
+                value = {}  # the runner and older readers want the key
+            elif value is None:
+                continue
+            elif isinstance(value, _Section):
+                value = value.to_json()
+            elif f.name == "files":
+                value = {rel: meta.to_json() for rel, meta in value.items()}
+            elif f.name == "params":
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    # ---------------------------------------------------------------- asked by every reader
+
+    @property
+    def config(self):
+        """The model's config (the architecture's dataclass, e.g. Phi3Config)."""
+        return self.model.config
+
+    @property
+    def kv_dtype(self) -> str:
+        return self.kv_cache.dtype if self.kv_cache else "float32"
+
+    @property
+    def layout(self) -> str:
+        return self.target.layout
 
     # ---------------------------------------------------------------- writing
 
     def write(self, root: Path) -> Manifest:
-        """Write ROOT/manifest.json with the sha256 and size of every other file under ROOT."""
+        """Write ROOT/manifest.json with the sha256 and size of every other file under ROOT;
+        returns the manifest with that file table."""
         from edgesmith.compiler.bundle import file_table
 
-        self.files = file_table(Path(root))
-        _write_atomic(Path(root) / MANIFEST, self.as_dict())
-        return self
+        written = dataclasses.replace(self, files={rel: FileEntry(**meta) for rel, meta in
+                                                   file_table(Path(root)).items()})
+        _write_atomic(Path(root) / MANIFEST, written.as_dict())
+        return written
 
     def update(self, bundle: Path, **changes) -> Manifest:
         """Set `changes` (fields that describe the bundle, not its files) and rewrite the manifest
-        in place, atomically: a reader sees the old one or the new one."""
+        in place, atomically: a reader sees the old one or the new one. Returns the new one."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown or "files" in changes:
             raise ValueError(f"Manifest.update: {sorted(unknown | ({'files'} & set(changes)))} cannot be changed")
-        for key, value in changes.items():
-            setattr(self, key, value)
-        _write_atomic(Path(bundle) / MANIFEST, self.as_dict())
-        return self
+        changed = dataclasses.replace(self, **changes)
+        _write_atomic(Path(bundle) / MANIFEST, changed.as_dict())
+        return changed
 
 
 def _write_atomic(path: Path, data: dict) -> None:
@@ -136,4 +348,9 @@ def _problem(data: dict) -> str | None:
     for key, kind in (("model", dict), ("kv_cache", dict), ("params", list), ("quant", str), ("tvm_version", str)):
         if not isinstance(data.get(key), kind):
             return f"no '{key}'"
+    if "source" not in data["model"]:
+        return "no model 'source'"
+    for key, cls in _SECTIONS.items():
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            return f"'{key}' is not an object"
     return None

@@ -47,6 +47,18 @@ class Quantization:
         models.ParamSource, from `ckpt`): full name -> array."""
         raise NotImplementedError(f"{self.name} stores no encoded parameters")
 
+    def variant(self, *, int8_activations: bool | None = None, storage_dtype: str | None = None) -> "Quantization":
+        """The registered scheme with these weights but other activations or scales (q4f16i8 ->
+        q4f16 with int8_activations=False); itself when nothing differs or no such scheme exists."""
+        from edgesmith.compiler.quantize import QUANTIZATIONS
+
+        want = (self.weight_bits, self.group_size,
+                self.int8_activations if int8_activations is None else int8_activations,
+                self.storage_dtype if storage_dtype is None else storage_dtype)
+        return next((q for q in QUANTIZATIONS.values()
+                     if (q.weight_bits, q.group_size, q.int8_activations, q.storage_dtype) == want
+                     and type(q) is type(self)), self)
+
     def unquantized(self) -> "Quantization":
         """The scheme for layers kept in float under this one (--float-embedding)."""
         return self

@@ -20,6 +20,7 @@ import numpy as np
 from edgesmith.errors import ConfigError, unknown_name
 
 from .config import parse_config
+from .manifest import TokenizerInfo
 from .models import RANDOM_PRESETS  # noqa: F401 (every architecture's presets; read here by name)
 from .source import RANDOM_PREFIX, Checkpoint, expected_shapes
 
@@ -56,19 +57,19 @@ class RandomCheckpoint(Checkpoint):
             why = (f"random:{preset} has Phi-4-mini's {self.config.vocab_size}-token vocabulary, not Phi-3's; no "
                    "tokenizer for it is attached" if preset.startswith("phi-4") else
                    f"random:{preset} has a {self.config.vocab_size}-token toy vocabulary, no real tokenizer")
-            self.tokenizer_entry = {"source": None, "note": why}
+            self.tokenizer_entry = TokenizerInfo(note=why)
             return
         folder = phi3_tokenizer.cached()
         if folder is None:
-            self.tokenizer_entry = {"source": None, "vocabulary": "phi-3",
-                                    "note": phi3_tokenizer.missing_message(f"random:{preset}'s text")}
+            self.tokenizer_entry = TokenizerInfo(vocabulary="phi-3",
+                                                 note=phi3_tokenizer.missing_message(f"random:{preset}'s text"))
             return
         self.tokenizer_path = folder / "tokenizer.json"
         self.tokenizer_files = (folder / "tokenizer_config.json",)
         source = json.loads((folder / "source.json").read_text())
-        self.tokenizer_entry = {"source": "phi-3 vocabulary", "vocabulary": "phi-3",
-                                "from": f"{source['package']} {source['member'].split('/', 1)[-1]}",
-                                "gguf_sha256": source["gguf_sha256"]}
+        self.tokenizer_entry = TokenizerInfo(source="phi-3 vocabulary", vocabulary="phi-3",
+                                             origin=f"{source['package']} {source['member'].split('/', 1)[-1]}",
+                                             gguf_sha256=source["gguf_sha256"])
 
     @classmethod
     def from_spec(cls, spec: str) -> "RandomCheckpoint":

@@ -26,7 +26,7 @@ class Checkpoint(ABC):
     description: str
     tokenizer_path: Path | None = None  # tokenizer.json the bundle carries
     tokenizer_files: tuple[Path, ...] = ()  # what goes with it: tokenizer_config.json, chat_template.jinja
-    tokenizer_entry: dict | None = None  # the manifest's "tokenizer": where it comes from, or why there is none
+    tokenizer_entry = None  # the manifest's TokenizerInfo: where it comes from, or why there is none
     spec: str = ""  # what `compile` is given to open this checkpoint again (the manifest's model.spec)
     source_format = "safetensors"  # "random", "onnx" (onnx_checkpoint.py)
     preferred_quant = "q4f16"  # the source's own scheme (an int4 ONNX export's scales: q4f32)

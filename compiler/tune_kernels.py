@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgesmith.compiler import bundle as bundle_io
-from edgesmith.compiler.manifest import Manifest
+from edgesmith.compiler.manifest import BuildInfo, Manifest, ModelInfo, TargetInfo
 from edgesmith.compiler.tuning import Tuning, parse_key
 
 PREFILL_TOKENS = 64  # tokens of the prefill GEMM's timed call (a chunk of a prompt)
@@ -123,11 +123,11 @@ def build_library(funcs: list[tuple], preset, out: Path, what: str) -> Path:
         for rel, src in presets_runtime_files(preset).items():
             (tmp / "bin" / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / "bin" / rel)
-        Manifest(model={"source": what}, quant=funcs[0][3].name,
-                 target={"preset": preset.name, "tvm_target": preset.tvm_target(), "arch": preset.arch,
-                         "triple": preset.triple, "layout": preset.layout},
-                 arch=preset.arch, tvm_version=TVM_VERSION, kv_cache={}, params=[],
-                 build={"host": platform.node(),
-                        "functions": {name: {"kernel": key, "params": params.__dict__}
-                                      for name, key, params, _ in funcs}}).write(tmp)
+        Manifest(model=ModelInfo(source=what), quant=funcs[0][3].name,
+                 target=TargetInfo(preset=preset.name, tvm_target=preset.tvm_target(), arch=preset.arch,
+                                   triple=preset.triple, layout=preset.layout),
+                 arch=preset.arch, tvm_version=TVM_VERSION, kv_cache=None, params=(),
+                 build=BuildInfo(host=platform.node(),
+                                 functions={name: {"kernel": key, "params": params.__dict__}
+                                            for name, key, params, _ in funcs})).write(tmp)
     return Path(out)

@@ -55,14 +55,16 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------------------ compile
 def cmd_compile(args) -> int:
     from edgesmith.compiler.checkpoint import default_quant
+    from edgesmith.compiler.quantize import get_quantization
     from edgesmith.targets.presets import get_preset
 
     progress_note = None
     if args.quant is None:
         get_preset(args.target)  # an unknown target: said before the checkpoint is opened
         args.quant, why = default_quant(args.model, args.target)
+        float_twin = get_quantization(args.quant).variant(int8_activations=False)
         progress_note = f"quantization {args.quant}: the default for target {args.target} ({why})" + (
-            f"; --quant {args.quant[:-2]} for exact float activations" if args.quant.endswith("i8") else "")
+            f"; --quant {float_twin.name} for exact float activations" if float_twin.name != args.quant else "")
     out = args.output or Path("dist") / _bundle_name(args.model, args.quant, args.target)
     _check_compile_args(args.model, args.quant, args.target, out)
     from edgesmith.compiler.build import compile_bundle
@@ -115,10 +117,10 @@ def _check_compile_args(model: str, quant: str, target: str, out: Path) -> None:
 def _kv_summary(bundle: Path) -> str:
     from edgesmith.compiler.bundle import read_manifest
 
-    kv = read_manifest(bundle)["kv_cache"]
-    window = f", sliding window {kv['sliding_window']}" if kv.get("sliding_window") else ""
-    return (f"context {kv['max_total_seq_len']} tokens, KV cache {kv['dtype']} "
-            f"{kv['bytes_per_token'] / 1024:.1f} KiB/token{window}")
+    kv = read_manifest(bundle).kv_cache
+    window = f", sliding window {kv.sliding_window}" if kv.sliding_window else ""
+    return (f"context {kv.max_total_seq_len} tokens, KV cache {kv.dtype} "
+            f"{kv.bytes_per_token / 1024:.1f} KiB/token{window}")
 
 
 def _bundle_name(model: str, quant: str, target: str) -> str:

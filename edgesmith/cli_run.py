@@ -25,7 +25,7 @@ def cmd_run(args) -> int:
     elif args.prompt is not None:
         prompt = conversation.user(args.prompt) if conversation else tok.encode(args.prompt)
     else:
-        prompt = None if args.interactive else [manifest["model"]["config"].get("bos_token_id") or 1]
+        prompt = None if args.interactive else [manifest.config.bos_token_id or 1]
     stop = eos if not args.ignore_eos else ()
     if args.interactive:
         return _run_interactive(args, tok, conversation, stop, prompt)
@@ -55,7 +55,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _is_emulated(args, manifest: dict) -> bool:
+def _is_emulated(args, manifest) -> bool:
     """Whether the speeds come from qemu: an emulated device, or a foreign-arch bundle run here."""
     if args.device:
         from edgesmith.runtime.devices import get_device
@@ -63,7 +63,7 @@ def _is_emulated(args, manifest: dict) -> bool:
         return get_device(args.device, args.devices).emulated
     from edgesmith.targets.presets import host_arch
 
-    return manifest.get("arch") != host_arch()
+    return manifest.arch != host_arch()
 
 
 def _run_runner(args, runner_args: list[str], on_line=None, stdin=None) -> list[dict]:
@@ -77,13 +77,13 @@ def _run_runner(args, runner_args: list[str], on_line=None, stdin=None) -> list[
     return run_bundle(device, Path(args.bundle), runner_args, timeout=args.timeout, on_line=on_line, stdin=stdin)
 
 
-def _chat_setup(args, manifest: dict, tok):
+def _chat_setup(args, manifest, tok):
     """(Conversation or None, stop ids): --chat/--interactive with a tokenizer put text in its chat
     template and stop where the template ends a reply; without a tokenizer, --prompt/--chat say
     why there is none and what to do."""
     from edgesmith.errors import EdgesmithError
 
-    eos = tuple(manifest["model"]["config"].get("eos_token_ids") or ())
+    eos = tuple(manifest.config.eos_token_ids or ())
     if tok is None:
         if args.prompt is not None or args.chat:
             from edgesmith.runtime.text import no_tokenizer_message

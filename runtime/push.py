@@ -98,7 +98,7 @@ def push_bundle(transport: Transport, bundle: Path, dest: str, *, deadline: Dead
     start = time.monotonic()
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    want = {rel: meta["sha256"] for rel, meta in manifest["files"].items()}
+    want = {rel: meta.sha256 for rel, meta in manifest.files.items()}
     want[MANIFEST] = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
     temps = {rel: temp_name(rel, sha) for rel, sha in want.items()}
     have = device_hashes(transport, dest, [*want, *temps.values()], deadline)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgesmith.compiler.bundle import read_manifest
+from edgesmith.compiler.manifest import Manifest
 from edgesmith.errors import BundleError, EdgesmithError
 from edgesmith.runtime.devices import Device
 from edgesmith.runtime.push import PushReport, push_bundle
@@ -53,12 +54,12 @@ def runner_start(bindir: str, android_glibc: bool) -> list[str]:
     return [runner]
 
 
-def this_machine(manifest: dict) -> Device:
+def this_machine(manifest: Manifest) -> Device:
     """This machine as the device for `manifest`'s bundle: qemu for an aarch64 bundle on x86_64."""
     from edgesmith.targets.cache import cache_root
 
-    arch = manifest["arch"]
-    layout = manifest.get("target", {}).get("layout", "linux")
+    arch = manifest.arch
+    layout = manifest.target.layout
     wrapper: tuple[str, ...] = ()
     if arch != host_arch():
         if arch != "aarch64":
@@ -68,7 +69,7 @@ def this_machine(manifest: dict) -> Device:
                               "apt-get install qemu-user-static")
         # android-glibc ships its own loader and libraries: qemu needs no sysroot for it
         wrapper = QEMU_AARCH64[:1] if layout.startswith("android") else QEMU_AARCH64
-    return Device(name="host", transport="local", target=manifest["target"]["preset"],
+    return Device(name="host", transport="local", target=manifest.target.preset,
                   workdir=str(cache_root() / "devices" / "host"), exec_wrapper=wrapper,
                   tags=("emulated",) if wrapper else ())
 
@@ -82,15 +83,15 @@ def runner_argv(bundle: Path) -> list[str]:
     return [*this_machine(manifest).exec_wrapper, *start]
 
 
-def _android_glibc(manifest: dict) -> bool:
-    return manifest.get("target", {}).get("layout") == "android-glibc"
+def _android_glibc(manifest: Manifest) -> bool:
+    return manifest.target.layout == "android-glibc"
 
 
-def missing_runner(bundle, manifest: dict) -> str:
+def missing_runner(bundle, manifest: Manifest) -> str:
     """Why `bundle` has no runner: its target has none yet (and what it needs), or it was damaged."""
-    preset = PRESETS.get(manifest.get("target", {}).get("preset", ""))
-    device = manifest.get("device") or {}
-    note = device.get("runtime_missing") or (preset.gpu.runtime_note if preset and preset.gpu else "")
+    preset = PRESETS.get(manifest.target.preset)
+    note = (manifest.device and manifest.device.runtime_missing) or (preset.gpu.runtime_note if preset and preset.gpu
+                                                                     else "")
     if preset is not None and preset.toolchain == "on-device":
         return (f"bundle '{bundle}' (target {preset.name}) has its runner built on the device: copy the bundle "
                 "there and run bin/build-on-device.sh")
@@ -101,17 +102,17 @@ def missing_runner(bundle, manifest: dict) -> str:
     return f"{Path(bundle) / 'bin' / 'runner'} not found; the bundle is incomplete: copy it again or recompile"
 
 
-def _check_runner(bundle: Path, manifest: dict) -> None:
-    if manifest.get("device", {}).get("runtime_missing") or not (Path(bundle) / "bin" / "runner").is_file():
+def _check_runner(bundle: Path, manifest: Manifest) -> None:
+    if (manifest.device and manifest.device.runtime_missing) or not (Path(bundle) / "bin" / "runner").is_file():
         raise BundleError(missing_runner(bundle, manifest))
 
 
-def check_compatible(device: Device, manifest: dict) -> None:
+def check_compatible(device: Device, manifest: Manifest) -> None:
     """Refuse a bundle the device cannot run, before anything is copied."""
     preset = get_preset(device.target)
-    arch = manifest.get("arch")
-    layout = manifest.get("target", {}).get("layout", "linux")
-    built_for = manifest.get("target", {}).get("preset", "?")
+    arch = manifest.arch
+    layout = manifest.target.layout
+    built_for = manifest.target.preset
     if arch != preset.arch:
         raise DeviceError(device.name, f"runs {preset.arch} (target {preset.name}) and the bundle is for {arch} "
                                        f"(target {built_for}); compile it with --target {preset.name}")
@@ -154,7 +155,7 @@ class RunnerSession:
     as often as needed over the same connection."""
 
     def __init__(self, bundle: Path, device: Device | None = None, *, timeout: float,
-                 manifest: dict | None = None, on_push: Callable[[PushReport], None] | None = None):
+                 manifest: Manifest | None = None, on_push: Callable[[PushReport], None] | None = None):
         self.bundle = Path(bundle).resolve()
         self.manifest = manifest or read_manifest(self.bundle)
         self.local = device is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgesmith.compiler.manifest import TokenizerInfo
 from edgesmith.errors import EdgesmithError
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -74,14 +75,14 @@ def _chat_template(folder: Path, config: dict) -> str | None:
     return template if isinstance(template, str) and template else None
 
 
-def load_tokenizer(bundle: Path, manifest: dict | None = None) -> Tokenizer | None:
+def load_tokenizer(bundle: Path, manifest=None) -> Tokenizer | None:
     """The bundle's tokenizer; for a `random:` Phi-3 bundle compiled before the tokenizer was
     built, the one in the cache; else None."""
     bundle = Path(bundle)
     if (bundle / "tokenizer.json").is_file():
         return Tokenizer(bundle, "bundle")
-    entry = (manifest or {}).get("tokenizer") or {}
-    if entry.get("vocabulary") == "phi-3":
+    entry = manifest.tokenizer if manifest is not None else None
+    if entry is not None and entry.vocabulary == "phi-3":
         from edgesmith.compiler import phi3_tokenizer
 
         folder = phi3_tokenizer.cached()
@@ -90,15 +91,15 @@ def load_tokenizer(bundle: Path, manifest: dict | None = None) -> Tokenizer | No
     return None
 
 
-def no_tokenizer_message(bundle: Path, manifest: dict, want: str = "--prompt") -> str:
+def no_tokenizer_message(bundle: Path, manifest, want: str = "--prompt") -> str:
     """Why `bundle` has no tokenizer, and what to do: one line."""
-    entry = manifest.get("tokenizer") or {}
-    if entry.get("vocabulary") == "phi-3":
+    entry = manifest.tokenizer or TokenizerInfo()
+    if entry.vocabulary == "phi-3":
         from edgesmith.compiler import phi3_tokenizer
 
-        return phi3_tokenizer.missing_message(f"{want} on {bundle} ({manifest['model']['source']})") + \
+        return phi3_tokenizer.missing_message(f"{want} on {bundle} ({manifest.model.source})") + \
             "; or pass token ids with --tokens 1,2,3"
-    why = entry.get("note") or "random weights, or none in the checkpoint"
+    why = entry.note or "random weights, or none in the checkpoint"
     return f"bundle {bundle} has no tokenizer.json ({why}); pass token ids with --tokens 1,2,3"
 
 

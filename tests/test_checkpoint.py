@@ -218,9 +218,9 @@ def test_random_shapes(preset):
     assert {n: ckpt.tensor_shape(n) for n in want} == want
     validate(ckpt)
     if ckpt.config.vocab_size == 32064:  # the Phi-3 vocabulary: the built tokenizer (tests/test_tokenizer.py)
-        assert ckpt.tokenizer_entry["vocabulary"] == "phi-3"
+        assert ckpt.tokenizer_entry.vocabulary == "phi-3"
     else:
-        assert ckpt.tokenizer_path is None and ckpt.tokenizer_entry["note"]
+        assert ckpt.tokenizer_path is None and ckpt.tokenizer_entry.note
 
 
 def test_random_values_deterministic():

@@ -72,7 +72,7 @@ def test_toy_quantization_compiles_and_runs(toy_quant, compiled, tmp_path):
     from edgesmith.runtime.engine import Engine
 
     bundle = compile_bundle("random:tiny", "q4f32toy", "host", tmp_path / "toy")
-    assert read_manifest(bundle)["quant"] == "q4f32toy"
+    assert read_manifest(bundle).quant == "q4f32toy"
     lib = next((bundle / "lib").iterdir()).read_bytes()
     assert b"toy_q4_matmul" in lib and b"q4_matmul_i8" not in lib  # its own kernel, not the registry's
 
@@ -82,7 +82,7 @@ def test_toy_quantization_compiles_and_runs(toy_quant, compiled, tmp_path):
     for name in ours:  # the same storage: int4 codes and scales bit for bit
         np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
 
-    numpy_model = NumpyPhi3(read_manifest(bundle)["model"]["config"], dequantized_weights(ours))
+    numpy_model = NumpyPhi3(read_manifest(bundle).config.to_dict(), dequantized_weights(ours))
     want = [numpy_model.forward(PROMPT)]
     got, q4f32 = engine_greedy_logits(bundle, PROMPT, 4)[0], engine_greedy_logits(reference, PROMPT, 4)[0]
     for tok in np.argmax(got[:-1], axis=1):
@@ -145,7 +145,7 @@ def split_source(cfg, param: str) -> models.ParamSource:
 
 TOY_ARCH = models.ModelArchitecture(
     architecture=ARCH, name="phi3split", models="a test's Phi-3 with split q/k/v and gate/up tensors",
-    parse_config=lambda raw, where: phi3_config.parse(raw, where, config_class=SplitConfig),
+    parse_config=lambda raw, where: phi3_config.parse(raw, where, config_class=SplitConfig), config_class=SplitConfig,
     expected_shapes=split_shapes, param_source=split_source, model=PHI3.model,
     random_presets={"toy-split-tiny": dict(PHI3.random_presets["tiny"], architectures=[ARCH])})
 

@@ -70,11 +70,16 @@ class ModelArchitecture:
     name: str  # the folder under compiler/models/: "phi3"
     models: str  # what it covers, for messages: "Phi-3/3.5/4-mini"
     parse_config: Callable[[dict, str], Any]  # (config.json dict, where it came from) -> config
+    config_class: type  # the config dataclass: its to_dict() is the manifest's, from_dict() reads it back
     expected_shapes: Callable[[Any], dict[str, tuple[int, ...]]]  # config -> checkpoint tensor -> shape
     param_source: Callable[[Any, str], ParamSource]  # (config, our float parameter name) -> its source
     model: str  # "module:Class" of the nn.Module, imported by model_class() (TVM)
     random_presets: Mapping[str, dict] = field(default_factory=dict)  # random:<preset> -> config.json dict
     onnx_genai_types: tuple[str, ...] = ()  # ONNX Runtime GenAI `model.type` values of this architecture
+
+    def config_from_dict(self, data: dict):
+        """The config a bundle's manifest holds (written by its to_dict())."""
+        return self.config_class.from_dict(data)
 
     def model_class(self) -> type:
         """The nn.Module: (config, quantization, *, quantize_embedding, target, kv_dtype) -> model

@@ -135,7 +135,7 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
                 "time": records.now_utc(),
                 "bundle": records.bundle_section(bundle.resolve(), manifest, _manifest_sha(bundle)),
                 "device": records.device_section(device, probe),
-                "software": {"runner_sha256": manifest["files"].get("bin/runner", {}).get("sha256"),
+                "software": {"runner_sha256": getattr(manifest.files.get("bin/runner"), "sha256", None),
                              "tvm_version": version.get("tvm_version"), "edgesmith_version": _version()},
                 "params": {"prompt": p, "gen": n, "threads": t, "warmup": o.warmup, "reps": o.reps,
                            "max_reps": max(o.max_reps, o.reps), "target_rsd": o.target_rsd,

@@ -19,7 +19,7 @@ def _sensor_script(sysroot: str) -> str:
 
 
 class DeviceSession(RunnerSession):
-    def __init__(self, device, bundle, manifest: dict, *, timeout: float, sysroot: str = ""):
+    def __init__(self, device, bundle, manifest, *, timeout: float, sysroot: str = ""):
         super().__init__(bundle, device, timeout=timeout, manifest=manifest)
         self.sysroot = sysroot
 

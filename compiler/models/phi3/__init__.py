@@ -15,6 +15,7 @@ PHI3 = ModelArchitecture(
     name="phi3",
     models="Phi-3/3.5/4-mini",
     parse_config=config.parse,
+    config_class=config.Phi3Config,
     expected_shapes=loader.expected_shapes,
     param_source=loader.param_source,
     model="edgesmith.compiler.models.phi3.model:Phi3ForCausalLM",
