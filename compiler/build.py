@@ -139,8 +139,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
 
         progress.step("writing manifest")
         Manifest(
-            model=ModelInfo(source=ckpt.description, spec=ckpt.spec, fingerprint=ckpt.fingerprint(), config=cfg,
-                            input=source),
+            model=ModelInfo.of(cfg, source=ckpt.description, spec=ckpt.spec, fingerprint=ckpt.fingerprint(),
+                               input=source),
             quant=q.name,
             int8_dot=_int8_dot(q, tvm_target, preset) if q.int8_activations else None,
             quantize_embedding=quantize_embedding and q.quantized,

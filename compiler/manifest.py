@@ -7,8 +7,8 @@ never by hand) and one update (eval results added to an existing bundle, atomica
 
     format          bundle format (FORMAT)
     model           ModelInfo: source (human), spec (what `compile` reopens it with), fingerprint,
-                    architecture, config (the architecture's own config, e.g. Phi3Config),
-                    input (source format, what stayed exact)
+                    architecture, config (JSON: its to_dict(); read as the architecture's own
+                    config, e.g. Phi3Config, when first asked), input (source format, what stayed exact)
     quant           quantization name; int8_dot: the dot-product ISA decode runs on (q4*i8)
     target          TargetInfo: preset, tvm_target, arch, triple, layout
     arch            the runner's and the model library's architecture
@@ -32,6 +32,7 @@ In JSON a section leaves out what is unset (None); the C++ runner reads the same
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -85,35 +86,32 @@ class ModelInfo(_Section):
     source: str
     spec: str | None = None  # what `compile` reopens the model with (random:..., a folder)
     fingerprint: str | None = None
-    config: Any = None  # the architecture's config (compiler/models/); None in a kernel library
+    architecture: str | None = None  # the model registry's key; bundles written before it: Phi-3's
+    config_json: Mapping | None = field(default=None, metadata={"json": "config"})  # config.to_dict()
     input: Mapping | None = None  # the source's format and what stayed exact (the source says what)
 
-    @property
-    def architecture(self) -> str | None:
-        """The model registry's key (JSON: model.architecture; bundles written before it: Phi-3's)."""
-        return None if self.config is None else type(self.config).architecture
-
     @classmethod
-    def from_json(cls, data: Mapping) -> ModelInfo:
+    def of(cls, config, **fields) -> ModelInfo:
+        """The section for a model of `config` (the architecture's config dataclass)."""
+        info = cls(architecture=type(config).architecture, config_json=config.to_dict(), **fields)
+        info.__dict__["config"] = config  # what `config` would parse back
+        return info
+
+    @functools.cached_property
+    def config(self):
+        """The architecture's own config (e.g. Phi3Config), read back through the model registry
+        when first asked: a runner-only reader (session, push) never needs the architecture."""
         from edgesmith.compiler.models import DEFAULT_ARCHITECTURE, MODELS
 
-        config, arch = data.get("config"), data.get("architecture")
-        if config:
-            arch = arch or DEFAULT_ARCHITECTURE
-            entry = MODELS.get(arch)
-            if entry is None:
-                raise BundleError(f"the bundle's model is a {arch}, which this edgesmith does not know "
-                                  f"(it knows {', '.join(MODELS)}); use the edgesmith that compiled it")
-            config = entry.config_from_dict(config)
-        return cls(source=data["source"], spec=data.get("spec"), fingerprint=data.get("fingerprint"),
-                   config=config or None, input=data.get("input"))
-
-    def to_json(self) -> dict:
-        out = super().to_json()
-        if self.config is not None:
-            out["config"] = self.config.to_dict()
-            out["architecture"] = self.architecture
-        return out
+        if not self.config_json:
+            raise BundleError(f"the bundle's manifest holds no model config ({self.source}): it is not a "
+                              "model bundle")
+        arch = self.architecture or DEFAULT_ARCHITECTURE
+        entry = MODELS.get(arch)
+        if entry is None:
+            raise BundleError(f"the bundle's model is a {arch}, which this edgesmith does not know "
+                              f"(it knows {', '.join(MODELS)}); use the edgesmith that compiled it")
+        return entry.config_from_dict(dict(self.config_json))
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ def cmd_compile(args) -> int:
 
         report = evaluate_bundle(out, args.model, progress=progress)
         print(_format_eval(report))
-        print(f"  {guidance(report, read_manifest(out))}")
+        manifest = read_manifest(out)
+        print(f"  {guidance(report, manifest.quant, manifest.model.source)}")
     return 0
 
 

@@ -31,12 +31,11 @@ TYPICAL = {
 }
 
 
-def guidance(report: dict, manifest) -> str:
-    """What the numbers mean for this scheme and model: what is typical, and what would be a problem."""
-    quant = manifest.quant
+def guidance(report: dict, quant: str, source: str) -> str:
+    """What the numbers mean for this scheme (`quant`) and model (`source`, the manifest's
+    model.source): what is typical, and what would be a problem."""
     if not get_quantization(quant).quantized:
         return "float weights: expect a mean KL near 0 (rounding); anything above 0.01 nats is a problem"
-    source = manifest.model.source
     preset = source.split(":")[1].split(" ")[0] if source.startswith("random:") else None
     if preset in TYPICAL and quant in TYPICAL[preset]:
         top1, kl = TYPICAL[preset][quant]

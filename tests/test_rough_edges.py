@@ -209,9 +209,9 @@ def test_profile_markdown_on_a_terminal_has_no_machine_records(q0_bundle, tmp_pa
 def test_eval_guidance_says_what_is_typical_and_what_is_a_problem():
     from edgesmith.runtime.evaluate import TYPICAL, guidance
 
-    manifest = {"quant": "q4f16", "model": {"source": "random:phi-3-mini-4k:layers=2 (seed 0)"}}
+    random = ("q4f16", "random:phi-3-mini-4k:layers=2 (seed 0)")
     kl = TYPICAL["phi-3-mini-4k"]["q4f16"][1]
-    assert "as expected" in guidance({"mean_kl": kl, "top1_agreement": 0.2}, manifest)
-    assert "a problem" in guidance({"mean_kl": 5 * kl, "top1_agreement": 0.2}, manifest)
-    trained = {"quant": "q4f16i8", "model": {"source": "folder /m (2 shards, bfloat16)"}}
-    assert "compare with `--quant q4f32`" in guidance({"mean_kl": 0.02, "top1_agreement": 0.9}, trained)
+    assert "as expected" in guidance({"mean_kl": kl, "top1_agreement": 0.2}, *random)
+    assert "a problem" in guidance({"mean_kl": 5 * kl, "top1_agreement": 0.2}, *random)
+    trained = ("q4f16i8", "folder /m (2 shards, bfloat16)")
+    assert "compare with `--quant q4f32`" in guidance({"mean_kl": 0.02, "top1_agreement": 0.9}, *trained)
