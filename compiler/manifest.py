@@ -38,7 +38,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edgesmith.errors import BundleError, one_line as _one_line
 

@@ -1,11 +1,12 @@
 """`edgesmith run`: a bundle's tokens from a prompt, a chat turn or a conversation, here or on a
-device (the runner through runtime/session.py, or TVM's VM in this process with --engine python).
-Parsed in cli.py; imports are lazy like there."""
+device (the runner through runtime/session.py, or TVM's VM in this process with --engine python)."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+
+from edgesmith.cli.args import at_least, count, device_options, ids, top_p
 
 
 def cmd_run(args) -> int:
@@ -141,3 +142,30 @@ def _print_timings(r: dict, emulated: bool) -> None:
     if r.get("peak_rss_kb"):
         parts.append(f"peak RSS {r['peak_rss_kb'] / 1024:.0f} MiB")
     print("\n[" + ", ".join(parts) + "]" + label, file=sys.stderr)
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("run", help="generate tokens with a bundle")
+    r.add_argument("bundle", type=Path)
+    r.add_argument("--prompt", help="text (the bundle's tokenizer: the checkpoint's, or for random: Phi-3 presets "
+                   "the one `edgesmith tokenizer fetch` builds)")
+    r.add_argument("--tokens", type=ids, help="prompt as token ids: 1,2,3")
+    r.add_argument("-n", "--max-new-tokens", type=count, default=32, help="tokens to generate at most (default 32)")
+    r.add_argument("--temperature", type=at_least(0.0, float), default=0.0,
+                   help="sampling temperature; 0 = greedy (default)")
+    r.add_argument("--top-p", type=top_p, default=1.0,
+                   help="sample from the smallest set of tokens whose probabilities add up to this (0-1, default 1)")
+    r.add_argument("--seed", type=count, default=0, help="random seed for sampling (default 0)")
+    r.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
+    r.add_argument("--json", action="store_true", help="print one JSON object (output_ids, text, timings)")
+    r.add_argument("--engine", choices=["runner", "python"], default="runner",
+                   help="the bundle's C++ runner (default) or TVM's Python VM in this process")
+    r.add_argument("--chat", action="store_true", help="put --prompt in the chat template (Phi-3: <|user|> ... "
+                   "<|end|> <|assistant|>) and stop at the end of the reply")
+    r.add_argument("--interactive", action="store_true", help="a conversation on one KV cache: each line typed "
+                   "(or piped) is a turn, in the chat template (token ids 1,2,3 without a tokenizer); an empty "
+                   "line or end of input ends it. --prompt is the first turn; --timeout is per turn")
+    r.add_argument("--context", type=int, metavar="N", help="KV cache size in tokens, at most the compiled "
+                   "context (default: the compiled context)")
+    device_options(r)
+    r.set_defaults(func=cmd_run)
