@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings 
 from bench import arm_asm  # noqa: E402
 from bench import arm_llama  # noqa: E402
 from bench import arm_qemu  # noqa: E402
-from bench.common import table, write_json  # noqa: E402
+from bench.common import cached_bundle, table, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BLOCK = 32  # weights per block: a q4 group here, a Q4_0 block in llama.cpp
@@ -214,14 +214,9 @@ def weights_per_token(cfg: dict) -> int:
     return L * (qkv + h * h + h * 2 * i + i * h) + cfg["vocab_size"] * h
 
 
-def edgesmith_bundle(hf: Path, quant: str, target: str, cache: Path) -> Path:
-    out = cache / "arm-cost" / f"edgesmith-{hf.name}-{quant}-{target}"
-    if not (out / "manifest.json").exists():
-        exe = Path(sys.executable).parent / "edgesmith"
-        print(f"edgesmith: compiling {hf.name} {quant} for {target}", file=sys.stderr)
-        arm_llama.sh([str(exe) if exe.exists() else "edgesmith", "compile", str(hf), "--quant", quant, "--target",
-                      target, "-o", str(out), "-q"], what="edgesmith compile")
-    return out
+def edgesmith_bundle(hf: Path, quant: str, target: str) -> Path:
+    """The bundle of `hf` for `target`, from the package's bundle cache."""
+    return cached_bundle(str(hf), quant, target)
 
 
 MATMUL = {"edgesmith": r"q4_matmul|matmul", "llama.cpp": r"gemv|gemm|vec_dot|mul_mat|quantize_mat|quantize_row_q8"}
@@ -230,7 +225,7 @@ KERNEL_LIB = {"edgesmith": "model.so", "llama.cpp": "libggml-cpu.so"}
 
 def _edgesmith_command(hf: Path, quant: str, flags: str, ids: str, args):
     """(argv for n generated tokens, environment) of `runner generate` on a bundle for `flags`."""
-    bundle = edgesmith_bundle(hf, quant, flags, args.cache)
+    bundle = edgesmith_bundle(hf, quant, flags)
 
     def argv(n: int) -> list[str]:
         return [str(bundle / "bin" / "runner"), "generate", str(bundle), "--tokens", ids, "-n", str(n),

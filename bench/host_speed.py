@@ -51,7 +51,7 @@ def main() -> None:
 
     rows, results = [], []
     for quant in args.quants.split(","):
-        bundle = cached_bundle(args.out.parent, args.model, quant, args.rebuild)
+        bundle = cached_bundle(args.model, quant, rebuild=args.rebuild)
         r = run_one(bundle, args.prompt, args.new_tokens, args.reps)
         r.update(quant=quant, model=args.model)
         results.append(r)

@@ -124,7 +124,7 @@ def main() -> None:
                 r.update(phase=phase, quant=quant, layer=name, m=m, k=k, n=n)
                 rows.append(r)
                 print(f"{phase:8} {quant} {name:8} {m}x{k}->{n}: {r['ms']:.3f} ms", file=sys.stderr)
-    bw = read_bandwidth_gbs()
+    bw, _ = read_bandwidth_gbs()
     print(f"\n{target}, TVM threads {tvm.runtime.num_threads()}, read bandwidth {bw:.1f} GB/s, "
           f"median of {args.reps}\n")
     print(table(rows, [("phase", "phase"), ("quant", "quant"), ("layer", "layer"), ("m", "m"), ("k", "k"),

@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     from edgesmith.runtime.profile.run import ProfileOptions, membw_size_mb, profile_bundle
 
-    bundle = cached_bundle(OUT, args.model, args.quant)
+    bundle = cached_bundle(args.model, args.quant)
     from edgesmith.runtime.probe import parse_probe, probe_script
 
     info = parse_probe(subprocess.run(["sh", "-c", probe_script("/")], capture_output=True, text=True).stdout)

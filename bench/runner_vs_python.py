@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/out/runner_vs_python.json"))
     args = ap.parse_args()
 
-    bundle = cached_bundle(args.out.parent, args.model, args.quant)
+    bundle = cached_bundle(args.model, args.quant)
     eng = Engine(bundle)
     vocab = eng.config.vocab_size
     samples = {k: {"prefill": [], "decode": []} for k in ("runner", "python")}

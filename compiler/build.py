@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
+from edgesmith import __version__
 from edgesmith.compiler import bundle as bundle_io
 from edgesmith.compiler import gpu_sources
 from edgesmith.compiler.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
@@ -157,7 +158,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
             params=tuple(name for name, _, _ in params),
             weight_bytes=sum(_nbytes(s, d) for _, s, d in params),
             build=BuildInfo(host=platform.node(), convert_s=round(t_convert, 2), compile_s=round(t_compile, 2),
-                            edgesmith_version=_version()),
+                            edgesmith_version=__version__),
         ).write(tmp)
     return Path(out)
 
@@ -199,11 +200,6 @@ def _nbytes(shape, dtype) -> int:
     for x in shape:
         n *= x
     return n * tvm.DataType(dtype).bits // 8
-
-
-def _version() -> str:
-    from edgesmith import __version__
-    return __version__
 
 
 def preset_export_kwargs(preset) -> dict:

@@ -13,7 +13,7 @@ from typing import Any
 
 from edgesmith.compiler.models import DEFAULT_ARCHITECTURE, get_architecture, supported
 from edgesmith.compiler.models.phi3.config import DTYPES, Phi3Config, longrope_attention_factor  # noqa: F401
-from edgesmith.errors import ConfigError
+from edgesmith.errors import ConfigError, one_line
 
 
 def load_config(source: str | Path | dict):
@@ -30,7 +30,7 @@ def load_config(source: str | Path | dict):
     try:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not readable JSON ({_one_line(e)}) — re-download the checkpoint") from None
+        raise ConfigError(f"{path} is not readable JSON ({one_line(e)}) — re-download the checkpoint") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} holds a {type(raw).__name__}, not a JSON object — re-download the checkpoint")
     return parse_config(raw, where=str(path))
@@ -42,7 +42,3 @@ def parse_config(raw: dict[str, Any], where: str = "config"):
     if not isinstance(archs, list) or len(archs) != 1 or not isinstance(archs[0], str):
         raise ConfigError(f"{where} says architecture {archs!r}; edgesmith compiles {supported()} only")
     return get_architecture(archs[0], where).parse_config(raw, where)
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())

@@ -45,22 +45,16 @@ def reference_source(manifest) -> str:
 def reference_bundle(manifest, source: str | None = None, progress=None) -> Path:
     """A host bundle of the same model and quantization, compiled once and cached."""
     from edgesmith.compiler.bundle import read_manifest
-    from edgesmith.compiler.build import compile_bundle
-    from edgesmith.targets.cache import cache_root
-
-    from edgesmith.compiler.provenance import bundle_key
+    from edgesmith.compiler.provenance import cached_bundle
 
     fp = manifest.model.fingerprint
-    emb = manifest.quantize_embedding
     kv_dtype = manifest.kv_dtype  # the same cache: rounding apart, the same logits
-    # keyed by all that makes it (compiler sources and TVM version included): never a stale reference
-    key = bundle_key(fp, manifest.quant, "host", quantize_embedding=emb, kv_dtype=kv_dtype)
-    out = cache_root() / "reference" / f"{fp[:12]}-{manifest.quant}-kv{kv_dtype}-host-{key[:16]}"
-    if not (out / "manifest.json").is_file():
-        source = source or reference_source(manifest)
-        if progress:
-            progress(f"check: compiling the host reference ({source}, {manifest.quant}, KV {kv_dtype}) into {out}")
-        compile_bundle(source, manifest.quant, "host", out, quantize_embedding=emb, kv_dtype=kv_dtype)
+    say = (lambda msg: progress(f"check: host reference: {msg}")) if progress else None
+    # keyed by all that makes it (compiler sources and TVM version included): never a stale reference;
+    # the checkpoint is opened only to compile it (by the bundle's own fingerprint unless --reference)
+    out = cached_bundle(source or (lambda: reference_source(manifest)), manifest.quant, "host", cache="reference",
+                        fingerprint=None if source else fp, progress=say,
+                        options={"quantize_embedding": manifest.quantize_embedding, "kv_dtype": kv_dtype}).path
     got = read_manifest(out).model.fingerprint
     if got != fp:
         raise EdgesmithError(f"the host reference at {out} is of another model (fingerprint {got[:12]}..., the bundle's "

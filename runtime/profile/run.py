@@ -9,6 +9,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgesmith import __version__
 from edgesmith.compiler.bundle import read_manifest
 from edgesmith.compiler.context import runtime_context
 from edgesmith.errors import EdgesmithError
@@ -136,7 +137,7 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
                 "bundle": records.bundle_section(bundle.resolve(), manifest, _manifest_sha(bundle)),
                 "device": records.device_section(device, probe),
                 "software": {"runner_sha256": getattr(manifest.files.get("bin/runner"), "sha256", None),
-                             "tvm_version": version.get("tvm_version"), "edgesmith_version": _version()},
+                             "tvm_version": version.get("tvm_version"), "edgesmith_version": __version__},
                 "params": {"prompt": p, "gen": n, "threads": t, "warmup": o.warmup, "reps": o.reps,
                            "max_reps": max(o.max_reps, o.reps), "target_rsd": o.target_rsd,
                            "cool_below_c": cool, "max_temp_c": o.max_temp, "seed": o.seed},
@@ -169,8 +170,3 @@ def membw_size_mb(llc_bytes: int | None, free_bytes: int | None) -> int:
         mb = min(mb, max(64, free_bytes // 4 >> 20))
     return int(mb)
 
-
-def _version() -> str:
-    from edgesmith import __version__
-
-    return __version__
