@@ -102,6 +102,21 @@ def make_tiny_model(variant: str, *, seed: int = 0, overrides: dict | None = Non
     return model.eval()
 
 
+def hf_continue(model, ids: list[int], out=None):
+    """transformers' forward of `ids` after `out` (None: from the start) with its own KV cache,
+    under whichever name this release gives it: `cache` (5.2x) or `past_key_values` (before;
+    deprecated in 5.2x and gone in 5.40)."""
+    import inspect
+
+    import torch
+
+    kw = {"use_cache": True}
+    if out is not None:
+        new = "cache" in inspect.signature(model.forward).parameters
+        kw["cache" if new else "past_key_values"] = out.cache if new else out.past_key_values
+    return model(torch.tensor([ids]), **kw)
+
+
 def make_tiny_checkpoint(
     variant: str,
     out_dir: Path,

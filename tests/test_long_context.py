@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_tiny import VOCAB, make_tiny_checkpoint
+from hf_tiny import VOCAB, hf_continue, make_tiny_checkpoint
 
 from edgesmith.cli import main as cli_main
 from edgesmith.compiler.build import compile_bundle
@@ -79,13 +79,13 @@ def hf_greedy(folder, prompt: list[int], steps: int):
     model = Phi3ForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
     logits, ids = [], []
     with torch.no_grad():
-        out = model(torch.tensor([prompt]), use_cache=True)
+        out = hf_continue(model, prompt)
         for i in range(steps + 1):
             step = out.logits[0, -1].numpy().astype(np.float32)
             logits.append(step)
             ids.append(int(np.argmax(step)))
             if i < steps:
-                out = model(torch.tensor([[ids[-1]]]), past_key_values=out.past_key_values, use_cache=True)
+                out = hf_continue(model, [ids[-1]], out)
     return np.stack(logits), ids
 
 

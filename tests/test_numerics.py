@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_tiny import VARIANTS
+from hf_tiny import VARIANTS, hf_continue
 
 from edgesmith.runtime.engine import Engine
 
@@ -22,13 +22,13 @@ def hf_greedy_logits(folder, prompt, steps):
     model = Phi3ForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
     logits, ids = [], []
     with torch.no_grad():
-        out = model(torch.tensor([prompt]), use_cache=True)
+        out = hf_continue(model, prompt)
         for _ in range(steps + 1):
             step = out.logits[0, -1].numpy().astype(np.float32)
             logits.append(step)
             tok = int(np.argmax(step))
             ids.append(tok)
-            out = model(torch.tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)
+            out = hf_continue(model, [tok], out)
     return np.stack(logits), ids
 
 
