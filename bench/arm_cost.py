@@ -98,8 +98,8 @@ BASE_MARCH = "armv8-a"  # = arm64-linux's +neon
 
 
 def kernels(k: int, group: int = 32) -> list[Kernel]:
-    from edgesmith.compiler import kernels as k_exprs
-    from edgesmith.compiler import kernels_int8
+    from edgesmith.compiler.kernels import cpu as k_exprs
+    from edgesmith.compiler.kernels import int8 as kernels_int8
 
     f_lanes = k_exprs._lanes(k // 8, group // 8)  # words per inner step of the float GEMV
     dot = next(isa for isa in kernels_int8.ISAS if isa.name == "dotprod")
@@ -125,7 +125,8 @@ def kernels(k: int, group: int = 32) -> list[Kernel]:
 def tvm_asm(kernel: Kernel, n: int, k: int, group: int = 32) -> str:
     """The kernel as the model builds it for the preset: same generator, same target, tirx.build."""
     import tvm
-    from edgesmith.compiler import kernels_gemv, kernels_int8
+    from edgesmith.compiler.kernels import gemv as kernels_gemv
+    from edgesmith.compiler.kernels import int8 as kernels_int8
     from edgesmith.targets import presets
     from edgesmith.targets.tvm_api import tirx
 

@@ -60,7 +60,7 @@ def cached_bundle(model: str, quant: str, target: str = "host", *, rebuild: bool
     """A bundle from the package's one bundle cache (compiler/provenance.py: keyed by the
     checkpoint, the options and the compiler's own source, so never a stale one), compiled first
     when missing; options: compile options (context, kv_dtype, ...); compile_kwargs the rest."""
-    from edgesmith.compiler.provenance import cached_bundle as package_cache
+    from edgesmith.compiler.bundle.provenance import cached_bundle as package_cache
 
     tuning = options.pop("tuning", None)
     extra = {}

@@ -33,7 +33,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "edgesmith", "compile", args.model, "--quant", args.quant,
                         "--target", args.target, "-o", str(Path(tmp) / "b")], check=True)
         wall = time.perf_counter() - t
-        from edgesmith.compiler.bundle import read_manifest
+        from edgesmith.compiler.bundle.folder import read_manifest
 
         manifest = read_manifest(Path(tmp) / "b")
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

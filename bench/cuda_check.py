@@ -48,7 +48,7 @@ def _generate(bundle: Path, prompt: list[int]) -> dict:
 
 def prepare(args) -> int:
     from edgesmith.compiler.build import compile_bundle
-    from edgesmith.compiler.bundle import read_manifest
+    from edgesmith.compiler.bundle.folder import read_manifest
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

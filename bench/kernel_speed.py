@@ -26,8 +26,9 @@ if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings 
 from bench.common import read_bandwidth_gbs, table, write_json  # noqa: E402
 
 import tvm  # noqa: E402
-from edgesmith.compiler import kernels, schedules  # noqa: E402
-from edgesmith.compiler.quantize import dequantize_q4, get_quantization, quantize_q4  # noqa: E402
+from edgesmith.compiler.kernels import cpu as kernels  # noqa: E402
+from edgesmith.compiler.lowering import schedules_cpu as schedules  # noqa: E402
+from edgesmith.compiler.quantization.registry import dequantize_q4, get_quantization, quantize_q4  # noqa: E402
 from edgesmith.targets import presets  # noqa: E402
 from edgesmith.targets.tvm_api import te, tirx  # noqa: E402
 

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings 
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
 from bench.common import cached_bundle, summary, table, write_json  # noqa: E402
 
-from edgesmith.compiler.bundle import read_manifest  # noqa: E402
+from edgesmith.compiler.bundle.folder import read_manifest  # noqa: E402
 from edgesmith.runtime.engine import Engine  # noqa: E402
 from edgesmith.runtime.profile.fit import kv_cache_bytes  # noqa: E402
 from edgesmith.runtime.session import run_runner  # noqa: E402

@@ -71,9 +71,9 @@ def convert_child(model: str, quant: str, out: str) -> None:
     import resource
 
     from edgesmith.compiler.build import build_model
-    from edgesmith.compiler.checkpoint import open_checkpoint, validate
+    from edgesmith.compiler.inputs.checkpoint import open_checkpoint, validate
     from edgesmith.compiler.convert import convert_params
-    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.quantization.registry import get_quantization
     from edgesmith.targets import presets
     from edgesmith.targets.tvm_api import dump_tensor_cache, tvm
 
@@ -119,7 +119,7 @@ def main() -> None:
     if builder:
         print(f"ONNX Runtime GenAI builder: {builder['wall_s']} s, peak RSS {builder['peak_rss_mb']} MiB", file=sys.stderr)
 
-    from edgesmith.compiler.bundle import read_manifest
+    from edgesmith.compiler.bundle.folder import read_manifest
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgesmith-onnx-convert-") as tmp:

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings 
 from bench.common import table, write_json  # noqa: E402
 
 from edgesmith.compiler.build import compile_bundle  # noqa: E402
-from edgesmith.compiler.bundle import read_manifest  # noqa: E402
+from edgesmith.compiler.bundle.folder import read_manifest  # noqa: E402
 from edgesmith.runtime.evaluate import EVAL_POSITIONS, compare_logits, teacher_forced_logits  # noqa: E402
 
 

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings 
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
 from bench.common import cached_bundle, summary, table, write_json  # noqa: E402
 
-from edgesmith.compiler.checkpoint import default_quant, open_checkpoint  # noqa: E402
+from edgesmith.compiler.inputs.checkpoint import default_quant, open_checkpoint  # noqa: E402
 from edgesmith.compiler.tuning import TuningRecord, model_shape_id  # noqa: E402
 from edgesmith.runtime.devices import Device  # noqa: E402
 from edgesmith.runtime.session import run_bundle  # noqa: E402
@@ -43,8 +43,8 @@ def bundle(model: str, quant: str, record: TuningRecord | None, source: str) -> 
 
 def _model_keys(model: str, quant: str) -> set[str]:
     import tvm
-    from edgesmith.compiler.kernel_family import kernel_family
-    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.kernels.family import kernel_family
+    from edgesmith.compiler.quantization.registry import get_quantization
     from edgesmith.runtime.tune.shapes import tunable_shapes
     from edgesmith.targets.presets import get_preset
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import tvm
 from edgesmith import __version__
-from edgesmith.compiler import bundle as bundle_io
-from edgesmith.compiler import gpu_sources
-from edgesmith.compiler.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
+from edgesmith.compiler.bundle import folder as bundle_io
+from edgesmith.compiler.lowering import kernel_sources as gpu_sources
+from edgesmith.compiler.inputs.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
 from edgesmith.compiler.context import PAGE_SIZE, kv_settings
-from edgesmith.compiler.manifest import BuildInfo, DeviceInfo, Manifest, ModelInfo, TargetInfo, TokenizerInfo
+from edgesmith.compiler.bundle.manifest import BuildInfo, DeviceInfo, Manifest, ModelInfo, TargetInfo, TokenizerInfo
 from edgesmith.compiler.convert import convert_params
 from edgesmith.compiler.models import for_config
-from edgesmith.compiler.pipeline import make_pipeline
-from edgesmith.compiler.quantize import Quantization, get_quantization
+from edgesmith.compiler.lowering.pipeline import make_pipeline
+from edgesmith.compiler.quantization.registry import Quantization, get_quantization
 from edgesmith.compiler.tuning import (DEFAULT, Tuning, TuningError, TuningRecord, manifest_entry,
                                        model_shape_id)
 from edgesmith.errors import ConfigError, TargetError
@@ -189,7 +189,7 @@ def _has_chat_template(config: Path) -> bool:
 
 def _int8_dot(q: Quantization, target, preset) -> str | None:
     """The int8 dot-product feature decode runs on (None: float activations on this target)."""
-    from edgesmith.compiler import kernels_int8
+    from edgesmith.compiler.kernels import int8 as kernels_int8
 
     isas = [] if preset.gpu else kernels_int8.dot_isas(target)
     return isas[0].name if isas else None

@@ -32,7 +32,7 @@ class KVSettings:
     window: int  # sliding window the attention applies; 0: none within this context
 
     def manifest(self, page_size: int, prefill_chunk: int, cfg):
-        from edgesmith.compiler.manifest import KvCacheInfo
+        from edgesmith.compiler.bundle.manifest import KvCacheInfo
 
         return KvCacheInfo(page_size=page_size, prefill_chunk_size=prefill_chunk, max_total_seq_len=self.context,
                            dtype=self.dtype, sliding_window=self.window or None,

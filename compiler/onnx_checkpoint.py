@@ -31,10 +31,10 @@ import numpy as np
 
 from edgesmith.errors import CheckpointError, ConfigError
 
-from .config import Phi3Config, load_config, parse_config
+from .inputs.config import Phi3Config, load_config, parse_config
 from .models import for_onnx_genai_type, onnx_genai_types
 from .onnx_graph import Embedding, LinearNode, OnnxFile, Phi3Graph, match_phi3
-from .source import Checkpoint
+from .inputs.checkpoint import Checkpoint
 
 GENAI_CONFIG = "genai_config.json"
 _F32 = np.float32

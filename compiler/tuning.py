@@ -231,7 +231,7 @@ def fingerprint_mismatch(record: TuningRecord, fingerprint: dict) -> str | None:
 
 def manifest_entry(record: TuningRecord | None, tuning: Tuning, source: str, model_id: str = ""):
     """The manifest's "tuning" (a TuningInfo): where the params came from and every non-default one applied."""
-    from edgesmith.compiler.manifest import TuningInfo
+    from edgesmith.compiler.bundle.manifest import TuningInfo
 
     if record is None:
         return TuningInfo(source="defaults")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesmith.compiler import bundle as bundle_io
+from edgesmith.compiler.bundle import folder as bundle_io
 from edgesmith.compiler.context import runtime_context
 from edgesmith.errors import BundleError
 from edgesmith.runtime.sampling import Sampler

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesmith.compiler import bundle as bundle_io
+from edgesmith.compiler.bundle import folder as bundle_io
 from edgesmith.compiler.build import compile_bundle
-from edgesmith.compiler.manifest import EvalReport
-from edgesmith.compiler.quantize import get_quantization
+from edgesmith.compiler.bundle.manifest import EvalReport
+from edgesmith.compiler.quantization.registry import get_quantization
 from edgesmith.runtime.engine import Engine
 from edgesmith.targets.presets import host_arch
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgesmith.compiler import bundle as bundle_io
-from edgesmith.compiler.quantize import QUANTIZATIONS
+from edgesmith.compiler.bundle import folder as bundle_io
+from edgesmith.compiler.quantization.registry import QUANTIZATIONS
 
 
 def describe(bundle: Path, as_json: bool = False) -> str:

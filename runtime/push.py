@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgesmith.compiler.bundle import MANIFEST, read_manifest, verify
+from edgesmith.compiler.bundle.folder import MANIFEST, read_manifest, verify
 from edgesmith.runtime.transports.base import Deadline, DeviceError, Transport, TransferError, shell_join
 
 BATCH = 64  # files per hashing command: keeps each command line well under adb's limits

@@ -22,8 +22,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from edgesmith.compiler.bundle import read_manifest
-from edgesmith.compiler.manifest import Manifest
+from edgesmith.compiler.bundle.folder import read_manifest
+from edgesmith.compiler.bundle.manifest import Manifest
 from edgesmith.errors import BundleError, EdgesmithError
 from edgesmith.runtime.devices import Device
 from edgesmith.runtime.push import PushReport, push_bundle

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgesmith.compiler.manifest import TokenizerInfo
+from edgesmith.compiler.bundle.manifest import TokenizerInfo
 from edgesmith.errors import EdgesmithError
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -83,7 +83,7 @@ def load_tokenizer(bundle: Path, manifest=None) -> Tokenizer | None:
         return Tokenizer(bundle, "bundle")
     entry = manifest.tokenizer if manifest is not None else None
     if entry is not None and entry.vocabulary == "phi-3":
-        from edgesmith.compiler import phi3_tokenizer
+        from edgesmith.compiler.models.phi3 import tokenizer as phi3_tokenizer
 
         folder = phi3_tokenizer.cached()
         if folder is not None:
@@ -95,7 +95,7 @@ def no_tokenizer_message(bundle: Path, manifest, want: str = "--prompt") -> str:
     """Why `bundle` has no tokenizer, and what to do: one line."""
     entry = manifest.tokenizer or TokenizerInfo()
     if entry.vocabulary == "phi-3":
-        from edgesmith.compiler import phi3_tokenizer
+        from edgesmith.compiler.models.phi3 import tokenizer as phi3_tokenizer
 
         return phi3_tokenizer.missing_message(f"{want} on {bundle} ({manifest.model.source})") + \
             "; or pass token ids with --tokens 1,2,3"

@@ -17,7 +17,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from edgesmith.compiler import attention_cpu as ac  # noqa: E402
+from edgesmith.compiler.kernels import attention_cpu as ac  # noqa: E402
 from edgesmith.targets.tvm_api import tirx  # noqa: E402
 
 LOG2E = math.log2(math.e)

@@ -13,8 +13,8 @@ from safetensors.numpy import load_file as np_load_file
 from safetensors.numpy import save_file
 from safetensors.torch import load_file as torch_load_file
 
-from edgesmith.compiler.checkpoint import expected_shapes, open_checkpoint, validate
-from edgesmith.compiler.random_weights import RANDOM_PRESETS, list_presets
+from edgesmith.compiler.inputs.checkpoint import expected_shapes, open_checkpoint, validate
+from edgesmith.compiler.inputs.random_weights import RANDOM_PRESETS, list_presets
 from edgesmith.errors import CheckpointError, ConfigError
 from hf_tiny import (
     VARIANTS,

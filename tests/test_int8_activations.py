@@ -16,8 +16,8 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from edgesmith.compiler import kernels_int8  # noqa: E402
-from edgesmith.compiler.quantize import dequantize_q4, quantize_q4  # noqa: E402
+from edgesmith.compiler.kernels import int8 as kernels_int8  # noqa: E402
+from edgesmith.compiler.quantization.registry import dequantize_q4, quantize_q4  # noqa: E402
 from edgesmith.runtime.evaluate import compare_logits, teacher_forced_logits  # noqa: E402
 from edgesmith.targets import presets  # noqa: E402
 

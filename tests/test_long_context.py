@@ -228,7 +228,7 @@ def test_kv_dtype_defaults_follow_the_target():
             "android-arm64": "float16", "cuda": "float16", "android-opencl": "float16"}
     assert {name: default_kv_dtype(get_preset(name)) for name in want} == want
     # a float32 quantization on a GPU keeps the cache float32: no fp16 anywhere in its bundle (PoCL)
-    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.quantization.registry import get_quantization
 
     assert default_kv_dtype(get_preset("linux-opencl"), get_quantization("q4f32")) == "float32"
     assert default_kv_dtype(get_preset("linux-opencl"), get_quantization("q4f16")) == "float16"

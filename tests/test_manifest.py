@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from edgesmith.compiler.config import load_config
-from edgesmith.compiler.manifest import (EvalReport, FileEntry, KvCacheInfo, Manifest, ModelInfo, TargetInfo,
+from edgesmith.compiler.inputs.config import load_config
+from edgesmith.compiler.bundle.manifest import (EvalReport, FileEntry, KvCacheInfo, Manifest, ModelInfo, TargetInfo,
                                          TuningInfo)
 from edgesmith.compiler.models import RANDOM_PRESETS
 from edgesmith.compiler.models.phi3.config import Phi3Config

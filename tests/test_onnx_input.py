@@ -33,8 +33,8 @@ from onnx_tiny import (
 )
 
 from edgesmith.compiler.build import compile_bundle
-from edgesmith.compiler.bundle import read_manifest
-from edgesmith.compiler.checkpoint import default_quant, open_checkpoint, validate
+from edgesmith.compiler.bundle.folder import read_manifest
+from edgesmith.compiler.inputs.checkpoint import default_quant, open_checkpoint, validate
 from edgesmith.compiler.onnx_graph import OnnxFile
 from edgesmith.errors import CheckpointError, ConfigError, EdgesmithError
 from edgesmith.runtime.engine import Engine

@@ -28,7 +28,8 @@ from pocl import DEVICE, needs_pocl  # noqa: E402
 import tvm  # noqa: E402
 from tvm import topi  # noqa: E402
 
-from edgesmith.compiler import kernels_gpu, schedules_gpu  # noqa: E402
+from edgesmith.compiler import kernels_gpu
+from edgesmith.compiler import schedules_gpu  # noqa: E402
 from edgesmith.targets.presets import get_preset  # noqa: E402
 from edgesmith.targets.tvm_api import Schedule, dlight, te, tirx  # noqa: E402
 

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgesmith.compiler.bundle import sha256_file
+from edgesmith.compiler.bundle.folder import sha256_file
 from edgesmith.runtime.profile import formats
 from edgesmith.runtime.profile.check import CheckFailed
 from edgesmith.runtime.profile.fit import DoesNotFit

@@ -6,8 +6,8 @@ import pytest
 from hf_tiny import VARIANTS
 from numpy_phi3 import NumpyPhi3, dequantized_weights, read_tensor_cache, unpack_int4
 
-from edgesmith.compiler.bundle import read_manifest
-from edgesmith.compiler.quantize import dequantize_q4, quantize_q4
+from edgesmith.compiler.bundle.folder import read_manifest
+from edgesmith.compiler.quantization.registry import dequantize_q4, quantize_q4
 from edgesmith.runtime.engine import Engine
 from edgesmith.runtime.evaluate import compare_logits, teacher_forced_logits
 

@@ -22,12 +22,13 @@ from numpy_phi3 import NumpyPhi3, dequantized_weights, read_tensor_cache
 from safetensors.numpy import load_file, save_file
 from test_numerics import DECODE_STEPS, PROMPT, engine_greedy_logits, hf_greedy_logits
 
-from edgesmith.compiler import models, quantize
-from edgesmith.compiler.bundle import read_manifest
+from edgesmith.compiler import models
+from edgesmith.compiler.quantization import registry as quantize
+from edgesmith.compiler.bundle.folder import read_manifest
 from edgesmith.compiler.models.phi3 import PHI3
 from edgesmith.compiler.models.phi3 import config as phi3_config
 from edgesmith.compiler.models.phi3 import loader as phi3_loader
-from edgesmith.compiler.quant_q4 import GroupQ4
+from edgesmith.compiler.quantization.q4 import GroupQ4
 
 # ---------------------------------------------------------------- a new quantization scheme
 
@@ -180,7 +181,7 @@ def write_split_checkpoint(phi3_folder, out):
 @pytest.mark.slow
 def test_toy_architecture_compiles_and_matches_transformers(toy_arch, tiny_ckpt_dir, tmp_path):
     from edgesmith.compiler.build import compile_bundle
-    from edgesmith.compiler.checkpoint import open_checkpoint
+    from edgesmith.compiler.inputs.checkpoint import open_checkpoint
 
     phi3 = tiny_ckpt_dir("medium")  # GQA: k and v rows differ from q's
     folder = write_split_checkpoint(phi3, tmp_path / "split")
@@ -197,9 +198,9 @@ def test_toy_architecture_compiles_and_matches_transformers(toy_arch, tiny_ckpt_
 
 
 def test_toy_architecture_random_preset_and_errors(toy_arch, tmp_path):
-    from edgesmith.compiler.checkpoint import open_checkpoint, validate
-    from edgesmith.compiler.config import load_config
-    from edgesmith.compiler.random_weights import RANDOM_PRESETS, list_presets
+    from edgesmith.compiler.inputs.checkpoint import open_checkpoint, validate
+    from edgesmith.compiler.inputs.config import load_config
+    from edgesmith.compiler.inputs.random_weights import RANDOM_PRESETS, list_presets
     from edgesmith.errors import ConfigError
 
     assert "toy-split-tiny" in list_presets() and RANDOM_PRESETS["toy-split-tiny"]["architectures"] == [ARCH]

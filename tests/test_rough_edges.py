@@ -92,7 +92,7 @@ def q0_bundle(tmp_path_factory):
 def test_non_finite_logits_stop_in_one_line(q0_bundle, tmp_path, engine):
     """A garbage shard whose sha matches (rewritten with NaN, manifest updated): the engines say
     the logits are not finite, at which step, instead of printing token 0 forever."""
-    from edgesmith.compiler.bundle import sha256_file
+    from edgesmith.compiler.bundle.folder import sha256_file
 
     b = tmp_path / "b"
     shutil.copytree(q0_bundle, b)

@@ -170,7 +170,7 @@ def test_default_quantization_per_target(name):
 def test_host_default_follows_the_cpu():
     """The host's default comes from /proc/cpuinfo; checked against LLVM's own view of this CPU
     (the features the int8 kernels select on), an independent path."""
-    from edgesmith.compiler import kernels_int8
+    from edgesmith.compiler.kernels import int8 as kernels_int8
 
     quant, why = presets.default_quantization(get_preset("host"))
     import tvm

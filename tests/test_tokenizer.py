@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edgesmith.compiler import phi3_tokenizer
-from edgesmith.compiler.random_weights import RandomCheckpoint
+from edgesmith.compiler.models.phi3 import tokenizer as phi3_tokenizer
+from edgesmith.compiler.inputs.random_weights import RandomCheckpoint
 
 # Phi-3's chat tokens (the vocabulary's control pieces) and two word pieces, written out.
 BOS, ENDOFTEXT, ASSISTANT, SYSTEM, END, USER = 1, 32000, 32001, 32006, 32007, 32010

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgesmith.errors import BundleError
 
-from edgesmith.compiler.manifest import MANIFEST, Manifest
+from edgesmith.compiler.bundle.manifest import MANIFEST, Manifest
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

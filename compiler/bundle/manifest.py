@@ -302,7 +302,7 @@ class Manifest:
     def write(self, root: Path) -> Manifest:
         """Write ROOT/manifest.json with the sha256 and size of every other file under ROOT;
         returns the manifest with that file table."""
-        from edgesmith.compiler.bundle import file_table
+        from edgesmith.compiler.bundle.folder import file_table
 
         written = dataclasses.replace(self, files={rel: FileEntry(**meta) for rel, meta in
                                                    file_table(Path(root)).items()})

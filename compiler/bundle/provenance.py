@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # compiler/, targets/ and runtime/runner/ sit side by side both in a checkout and when installed
-# (site-packages/edgesmith/{compiler,targets,runtime}).
-_ROOT = Path(__file__).resolve().parents[1]
+# (site-packages/edgesmith/{compiler,targets,runtime}); this file is compiler/bundle/provenance.py.
+_ROOT = Path(__file__).resolve().parents[2]
 _SOURCES = ("compiler", "targets", "runtime/runner")
 
 
@@ -60,7 +60,7 @@ def cached_bundle(model, quant: str, target: str, *, cache: str, fingerprint: st
     import time
 
     from edgesmith.compiler.build import compile_bundle
-    from edgesmith.compiler.checkpoint import open_checkpoint
+    from edgesmith.compiler.inputs.checkpoint import open_checkpoint
     from edgesmith.targets.cache import cache_root
 
     say = progress or (lambda msg: None)

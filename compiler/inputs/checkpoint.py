@@ -1,8 +1,10 @@
-"""What every checkpoint source provides (`Checkpoint`), and its check against the architecture.
+"""What every checkpoint source provides (`Checkpoint`), its check against the architecture, and
+opening one: `open_checkpoint` picks the source by the form of what it is given, `default_quant`
+the quantization a compile uses without --quant.
 
-The sources: a Hugging Face folder (checkpoint.py), `random:` (random_weights.py), an ONNX Runtime
-GenAI folder (onnx_checkpoint.py); checkpoint.open_checkpoint picks one. They import this module,
-never each other. The tensors an architecture's checkpoint must hold come from the model registry.
+The sources: a Hugging Face folder (safetensors.py), `random:` (random_weights.py), an ONNX Runtime
+GenAI folder (compiler/onnx_checkpoint.py). They import this module, never each other. The tensors
+an architecture's checkpoint must hold come from the model registry.
 """
 
 from __future__ import annotations
@@ -88,3 +90,51 @@ def validate(ckpt: Checkpoint) -> None:
                 f"{ckpt.description}: tensor {name!r} has shape {list(got)}, expected {list(shape)} from config.json"
                 " — config.json and the weights disagree"
             )
+
+
+# ---------------------------------------------------------------- opening one
+
+def open_checkpoint(spec: str | Path) -> Checkpoint:
+    """A Hugging Face folder, an ONNX Runtime GenAI folder (or its .onnx), or "random:<preset>[:layers=N][:seed=S]"."""
+    if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
+        from .random_weights import RandomCheckpoint
+
+        return RandomCheckpoint.from_spec(spec)
+    path = Path(spec)
+    if not path.exists():
+        raise CheckpointError(
+            f"checkpoint {str(spec)!r} does not exist — give a Hugging Face folder or random:<preset> (e.g. random:tiny)"
+        )
+    from edgesmith.compiler.onnx_checkpoint import OnnxCheckpoint, is_onnx_source
+
+    if is_onnx_source(path):
+        return OnnxCheckpoint(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a file, not a folder — give the folder holding config.json (or a model.onnx)")
+    from .safetensors import FolderCheckpoint
+
+    return FolderCheckpoint(path)
+
+
+def default_quant(source: str | Path | Checkpoint, target: str) -> tuple[str, str]:
+    """The --quant to use when none is given, and why. The target decides the activations (int8
+    where it has int8 dot products: presets.default_quantization), the source the scales: an int4
+    ONNX export keeps its own (q4f32), so its weights stay bit for bit."""
+    from edgesmith.targets.presets import default_quantization, get_preset
+
+    quant, why = default_quantization(get_preset(target))
+    if isinstance(source, Checkpoint):
+        own = source.preferred_quant
+    elif isinstance(source, str) and source.startswith(RANDOM_PREFIX):
+        own = "q4f16"
+    else:
+        from edgesmith.compiler.onnx_checkpoint import is_onnx_source
+
+        own = open_checkpoint(source).preferred_quant if Path(source).exists() and is_onnx_source(Path(source)) \
+            else "q4f16"
+    if own != "q4f16":
+        from edgesmith.compiler.quantization.registry import get_quantization
+
+        quant = get_quantization(own).variant(int8_activations=get_quantization(quant).int8_activations).name
+        why += f"; {own}: the source's own int4 scheme, its weights kept bit for bit"
+    return quant, why

@@ -20,9 +20,9 @@ import numpy as np
 from edgesmith.errors import ConfigError, unknown_name
 
 from .config import parse_config
-from .manifest import TokenizerInfo
-from .models import RANDOM_PRESETS  # noqa: F401 (every architecture's presets; read here by name)
-from .source import RANDOM_PREFIX, Checkpoint, expected_shapes
+from edgesmith.compiler.bundle.manifest import TokenizerInfo
+from edgesmith.compiler.models import RANDOM_PRESETS  # noqa: F401 (every architecture's presets; read here by name)
+from .checkpoint import RANDOM_PREFIX, Checkpoint, expected_shapes
 
 GENERATOR_VERSION = "v1"
 _CHUNK = 1 << 20  # elements per random stream; part of the values' definition, never change silently  # bump when the values for a given (preset, seed) change
@@ -51,7 +51,7 @@ class RandomCheckpoint(Checkpoint):
     def _pick_tokenizer(self, preset: str) -> None:
         """Random weights, real tokenizer: presets with Phi-3's 32064-token vocabulary carry the one
         `edgesmith tokenizer fetch` built (none is made here); others say why they have none."""
-        from . import phi3_tokenizer
+        from edgesmith.compiler.models.phi3 import tokenizer as phi3_tokenizer
 
         if self.config.vocab_size != phi3_tokenizer.VOCAB_SIZE:
             why = (f"random:{preset} has Phi-4-mini's {self.config.vocab_size}-token vocabulary, not Phi-3's; no "

@@ -1,9 +1,6 @@
-"""Opening a checkpoint: a Hugging Face folder read here, or `random:` / ONNX (their own modules).
-
-Sources: a Hugging Face folder (config.json + model.safetensors or a sharded
-model.safetensors.index.json, tokenizer.json if present), `random:<preset>[:layers=N][:seed=S]`
-(random_weights.py) or an ONNX Runtime GenAI folder (onnx_checkpoint.py); what every source
-provides is source.Checkpoint. Tensor names are the HF ones; every `read` returns float32, C-contiguous.
+"""A Hugging Face checkpoint folder: config.json + model.safetensors, or shards listed in
+model.safetensors.index.json (tokenizer.json, if present, goes into the bundle). Tensor names are
+the HF ones; every `read` returns float32, C-contiguous. (Opening any source: checkpoint.py.)
 
 The safetensors format is parsed here: 8-byte little-endian header length N, N bytes of JSON
 {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data; offsets
@@ -23,9 +20,10 @@ import numpy as np
 
 from edgesmith.errors import CheckpointError
 
+from edgesmith.compiler.bundle.manifest import TokenizerInfo
+
+from .checkpoint import Checkpoint
 from .config import load_config
-from .manifest import TokenizerInfo
-from .source import RANDOM_PREFIX, Checkpoint, expected_shapes, validate  # noqa: F401 (their home until now)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -188,50 +186,3 @@ def _open_safetensors(folder: Path) -> list[SafetensorsFile]:
         hint = f" (found {', '.join(others[:3])}: convert to safetensors)" if others else ""
         raise CheckpointError(f"no *.safetensors files in {folder}{hint} — save the model with safe_serialization")
     return [SafetensorsFile(p) for p in found]
-
-
-# ---------------------------------------------------------------- open / check
-
-
-def open_checkpoint(spec: str | Path) -> Checkpoint:
-    """A Hugging Face folder, an ONNX Runtime GenAI folder (or its .onnx), or "random:<preset>[:layers=N][:seed=S]"."""
-    if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
-        from .random_weights import RandomCheckpoint
-
-        return RandomCheckpoint.from_spec(spec)
-    path = Path(spec)
-    if not path.exists():
-        raise CheckpointError(
-            f"checkpoint {str(spec)!r} does not exist — give a Hugging Face folder or random:<preset> (e.g. random:tiny)"
-        )
-    from .onnx_checkpoint import OnnxCheckpoint, is_onnx_source
-
-    if is_onnx_source(path):
-        return OnnxCheckpoint(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a file, not a folder — give the folder holding config.json (or a model.onnx)")
-    return FolderCheckpoint(path)
-
-
-def default_quant(source: str | Path | Checkpoint, target: str) -> tuple[str, str]:
-    """The --quant to use when none is given, and why. The target decides the activations (int8
-    where it has int8 dot products: presets.default_quantization), the source the scales: an int4
-    ONNX export keeps its own (q4f32), so its weights stay bit for bit."""
-    from edgesmith.targets.presets import default_quantization, get_preset
-
-    quant, why = default_quantization(get_preset(target))
-    if isinstance(source, Checkpoint):
-        own = source.preferred_quant
-    elif isinstance(source, str) and source.startswith(RANDOM_PREFIX):
-        own = "q4f16"
-    else:
-        from .onnx_checkpoint import is_onnx_source
-
-        own = open_checkpoint(source).preferred_quant if Path(source).exists() and is_onnx_source(Path(source)) \
-            else "q4f16"
-    if own != "q4f16":
-        from .quantize import get_quantization
-
-        quant = get_quantization(own).variant(int8_activations=get_quantization(quant).int8_activations).name
-        why += f"; {own}: the source's own int4 scheme, its weights kept bit for bit"
-    return quant, why

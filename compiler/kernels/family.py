@@ -42,7 +42,7 @@ def kernel_family(target, tuning: Tuning | None = None) -> KernelFamily:
     """The family of a tvm.target.Target (None: a plain CPU), with `tuning`'s kernel choices."""
     if is_gpu(target):
         return GPU
-    from edgesmith.compiler.kernels_int8 import dot_isas
+    from edgesmith.compiler.kernels.int8 import dot_isas
 
     isas = dot_isas(target)
     family = KernelFamily("cpu-int8dot", tuple(isas)) if isas else CPU

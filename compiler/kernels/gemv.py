@@ -12,7 +12,7 @@ way the int8 kernel (kernels_int8) is, which a schedule of the expression cannot
 """
 from __future__ import annotations
 
-from edgesmith.compiler import kernels
+from edgesmith.compiler.kernels import cpu as kernels
 from edgesmith.compiler.tuning import GemvParams
 
 

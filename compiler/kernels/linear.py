@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgesmith.compiler.kernel_family import KernelFamily
-from edgesmith.compiler.quant_scheme import Quantization
+from edgesmith.compiler.kernels.family import KernelFamily
+from edgesmith.compiler.quantization.scheme import Quantization
 from edgesmith.targets.tvm_api import nn
 
 

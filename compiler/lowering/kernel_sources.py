@@ -77,7 +77,7 @@ def write_kernel_sources(executable, out_dir: Path):
     kernels = split_kernels(source)
     for name, text in kernels.items():
         (out_dir / f"{name}.{ext}").write_text(text)
-    from edgesmith.compiler.manifest import KernelSources
+    from edgesmith.compiler.bundle.manifest import KernelSources
 
     return KernelSources(language=mod.kind, module=f"{out_dir.name}/module.{ext}", names=tuple(sorted(kernels)),
                          extension=ext)

@@ -9,12 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import tvm
-from edgesmith.compiler.kernel_family import is_gpu
+from edgesmith.compiler.kernels.family import is_gpu
 from edgesmith.targets.tvm_api import relax
 
 
 def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, list]]:
-    from edgesmith.compiler import attention_cpu, attention_opencl, schedules, schedules_gpu
+    from edgesmith.compiler.kernels import attention_cpu
+    from edgesmith.compiler import attention_opencl
+    from edgesmith.compiler.lowering import schedules_cpu as schedules
+    from edgesmith.compiler import schedules_gpu
 
     rt = relax.transform
     # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window

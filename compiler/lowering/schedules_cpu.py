@@ -12,7 +12,7 @@ itself (no fast-math), but it does vectorize this.
 """
 from __future__ import annotations
 
-from edgesmith.compiler import kernels
+from edgesmith.compiler.kernels import cpu as kernels
 from edgesmith.compiler.tuning import DEFAULT, Tuning
 from edgesmith.targets.tvm_api import SBlockRealize, Schedule, collect_vars_used_in_prim_expr, dlight, tirx  # noqa: E501
 

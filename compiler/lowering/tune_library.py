@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgesmith.compiler import bundle as bundle_io
-from edgesmith.compiler.manifest import BuildInfo, Manifest, ModelInfo, TargetInfo
+from edgesmith.compiler.bundle import folder as bundle_io
+from edgesmith.compiler.bundle.manifest import BuildInfo, Manifest, ModelInfo, TargetInfo
 from edgesmith.compiler.tuning import Tuning, parse_key
 
 PREFILL_TOKENS = 64  # tokens of the prefill GEMM's timed call (a chunk of a prompt)
@@ -35,12 +35,15 @@ class Candidate:
 def _func(key: str, params, target, quant):
     """The PrimFunc of kernel `key` with `params`, as the model build makes it."""
     import tvm
-    from edgesmith.compiler import kernels, kernels_gemv, kernels_int8, schedules
+    from edgesmith.compiler.kernels import cpu as kernels
+    from edgesmith.compiler.kernels import gemv as kernels_gemv
+    from edgesmith.compiler.kernels import int8 as kernels_int8
+    from edgesmith.compiler.lowering import schedules_cpu as schedules
     from edgesmith.targets.tvm_api import te, tirx
 
     info = parse_key(key)
     if info["kind"] == "attn_prefill":  # what a prompt's prefill runs: the ragged kernel
-        from edgesmith.compiler import attention_cpu
+        from edgesmith.compiler.kernels import attention_cpu
 
         return attention_cpu.attention_prefill_ragged_cpu(info["hkv"], info["hq"], info["d"], info["d"], info["dt"],
                                                           params=params)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgesmith.compiler.quant_scheme import Quantization, is_one_token
+from edgesmith.compiler.quantization.scheme import Quantization, is_one_token
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,8 @@ class FloatWeights(Quantization):
         return {"weight": ((n, k), self.storage_dtype)}
 
     def linear(self, layer, x, family):
-        from edgesmith.compiler import kernels, kernels_gpu
+        from edgesmith.compiler.kernels import cpu as kernels
+        from edgesmith.compiler import kernels_gpu
         from edgesmith.targets.tvm_api import nn
 
         if family.gpu:
@@ -35,7 +36,7 @@ class FloatWeights(Quantization):
         return None if family.gpu or one_token else shape_key("gemm", n, k)
 
     def lookup(self, layer, ids):
-        from edgesmith.compiler import kernels
+        from edgesmith.compiler.kernels import cpu as kernels
         from edgesmith.targets.tvm_api import nn
 
         return nn.op.tensor_expr_op(kernels.float_embedding, "take", [ids, layer.weight])

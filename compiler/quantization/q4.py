@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgesmith.compiler.quant_float import FloatWeights
-from edgesmith.compiler.quant_scheme import Quantization, is_one_token
+from edgesmith.compiler.quantization.float_weights import FloatWeights
+from edgesmith.compiler.quantization.scheme import Quantization, is_one_token
 from edgesmith.errors import EdgesmithError
 
 _ENCODED = (".q_weight", ".q_scale")
@@ -51,7 +51,10 @@ class GroupQ4(Quantization):
                             self.storage_dtype)
 
     def linear(self, layer, x, family):
-        from edgesmith.compiler import kernels, kernels_gemv, kernels_gpu, kernels_int8
+        from edgesmith.compiler.kernels import cpu as kernels
+        from edgesmith.compiler.kernels import gemv as kernels_gemv
+        from edgesmith.compiler import kernels_gpu
+        from edgesmith.compiler.kernels import int8 as kernels_int8
         from edgesmith.targets.tvm_api import nn
 
         op = nn.op
@@ -78,7 +81,8 @@ class GroupQ4(Quantization):
     def _cpu_kernel(self, family, n: int, k: int, one_token: bool):
         """(kind, isa) of the CPU kernel an (n, k) layer gets; kind None: the decode expression
         (kernels.q4_linear's GEMV, scheduled by rules with no choices)."""
-        from edgesmith.compiler import kernels_gemv, kernels_int8
+        from edgesmith.compiler.kernels import gemv as kernels_gemv
+        from edgesmith.compiler.kernels import int8 as kernels_int8
 
         g = self.group_size
         isa = kernels_int8.pick(list(family.dot_isas), k, g) if self.int8_activations else None
@@ -99,7 +103,7 @@ class GroupQ4(Quantization):
         return shape_key(kind, n, k) if kind == "gemm" else shape_key(kind, n, k, self.group_size, self.storage_dtype)
 
     def lookup(self, layer, ids):
-        from edgesmith.compiler import kernels
+        from edgesmith.compiler.kernels import cpu as kernels
         from edgesmith.targets.tvm_api import nn
 
         return nn.op.tensor_expr_op(kernels.q4_embedding, "q4_take", [ids, layer.q_weight, layer.q_scale, self.group_size])

@@ -9,9 +9,9 @@ A new scheme is its file (the class and its kernels) and one entry below.
 """
 from __future__ import annotations
 
-from edgesmith.compiler.quant_float import FloatWeights
-from edgesmith.compiler.quant_q4 import GroupQ4, dequantize_q4, quantize_q4  # noqa: F401 (the int4 format)
-from edgesmith.compiler.quant_scheme import Quantization
+from edgesmith.compiler.quantization.float_weights import FloatWeights
+from edgesmith.compiler.quantization.q4 import GroupQ4, dequantize_q4, quantize_q4  # noqa: F401 (the int4 format)
+from edgesmith.compiler.quantization.scheme import Quantization
 from edgesmith.errors import EdgesmithError, unknown_name
 
 QUANTIZATIONS: dict[str, Quantization] = {}

@@ -50,7 +50,7 @@ class Quantization:
     def variant(self, *, int8_activations: bool | None = None, storage_dtype: str | None = None) -> "Quantization":
         """The registered scheme with these weights but other activations or scales (q4f16i8 ->
         q4f16 with int8_activations=False); itself when nothing differs or no such scheme exists."""
-        from edgesmith.compiler.quantize import QUANTIZATIONS
+        from edgesmith.compiler.quantization.registry import QUANTIZATIONS
 
         want = (self.weight_bits, self.group_size,
                 self.int8_activations if int8_activations is None else int8_activations,

@@ -7,8 +7,8 @@ from edgesmith.cli.args import DEVICES_HELP
 
 
 def cmd_compile(args) -> int:
-    from edgesmith.compiler.checkpoint import default_quant
-    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.inputs.checkpoint import default_quant
+    from edgesmith.compiler.quantization.registry import get_quantization
     from edgesmith.targets.presets import get_preset
 
     progress_note = None
@@ -42,7 +42,7 @@ def cmd_compile(args) -> int:
     if args.eval:
         from edgesmith.runtime.evaluate import evaluate_bundle
 
-        from edgesmith.compiler.bundle import read_manifest
+        from edgesmith.compiler.bundle.folder import read_manifest
         from edgesmith.runtime.evaluate import guidance
 
         report = evaluate_bundle(out, args.model, progress=progress)
@@ -55,8 +55,8 @@ def cmd_compile(args) -> int:
 def _check_compile_args(model: str, quant: str, target: str, out: Path) -> None:
     """Names against the registries, the checkpoint's config and the output path: before TVM is
     imported, so a typo answers at once."""
-    from edgesmith.compiler.checkpoint import open_checkpoint
-    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.inputs.checkpoint import open_checkpoint
+    from edgesmith.compiler.quantization.registry import get_quantization
     from edgesmith.errors import EdgesmithError
     from edgesmith.targets.presets import get_preset
 
@@ -69,7 +69,7 @@ def _check_compile_args(model: str, quant: str, target: str, out: Path) -> None:
 
 
 def _kv_summary(bundle: Path) -> str:
-    from edgesmith.compiler.bundle import read_manifest
+    from edgesmith.compiler.bundle.folder import read_manifest
 
     kv = read_manifest(bundle).kv_cache
     window = f", sliding window {kv.sliding_window}" if kv.sliding_window else ""
@@ -92,7 +92,7 @@ def _format_eval(r: dict) -> str:
 def add_parser(sub) -> None:
     # The registries (TVM-free) name the presets and quantizations.
     from edgesmith.compiler.models import RANDOM_PRESETS, supported
-    from edgesmith.compiler.quantize import QUANTIZATIONS
+    from edgesmith.compiler.quantization.registry import QUANTIZATIONS
 
     c = sub.add_parser("compile", help="checkpoint folder or random:<preset> -> bundle folder")
     c.add_argument("model", help=f"a Hugging Face folder (config.json, *.safetensors; architectures: {supported()}), "

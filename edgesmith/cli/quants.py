@@ -5,7 +5,7 @@ import json
 
 
 def cmd_quants(args) -> int:
-    from edgesmith.compiler.quantize import QUANTIZATIONS
+    from edgesmith.compiler.quantization.registry import QUANTIZATIONS
 
     rows = [{"name": q.name, "weights": f"int{q.weight_bits}, groups of {q.group_size}" if q.quantized
              else q.storage_dtype, "scales": q.storage_dtype if q.quantized else "-",

@@ -10,7 +10,7 @@ from edgesmith.cli.args import at_least, count, device_options, ids, top_p
 
 
 def cmd_run(args) -> int:
-    from edgesmith.compiler.bundle import read_manifest
+    from edgesmith.compiler.bundle.folder import read_manifest
     from edgesmith.errors import EdgesmithError
 
     if args.engine == "python" and args.device:

@@ -6,7 +6,7 @@ import sys
 
 
 def cmd_tokenizer(args) -> int:
-    from edgesmith.compiler import phi3_tokenizer
+    from edgesmith.compiler.models.phi3 import tokenizer as phi3_tokenizer
 
     if args.action == "fetch":
         phi3_tokenizer.fetch(say=lambda msg: print(msg, file=sys.stderr, flush=True), force=args.force)

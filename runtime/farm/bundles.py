@@ -22,8 +22,8 @@ def bundle_for(model: str, quant: str | None, target: str, *, progress=None, tun
     (`farm run --tune`): its kernel choices are part of the cache key."""
     import json
 
-    from edgesmith.compiler.checkpoint import default_quant
-    from edgesmith.compiler.provenance import cached_bundle
+    from edgesmith.compiler.inputs.checkpoint import default_quant
+    from edgesmith.compiler.bundle.provenance import cached_bundle
 
     quant = quant or default_quant(model, target)[0]
     extra = {}

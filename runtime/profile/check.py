@@ -44,8 +44,8 @@ def reference_source(manifest) -> str:
 
 def reference_bundle(manifest, source: str | None = None, progress=None) -> Path:
     """A host bundle of the same model and quantization, compiled once and cached."""
-    from edgesmith.compiler.bundle import read_manifest
-    from edgesmith.compiler.provenance import cached_bundle
+    from edgesmith.compiler.bundle.folder import read_manifest
+    from edgesmith.compiler.bundle.provenance import cached_bundle
 
     fp = manifest.model.fingerprint
     kv_dtype = manifest.kv_dtype  # the same cache: rounding apart, the same logits

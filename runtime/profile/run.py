@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgesmith import __version__
-from edgesmith.compiler.bundle import read_manifest
+from edgesmith.compiler.bundle.folder import read_manifest
 from edgesmith.compiler.context import runtime_context
 from edgesmith.errors import EdgesmithError
 from edgesmith.runtime.profile import check as check_mod

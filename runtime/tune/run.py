@@ -83,9 +83,9 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
     deadline = start + o.budget_s
 
     import tvm
-    from edgesmith.compiler.checkpoint import default_quant, open_checkpoint
-    from edgesmith.compiler.kernel_family import kernel_family
-    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.inputs.checkpoint import default_quant, open_checkpoint
+    from edgesmith.compiler.kernels.family import kernel_family
+    from edgesmith.compiler.quantization.registry import get_quantization
     from edgesmith.runtime.tune.shapes import tunable_shapes
     from edgesmith.targets.presets import get_preset
 
@@ -191,7 +191,7 @@ def _tune_threads(tuned, record, cfg, preset, device, o: TuneOptions, cool, dead
     params, a decode step's (each weighted by the layers that run it) and a prefill chunk's, timed
     at each count. The score is the two relative to all cores (the runner's default) added, so a
     count that speeds decode but slows prefill as much does not win; all cores wins ties."""
-    from edgesmith.compiler.tune_kernels import arg_specs, build_library
+    from edgesmith.compiler.lowering.tune_library import arg_specs, build_library
     from edgesmith.compiler.tuning import params_from_dict
     from edgesmith.targets.cache import cache_root
 
@@ -286,7 +286,7 @@ def _cached(path: Path, fp: dict, target: str) -> TuningRecord | None:
 
 
 def _tune_shape(shape, preset, device, o: TuneOptions, cool, deadline: float, tick):
-    from edgesmith.compiler.tune_kernels import Candidate, arg_specs, build_candidates
+    from edgesmith.compiler.lowering.tune_library import Candidate, arg_specs, build_candidates
     from edgesmith.targets.cache import cache_root
 
     kind = parse_key(shape.key)["kind"]

@@ -20,11 +20,11 @@ the cache's business (TVM's evicts at sequence level): the CPU attention kernels
 """
 from __future__ import annotations
 
-from edgesmith.compiler import kernels
+from edgesmith.compiler.kernels import cpu as kernels
 from edgesmith.compiler.context import KV_DTYPES
-from edgesmith.compiler.kernel_family import kernel_family
-from edgesmith.compiler.linear import Linears
-from edgesmith.compiler.quant_scheme import Quantization
+from edgesmith.compiler.kernels.family import kernel_family
+from edgesmith.compiler.kernels.linear import Linears
+from edgesmith.compiler.quantization.scheme import Quantization
 from edgesmith.targets.tvm_api import kv_cache_mod, nn, relax
 
 from .config import Phi3Config

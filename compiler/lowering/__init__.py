@@ -1,0 +1,11 @@
+"""From the traced model to a library: passes, schedules, what goes beside the library.
+
+| module          | what it holds                                                           |
+| --------------- | ----------------------------------------------------------------------- |
+| pipeline        | the lowering passes in phases, an IR dump after each (--dump-ir)        |
+| schedules_cpu   | CPU schedule rules (linear GEMV/GEMM, row reductions, elementwise)      |
+| kernel_sources  | the GPU kernels' source code, written into the bundle                   |
+| tune_library    | `tune`'s candidate libraries: one shape, one function per candidate     |
+
+dlight's GPU rules plus a catch-all thread binding: compiler/schedules_gpu.py.
+"""
