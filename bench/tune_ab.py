@@ -30,7 +30,7 @@ from edgesmith.compiler.inputs.checkpoint import default_quant, open_checkpoint 
 from edgesmith.compiler.tuning import TuningRecord, model_shape_id  # noqa: E402
 from edgesmith.runtime.devices import Device  # noqa: E402
 from edgesmith.runtime.session import run_bundle  # noqa: E402
-from edgesmith.runtime.tune.run import LineProgress, TuneOptions, tune_model  # noqa: E402
+from edgesmith.runtime.tune.tuner import LineProgress, TuneOptions, tune_model  # noqa: E402
 from edgesmith.targets.cache import cache_root  # noqa: E402
 
 

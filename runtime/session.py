@@ -56,10 +56,13 @@ def runner_start(bindir: str, android_glibc: bool) -> list[str]:
 
 def this_machine(manifest: Manifest) -> Device:
     """This machine as the device for `manifest`'s bundle: qemu for an aarch64 bundle on x86_64."""
+    return host_device(manifest.target.preset, manifest.arch, manifest.target.layout)
+
+
+def host_device(target: str, arch: str, layout: str) -> Device:
+    """This machine as the device for a bundle of `target` (its arch and layout)."""
     from edgesmith.targets.cache import cache_root
 
-    arch = manifest.arch
-    layout = manifest.target.layout
     wrapper: tuple[str, ...] = ()
     if arch != host_arch():
         if arch != "aarch64":
@@ -69,7 +72,7 @@ def this_machine(manifest: Manifest) -> Device:
                               "apt-get install qemu-user-static")
         # android-glibc ships its own loader and libraries: qemu needs no sysroot for it
         wrapper = QEMU_AARCH64[:1] if layout.startswith("android") else QEMU_AARCH64
-    return Device(name="host", transport="local", target=manifest.target.preset,
+    return Device(name="host", transport="local", target=target,
                   workdir=str(cache_root() / "devices" / "host"), exec_wrapper=wrapper,
                   tags=("emulated",) if wrapper else ())
 

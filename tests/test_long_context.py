@@ -307,7 +307,7 @@ def test_profile_refuses_a_context_too_big_for_the_device(models, tmp_path):
     """A fake /proc/meminfo with room for the weights, the runtime and 2 MiB more: a 4096-token
     cache (4 MiB) does not fit; the refusal names the largest context that does."""
     from edgesmith.runtime.profile.fit import DoesNotFit, largest_context, memory_need
-    from edgesmith.runtime.profile.run import ProfileOptions, profile_bundle
+    from edgesmith.runtime.profile.profiler import ProfileOptions, profile_bundle
 
     _, bundle = models("window")
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -16,7 +16,7 @@ from edgesmith.compiler.bundle.folder import sha256_file
 from edgesmith.runtime.profile import formats
 from edgesmith.runtime.profile.check import CheckFailed
 from edgesmith.runtime.profile.fit import DoesNotFit
-from edgesmith.runtime.profile.run import ProfileOptions, profile_bundle
+from edgesmith.runtime.profile.profiler import ProfileOptions, profile_bundle
 
 from emulated_fixtures import *  # noqa: F401,F403
 from emulated_fixtures import pytestmark_emulated, sandbox

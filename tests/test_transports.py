@@ -11,7 +11,7 @@ import time
 import pytest
 
 from edgesmith.runtime.devices import Device, parse_devices
-from edgesmith.runtime.remote import format_devices_table, probe_devices
+from edgesmith.runtime.probe import format_devices_table, probe_devices
 from edgesmith.runtime.session import push_to_device, run_bundle
 from edgesmith.runtime.session import run_runner
 from edgesmith.runtime.transports import DeviceError, open_transport

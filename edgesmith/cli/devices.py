@@ -23,7 +23,7 @@ def cmd_devices(args) -> int:
         print(json.dumps(rows, indent=1) if args.json else
               "\n".join(f"{r['name']:12s} {r['transport']:6s} {r['target']:20s} {r['where']}" for r in rows))
         return 0
-    from edgesmith.runtime.remote import format_devices_table, probe_devices
+    from edgesmith.runtime.probe import format_devices_table, probe_devices
 
     probes = probe_devices(list(devices.values()), timeout=args.timeout)
     print(json.dumps(probes, indent=1) if args.json else format_devices_table(probes))

@@ -31,8 +31,8 @@ def cmd_farm(args) -> int:
         run_agent(tracker, args.devices, args.select, host=args.host, port=args.port, advertise=args.advertise,
                   name=args.name, log=say or (lambda msg: None))
         return 0
-    from edgesmith.runtime.farm.run import FarmOptions, farm_run
-    from edgesmith.runtime.profile.run import ProfileOptions
+    from edgesmith.runtime.farm.orchestrator import FarmOptions, farm_run
+    from edgesmith.runtime.profile.profiler import ProfileOptions
 
     profile = ProfileOptions(prompts=args.prompt, gens=args.gen, warmup=args.warmup, reps=args.reps,
                              max_reps=args.max_reps, target_rsd=args.target_rsd, cool_below=args.cool_below,

@@ -9,7 +9,7 @@ from edgesmith.cli.args import at_least, cool, count, device_options, int_list, 
 
 def cmd_profile(args) -> int:
     from edgesmith.runtime.profile.formats import write
-    from edgesmith.runtime.profile.run import ProfileOptions, profile_bundle
+    from edgesmith.runtime.profile.profiler import ProfileOptions, profile_bundle
 
     device = None
     if args.device:

@@ -9,7 +9,7 @@ from edgesmith.cli.args import DEVICES_HELP, at_least, positive
 def cmd_tune(args) -> int:
     from edgesmith.cli.progress import ConsoleProgress
     from edgesmith.runtime.devices import get_device
-    from edgesmith.runtime.tune.run import TuneOptions, tune_model
+    from edgesmith.runtime.tune.tuner import TuneOptions, tune_model
 
     device = get_device(args.device, args.devices)
     if args.output is not None and args.output.is_dir():

@@ -25,7 +25,7 @@ from pathlib import Path
 from edgesmith.errors import EdgesmithError, one_line
 from edgesmith.runtime.devices import Device
 from edgesmith.runtime.profile import records as profile_records
-from edgesmith.runtime.profile.run import ProfileOptions
+from edgesmith.runtime.profile.profiler import ProfileOptions
 
 EXIT_PASS, EXIT_USAGE, EXIT_REGRESSION, EXIT_FAILURES = 0, 1, 3, 4
 SCHEMA = "edgesmith.farm/1"
@@ -133,7 +133,7 @@ def _mark(device, text: str, timeout: float = 30.0) -> None:
 def _run_device(o: FarmOptions, spec, bundle: dict | None, say) -> dict:
     """Lease, then profile with retries. Never raises: a failure is the device's result."""
     from edgesmith.runtime.devices import parse_devices
-    from edgesmith.runtime.profile.run import profile_bundle
+    from edgesmith.runtime.profile.profiler import profile_bundle
 
     result = {"name": spec.name, "target": spec.target, "tags": list(spec.tags), "transport": spec.transport,
               "emulated": spec.emulated, "status": "failed", "reason": None, "attempts": [], "records": [],
@@ -194,7 +194,7 @@ def _tuned_bundle(o: FarmOptions, device, bundle: dict, result: dict, say) -> di
     """`--tune`: the device's tuning record (measured now, or the cache's when it has every shape)
     and the bundle compiled with it; an emulated device without --allow-emulated keeps `bundle`."""
     from edgesmith.runtime.farm.bundles import bundle_for
-    from edgesmith.runtime.tune.run import LineProgress, TuneOptions, tune_model
+    from edgesmith.runtime.tune.tuner import LineProgress, TuneOptions, tune_model
 
     if device.emulated and not o.allow_emulated:
         result["tuning"] = {"status": "skipped", "reason": "emulated device: default kernels (--allow-emulated to tune)"}

@@ -1,7 +1,8 @@
 """The device side of a profile: a RunnerSession (runtime/session.py: pushed once, the runner's
-commands one after another over the same connection) that also reads the device's memory and
-temperature. Without --device this machine is the device: the bundle runs in place, an aarch64
-bundle through qemu (labelled emulated, like the emulated board and phone).
+commands one after another over the same connection; the same arguments, in the same order) that
+also probes the device and reads its memory and temperature. Without --device this machine is the
+device: the bundle runs in place, an aarch64 bundle through qemu (labelled emulated, like the
+emulated board and phone).
 """
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ def _sensor_script(sysroot: str) -> str:
     ])
 
 
-class DeviceSession(RunnerSession):
-    def __init__(self, device, bundle, manifest, *, timeout: float, sysroot: str = ""):
+class ProfileSession(RunnerSession):
+    """RunnerSession(bundle, device, timeout=, manifest=) with the device's sensors; `sysroot`:
+    read sysfs and /proc/meminfo under this folder on the device (a fake device state)."""
+
+    def __init__(self, bundle, device=None, *, timeout: float, manifest=None, sysroot: str = ""):
         super().__init__(bundle, device, timeout=timeout, manifest=manifest)
         self.sysroot = sysroot
 

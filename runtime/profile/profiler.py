@@ -17,7 +17,7 @@ from edgesmith.runtime.profile import check as check_mod
 from edgesmith.runtime.profile import fit, records, stats
 from edgesmith.runtime.profile.kernels import kernel_table
 from edgesmith.runtime.profile.roofline import roofline
-from edgesmith.runtime.profile.session import DeviceSession
+from edgesmith.runtime.profile.profile_session import ProfileSession
 from edgesmith.runtime.session import this_machine
 
 
@@ -72,7 +72,7 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
                                  f"use --context {longest} or more, or shorter -p/-n")
 
     say(f"profile: {bundle} on '{device.name}' ({len(combos)} combination{'s' * (len(combos) != 1)})")
-    with DeviceSession(device, bundle, manifest, timeout=o.timeout, sysroot=o.sysroot) as s:
+    with ProfileSession(bundle, device, timeout=o.timeout, manifest=manifest, sysroot=o.sysroot) as s:
         if s.push_report is not None and s.push_report.sent:
             say(f"pushed {len(s.push_report.sent)} files ({s.push_report.bytes_sent / 1e6:.1f} MB)")
         probe = s.probe()

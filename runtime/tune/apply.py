@@ -11,12 +11,12 @@ from pathlib import Path
 
 from edgesmith.compiler.tuning import TuningError, TuningRecord, fingerprint_mismatch
 from edgesmith.runtime.tune.fingerprint import describe, probe_fingerprint
-from edgesmith.runtime.tune.run import cache_path
+from edgesmith.runtime.tune.tuner import cache_path
 
 
 def _device(name: str | None, target: str, devices: Path | None):
     from edgesmith.runtime.devices import get_device
-    from edgesmith.runtime.session import this_machine
+    from edgesmith.runtime.session import host_device
 
     if name:
         device = get_device(name, devices)
@@ -27,7 +27,7 @@ def _device(name: str | None, target: str, devices: Path | None):
     if target == "host":
         from edgesmith.targets.presets import host_arch
 
-        return this_machine({"arch": host_arch(), "target": {"preset": "host"}})
+        return host_device("host", host_arch(), "linux")
     return None
 
 
