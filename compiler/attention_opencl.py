@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import tvm
 
-from edgesmith.compiler.kernels.attention_cpu import PREFILL_RAGGED, _cache_rope_modes, _shape
+from edgesmith.compiler.kernels.attention_cpu import PREFILL_RAGGED
+from edgesmith.compiler.lowering.attention_swap import _cache_rope_modes, _shape
 from edgesmith.targets.tvm_api import Schedule, llm_prefill_kernels, tirx
 from edgesmith.targets.tvm_api import tir_script as T
 

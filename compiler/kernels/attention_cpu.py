@@ -11,8 +11,9 @@ kernel, -5e4 in the paged ones), which only matters when a row has no visible ke
 Limits:
 - rotary_mode must be 0: the kernels never apply RoPE (`rope_scale`, `rope_theta` and the RoPE
   position buffers are accepted and ignored) and fail at run time on any other rotary_mode. The
-  pipeline hook (`replace_cpu_attention`) only swaps them into a module whose every paged KV cache
-  is created with rope_mode NONE, so that failure is not reachable from our models.
+  pipeline hook (`replace_cpu_attention`, compiler/lowering/attention_swap.py) only swaps them
+  into a module whose every paged KV cache is created with rope_mode NONE, so that failure is not
+  reachable from our models.
 - float32 or float16 q/k/v/pages/output (the cache's dtype); every product and sum is float32.
 - any head_dim: vectors of 16 lanes where head_dim allows, else 8, 4, 2 or 1 (decode); prefill
   vectorizes over query rows, so head_dim only sets loop lengths.
@@ -46,10 +47,8 @@ from __future__ import annotations
 
 import math
 
-import tvm
-
-from edgesmith.compiler.tuning import DEFAULT, AttentionParams, Tuning, attention_key
-from edgesmith.targets.tvm_api import relax, tirx
+from edgesmith.compiler.tuning import AttentionParams
+from edgesmith.targets.tvm_api import tirx
 from edgesmith.targets.tvm_api import tir_script as T
 
 LOG2E = math.log2(math.e)
@@ -548,90 +547,3 @@ def attention_prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_si
             tiles(q, output, lse, pages, pages, page_values, pbeg, h, qb, nq, nk, causal, sm_scale, masked)
 
     return batch_prefill_paged_kv_cpu
-
-
-# ----------------------------------------------------------------------------------------------
-# the pipeline hook
-
-_ROPE_MODE_ARG = 9  # call_pure_packed args: the ExternFunc, then the creation arguments; rope_mode is 9th
-
-
-def _cache_rope_modes(mod: tvm.IRModule) -> list:
-    """The rope_mode of every paged KV cache created in `mod` (None where it can't be read)."""
-    modes = []
-
-    def visit(e):
-        if (isinstance(e, relax.Call) and e.args and isinstance(e.args[0], relax.ExternFunc)
-                and str(e.args[0].global_symbol) == KV_CACHE_CREATE):
-            arg = e.args[_ROPE_MODE_ARG] if len(e.args) > _ROPE_MODE_ARG else None
-            modes.append(int(arg.value) if isinstance(arg, tirx.IntImm) else None)
-
-    for f in mod.functions.values():
-        if isinstance(f, relax.Function):
-            relax.analysis.post_order_visit(f.body, visit)
-    return modes
-
-
-def _shape(f: tirx.PrimFunc, i: int) -> tuple:
-    buf = f.params[i]  # TVM 0.27: a buffer parameter carries its shape and dtype
-    return tuple(buf.shape), str(buf.dtype)
-
-
-def _ours(symbol: str, f: tirx.PrimFunc, window: int, tuning: Tuning = DEFAULT) -> tirx.PrimFunc:
-    """Our kernel for TVM's `f`, with the head counts, head dims and dtype read off its buffers,
-    and (prefill) the tuning's tile for them."""
-    if symbol == DECODE:
-        (_, h_q, d), dtype = _shape(f, 0)
-        (_, _, h_kv, page, _), _ = _shape(f, 1)
-        return attention_decode_cpu(int(h_kv), int(h_q), int(d), dtype, int(page), window=window)
-    if symbol == PREFILL_RAGGED:
-        (_, h_q, d_qk), dtype = _shape(f, 0)
-        (_, h_kv, _), _ = _shape(f, 2)
-        (_, _, d_v), _ = _shape(f, 3)
-        params = tuning.by_key(attention_key(int(h_q), int(h_kv), int(d_qk), dtype))
-        return attention_prefill_ragged_cpu(int(h_kv), int(h_q), int(d_qk), int(d_v), dtype, window=window,
-                                            params=params)
-    (_, h_q, d), dtype = _shape(f, 0)
-    (_, _, h_kv, page, _), _ = _shape(f, 2)
-    params = tuning.by_key(attention_key(int(h_q), int(h_kv), int(d), dtype))
-    return attention_prefill_paged_cpu(int(h_kv), int(h_q), int(d), dtype, int(page), window=window, params=params)
-
-
-def replace_cpu_attention(mod: tvm.IRModule, window: int = 0, tuning: Tuning = DEFAULT) -> tvm.IRModule:
-    """TVM's CPU attention PrimFuncs (by global_symbol) swapped for ours, same GlobalVars.
-
-    Only when the module creates paged KV caches and every one of them has rope_mode NONE (0):
-    our kernels never apply RoPE. The `_sliding_window` variants (TVM's evicting window, which
-    our models never enable) keep TVM's kernels, and so does a cache of another dtype than
-    float32/float16. `window` > 0 (a sliding window only our kernels apply): a module where any
-    of the three cannot be swapped is an error, not a silently unwindowed model.
-    """
-    modes = _cache_rope_modes(mod)
-    if not modes or any(m != 0 for m in modes):
-        if window:
-            raise ValueError(f"sliding window {window}: only edgesmith's CPU attention applies it, and this "
-                             f"module's KV caches have rope modes {modes} (it needs every one NONE)")
-        return mod
-    funcs = dict(mod.functions)
-    swapped = set()
-    for gv, f in funcs.items():
-        if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "global_symbol" in f.attrs:
-            symbol = str(f.attrs["global_symbol"])
-            if symbol in (DECODE, PREFILL_RAGGED, PREFILL_PAGED) and _shape(f, 0)[1] in ("float32", "float16"):
-                funcs[gv] = _ours(symbol, f, window, tuning)
-                swapped.add(symbol)
-    missing = {DECODE, PREFILL_RAGGED, PREFILL_PAGED} - swapped
-    if window and missing:
-        raise ValueError(f"sliding window {window}: TVM's {sorted(missing)} would run without it "
-                         "(a KV cache dtype other than float32/float16?)")
-    return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
-
-
-def ReplaceCPUAttention(window: int = 0, tuning: Tuning = DEFAULT):  # noqa: N802 (a pass)
-    """The pass: `replace_cpu_attention` with this sliding window (0: none) and tuning."""
-
-    @tvm.transform.module_pass(opt_level=0, name="ReplaceCPUAttention")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return replace_cpu_attention(mod, window, tuning)
-
-    return _pass

@@ -4,6 +4,7 @@
 | --------------- | ----------------------------------------------------------------------- |
 | pipeline        | the lowering passes in phases, an IR dump after each (--dump-ir)        |
 | schedules_cpu   | CPU schedule rules (linear GEMV/GEMM, row reductions, elementwise)      |
+| attention_swap  | the pass that swaps TVM's CPU attention kernels for ours                |
 | kernel_sources  | the GPU kernels' source code, written into the bundle                   |
 | tune_library    | `tune`'s candidate libraries: one shape, one function per candidate     |
 

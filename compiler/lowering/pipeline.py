@@ -14,7 +14,7 @@ from edgesmith.targets.tvm_api import relax
 
 
 def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, list]]:
-    from edgesmith.compiler.kernels import attention_cpu
+    from edgesmith.compiler.lowering import attention_swap
     from edgesmith.compiler import attention_opencl
     from edgesmith.compiler.lowering import schedules_cpu as schedules
     from edgesmith.compiler import schedules_gpu
@@ -24,7 +24,7 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
     # (compiler/context.py keeps GPU contexts within it); opencl: two of TVM's GPU kernels made right
     # without lock-step warps (attention_opencl.py); other GPU targets keep TVM's
     tuning = tuning or schedules.DEFAULT
-    attention = {"llvm": [("attention", [attention_cpu.ReplaceCPUAttention(sliding_window, tuning)])],
+    attention = {"llvm": [("attention", [attention_swap.ReplaceCPUAttention(sliding_window, tuning)])],
                  "opencl": [("attention", [attention_opencl.ReplaceOpenCLAttention])]}.get(target.kind.name, [])
     return attention + [
         ("legalize", [
