@@ -22,7 +22,6 @@ from edgesmith.errors import BundleError, ConfigError
 DEFAULT_CONTEXT = 4096
 PAGE_SIZE = 16  # tokens per KV cache page: the CPU attention kernels (attention_cpu.PAGE) require 16
 KV_DTYPES = ("float16", "float32")
-_DTYPE_BYTES = {"float32": 4, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -33,16 +32,11 @@ class KVSettings:
 
     def manifest(self, page_size: int, prefill_chunk: int, cfg):
         from edgesmith.compiler.bundle.manifest import KvCacheInfo
+        from edgesmith.compiler.models import for_config
 
         return KvCacheInfo(page_size=page_size, prefill_chunk_size=prefill_chunk, max_total_seq_len=self.context,
                            dtype=self.dtype, sliding_window=self.window or None,
-                           bytes_per_token=kv_bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
-                                                              cfg.head_dim, self.dtype))
-
-
-def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype: str) -> int:
-    """K and V of one token in every layer."""
-    return layers * 2 * kv_heads * head_dim * _DTYPE_BYTES[dtype]
+                           bytes_per_token=for_config(cfg).kv_bytes_per_token(cfg, self.dtype))
 
 
 def default_kv_dtype(preset, quant=None) -> str:

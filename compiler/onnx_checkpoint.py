@@ -31,7 +31,8 @@ import numpy as np
 
 from edgesmith.errors import CheckpointError, ConfigError
 
-from .inputs.config import Phi3Config, load_config, parse_config
+from .inputs.config import load_config, parse_config
+from .models.phi3.config import Phi3Config
 from .models import for_onnx_genai_type, onnx_genai_types
 from .onnx_graph import Embedding, LinearNode, OnnxFile, Phi3Graph, match_phi3
 from .inputs.checkpoint import Checkpoint

@@ -247,6 +247,8 @@ def manifest_entry(record: TuningRecord | None, tuning: Tuning, source: str, mod
 
 
 def model_shape_id(cfg, quant_name: str) -> str:
-    """What a thread count was measured for: the model's layer shapes, depth and quantization."""
-    return (f"{quant_name}:h={cfg.hidden_size}:i={cfg.intermediate_size}:q={cfg.num_attention_heads}"
-            f":kv={cfg.num_key_value_heads}:d={cfg.head_dim}:v={cfg.vocab_size}:l={cfg.num_hidden_layers}")
+    """What a thread count was measured for: the model's layer shapes and depth (its architecture
+    says: models/phi3/sizes.shape_id) and the quantization."""
+    from edgesmith.compiler.models import for_config
+
+    return f"{quant_name}:{for_config(cfg).shape_id(cfg)}"

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from edgesmith.compiler.bundle import folder as bundle_io
+from edgesmith.compiler.models import for_config, tokenizer_builder
 from edgesmith.compiler.quantization.registry import QUANTIZATIONS
 
 
@@ -20,10 +21,7 @@ def describe(bundle: Path, as_json: bool = False) -> str:
     lines = [
         f"bundle      {Path(bundle)}  (all {len(files)} files match their sha256)",
         f"model       {m.model.source}",
-        f"            {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, heads {cfg.num_attention_heads}"
-        f"/{cfg.num_key_value_heads} kv, vocab {cfg.vocab_size}, rope {cfg.rope_type}"
-        f"{'' if cfg.partial_rotary_factor == 1 else ' partial ' + str(cfg.partial_rotary_factor)}"
-        f"{', tied embeddings' if cfg.tie_word_embeddings else ''}",
+        f"            {for_config(cfg).describe(cfg)}",
         *_input_lines(m.model.input),
         f"quant       {m.quant}{' (embedding and lm_head in float)' if quant and quant.quantized and not m.quantize_embedding else ''}",
         f"target      {m.target.preset} ({m.target.triple}, layout {m.target.layout}) "
@@ -67,15 +65,18 @@ def _tuning_lines(t) -> list[str]:
 
 
 def _tokenizer_line(m) -> str:
-    """Which tokenizer the bundle carries: the checkpoint's, the built Phi-3 one, or none and why."""
+    """Which tokenizer the bundle carries: the checkpoint's, one its architecture built, or none and why."""
     t = m.tokenizer
     if t is None:  # bundles from before the manifest said
         return "tokenizer.json (checkpoint's)" if "tokenizer.json" in m.files else "none"
     template = ", with its chat template" if t.chat_template else ", no chat template"
     if t.source == "checkpoint":
         return "the checkpoint's tokenizer.json" + template
+    builder = tokenizer_builder(t.vocabulary) if t.vocabulary else None
+    if t.source and builder is not None:
+        return builder.describe(t) + template
     if t.source:
-        return f"built Phi-3 vocabulary (32064 tokens, from {t.origin}){template}"
+        return f"{t.source} (from {t.origin}){template}"
     return f"none: {t.note or 'no tokenizer.json'}"
 
 

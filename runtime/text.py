@@ -4,8 +4,8 @@ tokenizer_config.json says of it: bos/eos, chat template) and streamed decoding.
 Where a bundle's tokenizer comes from (compile decides, the manifest's "tokenizer" records it):
 - a checkpoint folder's own tokenizer.json (+ tokenizer_config.json, chat_template.jinja), as is;
 - a `random:` preset with the Phi-3 vocabulary: the Phi-3 tokenizer `edgesmith tokenizer fetch`
-  built (compiler/phi3_tokenizer.py). A bundle compiled before it was built finds it in the cache
-  at run time (nothing is ever downloaded at run time);
+  built (its architecture's tokenizer builder: compiler/models/phi3/tokenizer.py). A bundle compiled
+  before it was built finds it in the cache at run time (nothing is ever downloaded at run time);
 - none (random:tiny's toy vocabulary, Phi-4-mini's other one): token ids only.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from edgesmith.compiler.bundle.manifest import TokenizerInfo
+from edgesmith.compiler.models import tokenizer_builder
 from edgesmith.errors import EdgesmithError
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -82,10 +83,9 @@ def load_tokenizer(bundle: Path, manifest=None) -> Tokenizer | None:
     if (bundle / "tokenizer.json").is_file():
         return Tokenizer(bundle, "bundle")
     entry = manifest.tokenizer if manifest is not None else None
-    if entry is not None and entry.vocabulary == "phi-3":
-        from edgesmith.compiler.models.phi3 import tokenizer as phi3_tokenizer
-
-        folder = phi3_tokenizer.cached()
+    builder = tokenizer_builder(entry.vocabulary) if entry is not None and entry.vocabulary else None
+    if builder is not None:
+        folder = builder.cached()
         if folder is not None:
             return Tokenizer(folder, str(folder))
     return None
@@ -94,10 +94,9 @@ def load_tokenizer(bundle: Path, manifest=None) -> Tokenizer | None:
 def no_tokenizer_message(bundle: Path, manifest, want: str = "--prompt") -> str:
     """Why `bundle` has no tokenizer, and what to do: one line."""
     entry = manifest.tokenizer or TokenizerInfo()
-    if entry.vocabulary == "phi-3":
-        from edgesmith.compiler.models.phi3 import tokenizer as phi3_tokenizer
-
-        return phi3_tokenizer.missing_message(f"{want} on {bundle} ({manifest.model.source})") + \
+    builder = tokenizer_builder(entry.vocabulary) if entry.vocabulary else None
+    if builder is not None:
+        return builder.missing_message(f"{want} on {bundle} ({manifest.model.source})") + \
             "; or pass token ids with --tokens 1,2,3"
     why = entry.note or "random weights, or none in the checkpoint"
     return f"bundle {bundle} has no tokenizer.json ({why}); pass token ids with --tokens 1,2,3"

@@ -6,29 +6,30 @@ line changed in edgesmith's modules.
   by a kernel written here (dequantize, then a plain matmul), instead of the registry's q4
   kernels. Checked against the numpy model over the bundle's own dequantized weights, and
   against the q4f32 bundle's logits.
-- toy architecture `Phi3SplitToyForCausalLM`: Phi-3's model, but checkpoints that store q, k, v
-  and gate, up apart (as Llama/Mistral checkpoints do), so the entry's name map fuses them.
-  Checked against transformers' Phi3ForCausalLM on the same weights in Phi-3's own layout.
+- toy architecture `LlamaForCausalLM` (tests/toy_llama.py, one file and one `register`): a model
+  of its own (q, k and v as three linears; gate and up fused by its name map), and its own answers
+  to what the runtime asks (linear layers for tune, bytes per token for the fit check, inspect's
+  line). Checked against transformers' LlamaForCausalLM on the same weights, through the Python VM
+  and the C++ runner.
 """
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import toy_llama as toy_llama_module
 from numpy_phi3 import NumpyPhi3, dequantized_weights, read_tensor_cache
-from safetensors.numpy import load_file, save_file
-from test_numerics import DECODE_STEPS, PROMPT, engine_greedy_logits, hf_greedy_logits
+from test_numerics import DECODE_STEPS, PROMPT, engine_greedy_logits
+from toy_llama import TOY_LLAMA
 
 from edgesmith.compiler import models
-from edgesmith.compiler.quantization import registry as quantize
 from edgesmith.compiler.bundle.folder import read_manifest
-from edgesmith.compiler.models.phi3 import PHI3
-from edgesmith.compiler.models.phi3 import config as phi3_config
-from edgesmith.compiler.models.phi3 import loader as phi3_loader
+from edgesmith.compiler.quantization import registry as quantize
 from edgesmith.compiler.quantization.q4 import GroupQ4
+from edgesmith.compiler.quantization.registry import get_quantization
+
+ARCH = TOY_LLAMA.architecture
 
 # ---------------------------------------------------------------- a new quantization scheme
 
@@ -106,109 +107,92 @@ def test_toy_quantization_is_listed(toy_quant, capsys):
 
 # ---------------------------------------------------------------- a new model architecture
 
-ARCH = "Phi3SplitToyForCausalLM"
-_SPLIT = {"self_attn.qkv_proj.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-          "mlp.gate_up_proj.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight")}
-
-
-class SplitConfig(phi3_config.Phi3Config):
-    architecture = ARCH
-
-
-def split_rows(cfg) -> dict[str, list[int]]:
-    """Rows of each fused Phi-3 weight that each split tensor holds."""
-    d = cfg.head_dim
-    return {"self_attn.qkv_proj.weight": [cfg.num_attention_heads * d, cfg.num_key_value_heads * d,
-                                          cfg.num_key_value_heads * d],
-            "mlp.gate_up_proj.weight": [cfg.intermediate_size, cfg.intermediate_size]}
-
-
-def split_shapes(cfg) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for name, shape in phi3_loader.expected_shapes(cfg).items():
-        fused = next((f for f in _SPLIT if name.endswith(f)), None)
-        if fused is None:
-            shapes[name] = shape
-            continue
-        prefix = name[: -len(fused)]
-        for part, rows in zip(_SPLIT[fused], split_rows(cfg)[fused]):  # noqa: B905
-            shapes[prefix + part] = (rows, shape[1])
-    return shapes
-
-
-def split_source(cfg, param: str) -> models.ParamSource:
-    fused = next((f for f in _SPLIT if param.endswith(f)), None)
-    if fused is None:
-        return phi3_loader.param_source(cfg, param)
-    prefix = param[: -len(fused)]
-    return models.ParamSource(tuple(prefix + part for part in _SPLIT[fused]), combine=models.stack_rows)
-
-
-TOY_ARCH = models.ModelArchitecture(
-    architecture=ARCH, name="phi3split", models="a test's Phi-3 with split q/k/v and gate/up tensors",
-    parse_config=lambda raw, where: phi3_config.parse(raw, where, config_class=SplitConfig), config_class=SplitConfig,
-    expected_shapes=split_shapes, param_source=split_source, model=PHI3.model,
-    random_presets={"toy-split-tiny": dict(PHI3.random_presets["tiny"], architectures=[ARCH])})
-
 
 @pytest.fixture
-def toy_arch():
-    models.register(TOY_ARCH)
-    yield TOY_ARCH
-    del models.MODELS[ARCH]
+def toy_llama():
+    models.register(TOY_LLAMA)
+    yield TOY_LLAMA
+    del models.MODELS[TOY_LLAMA.architecture]
 
 
-def write_split_checkpoint(phi3_folder, out):
-    """Phi-3's checkpoint rewritten in the split layout, config.json naming the toy architecture."""
-    out.mkdir()
-    config = json.loads((phi3_folder / "config.json").read_text())
-    config["architectures"] = [ARCH]
-    (out / "config.json").write_text(json.dumps(config))
-    shutil.copy(phi3_folder / "tokenizer.json", out / "tokenizer.json")
-    rows = split_rows(phi3_config.parse(config))
-    tensors = {}
-    for name, arr in load_file(phi3_folder / "model.safetensors").items():
-        fused = next((f for f in _SPLIT if name.endswith(f)), None)
-        if fused is None:
-            tensors[name] = arr
-            continue
-        for part, piece in zip(_SPLIT[fused], np.split(arr, np.cumsum(rows[fused])[:-1])):  # noqa: B905
-            tensors[name[: -len(fused)] + part] = np.ascontiguousarray(piece)
-    save_file(tensors, out / "model.safetensors")
-    return out
+def write_llama_checkpoint(out, *, seed: int = 0):
+    """transformers' own LlamaForCausalLM (random weights, GQA, norms moved off 1), saved as a
+    Hugging Face folder; returns the model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                         rms_norm_eps=1e-6, tie_word_embeddings=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.2 * torch.randn_like(p))
+    model.eval().save_pretrained(out)
+    return model
 
 
 @pytest.mark.slow
-def test_toy_architecture_compiles_and_matches_transformers(toy_arch, tiny_ckpt_dir, tmp_path):
+def test_toy_architecture_with_its_own_model_matches_transformers(toy_llama, tmp_path):
+    """tests/toy_llama.py: Llama's model (q, k, v as three linears) in its own file, one entry;
+    compiled from transformers' checkpoint, run by the Python VM and the C++ runner, against
+    transformers' LlamaForCausalLM on the same weights; what the runtime asks, its entry answers."""
+    import torch
+
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.compiler.inputs.checkpoint import open_checkpoint
+    from edgesmith.compiler.kernels.family import CPU
+    from edgesmith.runtime import inspect_bundle
+    from edgesmith.runtime.profile import fit
+    from edgesmith.runtime.session import run_bundle
+    from edgesmith.runtime.tune.shapes import tunable_shapes
+    from hf_tiny import hf_continue
 
-    phi3 = tiny_ckpt_dir("medium")  # GQA: k and v rows differ from q's
-    folder = write_split_checkpoint(phi3, tmp_path / "split")
-    ckpt = open_checkpoint(folder)
-    assert type(ckpt.config) is SplitConfig
-    assert "model.layers.0.self_attn.k_proj.weight" in ckpt.tensor_names()
-    assert "model.layers.0.self_attn.qkv_proj.weight" not in ckpt.tensor_names()
+    hf = write_llama_checkpoint(tmp_path / "llama")
+    ckpt = open_checkpoint(tmp_path / "llama")
+    assert type(ckpt.config) is toy_llama_module.LlamaConfig
+    assert "model.layers.0.mlp.gate_proj.weight" in ckpt.tensor_names()  # fused into gate_up by its name map
+    bundle = compile_bundle(tmp_path / "llama", "q0f32", "host", tmp_path / "bundle")
 
-    bundle = compile_bundle(folder, "q0f32", "host", tmp_path / "bundle")
-    ref, ref_ids = hf_greedy_logits(phi3, PROMPT, DECODE_STEPS)  # transformers, Phi-3's own layout
+    want, want_ids, out = [], [], None
+    with torch.no_grad():
+        out = hf_continue(hf, PROMPT)
+        for _ in range(DECODE_STEPS + 1):
+            want.append(out.logits[0, -1].numpy())
+            want_ids.append(int(np.argmax(want[-1])))
+            out = hf_continue(hf, [want_ids[-1]], out)
     got, got_ids = engine_greedy_logits(bundle, PROMPT, DECODE_STEPS)
-    assert np.abs(got - ref).max() < 1e-4
-    assert got_ids == ref_ids
+    assert np.abs(got - np.stack(want)).max() < 1e-4
+    assert got_ids == want_ids
+    ran = run_bundle(None, bundle, ["generate", "--tokens", ",".join(map(str, PROMPT)), "-n", DECODE_STEPS + 1],
+                     timeout=300)
+    assert ran[-1]["output_ids"] == want_ids  # the runner knows no architecture: the same tokens
+
+    m = read_manifest(bundle)
+    assert m.model.architecture == "LlamaForCausalLM" and type(m.config) is toy_llama_module.LlamaConfig
+    assert "toy Llama: 2 layers, hidden 64" in inspect_bundle.describe(bundle)
+    per_token = 2 * 2 * 2 * 16 * 4  # layers x (k, v) x kv heads x head_dim x float32
+    assert m.kv_cache.bytes_per_token == fit.kv_bytes_per_token(m) == per_token
+    names = {layer for shape in tunable_shapes(m.config, get_quantization("q4f16"), CPU) for layer in shape.layers}
+    assert {"q", "k", "v", "gate_up", "down"} <= names and "qkv" not in names
 
 
-def test_toy_architecture_random_preset_and_errors(toy_arch, tmp_path):
+def test_toy_architecture_random_preset_and_errors(toy_llama):
     from edgesmith.compiler.inputs.checkpoint import open_checkpoint, validate
     from edgesmith.compiler.inputs.config import load_config
     from edgesmith.compiler.inputs.random_weights import RANDOM_PRESETS, list_presets
     from edgesmith.errors import ConfigError
 
-    assert "toy-split-tiny" in list_presets() and RANDOM_PRESETS["toy-split-tiny"]["architectures"] == [ARCH]
-    ckpt = open_checkpoint("random:toy-split-tiny")
+    assert "toy-llama-tiny" in list_presets() and RANDOM_PRESETS["toy-llama-tiny"]["architectures"] == [ARCH]
+    ckpt = open_checkpoint("random:toy-llama-tiny")
     validate(ckpt)
     assert "model.layers.1.mlp.up_proj.weight" in ckpt.tensor_names()
-    raw = dict(PHI3.random_presets["tiny"], architectures=["Phi3SplitToyForCausalLMX"])
-    with pytest.raises(ConfigError, match=f"'Phi3SplitToyForCausalLMX'.*{ARCH}"):
+    assert ckpt.tokenizer_entry.note  # no tokenizer builder: the bundle says why it has none
+    raw = dict(TOY_LLAMA.random_presets["toy-llama-tiny"], architectures=["LlamaForCausalLMX"])
+    with pytest.raises(ConfigError, match=f"'LlamaForCausalLMX'.*{ARCH}"):
         load_config(raw)
     with pytest.raises(ValueError, match="registered already"):
-        models.register(TOY_ARCH)
+        models.register(TOY_LLAMA)

@@ -1,8 +1,8 @@
 """config.json -> the config of its architecture, through the model registry (compiler/models/).
 
 `load_config` reads the file; `parse_config` picks the registered architecture by the
-`architectures` value and hands the dict to that architecture's parser. Phi3Config (the one
-architecture so far) is re-exported for the code and tests that name it.
+`architectures` value and hands the dict to that architecture's parser (its config class lives in
+its model folder: compiler/models/phi3/config.py's Phi3Config).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from edgesmith.compiler.models import DEFAULT_ARCHITECTURE, get_architecture, supported
-from edgesmith.compiler.models.phi3.config import DTYPES, Phi3Config, longrope_attention_factor  # noqa: F401
 from edgesmith.errors import ConfigError, one_line
 
 

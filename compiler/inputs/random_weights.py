@@ -21,7 +21,7 @@ from edgesmith.errors import ConfigError, unknown_name
 
 from .config import parse_config
 from edgesmith.compiler.bundle.manifest import TokenizerInfo
-from edgesmith.compiler.models import RANDOM_PRESETS  # noqa: F401 (every architecture's presets; read here by name)
+from edgesmith.compiler.models import RANDOM_PRESETS, for_config
 from .checkpoint import RANDOM_PREFIX, Checkpoint, expected_shapes
 
 GENERATOR_VERSION = "v1"
@@ -49,27 +49,16 @@ class RandomCheckpoint(Checkpoint):
         self.description = f"random:{preset}" + (f":layers={layers}" if layers is not None else "") + f" (seed {seed})"
 
     def _pick_tokenizer(self, preset: str) -> None:
-        """Random weights, real tokenizer: presets with Phi-3's 32064-token vocabulary carry the one
-        `edgesmith tokenizer fetch` built (none is made here); others say why they have none."""
-        from edgesmith.compiler.models.phi3 import tokenizer as phi3_tokenizer
-
-        if self.config.vocab_size != phi3_tokenizer.VOCAB_SIZE:
-            why = (f"random:{preset} has Phi-4-mini's {self.config.vocab_size}-token vocabulary, not Phi-3's; no "
-                   "tokenizer for it is attached" if preset.startswith("phi-4") else
-                   f"random:{preset} has a {self.config.vocab_size}-token toy vocabulary, no real tokenizer")
-            self.tokenizer_entry = TokenizerInfo(note=why)
+        """Random weights, real tokenizer: the architecture's tokenizer builder says which presets
+        carry the tokenizer it built (none is made here), and why the others have none."""
+        builder = for_config(self.config).tokenizer
+        if builder is None:
+            self.tokenizer_entry = TokenizerInfo(note=f"random:{preset}: its architecture has no tokenizer to attach")
             return
-        folder = phi3_tokenizer.cached()
-        if folder is None:
-            self.tokenizer_entry = TokenizerInfo(vocabulary="phi-3",
-                                                 note=phi3_tokenizer.missing_message(f"random:{preset}'s text"))
-            return
-        self.tokenizer_path = folder / "tokenizer.json"
-        self.tokenizer_files = (folder / "tokenizer_config.json",)
-        source = json.loads((folder / "source.json").read_text())
-        self.tokenizer_entry = TokenizerInfo(source="phi-3 vocabulary", vocabulary="phi-3",
-                                             origin=f"{source['package']} {source['member'].split('/', 1)[-1]}",
-                                             gguf_sha256=source["gguf_sha256"])
+        folder, self.tokenizer_entry = builder.for_random(self.config, preset)
+        if folder is not None:
+            self.tokenizer_path = folder / "tokenizer.json"
+            self.tokenizer_files = (folder / "tokenizer_config.json",)
 
     @classmethod
     def from_spec(cls, spec: str) -> "RandomCheckpoint":

