@@ -35,7 +35,7 @@ from onnx_tiny import (
 from edgesmith.compiler.build import compile_bundle
 from edgesmith.compiler.bundle.folder import read_manifest
 from edgesmith.compiler.inputs.checkpoint import default_quant, open_checkpoint, validate
-from edgesmith.compiler.onnx_graph import OnnxFile
+from edgesmith.compiler.inputs.onnx_file import OnnxFile
 from edgesmith.errors import CheckpointError, ConfigError, EdgesmithError
 from edgesmith.runtime.engine import Engine
 from edgesmith.runtime.evaluate import compare_logits, teacher_forced_logits

@@ -28,8 +28,8 @@ from pocl import DEVICE, needs_pocl  # noqa: E402
 import tvm  # noqa: E402
 from tvm import topi  # noqa: E402
 
-from edgesmith.compiler import kernels_gpu
-from edgesmith.compiler import schedules_gpu  # noqa: E402
+from edgesmith.compiler.kernels import gpu as kernels_gpu
+from edgesmith.compiler.lowering import schedules_gpu  # noqa: E402
 from edgesmith.targets.presets import get_preset  # noqa: E402
 from edgesmith.targets.tvm_api import Schedule, dlight, te, tirx  # noqa: E402
 
@@ -294,7 +294,7 @@ def _run_ragged(func, target, n, h_q=4, h_kv=2, d=32):
 
 @pytest.mark.parametrize("n", [1, 3, 9, 16, 17, 40])
 def test_ragged_prefill_attention_as_opencl_bundles_build_it(n):
-    from edgesmith.compiler.attention_opencl import _vec16_target
+    from edgesmith.compiler.kernels.attention_opencl import _vec16_target
     from edgesmith.targets.tvm_api import llm_prefill_kernels as _prefill_kernels
 
     func = _prefill_kernels._attention_prefill_ragged(2, 4, 32, 32, "float32", {}, _vec16_target(GENERIC))
@@ -327,7 +327,7 @@ def _run_merge(func, n=18, h=4, d=32):
 
 
 def test_merge_attention_states_as_opencl_bundles_build_it():
-    from edgesmith.compiler.attention_opencl import _thread_extents, merge_state_inplace
+    from edgesmith.compiler.kernels.attention_opencl import _thread_extents, merge_state_inplace
     from edgesmith.targets.tvm_api import kv_cache_mod as kv_cache
 
     tvm_func = kv_cache._merge_state_inplace(4, 32, "float32", GENERIC, "tir_attention_merge_state")

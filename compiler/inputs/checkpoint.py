@@ -3,7 +3,7 @@ opening one: `open_checkpoint` picks the source by the form of what it is given,
 the quantization a compile uses without --quant.
 
 The sources: a Hugging Face folder (safetensors.py), `random:` (random_weights.py), an ONNX Runtime
-GenAI folder (compiler/onnx_checkpoint.py). They import this module, never each other. The tensors
+GenAI folder (onnx.py). They import this module, never each other. The tensors
 an architecture's checkpoint must hold come from the model registry.
 """
 
@@ -30,7 +30,7 @@ class Checkpoint(ABC):
     tokenizer_files: tuple[Path, ...] = ()  # what goes with it: tokenizer_config.json, chat_template.jinja
     tokenizer_entry = None  # the manifest's TokenizerInfo: where it comes from, or why there is none
     spec: str = ""  # what `compile` is given to open this checkpoint again (the manifest's model.spec)
-    source_format = "safetensors"  # "random", "onnx" (onnx_checkpoint.py)
+    source_format = "safetensors"  # "random", "onnx" (onnx.py)
     preferred_quant = "q4f16"  # the source's own scheme (an int4 ONNX export's scales: q4f32)
     _shapes: dict[str, tuple[int, ...]]
 
@@ -105,7 +105,7 @@ def open_checkpoint(spec: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {str(spec)!r} does not exist — give a Hugging Face folder or random:<preset> (e.g. random:tiny)"
         )
-    from edgesmith.compiler.onnx_checkpoint import OnnxCheckpoint, is_onnx_source
+    from edgesmith.compiler.inputs.onnx import OnnxCheckpoint, is_onnx_source
 
     if is_onnx_source(path):
         return OnnxCheckpoint(path)
@@ -128,7 +128,7 @@ def default_quant(source: str | Path | Checkpoint, target: str) -> tuple[str, st
     elif isinstance(source, str) and source.startswith(RANDOM_PREFIX):
         own = "q4f16"
     else:
-        from edgesmith.compiler.onnx_checkpoint import is_onnx_source
+        from edgesmith.compiler.inputs.onnx import is_onnx_source
 
         own = open_checkpoint(source).preferred_quant if Path(source).exists() and is_onnx_source(Path(source)) \
             else "q4f16"

@@ -8,7 +8,6 @@
 | gemv           | decode's int4 GEMV with float activations, in TIR                          |
 | int8           | decode GEMV and prefill GEMM on int8 dot products (VNNI, Arm dotprod), in TIR |
 | attention_cpu  | CPU attention kernels for TVM's paged KV cache (sliding window, float16 KV) |
-
-GPU linears and TVM's GPU attention made right on OpenCL: compiler/kernels_gpu.py,
-compiler/attention_opencl.py.
+| gpu            | GPU linears in the textbook form dlight's rules read                       |
+| attention_opencl | two of TVM's GPU attention kernels made right on OpenCL                  |
 """

@@ -7,6 +7,5 @@
 | attention_swap  | the pass that swaps TVM's CPU attention kernels for ours                |
 | kernel_sources  | the GPU kernels' source code, written into the bundle                   |
 | tune_library    | `tune`'s candidate libraries: one shape, one function per candidate     |
-
-dlight's GPU rules plus a catch-all thread binding: compiler/schedules_gpu.py.
+| schedules_gpu   | dlight's GPU rules plus a catch-all thread binding                      |
 """

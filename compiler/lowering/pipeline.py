@@ -15,9 +15,9 @@ from edgesmith.targets.tvm_api import relax
 
 def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, list]]:
     from edgesmith.compiler.lowering import attention_swap
-    from edgesmith.compiler import attention_opencl
+    from edgesmith.compiler.kernels import attention_opencl
     from edgesmith.compiler.lowering import schedules_cpu as schedules
-    from edgesmith.compiler import schedules_gpu
+    from edgesmith.compiler.lowering import schedules_gpu
 
     rt = relax.transform
     # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window

@@ -16,6 +16,7 @@ from .registry import (  # noqa: F401
     RANDOM_PRESETS,
     LinearShape,
     ModelArchitecture,
+    OnnxMapping,
     ParamSource,
     TokenizerBuilder,
     for_config,

@@ -3,9 +3,9 @@
 An entry is everything edgesmith knows about one architecture, each piece in the entry's own
 folder (compiler/models/<name>/): how its config.json reads, which tensors its checkpoints hold
 (names and shapes), where each parameter of our model comes from in them (the name map, with
-fusions), the nn model itself, the `random:` presets of its public shapes, and what the runtime
-asks of a model (its linear layers, the bytes a token takes in the KV cache and the activations,
-the weights a decoded token reads, its tokenizer). The rest of edgesmith looks an architecture up
+fusions), the nn model itself, the `random:` presets of its public shapes, what the runtime asks
+of a model (its linear layers, the bytes a token takes in the KV cache and the activations, the
+weights a decoded token reads), its tokenizer builder and its ONNX Runtime GenAI mapping. The rest of edgesmith looks an architecture up
 here (by its config: `for_config`) and never imports a model folder by name.
 
 Nothing here imports TVM: the CLI reads the registry for its help text. The nn model is loaded
@@ -99,6 +99,37 @@ class TokenizerBuilder:
         return self._impl().summary(folder)
 
 
+@dataclass(frozen=True)
+class OnnxMapping:
+    """How an ONNX Runtime GenAI graph of this architecture maps onto its checkpoint tensors
+    (compiler/inputs/onnx.py reads the folder and the file; this, what the graph means). `module`
+    provides: match(file) -> graph (the walk that names the nodes carrying our parameters),
+    config(file, graph, genai_config, folder) -> config, check(file, graph, config) (what the
+    graph computes that the config must reproduce), tensor_parts(graph, config) -> {HF name: the
+    graph's pieces, stacked by rows}, linears(graph) -> every LinearNode."""
+
+    types: tuple[str, ...]  # genai_config.json's model.type values: ("phi3",)
+    module: str  # "edgesmith.compiler.models.phi3.onnx_map"
+
+    def _impl(self):  # imported when an ONNX folder is opened (it needs the onnx package)
+        return importlib.import_module(self.module)
+
+    def match(self, file):
+        return self._impl().match(file)
+
+    def config(self, file, graph, genai: dict, folder):
+        return self._impl().config(file, graph, genai, folder)
+
+    def check(self, file, graph, config) -> None:
+        self._impl().check(file, graph, config)
+
+    def tensor_parts(self, graph, config) -> dict[str, list]:
+        return self._impl().tensor_parts(graph, config)
+
+    def linears(self, graph) -> list:
+        return self._impl().linears(graph)
+
+
 def stack_rows(parts: list[np.ndarray]) -> np.ndarray:
     """The usual fusion: [(n1, k), (n2, k), ...] -> (n1 + n2 + ..., k)."""
     return np.concatenate(parts, axis=0)
@@ -130,7 +161,7 @@ class ModelArchitecture:
     describe: Callable[[Any], str]  # one line: layers, widths, heads, vocabulary, rope (edgesmith inspect)
     random_presets: Mapping[str, dict] = field(default_factory=dict)  # random:<preset> -> config.json dict
     tokenizer: TokenizerBuilder | None = None  # the tokenizer its random: presets carry, if any
-    onnx_genai_types: tuple[str, ...] = ()  # ONNX Runtime GenAI `model.type` values of this architecture
+    onnx: OnnxMapping | None = None  # how its ONNX Runtime GenAI graphs map onto its tensors, if they do
 
     def config_from_dict(self, data: dict):
         """The config a bundle's manifest holds (written by its to_dict())."""
@@ -184,11 +215,11 @@ def tokenizer_builders() -> list[TokenizerBuilder]:
 
 
 def for_onnx_genai_type(kind: str) -> ModelArchitecture | None:
-    return next((m for m in MODELS.values() if kind in m.onnx_genai_types), None)
+    return next((m for m in MODELS.values() if m.onnx and kind in m.onnx.types), None)
 
 
 def onnx_genai_types() -> list[str]:
-    return [t for m in MODELS.values() for t in m.onnx_genai_types]
+    return [t for m in MODELS.values() if m.onnx for t in m.onnx.types]
 
 
 class _Presets(Mapping):

@@ -19,7 +19,7 @@ class FloatWeights(Quantization):
 
     def linear(self, layer, x, family):
         from edgesmith.compiler.kernels import cpu as kernels
-        from edgesmith.compiler import kernels_gpu
+        from edgesmith.compiler.kernels import gpu as kernels_gpu
         from edgesmith.targets.tvm_api import nn
 
         if family.gpu:

@@ -53,7 +53,7 @@ class GroupQ4(Quantization):
     def linear(self, layer, x, family):
         from edgesmith.compiler.kernels import cpu as kernels
         from edgesmith.compiler.kernels import gemv as kernels_gemv
-        from edgesmith.compiler import kernels_gpu
+        from edgesmith.compiler.kernels import gpu as kernels_gpu
         from edgesmith.compiler.kernels import int8 as kernels_int8
         from edgesmith.targets.tvm_api import nn
 

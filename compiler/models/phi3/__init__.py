@@ -6,10 +6,12 @@
     presets.py    random:<preset> configs of the public shapes
     sizes.py      what the runtime asks: linear layers, KV and activation bytes per token, weights read
     tokenizer.py  the real Phi-3 tokenizer, built once from a registry package (imported when asked)
+    onnx_graph.py an ONNX Runtime GenAI Phi-3 graph matched onto our layers (the walk)
+    onnx_map.py   the rest of reading one: its config, the RoPE tables checked, the tensors' pieces
 """
 from __future__ import annotations
 
-from ..registry import ModelArchitecture, TokenizerBuilder
+from ..registry import ModelArchitecture, OnnxMapping, TokenizerBuilder
 from . import config, loader, presets, sizes
 
 PHI3 = ModelArchitecture(
@@ -30,5 +32,5 @@ PHI3 = ModelArchitecture(
     random_presets=presets.RANDOM_PRESETS,
     tokenizer=TokenizerBuilder("phi-3", "edgesmith.compiler.models.phi3.tokenizer"),
     # Phi-3/3.5-mini, Phi-3-medium and Phi-4-mini are all "phi3" to ONNX Runtime GenAI
-    onnx_genai_types=("phi3",),
+    onnx=OnnxMapping(("phi3",), "edgesmith.compiler.models.phi3.onnx_map"),
 )
