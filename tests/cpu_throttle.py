@@ -33,16 +33,26 @@ def main(argv: list[str]) -> int:
     proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
     for sig in (signal.SIGTERM, signal.SIGINT):  # pass a stop request on, running, so it can act on it
         signal.signal(sig, lambda s, _f: (os.killpg(proc.pid, signal.SIGCONT), os.killpg(proc.pid, s)))
-    run_s, stop_s = PERIOD_S * share, PERIOD_S * (1 - share)
+    # The phases are timed as they happen, and each stop lasts until stopped time is (1 - share) /
+    # share of the time the command ran: on a loaded machine this process wakes late, and a run
+    # phase that overshot is paid back by a longer stop, so the share holds whatever the load.
+    ran = stopped = 0.0
     while proc.poll() is None:
-        time.sleep(run_s)
-        if stop_s:
-            try:
-                os.killpg(proc.pid, signal.SIGSTOP)
-                time.sleep(stop_s)
-                os.killpg(proc.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                break
+        t0 = time.monotonic()
+        time.sleep(PERIOD_S * share)
+        t1 = time.monotonic()
+        ran += t1 - t0
+        if share >= 1:
+            continue
+        try:
+            os.killpg(proc.pid, signal.SIGSTOP)
+            while stopped < ran * (1 - share) / share:
+                time.sleep(max(0.0005, ran * (1 - share) / share - stopped))
+                stopped = stopped + (time.monotonic() - t1)
+                t1 = time.monotonic()
+            os.killpg(proc.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            break
     return proc.wait()
 
 
