@@ -146,7 +146,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
             int8_dot=_int8_dot(q, tvm_target, preset) if q.int8_activations else None,
             quantize_embedding=quantize_embedding and q.quantized,
             target=TargetInfo(preset=preset.name, tvm_target=preset.tvm_target(), arch=preset.arch,
-                              triple=preset.triple, layout=preset.layout),
+                              triple=preset.triple, layout=preset.layout.name),
             arch=preset.arch,
             tvm_version=TVM_VERSION,
             kv_cache=kv.manifest(PAGE_SIZE, prefill_chunk, cfg),

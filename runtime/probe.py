@@ -1,7 +1,10 @@
 """What a device is, from one shell command that works on Linux and on Android's toybox:
 arch, OS, memory, storage, cores and their frequencies, CPU model and ISA flags, thermal zones,
 GPU API libraries; several devices probed at once (`edgesmith devices`), each failure that
-device's own row. (Running a bundle on a device, or here, is runtime/session.py's job.)"""
+device's own row. (Running a bundle on a device, or here, is runtime/session.py's job.)
+
+What it needs of a transport (base.Transport): run() of one POSIX shell script using SHELL_TOOLS.
+"""
 from __future__ import annotations
 
 import time
@@ -21,6 +24,9 @@ GPU_PATHS = {
                "/usr/lib/*/libOpenCL.so.1", "/usr/lib64/libOpenCL.so.1", "/usr/lib/libOpenCL.so.1",
                "/usr/lib/*/libmali.so"],
 }
+
+
+SHELL_TOOLS = ("sh", "uname", "grep", "sed", "tr", "cat", "df", "tail", "dirname")
 
 
 def probe_script(workdir: str) -> str:
@@ -104,6 +110,7 @@ _ABI = {"arm64-v8a": "aarch64", "armeabi-v7a": "armv7", "x86_64": "x86_64", "x86
 
 def probe_transport(transport: Transport, *, timeout: float) -> dict:
     device = transport.device
+    transport.require_shell("probing", SHELL_TOOLS)
     out = transport.check(probe_script(device.workdir), timeout=timeout, what="probing")
     info = parse_probe(out)
     native = _ABI.get(info.get("abi", ""), info.get("machine", "?"))

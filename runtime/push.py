@@ -11,6 +11,9 @@
    device bundle with a manifest is a complete one.
 
 Every step runs through the Transport interface with what is left of one Deadline.
+
+What it needs of a transport (base.Transport): push() of one file, and run() of POSIX shell lines
+using SHELL_TOOLS (the device's sha256sum hashes what arrived; mv renames only what matches).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from edgesmith.compiler.bundle.folder import MANIFEST, read_manifest, verify
 from edgesmith.runtime.transports.base import Deadline, DeviceError, Transport, TransferError, shell_join
 
 BATCH = 64  # files per hashing command: keeps each command line well under adb's limits
+SHELL_TOOLS = ("sh", "sha256sum", "cut", "mkdir", "mv", "chmod", "rm")
 
 
 @dataclass
@@ -96,6 +100,7 @@ def push_bundle(transport: Transport, bundle: Path, dest: str, *, deadline: Dead
                 on_file=None) -> PushReport:
     """Make `dest` on the device hold exactly `bundle`'s files; returns what was sent."""
     start = time.monotonic()
+    transport.require_shell("pushing a bundle", SHELL_TOOLS)
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     want = {rel: meta.sha256 for rel, meta in manifest.files.items()}

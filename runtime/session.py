@@ -3,35 +3,31 @@
 A RunnerSession takes a bundle and where it runs: this machine (device None: in place, an aarch64
 bundle through qemu, labelled emulated) or a device of devices.yaml (pushed first, incremental and
 verified: runtime/push.py). It checks that the device can run the bundle before anything is
-copied, builds the start command once from the manifest's layout, parses the runner's JSON lines
-as they stream, and turns any failure of the runner into one RunnerError.
+copied, starts the runner as the bundle's layout says (targets/layouts.py: directly, or through
+the glibc loader it ships), parses the runner's JSON lines as they stream, and turns any failure
+of the runner into one RunnerError. The command, run in BUNDLE (the bundle's folder where it runs):
 
-| layout         | command, run in BUNDLE (the bundle's folder where it runs)                   |
-| -------------- | ---------------------------------------------------------------------------- |
-| linux          | [wrapper] ./bin/runner SUBCOMMAND . ARGS                                     |
-| android-glibc  | [wrapper] ./bin/ld-linux-aarch64.so.1 --library-path ./bin ./bin/runner ...  |
+    [wrapper] <the layout's start> SUBCOMMAND . ARGS
 
-wrapper: the device's exec_wrapper (qemu on the emulated devices; this machine: qemu for an
-aarch64 bundle); a real device has none.
+wrapper: the device's exec_wrapper (qemu on the emulated devices; this machine: the qemu the
+layout names for an aarch64 bundle); a real device has none.
 """
 from __future__ import annotations
 
 import json
 import posixpath
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from edgesmith.compiler.bundle.folder import read_manifest
 from edgesmith.compiler.bundle.manifest import Manifest
-from edgesmith.errors import BundleError, EdgesmithError
+from edgesmith.errors import BundleError, EdgesmithError, TargetError
 from edgesmith.runtime.devices import Device
 from edgesmith.runtime.push import PushReport, push_bundle
-from edgesmith.runtime.transports import open_transport
+from edgesmith.runtime.transports import TRANSPORTS, open_transport
 from edgesmith.runtime.transports.base import Deadline, DeviceError, DeviceTimeout, StdinFeed, shell_join
-from edgesmith.targets.presets import PRESETS, QEMU_AARCH64, get_preset, host_arch
-
-LOADER = "ld-linux-aarch64.so.1"
+from edgesmith.targets.layouts import Layout, get_layout
+from edgesmith.targets.presets import PRESETS, get_preset
 
 
 class RunnerError(DeviceError, BundleError):
@@ -43,35 +39,22 @@ class RunnerError(DeviceError, BundleError):
         EdgesmithError.__init__(self, f"device '{device}': runner failed: {message}" if device else message)
 
 
-# ------------------------------------------------------------------ what runs where
-
-def runner_start(bindir: str, android_glibc: bool) -> list[str]:
-    """argv that starts bindir/runner: directly, or through the glibc loader the android-glibc
-    layout ships next to it (posix paths, so the same argv serves remote devices)."""
-    runner = posixpath.join(bindir, "runner")
-    if android_glibc:
-        return [posixpath.join(bindir, LOADER), "--library-path", bindir, runner]
-    return [runner]
-
+# ------------------------------------------------------------------ what runs where (the bundle's Layout says)
 
 def this_machine(manifest: Manifest) -> Device:
     """This machine as the device for `manifest`'s bundle: qemu for an aarch64 bundle on x86_64."""
-    return host_device(manifest.target.preset, manifest.arch, manifest.target.layout)
+    return host_device(manifest.target.preset, manifest.arch, get_layout(manifest.target.layout))
 
 
-def host_device(target: str, arch: str, layout: str) -> Device:
-    """This machine as the device for a bundle of `target` (its arch and layout)."""
+def host_device(target: str, arch: str, layout: Layout) -> Device:
+    """This machine as the device for a bundle of `target`, `arch` and `layout` (the layout says
+    how qemu runs it here: emulated)."""
     from edgesmith.targets.cache import cache_root
 
-    wrapper: tuple[str, ...] = ()
-    if arch != host_arch():
-        if arch != "aarch64":
-            raise BundleError(f"the bundle is for {arch}; this machine ({host_arch()}) cannot run it")
-        if shutil.which(QEMU_AARCH64[0]) is None:
-            raise BundleError(f"the bundle is for aarch64 and {QEMU_AARCH64[0]} is not installed; "
-                              "apt-get install qemu-user-static")
-        # android-glibc ships its own loader and libraries: qemu needs no sysroot for it
-        wrapper = QEMU_AARCH64[:1] if layout.startswith("android") else QEMU_AARCH64
+    try:
+        wrapper = layout.qemu_wrapper(arch)
+    except TargetError as err:
+        raise BundleError(str(err)) from None
     return Device(name="host", transport="local", target=target,
                   workdir=str(cache_root() / "devices" / "host"), exec_wrapper=wrapper,
                   tags=("emulated",) if wrapper else ())
@@ -82,12 +65,8 @@ def runner_argv(bundle: Path) -> list[str]:
     paths: for running a runner by hand, as tests that bypass the session do)."""
     manifest = read_manifest(bundle)
     _check_runner(bundle, manifest)
-    start = runner_start(str(Path(bundle).resolve() / "bin"), _android_glibc(manifest))
+    start = get_layout(manifest.target.layout).start(str(Path(bundle).resolve() / "bin"))
     return [*this_machine(manifest).exec_wrapper, *start]
-
-
-def _android_glibc(manifest: Manifest) -> bool:
-    return manifest.target.layout == "android-glibc"
 
 
 def missing_runner(bundle, manifest: Manifest) -> str:
@@ -95,7 +74,7 @@ def missing_runner(bundle, manifest: Manifest) -> str:
     preset = PRESETS.get(manifest.target.preset)
     note = (manifest.device and manifest.device.runtime_missing) or (preset.gpu.runtime_note if preset and preset.gpu
                                                                      else "")
-    if preset is not None and preset.toolchain == "on-device":
+    if preset is not None and preset.layout.built_on_device:
         return (f"bundle '{bundle}' (target {preset.name}) has its runner built on the device: copy the bundle "
                 "there and run bin/build-on-device.sh")
     if note:
@@ -111,17 +90,17 @@ def _check_runner(bundle: Path, manifest: Manifest) -> None:
 
 
 def check_compatible(device: Device, manifest: Manifest) -> None:
-    """Refuse a bundle the device cannot run, before anything is copied."""
+    """Refuse a bundle the device cannot run, before anything is copied: another arch, or a layout
+    the device's cannot start (a glibc-linked runner on a phone)."""
     preset = get_preset(device.target)
-    arch = manifest.arch
-    layout = manifest.target.layout
     built_for = manifest.target.preset
-    if arch != preset.arch:
-        raise DeviceError(device.name, f"runs {preset.arch} (target {preset.name}) and the bundle is for {arch} "
-                                       f"(target {built_for}); compile it with --target {preset.name}")
-    if preset.layout.startswith("android") and layout == "linux":
-        raise DeviceError(device.name, f"is an Android device and the bundle (target {built_for}) needs a glibc "
-                                       f"Linux; compile it with --target {preset.name}")
+    if manifest.arch != preset.arch:
+        raise DeviceError(device.name, f"runs {preset.arch} (target {preset.name}) and the bundle is for "
+                                       f"{manifest.arch} (target {built_for}); compile it with --target {preset.name}")
+    bundle_layout = get_layout(manifest.target.layout)
+    if not preset.layout.runs(bundle_layout):
+        raise DeviceError(device.name, f"{preset.layout.refusal(bundle_layout, built_for)}; compile it with "
+                                       f"--target {preset.name}")
 
 
 def device_bundle_dir(transport, device: Device, bundle: Path) -> str:
@@ -178,7 +157,7 @@ class RunnerSession:
         _check_runner(self.bundle, self.manifest)  # the bundle's fault, found before any copy
         self.transport = open_transport(self.device)
         try:
-            if self.device.transport != "local":  # a local device runs the bundle in place
+            if not TRANSPORTS[self.device.transport].in_place:  # this machine runs the bundle in place
                 self.where = device_bundle_dir(self.transport, self.device, self.bundle)
                 try:
                     self.push_report = push_bundle(self.transport, self.bundle, self.where,
@@ -203,7 +182,7 @@ class RunnerSession:
             raise EdgesmithError("runner arguments are empty; expected e.g. ['generate', '--tokens', '1,2', '-n', '8']")
         sub, *rest = [str(a) for a in args]
         timeout = self.timeout if timeout is None else timeout
-        start = runner_start("./bin", _android_glibc(self.manifest))
+        start = get_layout(self.manifest.target.layout).start("./bin")
         argv = [*self.device.exec_wrapper, *start, sub, ".", *rest]
         lines = _Lines(on_line)
         try:

@@ -1,6 +1,6 @@
-"""The registries are the extension points: a new quantization scheme and a new model architecture
-are each registered from this file, with their own code here, and compile and run without a
-line changed in edgesmith's modules.
+"""The registries are the extension points: a new quantization scheme, model architecture, target
+and transport are each registered from this file (one entry), with their own code here or in one
+file beside it, and compile and run without a line changed in edgesmith's modules.
 
 - toy quantization `q4f32toy`: q4f32's storage (the same int4 codes and float32 scales) computed
   by a kernel written here (dequantize, then a plain matmul), instead of the registry's q4
@@ -11,6 +11,11 @@ line changed in edgesmith's modules.
   to what the runtime asks (linear layers for tune, bytes per token for the fit check, inspect's
   line). Checked against transformers' LlamaForCausalLM on the same weights, through the Python VM
   and the C++ runner.
+- toy target `toy-arm64-crc`: one preset; compiled for it, run here under the qemu its layout names,
+  checked against the numpy Phi-3 over the bundle's own weights.
+- toy transport `folder` (tests/toy_transport.py, one file and one entry): a device that is a folder
+  reached by copying; devices.yaml reads its section, the session pushes and runs the bundle there
+  (the tokens of a run in place), the probe works, and one without a POSIX shell is refused.
 """
 from __future__ import annotations
 
@@ -196,3 +201,105 @@ def test_toy_architecture_random_preset_and_errors(toy_llama):
         load_config(raw)
     with pytest.raises(ValueError, match="registered already"):
         models.register(TOY_LLAMA)
+
+
+# ---------------------------------------------------------------- a new target
+
+
+@pytest.fixture
+def toy_target(monkeypatch):
+    """One entry in the target registry (targets/presets.py): an ARMv8-A board with NEON and CRC,
+    on the linux bundle layout and the aarch64 cross toolchain."""
+    from edgesmith.targets import presets
+
+    toy = presets.TargetPreset(name="toy-arm64-crc", description="test: an ARMv8-A board with CRC",
+                               arch="aarch64", triple="aarch64-linux-gnu", platform="manylinux_2_28_aarch64",
+                               layout=presets.LAYOUTS["linux"], toolchain="aarch64-linux-gnu", mattr=("+neon", "+crc"))
+    monkeypatch.setitem(presets.PRESETS, toy.name, toy)
+    return toy
+
+
+@pytest.mark.slow
+def test_toy_target_compiles_and_runs_under_qemu_here(toy_target, tmp_path):
+    """The preset alone: compiled for it, its bundle runs here under the qemu its layout names, and
+    gives the numpy Phi-3's greedy tokens over the bundle's own dequantized weights."""
+    from edgesmith.compiler.build import compile_bundle
+    from edgesmith.runtime.session import run_bundle, this_machine
+    from edgesmith.targets.toolchains import format_targets_table
+
+    assert "toy-arm64-crc" in format_targets_table()
+    bundle = compile_bundle("random:tiny", "q4f16", "toy-arm64-crc", tmp_path / "toy")
+    m = read_manifest(bundle)
+    assert m.target.preset == "toy-arm64-crc" and m.target.tvm_target["mattr"] == ["+neon", "+crc"]
+    assert this_machine(m).exec_wrapper == ("qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu")
+    prompt, n = [1, 2, 3, 4], 8
+    got = run_bundle(None, bundle, ["generate", "--tokens", ",".join(map(str, prompt)), "-n", n], timeout=600)
+    ref = NumpyPhi3(m.config.to_dict(), dequantized_weights(read_tensor_cache(bundle / "params")))
+    want, logits = [], ref.forward(prompt)
+    for _ in range(n):
+        want.append(int(np.argmax(logits)))
+        logits = ref.forward([want[-1]])
+    assert got[-1]["output_ids"] == want
+
+
+# ---------------------------------------------------------------- a new transport
+
+
+@pytest.fixture
+def toy_transport():
+    """One entry in the transport registry; its code is tests/toy_transport.py."""
+    from edgesmith.runtime.transports import TRANSPORTS, register
+    from toy_transport import ENTRY
+
+    register(ENTRY)
+    yield ENTRY
+    del TRANSPORTS[ENTRY.name]
+
+
+def test_toy_transport_runs_a_bundle_pushed_into_its_folder(toy_transport, compiled, tmp_path):
+    """devices.yaml names it with its own section; the session pushes the bundle into the
+    folder (verified, incremental) and runs the runner there: the tokens of a run in place."""
+    import yaml
+
+    from edgesmith.errors import ConfigError
+    from edgesmith.runtime.devices import load_devices
+    from edgesmith.runtime.probe import probe_devices
+    from edgesmith.runtime.session import RunnerSession, run_bundle
+    from edgesmith.runtime.transports.base import DeviceError
+
+    bundle = compiled("random:tiny", "q4f16")
+    (tmp_path / "drawer").mkdir()
+    entry = {"name": "drawer", "transport": "folder", "target": "host", "folder": {"root": str(tmp_path / "drawer")}}
+    (tmp_path / "devices.yaml").write_text(yaml.safe_dump({"devices": [entry]}))
+    device = load_devices(tmp_path / "devices.yaml")["drawer"]
+    assert device.where == f"folder {tmp_path / 'drawer'}" and device.workdir == "bundles"
+
+    args = ["generate", "--tokens", "1,2,3", "-n", "6"]
+    with RunnerSession(bundle, device, timeout=300) as session:
+        assert session.push_report.sent and session.where.startswith(str(tmp_path / "drawer" / "bundles"))
+        pushed = session.run(args)[-1]["output_ids"]
+    assert pushed == run_bundle(None, bundle, args, timeout=300)[-1]["output_ids"]
+    with RunnerSession(bundle, device, timeout=300) as session:
+        assert session.push_report.sent == [] and session.push_report.skipped  # nothing differs: nothing sent
+    (row,) = probe_devices([device], timeout=60)
+    assert row["reachable"] and row["transport"] == "folder", row
+
+    # its section is checked by its own file, in one line naming the field; another's is refused
+    for bad, needle in (({"root": str(tmp_path / "nope")}, "field 'folder.root' is not a folder"),
+                        ({"root": str(tmp_path), "speed": 1}, "field 'folder.speed' is not a known field")):
+        (tmp_path / "devices.yaml").write_text(yaml.safe_dump({"devices": [dict(entry, folder=bad)]}))
+        with pytest.raises(ConfigError, match=needle):
+            load_devices(tmp_path / "devices.yaml")
+    (tmp_path / "devices.yaml").write_text(yaml.safe_dump({"devices": [dict(entry, ssh={"host": "x"})]}))
+    with pytest.raises(ConfigError, match="field 'ssh' belongs to transport ssh"):
+        load_devices(tmp_path / "devices.yaml")
+
+    # a transport without a POSIX shell is refused before anything is sent
+    import toy_transport
+
+    toy_transport.FolderTransport.posix_shell = False
+    try:
+        with pytest.raises(DeviceError, match="pushing a bundle needs a POSIX shell"):
+            RunnerSession(bundle, device, timeout=300).__enter__()
+    finally:
+        toy_transport.FolderTransport.posix_shell = True

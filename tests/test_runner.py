@@ -49,7 +49,7 @@ def _bundle(tmp_path_factory, name: str) -> Path:
         fcompile=toolchains.export_fcompile(preset),
         runtime_files=files,
         preset=preset.name,
-        layout=preset.layout,
+        layout=preset.layout.name,
     )
 
 

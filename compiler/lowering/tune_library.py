@@ -128,7 +128,7 @@ def build_library(funcs: list[tuple], preset, out: Path, what: str) -> Path:
             shutil.copy2(src, tmp / "bin" / rel)
         Manifest(model=ModelInfo(source=what), quant=funcs[0][3].name,
                  target=TargetInfo(preset=preset.name, tvm_target=preset.tvm_target(), arch=preset.arch,
-                                   triple=preset.triple, layout=preset.layout),
+                                   triple=preset.triple, layout=preset.layout.name),
                  arch=preset.arch, tvm_version=TVM_VERSION, kv_cache=None, params=(),
                  build=BuildInfo(host=platform.node(),
                                  functions={name: {"kernel": key, "params": params.__dict__}

@@ -57,14 +57,15 @@ def cmd_run(args) -> int:
 
 
 def _is_emulated(args, manifest) -> bool:
-    """Whether the speeds come from qemu: an emulated device, or a foreign-arch bundle run here."""
+    """Whether the speeds come from qemu: the device that ran it says (this machine: the bundle's
+    layout names qemu for a foreign-arch bundle)."""
     if args.device:
         from edgesmith.runtime.devices import get_device
 
         return get_device(args.device, args.devices).emulated
-    from edgesmith.targets.presets import host_arch
+    from edgesmith.runtime.session import this_machine
 
-    return manifest.arch != host_arch()
+    return this_machine(manifest).emulated
 
 
 def _run_runner(args, runner_args: list[str], on_line=None, stdin=None) -> list[dict]:

@@ -25,9 +25,10 @@ def _device(name: str | None, target: str, devices: Path | None):
                               f"compile with --target {device.target}")
         return device
     if target == "host":
-        from edgesmith.targets.presets import host_arch
+        from edgesmith.targets.presets import get_preset
 
-        return host_device("host", host_arch(), "linux")
+        host = get_preset("host")
+        return host_device(host.name, host.arch, host.layout)
     return None
 
 
