@@ -182,7 +182,7 @@ def _closed_port():
 def _with_port(device: Device, port: int) -> Device:
     import dataclasses
 
-    return dataclasses.replace(device, ssh=dataclasses.replace(device.ssh, port=port))
+    return dataclasses.replace(device, settings=dataclasses.replace(device.settings, port=port))
 
 
 @pytest.mark.parametrize("name", ["board", "phone", "host"])
