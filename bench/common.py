@@ -57,7 +57,7 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def cached_bundle(model: str, quant: str, target: str = "host", *, rebuild: bool = False, **options) -> Path:
-    """A bundle from the package's one bundle cache (compiler/provenance.py: keyed by the
+    """A bundle from the package's one bundle cache (compiler/bundle/provenance.py: keyed by the
     checkpoint, the options and the compiler's own source, so never a stale one), compiled first
     when missing; options: compile options (context, kv_dtype, ...); compile_kwargs the rest."""
     from edgesmith.compiler.bundle.provenance import cached_bundle as package_cache

@@ -3,9 +3,9 @@
     python bench/kernel_speed.py [--only q4f32,q4f16,q0f32,q0f16] [--shapes decode,prefill]
                             [-m 128] [-r 7] [--residual] [--out bench/out/kernels.json]
 
-Each kernel is the compiler's own tensor expression (compiler/kernels.py) with the compiler's
-CPU schedule (compiler/schedules.py) applied. The model's int4 decode now uses the TIR GEMVs
-(compiler/kernels_gemv.py, kernels_int8.py) wherever their shapes tile, so the int4 decode rows
+Each kernel is the compiler's own tensor expression (compiler/kernels/cpu.py) with the compiler's
+CPU schedule (compiler/lowering/schedules_cpu.py) applied. The model's int4 decode now uses the TIR GEMVs
+(compiler/kernels/gemv.py, int8.py) wherever their shapes tile, so the int4 decode rows
 here are the fallback expression; prefill (q4f16/q4f32) and float rows are what the model runs.
 They are built for this host and timed with TVM's
 time_evaluator (median of r repeats). Checked against numpy before it is timed. Prints ms,

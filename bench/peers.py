@@ -19,10 +19,11 @@ shared machine falls on all of them. tok/s are medians over all rounds' samples,
 printed under the table are edgesmith's medians over each peer's from this one run. An engine
 that cannot be installed, built or run keeps its row, with why.
 
-Decode as % of ceiling: read bandwidth is measured here with `threads` threads (the runner's probe,
-`runner membw`: what `edgesmith profile` measures its ceiling with), and the bytes one decode step must read are
-counted the same way for every engine, from its own files: all weights but the token-embedding
-table (one row of it), plus the KV cache at the average position p + n/2 in the engine's KV dtype.
+Decode as % of ceiling: read bandwidth is measured here with `threads` threads (the runner's
+probe, `runner membw`: what `edgesmith profile` measures its ceiling with), and the bytes one
+decode step must read are counted the same way for every engine, from its own files: all weights
+but the token-embedding table (one row of it), plus the KV cache at the average position p + n/2
+in the engine's KV dtype.
 """
 from __future__ import annotations
 

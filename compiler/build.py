@@ -10,7 +10,7 @@ from pathlib import Path
 import tvm
 from edgesmith import __version__
 from edgesmith.compiler.bundle import folder as bundle_io
-from edgesmith.compiler.lowering import kernel_sources as gpu_sources
+from edgesmith.compiler.lowering import kernel_sources
 from edgesmith.compiler.inputs.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
 from edgesmith.compiler.context import PAGE_SIZE, kv_settings
 from edgesmith.compiler.bundle.manifest import BuildInfo, DeviceInfo, Manifest, ModelInfo, TargetInfo, TokenizerInfo
@@ -121,7 +121,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         (tmp / "lib").mkdir()
         progress.step("linking the model library")
         ex.export_library(str(tmp / "lib" / preset_library_name(preset)), **preset_export_kwargs(preset))
-        kernels = gpu_sources.write_kernel_sources(ex, tmp / "kernels") if preset.gpu else None
+        kernels = kernel_sources.write_kernel_sources(ex, tmp / "kernels") if preset.gpu else None
         t_compile = time.perf_counter() - t0 - t_convert
 
         runtime_files = presets_runtime_files(preset)

@@ -1,4 +1,4 @@
-"""Our CPU attention kernels (compiler/attention_cpu.py) against numpy and against TVM's own.
+"""Our CPU attention kernels (compiler/kernels/attention_cpu.py) against numpy and against TVM's own.
 
 Hand-built pages, page tables and indptrs: several sequences per batch, lengths that are not
 multiples of 16 and cross page boundaries, shuffled page numbers, a GQA case, causal and

@@ -1,4 +1,4 @@
-"""The typed manifest (compiler/manifest.py): one reader that checks, one writer, one update."""
+"""The typed manifest (compiler/bundle/manifest.py): one reader that checks, one writer, one update."""
 from __future__ import annotations
 
 import json

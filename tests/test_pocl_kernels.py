@@ -12,7 +12,7 @@ its half loads `s_ptr[i]` rewritten to `vload_half(i, s_ptr)` — the core OpenC
 same 16 bits, as float — and `(half8)(...)` vectors of them to float8; nothing else changes.
 The q4f32 and float32 kernels run exactly as generated.
 
-The last tests run the two attention kernels OpenCL bundles swap (compiler/attention_opencl.py)
+The last tests run the two attention kernels OpenCL bundles swap (compiler/kernels/attention_opencl.py)
 under the generic linux-opencl target, and TVM's own as strict xfails: why the swap exists.
 """
 from __future__ import annotations
@@ -250,7 +250,7 @@ def test_paged_kv_decode_attention():
 
 
 # ------------------------------------------------------------------ attention kernels OpenCL bundles swap
-# (compiler/attention_opencl.py): ours right on PoCL; TVM's own as a strict xfail, so the day
+# (compiler/kernels/attention_opencl.py): ours right on PoCL; TVM's own as a strict xfail, so the day
 # TVM or PoCL fixes them this file says the swap can go.
 
 GENERIC = tvm.target.Target(dict(get_preset("linux-opencl").tvm_target(), host={"kind": "llvm"}))

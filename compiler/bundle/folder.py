@@ -59,7 +59,7 @@ def staging(out: Path):
 
 
 def read_manifest(bundle: Path) -> Manifest:
-    """The bundle's manifest, typed and checked (compiler/manifest.py is its one reader)."""
+    """The bundle's manifest, typed and checked (compiler/bundle/manifest.py is its one reader)."""
     return Manifest.read(bundle)
 
 

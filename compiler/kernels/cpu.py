@@ -2,7 +2,7 @@
 embedding gather, and RoPE. Dequantization is part of each expression, so the weight is
 decoded in registers inside the consuming kernel and never written out whole.
 
-int4 layout (see quant_q4.py): weight (n, k/8) uint32, eight 4-bit values per word, value
+int4 layout (see quantization/q4.py): weight (n, k/8) uint32, eight 4-bit values per word, value
 i of a row in bits 4*(i%8).. of word i//8, stored as q+8 for q in [-7, 7]; scales (n, k/G).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ F32 = "float32"
 
 LANES = 16  # reduction elements per vector step; LLVM splits it into the target's registers
 
-# Block names the CPU schedule rules (schedules.py) look for.
+# Block names the CPU schedule rules (lowering/schedules_cpu.py) look for.
 GEMV, GEMM = "linear_gemv", "linear_gemm"
 Q4_WORD = "q4_gemv_word"  # decode: sum over the 8 nibbles of each packed word
 WEIGHT_TILE = "linear_weight_tile"  # prefill: a (k, n-tile) strip of the weight, dequantized, as float32

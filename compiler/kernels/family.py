@@ -1,13 +1,13 @@
 """Which kernels a target gets: its kernel family, decided here and nowhere else.
 
-    cpu          an LLVM CPU target: our tensor-expression linears (kernels.py) and TIR GEMVs
-                 (kernels_gemv.py), scheduled by our CPU rules (schedules.py)
+    cpu          an LLVM CPU target: our tensor-expression linears (kernels/cpu.py) and TIR GEMVs
+                 (kernels/gemv.py), scheduled by our CPU rules (lowering/schedules_cpu.py)
     cpu-int8dot  the same, on a CPU with int8 dot products (kernels_int8.ISAS, widest first):
                  a scheme with int8 activations runs its decode and prefill on them
-    gpu          a GPU target: the textbook forms of kernels_gpu.py, scheduled by dlight's GPU
-                 rules (schedules_gpu.py)
+    gpu          a GPU target: the textbook forms of kernels/gpu.py, scheduled by dlight's GPU
+                 rules (lowering/schedules_gpu.py)
 
-A quantization entry (compiler/quantize.py) picks its linear kernels by the family, and their
+A quantization entry (compiler/quantization/registry.py) picks its linear kernels by the family, and their
 parameters by the family's tuning (compiler/tuning.py); the pipeline picks the schedule rules by
 `is_gpu`.
 """

@@ -1,12 +1,12 @@
 """Tensor expressions for the linear layers on GPU targets, in the form dlight's GPU rules read.
 
-The CPU expressions (kernels.py) reorder the reduction for SIMD lanes; on a GPU, dlight's
+The CPU expressions (kernels/cpu.py) reorder the reduction for SIMD lanes; on a GPU, dlight's
 GEMV and Matmul rules want the textbook form instead: a dequantize block producing the
 weight (n, k) and a plain reduction over k that reads it. The rules inline the dequantize
 into the reduction (`try_inline_contiguous_spatial`), so the int4 words are decoded in
 registers inside the GEMV/matmul kernel and the float weight is never written out.
 
-int4 layout as in quant_q4.py: w (n, k/8) uint32, value i of a row in bits 4*(i%8) of word
+int4 layout as in quantization/q4.py: w (n, k/8) uint32, value i of a row in bits 4*(i%8) of word
 i//8, stored as q+8; s (n, k/G). Activations stay float32 (as on the CPU), so a GPU bundle
 produces the same logits as the host's up to summation order.
 """

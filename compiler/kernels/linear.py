@@ -1,6 +1,6 @@
 """The linear layer every model builds: y = x @ W.T over a weight stored as a quantization
-entry says (compiler/quantize.py), computed by that entry's kernels for the target's kernel
-family (kernel_family.py). The layer itself decides nothing.
+entry says (compiler/quantization/registry.py), computed by that entry's kernels for the target's kernel
+family (kernels/family.py). The layer itself decides nothing.
 
 Parameter names follow transformers' with the entry's suffixes: `...qkv_proj.weight` for float
 weights, `...qkv_proj.q_weight` + `...qkv_proj.q_scale` for int4.

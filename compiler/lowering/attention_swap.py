@@ -2,7 +2,7 @@
 their global_symbol, with the head counts, head dims and dtype read off TVM's own PrimFuncs.
 
 Only in a module whose every paged KV cache is created with rope_mode NONE: our kernels never apply
-RoPE (the model applies it: kernels/cpu.rope). compiler/attention_opencl.py reads the caches' rope
+RoPE (the model applies it: kernels/cpu.rope). compiler/kernels/attention_opencl.py reads the caches' rope
 modes and the buffers the same way for its GPU kernels.
 """
 from __future__ import annotations

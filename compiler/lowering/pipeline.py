@@ -22,7 +22,7 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
     rt = relax.transform
     # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window
     # (compiler/context.py keeps GPU contexts within it); opencl: two of TVM's GPU kernels made right
-    # without lock-step warps (attention_opencl.py); other GPU targets keep TVM's
+    # without lock-step warps (kernels/attention_opencl.py); other GPU targets keep TVM's
     tuning = tuning or schedules.DEFAULT
     attention = {"llvm": [("attention", [attention_swap.ReplaceCPUAttention(sliding_window, tuning)])],
                  "opencl": [("attention", [attention_opencl.ReplaceOpenCLAttention])]}.get(target.kind.name, [])

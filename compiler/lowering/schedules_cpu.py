@@ -5,7 +5,7 @@ and leaves prefill matmuls serial; Reduction, on rms_norm, parallelizes the weig
 recomputes the whole row's sum inside it (quadratic: 19 ms for one 3072-wide decode norm).
 A rule returns None when it does not apply.
 
-The linear rule finds its blocks by the names kernels.py gives them. Every linear reduces
+The linear rule finds its blocks by the names kernels/cpu.py gives them. Every linear reduces
 over (blocks, lanes) with `lanes` the innermost axis; the lanes become a vector accumulator
 (rfactor), summed once per output at the end: LLVM does not vectorize a float reduction by
 itself (no fast-math), but it does vectorize this.

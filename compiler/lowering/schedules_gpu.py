@@ -1,6 +1,6 @@
 """GPU schedules: dlight's GPU rules, then a catch-all that binds whatever is left to threads.
 
-The linear layers reach dlight in the form its rules read (kernels_gpu.py: dequantize block +
+The linear layers reach dlight in the form its rules read (kernels/gpu.py: dequantize block +
 plain reduction); GEMV (decode) and Matmul (prefill) inline the dequantize, so the int4
 weight is decoded inside the kernel. RMSNorm goes to Reduction/GeneralReduction, the
 embedding gather, RoPE and elementwise ops to Fallback. The paged KV cache's attention

@@ -1,7 +1,7 @@
 """FloatWeights (q0f32, q0f16): every weight stored as it is, in one float dtype.
 
 Kernels: kernels.float_linear on CPU targets (decode split into vector lanes, prefill a register-
-tiled GEMM; schedules.py), kernels_gpu.float_linear on GPUs; embedding rows by kernels.float_embedding.
+tiled GEMM; lowering/schedules_cpu.py), kernels_gpu.float_linear on GPUs; embedding rows by kernels.float_embedding.
 """
 from __future__ import annotations
 

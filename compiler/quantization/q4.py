@@ -6,7 +6,7 @@ Symmetric int4 in groups of `group_size` along the reduction axis (the last axis
 4 bits, eight values per uint32 (value i in bits 4*(i % 8) of word i // 8). A layer stores
 `q_weight` (n, k/8) uint32 and `q_scale` (n, k/group) in storage_dtype.
 
-Kernels by family (kernel_family.py):
+Kernels by family (kernels/family.py):
   cpu          decode: kernels_gemv's TIR GEMV where its lanes tile k, else kernels.q4_linear;
                prefill: kernels.q4_linear (strips dequantized into a float GEMM)
   cpu-int8dot  with int8_activations, where the layer's k tiles the widest dot instruction:

@@ -1,10 +1,10 @@
 """Quantization schemes: the registry (`QUANTIZATIONS`, one entry per --quant name).
 
-An entry is a `Quantization` (quant_scheme.py): how a linear layer's weight is stored, how it is
+An entry is a `Quantization` (quantization/scheme.py): how a linear layer's weight is stored, how it is
 made from the checkpoint's float weight, and which kernels compute the layer for a target's
-kernel family (kernel_family.py). The kinds so far, each in its own file with its kernel choice:
-    FloatWeights  quant_float.py  q0f32, q0f16: the weights as they are
-    GroupQ4       quant_q4.py     q4f16, q4f32 (+ i8: int8 activations): int4 in groups of 32
+kernel family (kernels/family.py). The kinds so far, each in its own file with its kernel choice:
+    FloatWeights  float_weights.py  q0f32, q0f16: the weights as they are
+    GroupQ4       q4.py            q4f16, q4f32 (+ i8: int8 activations): int4 in groups of 32
 A new scheme is its file (the class and its kernels) and one entry below.
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""What a quantization scheme is: the interface every entry of compiler/quantize.py's registry
-implements (FloatWeights in quant_float.py, GroupQ4 in quant_q4.py).
+"""What a quantization scheme is: the interface every entry of compiler/quantization/registry.py's registry
+implements (FloatWeights in float_weights.py, GroupQ4 in q4.py).
 
 A scheme decides, for every linear layer y = x @ W.T (W: (n, k) in the checkpoint):
   params   the layer's stored parameters: name suffix -> (shape, dtype)
   encode   how they are made from the checkpoint's float W (convert.py asks, tensor by tensor)
-  linear   the kernels that compute the layer for a target's kernel family (kernel_family.py),
+  linear   the kernels that compute the layer for a target's kernel family (kernels/family.py),
            as a Relax op of the traced model; `lookup` the same for rows (embeddings)
 Nothing here imports TVM: the CLI lists the registry; `linear` and `lookup` run while a compile
 traces the model, and import their kernels then.

@@ -1,4 +1,4 @@
-// manifest.h — the bundle's manifest.json as the runner reads it (compiler/manifest.py writes it),
+// manifest.h — the bundle's manifest.json as the runner reads it (compiler/bundle/manifest.py writes it),
 // and the checks made before anything is loaded: architecture, TVM version, every file's size and
 // sha256. Only the keys the runner needs are read; the rest of the manifest is the host's.
 //

@@ -31,7 +31,7 @@ def tunable_shapes(cfg, quant, family, *, quantize_embedding: bool = True, kv_dt
             if key is not None:
                 by_key.setdefault((phase, key, q), []).append(layer.name)
     shapes = [KernelShape(key, tuple(names), phase, q) for (phase, key, q), names in by_key.items()]
-    if kv_dtype and not family.gpu:  # our CPU attention kernels (attention_cpu.py)
+    if kv_dtype and not family.gpu:  # our CPU attention kernels (compiler/kernels/attention_cpu.py)
         key = attention_key(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, kv_dtype)
         shapes.append(KernelShape(key, ("attention",), "prefill", quant))
     return shapes
