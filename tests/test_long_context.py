@@ -306,11 +306,12 @@ def test_a_smaller_run_time_context_sizes_the_cache(models):
 def test_profile_refuses_a_context_too_big_for_the_device(models, tmp_path):
     """A fake /proc/meminfo with room for the weights, the runtime and 2 MiB more: a 4096-token
     cache (4 MiB) does not fit; the refusal names the largest context that does."""
+    from edgesmith.compiler.bundle.folder import read_manifest
     from edgesmith.runtime.profile.fit import DoesNotFit, largest_context, memory_need
     from edgesmith.runtime.profile.profiler import ProfileOptions, profile_bundle
 
     _, bundle = models("window")
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = read_manifest(bundle)
     need = memory_need(bundle, manifest, 8, 4, 4096)
     free_kb = (need["weight_bytes"] + need["runtime_bytes"]) // 1024 + 2048
     (tmp_path / "proc").mkdir()
