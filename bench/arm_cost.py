@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings 
 from bench import arm_asm  # noqa: E402
 from bench import arm_llama  # noqa: E402
 from bench import arm_qemu  # noqa: E402
-from bench.common import table, write_json  # noqa: E402
+from bench.common import cached_bundle, table, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BLOCK = 32  # weights per block: a q4 group here, a Q4_0 block in llama.cpp
@@ -98,8 +98,8 @@ BASE_MARCH = "armv8-a"  # = arm64-linux's +neon
 
 
 def kernels(k: int, group: int = 32) -> list[Kernel]:
-    from edgesmith.compiler import kernels as k_exprs
-    from edgesmith.compiler import kernels_int8
+    from edgesmith.compiler.kernels import cpu as k_exprs
+    from edgesmith.compiler.kernels import int8 as kernels_int8
 
     f_lanes = k_exprs._lanes(k // 8, group // 8)  # words per inner step of the float GEMV
     dot = next(isa for isa in kernels_int8.ISAS if isa.name == "dotprod")
@@ -125,7 +125,8 @@ def kernels(k: int, group: int = 32) -> list[Kernel]:
 def tvm_asm(kernel: Kernel, n: int, k: int, group: int = 32) -> str:
     """The kernel as the model builds it for the preset: same generator, same target, tirx.build."""
     import tvm
-    from edgesmith.compiler import kernels_gemv, kernels_int8
+    from edgesmith.compiler.kernels import gemv as kernels_gemv
+    from edgesmith.compiler.kernels import int8 as kernels_int8
     from edgesmith.targets import presets
     from edgesmith.targets.tvm_api import tirx
 
@@ -214,14 +215,9 @@ def weights_per_token(cfg: dict) -> int:
     return L * (qkv + h * h + h * 2 * i + i * h) + cfg["vocab_size"] * h
 
 
-def edgesmith_bundle(hf: Path, quant: str, target: str, cache: Path) -> Path:
-    out = cache / "arm-cost" / f"edgesmith-{hf.name}-{quant}-{target}"
-    if not (out / "manifest.json").exists():
-        exe = Path(sys.executable).parent / "edgesmith"
-        print(f"edgesmith: compiling {hf.name} {quant} for {target}", file=sys.stderr)
-        arm_llama.sh([str(exe) if exe.exists() else "edgesmith", "compile", str(hf), "--quant", quant, "--target",
-                      target, "-o", str(out), "-q"], what="edgesmith compile")
-    return out
+def edgesmith_bundle(hf: Path, quant: str, target: str) -> Path:
+    """The bundle of `hf` for `target`, from the package's bundle cache."""
+    return cached_bundle(str(hf), quant, target)
 
 
 MATMUL = {"edgesmith": r"q4_matmul|matmul", "llama.cpp": r"gemv|gemm|vec_dot|mul_mat|quantize_mat|quantize_row_q8"}
@@ -230,7 +226,7 @@ KERNEL_LIB = {"edgesmith": "model.so", "llama.cpp": "libggml-cpu.so"}
 
 def _edgesmith_command(hf: Path, quant: str, flags: str, ids: str, args):
     """(argv for n generated tokens, environment) of `runner generate` on a bundle for `flags`."""
-    bundle = edgesmith_bundle(hf, quant, flags, args.cache)
+    bundle = edgesmith_bundle(hf, quant, flags)
 
     def argv(n: int) -> list[str]:
         return [str(bundle / "bin" / "runner"), "generate", str(bundle), "--tokens", ids, "-n", str(n),

@@ -1,15 +1,13 @@
-"""Shared by the bench scripts: statistics, a table printer, memory-bandwidth measurement."""
+"""Shared by the bench scripts: statistics, the table writer, the read bandwidth (the runner's probe),
+bundles from the package's cache, llama.cpp's sources."""
 from __future__ import annotations
 
 import json
 import shutil
-import tarfile
 import statistics
 import sys
-import time
+import tarfile
 from pathlib import Path
-
-import numpy as np
 
 
 def summary(samples: list[float]) -> dict:
@@ -17,11 +15,10 @@ def summary(samples: list[float]) -> dict:
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """Markdown table; columns = [(key, header)]."""
-    head = "| " + " | ".join(h for _, h in columns) + " |"
-    sep = "| " + " | ".join("---" for _ in columns) + " |"
-    body = ["| " + " | ".join(_fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
+    """Markdown table (the package's one writer); columns = [(key, header)]."""
+    from edgesmith.runtime.profile.formats import markdown_table
+
+    return markdown_table([h for _, h in columns], [[_fmt(r.get(k)) for k, _ in columns] for r in rows])
 
 
 def _fmt(v) -> str:
@@ -30,16 +27,28 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def read_bandwidth_gbs(size_mb: int = 512, reps: int = 5) -> float:
-    """Read bandwidth of this host: median of summing a buffer far larger than the caches."""
-    a = np.ones(size_mb * (1 << 20) // 8, dtype=np.float64)
-    a.sum()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        a.sum()
-        times.append(time.perf_counter() - t)
-    return a.nbytes / statistics.median(times) / 1e9
+def read_bandwidth_gbs(threads: int | None = None, mb: int = 0, reps: int = 5) -> tuple[float, str]:
+    """(GB/s, how): this host's read bandwidth by the one probe edgesmith has, the runner's own
+    (`runner membw`, runtime/runner/membw.h: what `edgesmith profile` takes for the roofline's
+    ceiling): the best of `reps` passes over `mb` MiB (0: four times the last-level cache) on
+    `threads` threads (None: every core this process may use)."""
+    import os
+    import subprocess
+    import tempfile
+
+    from edgesmith.targets.presets import get_preset
+    from edgesmith.targets.runner_build import bundle_runtime_files
+
+    threads = threads or len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="edgesmith-membw-") as tmp:
+        for name, path in bundle_runtime_files(get_preset("host")).items():  # the runner and its libraries
+            shutil.copy2(path, Path(tmp) / name)
+        done = subprocess.run([str(Path(tmp) / "runner"), "membw", tmp, "--mb", str(mb), "-r", str(reps)],
+                              capture_output=True, text=True, env=dict(os.environ, TVM_NUM_THREADS=str(threads)))
+    if done.returncode != 0:
+        raise RuntimeError(f"runner membw failed: {done.stderr.strip()[-300:]}")
+    result = [json.loads(line) for line in done.stdout.splitlines() if '"summary"' in line][-1]
+    return result["read_gb_s"], f"runner membw, {result['mb']} MiB, {result['threads']} threads"
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -47,16 +56,20 @@ def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
-def cached_bundle(out_dir: Path, model: str, quant: str, rebuild: bool = False) -> Path:
-    """A host bundle of model+quant under out_dir/bundles, compiled unless already there."""
-    from edgesmith.compiler.build import compile_bundle
+def cached_bundle(model: str, quant: str, target: str = "host", *, rebuild: bool = False, **options) -> Path:
+    """A bundle from the package's one bundle cache (compiler/bundle/provenance.py: keyed by the
+    checkpoint, the options and the compiler's own source, so never a stale one), compiled first
+    when missing; options: compile options (context, kv_dtype, ...); compile_kwargs the rest."""
+    from edgesmith.compiler.bundle.provenance import cached_bundle as package_cache
 
-    bundle = out_dir / "bundles" / f"{model.replace(':', '_').replace('=', '')}-{quant}-host"
-    if rebuild or not (bundle / "manifest.json").exists():
-        t = time.perf_counter()
-        compile_bundle(model, quant, "host", bundle)
-        print(f"compiled {quant} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    return bundle
+    tuning = options.pop("tuning", None)
+    extra = {}
+    if tuning is not None:
+        extra = {"tuning": tuning, "tuning_source": options.pop("tuning_source", ""),
+                 "key_extra": json.dumps(tuning.tuning().as_dict(), sort_keys=True)}
+    got = package_cache(model, quant, target, cache="bench", options=options, rebuild=rebuild,
+                        progress=lambda msg: print(msg, file=sys.stderr), **extra)
+    return got.path
 
 
 def extract_llama_sdist(sh, version: str, download: Path, dest: Path, keep: tuple[str, ...]) -> Path:

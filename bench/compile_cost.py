@@ -33,13 +33,13 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "edgesmith", "compile", args.model, "--quant", args.quant,
                         "--target", args.target, "-o", str(Path(tmp) / "b")], check=True)
         wall = time.perf_counter() - t
-        import json
+        from edgesmith.compiler.bundle.folder import read_manifest
 
-        manifest = json.loads((Path(tmp) / "b" / "manifest.json").read_text())
+        manifest = read_manifest(Path(tmp) / "b")
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     row = {"model": args.model, "quant": args.quant, "target": args.target, "wall_s": round(wall, 1),
-           "convert_s": manifest["build"]["convert_s"], "compile_s": manifest["build"]["compile_s"],
-           "peak_rss_mb": round(peak_mb), "weights_mb": round(manifest["weight_bytes"] / 2**20)}
+           "convert_s": manifest.build.convert_s, "compile_s": manifest.build.compile_s,
+           "peak_rss_mb": round(peak_mb), "weights_mb": round(manifest.weight_bytes / 2**20)}
     print(table([row], [(k, k) for k in row]))
     write_json(args.out, dict(row, date=time.strftime("%Y-%m-%d")))
 

@@ -48,16 +48,17 @@ def _generate(bundle: Path, prompt: list[int]) -> dict:
 
 def prepare(args) -> int:
     from edgesmith.compiler.build import compile_bundle
+    from edgesmith.compiler.bundle.folder import read_manifest
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     cuda = compile_bundle(args.model, "q4f16", "cuda", out / "bundle")
     # the reference keeps the GPU bundle's KV cache dtype (float16 by default on GPUs)
-    kv_dtype = json.loads((cuda / "manifest.json").read_text())["kv_cache"]["dtype"]
+    kv_dtype = read_manifest(cuda).kv_dtype
     host = compile_bundle(args.model, "q4f16", "host", out / "host-bundle", kv_dtype=kv_dtype)
     print(f"compiled {args.model} for cuda and host in {time.time() - t0:.0f} s")
-    vocab = json.loads((host / "manifest.json").read_text())["model"]["config"]["vocab_size"]
+    vocab = read_manifest(host).config.vocab_size
     prompt = [t % vocab for t in PROMPT]
     ref = _generate(host, prompt)
     print(f"host greedy tokens: {ref['output_ids']}")

@@ -27,7 +27,7 @@ from edgesmith.runtime.engine import Engine  # noqa: E402
 
 def run_one(bundle: Path, prompt_len: int, new_tokens: int, reps: int) -> dict:
     eng = Engine(bundle)
-    vocab = eng.config["vocab_size"]
+    vocab = eng.config.vocab_size
     prompt = np.random.default_rng(0).integers(0, vocab, prompt_len).tolist()
     eng.generate(prompt, 8)  # warm-up
     pre, dec = [], []
@@ -35,7 +35,7 @@ def run_one(bundle: Path, prompt_len: int, new_tokens: int, reps: int) -> dict:
         g = eng.generate(prompt, new_tokens)
         pre.append(prompt_len / g.prefill_s)
         dec.append((new_tokens - 1) / g.decode_s)
-    return {"prefill_tok_s": summary(pre), "decode_tok_s": summary(dec), "weight_bytes": eng.manifest["weight_bytes"]}
+    return {"prefill_tok_s": summary(pre), "decode_tok_s": summary(dec), "weight_bytes": eng.manifest.weight_bytes}
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
 
     rows, results = [], []
     for quant in args.quants.split(","):
-        bundle = cached_bundle(args.out.parent, args.model, quant, args.rebuild)
+        bundle = cached_bundle(args.model, quant, rebuild=args.rebuild)
         r = run_one(bundle, args.prompt, args.new_tokens, args.reps)
         r.update(quant=quant, model=args.model)
         results.append(r)

@@ -3,9 +3,9 @@
     python bench/kernel_speed.py [--only q4f32,q4f16,q0f32,q0f16] [--shapes decode,prefill]
                             [-m 128] [-r 7] [--residual] [--out bench/out/kernels.json]
 
-Each kernel is the compiler's own tensor expression (compiler/kernels.py) with the compiler's
-CPU schedule (compiler/schedules.py) applied. The model's int4 decode now uses the TIR GEMVs
-(compiler/kernels_gemv.py, kernels_int8.py) wherever their shapes tile, so the int4 decode rows
+Each kernel is the compiler's own tensor expression (compiler/kernels/cpu.py) with the compiler's
+CPU schedule (compiler/lowering/schedules_cpu.py) applied. The model's int4 decode now uses the TIR GEMVs
+(compiler/kernels/gemv.py, int8.py) wherever their shapes tile, so the int4 decode rows
 here are the fallback expression; prefill (q4f16/q4f32) and float rows are what the model runs.
 They are built for this host and timed with TVM's
 time_evaluator (median of r repeats). Checked against numpy before it is timed. Prints ms,
@@ -26,8 +26,9 @@ if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings 
 from bench.common import read_bandwidth_gbs, table, write_json  # noqa: E402
 
 import tvm  # noqa: E402
-from edgesmith.compiler import kernels, schedules  # noqa: E402
-from edgesmith.compiler.quantize import dequantize_q4, get_quantization, quantize_q4  # noqa: E402
+from edgesmith.compiler.kernels import cpu as kernels  # noqa: E402
+from edgesmith.compiler.lowering import schedules_cpu as schedules  # noqa: E402
+from edgesmith.compiler.quantization.registry import dequantize_q4, get_quantization, quantize_q4  # noqa: E402
 from edgesmith.targets import presets  # noqa: E402
 from edgesmith.targets.tvm_api import te, tirx  # noqa: E402
 
@@ -124,7 +125,7 @@ def main() -> None:
                 r.update(phase=phase, quant=quant, layer=name, m=m, k=k, n=n)
                 rows.append(r)
                 print(f"{phase:8} {quant} {name:8} {m}x{k}->{n}: {r['ms']:.3f} ms", file=sys.stderr)
-    bw = read_bandwidth_gbs()
+    bw, _ = read_bandwidth_gbs()
     print(f"\n{target}, TVM threads {tvm.runtime.num_threads()}, read bandwidth {bw:.1f} GB/s, "
           f"median of {args.reps}\n")
     print(table(rows, [("phase", "phase"), ("quant", "quant"), ("layer", "layer"), ("m", "m"), ("k", "k"),

@@ -29,26 +29,14 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings as bench.NAME from the
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
-from bench.common import summary, table, write_json  # noqa: E402
+from bench.common import cached_bundle, summary, table, write_json  # noqa: E402
 
-from edgesmith.compiler.bundle import read_manifest  # noqa: E402
+from edgesmith.compiler.bundle.folder import read_manifest  # noqa: E402
 from edgesmith.runtime.engine import Engine  # noqa: E402
 from edgesmith.runtime.profile.fit import kv_cache_bytes  # noqa: E402
 from edgesmith.runtime.session import run_runner  # noqa: E402
 
 DTYPES = ("float16", "float32")
-
-
-def bundle_for(out_dir: Path, model: str, quant: str, kv_dtype: str, context: int, rebuild: bool) -> Path:
-    from edgesmith.compiler.build import compile_bundle
-
-    name = f"{model.replace(':', '_').replace('=', '')}-{quant}-host-kv{kv_dtype}-ctx{context}"
-    bundle = out_dir / "bundles" / name
-    if rebuild or not (bundle / "manifest.json").exists():
-        t = time.perf_counter()
-        compile_bundle(model, quant, "host", bundle, context=context, kv_dtype=kv_dtype)
-        print(f"compiled {name} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    return bundle
 
 
 def runner_run(bundle: Path, context: int, new_tokens: int) -> dict:
@@ -63,7 +51,7 @@ def runner_run(bundle: Path, context: int, new_tokens: int) -> dict:
 
 def decode_rounds(bundles: dict, contexts: list[int], new_tokens: int, rounds: int, say) -> dict:
     """{(context, dtype): decode tok/s per round}, every engine alive, visited in turn each round."""
-    vocab = read_manifest(bundles[DTYPES[0]])["model"]["config"]["vocab_size"]
+    vocab = read_manifest(bundles[DTYPES[0]]).config.vocab_size
     engines, first = {}, {}
     for c in contexts:
         prompt = np.random.default_rng(c).integers(0, vocab, c - new_tokens).tolist()
@@ -100,7 +88,8 @@ def main() -> None:
         print(msg, file=sys.stderr, flush=True)
 
     contexts = [int(c) for c in args.contexts.split(",")]
-    bundles = {d: bundle_for(args.out.parent, args.model, args.quant, d, max(contexts), args.rebuild) for d in DTYPES}
+    bundles = {d: cached_bundle(args.model, args.quant, rebuild=args.rebuild, context=max(contexts), kv_dtype=d)
+               for d in DTYPES}
     manifests = {d: read_manifest(b) for d, b in bundles.items()}
     runs = {}
     for c in contexts:

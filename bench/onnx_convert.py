@@ -71,9 +71,9 @@ def convert_child(model: str, quant: str, out: str) -> None:
     import resource
 
     from edgesmith.compiler.build import build_model
-    from edgesmith.compiler.checkpoint import open_checkpoint, validate
+    from edgesmith.compiler.inputs.checkpoint import open_checkpoint, validate
     from edgesmith.compiler.convert import convert_params
-    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.quantization.registry import get_quantization
     from edgesmith.targets import presets
     from edgesmith.targets.tvm_api import dump_tensor_cache, tvm
 
@@ -119,6 +119,8 @@ def main() -> None:
     if builder:
         print(f"ONNX Runtime GenAI builder: {builder['wall_s']} s, peak RSS {builder['peak_rss_mb']} MiB", file=sys.stderr)
 
+    from edgesmith.compiler.bundle.folder import read_manifest
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgesmith-onnx-convert-") as tmp:
         for source, folder, quant in (("onnx", onnx_dir, "q4f32"), ("hf", hf, "q4f32"), ("hf", hf, "q4f16")):
@@ -127,11 +129,11 @@ def main() -> None:
             conv = json.loads(text.strip().splitlines()[-1])
             shutil.rmtree(out)
             wall, rss, _ = run([sys.executable, "-m", "edgesmith", "compile", str(folder), "--quant", quant, "-q", "-o", str(out)])
-            m = json.loads((out / "manifest.json").read_text())
+            m = read_manifest(out)
             rows.append({"source": source, "quant": quant, "convert_s": round(conv["convert_s"], 1),
                          "convert_rss_mb": round(conv["convert_rss_mb"]), "compile_wall_s": round(wall, 1),
-                         "compile_rss_mb": round(rss), "weights_mb": round(m["weight_bytes"] / 2**20),
-                         "int4_kept": m["model"]["input"].get("int4_kept", "")})
+                         "compile_rss_mb": round(rss), "weights_mb": round(m.weight_bytes / 2**20),
+                         "int4_kept": (m.model.input or {}).get("int4_kept", "")})
             shutil.rmtree(out)
             print(f"{rows[-1]}", file=sys.stderr)
     print(table(rows, [(k, k) for k in rows[0]]))

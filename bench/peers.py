@@ -19,10 +19,11 @@ shared machine falls on all of them. tok/s are medians over all rounds' samples,
 printed under the table are edgesmith's medians over each peer's from this one run. An engine
 that cannot be installed, built or run keeps its row, with why.
 
-Decode as % of ceiling: read bandwidth is measured here with `threads` threads (bench/membw.c, a
-C read loop; numpy's sum is one thread and reads low), and the bytes one decode step must read are
-counted the same way for every engine, from its own files: all weights but the token-embedding
-table (one row of it), plus the KV cache at the average position p + n/2 in the engine's KV dtype.
+Decode as % of ceiling: read bandwidth is measured here with `threads` threads (the runner's
+probe, `runner membw`: what `edgesmith profile` measures its ceiling with), and the bytes one
+decode step must read are counted the same way for every engine, from its own files: all weights
+but the token-embedding table (one row of it), plus the KV cache at the average position p + n/2
+in the engine's KV dtype.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings as bench.NAME from the
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
-from bench.common import extract_llama_sdist, table, write_json  # noqa: E402
+from bench.common import cached_bundle, extract_llama_sdist, read_bandwidth_gbs, table, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "models"
@@ -85,29 +86,9 @@ def ensure(module: str, pip_args: list[str], install: bool, env: dict | None = N
 # ---------------------------------------------------------------- read bandwidth
 
 
-def read_bandwidth(threads: int, mib: int = 1024, reps: int = 7) -> tuple[float, str]:
-    """(GB/s, how): the C loop if a C compiler is here, else numpy sums on `threads` threads."""
-    exe = MODELS / "membw"
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc:
-        try:
-            if not exe.exists() or exe.stat().st_mtime < (HERE / "membw.c").stat().st_mtime:
-                MODELS.mkdir(parents=True, exist_ok=True)
-                sh([cc, "-O3", "-march=native", "-pthread", str(HERE / "membw.c"), "-o", str(exe)], what="cc membw.c")
-            return float(sh([str(exe), str(threads), str(mib), str(reps)]).split()[0]), f"C read loop, {threads} threads"
-        except Skip as e:
-            print(f"membw: {e}; using numpy", file=sys.stderr)
-    import numpy as np
-    from concurrent.futures import ThreadPoolExecutor
-
-    parts = [np.ones(mib * (1 << 20) // 8 // threads) for _ in range(threads)]
-    times = []
-    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL inside the reduction
-        for _ in range(reps):
-            t = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            times.append(time.perf_counter() - t)
-    return sum(p.nbytes for p in parts) / statistics.median(times) / 1e9, f"numpy sum, {threads} threads"
+def read_bandwidth(threads: int) -> tuple[float, str]:
+    """(GB/s, how) on `threads` threads: the runner's probe (bench/common.read_bandwidth_gbs)."""
+    return read_bandwidth_gbs(threads)
 
 
 # ---------------------------------------------------------------- engines
@@ -192,9 +173,7 @@ def _dense_bytes(init) -> int:
 
 def build_edgesmith(quant: str):
     def build(hf: Path, args) -> Built:
-        out = MODELS / f"edgesmith-{quant}"
-        if args.rebuild or not (out / "manifest.json").exists():
-            sh(["edgesmith", "compile", str(hf), "--quant", quant, "-o", str(out), "-q"], what="edgesmith compile")
+        out = cached_bundle(str(hf), quant, rebuild=args.rebuild)  # the package's bundle cache
         # The profiler counts bytes per token itself (same definition); its number is used.
         return Built(out, 0, 2 if "f16" in quant else 4, "`edgesmith profile` (C++ runner)")
     return build

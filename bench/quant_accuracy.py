@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings 
 from bench.common import table, write_json  # noqa: E402
 
 from edgesmith.compiler.build import compile_bundle  # noqa: E402
+from edgesmith.compiler.bundle.folder import read_manifest  # noqa: E402
 from edgesmith.runtime.evaluate import EVAL_POSITIONS, compare_logits, teacher_forced_logits  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main() -> None:
             # one folder per bundle: dlopen caches a library by path, so a second model.so at the
             # same path in this process would silently be the first one
             ref_bundle = compile_bundle(model, "q0f32", "host", Path(tmp) / f"{i}-ref")
-            vocab = int(__import__("json").loads((ref_bundle / "manifest.json").read_text())["model"]["config"]["vocab_size"])
+            vocab = read_manifest(ref_bundle).config.vocab_size
             ids = np.random.default_rng(0).integers(0, vocab, EVAL_POSITIONS).tolist()
             ref = teacher_forced_logits(ref_bundle, ids)
             for quant in args.quants.split(","):

@@ -28,9 +28,9 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=5)
     ap.add_argument("--profiles", type=int, default=2)
     args = ap.parse_args()
-    from edgesmith.runtime.profile.run import ProfileOptions, membw_size_mb, profile_bundle
+    from edgesmith.runtime.profile.profiler import ProfileOptions, membw_size_mb, profile_bundle
 
-    bundle = cached_bundle(OUT, args.model, args.quant)
+    bundle = cached_bundle(args.model, args.quant)
     from edgesmith.runtime.probe import parse_probe, probe_script
 
     info = parse_probe(subprocess.run(["sh", "-c", probe_script("/")], capture_output=True, text=True).stdout)

@@ -33,9 +33,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/out/runner_vs_python.json"))
     args = ap.parse_args()
 
-    bundle = cached_bundle(args.out.parent, args.model, args.quant)
+    bundle = cached_bundle(args.model, args.quant)
     eng = Engine(bundle)
-    vocab = eng.config["vocab_size"]
+    vocab = eng.config.vocab_size
     samples = {k: {"prefill": [], "decode": []} for k in ("runner", "python")}
     eng.generate([1] * args.prompt, 4)  # warm-up
     for _ in range(args.reps):

@@ -16,8 +16,6 @@ Prints a table; writes the samples, the ratios and the record's choices as JSON.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import platform
 import subprocess
 import sys
@@ -26,32 +24,27 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings as bench.NAME from the
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
-from bench.common import summary, table, write_json  # noqa: E402
+from bench.common import cached_bundle, summary, table, write_json  # noqa: E402
 
-from edgesmith.compiler.build import compile_bundle  # noqa: E402
-from edgesmith.compiler.checkpoint import default_quant, open_checkpoint  # noqa: E402
+from edgesmith.compiler.inputs.checkpoint import default_quant, open_checkpoint  # noqa: E402
 from edgesmith.compiler.tuning import TuningRecord, model_shape_id  # noqa: E402
 from edgesmith.runtime.devices import Device  # noqa: E402
 from edgesmith.runtime.session import run_bundle  # noqa: E402
-from edgesmith.runtime.tune.run import LineProgress, TuneOptions, tune_model  # noqa: E402
+from edgesmith.runtime.tune.tuner import LineProgress, TuneOptions, tune_model  # noqa: E402
 from edgesmith.targets.cache import cache_root  # noqa: E402
 
 
-def bundle(out: Path, model: str, quant: str, record: TuningRecord | None, source: str) -> Path:
-    choices = json.dumps(record.tuning().as_dict(), sort_keys=True) if record is not None else ""
-    tag = "default" if record is None else "tuned-" + hashlib.sha256(choices.encode()).hexdigest()[:10]
-    path = out / f"{model.replace(':', '_').replace('=', '')}-{quant}-{tag}"
-    if not (path / "manifest.json").is_file():
-        t = time.perf_counter()
-        compile_bundle(model, quant, "host", path, tuning=record, tuning_source=source)
-        print(f"compiled {path.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    return path
+def bundle(model: str, quant: str, record: TuningRecord | None, source: str) -> Path:
+    """The default (record None) or the tuned host bundle, from the package's bundle cache."""
+    if record is None:
+        return cached_bundle(model, quant)
+    return cached_bundle(model, quant, tuning=record, tuning_source=source)
 
 
 def _model_keys(model: str, quant: str) -> set[str]:
     import tvm
-    from edgesmith.compiler.kernel_family import kernel_family
-    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.kernels.family import kernel_family
+    from edgesmith.compiler.quantization.registry import get_quantization
     from edgesmith.runtime.tune.shapes import tunable_shapes
     from edgesmith.targets.presets import get_preset
 
@@ -98,9 +91,8 @@ def main() -> None:
     print(f"tuned {len(kernels)} shapes in {tune_s:.0f} s ({'complete' if record.complete else 'incomplete'}); "
           f"{len(changed)} differ from the defaults; threads {threads}", file=sys.stderr)
 
-    work = Path("bench/out/tune_ab")
-    a = bundle(work, args.model, quant, None, "")
-    b = bundle(work, args.model, quant, record, str(record_path))
+    a = bundle(args.model, quant, None, "")
+    b = bundle(args.model, quant, record, str(record_path))
     samples = {"default": {"prefill": [], "decode": []}, "tuned": {"prefill": [], "decode": []}}
     for r in range(args.rounds):
         order = [("default", a), ("tuned", b)] if r % 2 == 0 else [("tuned", b), ("default", a)]

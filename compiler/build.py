@@ -8,16 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
-from edgesmith.compiler import bundle as bundle_io
-from edgesmith.compiler import gpu_sources
-from edgesmith.compiler.checkpoint import Checkpoint, default_quant, open_checkpoint, validate
-from edgesmith.compiler.source import quantized_ends
+from edgesmith import __version__
+from edgesmith.compiler.bundle import folder as bundle_io
+from edgesmith.compiler.lowering import kernel_sources
+from edgesmith.compiler.inputs.checkpoint import Checkpoint, default_quant, open_checkpoint, quantized_ends, validate
 from edgesmith.compiler.context import PAGE_SIZE, kv_settings
-from edgesmith.compiler.manifest import Manifest
+from edgesmith.compiler.bundle.manifest import BuildInfo, DeviceInfo, Manifest, ModelInfo, TargetInfo, TokenizerInfo
 from edgesmith.compiler.convert import convert_params
 from edgesmith.compiler.models import for_config
-from edgesmith.compiler.pipeline import make_pipeline
-from edgesmith.compiler.quantize import Quantization, get_quantization
+from edgesmith.compiler.lowering.pipeline import make_pipeline
+from edgesmith.compiler.quantization.registry import Quantization, get_quantization
 from edgesmith.compiler.tuning import (DEFAULT, Tuning, TuningError, TuningRecord, manifest_entry,
                                        model_shape_id)
 from edgesmith.errors import ConfigError, TargetError
@@ -136,7 +136,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         (tmp / "lib").mkdir()
         progress.step("linking the model library")
         ex.export_library(str(tmp / "lib" / preset_library_name(preset)), **preset_export_kwargs(preset))
-        kernels = gpu_sources.write_kernel_sources(ex, tmp / "kernels") if preset.gpu else None
+        kernels = kernel_sources.write_kernel_sources(ex, tmp / "kernels") if preset.gpu else None
         t_compile = time.perf_counter() - t0 - t_convert
 
         runtime_files = presets_runtime_files(preset)
@@ -150,38 +150,38 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                 shutil.copy2(src, dst)
 
         tokenizer = _copy_tokenizer(ckpt, tmp)
-        if tokenizer.get("note"):
-            progress.step(f"no tokenizer in the bundle: {tokenizer['note']}")
+        if tokenizer.note:
+            progress.step(f"no tokenizer in the bundle: {tokenizer.note}")
 
         progress.step("writing manifest")
         Manifest(
-            model={"source": ckpt.description, "spec": ckpt.spec, "fingerprint": ckpt.fingerprint(),
-                   "config": cfg.to_dict(), "input": source},
+            model=ModelInfo.of(cfg, source=ckpt.description, spec=ckpt.spec, fingerprint=ckpt.fingerprint(),
+                               input=source),
             quant=q.name,
             int8_dot=_int8_dot(q, tvm_target, preset) if q.int8_activations else None,
             quantize_embedding=emb_q,
             quantize_lm_head=head_q,
-            target={"preset": preset.name, "tvm_target": preset.tvm_target(), "arch": preset.arch,
-                    "triple": preset.triple, "layout": preset.layout},
+            target=TargetInfo(preset=preset.name, tvm_target=preset.tvm_target(), arch=preset.arch,
+                              triple=preset.triple, layout=preset.layout.name),
             arch=preset.arch,
             tvm_version=TVM_VERSION,
             kv_cache=kv.manifest(PAGE_SIZE, prefill_chunk, cfg),
             device=gpu_device_entry(preset) if preset.gpu else None,
-            kernels=kernels or None,
+            kernels=kernels,
             tuning=None if preset.gpu else manifest_entry(tuning, kernel_tuning or DEFAULT, tuning_source,
                                                           model_shape_id(cfg, q.name)),
             tokenizer=tokenizer,
-            params=[name for name, _, _ in params],
+            params=tuple(name for name, _, _ in params),
             weight_bytes=sum(_nbytes(s, d) for _, s, d in params),
-            build={"host": platform.node(), "convert_s": round(t_convert, 2), "compile_s": round(t_compile, 2),
-                   "edgesmith_version": _version()},
+            build=BuildInfo(host=platform.node(), convert_s=round(t_convert, 2), compile_s=round(t_compile, 2),
+                            edgesmith_version=__version__),
         ).write(tmp)
     return Path(out)
 
 
 def _check_gpu_heads(cfg, preset, tvm_target, kv_dtype: str) -> None:
     """One line, before anything is traced, when TVM's GPU attention kernels cannot take the heads."""
-    from edgesmith.compiler.attention_gpu import head_size_limit
+    from edgesmith.compiler.kernels.attention_gpu import head_size_limit
 
     why = head_size_limit(cfg, tvm_target, kv_dtype)
     if why is None:
@@ -213,16 +213,18 @@ def _float_kept_note(ckpt: Checkpoint, q: Quantization, emb_q: bool, head_q: boo
     return "; ".join(parts)
 
 
-def _copy_tokenizer(ckpt: Checkpoint, tmp: Path) -> dict:
+def _copy_tokenizer(ckpt: Checkpoint, tmp: Path) -> TokenizerInfo:
     """tokenizer.json and what goes with it into the bundle; returns the manifest's "tokenizer"."""
+    import dataclasses
     import shutil
 
-    entry = dict(getattr(ckpt, "tokenizer_entry", None) or {"source": None})
+    entry = ckpt.tokenizer_entry or TokenizerInfo()
     if ckpt.tokenizer_path:
         shutil.copy2(ckpt.tokenizer_path, tmp / "tokenizer.json")
         for extra in ckpt.tokenizer_files:
             shutil.copy2(extra, tmp / extra.name)
-        entry["chat_template"] = (tmp / "chat_template.jinja").is_file() or _has_chat_template(tmp / "tokenizer_config.json")
+        entry = dataclasses.replace(entry, chat_template=(tmp / "chat_template.jinja").is_file()
+                                    or _has_chat_template(tmp / "tokenizer_config.json"))
     return entry
 
 
@@ -237,7 +239,7 @@ def _has_chat_template(config: Path) -> bool:
 
 def _int8_dot(q: Quantization, target, preset) -> str | None:
     """The int8 dot-product feature decode runs on (None: float activations on this target)."""
-    from edgesmith.compiler import kernels_int8
+    from edgesmith.compiler.kernels import int8 as kernels_int8
 
     isas = [] if preset.gpu else kernels_int8.dot_isas(target)
     return isas[0].name if isas else None
@@ -248,11 +250,6 @@ def _nbytes(shape, dtype) -> int:
     for x in shape:
         n *= x
     return n * tvm.DataType(dtype).bits // 8
-
-
-def _version() -> str:
-    from edgesmith import __version__
-    return __version__
 
 
 def preset_export_kwargs(preset) -> dict:
@@ -276,13 +273,9 @@ _DEVICE_LIBS = {"cuda": ["libtvm_runtime_cuda.so"], "metal": ["libtvm_runtime_me
                 "opencl": ["libedgesmith_opencl.so"], "webgpu": ["libedgesmith_webgpu.so"]}
 
 
-def gpu_device_entry(preset) -> dict:
+def gpu_device_entry(preset) -> DeviceInfo:
     """The manifest's "device": what the runner runs on, and whether the bundle can run there."""
     gpu = preset.gpu
-    entry = {"api": gpu.api, "dl_device_type": _DL_DEVICE[gpu.api], "runtime_libs": _DEVICE_LIBS.get(gpu.api, []),
-             "limits": gpu.limits()}
-    if gpu.runtime_note:
-        entry["runtime_missing"] = gpu.runtime_note
-    if preset.toolchain == "on-device":
-        entry["build_on_device"] = "bin/build-on-device.sh"
-    return entry
+    return DeviceInfo(api=gpu.api, dl_device_type=_DL_DEVICE[gpu.api], runtime_libs=tuple(_DEVICE_LIBS.get(gpu.api, [])),
+                      limits=gpu.limits(), runtime_missing=gpu.runtime_note or None,
+                      build_on_device="bin/build-on-device.sh" if preset.toolchain == "on-device" else None)

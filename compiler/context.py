@@ -22,7 +22,6 @@ from edgesmith.errors import BundleError, ConfigError
 DEFAULT_CONTEXT = 4096
 PAGE_SIZE = 16  # tokens per KV cache page: the CPU attention kernels (attention_cpu.PAGE) require 16
 KV_DTYPES = ("float16", "float32")
-_DTYPE_BYTES = {"float32": 4, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -31,16 +30,13 @@ class KVSettings:
     dtype: str  # "float16" | "float32"
     window: int  # sliding window the attention applies; 0: none within this context
 
-    def manifest(self, page_size: int, prefill_chunk: int, cfg) -> dict:
-        return {"page_size": page_size, "prefill_chunk_size": prefill_chunk, "max_total_seq_len": self.context,
-                "dtype": self.dtype, "sliding_window": self.window or None,
-                "bytes_per_token": kv_bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
-                                                      cfg.head_dim, self.dtype)}
+    def manifest(self, page_size: int, prefill_chunk: int, cfg):
+        from edgesmith.compiler.bundle.manifest import KvCacheInfo
+        from edgesmith.compiler.models import for_config
 
-
-def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype: str) -> int:
-    """K and V of one token in every layer."""
-    return layers * 2 * kv_heads * head_dim * _DTYPE_BYTES[dtype]
+        return KvCacheInfo(page_size=page_size, prefill_chunk_size=prefill_chunk, max_total_seq_len=self.context,
+                           dtype=self.dtype, sliding_window=self.window or None,
+                           bytes_per_token=for_config(cfg).kv_bytes_per_token(cfg, self.dtype))
 
 
 def default_kv_dtype(preset, quant=None) -> str:
@@ -78,10 +74,10 @@ def kv_settings(cfg, preset, context: int | None = None, kv_dtype: str | None = 
     return KVSettings(context=context, dtype=kv_dtype, window=window)
 
 
-def runtime_context(manifest: dict, context: int | None) -> int:
+def runtime_context(manifest, context: int | None) -> int:
     """The cache a run sizes: `context` tokens (None: the compiled maximum), never more than the
-    bundle was compiled for."""
-    compiled = manifest["kv_cache"]["max_total_seq_len"]
+    bundle was compiled for (manifest: compiler.manifest.Manifest)."""
+    compiled = manifest.kv_cache.max_total_seq_len
     if context is None:
         return compiled
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from edgesmith.compiler.models import for_config
-from edgesmith.compiler.quant_scheme import Quantization
-from edgesmith.compiler.source import Checkpoint
+from edgesmith.compiler.quantization.scheme import Quantization
+from edgesmith.compiler.inputs.checkpoint import Checkpoint
 
 
 def convert_params(ckpt: Checkpoint, params: list[tuple[str, tuple[int, ...], str]],

@@ -229,23 +229,26 @@ def fingerprint_mismatch(record: TuningRecord, fingerprint: dict) -> str | None:
     return "; ".join(diffs) or None
 
 
-def manifest_entry(record: TuningRecord | None, tuning: Tuning, source: str, model_id: str = "") -> dict:
-    """The manifest's "tuning": where the params came from and every non-default one applied."""
+def manifest_entry(record: TuningRecord | None, tuning: Tuning, source: str, model_id: str = ""):
+    """The manifest's "tuning" (a TuningInfo): where the params came from and every non-default one applied."""
+    from edgesmith.compiler.bundle.manifest import TuningInfo
+
     if record is None:
-        return {"source": "defaults", "kernels": {}}
+        return TuningInfo(source="defaults")
     table = tuning.as_dict()
-    entry = {"source": source, "device": record.device, "fingerprint_id": record.fingerprint_id,
-             "fingerprint": record.fingerprint, "emulated": record.emulated, "complete": record.complete,
-             # the model's kernels the record tuned, and those it has no entry for (the defaults)
-             "kernels": {key: table[key] for key in sorted(tuning.used) if key in table},
-             "untuned": sorted(tuning.used - set(table))}
     chosen = record.threads.get(model_id) if model_id else None
-    if chosen:
-        entry["threads"] = chosen["threads"]  # the runner starts TVM's pool with it unless told otherwise
-    return entry
+    return TuningInfo(source=source, device=record.device, fingerprint_id=record.fingerprint_id,
+                      fingerprint=record.fingerprint, emulated=record.emulated, complete=record.complete,
+                      # the model's kernels the record tuned, and those it has no entry for (the defaults)
+                      kernels={key: table[key] for key in sorted(tuning.used) if key in table},
+                      untuned=tuple(sorted(tuning.used - set(table))),
+                      # the runner starts TVM's pool with it unless told otherwise
+                      threads=chosen["threads"] if chosen else None)
 
 
 def model_shape_id(cfg, quant_name: str) -> str:
-    """What a thread count was measured for: the model's layer shapes, depth and quantization."""
-    return (f"{quant_name}:h={cfg.hidden_size}:i={cfg.intermediate_size}:q={cfg.num_attention_heads}"
-            f":kv={cfg.num_key_value_heads}:d={cfg.head_dim}:v={cfg.vocab_size}:l={cfg.num_hidden_layers}")
+    """What a thread count was measured for: the model's layer shapes and depth (its architecture
+    says: models/phi3/sizes.shape_id) and the quantization."""
+    from edgesmith.compiler.models import for_config
+
+    return f"{quant_name}:{for_config(cfg).shape_id(cfg)}"

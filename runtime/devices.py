@@ -2,7 +2,7 @@
 
     devices:
       - name: board                 # unique; what --device NAME picks
-        transport: ssh              # local | ssh | adb
+        transport: ssh              # local | ssh | adb (runtime/transports/: one file each)
         target: arm64-linux         # a target preset (`edgesmith targets`)
         workdir: edgesmith          # where bundles go on the device (ssh: relative to the login dir)
         exec_wrapper: [qemu-aarch64-static, -L, /usr/aarch64-linux-gnu]   # optional: emulated devices
@@ -18,54 +18,28 @@
 Which file: the `path` argument, else $EDGESMITH_DEVICES, else ./devices.yaml, else the one shipped
 with edgesmith. Paths expand `~` and environment variables; $EDGESMITH_STATE defaults to the
 emulated devices' state folder (~/.cache/edgesmith/emulated), so the shipped file names their keys.
-Every error is one line naming the file, the device and the field.
+Every error is one line naming the file, the device and the field. A transport's own section
+(ssh:, adb:) is read by the transport's file, with the same Fields.
 """
 from __future__ import annotations
 
-import getpass
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgesmith.errors import ConfigError, EdgesmithError
 from edgesmith.targets.cache import cache_root
 
-TRANSPORTS = ("local", "ssh", "adb")
 SHIPPED = Path(__file__).parent / "devices.yaml"  # a link to the top-level devices.yaml; a copy when installed
-FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-HOST = re.compile(r"[A-Za-z0-9._:%\[\]-]+")  # a name, an IPv4 or IPv6 address
 
 
 def emulated_state_dir() -> Path:
     """Where the emulated devices keep their keys, ports and sandboxes."""
     env = os.environ.get("EDGESMITH_STATE")
     return Path(env) if env else cache_root() / "emulated"
-
-
-@dataclass(frozen=True)
-class SshConfig:
-    host: str
-    port: int = 22
-    user: str = ""
-    key_file: Path | None = None
-    password_env: str | None = None  # the name of an environment variable, never the password
-    host_key: str | None = None  # pinned "SHA256:..." fingerprint (as `ssh-keygen -lf` prints it)
-    known_hosts: Path | None = None
-
-    def __repr__(self) -> str:  # no secret is stored here, but keep reprs short in logs
-        return f"SshConfig({self.user}@{self.host}:{self.port})"
-
-
-@dataclass(frozen=True)
-class AdbConfig:
-    serial: str  # a USB serial, or host:port for a device reached over TCP (`adb connect`)
-    server_port: int = 5037
-
-    @property
-    def tcp(self) -> bool:
-        return ":" in self.serial
 
 
 @dataclass(frozen=True)
@@ -76,8 +50,7 @@ class Device:
     workdir: str
     tags: tuple[str, ...] = ()
     exec_wrapper: tuple[str, ...] = ()
-    ssh: SshConfig | None = None
-    adb: AdbConfig | None = None
+    settings: Any = None  # its transport's devices.yaml section, read by the transport's file (ssh:, adb:)
     description: str = ""
 
     @property
@@ -87,16 +60,12 @@ class Device:
     @property
     def where(self) -> str:
         """How the device is reached, for tables and messages (no secrets)."""
-        if self.ssh:
-            return f"ssh {self.ssh.user}@{self.ssh.host}:{self.ssh.port}"
-        if self.adb:
-            return f"adb {self.adb.serial} (server :{self.adb.server_port})"
-        return "local"
+        return self.settings.where if self.settings is not None else self.transport
 
 
 # ---------------------------------------------------------------- validation
 
-class _Fields:
+class Fields:
     """Reads one mapping, naming the device and the field in every error."""
 
     def __init__(self, source: str, device: str, data: dict, prefix: str = ""):
@@ -142,14 +111,14 @@ class _Fields:
             raise self.fail(key, f"must be a port number 1-65535, got {port}")
         return port
 
-    def section(self, key: str) -> _Fields:
+    def section(self, key: str) -> Fields:
         self.used.add(key)
         value = self.data.get(key)
         if value is None:
             raise self.fail(key, f"is missing (transport {self.data.get('transport')} needs it)")
         if not isinstance(value, dict):
             raise self.fail(key, f"must be a mapping, got {type(value).__name__}")
-        return _Fields(self.source, self.device, value, f"{self.prefix}{key}.")
+        return Fields(self.source, self.device, value, f"{self.prefix}{key}.")
 
     def no_extra(self) -> None:
         extra = sorted(set(map(str, self.data)) - self.used)
@@ -164,79 +133,55 @@ def expand_path(value: str) -> str:
     return os.path.expanduser(value)
 
 
-def _ssh(f: _Fields) -> SshConfig:
-    s = f.section("ssh")
-    cfg = SshConfig(
-        host=s.get("host", str),
-        port=s.port("port", 22),
-        user=s.get("user", str, "") or getpass.getuser(),
-        key_file=_opt_path(s.get("key_file", str, None, expand=True)),
-        password_env=s.get("password_env", str, None),
-        host_key=s.get("host_key", str, None),
-        known_hosts=_opt_path(s.get("known_hosts", str, None, expand=True)),
-    )
-    if not HOST.fullmatch(cfg.host):
-        raise s.fail("host", f"must be a host name or an address, got {cfg.host!r}")
-    if cfg.host_key and not FINGERPRINT.match(cfg.host_key):
-        raise s.fail("host_key", "must be a SHA256 fingerprint as `ssh-keygen -lf KEY.pub` prints it "
-                                 "(SHA256: and 43 base64 characters)")
-    if cfg.password_env and not re.fullmatch(r"[A-Za-z_]\w*", cfg.password_env):
-        raise s.fail("password_env", "must name an environment variable that holds the password "
-                                     "(the password itself never goes in devices.yaml)")
-    s.no_extra()
-    return cfg
-
-
-def _adb(f: _Fields) -> AdbConfig:
-    a = f.section("adb")
-    cfg = AdbConfig(serial=a.get("serial", str), server_port=a.port("server_port", 5037))
-    if cfg.tcp:
-        port = cfg.serial.rpartition(":")[2]
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise a.fail("serial", f"host:port needs a port number 1-65535, got {cfg.serial!r}")
-    a.no_extra()
-    return cfg
-
-
-def _opt_path(value: str | None) -> Path | None:
+def opt_path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _settings(f: Fields, entry, label: str):
+    """The transport's section, read by the transport's own file (None: it takes none)."""
+    if not entry.section:
+        return None
+    from edgesmith.runtime.transports.base import DeviceError
+
+    try:
+        return entry.read_settings(f.section(entry.section), label)
+    except DeviceError as err:  # the transport's file cannot load: say so as the file's problem
+        raise ConfigError(f"{f.source}: device {label}: {err.detail}") from None
 
 
 def _device(source: str, index: int, data) -> Device:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: device #{index + 1}: must be a mapping of fields, got {data!r}")
     label = f"'{data['name']}'" if isinstance(data.get("name"), str) else f"#{index + 1}"
-    f = _Fields(source, label, data)
+    f = Fields(source, label, data)
     name = f.get("name", str)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise f.fail("name", f"must be letters, digits, '.', '_' or '-', got {name!r}")
     transport = f.get("transport", str)
-    if transport not in TRANSPORTS:
+    from edgesmith.runtime.transports import TRANSPORTS
+
+    entry = TRANSPORTS.get(transport)
+    if entry is None:
         raise f.fail("transport", f"must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     target = f.get("target", str)
     from edgesmith.targets.presets import PRESETS
 
     if target not in PRESETS:
         raise f.fail("target", f"names no target preset: {target!r} (known: {', '.join(PRESETS)})")
-    default_workdir = {
-        "local": str(cache_root() / "devices" / name),
-        "ssh": "edgesmith",
-        "adb": "/data/local/tmp/edgesmith",
-    }[transport]
     device = Device(
         name=name,
         transport=transport,
         target=target,
-        workdir=f.get("workdir", str, default_workdir, expand=transport == "local"),
+        workdir=f.get("workdir", str, entry.workdir or str(cache_root() / "devices" / name), expand=entry.in_place),
         tags=f.get("tags", list, ()),
         exec_wrapper=f.get("exec_wrapper", list, ()),
         description=f.get("description", str, ""),
-        ssh=_ssh(f) if transport == "ssh" else None,
-        adb=_adb(f) if transport == "adb" else None,
+        settings=_settings(f, entry, label),
     )
-    for other in {"ssh", "adb"} - {transport}:
-        if other in data:
-            raise f.fail(other, f"belongs to transport {other}, and this device's transport is {transport}")
+    for other in TRANSPORTS.values():
+        if other.section and other.section != entry.section and other.section in data:
+            raise f.fail(other.section, f"belongs to transport {other.name}, and this device's transport is "
+                                        f"{transport}")
     f.no_extra()
     return device
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesmith.compiler import bundle as bundle_io
+from edgesmith.compiler.bundle import folder as bundle_io
 from edgesmith.compiler.context import runtime_context
 from edgesmith.errors import BundleError
 from edgesmith.runtime.sampling import Sampler
@@ -78,12 +78,12 @@ class Engine:
         t0 = time.perf_counter()
         self.bundle = Path(bundle)
         self.manifest = bundle_io.read_manifest(self.bundle)
-        arch = self.manifest["arch"]
+        arch = self.manifest.arch
         if arch != platform.machine():
             raise BundleError(f"bundle {self.bundle} is built for {arch}; this machine is {platform.machine()} — "
                               "run it on a device with --device, or compile with --target host")
-        if self.manifest["tvm_version"] != TVM_VERSION:
-            raise BundleError(f"bundle {self.bundle} was built with TVM {self.manifest['tvm_version']}, "
+        if self.manifest.tvm_version != TVM_VERSION:
+            raise BundleError(f"bundle {self.bundle} was built with TVM {self.manifest.tvm_version}, "
                               f"this runtime is TVM {TVM_VERSION}; recompile it")
         if verify:
             bundle_io.verify(self.bundle, self.manifest)
@@ -94,20 +94,20 @@ class Engine:
         self.vm = relax.VirtualMachine(lib, self.dev)
         g = tvm.get_global_func
         g("vm.builtin.tensor_cache.load")(str(self.bundle / "params"), self.dev.dlpack_device_type(), 0)
-        self.params = g("vm.builtin.param_array_from_cache_by_name")(self.manifest["params"])
+        self.params = g("vm.builtin.param_array_from_cache_by_name")(list(self.manifest.params))
         g("vm.builtin.tensor_cache.clear")()
         self._begin = g("vm.builtin.kv_state_begin_forward")
         self._end = g("vm.builtin.kv_state_end_forward")
         self._add = g("vm.builtin.kv_state_add_sequence")
         self._remove = g("vm.builtin.kv_state_remove_sequence")
         self._popn = g("vm.builtin.kv_state_popn")
-        kvc = self.manifest["kv_cache"]
+        kvc = self.manifest.kv_cache
         self.max_len = runtime_context(self.manifest, context)
-        self.chunk = kvc["prefill_chunk_size"]
+        self.chunk = kvc.prefill_chunk_size
         S = tvm.runtime.ShapeTuple
         self.kv = self.vm["create_paged_kv_cache"](S([1]), S([self.max_len]), S([self.chunk]),
-                                                   S([kvc["page_size"]]), S([0]))
-        self.config = self.manifest["model"]["config"]
+                                                   S([kvc.page_size]), S([0]))
+        self.config = self.manifest.config  # the architecture's config (Phi3Config)
         self.length = None  # tokens in the current sequence; None = no sequence
         self.load_s = time.perf_counter() - t0
 
@@ -134,7 +134,7 @@ class Engine:
         """Start a new sequence with `token_ids`; the last token's logits."""
         if not token_ids:
             raise BundleError("empty prompt: give at least one token")
-        vocab = self.config["vocab_size"]
+        vocab = self.config.vocab_size
         bad = [t for t in token_ids if not 0 <= t < vocab]
         if bad:
             raise BundleError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")

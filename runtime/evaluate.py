@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesmith.compiler import bundle as bundle_io
-from edgesmith.compiler.manifest import Manifest
+from edgesmith.compiler.bundle import folder as bundle_io
 from edgesmith.compiler.build import compile_bundle
+from edgesmith.compiler.bundle.manifest import EvalReport
+from edgesmith.compiler.quantization.registry import get_quantization
 from edgesmith.runtime.engine import Engine
 from edgesmith.targets.presets import host_arch
 
@@ -30,12 +31,11 @@ TYPICAL = {
 }
 
 
-def guidance(report: dict, manifest: dict) -> str:
-    """What the numbers mean for this scheme and model: what is typical, and what would be a problem."""
-    quant = manifest.get("quant", "")
-    if not quant.startswith("q4"):
+def guidance(report: dict, quant: str, source: str) -> str:
+    """What the numbers mean for this scheme (`quant`) and model (`source`, the manifest's
+    model.source): what is typical, and what would be a problem."""
+    if not get_quantization(quant).quantized:
         return "float weights: expect a mean KL near 0 (rounding); anything above 0.01 nats is a problem"
-    source = manifest.get("model", {}).get("source", "")
     preset = source.split(":")[1].split(" ")[0] if source.startswith("random:") else None
     if preset in TYPICAL and quant in TYPICAL[preset]:
         top1, kl = TYPICAL[preset][quant]
@@ -77,19 +77,18 @@ def evaluate_bundle(bundle: Path, model: str, *, positions: int = EVAL_POSITIONS
     bundle = Path(bundle)
     manifest = bundle_io.read_manifest(bundle)
     step = progress.step if progress else (lambda msg: None)
-    vocab = manifest["model"]["config"]["vocab_size"]
+    vocab = manifest.config.vocab_size
     ids = np.random.default_rng(0).integers(0, vocab, positions).tolist()
     with tempfile.TemporaryDirectory(prefix="edgesmith-eval-") as tmp:
         quantized = bundle
-        if manifest["arch"] != host_arch():
-            step(f"eval: compiling a host twin of the {manifest['quant']} bundle")
-            quantized = compile_bundle(model, manifest["quant"], "host", Path(tmp) / "quant",
-                                       quantize_embedding=manifest.get("quantize_embedding", True),
-                                       quantize_lm_head=manifest.get("quantize_lm_head"),
-                                       kv_dtype=manifest["kv_cache"].get("dtype", "float32"))
+        if manifest.arch != host_arch():
+            step(f"eval: compiling a host twin of the {manifest.quant} bundle")
+            quantized = compile_bundle(model, manifest.quant, "host", Path(tmp) / "quant",
+                                       quantize_embedding=manifest.quantize_embedding,
+                                       quantize_lm_head=manifest.quantize_lm_head, kv_dtype=manifest.kv_dtype)
         step("eval: compiling the q0f32 reference")
         reference = compile_bundle(model, "q0f32", "host", Path(tmp) / "ref")
         step(f"eval: {positions} positions, teacher-forced")
         report = compare_logits(teacher_forced_logits(reference, ids), teacher_forced_logits(quantized, ids))
-    Manifest.read(bundle).update(bundle, eval=report)
+    manifest.update(bundle, eval=EvalReport(**report))
     return report

@@ -4,53 +4,53 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgesmith.compiler import bundle as bundle_io
+from edgesmith.compiler.bundle import folder as bundle_io
+from edgesmith.compiler.models import for_config, tokenizer_builder
+from edgesmith.compiler.quantization.registry import QUANTIZATIONS
 
 
 def describe(bundle: Path, as_json: bool = False) -> str:
     m = bundle_io.read_manifest(bundle)
     bundle_io.verify(bundle, m)
     if as_json:
-        return json.dumps(m, indent=1)
-    cfg = m["model"]["config"]
-    files = m["files"]
-    size = sum(f["size"] for f in files.values())
+        return json.dumps(m.as_dict(), indent=1)
+    cfg = m.config
+    files = m.files
+    size = sum(f.size for f in files.values())
+    quant = QUANTIZATIONS.get(m.quant)
     lines = [
         f"bundle      {Path(bundle)}  (all {len(files)} files match their sha256)",
-        f"model       {m['model']['source']}",
-        f"            {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, heads {cfg['num_attention_heads']}"
-        f"/{cfg['num_key_value_heads']} kv, vocab {cfg['vocab_size']}, rope {cfg['rope_type']}"
-        f"{'' if cfg['partial_rotary_factor'] == 1 else ' partial ' + str(cfg['partial_rotary_factor'])}"
-        f"{', tied embeddings' if cfg['tie_word_embeddings'] else ''}",
-        *_input_lines(m["model"].get("input")),
-        f"quant       {m['quant']}{_float_ends(m)}",
-        f"target      {m['target']['preset']} ({m['target']['triple']}, layout {m['target']['layout']}) "
-        f"{json.dumps(m['target']['tvm_target'], separators=(',', ':'))}",
+        f"model       {m.model.source}",
+        f"            {for_config(cfg).describe(cfg)}",
+        *_input_lines(m.model.input),
+        f"quant       {m.quant}{_float_ends(m, quant)}",
+        f"target      {m.target.preset} ({m.target.triple}, layout {m.target.layout}) "
+        f"{json.dumps(m.target.tvm_target, separators=(',', ':'))}",
         *_device_lines(m),
-        f"tvm         {m['tvm_version']}",
-        f"weights     {m['weight_bytes'] / 2**20:.1f} MiB in {sum(1 for f in files if f.startswith('params/params_shard'))} shards",
+        f"tvm         {m.tvm_version}",
+        f"weights     {m.weight_bytes / 2**20:.1f} MiB in {sum(1 for f in files if f.startswith('params/params_shard'))} shards",
         f"tokenizer   {_tokenizer_line(m)}",
         *_context_lines(m),
-        *_tuning_lines(m.get("tuning")),
+        *_tuning_lines(m.tuning),
         f"size        {size / 2**20:.1f} MiB on disk",
-        f"built       convert {m['build']['convert_s']} s, compile {m['build']['compile_s']} s",
+        f"built       convert {m.build.convert_s} s, compile {m.build.compile_s} s",
     ]
-    if "eval" in m:
-        e = m["eval"]
-        lines.append(f"accuracy    vs q0f32 over {e['positions']} positions: top-1 agreement "
-                     f"{100 * e['top1_agreement']:.1f}%, mean KL {e['mean_kl']:.5f}, max |diff| {e['max_abs_diff']:.4f}")
+    if m.eval is not None:
+        e = m.eval
+        lines.append(f"accuracy    vs q0f32 over {e.positions} positions: top-1 agreement "
+                     f"{100 * e.top1_agreement:.1f}%, mean KL {e.mean_kl:.5f}, max |diff| {e.max_abs_diff:.4f}")
     lines.append("files")
     for rel, f in files.items():
-        lines.append(f"  {rel:40s} {f['size']:>12,d}  {f['sha256'][:12]}")
+        lines.append(f"  {rel:40s} {f.size:>12,d}  {f.sha256[:12]}")
     return "\n".join(lines)
 
 
-def _float_ends(m: dict) -> str:
+def _float_ends(m, quant) -> str:
     """' (embedding and lm_head in float)' and the like for an int4 bundle; '' when both are int4."""
-    if not m["quant"].startswith("q4"):
+    if not (quant and quant.quantized):
         return ""
-    emb = bool(m.get("quantize_embedding"))
-    head = emb if m.get("quantize_lm_head") is None else bool(m["quantize_lm_head"])
+    emb = bool(m.quantize_embedding)
+    head = emb if m.quantize_lm_head is None else bool(m.quantize_lm_head)
     if emb and head:
         return ""
     if not emb and not head:
@@ -58,39 +58,42 @@ def _float_ends(m: dict) -> str:
     return " (embedding in float, lm_head int4)" if head else " (lm_head in float, embedding int4)"
 
 
-def _tuning_lines(t: dict | None) -> list[str]:
+def _tuning_lines(t) -> list[str]:
     """The kernel choices the compile applied (compiler/tuning.py): defaults, or a record's."""
     if t is None:
         return []
-    if t.get("source") == "defaults":
+    if t.defaults:
         return ["tuning      none: the kernels' default choices"]
-    lines = [f"tuning      {t['source']}: measured on '{t.get('device')}' ({t.get('fingerprint', {}).get('cpu_model', '?')}, "
-             f"id {t.get('fingerprint_id')}){', EMULATED (mechanism only)' if t.get('emulated') else ''}"
-             f"{', incomplete' if not t.get('complete', True) else ''}"]
-    for key, params in sorted(t.get("kernels", {}).items()):
+    lines = [f"tuning      {t.source}: measured on '{t.device}' ({(t.fingerprint or {}).get('cpu_model', '?')}, "
+             f"id {t.fingerprint_id}){', EMULATED (mechanism only)' if t.emulated else ''}"
+             f"{', incomplete' if not t.complete else ''}"]
+    for key, params in sorted(t.kernels.items()):
         lines.append(f"            {key:42s} {', '.join(f'{k}={v}' for k, v in params.items())}")
-    if t.get("untuned"):
-        lines.append(f"            {len(t['untuned'])} more kernels keep the defaults (not in the record): "
-                     + ", ".join(t["untuned"]))
-    if t.get("threads"):
-        lines.append(f"            {'threads (run time; --threads overrides)':42s} {t['threads']}")
+    if t.untuned:
+        lines.append(f"            {len(t.untuned)} more kernels keep the defaults (not in the record): "
+                     + ", ".join(t.untuned))
+    if t.threads:
+        lines.append(f"            {'threads (run time; --threads overrides)':42s} {t.threads}")
     return lines
 
 
-def _tokenizer_line(m: dict) -> str:
-    """Which tokenizer the bundle carries: the checkpoint's, the built Phi-3 one, or none and why."""
-    t = m.get("tokenizer")
+def _tokenizer_line(m) -> str:
+    """Which tokenizer the bundle carries: the checkpoint's, one its architecture built, or none and why."""
+    t = m.tokenizer
     if t is None:  # bundles from before the manifest said
-        return "tokenizer.json (checkpoint's)" if "tokenizer.json" in m["files"] else "none"
-    template = ", with its chat template" if t.get("chat_template") else ", no chat template"
-    if t["source"] == "checkpoint":
+        return "tokenizer.json (checkpoint's)" if "tokenizer.json" in m.files else "none"
+    template = ", with its chat template" if t.chat_template else ", no chat template"
+    if t.source == "checkpoint":
         return "the checkpoint's tokenizer.json" + template
-    if t["source"]:
-        return f"built Phi-3 vocabulary (32064 tokens, from {t['from']}){template}"
-    return f"none: {t.get('note', 'no tokenizer.json')}"
+    builder = tokenizer_builder(t.vocabulary) if t.vocabulary else None
+    if t.source and builder is not None:
+        return builder.describe(t) + template
+    if t.source:
+        return f"{t.source} (from {t.origin}){template}"
+    return f"none: {t.note or 'no tokenizer.json'}"
 
 
-def _input_lines(source: dict | None) -> list[str]:
+def _input_lines(source) -> list[str]:
     """The checkpoint's format (safetensors, onnx, random) and, for int4 ONNX, what stayed exact."""
     if not source:
         return []
@@ -107,43 +110,43 @@ def _input_lines(source: dict | None) -> list[str]:
     return [line]
 
 
-def _context_lines(m: dict) -> list[str]:
+def _context_lines(m) -> list[str]:
     """The KV cache: context, dtype, bytes per token (and at the full context), sliding window."""
     from edgesmith.runtime.profile.fit import kv_bytes_per_token
 
-    kv = m["kv_cache"]
-    per_token = kv.get("bytes_per_token") or kv_bytes_per_token(m)
-    window = (f"; sliding window {kv['sliding_window']} tokens" if kv.get("sliding_window") else "")
-    return [f"context     {kv['max_total_seq_len']} tokens (page {kv['page_size']}, prefill chunk "
-            f"{kv['prefill_chunk_size']}){window}",
-            f"kv cache    {kv.get('dtype', 'float32')}, {per_token / 1024:.1f} KiB per token, "
-            f"{per_token * kv['max_total_seq_len'] / 2**20:.1f} MiB at the full context"]
+    kv = m.kv_cache
+    per_token = kv.bytes_per_token or kv_bytes_per_token(m)
+    window = (f"; sliding window {kv.sliding_window} tokens" if kv.sliding_window else "")
+    return [f"context     {kv.max_total_seq_len} tokens (page {kv.page_size}, prefill chunk "
+            f"{kv.prefill_chunk_size}){window}",
+            f"kv cache    {kv.dtype}, {per_token / 1024:.1f} KiB per token, "
+            f"{per_token * kv.max_total_seq_len / 2**20:.1f} MiB at the full context"]
 
 
-def _device_lines(m: dict) -> list[str]:
+def _device_lines(m) -> list[str]:
     """GPU bundles: the device API and limits, its kernels, and whether it can run as shipped."""
-    dev = m.get("device")
+    dev = m.device
     if not dev:
         return []
-    limits = ", ".join(f"{k} {v}" for k, v in dev["limits"].items())
-    lines = [f"device      {dev['api']} ({limits})"]
-    if m.get("kernels"):
-        lines.append(f"kernels     {len(m['kernels']['names'])} {m['kernels']['language']} kernels in kernels/ "
+    limits = ", ".join(f"{k} {v}" for k, v in dev.limits.items())
+    lines = [f"device      {dev.api} ({limits})"]
+    if m.kernels:
+        lines.append(f"kernels     {len(m.kernels.names)} {m.kernels.language} kernels in kernels/ "
                      "(edgesmith inspect BUNDLE --kernels)")
-    if dev.get("runtime_missing"):
-        lines.append(f"runtime     not included: {dev['runtime_missing']}")
-    if dev.get("build_on_device"):
-        lines.append(f"runtime     link and build on the device: sh {dev['build_on_device']}")
+    if dev.runtime_missing:
+        lines.append(f"runtime     not included: {dev.runtime_missing}")
+    if dev.build_on_device:
+        lines.append(f"runtime     link and build on the device: sh {dev.build_on_device}")
     return lines
 
 
-def _kernel_entry(bundle: Path) -> dict:
+def _kernel_entry(bundle: Path):
     from edgesmith.errors import BundleError
 
     m = bundle_io.read_manifest(bundle)
-    entry = m.get("kernels")
+    entry = m.kernels
     if not entry:
-        raise BundleError(f"bundle {bundle} ({m['target']['preset']}) holds no GPU kernel sources: "
+        raise BundleError(f"bundle {bundle} ({m.target.preset}) holds no GPU kernel sources: "
                           "only GPU targets (opencl, webgpu, metal, cuda) have them")
     return entry
 
@@ -151,9 +154,9 @@ def _kernel_entry(bundle: Path) -> dict:
 def list_kernels(bundle: Path) -> str:
     """`inspect --kernels`: the GPU kernels the bundle's library carries, with their sizes."""
     entry = _kernel_entry(bundle)
-    ext = entry["extension"]
-    lines = [f"{len(entry['names'])} {entry['language']} kernels (full module: {entry['module']})"]
-    for name in entry["names"]:
+    ext = entry.extension
+    lines = [f"{len(entry.names)} {entry.language} kernels (full module: {entry.module})"]
+    for name in entry.names:
         text = (Path(bundle) / "kernels" / f"{name}.{ext}").read_text()
         lines.append(f"  {name:56s} {text.count(chr(10)):>6d} lines")
     return "\n".join(lines)
@@ -165,8 +168,8 @@ def kernel_source(bundle: Path, name: str) -> str:
 
     entry = _kernel_entry(bundle)
     for candidate in (name, name + "_kernel"):
-        if candidate in entry["names"]:
-            return (Path(bundle) / "kernels" / f"{candidate}.{entry['extension']}").read_text()
-    close = [n for n in entry["names"] if name in n][:5]
+        if candidate in entry.names:
+            return (Path(bundle) / "kernels" / f"{candidate}.{entry.extension}").read_text()
+    close = [n for n in entry.names if name in n][:5]
     hint = f"; did you mean {', '.join(close)}" if close else "; list them with --kernels"
     raise BundleError(f"bundle {bundle} has no kernel '{name}'{hint}")

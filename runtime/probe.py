@@ -1,8 +1,18 @@
 """What a device is, from one shell command that works on Linux and on Android's toybox:
 arch, OS, memory, storage, cores and their frequencies, CPU model and ISA flags, thermal zones,
-GPU API libraries."""
+GPU API libraries; several devices probed at once (`edgesmith devices`), each failure that
+device's own row. (Running a bundle on a device, or here, is runtime/session.py's job.)
+
+What it needs of a transport (base.Transport): run() of one POSIX shell script using SHELL_TOOLS.
+"""
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from edgesmith.errors import one_line
+from edgesmith.runtime.devices import Device
+from edgesmith.runtime.transports import open_transport
 from edgesmith.runtime.transports.base import Transport, shell_join
 from edgesmith.targets.presets import get_preset
 
@@ -14,6 +24,9 @@ GPU_PATHS = {
                "/usr/lib/*/libOpenCL.so.1", "/usr/lib64/libOpenCL.so.1", "/usr/lib/libOpenCL.so.1",
                "/usr/lib/*/libmali.so"],
 }
+
+
+SHELL_TOOLS = ("sh", "uname", "grep", "sed", "tr", "cat", "df", "tail", "dirname")
 
 
 # Vulkan drivers by their ICD manifest (the Vulkan loader reads /usr/share/vulkan/icd.d and
@@ -118,6 +131,7 @@ _ABI = {"arm64-v8a": "aarch64", "armeabi-v7a": "armv7", "x86_64": "x86_64", "x86
 
 def probe_transport(transport: Transport, *, timeout: float) -> dict:
     device = transport.device
+    transport.require_shell("probing", SHELL_TOOLS)
     out = transport.check(probe_script(device.workdir), timeout=timeout, what="probing")
     info = parse_probe(out)
     native = _ABI.get(info.get("abi", ""), info.get("machine", "?"))
@@ -196,3 +210,30 @@ def format_table(probes: list[dict]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     errors = [f"{p['name']}: {p['error']}" for p in probes if not p.get("reachable") and p.get("error")]
     return "\n".join(lines + ([""] + errors if errors else []))
+
+
+# ------------------------------------------------------------------ several devices at once
+
+def probe_devices(devices: list[Device], *, timeout: float) -> list[dict]:
+    """Probe every device at once; a failure is that device's row (reachable False, error), never a raise."""
+
+    def one(device: Device) -> dict:
+        started = time.monotonic()
+        try:
+            with open_transport(device) as transport:
+                info = transport.probe(timeout=timeout)
+            row = {"name": device.name, "reachable": True, "error": None, **info}
+        except Exception as err:  # noqa: BLE001 - one device's failure is its own row
+            row = {"name": device.name, "reachable": False, "error": one_line(err)}
+        row.update(transport=device.transport, target=device.target, where=device.where,
+                   probe_s=round(time.monotonic() - started, 3))
+        return row
+
+    if not devices:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(devices))) as pool:
+        return list(pool.map(one, devices))
+
+
+def format_devices_table(probes: list[dict]) -> str:
+    return format_table(probes)

@@ -20,6 +20,10 @@ final, and concurrent pushes of one bundle to one device send it once.
 
 Every step runs through the Transport interface with what is left of one Deadline. Nothing
 outside the bundle folder is ever sent: a symbolic link that leaves it is refused.
+
+What it needs of a transport (base.Transport): push() of one file, and run() of POSIX shell lines
+using SHELL_TOOLS (the device's sha256sum hashes what arrived; mv renames only what matches;
+device_lock.py's lock needs its own few).
 """
 from __future__ import annotations
 
@@ -32,12 +36,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgesmith.compiler.bundle import MANIFEST, check_inside, read_manifest, verify
+from edgesmith.compiler.bundle.folder import MANIFEST, check_inside, read_manifest, verify
 from edgesmith.runtime.device_lock import DeviceLock
 from edgesmith.runtime.transports.base import Deadline, DeviceError, Transport, TransferError, shell_join
 
 BATCH = 64  # files per hashing command: keeps each command line well under adb's limits
 FREE_MARGIN = 256 * 1024  # directories and partly used blocks beside the files' own bytes
+SHELL_TOOLS = ("sh", "sha256sum", "cut", "mkdir", "mv", "chmod", "rm", "stat", "ln", "cp", "find", "df", "tail",
+               "dirname")
 
 
 class DiskFull(TransferError):
@@ -186,9 +192,10 @@ def push_bundle(transport: Transport, bundle: Path, dest: str, *, deadline: Dead
     """Make `dest` on the device hold exactly `bundle`'s files; returns what was sent. `lock`:
     the device path of this bundle's push lock (default: beside dest)."""
     start = time.monotonic()
+    transport.require_shell("pushing a bundle", SHELL_TOOLS)
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    want = {rel: meta["sha256"] for rel, meta in manifest["files"].items()}
+    want = {rel: meta.sha256 for rel, meta in manifest.files.items()}
     want[MANIFEST] = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
     have = device_hashes(transport, dest, list(want), deadline)
     report = PushReport(dest)

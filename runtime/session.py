@@ -3,36 +3,33 @@
 A RunnerSession takes a bundle and where it runs: this machine (device None: in place, an aarch64
 bundle through qemu, labelled emulated) or a device of devices.yaml (pushed first, incremental and
 verified: runtime/push.py). It checks that the device can run the bundle before anything is
-copied, builds the start command once from the manifest's layout, parses the runner's JSON lines
-as they stream, and turns any failure of the runner into one RunnerError.
+copied, starts the runner as the bundle's layout says (targets/layouts.py: directly, or through
+the glibc loader it ships), parses the runner's JSON lines as they stream, and turns any failure
+of the runner into one RunnerError. The command, run in BUNDLE (the bundle's folder where it runs):
 
-| layout         | command, run in BUNDLE (the bundle's folder where it runs)                   |
-| -------------- | ---------------------------------------------------------------------------- |
-| linux          | [wrapper] ./bin/runner SUBCOMMAND . ARGS                                     |
-| android-glibc  | [wrapper] ./bin/ld-linux-aarch64.so.1 --library-path ./bin ./bin/runner ...  |
+    [wrapper] <the layout's start> SUBCOMMAND . ARGS
 
-wrapper: the device's exec_wrapper (qemu on the emulated devices; this machine: qemu for an
-aarch64 bundle); a real device has none.
+wrapper: the device's exec_wrapper (qemu on the emulated devices; this machine: the qemu the
+layout names for an aarch64 bundle); a real device has none.
 """
 from __future__ import annotations
 
 import json
 import os
 import posixpath
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from edgesmith.compiler.bundle import read_manifest
-from edgesmith.errors import BundleError, EdgesmithError
+from edgesmith.compiler.bundle.folder import read_manifest
+from edgesmith.compiler.bundle.manifest import Manifest
+from edgesmith.errors import BundleError, EdgesmithError, TargetError
 from edgesmith.runtime.device_lock import LockTimeout
 from edgesmith.runtime.devices import Device
 from edgesmith.runtime.push import PushReport, bundle_digest, push_bundle
-from edgesmith.runtime.transports import open_transport
+from edgesmith.runtime.transports import TRANSPORTS, open_transport
 from edgesmith.runtime.transports.base import Deadline, DeviceError, DeviceTimeout, StdinFeed, shell_join
-from edgesmith.targets.presets import PRESETS, QEMU_AARCH64, get_preset, host_arch
-
-LOADER = "ld-linux-aarch64.so.1"
+from edgesmith.targets.layouts import Layout, get_layout
+from edgesmith.targets.presets import PRESETS, get_preset
 
 
 class RunnerError(DeviceError, BundleError):
@@ -44,41 +41,32 @@ class RunnerError(DeviceError, BundleError):
         EdgesmithError.__init__(self, f"device '{device}': runner failed: {message}" if device else message)
 
 
-# ------------------------------------------------------------------ what runs where
+# ------------------------------------------------------------------ what runs where (the bundle's Layout says)
 
-def runner_start(bindir: str, android_glibc: bool) -> list[str]:
-    """argv that starts bindir/runner: directly, or through the glibc loader the android-glibc
-    layout ships next to it (posix paths, so the same argv serves remote devices)."""
-    runner = posixpath.join(bindir, "runner")
-    if android_glibc:
-        return [posixpath.join(bindir, LOADER), "--library-path", bindir, runner]
-    return [runner]
-
-
-def this_machine(manifest: dict) -> Device:
+def this_machine(manifest: Manifest) -> Device:
     """This machine as the device for `manifest`'s bundle: qemu for an aarch64 bundle on x86_64."""
+    return host_device(manifest.target.preset, manifest.arch, get_layout(manifest.target.layout),
+                       manifest.device.api if manifest.device else None)
+
+
+def host_device(target: str, arch: str, layout: Layout, gpu_api: str | None = None) -> Device:
+    """This machine as the device for a bundle of `target`, `arch` and `layout` (the layout says
+    how qemu runs it here: emulated; an arm64 WebGPU bundle also needs the arm64 Mesa)."""
     from edgesmith.targets.cache import cache_root
 
-    arch = manifest["arch"]
-    layout = manifest.get("target", {}).get("layout", "linux")
-    wrapper: tuple[str, ...] = ()
-    if arch != host_arch():
-        if arch != "aarch64":
-            raise BundleError(f"the bundle is for {arch}; this machine ({host_arch()}) cannot run it")
-        if shutil.which(QEMU_AARCH64[0]) is None:
-            raise BundleError(f"the bundle is for aarch64 and {QEMU_AARCH64[0]} is not installed; "
-                              "apt-get install qemu-user-static")
-        # android-glibc ships its own loader and libraries: qemu needs no sysroot for it
-        wrapper = QEMU_AARCH64[:1] if layout.startswith("android") else QEMU_AARCH64
-        if manifest.get("device", {}).get("api") == "webgpu":
-            # an arm64 Vulkan bundle: Debian's arm64 Mesa (lavapipe) as qemu's root, where install.sh
-            # fetched it; without it the runner says there is no Vulkan device, in one line
-            from edgesmith.targets.runtime_libs import arm64_vulkan_root, arm64_vulkan_wrapper
+    try:
+        wrapper = layout.qemu_wrapper(arch)
+    except TargetError as err:
+        raise BundleError(str(err)) from None
+    if wrapper and gpu_api == "webgpu":
+        # an arm64 Vulkan bundle: Debian's arm64 Mesa (lavapipe) as qemu's root, where install.sh
+        # fetched it; without it the runner says there is no Vulkan device, in one line
+        from edgesmith.targets.runtime_libs import arm64_vulkan_root, arm64_vulkan_wrapper
 
-            root = arm64_vulkan_root()
-            if root is not None:
-                wrapper = arm64_vulkan_wrapper(root)
-    return Device(name="host", transport="local", target=manifest["target"]["preset"],
+        root = arm64_vulkan_root()
+        if root is not None:
+            wrapper = arm64_vulkan_wrapper(root)
+    return Device(name="host", transport="local", target=target,
                   workdir=str(cache_root() / "devices" / "host"), exec_wrapper=wrapper,
                   tags=("emulated",) if wrapper else ())
 
@@ -88,20 +76,16 @@ def runner_argv(bundle: Path) -> list[str]:
     paths: for running a runner by hand, as tests that bypass the session do)."""
     manifest = read_manifest(bundle)
     _check_runner(bundle, manifest)
-    start = runner_start(str(Path(bundle).resolve() / "bin"), _android_glibc(manifest))
+    start = get_layout(manifest.target.layout).start(str(Path(bundle).resolve() / "bin"))
     return [*this_machine(manifest).exec_wrapper, *start]
 
 
-def _android_glibc(manifest: dict) -> bool:
-    return manifest.get("target", {}).get("layout") == "android-glibc"
-
-
-def missing_runner(bundle, manifest: dict) -> str:
+def missing_runner(bundle, manifest: Manifest) -> str:
     """Why `bundle` has no runner: its target has none yet (and what it needs), or it was damaged."""
-    preset = PRESETS.get(manifest.get("target", {}).get("preset", ""))
-    device = manifest.get("device") or {}
-    note = device.get("runtime_missing") or (preset.gpu.runtime_note if preset and preset.gpu else "")
-    if preset is not None and preset.toolchain == "on-device":
+    preset = PRESETS.get(manifest.target.preset)
+    note = (manifest.device and manifest.device.runtime_missing) or (preset.gpu.runtime_note if preset and preset.gpu
+                                                                     else "")
+    if preset is not None and preset.layout.built_on_device:
         return (f"bundle '{bundle}' (target {preset.name}) has its runner built on the device: copy the bundle "
                 "there and run bin/build-on-device.sh")
     if note:
@@ -111,23 +95,23 @@ def missing_runner(bundle, manifest: dict) -> str:
     return f"{Path(bundle) / 'bin' / 'runner'} not found; the bundle is incomplete: copy it again or recompile"
 
 
-def _check_runner(bundle: Path, manifest: dict) -> None:
-    if manifest.get("device", {}).get("runtime_missing") or not (Path(bundle) / "bin" / "runner").is_file():
+def _check_runner(bundle: Path, manifest: Manifest) -> None:
+    if (manifest.device and manifest.device.runtime_missing) or not (Path(bundle) / "bin" / "runner").is_file():
         raise BundleError(missing_runner(bundle, manifest))
 
 
-def check_compatible(device: Device, manifest: dict) -> None:
-    """Refuse a bundle the device cannot run, before anything is copied."""
+def check_compatible(device: Device, manifest: Manifest) -> None:
+    """Refuse a bundle the device cannot run, before anything is copied: another arch, or a layout
+    the device's cannot start (a glibc-linked runner on a phone)."""
     preset = get_preset(device.target)
-    arch = manifest.get("arch")
-    layout = manifest.get("target", {}).get("layout", "linux")
-    built_for = manifest.get("target", {}).get("preset", "?")
-    if arch != preset.arch:
-        raise DeviceError(device.name, f"runs {preset.arch} (target {preset.name}) and the bundle is for {arch} "
-                                       f"(target {built_for}); compile it with --target {preset.name}")
-    if preset.layout.startswith("android") and layout == "linux":
-        raise DeviceError(device.name, f"is an Android device and the bundle (target {built_for}) needs a glibc "
-                                       f"Linux; compile it with --target {preset.name}")
+    built_for = manifest.target.preset
+    if manifest.arch != preset.arch:
+        raise DeviceError(device.name, f"runs {preset.arch} (target {preset.name}) and the bundle is for "
+                                       f"{manifest.arch} (target {built_for}); compile it with --target {preset.name}")
+    bundle_layout = get_layout(manifest.target.layout)
+    if not preset.layout.runs(bundle_layout):
+        raise DeviceError(device.name, f"{preset.layout.refusal(bundle_layout, built_for)}; compile it with "
+                                       f"--target {preset.name}")
 
 
 def device_bundle_dir(transport, device: Device, bundle: Path, timeout: float = 10) -> str:
@@ -166,7 +150,7 @@ class RunnerSession:
     as often as needed over the same connection."""
 
     def __init__(self, bundle: Path, device: Device | None = None, *, timeout: float,
-                 manifest: dict | None = None, on_push: Callable[[PushReport], None] | None = None):
+                 manifest: Manifest | None = None, on_push: Callable[[PushReport], None] | None = None):
         self.bundle = Path(bundle).resolve()
         self.manifest = manifest or read_manifest(self.bundle)
         self.local = device is None
@@ -185,12 +169,12 @@ class RunnerSession:
     def __enter__(self) -> RunnerSession:
         check_compatible(self.device, self.manifest)
         _check_runner(self.bundle, self.manifest)  # the bundle's fault, found before any copy
-        if self.device.transport == "local":  # run in place
+        if TRANSPORTS[self.device.transport].in_place:  # run in place
             _check_executable(self.bundle, self.manifest)
         self.deadline = Deadline(self.timeout)  # connecting, waiting for the push lock and pushing
         self.transport = open_transport(self.device)
         try:
-            if self.device.transport != "local":  # a local device runs the bundle in place
+            if not TRANSPORTS[self.device.transport].in_place:  # this machine runs the bundle in place
                 try:
                     self.where = device_bundle_dir(self.transport, self.device, self.bundle, self.deadline.left())
                     self.push_report = push_bundle(self.transport, self.bundle, self.where, deadline=self.deadline)
@@ -219,7 +203,7 @@ class RunnerSession:
         if timeout is None:
             timeout = deadline.left() if deadline is not None else self.timeout
         said = deadline.total if deadline is not None else timeout  # what the user asked for
-        start = runner_start("./bin", _android_glibc(self.manifest))
+        start = get_layout(self.manifest.target.layout).start("./bin")
         argv = [*self.device.exec_wrapper, *start, sub, ".", *rest]
         lines = _Lines(on_line)
         try:
@@ -253,10 +237,10 @@ class RunnerSession:
         None when the shell's own words say it best."""
         if said_nothing and code > 128 and code - 128 in _SIGNALS:
             return f"the runner was killed by {_SIGNALS[code - 128]} (exit code {code}) without a message"
-        in_place = self.device.transport == "local"
+        in_place = TRANSPORTS[self.device.transport].in_place
         here = "on this machine" if in_place else "on the device"
         wrapper = list(self.device.exec_wrapper)
-        start = runner_start("./bin", _android_glibc(self.manifest))
+        start = get_layout(self.manifest.target.layout).start("./bin")
         checks = [f"[ -x {shell_join([start[0]])} ] || echo NOEXEC"]
         if wrapper:
             checks.append(f"command -v {shell_join(wrapper[:1])} >/dev/null 2>&1 || echo NOWRAPPER")
@@ -292,9 +276,9 @@ _SIGNALS = {1: "SIGHUP", 2: "SIGINT", 4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8:
             9: "SIGKILL (out of memory?)", 11: "SIGSEGV", 13: "SIGPIPE", 15: "SIGTERM"}
 
 
-def _check_executable(bundle: Path, manifest: dict) -> None:
+def _check_executable(bundle: Path, manifest: Manifest) -> None:
     """This machine starts the bundle's first program in place: it must be executable."""
-    first = Path(runner_start(str(Path(bundle) / "bin"), _android_glibc(manifest))[0])
+    first = Path(get_layout(manifest.target.layout).start(str(Path(bundle) / "bin"))[0])
     if not os.access(first, os.X_OK):
         raise BundleError(f"bundle {bundle} (on this machine): {first.relative_to(bundle)} is not executable (the "
                           f"bundle was copied without its file modes); chmod +x {first.parent}/*, or copy the "

@@ -4,8 +4,8 @@ tokenizer_config.json says of it: bos/eos, chat template) and streamed decoding.
 Where a bundle's tokenizer comes from (compile decides, the manifest's "tokenizer" records it):
 - a checkpoint folder's own tokenizer.json (+ tokenizer_config.json, chat_template.jinja), as is;
 - a `random:` preset with the Phi-3 vocabulary: the Phi-3 tokenizer `edgesmith tokenizer fetch`
-  built (compiler/phi3_tokenizer.py). A bundle compiled before it was built finds it in the cache
-  at run time (nothing is ever downloaded at run time);
+  built (its architecture's tokenizer builder: compiler/models/phi3/tokenizer.py). A bundle compiled
+  before it was built finds it in the cache at run time (nothing is ever downloaded at run time);
 - none (random:tiny's toy vocabulary, Phi-4-mini's other one): token ids only.
 """
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgesmith.compiler.bundle.manifest import TokenizerInfo
+from edgesmith.compiler.models import tokenizer_builder
 from edgesmith.errors import EdgesmithError
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -74,31 +76,29 @@ def _chat_template(folder: Path, config: dict) -> str | None:
     return template if isinstance(template, str) and template else None
 
 
-def load_tokenizer(bundle: Path, manifest: dict | None = None) -> Tokenizer | None:
+def load_tokenizer(bundle: Path, manifest=None) -> Tokenizer | None:
     """The bundle's tokenizer; for a `random:` Phi-3 bundle compiled before the tokenizer was
     built, the one in the cache; else None."""
     bundle = Path(bundle)
     if (bundle / "tokenizer.json").is_file():
         return Tokenizer(bundle, "bundle")
-    entry = (manifest or {}).get("tokenizer") or {}
-    if entry.get("vocabulary") == "phi-3":
-        from edgesmith.compiler import phi3_tokenizer
-
-        folder = phi3_tokenizer.cached()
+    entry = manifest.tokenizer if manifest is not None else None
+    builder = tokenizer_builder(entry.vocabulary) if entry is not None and entry.vocabulary else None
+    if builder is not None:
+        folder = builder.cached()
         if folder is not None:
             return Tokenizer(folder, str(folder))
     return None
 
 
-def no_tokenizer_message(bundle: Path, manifest: dict, want: str = "--prompt") -> str:
+def no_tokenizer_message(bundle: Path, manifest, want: str = "--prompt") -> str:
     """Why `bundle` has no tokenizer, and what to do: one line."""
-    entry = manifest.get("tokenizer") or {}
-    if entry.get("vocabulary") == "phi-3":
-        from edgesmith.compiler import phi3_tokenizer
-
-        return phi3_tokenizer.missing_message(f"{want} on {bundle} ({manifest['model']['source']})") + \
+    entry = manifest.tokenizer or TokenizerInfo()
+    builder = tokenizer_builder(entry.vocabulary) if entry.vocabulary else None
+    if builder is not None:
+        return builder.missing_message(f"{want} on {bundle} ({manifest.model.source})") + \
             "; or pass token ids with --tokens 1,2,3"
-    why = entry.get("note") or "random weights, or none in the checkpoint"
+    why = entry.note or "random weights, or none in the checkpoint"
     return f"bundle {bundle} has no tokenizer.json ({why}); pass token ids with --tokens 1,2,3"
 
 

@@ -1,8 +1,8 @@
 """What we compile for: one registry of target presets; a new target is one entry.
 
 A preset ties together the TVM target the model library is compiled for, the toolchain
-that links it (and builds the C++ runner), where its device runtime comes from, and how
-its binaries are started (natively, through qemu, or through a shipped glibc loader).
+that links it (and builds the C++ runner), where its device runtime comes from, and its bundle
+layout (targets/layouts.py: how its runner is shipped and started, here under qemu too).
 
 A GPU preset adds a `GpuSpec`: the TVM device API (opencl, webgpu, metal, cuda) and the
 device's limits as data; its `tvm_target()` is the GPU target with the CPU target as host.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from edgesmith.errors import TargetError, unknown_name
 
-QEMU_AARCH64 = ("qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu")
+from .layouts import LAYOUTS, Layout
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,10 @@ class TargetPreset:
     arch: str  # "x86_64" | "aarch64": what the runner and the model library run on
     triple: str  # GNU triple of the toolchain
     platform: str  # where the device runtime comes from: "host" | a wheel platform tag
-    layout: str  # "linux" | "android-glibc" (started through the shipped loader) | "android-ndk"
+    layout: Layout  # how its runner ships and starts (targets/layouts.py)
     toolchain: str  # key into toolchains.TOOLCHAINS
     mattr: tuple[str, ...] = ()
     mtriple: str = ""  # LLVM triple when it differs from `triple`
-    emulator: tuple[str, ...] | None = None  # how this x86 host runs its binaries
     gpu: GpuSpec | None = None
     # The quantization `compile` uses without --quant: q4f16i8 (int8 activations) where the
     # target has int8 dot products, q4f16 elsewhere; "by-cpu": decided by this machine's CPU.
@@ -140,10 +139,10 @@ _ARM64 = dict(
     triple="aarch64-linux-gnu",
     platform="manylinux_2_28_aarch64",
     toolchain="aarch64-linux-gnu",
-    emulator=QEMU_AARCH64,
 )
 
-_ANDROID_GPU = dict(_ARM64, layout="android-glibc", mattr=("+neon", "+v8.2a", "+dotprod", "+fullfp16", "+fp16fml"))
+_ANDROID_GPU = dict(_ARM64, layout=LAYOUTS["android-glibc"],
+                    mattr=("+neon", "+v8.2a", "+dotprod", "+fullfp16", "+fp16fml"))
 # A phone's libOpenCL.so is a bionic (Android libc) library: the glibc runner, TVM runtime and
 # OpenCL plug-in this bundle layout ships cannot load it. Nothing here builds or runs them for bionic.
 _ANDROID_OPENCL_RUNTIME = (
@@ -153,7 +152,7 @@ _ANDROID_OPENCL_RUNTIME = (
     "board use arm64-linux-mali or arm64-linux-adreno")
 # Boards with a glibc Linux (RK3588 + Mali-G610, Qualcomm Linux + Adreno), reached over SSH: the host
 # side is plain ARMv8-A glue; the kernels run on the GPU through edgesmith's OpenCL plug-in.
-_ARM64_BOARD_GPU = dict(_ARM64, layout="linux", mattr=("+neon",))
+_ARM64_BOARD_GPU = dict(_ARM64, layout=LAYOUTS["linux"], mattr=("+neon",))
 # A phone's libvulkan.so is bionic like its libOpenCL.so: the glibc runner, TVM runtime, WebGPU
 # plug-in and wgpu-native this layout would ship cannot load it.
 _ANDROID_VULKAN_RUNTIME = (
@@ -194,7 +193,7 @@ GPU_PRESETS = [
         arch=host_arch(),
         triple=f"{host_arch()}-linux-gnu",
         platform="host",
-        layout="linux",
+        layout=LAYOUTS["linux"],
         toolchain="host",
         gpu=GpuSpec("opencl", 256, 32768, 1, 16),
     ),
@@ -223,7 +222,7 @@ GPU_PRESETS = [
         arch=host_arch(),
         triple=f"{host_arch()}-linux-gnu",
         platform="host",
-        layout="linux",
+        layout=LAYOUTS["linux"],
         toolchain="host",
         gpu=GpuSpec(**_WEBGPU),
     ),
@@ -241,7 +240,7 @@ GPU_PRESETS = [
         triple="aarch64-apple-darwin",
         mtriple="arm64-apple-darwin",
         platform="macosx_11_0_arm64",
-        layout="macos",
+        layout=LAYOUTS["macos"],
         toolchain="on-device",
         gpu=GpuSpec("metal", 1024, 32768, 32, 16),
     ),
@@ -251,7 +250,7 @@ GPU_PRESETS = [
         arch=host_arch(),
         triple=f"{host_arch()}-linux-gnu",
         platform="host",
-        layout="linux",
+        layout=LAYOUTS["linux"],
         toolchain="host",
         gpu=GpuSpec("cuda", 1024, 49152, 32, 16, attrs=(("arch", "sm_80"),)),
     ),
@@ -266,21 +265,21 @@ PRESETS: dict[str, TargetPreset] = {
             arch=host_arch(),
             triple=f"{host_arch()}-linux-gnu",
             platform="host",
-            layout="linux",
+            layout=LAYOUTS["linux"],
             toolchain="host",
             default_quant="by-cpu",
         ),
         TargetPreset(
             name="arm64-linux",
             description="64-bit ARM Linux board, baseline ARMv8-A with NEON (any Pi 4/5, Graviton)",
-            layout="linux",
+            layout=LAYOUTS["linux"],
             mattr=("+neon",),
             **_ARM64,
         ),
         TargetPreset(
             name="arm64-linux-dotprod",
             description="ARMv8.2-A with dot product and fp16 (Cortex-A55/A76 and later, Pi 5)",
-            layout="linux",
+            layout=LAYOUTS["linux"],
             mattr=("+neon", "+v8.2a", "+dotprod", "+fullfp16", "+fp16fml"),
             default_quant="q4f16i8",
             **_ARM64,
@@ -288,7 +287,7 @@ PRESETS: dict[str, TargetPreset] = {
         TargetPreset(
             name="arm64-linux-i8mm",
             description="ARMv8.6-A with int8 matrix multiply (Cortex-A710/X2 and later, Graviton3)",
-            layout="linux",
+            layout=LAYOUTS["linux"],
             mattr=("+neon", "+v8.6a", "+i8mm", "+dotprod", "+fullfp16", "+fp16fml", "+bf16"),
             default_quant="q4f16i8",
             **_ARM64,
@@ -296,7 +295,7 @@ PRESETS: dict[str, TargetPreset] = {
         TargetPreset(
             name="android-arm64",
             description="Android phone, ARMv8.2-A dotprod; glibc runner started through its shipped loader",
-            layout="android-glibc",
+            layout=LAYOUTS["android-glibc"],
             mattr=("+neon", "+v8.2a", "+dotprod", "+fullfp16", "+fp16fml"),
             default_quant="q4f16i8",
             **_ARM64,

@@ -5,7 +5,8 @@ the platform's libtvm_ffi.so with RUNPATH $ORIGIN, and cached under
 `<cache>/runner/<preset>-<key>/` where key = sha256(source, compiler version, flags,
 runtime version), so a second bundle for the same target costs nothing.
 
-Files that go into BUNDLE/bin/ (`bundle_runtime_files`):
+Files that go into BUNDLE/bin/ (`bundle_runtime_files`; what a layout adds is its own:
+targets/layouts.py):
 
 | layout        | files                                                                      |
 | ------------- | -------------------------------------------------------------------------- |
@@ -23,10 +24,10 @@ Files that go into BUNDLE/bin/ (`bundle_runtime_files`):
 | webgpu        | + libedgesmith_webgpu.so (runtime/runner/webgpu/, built the same way) and  |
 | (linux-vulkan,|   libwgpu_native.so from the registry's `wgpu` wheel for the architecture, |
 |  arm64 boards)|   which the plug-in dlopens; it drives the device's Vulkan driver          |
-| apple-metal   | no binary: the macOS arm64 dylibs + src/ (runner.cc, tvm_ffi headers) and  |
+| macos         | no binary: the macOS arm64 dylibs + src/ (runner.cc, tvm_ffi headers) and  |
 |               |   build-on-device.sh, which links lib/model.tar and builds the runner      |
-| GPU, no       | nothing (android-opencl/-mali/-vulkan, linux-vulkan: a phone needs NDK     |
-|   runtime     |   builds, Vulkan a TVM with SPIR-V; the manifest says what is missing)     |
+| GPU, no       | nothing (android-opencl, android-vulkan: a phone's GPU driver is bionic,   |
+|   runtime     |   so it needs NDK builds; the manifest says what is missing)               |
 """
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ OPENCL_PLUGIN = "libedgesmith_opencl.so"
 WEBGPU_SOURCE_DIR = RUNNER_SOURCE.parent / "webgpu"
 WEBGPU_PLUGIN = "libedgesmith_webgpu.so"
 
-GCC_RUNTIME = ("libstdc++.so.6", "libgcc_s.so.1")
-GLIBC_FILES = ("ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0")
 
 
 def runner_source() -> Path:
@@ -70,7 +69,7 @@ def _flags(preset: TargetPreset, ffi_lib: Path) -> list[str]:
     flags = ["-std=c++17", "-O2", "-Wall", f'-DEDGESMITH_TVM_VERSION="{runtime_version()}"']
     flags += [f"-I{d}" for d in ffi_include_dirs()]
     flags += [f"-L{ffi_lib.parent}", "-ltvm_ffi", "-ldl", "-Wl,-rpath,$ORIGIN"]
-    if preset.layout == "android-ndk":
+    if preset.layout.static_libstdcxx:
         flags += ["-static-libstdc++"]
     return flags
 
@@ -137,7 +136,7 @@ def build_opencl_plugin(preset: TargetPreset) -> Path:
     flags = ["-std=c++17", "-O2", "-Wall", "-fPIC", "-shared", f"-I{OPENCL_SOURCE_DIR}", f"-I{tvm_include_dir()}"]
     flags += [f"-I{d}" for d in ffi_include_dirs()]
     flags += [f"-L{d}" for d in lib_dirs] + ["-ltvm_runtime", "-ltvm_ffi", "-ldl", "-Wl,-rpath,$ORIGIN"]
-    if preset.layout == "android-ndk":
+    if preset.layout.static_libstdcxx:
         flags += ["-static-libstdc++"]
     return _compile_cached(preset, "opencl-plugin", opencl_plugin_sources(), flags, OPENCL_PLUGIN, tuple(headers))
 
@@ -192,7 +191,7 @@ def bundle_runtime_files(preset: TargetPreset) -> dict[str, Path]:
     """{path inside BUNDLE/bin: file to copy there}: the runner and all it needs to start."""
     if preset.gpu is not None and preset.gpu.runtime_note:
         return {}
-    if preset.toolchain == "on-device":
+    if preset.layout.built_on_device:
         return _on_device_files(preset)
     files = {"runner": _build_cached(preset)}
     if preset.gpu is not None and preset.gpu.api == "opencl":
@@ -202,11 +201,10 @@ def bundle_runtime_files(preset: TargetPreset) -> dict[str, Path]:
     files.update(gpu_runtime_libs(preset))
     for lib in runtime_libs(preset):
         files[lib.name] = lib
-    if preset.platform == "host":
+    extra = preset.layout.sysroot_files(cross=preset.platform != "host")
+    if not extra:
         return files
-    tc = find_toolchain(preset)
-    extra = GCC_RUNTIME + (GLIBC_FILES if preset.layout == "android-glibc" else ())
-    libdir = _lib_dir(tc)
+    libdir = _lib_dir(find_toolchain(preset))
     for name in extra:
         path = libdir / name
         if not path.exists():

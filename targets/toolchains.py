@@ -192,7 +192,7 @@ def target_facts(preset: TargetPreset) -> dict:
     quant, why = default_quantization(preset)
     return {"name": preset.name, "description": preset.description, "arch": preset.arch,
             "device": preset.gpu.api if preset.gpu else "cpu", "default_quant": quant, "default_quant_why": why,
-            "layout": preset.layout, "toolchain_ok": ok, "toolchain": detail,
+            "layout": preset.layout.name, "toolchain_ok": ok, "toolchain": detail,
             "runner": "none: " + preset.gpu.runtime_note if preset.gpu and preset.gpu.runtime_note else
             ("built on the device" if preset.toolchain == "on-device" else "ships in the bundle"),
             "tvm_target": preset.tvm_target()}

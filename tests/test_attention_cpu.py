@@ -1,4 +1,4 @@
-"""Our CPU attention kernels (compiler/attention_cpu.py) against numpy and against TVM's own.
+"""Our CPU attention kernels (compiler/kernels/attention_cpu.py) against numpy and against TVM's own.
 
 Hand-built pages, page tables and indptrs: several sequences per batch, lengths that are not
 multiples of 16 and cross page boundaries, shuffled page numbers, a GQA case, causal and
@@ -17,7 +17,8 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from edgesmith.compiler import attention_cpu as ac  # noqa: E402
+from edgesmith.compiler.kernels import attention_cpu as ac  # noqa: E402
+from edgesmith.compiler.lowering import attention_swap  # noqa: E402
 from edgesmith.targets.tvm_api import tirx  # noqa: E402
 
 LOG2E = math.log2(math.e)
@@ -371,7 +372,7 @@ def test_pipeline_hook_replaces_only_without_rope():
     RopeMode = kv_cache_mod.RopeMode
 
     mod = _cache_module(RopeMode.NONE)
-    new = ac.replace_cpu_attention(mod)
+    new = attention_swap.replace_cpu_attention(mod)
     swapped = set()
     for gv, f in mod.functions.items():
         if not isinstance(f, tirx.PrimFunc):
@@ -385,11 +386,11 @@ def test_pipeline_hook_replaces_only_without_rope():
     assert swapped == {ac.DECODE, ac.PREFILL_RAGGED, ac.PREFILL_PAGED}  # sliding-window ones kept
 
     mod = _cache_module(RopeMode.NORMAL)
-    new = ac.replace_cpu_attention(mod)
+    new = attention_swap.replace_cpu_attention(mod)
     assert all(new[gv].same_as(f) for gv, f in mod.functions.items())
     # a sliding window only our kernels apply: refusing beats running TVM's without it
     with pytest.raises(ValueError, match="sliding window 64"):
-        ac.replace_cpu_attention(mod, window=64)
+        attention_swap.replace_cpu_attention(mod, window=64)
 
 
 def test_pipeline_hook_swaps_float16_caches():
@@ -398,7 +399,7 @@ def test_pipeline_hook_swaps_float16_caches():
     RopeMode = kv_cache_mod.RopeMode
 
     mod = _cache_module(RopeMode.NONE, dtype="float16")
-    new = ac.replace_cpu_attention(mod, window=64)
+    new = attention_swap.replace_cpu_attention(mod, window=64)
     swapped = {str(f.attrs["global_symbol"]) for gv, f in mod.functions.items()
                if isinstance(f, tirx.PrimFunc) and not new[gv].same_as(f)}
     assert swapped == {ac.DECODE, ac.PREFILL_RAGGED, ac.PREFILL_PAGED}

@@ -13,8 +13,8 @@ from safetensors.numpy import load_file as np_load_file
 from safetensors.numpy import save_file
 from safetensors.torch import load_file as torch_load_file
 
-from edgesmith.compiler.checkpoint import expected_shapes, open_checkpoint, validate
-from edgesmith.compiler.random_weights import RANDOM_PRESETS, list_presets
+from edgesmith.compiler.inputs.checkpoint import expected_shapes, open_checkpoint, validate
+from edgesmith.compiler.inputs.random_weights import RANDOM_PRESETS, list_presets
 from edgesmith.errors import CheckpointError, ConfigError
 from hf_tiny import (
     VARIANTS,
@@ -218,9 +218,9 @@ def test_random_shapes(preset):
     assert {n: ckpt.tensor_shape(n) for n in want} == want
     validate(ckpt)
     if ckpt.config.vocab_size == 32064:  # the Phi-3 vocabulary: the built tokenizer (tests/test_tokenizer.py)
-        assert ckpt.tokenizer_entry["vocabulary"] == "phi-3"
+        assert ckpt.tokenizer_entry.vocabulary == "phi-3"
     else:
-        assert ckpt.tokenizer_path is None and ckpt.tokenizer_entry["note"]
+        assert ckpt.tokenizer_path is None and ckpt.tokenizer_entry.note
 
 
 def test_random_values_deterministic():

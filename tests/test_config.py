@@ -12,8 +12,9 @@ from transformers import Phi3Config as HFPhi3Config
 from transformers import Phi3ForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from edgesmith.compiler.config import Phi3Config, load_config
-from edgesmith.compiler.random_weights import RANDOM_PRESETS
+from edgesmith.compiler.inputs.config import load_config
+from edgesmith.compiler.models.phi3.config import Phi3Config
+from edgesmith.compiler.inputs.random_weights import RANDOM_PRESETS
 from edgesmith.errors import ConfigError
 from hf_tiny import ORIGINAL_MAX, VARIANTS, corrupt_architecture, corrupt_config, make_tiny_checkpoint, to_classic_layout
 

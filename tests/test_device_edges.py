@@ -18,7 +18,7 @@ import yaml
 from edgesmith.errors import BundleError
 from edgesmith.runtime.devices import parse_devices
 from edgesmith.runtime.emulated import emulator_status, start_emulators, stop_emulators
-from edgesmith.runtime.remote import probe_devices
+from edgesmith.runtime.probe import probe_devices
 from edgesmith.runtime.session import run_bundle
 from edgesmith.runtime.transports import DeviceError
 
@@ -104,7 +104,7 @@ def test_one_broken_device_is_its_own_row(devices, monkeypatch):
             raise ImportError("No module named 'paramiko'", name="paramiko")
         return real(device)
 
-    monkeypatch.setattr("edgesmith.runtime.remote.open_transport", broken)
+    monkeypatch.setattr("edgesmith.runtime.probe.open_transport", broken)
     rows = {r["name"]: r for r in probe_devices(list(devices.values()), timeout=30)}
     assert not rows["board"]["reachable"] and "paramiko" in rows["board"]["error"]
     assert rows["phone"]["reachable"] and rows["host"]["reachable"]

@@ -43,9 +43,9 @@ def test_shipped_inventory_has_the_host_and_the_emulated_devices(monkeypatch, tm
     devices = load_devices()
     assert list(devices) == ["host", "arm64-qemu", "board", "phone"]
     assert devices["arm64-qemu"].exec_wrapper == ("qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu")
-    assert devices["board"].ssh.key_file == Path("/state/ssh/client_ed25519")
-    assert devices["board"].ssh.port == 2222 and devices["phone"].adb.server_port == 5038
-    assert devices["phone"].adb.serial == "127.0.0.1:5557"
+    assert devices["board"].settings.key_file == Path("/state/ssh/client_ed25519")
+    assert devices["board"].settings.port == 2222 and devices["phone"].settings.server_port == 5038
+    assert devices["phone"].settings.serial == "127.0.0.1:5557"
     assert devices["host"].exec_wrapper == () and devices["host"].transport == "local"
 
 
@@ -59,14 +59,14 @@ def test_which_file(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGESMITH_DEVICES", str(other))
     assert list(load_devices()) == ["pixel"]
     assert list(load_devices(SHIPPED))[0] == "host"  # an explicit path wins
-    assert get_device("pixel").adb.serial == "127.0.0.1:5557"
+    assert get_device("pixel").settings.serial == "127.0.0.1:5557"
 
 
 def test_defaults(tmp_path):
     devices = load_devices(write(tmp_path, [BOARD, PHONE, {"name": "h", "transport": "local", "target": "host"}]))
-    assert devices["pi"].workdir == "edgesmith" and devices["pi"].ssh.known_hosts is None
-    assert devices["pixel"].workdir == "/data/local/tmp/edgesmith" and devices["pixel"].adb.server_port == 5037
-    assert devices["pi"].ssh.key_file == Path("~/.ssh/id_ed25519").expanduser()
+    assert devices["pi"].workdir == "edgesmith" and devices["pi"].settings.known_hosts is None
+    assert devices["pixel"].workdir == "/data/local/tmp/edgesmith" and devices["pixel"].settings.server_port == 5037
+    assert devices["pi"].settings.key_file == Path("~/.ssh/id_ed25519").expanduser()
     assert Path(devices["h"].workdir).is_absolute()
 
 

@@ -21,8 +21,8 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from edgesmith.cli import main
-from edgesmith.runtime.farm.run import EXIT_FAILURES, EXIT_PASS, EXIT_REGRESSION, LEASE_LOG, FarmOptions, farm_run
-from edgesmith.runtime.profile.run import ProfileOptions
+from edgesmith.runtime.farm.orchestrator import EXIT_FAILURES, EXIT_PASS, EXIT_REGRESSION, LEASE_LOG, FarmOptions, farm_run
+from edgesmith.runtime.profile.profiler import ProfileOptions
 
 from emulated_fixtures import *  # noqa: F401,F403
 from tracker_proc import running_tracker
@@ -156,7 +156,7 @@ def test_device_cut_mid_run_fails_alone_with_its_reason(devices_yaml, full_run, 
     assert err is not None and "failed 2 attempts" in err.get("message")
     assert "| phone (emulated) | android-arm64 | failed | 2 |" in (tmp_path / "strict" / "summary.md").read_text()
     # the same device results under a policy allowing one failure pass
-    from edgesmith.runtime.farm.run import assemble
+    from edgesmith.runtime.farm.orchestrator import assemble
 
     lenient = assemble(FarmOptions(model="random:tiny", out=tmp_path, allow_failures=1,
                                    profile=ProfileOptions(**QUICK)),

@@ -14,7 +14,7 @@ import pytest
 
 from edgesmith.runtime.devices import parse_devices
 from edgesmith.runtime.farm.agent import Agent
-from edgesmith.runtime.farm.run import TrackerLease
+from edgesmith.runtime.farm.orchestrator import TrackerLease
 from edgesmith.runtime.farm.tracker import TrackerError, farm_status, format_status
 from tracker_proc import running_tracker
 
@@ -72,7 +72,7 @@ def test_waiting_jobs_are_served_by_priority(tracker, agent):
 
 def test_a_killed_holder_gives_the_device_back(tracker, agent):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        from edgesmith.runtime.farm.run import TrackerLease
+        from edgesmith.runtime.farm.orchestrator import TrackerLease
         lease = TrackerLease({tracker!r}, {KEY!r}, "doomed", 0, 10)
         lease.acquire()
         print("leased", flush=True)

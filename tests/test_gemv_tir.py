@@ -7,8 +7,8 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from edgesmith.compiler import kernels_gemv  # noqa: E402
-from edgesmith.compiler.quantize import dequantize_q4, quantize_q4  # noqa: E402
+from edgesmith.compiler.kernels import gemv as kernels_gemv  # noqa: E402
+from edgesmith.compiler.quantization.registry import dequantize_q4, quantize_q4  # noqa: E402
 from edgesmith.targets import presets  # noqa: E402
 
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 import tvm
 
-from edgesmith.compiler.attention_gpu import fold_rotary_mode
+from edgesmith.compiler.kernels.attention_gpu import fold_rotary_mode
 from edgesmith.compiler.build import build_model, compile_bundle, lower
 from edgesmith.compiler.config import parse_config
 from edgesmith.compiler.context import kv_settings
@@ -107,7 +107,7 @@ def test_every_gpu_preset_lowers_small_grouped_heads(preset):
 def test_phi3s_own_heads_pass_the_check_everywhere(preset):
     """Phi-3-mini (32 heads of 96), Phi-3-medium (40 of 128 on 10 KV heads), Phi-4-mini (24 of 128
     on 8), with either KV dtype: no GPU preset refuses them."""
-    from edgesmith.compiler.attention_gpu import head_size_limit
+    from edgesmith.compiler.kernels.attention_gpu import head_size_limit
 
     for d, heads, kv in ((96, 32, 32), (128, 40, 10), (128, 24, 8)):
         for kv_dtype in ("float16", "float32"):

@@ -85,7 +85,7 @@ def test_android_gpu_library_is_aarch64_and_says_what_a_phone_needs(name, bundle
     board = "arm64-linux-vulkan" if "vulkan" in name else "arm64-linux-mali"
     assert "bionic" in note and "Android NDK" in note and board in note
     assert not any(f.startswith("bin/") for f in m["files"])
-    # running it says so in one line (here, and before any copy to a device: runtime/remote.py)
+    # running it says so in one line (here, and before any copy to a device: runtime/probe.py)
     assert cli_main(["run", str(bundle), "--tokens", "1", "-n", "1"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "ships no runner" in lines[0] and "Android NDK" in lines[0]

@@ -16,8 +16,8 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from edgesmith.compiler import kernels_int8  # noqa: E402
-from edgesmith.compiler.quantize import dequantize_q4, quantize_q4  # noqa: E402
+from edgesmith.compiler.kernels import int8 as kernels_int8  # noqa: E402
+from edgesmith.compiler.quantization.registry import dequantize_q4, quantize_q4  # noqa: E402
 from edgesmith.runtime.evaluate import compare_logits, teacher_forced_logits  # noqa: E402
 from edgesmith.targets import presets  # noqa: E402
 
@@ -167,7 +167,8 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path):
     from edgesmith.targets import toolchains
 
     arm = presets.get_preset("arm64-linux-dotprod")
-    if not HOST_ISAS or not toolchains.toolchain_status(arm)[0] or shutil.which(arm.emulator[0]) is None:
+    qemu = arm.layout.qemu_wrapper(arm.arch, installed=False)[0]  # what this machine runs its binaries with
+    if not HOST_ISAS or not toolchains.toolchain_status(arm)[0] or shutil.which(qemu) is None:
         pytest.skip("needs int8 dot products here, the aarch64 toolchain and qemu")
     ids = [1, 5, 9, 200, 17, 3, 44, 100, 7, 8]
     logits = {}

@@ -228,7 +228,7 @@ def test_kv_dtype_defaults_follow_the_target():
             "android-arm64": "float16", "cuda": "float16", "android-opencl": "float16"}
     assert {name: default_kv_dtype(get_preset(name)) for name in want} == want
     # a float32 quantization on a GPU keeps the cache float32: no fp16 anywhere in its bundle (PoCL)
-    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.quantization.registry import get_quantization
 
     assert default_kv_dtype(get_preset("linux-opencl"), get_quantization("q4f32")) == "float32"
     assert default_kv_dtype(get_preset("linux-opencl"), get_quantization("q4f16")) == "float16"
@@ -306,11 +306,12 @@ def test_a_smaller_run_time_context_sizes_the_cache(models):
 def test_profile_refuses_a_context_too_big_for_the_device(models, tmp_path):
     """A fake /proc/meminfo with room for the weights, the runtime and 2 MiB more: a 4096-token
     cache (4 MiB) does not fit; the refusal names the largest context that does."""
+    from edgesmith.compiler.bundle.folder import read_manifest
     from edgesmith.runtime.profile.fit import DoesNotFit, largest_context, memory_need
-    from edgesmith.runtime.profile.run import ProfileOptions, profile_bundle
+    from edgesmith.runtime.profile.profiler import ProfileOptions, profile_bundle
 
     _, bundle = models("window")
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = read_manifest(bundle)
     need = memory_need(bundle, manifest, 8, 4, 4096)
     free_kb = (need["weight_bytes"] + need["runtime_bytes"]) // 1024 + 2048
     (tmp_path / "proc").mkdir()

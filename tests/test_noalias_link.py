@@ -15,8 +15,8 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 from edgesmith.compiler.build import build_model, lower  # noqa: E402
-from edgesmith.compiler.checkpoint import open_checkpoint  # noqa: E402
-from edgesmith.compiler.quantize import get_quantization  # noqa: E402
+from edgesmith.compiler.inputs.checkpoint import open_checkpoint  # noqa: E402
+from edgesmith.compiler.quantization.registry import get_quantization  # noqa: E402
 from edgesmith.targets import presets  # noqa: E402
 
 _COMPUTE = re.compile(r"^define [^@]*@(\w+)_compute_\((.*)$", re.M)

@@ -33,9 +33,9 @@ from onnx_tiny import (
 )
 
 from edgesmith.compiler.build import compile_bundle
-from edgesmith.compiler.bundle import read_manifest
-from edgesmith.compiler.checkpoint import default_quant, open_checkpoint, validate
-from edgesmith.compiler.onnx_graph import OnnxFile
+from edgesmith.compiler.bundle.folder import read_manifest
+from edgesmith.compiler.inputs.checkpoint import default_quant, open_checkpoint, validate
+from edgesmith.compiler.inputs.onnx_file import OnnxFile
 from edgesmith.errors import CheckpointError, ConfigError, EdgesmithError
 from edgesmith.runtime.engine import Engine
 from edgesmith.runtime.evaluate import compare_logits, teacher_forced_logits
@@ -268,8 +268,8 @@ def test_int4_default_keeps_lm_head_and_tied_embedding_codes(onnx_folder, onnx_b
     bundle = onnx_bundle(variant, "int4", None)
     m = read_manifest(bundle)
     # float32 scales as stored; int8 activations only where the host has dot products
-    assert m["quant"] == default_quant(str(onnx_folder(variant)), "host")[0] in ("q4f32", "q4f32i8")
-    assert m["model"]["input"]["int4_kept"] == "bit for bit (codes and scales)"
+    assert m.quant == default_quant(str(onnx_folder(variant)), "host")[0] in ("q4f32", "q4f32i8")
+    assert m.model.input["int4_kept"] == "bit for bit (codes and scales)"
     params = read_tensor_cache(bundle / "params")
     init = load_initializers(onnx_folder(variant))
     name = "model.embed_tokens" if variant == "phi-4-mini" else "lm_head"
@@ -293,7 +293,7 @@ def test_int8_activations_against_onnxruntime(onnx_folder, onnx_bundle, capsys):
         r = compare_logits(ref, teacher_forced_logits(bundle, IDS))
         assert r["mean_kl"] < KL_BOUND and r["top1_agreement"] >= 0.9, (quant, r)
         kl[quant] = r["mean_kl"]
-    kept = read_manifest(onnx_bundle("mini-4k", "int4", "q4f16", True))["model"]["input"]["int4_kept"]
+    kept = read_manifest(onnx_bundle("mini-4k", "int4", "q4f16", True)).model.input["int4_kept"]
     assert kept == "codes bit for bit, scales rounded float32 -> float16"
     with capsys.disabled():
         print("\n  mean KL vs ONNX Runtime GenAI: " + ", ".join(f"{q} {v:.3g}" for q, v in kl.items()), file=sys.stderr)
@@ -329,9 +329,9 @@ def test_fp16_export_eval_and_inspect(onnx_folder, tmp_path, capsys):
     assert "accuracy vs q0f32 over 32 positions" in capsys.readouterr().out
     m = read_manifest(out)
     # float weights: our own int4, the target's default (int8 activations where the host has dot products)
-    assert m["quant"] == default_quant(str(folder), "host")[0] in ("q4f16", "q4f16i8")
-    assert m["model"]["input"]["float_kept"] == "quantized by edgesmith"
-    assert m["eval"]["mean_kl"] < 0.05
+    assert m.quant == default_quant(str(folder), "host")[0] in ("q4f16", "q4f16i8")
+    assert m.model.input["float_kept"] == "quantized by edgesmith"
+    assert m.eval.mean_kl < 0.05
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "format      ONNX Runtime GenAI (model.onnx); 15 float MatMul: quantized by edgesmith" in text

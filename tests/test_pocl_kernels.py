@@ -12,7 +12,7 @@ its half loads `s_ptr[i]` rewritten to `vload_half(i, s_ptr)` — the core OpenC
 same 16 bits, as float — and `(half8)(...)` vectors of them to float8; nothing else changes.
 The q4f32 and float32 kernels run exactly as generated.
 
-The last tests run the two attention kernels OpenCL bundles swap (compiler/attention_opencl.py)
+The last tests run the two attention kernels OpenCL bundles swap (compiler/kernels/attention_opencl.py)
 under the generic linux-opencl target, and TVM's own as strict xfails: why the swap exists.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pocl import DEVICE, needs_pocl  # noqa: E402
 import tvm  # noqa: E402
 from tvm import topi  # noqa: E402
 
-from edgesmith.compiler import kernels_gpu, schedules_gpu  # noqa: E402
+from edgesmith.compiler.kernels import gpu as kernels_gpu
+from edgesmith.compiler.lowering import schedules_gpu  # noqa: E402
 from edgesmith.targets.presets import get_preset  # noqa: E402
 from edgesmith.targets.tvm_api import Schedule, dlight, te, tirx  # noqa: E402
 
@@ -249,7 +250,7 @@ def test_paged_kv_decode_attention():
 
 
 # ------------------------------------------------------------------ attention kernels OpenCL bundles swap
-# (compiler/attention_opencl.py): ours right on PoCL; TVM's own as a strict xfail, so the day
+# (compiler/kernels/attention_opencl.py): ours right on PoCL; TVM's own as a strict xfail, so the day
 # TVM or PoCL fixes them this file says the swap can go.
 
 GENERIC = tvm.target.Target(dict(get_preset("linux-opencl").tvm_target(), host={"kind": "llvm"}))
@@ -293,7 +294,7 @@ def _run_ragged(func, target, n, h_q=4, h_kv=2, d=32):
 
 @pytest.mark.parametrize("n", [1, 3, 9, 16, 17, 40])
 def test_ragged_prefill_attention_as_opencl_bundles_build_it(n):
-    from edgesmith.compiler.attention_opencl import _vec16_target
+    from edgesmith.compiler.kernels.attention_opencl import _vec16_target
     from edgesmith.targets.tvm_api import llm_prefill_kernels as _prefill_kernels
 
     func = _prefill_kernels._attention_prefill_ragged(2, 4, 32, 32, "float32", {}, _vec16_target(GENERIC))
@@ -326,7 +327,7 @@ def _run_merge(func, n=18, h=4, d=32):
 
 
 def test_merge_attention_states_as_opencl_bundles_build_it():
-    from edgesmith.compiler.attention_opencl import _thread_extents, merge_state_inplace
+    from edgesmith.compiler.kernels.attention_opencl import _thread_extents, merge_state_inplace
     from edgesmith.targets.tvm_api import kv_cache_mod as kv_cache
 
     tvm_func = kv_cache._merge_state_inplace(4, 32, "float32", GENERIC, "tir_attention_merge_state")

@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-from edgesmith.compiler.bundle import sha256_file
+from edgesmith.compiler.bundle.folder import sha256_file
 from edgesmith.runtime.profile import formats
 from edgesmith.runtime.profile.check import CheckFailed
 from edgesmith.runtime.profile.fit import DoesNotFit
-from edgesmith.runtime.profile.run import ProfileOptions, profile_bundle
+from edgesmith.runtime.profile.profiler import ProfileOptions, profile_bundle
 
 from emulated_fixtures import *  # noqa: F401,F403
 from emulated_fixtures import pytestmark_emulated, sandbox

@@ -6,8 +6,8 @@ import pytest
 from hf_tiny import VARIANTS
 from numpy_phi3 import NumpyPhi3, dequantized_weights, read_tensor_cache, unpack_int4
 
-from edgesmith.compiler.bundle import read_manifest
-from edgesmith.compiler.quantize import dequantize_q4, quantize_q4
+from edgesmith.compiler.bundle.folder import read_manifest
+from edgesmith.compiler.quantization.registry import dequantize_q4, quantize_q4
 from edgesmith.runtime.engine import Engine
 from edgesmith.runtime.evaluate import compare_logits, teacher_forced_logits
 
@@ -66,7 +66,7 @@ def test_bad_group_shape_is_one_line_error():
 @pytest.mark.parametrize("variant", ["mini-128k", "phi-4-mini", "medium"])
 def test_q4_matches_numpy_over_dequantized_weights(variant, quant, compiled):
     bundle = compiled(variant, quant)
-    cfg = read_manifest(bundle)["model"]["config"]
+    cfg = read_manifest(bundle).config.to_dict()
     ref = NumpyPhi3(cfg, dequantized_weights(read_tensor_cache(bundle / "params")))
     eng = Engine(bundle)
     got, want = [eng.prefill(PROMPT)], [ref.forward(PROMPT)]
@@ -98,6 +98,6 @@ def test_float_embedding_option_keeps_embedding_and_head_in_float(tiny_ckpt_dir,
     from edgesmith.compiler.build import compile_bundle
 
     bundle = compile_bundle(tiny_ckpt_dir("mini-4k"), "q4f32", "host", tmp_path / "b", quantize_embedding=False)
-    names = read_manifest(bundle)["params"]
+    names = list(read_manifest(bundle).params)
     assert "model.embed_tokens.weight" in names and "lm_head.weight" in names
     assert "model.layers.0.mlp.down_proj.q_weight" in names

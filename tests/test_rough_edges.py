@@ -94,7 +94,7 @@ def q0_bundle(tmp_path_factory):
 def test_non_finite_logits_stop_in_one_line(q0_bundle, tmp_path, engine):
     """A garbage shard whose sha matches (rewritten with NaN, manifest updated): the engines say
     the logits are not finite, at which step, instead of printing token 0 forever."""
-    from edgesmith.compiler.bundle import sha256_file
+    from edgesmith.compiler.bundle.folder import sha256_file
 
     b = tmp_path / "b"
     shutil.copytree(q0_bundle, b)
@@ -213,12 +213,12 @@ def test_profile_markdown_on_a_terminal_has_no_machine_records(q0_bundle, tmp_pa
 def test_eval_guidance_says_what_is_typical_and_what_is_a_problem():
     from edgesmith.runtime.evaluate import TYPICAL, guidance
 
-    manifest = {"quant": "q4f16", "model": {"source": "random:phi-3-mini-4k:layers=2 (seed 0)"}}
+    random = ("q4f16", "random:phi-3-mini-4k:layers=2 (seed 0)")
     kl = TYPICAL["phi-3-mini-4k"]["q4f16"][1]
-    assert "as expected" in guidance({"mean_kl": kl, "top1_agreement": 0.2}, manifest)
-    assert "a problem" in guidance({"mean_kl": 5 * kl, "top1_agreement": 0.2}, manifest)
-    trained = {"quant": "q4f16i8", "model": {"source": "folder /m (2 shards, bfloat16)"}}
-    assert "compare with `--quant q4f32`" in guidance({"mean_kl": 0.02, "top1_agreement": 0.9}, trained)
+    assert "as expected" in guidance({"mean_kl": kl, "top1_agreement": 0.2}, *random)
+    assert "a problem" in guidance({"mean_kl": 5 * kl, "top1_agreement": 0.2}, *random)
+    trained = ("q4f16i8", "folder /m (2 shards, bfloat16)")
+    assert "compare with `--quant q4f32`" in guidance({"mean_kl": 0.02, "top1_agreement": 0.9}, *trained)
 
 
 # ---------------------------------------------------------------- issue #34's smaller items
@@ -281,7 +281,7 @@ def test_a_manifest_never_records_a_file_from_outside(tmp_path):
     """The one writer of manifests refuses a link that leaves the folder (a bundle made of links
     to files elsewhere would record, and later push, what lies outside it); a link that stays
     inside is fine."""
-    from edgesmith.compiler.bundle import file_table
+    from edgesmith.compiler.bundle.folder import file_table
     from edgesmith.errors import BundleError
 
     root = tmp_path / "bundle"

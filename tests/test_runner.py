@@ -28,7 +28,9 @@ TIMEOUT = 300
 
 def _can_emulate(name: str) -> bool:
     preset = get_preset(name)
-    if preset.emulator and shutil.which(preset.emulator[0]) is None:
+    try:
+        preset.layout.qemu_wrapper(preset.arch)  # qemu installed, where this machine needs it
+    except TargetError:
         return False
     return toolchains.toolchain_status(preset)[0]
 
@@ -49,7 +51,7 @@ def _bundle(tmp_path_factory, name: str) -> Path:
         fcompile=toolchains.export_fcompile(preset),
         runtime_files=files,
         preset=preset.name,
-        layout=preset.layout,
+        layout=preset.layout.name,
     )
 
 

@@ -45,7 +45,7 @@ def canaries():
 
 
 def with_ssh(device, **changes):
-    return dataclasses.replace(device, ssh=dataclasses.replace(device.ssh, **changes))
+    return dataclasses.replace(device, settings=dataclasses.replace(device.settings, **changes))
 
 
 def host_fingerprint(status) -> str:
@@ -159,7 +159,7 @@ def test_private_keys_never_show(board_device, board_emulator, tmp_path, caplog)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(DeviceError) as info:  # a key the board does not know
         open_transport(with_ssh(board_device, key_file=stranger)).run("true", timeout=10)
-    assert str(info.value) == f"device 'board': authentication as {board_device.ssh.user!r} with key {stranger} " \
+    assert str(info.value) == f"device 'board': authentication as {board_device.settings.user!r} with key {stranger} " \
                               "was refused"
     with open_transport(board_device) as t:  # and the right key, logged at DEBUG
         t.run("true", timeout=10)

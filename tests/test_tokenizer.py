@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edgesmith.compiler import phi3_tokenizer
-from edgesmith.compiler.random_weights import RandomCheckpoint
+from edgesmith.compiler.models.phi3 import tokenizer as phi3_tokenizer
+from edgesmith.compiler.inputs.random_weights import RandomCheckpoint
 
 # Phi-3's chat tokens (the vocabulary's control pieces) and two word pieces, written out.
 BOS, ENDOFTEXT, ASSISTANT, SYSTEM, END, USER = 1, 32000, 32001, 32006, 32007, 32010
@@ -172,14 +172,14 @@ def test_phi3_vocabulary_presets_carry_the_built_tokenizer(preset, phi3_dir):
     ckpt = RandomCheckpoint(preset, layers=1)
     assert ckpt.config.vocab_size == 32064
     assert ckpt.tokenizer_path == phi3_dir / "tokenizer.json"
-    assert ckpt.tokenizer_entry["source"] == "phi-3 vocabulary"
+    assert ckpt.tokenizer_entry.source == "phi-3 vocabulary"
 
 
 @pytest.mark.parametrize("preset, needle", [("phi-4-mini", "Phi-4-mini's 200064-token vocabulary"),
                                             ("tiny", "512-token toy vocabulary")])
 def test_other_vocabularies_get_none_and_say_why(preset, needle, phi3_dir):
     ckpt = RandomCheckpoint(preset, layers=1)
-    assert ckpt.tokenizer_path is None and needle in ckpt.tokenizer_entry["note"]
+    assert ckpt.tokenizer_path is None and needle in ckpt.tokenizer_entry.note
 
 
 def edgesmith(*args, env=None, stdin=None):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from edgesmith.runtime.devices import Device, parse_devices
-from edgesmith.runtime.remote import format_devices_table, probe_devices
+from edgesmith.runtime.probe import format_devices_table, probe_devices
 from edgesmith.runtime.session import push_to_device, run_bundle
 from edgesmith.runtime.session import run_runner
 from edgesmith.runtime.transports import DeviceError, open_transport
@@ -204,7 +204,7 @@ def _closed_port():
 def _with_port(device: Device, port: int) -> Device:
     import dataclasses
 
-    return dataclasses.replace(device, ssh=dataclasses.replace(device.ssh, port=port))
+    return dataclasses.replace(device, settings=dataclasses.replace(device.settings, port=port))
 
 
 @pytest.mark.parametrize("name", ["board", "phone", "host"])

@@ -52,7 +52,8 @@ def host_fingerprint() -> dict:
 
 
 def test_defaults_are_the_hand_measured_choices():
-    from edgesmith.compiler import kernels, kernels_int8
+    from edgesmith.compiler.kernels import cpu as kernels
+    from edgesmith.compiler.kernels import int8 as kernels_int8
 
     assert (GemvParams().rows, GemvParams().prefetch_rows) == (16, 2)
     assert GemmI8Params().tokens == 4 and GemmParams().tokens == 8 == kernels.ROW_TILE
@@ -161,9 +162,9 @@ def test_tuned_bundle_gives_the_untuned_tokens_and_the_numpy_reference(quant, tm
     do not (each output is reduced in the same order), so neither do the greedy tokens; q4f16 (float
     activations) also against the numpy Phi-3 over the bundle's own dequantized weights."""
     import tvm
-    from edgesmith.compiler.checkpoint import open_checkpoint
-    from edgesmith.compiler.kernel_family import kernel_family
-    from edgesmith.compiler.quantize import get_quantization
+    from edgesmith.compiler.inputs.checkpoint import open_checkpoint
+    from edgesmith.compiler.kernels.family import kernel_family
+    from edgesmith.compiler.quantization.registry import get_quantization
     from edgesmith.compiler.tuning import model_shape_id
     from edgesmith.runtime.engine import Engine
     from edgesmith.runtime.session import run_bundle

@@ -3,8 +3,10 @@
 An entry is everything edgesmith knows about one architecture, each piece in the entry's own
 folder (compiler/models/<name>/): how its config.json reads, which tensors its checkpoints hold
 (names and shapes), where each parameter of our model comes from in them (the name map, with
-fusions), the nn model itself, and the `random:` presets of its public shapes. The rest of the
-compiler looks an architecture up here and never imports a model folder by name.
+fusions), the nn model itself, the `random:` presets of its public shapes, what the runtime asks
+of a model (its linear layers, the bytes a token takes in the KV cache and the activations, the
+weights a decoded token reads), its tokenizer builder and its ONNX Runtime GenAI mapping. The rest of edgesmith looks an architecture up
+here (by its config: `for_config`) and never imports a model folder by name.
 
 Nothing here imports TVM: the CLI reads the registry for its help text. The nn model is loaded
 by `ModelArchitecture.model_class()` when a compile traces it.
@@ -54,6 +56,80 @@ class ParamSource:
         return ckpt.read_q4(self.hf_names[0], group_size, scale_dtype)
 
 
+@dataclass(frozen=True)
+class LinearShape:
+    """One linear layer of a model: y (.., n) = x (.., k) @ W.T; `name` as edgesmith tune reports it."""
+
+    name: str  # "qkv", "lm_head"
+    n: int  # output features (W's rows)
+    k: int  # input features: the reduction
+
+
+@dataclass(frozen=True)
+class TokenizerBuilder:
+    """A tokenizer an architecture builds once from a package of the registry (`edgesmith tokenizer
+    fetch`, never at run time) for the bundles of its `random:` presets. `module` provides:
+    fetch(say=, force=) -> folder, cached() -> folder or None, missing_message(what),
+    for_random(config, preset) -> (folder or None, compiler.bundle.manifest.TokenizerInfo),
+    describe(TokenizerInfo) -> str (edgesmith inspect's line) and summary(folder) -> str (`edgesmith
+    tokenizer show`)."""
+
+    vocabulary: str  # its name in a bundle's manifest (tokenizer.vocabulary): "phi-3"
+    module: str  # "edgesmith.compiler.models.phi3.tokenizer"
+
+    def _impl(self):  # imported when first asked for: the CLI lists the registry without it
+        return importlib.import_module(self.module)
+
+    def fetch(self, *, say: Callable[[str], None] = lambda msg: None, force: bool = False):
+        return self._impl().fetch(say=say, force=force)
+
+    def cached(self):
+        return self._impl().cached()
+
+    def missing_message(self, what: str) -> str:
+        return self._impl().missing_message(what)
+
+    def for_random(self, config, preset: str):
+        return self._impl().for_random(config, preset)
+
+    def describe(self, info) -> str:
+        return self._impl().describe(info)
+
+    def summary(self, folder) -> str:
+        return self._impl().summary(folder)
+
+
+@dataclass(frozen=True)
+class OnnxMapping:
+    """How an ONNX Runtime GenAI graph of this architecture maps onto its checkpoint tensors
+    (compiler/inputs/onnx.py reads the folder and the file; this, what the graph means). `module`
+    provides: match(file) -> graph (the walk that names the nodes carrying our parameters),
+    config(file, graph, genai_config, folder) -> config, check(file, graph, config) (what the
+    graph computes that the config must reproduce), tensor_parts(graph, config) -> {HF name: the
+    graph's pieces, stacked by rows}, linears(graph) -> every LinearNode."""
+
+    types: tuple[str, ...]  # genai_config.json's model.type values: ("phi3",)
+    module: str  # "edgesmith.compiler.models.phi3.onnx_map"
+
+    def _impl(self):  # imported when an ONNX folder is opened (it needs the onnx package)
+        return importlib.import_module(self.module)
+
+    def match(self, file):
+        return self._impl().match(file)
+
+    def config(self, file, graph, genai: dict, folder):
+        return self._impl().config(file, graph, genai, folder)
+
+    def check(self, file, graph, config) -> None:
+        self._impl().check(file, graph, config)
+
+    def tensor_parts(self, graph, config) -> dict[str, list]:
+        return self._impl().tensor_parts(graph, config)
+
+    def linears(self, graph) -> list:
+        return self._impl().linears(graph)
+
+
 def stack_rows(parts: list[np.ndarray]) -> np.ndarray:
     """The usual fusion: [(n1, k), (n2, k), ...] -> (n1 + n2 + ..., k)."""
     return np.concatenate(parts, axis=0)
@@ -62,19 +138,34 @@ def stack_rows(parts: list[np.ndarray]) -> np.ndarray:
 @dataclass(frozen=True)
 class ModelArchitecture:
     """One architecture. The config its parser returns is a frozen dataclass whose class names the
-    architecture (`architecture` ClassVar), with `to_dict()`, and the fields the shared compiler
-    reads: vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
-    head_dim, max_position_embeddings, sliding_window, tie_word_embeddings, dtype, eos_token_ids."""
+    architecture (`architecture` ClassVar), with `to_dict()` / `from_dict()`, and the fields the
+    shared code reads: vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
+    num_key_value_heads, head_dim, max_position_embeddings, sliding_window, tie_word_embeddings,
+    dtype, bos_token_id, eos_token_ids. Everything else about a config only its entry reads: what
+    the rest needs is asked of the entry (linear_layers, kv_bytes_per_token, ...)."""
 
     architecture: str  # config.json's `architectures` value: "Phi3ForCausalLM"
     name: str  # the folder under compiler/models/: "phi3"
     models: str  # what it covers, for messages: "Phi-3/3.5/4-mini"
     parse_config: Callable[[dict, str], Any]  # (config.json dict, where it came from) -> config
+    config_class: type  # the config dataclass: its to_dict() is the manifest's, from_dict() reads it back
     expected_shapes: Callable[[Any], dict[str, tuple[int, ...]]]  # config -> checkpoint tensor -> shape
     param_source: Callable[[Any, str], ParamSource]  # (config, our float parameter name) -> its source
     model: str  # "module:Class" of the nn.Module, imported by model_class() (TVM)
+    # What the runtime asks (compiler/models/phi3/sizes.py): config -> ...
+    linear_layers: Callable[[Any], list[LinearShape]]  # its distinct linears (edgesmith tune)
+    kv_bytes_per_token: Callable[[Any, str], int]  # (config, KV dtype) -> K and V of a token, every layer
+    activation_bytes_per_token: Callable[[Any], int]  # float32 activations a prefill token holds at most
+    weights_read_per_token: Callable[[Any, dict], int]  # (config, {param: bytes}) -> bytes a decode step reads
+    shape_id: Callable[[Any], str]  # the shapes a tuned thread count was measured for
+    describe: Callable[[Any], str]  # one line: layers, widths, heads, vocabulary, rope (edgesmith inspect)
     random_presets: Mapping[str, dict] = field(default_factory=dict)  # random:<preset> -> config.json dict
-    onnx_genai_types: tuple[str, ...] = ()  # ONNX Runtime GenAI `model.type` values of this architecture
+    tokenizer: TokenizerBuilder | None = None  # the tokenizer its random: presets carry, if any
+    onnx: OnnxMapping | None = None  # how its ONNX Runtime GenAI graphs map onto its tensors, if they do
+
+    def config_from_dict(self, data: dict):
+        """The config a bundle's manifest holds (written by its to_dict())."""
+        return self.config_class.from_dict(data)
 
     def model_class(self) -> type:
         """The nn.Module: (config, quantization, *, quantize_embedding, target, kv_dtype) -> model
@@ -115,12 +206,21 @@ def for_config(cfg) -> ModelArchitecture:
     return get_architecture(type(cfg).architecture, where=f"a {type(cfg).__name__}")
 
 
+def tokenizer_builder(vocabulary: str) -> TokenizerBuilder | None:
+    """The builder of the tokenizer a bundle's manifest names (tokenizer.vocabulary)."""
+    return next((m.tokenizer for m in MODELS.values() if m.tokenizer and m.tokenizer.vocabulary == vocabulary), None)
+
+
+def tokenizer_builders() -> list[TokenizerBuilder]:
+    return [m.tokenizer for m in MODELS.values() if m.tokenizer is not None]
+
+
 def for_onnx_genai_type(kind: str) -> ModelArchitecture | None:
-    return next((m for m in MODELS.values() if kind in m.onnx_genai_types), None)
+    return next((m for m in MODELS.values() if m.onnx and kind in m.onnx.types), None)
 
 
 def onnx_genai_types() -> list[str]:
-    return [t for m in MODELS.values() for t in m.onnx_genai_types]
+    return [t for m in MODELS.values() if m.onnx for t in m.onnx.types]
 
 
 class _Presets(Mapping):

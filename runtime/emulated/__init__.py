@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edgesmith.errors import EdgesmithError
 from edgesmith.runtime.devices import emulated_state_dir
+from edgesmith.targets.presets import get_preset
 
 from . import sshd as _sshd
 from .devd import PORTS_FILE
@@ -30,9 +31,11 @@ from .faults import KINDS as FAULT_KINDS, clear_fault, set_fault
 
 HOST = "127.0.0.1"
 DEFAULT_PORTS = {"ssh": 2222, "adb_device": 5557, "adb_server": 5038}
-QEMU = "qemu-aarch64-static"
-BOARD_WRAPPER = [QEMU, "-L", "/usr/aarch64-linux-gnu"]
-PHONE_WRAPPER = [QEMU]  # a phone has no system glibc: bundles bring their loader (android-glibc)
+# How each runs its aarch64 binaries here: as its target's bundle layout says (targets/layouts.py:
+# the board's glibc from the cross sysroot; a phone has none, its bundles bring their loader).
+BOARD_WRAPPER = list(get_preset("arm64-linux").layout.qemu_wrapper("aarch64", installed=False))
+PHONE_WRAPPER = list(get_preset("android-arm64").layout.qemu_wrapper("aarch64", installed=False))
+QEMU = BOARD_WRAPPER[0]
 
 __all__ = ["start_emulators", "stop_emulators", "emulator_status", "emulated_device_entries", "write_devices_file",
            "set_fault",

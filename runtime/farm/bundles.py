@@ -4,23 +4,15 @@ the source of the compiler, the targets and the runner. Same inputs, same folder
 run (or a second CI job on the same machine) pushes the bundle it already has."""
 from __future__ import annotations
 
-import os
-import shutil
-import time
 from pathlib import Path
+
+CACHE = "farm/bundles"  # under the cache root
 
 
 def cache_dir() -> Path:
     from edgesmith.targets.cache import cache_root
 
-    return cache_root() / "farm" / "bundles"
-
-
-def content_key(model: str, quant: str, target: str) -> str:
-    from edgesmith.compiler.checkpoint import open_checkpoint
-    from edgesmith.compiler.provenance import bundle_key
-
-    return bundle_key(open_checkpoint(model).fingerprint(), quant, target)
+    return cache_root() / CACHE
 
 
 def bundle_for(model: str, quant: str | None, target: str, *, progress=None, tuning=None,
@@ -28,33 +20,16 @@ def bundle_for(model: str, quant: str | None, target: str, *, progress=None, tun
     """{target, path, key, cached, compile_s}: the cached bundle, compiled first if missing
     (quant None: the target's default quantization). tuning: a TuningRecord to compile with
     (`farm run --tune`): its kernel choices are part of the cache key."""
-    from edgesmith.compiler.build import compile_bundle
-    from edgesmith.compiler.checkpoint import default_quant
+    import json
 
-    say = progress or (lambda msg: None)
+    from edgesmith.compiler.inputs.checkpoint import default_quant
+    from edgesmith.compiler.bundle.provenance import cached_bundle
+
     quant = quant or default_quant(model, target)[0]
-    key = content_key(model, quant, target)
+    extra = {}
     if tuning is not None:
-        import hashlib
-        import json
-
         choices = json.dumps(tuning.tuning().as_dict(), sort_keys=True)
-        key = hashlib.sha256(f"{key}:{tuning.fingerprint_id}:{choices}".encode()).hexdigest()
-    base = model.split("random:", 1)[1] if model.startswith("random:") else Path(model).name
-    name = f"{base.replace(':', '-').replace('=', '')}-{quant}-{target}-{key[:12]}"
-    path = cache_dir() / name
-    if (path / "manifest.json").is_file():
-        say(f"bundle for {target}: cached ({path})")
-        return {"target": target, "quant": quant, "path": str(path), "key": key, "cached": True,
-                "compile_s": 0.0}
-    say(f"bundle for {target}: compiling {model} at {quant}")
-    t0 = time.monotonic()
-    tmp = path.with_name(f".{name}.{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    compile_bundle(model, quant, target, tmp, tuning=tuning, tuning_source=tuning_source)
-    try:
-        os.replace(tmp, path)  # another job may have finished the same bundle first: keep theirs
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"target": target, "quant": quant, "path": str(path), "key": key, "cached": False,
-            "compile_s": round(time.monotonic() - t0, 2)}
+        extra = {"key_extra": f"{tuning.fingerprint_id}:{choices}", "tuning": tuning, "tuning_source": tuning_source}
+    got = cached_bundle(model, quant, target, cache=CACHE, progress=progress, **extra)
+    return {"target": target, "quant": quant, "path": str(got.path), "key": got.key, "cached": got.cached,
+            "compile_s": got.compile_s}

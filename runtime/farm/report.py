@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from edgesmith.runtime.profile.formats import markdown_table
+
 VERDICT = {"pass": "PASS", "regression": "REGRESSION", "failures": "FAILED"}
 
 
@@ -40,17 +42,14 @@ def summary_md(res: dict) -> str:
              f"{res['model']} at {res['quant']} on {c['devices']} device(s): {c['passed']} passed, "
              f"{c['failed']} failed (allowed {res['policy']['allow_failures']}), {c['regressions']} regressed row(s)"
              + (f" against `{res['baseline']}`" if res["baseline"] else " (no baseline)") + ".", "",
-             "| device | target | status | attempts | reason |", "| --- | --- | --- | --- | --- |"]
-    for d in res["devices"]:
-        reason = (d["reason"] or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {d['name']}{' (emulated)' if d['emulated'] else ''} | {d['target']} | {d['status']} | "
-                     f"{len(d['attempts'])} | {reason} |")
-    lines += ["", "| device | test | tok/s | ± sd | n | baseline | change | verdict |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in res["results"]:
-        b = r["baseline"]
-        lines.append(f"| {r['device']} | {r['test']} | {_num(r['mean'])} | {_num(r['sd'])} | {r['n']} | "
-                     f"{_num(b['mean']) if b else ''} | {_change(r)} | {r['verdict']} |")
+             markdown_table(["device", "target", "status", "attempts", "reason"], [
+                 [d["name"] + (" (emulated)" if d["emulated"] else ""), d["target"], d["status"], str(len(d["attempts"])),
+                  (d["reason"] or "").replace("|", "\\|").replace("\n", " ")] for d in res["devices"]]),
+             "",
+             markdown_table(["device", "test", "tok/s", "± sd", "n", "baseline", "change", "verdict"], [
+                 [r["device"], r["test"], _num(r["mean"]), _num(r["sd"]), str(r["n"]),
+                  _num(r["baseline"]["mean"]) if r["baseline"] else "", _change(r), r["verdict"]]
+                 for r in res["results"]])]
     return "\n".join(lines) + "\n"
 
 

@@ -32,9 +32,9 @@ def check_tokens(vocab: int, positions: int = POSITIONS) -> list[int]:
     return np.random.default_rng(SEED).integers(0, vocab, positions).tolist()
 
 
-def reference_source(manifest: dict) -> str:
+def reference_source(manifest) -> str:
     """The `compile` argument that rebuilds the bundle's model: the manifest's model.spec."""
-    spec = manifest["model"].get("spec")
+    spec = manifest.model.spec
     if spec and (spec.startswith("random:") or Path(spec).exists()):
         return spec
     where = f"{spec} is not on this machine" if spec else "the bundle predates model.spec"
@@ -42,29 +42,22 @@ def reference_source(manifest: dict) -> str:
                          "MODEL (the checkpoint it was compiled from)")
 
 
-def reference_bundle(manifest: dict, source: str | None = None, progress=None) -> Path:
+def reference_bundle(manifest, source: str | None = None, progress=None) -> Path:
     """A host bundle of the same model and quantization, compiled once and cached."""
-    from edgesmith.compiler.bundle import read_manifest
-    from edgesmith.compiler.build import compile_bundle
-    from edgesmith.targets.cache import cache_root
+    from edgesmith.compiler.bundle.folder import read_manifest
+    from edgesmith.compiler.bundle.provenance import cached_bundle
 
-    from edgesmith.compiler.provenance import bundle_key
-
-    fp = manifest["model"]["fingerprint"]
-    emb = manifest.get("quantize_embedding", True)
-    head = manifest.get("quantize_lm_head")  # bundles before it: as the embedding
-    head = emb if head is None else head
-    kv_dtype = manifest["kv_cache"].get("dtype", "float32")  # the same cache: rounding apart, the same logits
-    # keyed by all that makes it (compiler sources and TVM version included): never a stale reference
-    key = bundle_key(fp, manifest["quant"], "host", quantize_embedding=emb, quantize_lm_head=head, kv_dtype=kv_dtype)
-    out = cache_root() / "reference" / f"{fp[:12]}-{manifest['quant']}-kv{kv_dtype}-host-{key[:16]}"
-    if not (out / "manifest.json").is_file():
-        source = source or reference_source(manifest)
-        if progress:
-            progress(f"check: compiling the host reference ({source}, {manifest['quant']}, KV {kv_dtype}) into {out}")
-        compile_bundle(source, manifest["quant"], "host", out, quantize_embedding=emb, quantize_lm_head=head,
-                       kv_dtype=kv_dtype)
-    got = read_manifest(out)["model"]["fingerprint"]
+    fp = manifest.model.fingerprint
+    emb = manifest.quantize_embedding
+    head = emb if manifest.quantize_lm_head is None else manifest.quantize_lm_head  # bundles before it: as the embedding
+    kv_dtype = manifest.kv_dtype  # the same cache: rounding apart, the same logits
+    say = (lambda msg: progress(f"check: host reference: {msg}")) if progress else None
+    # keyed by all that makes it (compiler sources and TVM version included): never a stale reference;
+    # the checkpoint is opened only to compile it (by the bundle's own fingerprint unless --reference)
+    out = cached_bundle(source or (lambda: reference_source(manifest)), manifest.quant, "host", cache="reference",
+                        fingerprint=None if source else fp, progress=say,
+                        options={"quantize_embedding": emb, "quantize_lm_head": head, "kv_dtype": kv_dtype}).path
+    got = read_manifest(out).model.fingerprint
     if got != fp:
         raise EdgesmithError(f"the host reference at {out} is of another model (fingerprint {got[:12]}..., the bundle's "
                              f"is {fp[:12]}...); pass --reference with the bundle's checkpoint")
@@ -96,11 +89,11 @@ def assess(ref: np.ndarray, got: np.ndarray) -> dict:
     return dict(report, passed=not reasons, reasons=reasons)
 
 
-def run_check(session, manifest: dict, *, reference: str | None = None, verify: bool = True, progress=None) -> dict:
+def run_check(session, manifest, *, reference: str | None = None, verify: bool = True, progress=None) -> dict:
     """Logits on the device vs the host reference; the report (raises nothing: the caller decides)."""
     from edgesmith.runtime.evaluate import teacher_forced_logits
 
-    ids = check_tokens(manifest["model"]["config"]["vocab_size"])
+    ids = check_tokens(manifest.config.vocab_size)
     ref_bundle = reference_bundle(manifest, reference, progress)
     if progress:
         progress(f"check: {len(ids)} positions on '{session.device.name}' and on the host reference")

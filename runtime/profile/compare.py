@@ -7,6 +7,7 @@ An emulated row is never matched with a real device's, whatever the names say.
 from __future__ import annotations
 
 from edgesmith.runtime.profile import records
+from edgesmith.runtime.profile.formats import markdown_table
 from edgesmith.runtime.profile.stats import welch
 
 
@@ -55,5 +56,4 @@ def format_compare(entries: list[dict]) -> str:
                      str(e["threads"] or "auto"), e["test"],
                      "" if e["old"] is None else f"{e['old']:.2f}", "" if e["new"] is None else f"{e['new']:.2f}",
                      "" if e["change"] is None else f"{100 * e['change']:+.1f}%", e["verdict"]])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    return markdown_table(header, rows)

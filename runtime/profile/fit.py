@@ -1,7 +1,7 @@
 """What a run needs in memory, and the refusal before a run that would not fit.
 
     need = weights (the bundle's parameter bytes)
-         + KV cache (layers x 2 x kv_heads x head_dim x context rounded up to whole pages x dtype)
+         + KV cache (the architecture's bytes per token x context rounded up to whole pages)
          + runtime (model library, runtime libraries, activations of one prefill chunk, a margin)
 
 compared with the device's MemAvailable: a phone that runs out kills the process (low-memory
@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgesmith.compiler.models import for_config
 from edgesmith.errors import EdgesmithError
 
 MiB = 1 << 20
 RUNTIME_MARGIN = 32 * MiB  # libc, thread stacks, the VM's own tables, allocator slack
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 class DoesNotFit(EdgesmithError):
@@ -30,43 +30,41 @@ def param_bytes(bundle: Path) -> dict[str, int]:
     return {r["name"]: r["nbytes"] for shard in cache["records"] for r in shard["records"]}
 
 
-def kv_bytes_per_token(manifest: dict) -> int:
-    """K and V of one token in every layer, in the cache's dtype."""
-    cfg, kv = manifest["model"]["config"], manifest["kv_cache"]
-    return (cfg["num_hidden_layers"] * 2 * cfg["num_key_value_heads"] * cfg["head_dim"]
-            * _DTYPE_BYTES.get(kv.get("dtype", "float32"), 4))
+def kv_bytes_per_token(manifest) -> int:
+    """K and V of one token in every layer, in the cache's dtype (the model's architecture says)."""
+    cfg = manifest.config
+    return for_config(cfg).kv_bytes_per_token(cfg, manifest.kv_dtype)
 
 
-def kv_cache_bytes(manifest: dict, context: int) -> int:
+def kv_cache_bytes(manifest, context: int) -> int:
     """Bytes the paged KV cache holds for `context` tokens (whole pages, as the runner sizes it)."""
-    kv = manifest["kv_cache"]
-    page = kv["page_size"]
-    tokens = -(-min(context, kv["max_total_seq_len"]) // page) * page
+    kv = manifest.kv_cache
+    page = kv.page_size
+    tokens = -(-min(context, kv.max_total_seq_len) // page) * page
     return kv_bytes_per_token(manifest) * tokens
 
 
-def activation_bytes(manifest: dict, prompt: int) -> int:
-    """A generous bound on one prefill chunk's live activations (float32, pooled allocator x2)."""
-    cfg = manifest["model"]["config"]
-    chunk = min(prompt, manifest["kv_cache"]["prefill_chunk_size"])
-    per_token = 4 * cfg["hidden_size"] + 2 * cfg["intermediate_size"] + cfg["vocab_size"]
-    return 2 * 4 * chunk * per_token
+def activation_bytes(manifest, prompt: int) -> int:
+    """A generous bound on one prefill chunk's live activations (the architecture's bytes per token,
+    twice: the VM's pooled allocator)."""
+    cfg = manifest.config
+    chunk = min(prompt, manifest.kv_cache.prefill_chunk_size)
+    return 2 * chunk * for_config(cfg).activation_bytes_per_token(cfg)
 
 
-def memory_need(bundle: Path, manifest: dict, prompt: int, gen: int, context: int | None = None) -> dict:
+def memory_need(bundle: Path, manifest, prompt: int, gen: int, context: int | None = None) -> dict:
     """What a run of `prompt` + `gen` tokens needs, with a KV cache of `context` tokens (None:
-    prompt + gen, what the profiler sizes)."""
+    prompt + gen, what the profiler sizes). manifest: compiler.manifest.Manifest."""
     bundle = Path(bundle)
-    files = manifest.get("files", {})
-    code = sum(meta["size"] for rel, meta in files.items() if rel.startswith(("lib/", "bin/")))
+    code = sum(meta.size for rel, meta in manifest.files.items() if rel.startswith(("lib/", "bin/")))
     weights = sum(param_bytes(bundle).values())
     context = context or prompt + gen
     kv = kv_cache_bytes(manifest, context)
     runtime = code + activation_bytes(manifest, prompt) + RUNTIME_MARGIN
     return {"weight_bytes": weights, "kv_cache_bytes": kv, "kv_context": context, "runtime_bytes": runtime,
             "need_bytes": weights + kv + runtime, "kv_bytes_per_token": kv_bytes_per_token(manifest),
-            "page_size": manifest["kv_cache"]["page_size"],
-            "compiled_context": manifest["kv_cache"]["max_total_seq_len"]}
+            "page_size": manifest.kv_cache.page_size,
+            "compiled_context": manifest.kv_cache.max_total_seq_len}
 
 
 def largest_context(need: dict, free_bytes: int) -> int:

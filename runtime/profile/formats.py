@@ -165,7 +165,9 @@ def _mib(b) -> str:
     return "-" if b is None else f"{b / (1 << 20):.1f} MiB"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """The one markdown table writer (profiles, compare, the farm's summary, bench's scripts); the
+    readers below parse what it writes."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -187,7 +189,7 @@ def _write_md(recs: list[dict], embed_records: bool = True) -> str:
                 _roof_cell(roof) if is_tg else "",
                 ", ".join(rec["flags"]),
             ])
-    parts = [_table(header, rows)]
+    parts = [markdown_table(header, rows)]
     if any(r["device"]["emulated"] for r in recs):
         parts.append("_emulated: timings under qemu, never compared with a real device's._")
     for rec in recs:
@@ -245,7 +247,7 @@ def _details(rec: dict) -> str:
                   f"{k.get('timing', 'host clock')}; prefill {1e3 * k['prefill_s']:.2f} ms, "
                   f"decode {1e3 * k['decode_s']:.2f} ms; outside kernels: prefill {1e3 * k['other_s']['prefill']:.2f} ms, "
                   f"decode {1e3 * k['other_s']['decode']:.2f} ms):", ""]
-        lines.append(_table(["kernel", "phase", "calls", "total ms", "µs/call", "share"],
+        lines.append(markdown_table(["kernel", "phase", "calls", "total ms", "µs/call", "share"],
                             [[r["kernel"], r["phase"], str(r["calls"]), f"{1e3 * r['total_s']:.3f}",
                               f"{r['per_call_us']:.1f}", f"{100 * r['share']:.1f}%" if r["share"] is not None else ""]
                              for r in k["top"]]))

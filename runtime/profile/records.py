@@ -41,10 +41,10 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def bundle_section(bundle, manifest: dict, manifest_sha256: str) -> dict:
-    return {"path": str(bundle), "sha256": manifest_sha256, "model": manifest["model"]["source"],
-            "fingerprint": manifest["model"]["fingerprint"], "quant": manifest["quant"],
-            "target": manifest["target"]["preset"], "arch": manifest["arch"]}
+def bundle_section(bundle, manifest, manifest_sha256: str) -> dict:
+    return {"path": str(bundle), "sha256": manifest_sha256, "model": manifest.model.source,
+            "fingerprint": manifest.model.fingerprint, "quant": manifest.quant,
+            "target": manifest.target.preset, "arch": manifest.arch}
 
 
 def device_section(device, probe: dict) -> dict:

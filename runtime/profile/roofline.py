@@ -13,31 +13,29 @@ What bounds it (`bound`), and so what the fraction means:
 """
 from __future__ import annotations
 
+from edgesmith.compiler.models import for_config
 from edgesmith.runtime.profile.fit import kv_bytes_per_token
 
 
-def bytes_per_token(manifest: dict, params: dict[str, int], prompt: int, gen: int) -> int:
+def bytes_per_token(manifest, params: dict[str, int], prompt: int, gen: int) -> int:
     """Bytes read per decoded token, averaged over a decode of `gen` tokens after `prompt`."""
-    tied = not any(name.startswith("lm_head.") for name in params)
-    weights = sum(b for name, b in params.items() if tied or not name.startswith("model.embed_tokens."))
-    vocab = manifest["model"]["config"]["vocab_size"]
-    if not tied:  # one row of the (possibly quantized) embedding table
-        weights += sum(b for name, b in params.items() if name.startswith("model.embed_tokens.")) // vocab
+    cfg = manifest.config
+    weights = for_config(cfg).weights_read_per_token(cfg, params)  # the embedding table: one row
     # KV read per token, in the cache's dtype: every key and value the new token attends to, the
     # whole sequence so far or the last `sliding_window` of it, averaged over the decode.
     per_position = kv_bytes_per_token(manifest)
-    window = manifest["kv_cache"].get("sliding_window") or 0
+    window = manifest.kv_cache.sliding_window or 0
     seen = [prompt + i + 1 for i in range(gen)]
     mean_seen = sum(min(n, window) if window else n for n in seen) / max(gen, 1)
     return int(weights + per_position * mean_seen)
 
 
-def roofline(manifest: dict, params: dict[str, int], prompt: int, gen: int, decode_tok_s: float,
+def roofline(manifest, params: dict[str, int], prompt: int, gen: int, decode_tok_s: float,
              membw: dict | None, *, emulated: bool = False) -> dict:
     """The record's roofline section from the bytes a token reads, decode's speed and the runner's
     membw summary ({read_gb_s, median_gb_s, spread, mb, llc_bytes, threads})."""
     out = bound_roofline(bytes_per_token(manifest, params, prompt, gen), decode_tok_s, membw, emulated=emulated)
-    return dict(out, kv_dtype=manifest["kv_cache"].get("dtype", "float32"))
+    return dict(out, kv_dtype=manifest.kv_dtype)
 
 
 def bound_roofline(per_token: int, decode_tok_s: float, membw: dict | None, *, emulated: bool = False) -> dict:

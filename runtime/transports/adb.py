@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .base import (DeviceError, DeviceTimeout, DeviceUnreachable, LineCallback, RunResult, StdinFeed, Transport,
@@ -105,10 +106,39 @@ def _listening(port: int) -> bool:
 SERVERS = _Servers()
 
 
+# ---------------------------------------------------------------- devices.yaml's adb: section
+
+@dataclass(frozen=True)
+class AdbConfig:
+    serial: str  # a USB serial, or host:port for a device reached over TCP (`adb connect`)
+    server_port: int = 5037
+
+    @property
+    def tcp(self) -> bool:
+        return ":" in self.serial
+
+    @property
+    def where(self) -> str:
+        return f"adb {self.serial} (server :{self.server_port})"
+
+
+def read_settings(a) -> AdbConfig:
+    """The adb: section (runtime/devices.Fields), field by field."""
+    cfg = AdbConfig(serial=a.get("serial", str), server_port=a.port("server_port", 5037))
+    if cfg.tcp:
+        port = cfg.serial.rpartition(":")[2]
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise a.fail("serial", f"host:port needs a port number 1-65535, got {cfg.serial!r}")
+    a.no_extra()
+    return cfg
+
+
+# ---------------------------------------------------------------- the transport
+
 class AdbTransport(Transport):
     def __init__(self, device):
         super().__init__(device)
-        self.cfg = device.adb
+        self.cfg = device.settings
         self._adb = shutil.which("adb")
         self._ready = False
         self._server = False  # holds a use of SERVERS for cfg.server_port
@@ -277,3 +307,6 @@ def _adb_message(result: RunResult) -> str:
     line = (errors or said or [f"exit code {result.exit_code}"])[-1]
     line = re.sub(r"^adb: error: ", "", line)
     return re.sub(r"^failed to copy '.*' to '.*': ", "", line)
+
+
+TRANSPORT = AdbTransport

@@ -238,9 +238,17 @@ def run_process(argv: Sequence[str], *, timeout: float, on_line: LineCallback | 
 class Transport(ABC):
     """How edgesmith reaches one device. Use as a context manager; close() drops the connection.
 
+    What the rest asks of every transport: run() of a command line for a POSIX shell on the device
+    (quoting, `&&`, loops, `$(...)`; the session's start command, push.py's hashing and renaming,
+    probe.py's and the profiler's readings: each names the tools it uses, in SHELL_TOOLS), with
+    its exit code, stdout streamed by line and stdin fed; push() and pull() of one file; home().
+    A transport whose device has no such shell sets posix_shell False: those callers refuse it in
+    one line (require_shell) instead of sending it what it cannot run.
+
     sidecar: a second connection beside a busy one (a lock's heartbeat): it must never disturb
     the device's other connections (adb: no `adb disconnect` to recover, which would cut them)."""
 
+    posix_shell = True  # run() executes POSIX sh command lines (Linux, Android's toybox sh)
     sidecar = False
 
     def __init__(self, device):
@@ -284,6 +292,12 @@ class Transport(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def require_shell(self, what: str, tools: Sequence[str]) -> None:
+        """Refuse, in one line, to send `what` (which uses `tools`) to a device without a POSIX shell."""
+        if not self.posix_shell:
+            raise self.error(DeviceError, f"{what} needs a POSIX shell with {', '.join(tools)} on the device, which "
+                                          f"the {self.device.transport} transport does not offer")
 
     # helpers for subclasses
     def error(self, cls: type[DeviceError], message: str) -> DeviceError:

@@ -45,3 +45,6 @@ class LocalTransport(Transport):
             shutil.copyfile(remote, local)
         except OSError as err:
             raise self.error(TransferError, f"copying {remote} to {local} failed: {err.strerror}") from None
+
+
+TRANSPORT = LocalTransport

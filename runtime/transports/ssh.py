@@ -8,16 +8,21 @@ connection when its time is up, so a dead link fails in the call's timeout, not 
 from __future__ import annotations
 
 import base64
+import getpass
 import hashlib
 import logging
 import os
+import re
 import select
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
+
+from edgesmith.runtime.devices import opt_path
 
 from .base import (DeviceTimeout, DeviceUnreachable, HostKeyError, LineCallback, LineSplitter, RunResult,
                    StdinFeed, Transport, TransferError, Watchdog, shell_join)
@@ -62,10 +67,59 @@ class _KeyRefused(Exception):
     pass
 
 
+# ---------------------------------------------------------------- devices.yaml's ssh: section
+
+FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+HOST = re.compile(r"[A-Za-z0-9._:%\[\]-]+")  # a name, an IPv4 or IPv6 address
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    host: str
+    port: int = 22
+    user: str = ""
+    key_file: Path | None = None
+    password_env: str | None = None  # the name of an environment variable, never the password
+    host_key: str | None = None  # pinned "SHA256:..." fingerprint (as `ssh-keygen -lf` prints it)
+    known_hosts: Path | None = None
+
+    def __repr__(self) -> str:  # no secret is stored here, but keep reprs short in logs
+        return f"SshConfig({self.user}@{self.host}:{self.port})"
+
+    @property
+    def where(self) -> str:
+        return f"ssh {self.user}@{self.host}:{self.port}"
+
+
+def read_settings(s) -> SshConfig:
+    """The ssh: section (runtime/devices.Fields), field by field."""
+    cfg = SshConfig(
+        host=s.get("host", str),
+        port=s.port("port", 22),
+        user=s.get("user", str, "") or getpass.getuser(),
+        key_file=opt_path(s.get("key_file", str, None, expand=True)),
+        password_env=s.get("password_env", str, None),
+        host_key=s.get("host_key", str, None),
+        known_hosts=opt_path(s.get("known_hosts", str, None, expand=True)),
+    )
+    if not HOST.fullmatch(cfg.host):
+        raise s.fail("host", f"must be a host name or an address, got {cfg.host!r}")
+    if cfg.host_key and not FINGERPRINT.match(cfg.host_key):
+        raise s.fail("host_key", "must be a SHA256 fingerprint as `ssh-keygen -lf KEY.pub` prints it "
+                                 "(SHA256: and 43 base64 characters)")
+    if cfg.password_env and not re.fullmatch(r"[A-Za-z_]\w*", cfg.password_env):
+        raise s.fail("password_env", "must name an environment variable that holds the password "
+                                     "(the password itself never goes in devices.yaml)")
+    s.no_extra()
+    return cfg
+
+
+# ---------------------------------------------------------------- the transport
+
 class SshTransport(Transport):
     def __init__(self, device):
         super().__init__(device)
-        self.cfg = device.ssh
+        self.cfg = device.settings
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._home: str | None = None
@@ -249,3 +303,6 @@ class SshTransport(Transport):
 def _describe(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0][:200]
+
+
+TRANSPORT = SshTransport

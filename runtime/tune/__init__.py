@@ -1,12 +1,12 @@
 """`edgesmith tune`: the CPU kernels' choices measured on the device itself.
 
-| module      | what it holds                                                                  |
-| ----------- | ------------------------------------------------------------------------------ |
+| module      | what it holds                                                                   |
+| ----------- | ------------------------------------------------------------------------------- |
 | fingerprint | the device's fingerprint from the probe (CPU model, cores, ISA flags, GPU APIs) |
 | shapes      | the distinct tunable kernels of a model on a target (shape keys)                |
-| run         | the tuning loop: candidates built, pushed, timed; budget, resume, the record     |
-| apply       | `compile --tuning FILE|auto`: the record found and checked against the device    |
+| tuner       | the tuning loop: candidates built, pushed, timed; budget, resume, the record    |
+| apply       | `compile --tuning FILE                                                          |
 
 The kernel parameters and the record's format are compiler/tuning.py's; the candidate libraries
-compiler/tune_kernels.py's; the timing is the runner's `kernelbench` (runtime/runner/runner.cc).
+compiler/lowering/tune_library.py's; the timing is the runner's `kernelbench` (runtime/runner/runner.cc).
 """

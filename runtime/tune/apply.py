@@ -11,12 +11,12 @@ from pathlib import Path
 
 from edgesmith.compiler.tuning import TuningError, TuningRecord, fingerprint_mismatch
 from edgesmith.runtime.tune.fingerprint import describe, probe_fingerprint
-from edgesmith.runtime.tune.run import cache_path
+from edgesmith.runtime.tune.tuner import cache_path
 
 
 def _device(name: str | None, target: str, devices: Path | None):
     from edgesmith.runtime.devices import get_device
-    from edgesmith.runtime.session import this_machine
+    from edgesmith.runtime.session import host_device
 
     if name:
         device = get_device(name, devices)
@@ -25,9 +25,10 @@ def _device(name: str | None, target: str, devices: Path | None):
                               f"compile with --target {device.target}")
         return device
     if target == "host":
-        from edgesmith.targets.presets import host_arch
+        from edgesmith.targets.presets import get_preset
 
-        return this_machine({"arch": host_arch(), "target": {"preset": "host"}})
+        host = get_preset("host")
+        return host_device(host.name, host.arch, host.layout)
     return None
 
 

@@ -10,7 +10,7 @@ Precedence follows transformers 5.24 (`Phi3Config.convert_rope_params_to_dict` a
 `standardize_rope_params`): rope_scaling wins over rope_parameters, the top-level
 `original_max_position_embeddings` wins over the one inside the rope dict.
 
-compiler/config.py reads the file and picks the architecture; `parse` sees a dict already
+compiler/inputs/config.py reads the file and picks the architecture; `parse` sees a dict already
 known to be Phi3ForCausalLM's.
 """
 

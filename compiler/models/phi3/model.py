@@ -1,7 +1,7 @@
 """Phi-3 (Phi3ForCausalLM) in tvm.relax.frontend.nn, on TVM's paged KV cache.
 
 Parameter names follow transformers' (`model.layers.3.self_attn.qkv_proj.weight`); an int4
-linear holds `q_weight` + `q_scale` in place of `weight` (compiler/linear.py: the layers are
+linear holds `q_weight` + `q_scale` in place of `weight` (compiler/kernels/linear.py: the layers are
 stored and computed as the quantization entry says, with the target's kernel family). Activations are float32 whatever the
 weights' storage (CPU targets); the KV cache applies no RoPE (rope_mode NONE): RoPE is ours
 (kernels.rope), so longrope and partial rotary match transformers exactly.
@@ -16,15 +16,16 @@ Entry points (batch 1, one sequence):
 The KV cache holds `kv_dtype` (float32 or float16): q, k and v leave RoPE in it (TVM's cache
 wants all three in its dtype) and attention's output returns to float32. A sliding window is not
 the cache's business (TVM's evicts at sequence level): the CPU attention kernels mask it
-(attention_cpu.py; the pipeline passes the window).
+(kernels/attention_cpu.py, swapped in by lowering/attention_swap.py, which the pipeline passes
+the window).
 """
 from __future__ import annotations
 
-from edgesmith.compiler import kernels
 from edgesmith.compiler.context import KV_DTYPES
-from edgesmith.compiler.kernel_family import kernel_family
-from edgesmith.compiler.linear import Linears
-from edgesmith.compiler.quant_scheme import Quantization
+from edgesmith.compiler.kernels import cpu as kernels
+from edgesmith.compiler.kernels.family import kernel_family
+from edgesmith.compiler.kernels.linear import Linears
+from edgesmith.compiler.quantization.scheme import Quantization
 from edgesmith.targets.tvm_api import kv_cache_mod, nn, relax
 
 from .config import Phi3Config

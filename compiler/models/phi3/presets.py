@@ -1,5 +1,5 @@
 """random:<preset> configs for Phi3ForCausalLM: the public shapes (config.json dicts in the classic
-HF layout, parsed by the same code as real checkpoints). compiler/random_weights.py fills them
+HF layout, parsed by the same code as real checkpoints). compiler/inputs/random_weights.py fills them
 with random weights.
 """
 from __future__ import annotations

@@ -1,0 +1,49 @@
+"""Tensor expressions for the linear layers on GPU targets, in the form dlight's GPU rules read.
+
+The CPU expressions (kernels/cpu.py) reorder the reduction for SIMD lanes; on a GPU, dlight's
+GEMV and Matmul rules want the textbook form instead: a dequantize block producing the
+weight (n, k) and a plain reduction over k that reads it. The rules inline the dequantize
+into the reduction (`try_inline_contiguous_spatial`), so the int4 words are decoded in
+registers inside the GEMV/matmul kernel and the float weight is never written out.
+
+int4 layout as in quantization/q4.py: w (n, k/8) uint32, value i of a row in bits 4*(i%8) of word
+i//8, stored as q+8; s (n, k/G). Activations stay float32 (as on the CPU), so a GPU bundle
+produces the same logits as the host's up to summation order.
+"""
+from __future__ import annotations
+
+from edgesmith.targets.tvm_api import te, tirx
+
+F32 = "float32"
+
+
+def dequantize_q4(w, s, group: int):
+    """(n, k/8) uint32 + (n, k/G) scales -> (n, k) float32."""
+    n, words = w.shape
+
+    def value(o, c):
+        shift = ((c % 8) * 4).astype("uint32")
+        nib = tirx.bitwise_and(tirx.shift_right(w[o, c // 8], shift), tirx.const(15, "uint32"))
+        return (nib.astype(F32) - tirx.const(8.0, F32)) * s[o, c // group].astype(F32)
+
+    return te.compute((n, words * 8), value, name="q4_dequantize")
+
+
+def _matmul_nt(x, w, name: str):
+    """x (b, t, k) f32 @ w.T, w (n, k) f32 -> (b, t, n) f32."""
+    b, t, k_dim = x.shape
+    n = w.shape[0]
+    k = te.reduce_axis((0, k_dim), name="k")
+    return te.compute((b, t, n), lambda i, j, o: te.sum(x[i, j, k] * w[o, k], axis=k), name=name)
+
+
+def q4_linear(x, w, s, group: int):
+    """x (b, t, k) f32 @ dequant(w, s).T -> (b, t, n) f32."""
+    return _matmul_nt(x, dequantize_q4(w, s, group), "q4_matmul")
+
+
+def float_linear(x, w):
+    """x (b, t, k) f32 @ w.T, w (n, k) of any float dtype -> (b, t, n) f32."""
+    if w.dtype != F32:
+        w = te.compute(w.shape, lambda o, c: w[o, c].astype(F32), name="weight_cast")
+    return _matmul_nt(x, w, "matmul")

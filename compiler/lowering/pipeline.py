@@ -1,0 +1,77 @@
+"""The lowering pipeline: one phased list of passes, with an IR dump after each phase.
+
+(attention: our CPU attention kernels on llvm; two GPU kernels fixed for OpenCL, one for WebGPU;
+the GPU kernels' dead inline-RoPE branch folded) ->
+legalize -> fuse -> schedule (our CPU rules, then dlight's) -> lower to the VM.
+`tvm.compile`'s default pipeline neither fuses nor schedules, so we pass this one instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import tvm
+from edgesmith.compiler.kernels.family import is_gpu
+from edgesmith.targets.tvm_api import relax
+
+
+def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, list]]:
+    from edgesmith.compiler.lowering import attention_swap
+    from edgesmith.compiler.kernels import attention_gpu, attention_opencl, attention_webgpu
+    from edgesmith.compiler.lowering import schedules_cpu as schedules
+    from edgesmith.compiler.lowering import schedules_gpu
+
+    rt = relax.transform
+    # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window
+    # (compiler/context.py keeps GPU contexts within it); opencl: two of TVM's GPU kernels made right
+    # without lock-step warps (kernels/attention_opencl.py), the merge one of them on webgpu
+    # (kernels/attention_webgpu.py); every GPU target: TVM's kernels without their dead inline-RoPE
+    # branch, which TVM's CSE miscompiles for small grouped heads (kernels/attention_gpu.py)
+    tuning = tuning or schedules.DEFAULT
+    gpu_fix = [attention_gpu.FoldGPUAttentionRope] if is_gpu(target) else []
+    attention = {"llvm": [attention_swap.ReplaceCPUAttention(sliding_window, tuning)],
+                 "opencl": [attention_opencl.ReplaceOpenCLAttention],
+                 "webgpu": [attention_webgpu.ReplaceWebGPUAttention]}.get(target.kind.name, []) + gpu_fix
+    attention = [("attention", attention)] if attention else []
+    return attention + [
+        ("legalize", [
+            relax.backend.DispatchSampling(),
+            relax.backend.DispatchSortScan(),
+            rt.LegalizeOps(),
+            rt.AnnotateTIROpPattern(),
+            rt.FoldConstant(),
+        ]),
+        ("fuse", [rt.FuseOps(), rt.FuseTIR(), rt.DeadCodeElimination()]),
+        ("schedule", schedules_gpu.passes(target) if is_gpu(target)
+         else [schedules.apply(target, tuning)]),
+        ("lower", [
+            rt.RewriteDataflowReshape(),
+            rt.ToNonDataflow(),
+            rt.RemovePurityChecking(),
+            rt.CallTIRRewrite(),
+            rt.StaticPlanBlockMemory(),
+            rt.LowerAllocTensor(),
+            rt.KillAfterLastUse(),
+            rt.LowerRuntimeBuiltin(),
+            rt.ComputePrimValue(),
+            rt.VMShapeLower(),
+            rt.AttachGlobalSymbol(),
+        ]),
+    ]
+
+
+def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int = 0, tuning=None):
+    """A module pass running every phase under `target`; dumps `NN-phase.py` scripts when asked.
+    sliding_window: the attention's window (0: none), applied by our CPU attention kernels.
+    tuning: compiler/tuning.Tuning for the CPU schedule's choices (None: the defaults)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="edgesmith_pipeline")
+    def _pipeline(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+        with target:
+            for i, (name, passes) in enumerate(_phases(target, sliding_window, tuning)):
+                mod = tvm.transform.Sequential(passes, name=name)(mod)
+                if dump_dir is not None:
+                    dump_dir.mkdir(parents=True, exist_ok=True)
+                    (dump_dir / f"{i:02d}-{name}.py").write_text(mod.script(show_meta=False))
+        return mod
+
+    return _pipeline

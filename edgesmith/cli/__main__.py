@@ -1,0 +1,5 @@
+import sys
+
+from edgesmith.cli import main
+
+sys.exit(main())
