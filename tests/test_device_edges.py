@@ -251,8 +251,8 @@ def test_timeout_holds_on_a_slow_link(devices, emulators, arm64_bundle):
     pub = Path(emulators["state_dir"]) / "ssh" / "host_ed25519.pub"
     pinned = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
                             check=True).stdout.split()[1]
-    slow = dataclasses.replace(board, ssh=dataclasses.replace(board.ssh, port=link.address[1], known_hosts=None,
-                                                              host_key=pinned))
+    slow = dataclasses.replace(board, settings=dataclasses.replace(board.settings, port=link.address[1],
+                                                                   known_hosts=None, host_key=pinned))
     try:
         t0 = time.monotonic()
         with pytest.raises(DeviceTimeout) as info:

@@ -26,9 +26,9 @@ import tvm
 
 from edgesmith.compiler.kernels.attention_gpu import fold_rotary_mode
 from edgesmith.compiler.build import build_model, compile_bundle, lower
-from edgesmith.compiler.config import parse_config
+from edgesmith.compiler.inputs.config import parse_config
 from edgesmith.compiler.context import kv_settings
-from edgesmith.compiler.quantize import get_quantization
+from edgesmith.compiler.quantization.registry import get_quantization
 from edgesmith.runtime.session import run_runner
 from edgesmith.targets.presets import GPU_PRESETS, get_preset
 

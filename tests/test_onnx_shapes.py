@@ -34,8 +34,8 @@ from numpy_phi3 import read_tensor_cache, unpack_int4
 from onnx_tiny import load_initializers, matmulnbits_dequantize, ort_greedy, ort_teacher_forced_logits, run_builder
 
 from edgesmith.compiler.build import compile_bundle
-from edgesmith.compiler.bundle import read_manifest
-from edgesmith.compiler.checkpoint import default_quant, open_checkpoint
+from edgesmith.compiler.bundle.folder import read_manifest
+from edgesmith.compiler.inputs.checkpoint import default_quant, open_checkpoint
 from edgesmith.errors import CheckpointError
 from edgesmith.runtime.engine import Engine
 from edgesmith.runtime.evaluate import compare_logits, teacher_forced_logits

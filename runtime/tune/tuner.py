@@ -99,7 +99,7 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
     from edgesmith.compiler.context import kv_settings
 
     kv_dtype = kv_settings(ckpt.config, preset, None, o.kv_dtype, quant=quant).dtype
-    from edgesmith.compiler.source import quantized_ends
+    from edgesmith.compiler.inputs.checkpoint import quantized_ends
 
     head_q = quantized_ends(ckpt, quant, o.quantize_embedding)[1]  # the lm_head compile will build
     shapes = tunable_shapes(ckpt.config, quant, family, quantize_embedding=head_q, kv_dtype=kv_dtype)
