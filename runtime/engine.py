@@ -3,7 +3,9 @@
 Same calling convention as the C++ runner (runtime/runner/runner.cc): one sequence (id 0) in a
 paged KV cache, prefill in chunks of the manifest's prefill_chunk_size (each told the whole
 prompt's length), then one decode call per token; every call wrapped in kv_state
-begin/end_forward.
+begin/end_forward and given its first token's position. Where the context is longer than the
+model's sliding window the cache slides and is made of the window's pages only
+(compiler/context.py).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesmith.compiler.bundle import folder as bundle_io
-from edgesmith.compiler.context import runtime_context
+from edgesmith.compiler.context import cache_tokens, runtime_context, window_keep
 from edgesmith.errors import BundleError
 from edgesmith.runtime.sampling import Sampler
 from edgesmith.targets.tvm_api import TVM_VERSION
@@ -104,9 +106,13 @@ class Engine:
         kvc = self.manifest.kv_cache
         self.max_len = runtime_context(self.manifest, context)
         self.chunk = kvc.prefill_chunk_size
+        # keys a sliding cache keeps (W - 1; 0: it never slides) and the tokens of pages it is made of
+        self.window_keep = window_keep(kvc, self.max_len)
+        self.cache_tokens = cache_tokens(kvc, self.max_len)
         S = tvm.runtime.ShapeTuple
-        self.kv = self.vm["create_paged_kv_cache"](S([1]), S([self.max_len]), S([self.chunk]),
-                                                   S([kvc.page_size]), S([0]))
+        self.kv = self.vm["create_paged_kv_cache"](S([1]), S([self.cache_tokens]), S([self.chunk]),
+                                                   S([kvc.page_size]), S([1 if self.window_keep else 0]))
+        self._slide = g("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")
         self.config = self.manifest.config  # the architecture's config (Phi3Config)
         self.length = None  # tokens in the current sequence; None = no sequence
         self.load_s = time.perf_counter() - t0
@@ -116,6 +122,8 @@ class Engine:
         if self.length is not None:
             self._remove(self.kv, 0)
         self._add(self.kv, 0)
+        if self.window_keep:  # no attention sink
+            self._slide(self.kv, 0, self.window_keep, 0)
         self.length = 0
 
     def _forward(self, fn: str, ids: np.ndarray, *extra) -> np.ndarray:
@@ -125,7 +133,8 @@ class Engine:
             raise BundleError(f"sequence of {self.length + n} tokens exceeds the context of {self.max_len}; "
                               "shorten the prompt, lower --max-new-tokens, or raise --context")
         self._begin(self.kv, tvm.runtime.ShapeTuple([0]), tvm.runtime.ShapeTuple([n]))
-        out = self.vm[fn](tvm.runtime.tensor(ids, self.dev), self.kv, *extra, self.params)
+        seq_pos = tvm.runtime.ShapeTuple([self.length])  # the first token's position (model.py)
+        out = self.vm[fn](tvm.runtime.tensor(ids, self.dev), self.kv, *extra, seq_pos, self.params)
         self._end(self.kv)
         self.length += n
         return out[0].numpy().reshape(-1)
@@ -155,6 +164,10 @@ class Engine:
         positions again without a new prefill)."""
         if self.length is None or not 0 <= n <= self.length:
             raise BundleError(f"cannot rewind {n} tokens of a sequence of {self.length or 0}")
+        if self.window_keep and self.length > self.window_keep:
+            # the keys before the window are gone: the positions rewound to would miss them
+            raise BundleError(f"cannot rewind a sequence of {self.length} tokens whose cache has slid past its "
+                              f"window ({self.window_keep + 1} tokens); prefill it again instead")
         self._popn(self.kv, 0, n)
         self.length -= n
 

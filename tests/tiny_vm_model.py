@@ -61,11 +61,13 @@ class TinyLM(nn.Module):
         )
         return self.lm_head(last)  # (1, 1, VOCAB)
 
-    def prefill(self, input_ids: nn.Tensor, paged_kv_cache: PagedKVCache, total_len: tirx.Var):
-        # total_len (the whole prompt's length) only matters to longrope; taken like the real model's
+    def prefill(self, input_ids: nn.Tensor, paged_kv_cache: PagedKVCache, total_len: tirx.Var, seq_pos: tirx.Var):
+        # total_len (the whole prompt's length) only matters to longrope, seq_pos (the first token's
+        # position) to a model that applies RoPE itself; taken like the real model's (this one's
+        # cache applies RoPE)
         return self._forward(input_ids, paged_kv_cache), paged_kv_cache
 
-    def decode(self, input_ids: nn.Tensor, paged_kv_cache: PagedKVCache):
+    def decode(self, input_ids: nn.Tensor, paged_kv_cache: PagedKVCache, seq_pos: tirx.Var):
         return self._forward(input_ids, paged_kv_cache), paged_kv_cache
 
     def create_paged_kv_cache(
@@ -111,9 +113,10 @@ def _spec():
             "input_ids": nn.spec.Tensor([1, "seq_len"], "int32"),
             "paged_kv_cache": kv,
             "total_len": int,
+            "seq_pos": int,
             "$": packed,
         },
-        "decode": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "paged_kv_cache": kv, "$": packed},
+        "decode": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "paged_kv_cache": kv, "seq_pos": int, "$": packed},
         "create_paged_kv_cache": {
             "max_batch_size": int,
             "max_total_seq_len": int,
@@ -229,12 +232,15 @@ def reference_greedy(bundle: Path, prompt: list[int], n: int) -> list[int]:
         end = tvm.get_global_func("vm.builtin.kv_state_end_forward")
         tvm.get_global_func("vm.builtin.kv_state_add_sequence")(kv, 0)
 
+        fed = [0]  # tokens in the sequence: the next forward's first position
+
         def step(fn: str, ids: list[int]) -> np.ndarray:
             begin(kv, tvm.runtime.ShapeTuple([0]), tvm.runtime.ShapeTuple([len(ids)]))
             x = tvm.runtime.tensor(np.array([ids], dtype="int32"), dev)
             extra = [shape([len(prompt)])] if fn == "prefill" else []
-            logits, _ = vm[fn](x, kv, *extra, params)
+            logits, _ = vm[fn](x, kv, *extra, shape([fed[0]]), params)
             end(kv)
+            fed[0] += len(ids)
             return logits.numpy()[0, 0]
 
         chunk = kvc["prefill_chunk_size"]

@@ -142,10 +142,10 @@ class ToyLlamaForCausalLM(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, quantize=quantize_embedding)
 
-    def _forward(self, input_ids, kv):
+    def _forward(self, input_ids, kv, seq_pos):
         b, t = input_ids.shape
         h = self.model.embed_tokens.lookup(input_ids)
-        positions = kv.get_query_positions(b * t)
+        positions = op.tensor_expr_op(kernels.positions, "positions", [input_ids, seq_pos])
         for i, layer in enumerate(self.model.layers):
             h = layer(h, kv, i, positions, self.kv_dtype)
         h = self.model.norm(h)
@@ -154,11 +154,11 @@ class ToyLlamaForCausalLM(nn.Module):
         head = self.model.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head
         return head(h), kv
 
-    def prefill(self, input_ids, paged_kv_cache, total_len):  # total_len: longrope's; Llama's RoPE ignores it
-        return self._forward(input_ids, paged_kv_cache)
+    def prefill(self, input_ids, paged_kv_cache, total_len, seq_pos):  # total_len: longrope's; Llama's RoPE ignores it
+        return self._forward(input_ids, paged_kv_cache, seq_pos)
 
-    def decode(self, input_ids, paged_kv_cache):
-        return self._forward(input_ids, paged_kv_cache)
+    def decode(self, input_ids, paged_kv_cache, seq_pos):
+        return self._forward(input_ids, paged_kv_cache, seq_pos)
 
     def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
                               support_sliding_window):
@@ -178,8 +178,9 @@ class ToyLlamaForCausalLM(nn.Module):
         packed = {"param_mode": "packed", "effect_mode": "none"}
         return nn.spec.ModuleSpec.from_raw({
             "prefill": {"input_ids": nn.spec.Tensor([1, "seq_len"], "int32"), "paged_kv_cache": kv_obj,
-                        "total_len": int, "$": packed},
-            "decode": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "paged_kv_cache": kv_obj, "$": packed},
+                        "total_len": int, "seq_pos": int, "$": packed},
+            "decode": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "paged_kv_cache": kv_obj, "seq_pos": int,
+                       "$": packed},
             "create_paged_kv_cache": {"max_batch_size": int, "max_total_seq_len": int, "prefill_chunk_size": int,
                                       "page_size": int, "support_sliding_window": int,
                                       "$": {"param_mode": "none", "effect_mode": "none"}},

@@ -20,13 +20,18 @@ Limits:
 
 Sliding window (`window` W > 0, a constant of the kernel): a query at position p sees the keys
 at positions p - W < k <= p, as transformers' Phi-3 does (`kv_idx > q_idx - sliding_window`).
-Every key stays in the cache (TVM's own sliding window evicts pages at sequence level, so the
-early rows of a prefill chunk would lose keys they must see); the kernels skip the pages and
-blocks before the window and mask inside it. Keys outside the window do not count at all (a row
-that sees none gives output 0 and lse -5e4, which TVM's merge weighs 0). Positions, in the key
-numbering of each call: decode, p = kv_len - 1; causal prefill, row r of nq against nk keys,
-p = nk - nq + r; non-causal prefill (the cache's cross-attention over the cached prefix, with
-this chunk's own keys in the ragged call), p = nk + r.
+The kernels skip the pages and blocks before the window and mask inside it. Keys outside the
+window do not count at all (a row that sees none gives output 0 and lse -5e4, which TVM's merge
+weighs 0). Positions, in the key numbering of each call: decode, p = kv_len - 1 (its own key is
+in the pages); causal prefill, row r of nq against nk keys, p = nk - nq + r; non-causal prefill
+(the cache's cross-attention over the cached prefix, with this chunk's own keys in the ragged
+call), p = nk + r.
+
+A sliding cache (`sliding=True`: the `_sliding_window` kernels TVM's cache calls once it may
+slide, compiler/context.py): the length info is (3, batch) = (last page's length, the window's
+offset in the first page, attention sink length), the keys start `offset` slots into the first
+page, and the cache appends after attention, so decode's query follows its keys: p = kv_len.
+The sink must be 0 (our caches set none; a run-time assert says so otherwise).
 
 Structure (all tasks in one `T.parallel` loop; per-task scratch is allocated inside it):
 - decode (`batch_decode_paged_kv_cpu`): a task per (sequence, kv head), holding the group's query
@@ -62,6 +67,7 @@ PAGE = 16
 DECODE = "batch_decode_paged_kv_cpu"
 PREFILL_RAGGED = "batch_prefill_ragged_kv"
 PREFILL_PAGED = "batch_prefill_paged_kv_cpu"
+SLIDING = "_sliding_window"  # TVM's suffix for the kernels a sliding cache calls (DECODE + SLIDING, ...)
 KV_CACHE_CREATE = "vm.builtin.paged_attention_kv_cache_create"
 
 # Cephes exp2f: 2^f = 1 + f * P(f) on [-0.5, 0.5]
@@ -119,8 +125,9 @@ def _attrs(symbol: str) -> dict:
 
 
 def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qkv_dtype: str,
-                         page_size: int = PAGE, window: int = 0) -> tirx.PrimFunc:
-    """`batch_decode_paged_kv_cpu` (rotary_mode 0 only; `window` > 0: sliding window)."""
+                         page_size: int = PAGE, window: int = 0, sliding: bool = False) -> tirx.PrimFunc:
+    """`batch_decode_paged_kv_cpu` (rotary_mode 0 only; `window` > 0: sliding window; `sliding`:
+    `batch_decode_paged_kv_cpu_sliding_window`, over a sliding cache)."""
     _check_dtype(qkv_dtype)
     if num_qo_heads % num_kv_heads:
         raise ValueError(f"{num_qo_heads} query heads are not a multiple of {num_kv_heads} kv heads")
@@ -135,6 +142,8 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
     in_place = qkv_dtype == "float32"
     OD = 1 if in_place else D
     window_start = _window_start(window)
+    # a sliding cache appends after attention: the query's position is kv_len, not kv_len - 1
+    after = 1 if sliding else 0
 
     @T.macro
     def hsum(acc, dst):
@@ -169,7 +178,7 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
         rope_theta: T.float32,
         sm_scale: T.float32,
     ):
-        T.func_attr(_attrs(DECODE))
+        T.func_attr(_attrs(DECODE + SLIDING if sliding else DECODE))
         B = T.int32()
         nnz_pages = T.int32()
         max_num_pages = T.int32()
@@ -187,9 +196,13 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
         q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset)
         output = T.match_buffer(output_handle, (B, H_qo, D), qkv_dtype)
         lse = T.match_buffer(lse_handle, (B, H_qo), "float32")
-        length_info = T.match_buffer(var_length_info, (B,), "int32", elem_offset=length_info_elem_offset)
+        length_info = T.match_buffer(var_length_info, (3, B) if sliding else (B,), "int32",
+                                     elem_offset=length_info_elem_offset)
 
         assert rotary_mode == 0, "edgesmith CPU attention: RoPE in the kernel (rotary_mode != 0) is not supported"
+        if sliding:
+            for b in range(B):
+                assert length_info[2, b] == 0, "edgesmith CPU attention: a sliding cache with an attention sink"
         for task in T.parallel(B * H_kv):
             qs = T.alloc_buffer((G, D), "float32")  # q times sm_scale*log2(e)
             oacc = T.alloc_buffer((G, OD), "float32")
@@ -204,9 +217,13 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
             hk: T.let[T.int32] = task % H_kv
             pbeg: T.let[T.int32] = page_table_indptr[b]
             npages: T.let[T.int32] = page_table_indptr[b + 1] - pbeg
-            kv_len: T.let[T.int32] = T.if_then_else(npages > 0, (npages - 1) * P + length_info[b], 0)
-            # first visible key: the window's start (the query is the last key, kv_len - 1)
-            lo: T.let[T.int32] = window_start(kv_len)
+            # keys are slots off .. off + kv_len of the pages (off > 0: a sliding cache's window offset)
+            off: T.let[T.int32] = length_info[1, b] if sliding else 0
+            last: T.let[T.int32] = length_info[0, b] if sliding else length_info[b]
+            kv_len: T.let[T.int32] = T.if_then_else(npages > 0, (npages - 1) * P + last - off, 0)
+            # first visible slot: the window's start (the query's position is kv_len - 1 + after)
+            lo: T.let[T.int32] = off + window_start(kv_len + after)
+            end: T.let[T.int32] = off + kv_len
             for g in range(G):
                 for d in T.vectorized(D):
                     qs[g, d] = T.Cast("float32", Q[b, hk * G + g, d]) * (sm_scale * log2e)
@@ -220,13 +237,14 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                 # int64 page index: one pointer per key row (int32 index math left a sign
                 # extension per load)
                 page: T.let[T.int64] = T.Cast("int64", page_table_values[pbeg + pi])
-                n: T.let[T.int32] = T.min(P, kv_len - pi * P)
-                j0: T.let[T.int32] = lo - pi * P  # keys j < j0 of this page are before the window
+                n: T.let[T.int32] = T.min(P, end - pi * P)
+                j0: T.let[T.int32] = lo - pi * P  # slots j < j0 of this page are before the window
                 if n > 0:
                     for g in range(G):
                         for j in T.unroll(P):
-                            # past the sequence's end: read the last key (finite), score masked
-                            jj: T.let[T.int32] = T.min(j, n - 1)
+                            # outside the keys (past the end, before a sliding cache's offset): read a
+                            # key (finite), score masked
+                            jj: T.let[T.int32] = T.max(T.min(j, n - 1), j0) if sliding else T.min(j, n - 1)
                             for i in T.vectorized(VL):
                                 acc[i] = qs[g, i] * T.Cast("float32", pages[page, 0, hk, jj, i])
                             for c in T.unroll(1, NC):
@@ -254,7 +272,7 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
                                     acc[i] = oacc[g, c * VL + i] * sc[0]
                             for j in T.unroll(P):
                                 for i in T.vectorized(VL):
-                                    acc[i] = acc[i] + s[g, j] * T.Cast("float32", pages[page, 1, hk, T.min(j, n - 1), c * VL + i])
+                                    acc[i] = acc[i] + s[g, j] * T.Cast("float32", pages[page, 1, hk, T.max(T.min(j, n - 1), j0) if sliding else T.min(j, n - 1), c * VL + i])
                             if in_place:
                                 for i in T.vectorized(VL):
                                     output[b, hk * G + g, c * VL + i] = acc[i]
@@ -277,13 +295,14 @@ def attention_decode_cpu(num_kv_heads: int, num_qo_heads: int, head_dim: int, qk
 
 
 def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: bool, window: int = 0,
-                params: AttentionParams = AttentionParams()):
+                params: AttentionParams = AttentionParams(), sliding: bool = False):
     """The per-(head, sequence) loop over query tiles of params.rows rows (ROWS by default) and
     key blocks of params.keys (KB), for the ragged or the paged kernel.
 
-    Keys are addressed by `key(kk, dd)` / `val(kk, dd)`-like expressions built here from the
-    arguments: ragged: k[kv_base + kk, hk, dd]; paged: pages[page_values[pbeg + kk // 16], 0|1,
-    hk, kk % 16, dd].
+    Keys are addressed by slot: key kk is slot kk + koff (koff > 0 only in a sliding cache,
+    `sliding`), read as ragged: k[kv_base + slot, hk, dd]; paged: pages[page_values[pbeg +
+    slot // 16], 0|1, hk, slot % 16, dd]. Blocks of keys are aligned to slots, so none crosses a
+    page.
     """
     G = h_q // h_kv
     R, V, KB = params.rows, params.rows // 2, params.keys  # noqa: N806 (the module's names for them)
@@ -299,7 +318,15 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
     def visible(kk, row, nq, nk, causal):
         # key kk for query row `row`: in the sequence, not after the query (causal), in the window
         cond = tirx.And(kk < nk, tirx.Or(causal <= 0, kk < nk - nq + row + 1))
+        if sliding:  # slots before the sliding cache's offset hold no key of the sequence
+            cond = tirx.And(cond, kk >= 0)
         return tirx.And(cond, kk >= first_key(row, nq, nk, causal)) if window else cond
+
+    def slot(k0, j, koff, nk):
+        # the slot read for key slot k0 + j: clamped into the keys' slots (finite values; the
+        # score is masked)
+        last = tirx.min(k0 + j, nk + koff - 1)
+        return tirx.max(last, koff) if sliding else last
 
     def v_at(vbuf, kv_base, pvals, hk, kk, dd):
         if paged:
@@ -323,7 +350,7 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
         return T.Cast("float32", vbuf[T.Cast("int64", kv_base + kk), hk, dd])
 
     @T.macro
-    def tiles(q, output, lse, kbuf, vbuf, pvals, kv_base, h, qb, nq, nk, causal, sm_scale, masked):
+    def tiles(q, output, lse, kbuf, vbuf, pvals, kv_base, h, qb, nq, nk, causal, sm_scale, masked, koff):
         hk: T.let[T.int32] = h // G
         qt = T.alloc_buffer((d_qk, R), "float32")  # this tile's q, transposed, times sm_scale*log2(e)
         ot = T.alloc_buffer((d_v, R), "float32")  # the output accumulator, transposed
@@ -353,8 +380,8 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
             # keys visible to row r: [0, min(nk, nk - nq + r + 1)) if causal, else [0, nk), and
             # with a window from first_key(r) on (which grows with r: the tile's first row's is lowest)
             kv_hi: T.let[T.int32] = T.if_then_else(causal > 0, T.max(T.min(nk, nk - nq + r0 + nr), 0), nk)
-            blk_end: T.let[T.int32] = (kv_hi + KB - 1) // KB
-            for blk in range(T.min(first_key(r0, nq, nk, causal) // KB, blk_end), blk_end):
+            blk_end: T.let[T.int32] = (kv_hi + koff + KB - 1) // KB  # blocks of slots
+            for blk in range(T.min((first_key(r0, nq, nk, causal) + koff) // KB, blk_end), blk_end):
                 k0: T.let[T.int32] = blk * KB
                 pg: T.let[T.int32] = block_page(pvals, kv_base, k0)
                 # scores: s[j, r] = qt[:, r] . k[k0 + j]
@@ -365,12 +392,12 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
                 for dd in range(d_qk):
                     for j in T.unroll(KB):
                         for r in T.vectorized(V):
-                            s0[j, r] = s0[j, r] + qt[dd, r] * k_blk(kbuf, kv_base, pg, hk, k0, T.min(k0 + j, nk - 1), dd)
-                            s1[j, r] = s1[j, r] + qt[dd, V + r] * k_blk(kbuf, kv_base, pg, hk, k0, T.min(k0 + j, nk - 1), dd)
+                            s0[j, r] = s0[j, r] + qt[dd, r] * k_blk(kbuf, kv_base, pg, hk, k0, slot(k0, j, koff, nk), dd)
+                            s1[j, r] = s1[j, r] + qt[dd, V + r] * k_blk(kbuf, kv_base, pg, hk, k0, slot(k0, j, koff, nk), dd)
                 for j in T.unroll(KB):
                     for r in T.vectorized(V):
-                        s0[j, r] = T.Select(visible(k0 + j, r0 + r, nq, nk, causal), s0[j, r], T.float32(OFF))
-                        s1[j, r] = T.Select(visible(k0 + j, r0 + V + r, nq, nk, causal), s1[j, r], T.float32(OFF))
+                        s0[j, r] = T.Select(visible(k0 + j - koff, r0 + r, nq, nk, causal), s0[j, r], T.float32(OFF))
+                        s1[j, r] = T.Select(visible(k0 + j - koff, r0 + V + r, nq, nk, causal), s1[j, r], T.float32(OFF))
                 for r in T.vectorized(R):
                     mn[r] = m[r]
                 for j in T.unroll(KB):
@@ -394,8 +421,8 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
                     for j in T.unroll(KB):
                         for c in T.unroll(DC):
                             for r in T.vectorized(V):
-                                acc[c, r] = acc[c, r] + s0[j, r] * v_blk(vbuf, kv_base, pg, hk, k0, T.min(k0 + j, nk - 1), dc * DC + c)
-                                acc[c, V + r] = acc[c, V + r] + s1[j, r] * v_blk(vbuf, kv_base, pg, hk, k0, T.min(k0 + j, nk - 1), dc * DC + c)
+                                acc[c, r] = acc[c, r] + s0[j, r] * v_blk(vbuf, kv_base, pg, hk, k0, slot(k0, j, koff, nk), dc * DC + c)
+                                acc[c, V + r] = acc[c, V + r] + s1[j, r] * v_blk(vbuf, kv_base, pg, hk, k0, slot(k0, j, koff, nk), dc * DC + c)
                     for c in T.unroll(DC):
                         for r in T.vectorized(R):
                             ot[dc * DC + c, r] = acc[c, r]
@@ -415,7 +442,7 @@ def _tile_macro(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype: str, paged: boo
                         if w > T.float32(0):
                             for kk in range(nvis, nk):
                                 for dd in range(d_v):
-                                    ot[dd, r] = ot[dd, r] + w * v_at(vbuf, kv_base, pvals, hk, kk, dd)
+                                    ot[dd, r] = ot[dd, r] + w * v_at(vbuf, kv_base, pvals, hk, kk + koff, dd)
                 inv: T.let[T.float32] = T.float32(1) / den[r]
                 for dd in range(d_v):
                     output[row, h, dd] = T.Cast(dtype, ot[dd, r] * inv)
@@ -478,20 +505,22 @@ def attention_prefill_ragged_cpu(h_kv: int, h_q: int, d_qk: int, d_v: int, dtype
             kb: T.let[T.int32] = kv_indptr[b]
             nk: T.let[T.int32] = kv_indptr[b + 1] - kb
             masked: T.let[T.float32] = masked_score * sm_scale
-            tiles(q, output, lse, k, v, kv_indptr, kb, h, qb, nq, nk, causal, sm_scale, masked)
+            tiles(q, output, lse, k, v, kv_indptr, kb, h, qb, nq, nk, causal, sm_scale, masked, 0)
 
     return batch_prefill_ragged_kv
 
 
 def attention_prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_size: int = PAGE,
-                                window: int = 0, params: AttentionParams = AttentionParams()) -> tirx.PrimFunc:
-    """`batch_prefill_paged_kv_cpu` (rotary_mode 0 only; `window` > 0: sliding window)."""
+                                window: int = 0, params: AttentionParams = AttentionParams(),
+                                sliding: bool = False) -> tirx.PrimFunc:
+    """`batch_prefill_paged_kv_cpu` (rotary_mode 0 only; `window` > 0: sliding window; `sliding`:
+    `batch_prefill_paged_kv_cpu_sliding_window`, over a sliding cache)."""
     _check_dtype(dtype)
     if h_q % h_kv:
         raise ValueError(f"{h_q} query heads are not a multiple of {h_kv} kv heads")
     if page_size != PAGE:
         raise ValueError(f"page size {page_size}: the CPU kernels use {PAGE}")
-    tiles = _tile_macro(h_kv, h_q, d, d, dtype, paged=True, window=window, params=params)
+    tiles = _tile_macro(h_kv, h_q, d, d, dtype, paged=True, window=window, params=params, sliding=sliding)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(
@@ -511,7 +540,7 @@ def attention_prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_si
         rope_theta: T.float32,
         sm_scale: T.float32,
     ):
-        T.func_attr(_attrs(PREFILL_PAGED))
+        T.func_attr(_attrs(PREFILL_PAGED + SLIDING if sliding else PREFILL_PAGED))
         batch_size = T.int32()
         total_len = T.int32()
         nnz_pages = T.int32()
@@ -532,9 +561,13 @@ def attention_prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_si
         q_rope_position = T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=q_rope_position_elem_offset)
         output = T.match_buffer(var_output, (total_len, h_q, d), dtype)
         lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
-        length_info = T.match_buffer(var_length_info, (batch_size,), "int32", elem_offset=length_info_elem_offset)
+        length_info = T.match_buffer(var_length_info, (3, batch_size) if sliding else (batch_size,), "int32",
+                                     elem_offset=length_info_elem_offset)
 
         assert rotary_mode == 0, "edgesmith CPU attention: RoPE in the kernel (rotary_mode != 0) is not supported"
+        if sliding:
+            for b in range(batch_size):
+                assert length_info[2, b] == 0, "edgesmith CPU attention: a sliding cache with an attention sink"
         for task in T.parallel(h_q * batch_size):
             h: T.let[T.int32] = task // batch_size
             b: T.let[T.int32] = task % batch_size
@@ -542,8 +575,11 @@ def attention_prefill_paged_cpu(h_kv: int, h_q: int, d: int, dtype: str, page_si
             nq: T.let[T.int32] = q_indptr[b + 1] - qb
             pbeg: T.let[T.int32] = page_indptr[b]
             npages: T.let[T.int32] = page_indptr[b + 1] - pbeg
-            nk: T.let[T.int32] = T.if_then_else(npages > 0, (npages - 1) * PAGE + length_info[b], 0)
+            # keys are slots koff .. koff + nk of the pages (koff > 0: a sliding cache's window offset)
+            koff: T.let[T.int32] = length_info[1, b] if sliding else 0
+            last: T.let[T.int32] = length_info[0, b] if sliding else length_info[b]
+            nk: T.let[T.int32] = T.if_then_else(npages > 0, (npages - 1) * PAGE + last - koff, 0)
             masked: T.let[T.float32] = T.float32(NEG_INIT)
-            tiles(q, output, lse, pages, pages, page_values, pbeg, h, qb, nq, nk, causal, sm_scale, masked)
+            tiles(q, output, lse, pages, pages, page_values, pbeg, h, qb, nq, nk, causal, sm_scale, masked, koff)
 
     return batch_prefill_paged_kv_cpu

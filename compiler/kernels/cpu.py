@@ -181,13 +181,20 @@ def last_token(h):
     return te.compute((b, 1, hidden), lambda i, _, c: h[i, t - 1, c], name="last_token")
 
 
+def positions(input_ids, seq_pos):
+    """(b, t) ids, the absolute position of their first token -> positions (t,) int32: RoPE's,
+    from the caller, not the KV cache (a sliding cache reports window-relative ones:
+    compiler/context.py)."""
+    return te.compute((input_ids.shape[1],), lambda j: (seq_pos + j).astype("int32"), name="positions")
+
+
 def rope(qkv, positions, factors, *, n_rot_heads: int, rotary_dim: int, theta: float,
          attention_factor: float, original_max_pos: int, factor_len=None, out_dtype: str = F32):
     """Rotary embedding as transformers' Phi-3 applies it (rotate_half, partial rotary).
 
     qkv (b, t, heads_q + 2*heads_kv, d) f32 -> the same shape in `out_dtype` (the KV cache's);
     the first `n_rot_heads` heads (q and k) get the first `rotary_dim` channels rotated.
-    positions (t,) int32 from the KV cache.
+    positions (t,) int32: each token's absolute position (`positions`).
     factors: None (default RoPE) or (2, rotary_dim/2) f32 — longrope's short and long
     divisors. transformers uses the long ones when the sequence length its forward sees (largest
     position + 1) exceeds original_max_pos, and scales cos/sin by `attention_factor`.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tvm
 
 from edgesmith.compiler.kernels.attention_cpu import (DECODE, KV_CACHE_CREATE, PREFILL_PAGED, PREFILL_RAGGED,
-                                                      attention_decode_cpu, attention_prefill_paged_cpu,
+                                                      SLIDING, attention_decode_cpu, attention_prefill_paged_cpu,
                                                       attention_prefill_ragged_cpu)
 from edgesmith.compiler.tuning import DEFAULT, Tuning, attention_key
 from edgesmith.targets.tvm_api import relax, tirx
@@ -39,13 +39,17 @@ def _shape(f: tirx.PrimFunc, i: int) -> tuple:
     return tuple(buf.shape), str(buf.dtype)
 
 
+OURS = (DECODE, PREFILL_RAGGED, PREFILL_PAGED, DECODE + SLIDING, PREFILL_PAGED + SLIDING)
+
+
 def _ours(symbol: str, f: tirx.PrimFunc, window: int, tuning: Tuning = DEFAULT) -> tirx.PrimFunc:
     """Our kernel for TVM's `f`, with the head counts, head dims and dtype read off its buffers,
     and (prefill) the tuning's tile for them."""
-    if symbol == DECODE:
+    sliding = symbol.endswith(SLIDING)
+    if symbol.startswith(DECODE):
         (_, h_q, d), dtype = _shape(f, 0)
         (_, _, h_kv, page, _), _ = _shape(f, 1)
-        return attention_decode_cpu(int(h_kv), int(h_q), int(d), dtype, int(page), window=window)
+        return attention_decode_cpu(int(h_kv), int(h_q), int(d), dtype, int(page), window=window, sliding=sliding)
     if symbol == PREFILL_RAGGED:
         (_, h_q, d_qk), dtype = _shape(f, 0)
         (_, h_kv, _), _ = _shape(f, 2)
@@ -56,17 +60,19 @@ def _ours(symbol: str, f: tirx.PrimFunc, window: int, tuning: Tuning = DEFAULT) 
     (_, h_q, d), dtype = _shape(f, 0)
     (_, _, h_kv, page, _), _ = _shape(f, 2)
     params = tuning.by_key(attention_key(int(h_q), int(h_kv), int(d), dtype))
-    return attention_prefill_paged_cpu(int(h_kv), int(h_q), int(d), dtype, int(page), window=window, params=params)
+    return attention_prefill_paged_cpu(int(h_kv), int(h_q), int(d), dtype, int(page), window=window, params=params,
+                                       sliding=sliding)
 
 
 def replace_cpu_attention(mod: tvm.IRModule, window: int = 0, tuning: Tuning = DEFAULT) -> tvm.IRModule:
     """TVM's CPU attention PrimFuncs (by global_symbol) swapped for ours, same GlobalVars.
 
     Only when the module creates paged KV caches and every one of them has rope_mode NONE (0):
-    our kernels never apply RoPE. The `_sliding_window` variants (TVM's evicting window, which
-    our models never enable) keep TVM's kernels, and so does a cache of another dtype than
-    float32/float16. `window` > 0 (a sliding window only our kernels apply): a module where any
-    of the three cannot be swapped is an error, not a silently unwindowed model.
+    our kernels never apply RoPE. The `_sliding_window` variants (what the cache calls once it
+    may slide: compiler/context.py) are ours too, over the sliding cache's page layout. A cache
+    of another dtype than float32/float16 keeps TVM's kernels. `window` > 0 (a sliding window
+    only our kernels apply): a module where any of the five cannot be swapped is an error, not a
+    silently unwindowed model.
     """
     modes = _cache_rope_modes(mod)
     if not modes or any(m != 0 for m in modes):
@@ -79,10 +85,10 @@ def replace_cpu_attention(mod: tvm.IRModule, window: int = 0, tuning: Tuning = D
     for gv, f in funcs.items():
         if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "global_symbol" in f.attrs:
             symbol = str(f.attrs["global_symbol"])
-            if symbol in (DECODE, PREFILL_RAGGED, PREFILL_PAGED) and _shape(f, 0)[1] in ("float32", "float16"):
+            if symbol in OURS and _shape(f, 0)[1] in ("float32", "float16"):
                 funcs[gv] = _ours(symbol, f, window, tuning)
                 swapped.add(symbol)
-    missing = {DECODE, PREFILL_RAGGED, PREFILL_PAGED} - swapped
+    missing = set(OURS) - swapped
     if window and missing:
         raise ValueError(f"sliding window {window}: TVM's {sorted(missing)} would run without it "
                          "(a KV cache dtype other than float32/float16?)")

@@ -159,6 +159,9 @@ class ModelArchitecture:
     weights_read_per_token: Callable[[Any, dict], int]  # (config, {param: bytes}) -> bytes a decode step reads
     shape_id: Callable[[Any], str]  # the shapes a tuned thread count was measured for
     describe: Callable[[Any], str]  # one line: layers, widths, heads, vocabulary, rope (edgesmith inspect)
+    # config -> (the longest context a model with a sliding window may take, why: what its RoPE
+    # allows past max_position_embeddings); None: max_position_embeddings (compiler/context.py)
+    position_limit: Callable[[Any], tuple[int, str]] | None = None
     random_presets: Mapping[str, dict] = field(default_factory=dict)  # random:<preset> -> config.json dict
     tokenizer: TokenizerBuilder | None = None  # the tokenizer its random: presets carry, if any
     onnx: OnnxMapping | None = None  # how its ONNX Runtime GenAI graphs map onto its tensors, if they do
@@ -169,7 +172,9 @@ class ModelArchitecture:
 
     def model_class(self) -> type:
         """The nn.Module: (config, quantization, *, quantize_embedding, target, kv_dtype) -> model
-        with prefill, decode, create_paged_kv_cache and get_default_spec (models/phi3/model.py);
+        with prefill, decode, create_paged_kv_cache and get_default_spec (models/phi3/model.py:
+        prefill and decode take `seq_pos`, the absolute position of their first token, and take
+        their RoPE positions from it, not from the KV cache: compiler/context.py says why);
         `quantize_lm_head` too where a source stores the lm_head otherwise than the embedding."""
         module, _, cls = self.model.partition(":")
         return getattr(importlib.import_module(module), cls)

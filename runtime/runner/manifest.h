@@ -13,6 +13,7 @@ struct Manifest {
   int64_t vocab_size = 0;                 // model.config.vocab_size (bench draws token ids below it)
   int64_t page_size = 16, prefill_chunk = 512, max_total_seq_len = 4096;
   int64_t context = 0;                    // tokens a run may hold: --context N (0: max_total_seq_len)
+  int64_t sliding_window = 0;             // kv_cache.sliding_window (0: none within the context)
   std::vector<std::string> param_names;   // in the order prefill/decode take them
   std::string device_api = "cpu";         // device.api: cpu | cuda | metal | opencl | webgpu
   int device_type = 1;                    // device.dl_device_type (DLPack: 1 CPU, 2 CUDA, 8 Metal, 15 WebGPU)
@@ -61,6 +62,8 @@ static Manifest load_manifest(const std::string& bundle, bool verify) {
   m.page_size = get_int(kv, "page_size", 16);
   m.prefill_chunk = get_int(kv, "prefill_chunk_size", 512);
   m.max_total_seq_len = get_int(kv, "max_total_seq_len", 4096);
+  auto window = kv.find(ffi::String("sliding_window"));  // null or absent: no window
+  if (window != kv.end() && (*window).second != nullptr) m.sliding_window = (*window).second.cast<int64_t>();
   auto model = get("model").cast<ffi::json::Object>();
   auto config = model.find("config");
   if (config != model.end()) m.vocab_size = get_int((*config).second.cast<ffi::json::Object>(), "vocab_size", 0);

@@ -65,6 +65,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
@@ -335,21 +336,55 @@ static ffi::Tensor make_input(const Model& model, const int32_t* ids, int64_t n)
   return t;
 }
 
+// Tokens a run may hold: what --context asked for, not the whole pages its cache is made of.
+static int64_t context_limit(const Manifest& m) { return m.context ? m.context : m.max_total_seq_len; }
+
 // ----------------------------------------------------------------------------
 // KV cache: one sequence (id 0) per generation; every forward is bracketed by
 // begin_forward(seq ids, token counts) / end_forward.
+//
+// Sliding window (compiler/context.py says it whole): when a run's context is longer than the
+// model's window W, the cache slides. TVM's paged cache is created with support_sliding_window
+// and each new sequence told to keep W - 1 keys: before a forward it hands attention the last
+// W - 1 keys (the kernels mask per query), then frees every page wholly before them. The cache is
+// then made of W - 1 + one prefill chunk tokens of pages, whatever the context, and its query
+// positions are window-relative: the model takes each forward's absolute first position
+// (seq_pos) from here instead.
+
+// Tokens of pages a run allocates: the context (whole pages), or where the window slides the
+// W - 1 keys it keeps plus one prefill chunk. compiler/context.py (cache_tokens) says the same.
+static int64_t window_keep(const Manifest& m, int64_t context) {
+  return m.sliding_window > 0 && context > m.sliding_window ? std::max<int64_t>(m.sliding_window - 1, 1) : 0;
+}
+
+static int64_t kv_cache_tokens(const Manifest& m, int64_t context) {
+  int64_t keep = window_keep(m, context);
+  int64_t tokens = keep ? std::min(context, keep + m.prefill_chunk) : context;
+  return (tokens + m.page_size - 1) / m.page_size * m.page_size;
+}
+
+struct KVSequence {  // the sequence in the cache: how many tokens it holds (its next position)
+  int64_t pos = 0;
+};
 
 struct KVCache {
   ffi::Any obj;
+  std::shared_ptr<KVSequence> seq = std::make_shared<KVSequence>();
+  int64_t keep = 0;  // > 0: the cache slides, keeping this many keys (W - 1)
+  int64_t tokens = 0;  // tokens of pages it is made of
   ffi::Function begin = global("vm.builtin.kv_state_begin_forward");
   ffi::Function end = global("vm.builtin.kv_state_end_forward");
-  ffi::Function add = global("vm.builtin.kv_state_add_sequence");
+  // add(obj, id): a new sequence at position 0 (told its window when the cache slides)
+  ffi::Function add;
   ffi::Function remove = global("vm.builtin.kv_state_remove_sequence");
 };
 
 static KVCache create_kv_cache(const Model& model, const Manifest& m) {
   KVCache kv;
-  int64_t a[5] = {1, m.max_total_seq_len, m.prefill_chunk, m.page_size, 0};
+  int64_t context = context_limit(m);
+  kv.keep = window_keep(m, context);
+  kv.tokens = kv_cache_tokens(m, context);
+  int64_t a[5] = {1, kv.tokens, m.prefill_chunk, m.page_size, kv.keep ? 1 : 0};
   // nn.spec `int` arguments are exported as 1-element shapes; plain int64 is accepted too
   // for a library whose function takes scalars.
   try {
@@ -359,20 +394,33 @@ static KVCache create_kv_cache(const Model& model, const Manifest& m) {
     if (err.kind() != "TypeError") throw;
     kv.obj = model.create_kv(a[0], a[1], a[2], a[3], a[4]);
   }
+  ffi::Function add_seq = global("vm.builtin.kv_state_add_sequence");
+  ffi::Function slide = kv.keep ? global("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")
+                                : ffi::Function();
+  int64_t keep = kv.keep;
+  std::shared_ptr<KVSequence> seq = kv.seq;
+  kv.add = ffi::Function::FromTyped([=](ffi::Any obj, int64_t id) {
+    add_seq(obj, id);
+    if (keep) slide(obj, id, int32_t(keep), int32_t(0));  // no attention sink
+    seq->pos = 0;
+  });
   return kv;
 }
 
 // One forward of `n` tokens through `fn` (prefill or decode) -> logits of the last token.
 // logits: (1, 1, vocab) float32, copied into `out`. total_len >= 0 (prefill only): the length
 // of the sequence once the whole prompt is in, passed to the model as a 1-element shape; it
-// picks longrope's factors for every chunk as one forward over the prompt would.
+// picks longrope's factors for every chunk as one forward over the prompt would. Every forward
+// is given its first token's position (seq_pos), as a 1-element shape too.
 static void forward(const Model& model, KVCache& kv, const ffi::Function& fn, const int32_t* ids,
                     int64_t n, std::vector<float>& out, int64_t total_len = -1) {
   kv.begin(kv.obj, ffi::Shape({0}), ffi::Shape({n}));
-  ffi::Array<ffi::Any> ret = (total_len >= 0 ? fn(make_input(model, ids, n), kv.obj, ffi::Shape({total_len}), model.params)
-                                             : fn(make_input(model, ids, n), kv.obj, model.params))
+  ffi::Shape pos({kv.seq->pos});
+  ffi::Array<ffi::Any> ret = (total_len >= 0 ? fn(make_input(model, ids, n), kv.obj, ffi::Shape({total_len}), pos, model.params)
+                                             : fn(make_input(model, ids, n), kv.obj, pos, model.params))
                                  .cast<ffi::Array<ffi::Any>>();
   kv.end(kv.obj);
+  kv.seq->pos += n;
   ffi::Tensor logits = ret[0].cast<ffi::Tensor>();
   DLDataType dt = logits.dtype();
   if (dt.code != kDLFloat || dt.bits != 32) die("model returned logits that are not float32");
@@ -386,18 +434,17 @@ static void forward(const Model& model, KVCache& kv, const ffi::Function& fn, co
   }
 }
 
-// Prompt of any length (a new sequence): chunks of at most prefill_chunk tokens, each its own
-// forward, each told the whole prompt's length.
+// A prompt of any length, appended to the sequence (a new one, or a conversation's next turn):
+// chunks of at most prefill_chunk tokens, each its own forward, each told the sequence's length
+// once the whole prompt is in.
 static void prefill(const Model& model, const Manifest& m, KVCache& kv,
                     const std::vector<int32_t>& prompt, std::vector<float>& logits) {
+  int64_t total = kv.seq->pos + int64_t(prompt.size());
   for (size_t i = 0; i < prompt.size(); i += m.prefill_chunk) {
     int64_t n = std::min<int64_t>(m.prefill_chunk, prompt.size() - i);
-    forward(model, kv, model.prefill, prompt.data() + i, n, logits, int64_t(prompt.size()));
+    forward(model, kv, model.prefill, prompt.data() + i, n, logits, total);
   }
 }
-
-// Tokens a run may hold: what --context asked for, not the whole pages its cache is made of.
-static int64_t context_limit(const Manifest& m) { return m.context ? m.context : m.max_total_seq_len; }
 
 // --context N: a KV cache for N tokens (whole pages), at most the compiled context; a run holds
 // at most N tokens (prompt + new), as asked, though its cache's last page has room for more.
@@ -542,10 +589,12 @@ static void cmd_generate(const Model& model, const Manifest& m, double load_s, c
   int64_t decoded = std::max<int64_t>(int64_t(out.size()) - 1, 0);
   printf("{\"output_ids\": %s, \"prompt_tokens\": %zu, \"stop_reason\": \"%s\", "
          "\"load_s\": %.6f, \"prefill_s\": %.6f, \"decode_s\": %.6f, "
-         "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d}\n",
+         "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d, "
+         "\"kv_cache_tokens\": %ld, \"kv_window_keep\": %ld}\n",
          json_ints(out).c_str(), a.tokens.size(), stop_reason, load_s, prefill_s, decode_s,
          prefill_s > 0 ? a.tokens.size() / prefill_s : 0.0,
-         decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb(), pool_threads());
+         decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb(), pool_threads(), long(kv.tokens),
+         long(kv.keep));
 }
 
 // ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ PHI3 = ModelArchitecture(
     weights_read_per_token=sizes.weights_read_per_token,
     shape_id=sizes.shape_id,
     describe=sizes.describe,
+    position_limit=sizes.position_limit,
     random_presets=presets.RANDOM_PRESETS,
     tokenizer=TokenizerBuilder("phi-3", "edgesmith.compiler.models.phi3.tokenizer"),
     # Phi-3/3.5-mini, Phi-3-medium and Phi-4-mini are all "phi3" to ONNX Runtime GenAI

@@ -7,17 +7,20 @@ weights' storage (CPU targets); the KV cache applies no RoPE (rope_mode NONE): R
 (kernels.rope), so longrope and partial rotary match transformers exactly.
 
 Entry points (batch 1, one sequence):
-  prefill(input_ids (1, n) int32, kv, total_len, params) -> (logits (1, 1, vocab) f32 of the last token, kv)
+  prefill(input_ids (1, n) int32, kv, total_len, seq_pos, params) -> (logits (1, 1, vocab) f32 of the last token, kv)
       total_len (a 1-element shape): the sequence's length once the whole prompt this chunk
       belongs to is in; it picks longrope's factors as a one-forward prefill would (kernels.rope)
-  decode(input_ids (1, 1) int32, kv, params)  -> (logits (1, 1, vocab) f32, kv)
+  decode(input_ids (1, 1) int32, kv, seq_pos, params)  -> (logits (1, 1, vocab) f32, kv)
+      seq_pos (a 1-element shape): the absolute position of the forward's first token (the
+      tokens already in the sequence); RoPE's positions count from it. A sliding KV cache
+      reports window-relative positions (compiler/context.py), so they are not taken from it.
   create_paged_kv_cache(max_batch, max_total_seq_len, prefill_chunk, page_size, sliding) -> kv
+      sliding 1: the cache may slide (the runner sets the sequence's window: compiler/context.py)
 
 The KV cache holds `kv_dtype` (float32 or float16): q, k and v leave RoPE in it (TVM's cache
-wants all three in its dtype) and attention's output returns to float32. A sliding window is not
-the cache's business (TVM's evicts at sequence level): the CPU attention kernels mask it
-(kernels/attention_cpu.py, swapped in by lowering/attention_swap.py, which the pipeline passes
-the window).
+wants all three in its dtype) and attention's output returns to float32. The sliding window's
+per-query mask is the attention kernels' (kernels/attention_cpu.py, attention_gpu.py, swapped in
+by the lowering pipeline, which is passed the window).
 """
 from __future__ import annotations
 
@@ -120,10 +123,10 @@ class Phi3ForCausalLM(nn.Module):
             head_q = quantize_embedding if quantize_lm_head is None else quantize_lm_head
             self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, quantize=head_q)
 
-    def _forward(self, input_ids, kv, factor_len=None):
+    def _forward(self, input_ids, kv, seq_pos, factor_len=None):
         b, t = input_ids.shape
         h = self.model.embed_tokens.lookup(input_ids)
-        positions = kv.get_query_positions(b * t)
+        positions = op.tensor_expr_op(kernels.positions, "positions", [input_ids, seq_pos])
         for i, layer in enumerate(self.model.layers):
             h = layer(h, kv, i, positions, self.model.rope_ext_factors, factor_len, self.kv_dtype)
         h = self.model.norm(h)
@@ -132,11 +135,11 @@ class Phi3ForCausalLM(nn.Module):
         head = self.model.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head
         return head(h), kv
 
-    def prefill(self, input_ids: nn.Tensor, paged_kv_cache, total_len):
-        return self._forward(input_ids, paged_kv_cache, total_len)
+    def prefill(self, input_ids: nn.Tensor, paged_kv_cache, total_len, seq_pos):
+        return self._forward(input_ids, paged_kv_cache, seq_pos, total_len)
 
-    def decode(self, input_ids: nn.Tensor, paged_kv_cache):
-        return self._forward(input_ids, paged_kv_cache)
+    def decode(self, input_ids: nn.Tensor, paged_kv_cache, seq_pos):
+        return self._forward(input_ids, paged_kv_cache, seq_pos)
 
     def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
                               support_sliding_window):
@@ -172,8 +175,9 @@ class Phi3ForCausalLM(nn.Module):
         packed = {"param_mode": "packed", "effect_mode": "none"}
         return nn.spec.ModuleSpec.from_raw({
             "prefill": {"input_ids": nn.spec.Tensor([1, "seq_len"], "int32"), "paged_kv_cache": kv_obj,
-                        "total_len": int, "$": packed},
-            "decode": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "paged_kv_cache": kv_obj, "$": packed},
+                        "total_len": int, "seq_pos": int, "$": packed},
+            "decode": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "paged_kv_cache": kv_obj, "seq_pos": int,
+                       "$": packed},
             "create_paged_kv_cache": {
                 "max_batch_size": int, "max_total_seq_len": int, "prefill_chunk_size": int,
                 "page_size": int, "support_sliding_window": int,

@@ -48,6 +48,26 @@ def shape_id(cfg: Phi3Config) -> str:
             f":kv={cfg.num_key_value_heads}:d={cfg.head_dim}:v={cfg.vocab_size}:l={cfg.num_hidden_layers}")
 
 
+# The longest context Phi-3 is trained at (the 128k models, 131072 positions): RoPE's angles
+# are float32 products position x frequency there (transformers' too), so their rounding grows
+# with the position; up to here it stays within what the family is trained with.
+TRAINED_POSITIONS = 131072
+
+
+def position_limit(cfg: Phi3Config) -> tuple[int, str]:
+    """(the longest context of a sliding-window Phi-3, why). Default RoPE depends only on the
+    distance between query and key, and the window keeps every distance under it: such a model
+    may go past max_position_embeddings, up to TRAINED_POSITIONS. Longrope's factors and its
+    attention factor are defined up to max_position_embeddings only."""
+    if cfg.rope_type == "longrope":
+        return cfg.max_position_embeddings, (f"longrope's factors are defined up to max_position_embeddings "
+                                             f"{cfg.max_position_embeddings}")
+    limit = max(cfg.max_position_embeddings, TRAINED_POSITIONS)
+    return limit, (f"past max_position_embeddings {cfg.max_position_embeddings} the sliding window of "
+                   f"{cfg.sliding_window} keeps every query-key distance within what default RoPE was trained on, "
+                   f"and float32 positions stay as exact as Phi-3's 128k models are trained with up to {limit}")
+
+
 def describe(cfg: Phi3Config) -> str:
     return (f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, heads {cfg.num_attention_heads}"
             f"/{cfg.num_key_value_heads} kv, vocab {cfg.vocab_size}, rope {cfg.rope_type}"
