@@ -20,15 +20,17 @@ with pyopencl on PoCL against numpy (tests/test_pocl_kernels.py):
 
 The decode and paged prefill kernels are right on PoCL as TVM builds them. The model creates its
 caches with rope_mode NONE and no rope_scaling, so the ragged kernel is rebuilt with rope_scaling
-{} (nothing is swapped in a module whose caches apply RoPE).
+{} (nothing is swapped in a module whose caches apply RoPE). A model with a sliding window gets
+the prefill kernels masking it (attention_gpu.window_gpu_attention), the ragged one in the same
+16-byte variant.
 """
 from __future__ import annotations
 
 import tvm
 
-from edgesmith.compiler.kernels.attention_cpu import PREFILL_RAGGED
+from edgesmith.compiler.kernels.attention_gpu import window_gpu_attention
 from edgesmith.compiler.lowering.attention_swap import _cache_rope_modes, _shape
-from edgesmith.targets.tvm_api import Schedule, llm_prefill_kernels, tirx
+from edgesmith.targets.tvm_api import Schedule, tirx
 from edgesmith.targets.tvm_api import tir_script as T
 
 MERGE = "tir_attention_merge_state"
@@ -103,27 +105,25 @@ def _vec16_target(target) -> tvm.target.Target:
     return tvm.target.Target(spec)
 
 
-def replace_opencl_attention(mod: tvm.IRModule, target) -> tvm.IRModule:
+def replace_opencl_attention(mod: tvm.IRModule, target, window: int = 0) -> tvm.IRModule:
     modes = _cache_rope_modes(mod)
     if not modes or any(m != 0 for m in modes):
-        return mod
+        return window_gpu_attention(mod, target, window) if window else mod  # (refuses the window)
     funcs = dict(mod.functions)
     for gv, f in funcs.items():
-        if not isinstance(f, tirx.PrimFunc) or f.attrs is None:
-            continue
-        symbol = f.attrs.get("global_symbol")
-        if symbol == PREFILL_RAGGED:
-            (_, h_q, d_qk), dtype = _shape(f, 0)
-            (_, h_kv, _), _ = _shape(f, 2)
-            (_, _, d_v), _ = _shape(f, 3)
-            funcs[gv] = llm_prefill_kernels._attention_prefill_ragged(
-                int(h_kv), int(h_q), int(d_qk), int(d_v), dtype, {}, _vec16_target(target))
-        elif symbol == MERGE:
+        if isinstance(f, tirx.PrimFunc) and f.attrs is not None and f.attrs.get("global_symbol") == MERGE:
             ext = _thread_extents(f)
             funcs[gv] = merge_state_inplace(ext["threadIdx.x"], ext["threadIdx.y"], ext["blockIdx.y"], _shape(f, 0)[1])
-    return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
+    # the ragged prefill in its 16-byte variant, and every prefill kernel masking the window
+    return window_gpu_attention(tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos), target,
+                                window, ragged_target=_vec16_target(target))
 
 
-@tvm.transform.module_pass(opt_level=0, name="ReplaceOpenCLAttention")
-def ReplaceOpenCLAttention(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 (a pass)
-    return replace_opencl_attention(mod, tvm.target.Target.current())
+def ReplaceOpenCLAttention(window: int = 0):  # noqa: N802 (a pass)
+    """The pass: `replace_opencl_attention` for the current target, with this sliding window (0: none)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="ReplaceOpenCLAttention")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return replace_opencl_attention(mod, tvm.target.Target.current(), window)
+
+    return _pass

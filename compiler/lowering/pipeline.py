@@ -21,15 +21,16 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
     from edgesmith.compiler.lowering import schedules_gpu
 
     rt = relax.transform
-    # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window
-    # (compiler/context.py keeps GPU contexts within it); opencl: two of TVM's GPU kernels made right
-    # without lock-step warps (kernels/attention_opencl.py), the merge one of them on webgpu
-    # (kernels/attention_webgpu.py); every GPU target: TVM's kernels without their dead inline-RoPE
+    # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window;
+    # opencl: two of TVM's GPU kernels made right without lock-step warps (kernels/attention_opencl.py),
+    # the merge one of them on webgpu (kernels/attention_webgpu.py); every GPU target: TVM's prefill
+    # kernels masking the sliding window per query, and TVM's kernels without their dead inline-RoPE
     # branch, which TVM's CSE miscompiles for small grouped heads (kernels/attention_gpu.py)
     tuning = tuning or schedules.DEFAULT
-    gpu_fix = [attention_gpu.FoldGPUAttentionRope] if is_gpu(target) else []
+    gpu_window = [] if target.kind.name == "opencl" else [attention_gpu.WindowGPUAttention(sliding_window)]
+    gpu_fix = gpu_window + [attention_gpu.FoldGPUAttentionRope] if is_gpu(target) else []
     attention = {"llvm": [attention_swap.ReplaceCPUAttention(sliding_window, tuning)],
-                 "opencl": [attention_opencl.ReplaceOpenCLAttention],
+                 "opencl": [attention_opencl.ReplaceOpenCLAttention(sliding_window)],
                  "webgpu": [attention_webgpu.ReplaceWebGPUAttention]}.get(target.kind.name, []) + gpu_fix
     attention = [("attention", attention)] if attention else []
     return attention + [
@@ -61,7 +62,7 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
 
 def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int = 0, tuning=None):
     """A module pass running every phase under `target`; dumps `NN-phase.py` scripts when asked.
-    sliding_window: the attention's window (0: none), applied by our CPU attention kernels.
+    sliding_window: the attention's window (0: none), applied by the attention kernels.
     tuning: compiler/tuning.Tuning for the CPU schedule's choices (None: the defaults)."""
 
     @tvm.transform.module_pass(opt_level=0, name="edgesmith_pipeline")
