@@ -279,7 +279,7 @@ def test_int4_default_keeps_lm_head_and_tied_embedding_codes(onnx_folder, onnx_b
     if variant == "mini-4k":
         emb = init["model.embed_tokens.weight"]
         assert emb.dtype == np.float32 and np.array_equal(params["model.embed_tokens.weight"], emb)
-        assert (m["quantize_embedding"], m["quantize_lm_head"]) == (False, True)
+        assert (m.quantize_embedding, m.quantize_lm_head) == (False, True)
 
 
 @pytest.mark.slow

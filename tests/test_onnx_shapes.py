@@ -238,7 +238,7 @@ def test_logits_equal_onnxruntime_and_transformers(folders, bundles, case):
     hf, folder, level0 = folders(case)
     bundle = bundles(case)
     m = read_manifest(bundle)
-    assert (m["quantize_embedding"], m["quantize_lm_head"]) == (False, CASES[case][1] is None)
+    assert (m.quantize_embedding, m.quantize_lm_head) == (False, CASES[case][1] is None)
     ours = teacher_forced_logits(bundle, IDS)
     ort = ort_teacher_forced_logits(level0, IDS)
     model = _transformers(hf, _references(folder))
@@ -259,8 +259,8 @@ def test_quantize_embedding_is_what_moved_the_logits(folders, bundles, capsys):
     ort = ort_teacher_forced_logits(level0, IDS)
     old = bundles("kv1-split", quantize_embedding=True)
     m = read_manifest(old)
-    assert (m["quantize_embedding"], m["quantize_lm_head"]) == (True, True)
-    assert "embedding quantized to int4 by edgesmith" in m["model"]["input"]["float_ends"]
+    assert (m.quantize_embedding, m.quantize_lm_head) == (True, True)
+    assert "embedding quantized to int4 by edgesmith" in m.model.input["float_ends"]
     r = compare_logits(ort, teacher_forced_logits(old, IDS))
     assert r["max_abs_diff"] > 0.05, r  # measured 0.5 on a logit scale of ~2
     assert main(["inspect", str(bundles("kv1-split"))]) == 0
@@ -273,7 +273,7 @@ def test_default_quant_tracks_onnxruntime_as_shipped(folders, bundles):
     ONNX Runtime's accuracy level 4 scheme) stays within the KL bound of ONNX Runtime as shipped."""
     _, folder, _ = folders("kv1-split")
     bundle = bundles("kv1-split", None)
-    assert read_manifest(bundle)["quant"] == default_quant(str(folder), "host")[0]
+    assert read_manifest(bundle).quant == default_quant(str(folder), "host")[0]
     r = compare_logits(ort_teacher_forced_logits(folder, IDS), teacher_forced_logits(bundle, IDS))
     assert r["mean_kl"] < 5e-4 and r["top1_agreement"] >= 0.9, r
 

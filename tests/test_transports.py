@@ -83,7 +83,7 @@ def test_a_rebuilt_bundle_reuses_what_the_device_holds(devices, arm64_bundle, em
     again = tmp_path / arm64_bundle.name
     shutil.copytree(arm64_bundle, again)
     manifest = json.loads((again / "manifest.json").read_text())
-    manifest["eval"] = {"top1_agreement": 1.0}
+    manifest["eval"] = {"positions": 8, "top1_agreement": 1.0, "mean_kl": 0.0, "max_abs_diff": 0.0}
     (again / "manifest.json").write_text(json.dumps(manifest))
     report = push_to_device(devices[name], again, timeout=60)
     assert report.sent == ["manifest.json"] and len(report.reused) == len(manifest["files"]), report

@@ -40,7 +40,7 @@ def read_settings(fields) -> FolderSettings:
 
 
 class FolderTransport(Transport):
-    def home(self) -> str:
+    def home(self, timeout: float = 10) -> str:
         return str(self.device.settings.root)
 
     def run(self, command: str | Sequence[str], *, timeout: float, on_line: LineCallback | None = None,
