@@ -103,7 +103,8 @@ def runner_greedy(bundle, prompt: list[int], steps: int, teacher: list[int]):
     """The runner: greedy tokens from `generate`; logits from `logits --prefill` over the prompt
     then `teacher` (the reference's tokens), so each step's logits line up with the reference's."""
     tokens = ",".join(map(str, prompt))
-    (gen,) = run_runner(bundle, ["generate", str(bundle), "--tokens", tokens, "-n", str(steps + 1)], timeout=600)
+    lines = run_runner(bundle, ["generate", str(bundle), "--tokens", tokens, "-n", str(steps + 1)], timeout=600)
+    (gen,) = [l for l in lines if "output_ids" in l]  # GPU runners also print their device
     forced = prompt + teacher[:steps]
     lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, forced)),
                                 "--prefill", str(len(prompt))], timeout=600)
