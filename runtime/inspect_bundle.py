@@ -112,15 +112,20 @@ def _input_lines(source) -> list[str]:
 
 def _context_lines(m) -> list[str]:
     """The KV cache: context, dtype, bytes per token (and at the full context), sliding window."""
+    from edgesmith.compiler.context import cache_tokens, window_keep
     from edgesmith.runtime.profile.fit import kv_bytes_per_token
 
     kv = m.kv_cache
     per_token = kv.bytes_per_token or kv_bytes_per_token(m)
     window = (f"; sliding window {kv.sliding_window} tokens" if kv.sliding_window else "")
+    # a sliding cache holds the window's pages (its keys and one prefill chunk), not the context's
+    tokens = cache_tokens(kv, kv.max_total_seq_len)
+    slides = (f" (the cache slides: {tokens} tokens of pages, not {kv.max_total_seq_len})"
+              if window_keep(kv, kv.max_total_seq_len) else "")
     return [f"context     {kv.max_total_seq_len} tokens (page {kv.page_size}, prefill chunk "
             f"{kv.prefill_chunk_size}){window}",
             f"kv cache    {kv.dtype}, {per_token / 1024:.1f} KiB per token, "
-            f"{per_token * kv.max_total_seq_len / 2**20:.1f} MiB at the full context"]
+            f"{per_token * tokens / 2**20:.1f} MiB at the full context{slides}"]
 
 
 def _device_lines(m) -> list[str]:

@@ -251,7 +251,9 @@ def test_inspect_shows_the_context_and_kv_bytes(models, capsys):
     assert code == 0
     # 2 layers x (K, V) x 4 kv heads x head_dim 16 x 4 bytes = 1024 bytes a token
     assert "context     4096 tokens (page 16, prefill chunk 32); sliding window 64 tokens" in out
-    assert "kv cache    float32, 1.0 KiB per token, 4.0 MiB at the full context" in out
+    # the cache slides: the window's 63 keys and a prefill chunk of 32, in whole pages (96 tokens)
+    assert ("kv cache    float32, 1.0 KiB per token, 0.1 MiB at the full context (the cache slides: 96 tokens "
+            "of pages, not 4096)") in out
 
 
 @pytest.mark.parametrize("context,match", [
@@ -268,11 +270,47 @@ def test_compile_refuses_a_bad_context(models, tmp_path, capsys, context, match)
     assert not out.exists() and not list(tmp_path.glob(".b*"))  # nothing half-written
 
 
-def test_gpu_context_stops_at_the_window(models, tmp_path):
+def test_gpu_bundles_go_past_the_window(models, tmp_path):
+    """GPU bundles mask the window per query (tests/test_sliding_window_gpu.py runs them):
+    Phi-3-mini-4k (sliding_window 2047) takes --context 4096 on every GPU target."""
+    from edgesmith.compiler.context import kv_settings
+    from edgesmith.compiler.models.phi3.presets import RANDOM_PRESETS
+    from edgesmith.compiler.models.phi3.config import parse
+    from edgesmith.targets.presets import get_preset
+
+    cfg = parse(RANDOM_PRESETS["phi-3-mini-4k"])
+    assert cfg.sliding_window == 2047 and cfg.max_position_embeddings == 4096
+    for target in ("cuda", "linux-opencl", "android-opencl", "linux-vulkan"):
+        kv = kv_settings(cfg, get_preset(target), 4096)
+        assert (kv.context, kv.window) == (4096, 2047), target
+        assert kv_settings(cfg, get_preset(target)).context == 4096  # the default too
+
+
+def test_rope_limit_past_max_position_embeddings(models, capsys, tmp_path):
+    """A windowed model with default RoPE may go past max_position_embeddings (4096 here) up to
+    131072 positions, said and refused in one line beyond; without a window, or with longrope,
+    max_position_embeddings stays the limit."""
+    from edgesmith.compiler.context import kv_settings
+    from edgesmith.compiler.models.phi3.config import parse
+    from edgesmith.targets.presets import get_preset
+
     folder, _ = models("window")
-    with pytest.raises(ConfigError, match=r"sliding window of 64 tokens.*use --context 64 or less there"):
-        compile_bundle(folder, "q4f16", "cuda", tmp_path / "gpu", context=128)
-    assert not (tmp_path / "gpu").exists()
+    cfg = parse(json.loads((folder / "config.json").read_text()))
+    assert kv_settings(cfg, get_preset("host"), 8192).context == 8192
+    assert kv_settings(cfg, get_preset("cuda"), 131072).window == 64
+    out = tmp_path / "b"
+    code, _, err = _cli(capsys, "compile", folder, "--quant", "q0f32", "-o", out, "--context", 131073, "-q")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "--context 131073 is beyond what this model's RoPE allows (131072 tokens" in err, err
+    assert "use --context 131072 or less" in err and not out.exists()
+    from edgesmith.compiler.models.phi3.presets import RANDOM_PRESETS
+
+    plain = parse(RANDOM_PRESETS["phi-3-mini-4k"] | {"sliding_window": None})
+    with pytest.raises(ConfigError, match=r"beyond the model's limit \(max_position_embeddings 4096\)"):
+        kv_settings(plain, get_preset("host"), 4097)
+    longrope = parse(RANDOM_PRESETS["phi-3-mini-128k"] | {"sliding_window": 64, "max_position_embeddings": 8192})
+    with pytest.raises(ConfigError, match=r"longrope's factors are defined up to max_position_embeddings 8192"):
+        kv_settings(longrope, get_preset("host"), 8193)
 
 
 def test_a_context_beyond_the_compiled_one_is_refused_at_run_time(models, capsys):
@@ -306,12 +344,12 @@ def test_a_smaller_run_time_context_sizes_the_cache(models):
 
 def test_profile_refuses_a_context_too_big_for_the_device(models, tmp_path):
     """A fake /proc/meminfo with room for the weights, the runtime and 2 MiB more: a 4096-token
-    cache (4 MiB) does not fit; the refusal names the largest context that does."""
+    cache (4 MiB, no sliding window) does not fit; the refusal names the largest context that does."""
     from edgesmith.compiler.bundle.folder import read_manifest
     from edgesmith.runtime.profile.fit import DoesNotFit, largest_context, memory_need
     from edgesmith.runtime.profile.profiler import ProfileOptions, profile_bundle
 
-    _, bundle = models("window")
+    _, bundle = models("plain")
     manifest = read_manifest(bundle)
     need = memory_need(bundle, manifest, 8, 4, 4096)
     free_kb = (need["weight_bytes"] + need["runtime_bytes"]) // 1024 + 2048
@@ -332,3 +370,31 @@ def test_profile_refuses_a_context_too_big_for_the_device(models, tmp_path):
     (rec,) = profile_bundle(bundle, None, ProfileOptions(**options, context=best))
     assert rec["memory"]["kv_context"] == best and rec["memory"]["fits"]
     assert rec["roofline"]["kv_dtype"] == "float32"
+
+
+def test_fit_counts_the_window_not_the_context(models, tmp_path):
+    """The window bundle's cache slides past 64 tokens: its fit estimate is the window's pages
+    (63 keys + a prefill chunk of 32 = 96 tokens, 1 KiB each) at 8x the window and at the full
+    context alike; with room for those, every context fits; `profile` runs 8x the window."""
+    from edgesmith.compiler.bundle.folder import read_manifest
+    from edgesmith.runtime.profile.fit import largest_context, memory_need
+    from edgesmith.runtime.profile.profiler import ProfileOptions, profile_bundle
+
+    _, bundle = models("window")
+    manifest = read_manifest(bundle)
+    sizes = {c: memory_need(bundle, manifest, 8, 4, c)["kv_cache_bytes"] for c in (32, 64, 512, 4096)}
+    assert sizes == {32: 32 * 1024, 64: 64 * 1024, 512: 96 * 1024, 4096: 96 * 1024}
+    need = memory_need(bundle, manifest, 8, 4, 4096)
+    room = need["weight_bytes"] + need["runtime_bytes"]
+    assert largest_context(need, room + 96 * 1024) == 4096
+    assert largest_context(need, room + 80 * 1024) == 80  # below the window's pages: it grows as usual
+    (tmp_path / "proc").mkdir()
+    run = memory_need(bundle, manifest, 508, 4)  # the profile's run below: 8x the window
+    assert run["kv_cache_bytes"] == 96 * 1024
+    free_kb = (run["need_bytes"] + 16 * 1024) // 1024
+    (tmp_path / "proc/meminfo").write_text(f"MemTotal: {4 * free_kb} kB\nMemAvailable: {free_kb} kB\n")
+    options = dict(prompts=[508], gens=[4], reps=1, max_reps=1, membw_mb=8, kernels_top=0, cool_below=None,
+                   sysroot=str(tmp_path))
+    (rec,) = profile_bundle(bundle, None, ProfileOptions(**options))
+    mem = rec["memory"]
+    assert (mem["kv_context"], mem["kv_window"], mem["kv_cache_bytes"], mem["fits"]) == (512, 64, 96 * 1024, True)

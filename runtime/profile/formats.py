@@ -208,12 +208,19 @@ def _roof_cell(roof: dict) -> str:
     return {"cache": "cache-resident", "emulated": "emulated"}.get(bound, "")
 
 
+def _window(m: dict) -> str:
+    """' (sliding window W: the window's pages)' where the run's cache slid, else ''."""
+    window = m.get("kv_window") or 0
+    return f" (sliding window {window}: the window's pages)" if window and m["kv_context"] > window else ""
+
+
 def _details(rec: dict) -> str:
     p, m, roof, st = rec["params"], rec["memory"], rec["roofline"], rec["stability"]
     title = f"### {rec['device']['name']} · pp{p['prompt']} tg{p['gen']}" + (f" · {p['threads']} threads" if p["threads"] else "")
     lines = [title, ""]
     lines.append(f"- memory: peak RSS {_mib(m['peak_rss_bytes'])} (after load {_mib(m['rss_after_load_bytes'])}); "
-                 f"weights {_mib(m['weight_bytes'])}, KV cache {_mib(m['kv_cache_bytes'])} for {m['kv_context']} tokens; "
+                 f"weights {_mib(m['weight_bytes'])}, KV cache {_mib(m['kv_cache_bytes'])} for {m['kv_context']} tokens"
+                 f"{_window(m)}; "
                  f"estimate {_mib(m['need_bytes'])} of {_mib(m['free_bytes'])} free")
     if roof["read_gb_s"]:
         probe = roof.get("probe") or {}

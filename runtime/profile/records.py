@@ -14,7 +14,8 @@
     flags       labels for tables: "emulated", "unstable", "throttled", "decode-above-probe",
                 "cache-resident"
     memory      peak_rss_bytes, rss_after_load_bytes, weight_bytes, kv_cache_bytes, kv_context,
-                runtime_bytes, need_bytes (the fit estimate), free_bytes (before the run), fits
+                kv_window (the model's sliding window, 0: none; past it the cache holds the
+                window's pages only, whatever kv_context), runtime_bytes, need_bytes (the fit estimate), free_bytes (before the run), fits
     roofline    read_gb_s, probe {read_gb_s, median_gb_s, spread, mb, llc_bytes, threads},
                 bytes_per_token, decode_gb_s, ceiling_tok_s, fraction (tg mean / ceiling), bound
                 ("dram" | "cache" | "decode" | "emulated", roofline.py), note, kv_dtype
