@@ -6,7 +6,8 @@ Checkpoints of our own, written by transformers (hf_tiny.py, tiny dimensions):
   as transformers' one forward does; a 4090-token prompt decoding across 4096 switches to them.
 - window: Phi-3-mini-4k-shaped (MHA, default RoPE, max 4096) with sliding_window 64, compiled
   with prefill chunks of 32, so the window is crossed inside a chunk, across chunks and while
-  decoding.
+  decoding; its cache slides (the window's pages only). window-long: the same checkpoint compiled
+  for 4352 tokens (past max_position_embeddings, as its RoPE allows) with chunks of 512.
 - plain: Phi-3-mini-4k-shaped without a window; a 600-token prompt takes two chunks of 512.
 Reference: transformers' Phi3ForCausalLM prefilling the prompt in one forward, then decoding
 greedily with its own cache. q0f32: logits within 1e-4 at every step, greedy tokens equal.
@@ -57,6 +58,7 @@ def models(tmp_path_factory):
     specs = {  # name: (variant, config overrides, compile kwargs)
         "longrope": ("mini-128k", LONGROPE, dict(context=4352)),
         "window": ("mini-4k", WINDOW, dict(prefill_chunk=32)),
+        "window-long": ("mini-4k", WINDOW, dict(context=4352)),
         "plain": ("mini-4k", PLAIN, {}),
     }
 
@@ -174,6 +176,17 @@ def test_sliding_window_prefill_and_decode_past_it(models, engine, prompt_len, s
     kv = json.loads((bundle / "manifest.json").read_text())["kv_cache"]
     assert kv["sliding_window"] == 64 and kv["prefill_chunk_size"] == 32 and kv["max_total_seq_len"] == 4096
     _check_engines(bundle, folder, _prompt(prompt_len, seed=prompt_len), steps, engine)
+
+
+@pytest.mark.parametrize("engine", ["python", "runner"])
+def test_sliding_window_past_max_position_embeddings(models, engine):
+    """Compiled for 4352 tokens, past the model's max_position_embeddings 4096 (its default RoPE
+    and window allow it: compiler/context.py): a 4100-token prompt in chunks of 512, each longer
+    than the window, then decoding at positions past 4096."""
+    folder, bundle = models("window-long")
+    kv = json.loads((bundle / "manifest.json").read_text())["kv_cache"]
+    assert kv["max_total_seq_len"] == 4352 and kv["prefill_chunk_size"] == 512 and kv["sliding_window"] == 64
+    _check_engines(bundle, folder, _prompt(4100, seed=6), 6, engine)
 
 
 # ---------------------------------------------------------------- a plain prompt over two chunks
