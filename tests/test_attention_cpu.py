@@ -383,7 +383,9 @@ def test_pipeline_hook_replaces_only_without_rope():
             swapped.add(str(f.attrs["global_symbol"]))
             assert g.attrs["tirx.noalias"] and g.attrs["tirx.is_scheduled"]
             assert len(g.params) == len(f.params)
-    assert swapped == {ac.DECODE, ac.PREFILL_RAGGED, ac.PREFILL_PAGED}  # sliding-window ones kept
+    # the sliding-window variants too (what a cache that slides calls: compiler/context.py)
+    assert swapped == {ac.DECODE, ac.PREFILL_RAGGED, ac.PREFILL_PAGED, ac.DECODE + ac.SLIDING,
+                       ac.PREFILL_PAGED + ac.SLIDING}
 
     mod = _cache_module(RopeMode.NORMAL)
     new = attention_swap.replace_cpu_attention(mod)
@@ -402,4 +404,5 @@ def test_pipeline_hook_swaps_float16_caches():
     new = attention_swap.replace_cpu_attention(mod, window=64)
     swapped = {str(f.attrs["global_symbol"]) for gv, f in mod.functions.items()
                if isinstance(f, tirx.PrimFunc) and not new[gv].same_as(f)}
-    assert swapped == {ac.DECODE, ac.PREFILL_RAGGED, ac.PREFILL_PAGED}
+    assert swapped == {ac.DECODE, ac.PREFILL_RAGGED, ac.PREFILL_PAGED, ac.DECODE + ac.SLIDING,
+                       ac.PREFILL_PAGED + ac.SLIDING}
