@@ -269,13 +269,14 @@ def test_inspect_shows_the_context_and_kv_bytes(models, capsys):
             "of pages, not 4096)") in out
 
 
-@pytest.mark.parametrize("context,match", [
-    (0, r"--context 0: the context must be a positive number of tokens \(at most the model's 4096\)"),
-    (-5, r"--context -5: the context must be a positive"),
-    (5000, r"--context 5000 is beyond the model's limit \(max_position_embeddings 4096\); use --context 4096"),
+@pytest.mark.parametrize("model,context,match", [
+    ("plain", 0, r"--context 0: the context must be a positive number of tokens \(at most the model's 4096\)"),
+    ("window", 0, r"--context 0: the context must be a positive number of tokens \(at most the model's 131072\)"),
+    ("window", -5, r"--context -5: the context must be a positive"),
+    ("plain", 5000, r"--context 5000 is beyond the model's limit \(max_position_embeddings 4096\); use --context 4096"),
 ])
-def test_compile_refuses_a_bad_context(models, tmp_path, capsys, context, match):
-    folder, _ = models("window")
+def test_compile_refuses_a_bad_context(models, tmp_path, capsys, model, context, match):
+    folder, _ = models(model)
     out = tmp_path / "b"
     code, _, err = _cli(capsys, "compile", folder, "--quant", "q0f32", "-o", out, "--context", context, "-q")
     assert code == 1 and err.count("\n") == 1
