@@ -86,7 +86,7 @@ class Kernel:
     engine: str
     label: str
     flags: str  # edgesmith: the target preset; llama.cpp: -march
-    source: str  # edgesmith: the generator (q4_gemv, q4_gemv_i8); llama.cpp: the file (quants, repack)
+    source: str  # edgesmith: the generator (q4_gemv, q4_gemv_i8, gemv_kernel); llama.cpp: the file (quants, repack)
     function: str  # regex: the function whose innermost loop is the hot loop
     marker: str  # regex on the mnemonic: present once per `weights_per_marker` weights
     weights_per_marker: int
@@ -109,8 +109,11 @@ def kernels(k: int, group: int = 32) -> list[Kernel]:
                f_lanes * 8),
         Kernel("es-q4f16-dot", "edgesmith", "q4f16 GEMV (float x)", "arm64-linux-dotprod", "q4_gemv", lam, "prfm",
                f_lanes * 8),
-        Kernel("es-q4f16i8-dot", "edgesmith", "q4f16i8 GEMV (int8 x, sdot)", "arm64-linux-dotprod", "q4_gemv_i8",
-               lam, "prfm", dot.lanes * 8, ("sdot", 16)),
+        Kernel("es-q4f16i8-dot-1row", "edgesmith", "q4f16i8 GEMV, one row (int8 x, sdot; before #28)",
+               "arm64-linux-dotprod", "q4_gemv_i8", lam, "prfm", dot.lanes * 8, ("sdot", 16)),
+        # what arm64-linux-dotprod and android-arm64 decode with now (kernels_int8.gemv_kernel)
+        Kernel("es-q4f16i8-dot", "edgesmith", "q4f16i8 GEMV, 4 rows (int8 x, sdot)", "arm64-linux-dotprod",
+               "gemv_kernel", lam, "sdot", 16),
         # llama.cpp: vec_dot is its one-row Q4_0 x Q8_0 dot (what armv8-a decodes with); with dotprod,
         # decode runs the repacked 4-row gemv instead (GGML_CPU_REPACK, on by default).
         Kernel("ll-vecdot-v8", "llama.cpp", "vec_dot_q4_0_q8_0", BASE_MARCH, "quants", "ggml_vec_dot_q4_0_q8_0",
@@ -131,11 +134,11 @@ def tvm_asm(kernel: Kernel, n: int, k: int, group: int = 32) -> str:
     from edgesmith.targets.tvm_api import tirx
 
     target = tvm.target.Target(presets.get_preset(kernel.flags).tvm_target())
-    if kernel.source == "q4_gemv_i8":
+    if kernel.source in ("q4_gemv_i8", "gemv_kernel"):
         isa = kernels_int8.pick(kernels_int8.dot_isas(target), k, group)
         if isa is None or isa.name != "dotprod":
             raise RuntimeError(f"target {kernel.flags} does not pick Arm dotprod for k={k} (got {isa})")
-        func = kernels_int8.q4_gemv_i8(n, k, group, "float16", isa)
+        func = getattr(kernels_int8, kernel.source)(n, k, group, "float16", isa)
     else:
         if not kernels_gemv.applies(k, group):
             raise RuntimeError(f"the float GEMV does not tile k={k}, group {group}")

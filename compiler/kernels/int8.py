@@ -159,6 +159,17 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params
     return gemv
 
 
+def gemv_kernel(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemvParams = GemvParams()):
+    """Decode's int8 GEMV for this shape and instruction: on Arm dotprod four rows at a time where
+    the shape allows (kernels/int8_arm.py), else one row at a time (q4_gemv_i8). The same
+    x (1,1,k), w (n,k/8), s (n,k/group) -> y (1,1,n) either way."""
+    from edgesmith.compiler.kernels import int8_arm
+
+    if int8_arm.applies(isa, n, k, group):
+        return int8_arm.q4_gemv_i8_rows4(n, k, group, scale_dtype, params)
+    return q4_gemv_i8(n, k, group, scale_dtype, isa, params)
+
+
 GEMM_TOKENS = GemmI8Params().tokens  # register tile: tokens x 2 vectors of outputs, int32 and float accumulators
 
 

@@ -1,0 +1,122 @@
+"""Decode's q4 x int8 GEMV on Arm dotprod, four rows at a time (the layout as stored: (n, k/8) words).
+
+kernels_int8.q4_gemv_i8 runs one row at a time: per 32-weight block it reloads x's bytes, keeps
+four float lanes per row and converts one scale per row and block. Here four rows share one
+block's activation registers and every per-block step after the dot products:
+
+    per block b (32 weights) and rows o..o+3:
+      x: two int8x16 registers (the block's values in the words' nibble order, kernels_int8's
+         x_bytes), loaded once for the four rows
+      row r: one 16-byte load of its 4 words; low nibbles `& 0x0f`, high `>> 4` (bytes, 0..15);
+         two sdot into a zeroed int32x4
+      addp, addp, addp: the four rows' int32x4 -> [sum r0, sum r1, sum r2, sum r3]
+      + the block's -8 * sum(x) (weights are stored as q + 8), one int32 for all four rows
+      -> float, times x's block scale times the four rows' scales, added to one float32x4
+    and the four outputs are stored as one vector.
+
+The integer part is exact, as in kernels_int8: the result is the numpy int8 scheme's
+(tests/test_int8_activations.py) up to float rounding order.
+
+Instructions per block and four rows: 4 loads, 8 nibble ops, 8 sdot, 4 zeroings, 3 addp,
+~10 for the correction, scales and float accumulation: about 10 a row where the one-row kernel
+retires about 20. It needs n % 4 == 0 (every Phi-3 layer); kernels_int8.gemv_kernel picks it.
+"""
+from __future__ import annotations
+
+from edgesmith.compiler.tuning import GemvParams
+
+ROWS = 4  # rows sharing the activation registers of a step
+STEP = 4  # blocks per step: one 64-byte line of a row; addp folds exactly four int32x4 into one
+SDOT = "llvm.aarch64.neon.sdot.v4i32.v16i8"
+ADDP = "llvm.aarch64.neon.addp.v4i32"
+
+
+def applies(isa, n: int, k: int, group: int) -> bool:
+    """Arm dotprod, groups of 32 (one block = 4 words = one int32x4), rows in fours."""
+    return isa is not None and isa.name == "dotprod" and group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0
+
+
+def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, params: GemvParams = GemvParams()):
+    """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/32) scale_dtype) -> y (1,1,n) f32.
+
+    params.rows: output rows per parallel task (rounded to a multiple of 4); params.prefetch_rows:
+    prefetch the weights this many groups of 4 rows ahead (0: none), one cache line per block.
+    """
+    from edgesmith.targets.tvm_api import tir_script as T
+
+    assert group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0, (n, k, group)
+    words, blocks = k // 8, k // 32
+    rows = max(ROWS, params.rows // ROWS * ROWS)
+    # prefetch_rows counts groups of 4 rows here; blocks are stepped 4 at a time when prefetching
+    ahead = params.prefetch_rows * ROWS
+
+    def step_dot(w, x_perm, x_corr, row, b4):
+        """int32x4: lane i = row `row`'s block 4 b4 + i dotted with x's, exactly (the -8 correction in).
+
+        The step's 16 words are loaded as one vector and split by word position (LLVM's
+        interleaved-access pass makes that one `ld4`): part j holds word j of the 4 blocks, so
+        each sdot lane stays within one block and one accumulator ends with the 4 block sums.
+        """
+        words16 = w[row, T.ramp(b4 * 16, 1, 16)]
+        acc = x_corr[T.ramp(b4 * STEP, 1, STEP)]
+        for j in range(4):
+            part = T.reinterpret(T.Shuffle([words16], [j, j + 4, j + 8, j + 12]), dtype="uint8x16")
+            low = T.reinterpret(T.bitwise_and(part, T.broadcast(T.uint8(15), 16)), dtype="int8x16")
+            high = T.reinterpret(T.shift_right(part, T.broadcast(T.uint8(4), 16)), dtype="int8x16")
+            acc = T.call_llvm_pure_intrin("int32x4", SDOT, acc, low,
+                                          T.reinterpret(x_perm[0, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="int8x16"))
+            acc = T.call_llvm_pure_intrin("int32x4", SDOT, acc, high,
+                                          T.reinterpret(x_perm[1, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="int8x16"))
+        return acc
+
+    @T.prim_func(private=True, s_tir=True)
+    def gemv(x: T.Buffer((1, 1, k), "float32"), w: T.Buffer((n, words), "uint32"),
+             s: T.Buffer((n, blocks), scale_dtype), y: T.Buffer((1, 1, n), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        q = T.alloc_buffer((k,), "int32")
+        x_scale = T.alloc_buffer((blocks,), "float32")
+        x_corr = T.alloc_buffer((blocks,), "int32")  # -8 * the block's 32 int8 values
+        # [0]: values 0,2,4,6 of each word; [1]: 1,3,5,7; within each step of 16 words (4 blocks) in
+        # the order step_dot's parts read them: word j of block i at 4 j + i
+        x_perm = T.alloc_buffer((2, words), "int32")
+        for b in range(blocks):
+            amax = T.alloc_buffer((1,), "float32")
+            amax[0] = T.float32(0)
+            for i in range(32):
+                amax[0] = T.max(amax[0], T.abs(x[0, 0, b * 32 + i]))
+            x_scale[b] = amax[0] / T.float32(127)
+            x_corr[b] = 0
+            for i in range(32):
+                q[b * 32 + i] = T.Cast("int32", T.round(T.if_then_else(
+                    amax[0] > T.float32(0), x[0, 0, b * 32 + i] * (T.float32(127) / amax[0]), T.float32(0))))
+                x_corr[b] = x_corr[b] - 8 * q[b * 32 + i]
+        for b4, i, j in T.grid(blocks // STEP, STEP, 4):
+            src: T.let[T.int32] = (b4 * 16 + 4 * i + j) * 8  # x's index of word j of block 4 b4 + i
+            x_perm[0, b4 * 16 + 4 * j + i] = ((q[src] & 255) | ((q[src + 2] & 255) << 8)
+                                               | ((q[src + 4] & 255) << 16) | ((q[src + 6] & 255) << 24))
+            x_perm[1, b4 * 16 + 4 * j + i] = ((q[src + 1] & 255) | ((q[src + 3] & 255) << 8)
+                                               | ((q[src + 5] & 255) << 16) | ((q[src + 7] & 255) << 24))
+        for chunk in T.parallel((n + rows - 1) // rows):
+            # Per task, not per row group: a buffer allocated in a parallel loop is a workspace.
+            total = T.alloc_buffer((ROWS, STEP), "float32")  # per row: a float lane per block of the step
+            for g4 in range(rows // ROWS):
+                if chunk * rows + g4 * ROWS < n:
+                    o: T.let[T.int32] = chunk * rows + g4 * ROWS
+                    for r, c in T.grid(ROWS, STEP):
+                        total[r, c] = T.float32(0)
+                    for b4 in range(blocks // STEP):
+                        if ahead > 0:
+                            # One 64-byte line (4 blocks) of each of the 4 rows `ahead` rows on.
+                            # prfm never faults, so no clamp at the last rows.
+                            for r in T.unroll(ROWS):
+                                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
+                                    w[o + ahead + r, b4 * STEP * 4]), T.int32(0), T.int32(3), T.int32(1)))
+                        for r in T.unroll(ROWS):
+                            sums = T.meta_var(step_dot(w, x_perm, x_corr, o + r, b4))  # row o + r, 4 blocks
+                            lanes = T.meta_var(T.ramp(b4 * STEP, 1, STEP))  # the step's 4 blocks
+                            total[r, T.ramp(0, 1, STEP)] = total[r, T.ramp(0, 1, STEP)] + T.Cast(
+                                "float32x4", sums) * (T.Cast("float32x4", s[o + r, lanes]) * x_scale[lanes])
+                    for r in range(ROWS):
+                        y[0, 0, o + r] = (total[r, 0] + total[r, 1]) + (total[r, 2] + total[r, 3])
+
+    return gemv
