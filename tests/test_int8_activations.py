@@ -157,25 +157,44 @@ def test_q4f16i8_model_accuracy_against_q0f32(variant, compiled):
     assert report["mean_kl"] < 2 * float_acts["mean_kl"] + 0.01, (report, float_acts)
 
 
+# Prompt lengths of the issue's checks (#28): one token, a few, a whole prefill tile of 64.
+ARM_PROMPTS = {1: [7], 7: [1, 5, 9, 200, 17, 3, 44], 64: [(37 * i + 11) % 500 + 3 for i in range(64)]}
+
+
 @pytest.mark.slow
-def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path):
+@pytest.mark.parametrize("preset", ["arm64-linux-dotprod", "android-arm64"])
+def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset):
     """The same model through sdot on Arm (the runner under qemu) and vpdpbusd here: the integer
-    dot products are exact, so the logits agree to float rounding."""
+    dot products are exact, so the logits agree to float rounding and the greedy tokens are the
+    same. The decode GEMV there is kernels/int8_arm.py's (ld4 + sdot, four rows at a time), the
+    host's is checked against the numpy scheme above."""
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.runtime.profile.check import device_logits
     from edgesmith.runtime.session import run_runner
     from edgesmith.targets import toolchains
 
-    arm = presets.get_preset("arm64-linux-dotprod")
+    arm = presets.get_preset(preset)
     qemu = arm.layout.qemu_wrapper(arm.arch, installed=False)[0]  # what this machine runs its binaries with
     if not HOST_ISAS or not toolchains.toolchain_status(arm)[0] or shutil.which(qemu) is None:
         pytest.skip("needs int8 dot products here, the aarch64 toolchain and qemu")
     ids = [1, 5, 9, 200, 17, 3, 44, 100, 7, 8]
-    logits = {}
-    for name in ("host", "arm64-linux-dotprod"):  # the same KV cache (dotprod's default is float16)
+    logits, tokens = {}, {}
+    for name in ("host", preset):  # the same KV cache (dotprod's default is float16)
         bundle = compile_bundle("random:tiny", "q4f16i8", name, tmp_path / name, kv_dtype="float16")
-        assert b"q4_matmul_i8" in next((bundle / "lib").iterdir()).read_bytes()
+        (lib,) = (bundle / "lib").iterdir()
+        assert b"q4_matmul_i8" in lib.read_bytes()
+        if name != "host":  # the four-row decode GEMV is in: its ld4 loads (the one-row kernel has none)
+            asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(lib)], capture_output=True, text=True,
+                                 check=True).stdout
+            assert "\tld4\t" in asm and "\tsdot\t" in asm
         lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, ids))], timeout=300)
         logits[name] = device_logits(lines)
-    report = compare_logits(logits["host"], logits["arm64-linux-dotprod"])
+        for length, prompt in ARM_PROMPTS.items():
+            records = run_runner(bundle, ["generate", str(bundle), "--tokens", ",".join(map(str, prompt)),
+                                          "-n", "8"], timeout=300)
+            tokens[name, length] = records[-1]["output_ids"]
+    report = compare_logits(logits["host"], logits[preset])
     assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, report
+    for length in ARM_PROMPTS:
+        assert tokens[preset, length] == tokens["host", length], length
+        assert len(tokens["host", length]) == 8

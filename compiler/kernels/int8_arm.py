@@ -1,38 +1,38 @@
-"""Decode's q4 x int8 GEMV on Arm dotprod, four rows at a time (the layout as stored: (n, k/8) words).
+"""Decode's q4 x int8 GEMV on Arm dotprod, four rows at a time, on the layout as stored ((n, k/8) words).
 
-kernels_int8.q4_gemv_i8 runs one row at a time: per 32-weight block it reloads x's bytes, keeps
-four float lanes per row and converts one scale per row and block. Here four rows share one
-block's activation registers and every per-block step after the dot products:
+kernels_int8.q4_gemv_i8 runs one row and one 32-weight block at a time: it reloads x's bytes per
+row, keeps four float lanes per row and converts one fp16 scale per row and block with scalar
+loads. Here a step is 4 blocks (a row's 64-byte line) of 4 rows:
 
-    per block b (32 weights) and rows o..o+3:
-      x: two int8x16 registers (the block's values in the words' nibble order, kernels_int8's
-         x_bytes), loaded once for the four rows
-      row r: one 16-byte load of its 4 words; low nibbles `& 0x0f`, high `>> 4` (bytes, 0..15);
-         two sdot into a zeroed int32x4
-      addp, addp, addp: the four rows' int32x4 -> [sum r0, sum r1, sum r2, sum r3]
-      + the block's -8 * sum(x) (weights are stored as q + 8), one int32 for all four rows
-      -> float, times x's block scale times the four rows' scales, added to one float32x4
-    and the four outputs are stored as one vector.
+    x (per step, shared by the 4 rows): 8 int8x16 registers, x's bytes in the order below
+         (written once per call), the 4 blocks' -8 * sum(x) and their 4 scales
+    row r: one `ld4` of its 16 words splits them by position in the block: part j = word j of
+         blocks 0..3, so sdot lane i stays inside block i; low nibbles `& 0x0f`, high `>> 4`
+         (bytes 0..15), 8 sdot into ONE int32x4 that starts at the -8 * sum(x) correction
+         (weights are stored as q + 8) and ends holding the 4 blocks' exact integer dots;
+         -> float, times (its 4 fp16 scales: one 8-byte load, one fcvtl) x (x's 4 block scales),
+         added to the row's float32x4; the 4 lanes summed once at the end of the row.
 
-The integer part is exact, as in kernels_int8: the result is the numpy int8 scheme's
-(tests/test_int8_activations.py) up to float rounding order.
+Per step of 4 rows x 4 blocks, about 112 instructions (7 per row and block; the one-row kernel
+retired about 20, llama.cpp's repacked 4x4 gemv 8.5): no zeroing, no per-block lane reduction,
+no scalar scale conversion. That is without the interleaved layout llama.cpp repacks into at load
+time; ld4 does the interleave in the load. The integer part is exact, as in kernels_int8: the
+result is the numpy int8 scheme's up to float rounding order.
 
-Instructions per block and four rows: 4 loads, 8 nibble ops, 8 sdot, 4 zeroings, 3 addp,
-~10 for the correction, scales and float accumulation: about 10 a row where the one-row kernel
-retires about 20. It needs n % 4 == 0 (every Phi-3 layer); kernels_int8.gemv_kernel picks it.
+It needs groups of 32, k % 128 == 0 and n % 4 == 0 (every Phi-3 layer); kernels_int8.gemv_kernel
+picks it, else the one-row kernel.
 """
 from __future__ import annotations
 
 from edgesmith.compiler.tuning import GemvParams
 
 ROWS = 4  # rows sharing the activation registers of a step
-STEP = 4  # blocks per step: one 64-byte line of a row; addp folds exactly four int32x4 into one
+STEP = 4  # blocks per step: one 64-byte line of a row, one int32x4 of block sums
 SDOT = "llvm.aarch64.neon.sdot.v4i32.v16i8"
-ADDP = "llvm.aarch64.neon.addp.v4i32"
 
 
 def applies(isa, n: int, k: int, group: int) -> bool:
-    """Arm dotprod, groups of 32 (one block = 4 words = one int32x4), rows in fours."""
+    """Arm dotprod, groups of 32, whole steps of 4 blocks along k, rows in fours."""
     return isa is not None and isa.name == "dotprod" and group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0
 
 
@@ -40,14 +40,13 @@ def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, params: GemvP
     """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/32) scale_dtype) -> y (1,1,n) f32.
 
     params.rows: output rows per parallel task (rounded to a multiple of 4); params.prefetch_rows:
-    prefetch the weights this many groups of 4 rows ahead (0: none), one cache line per block.
+    prefetch the weights this many groups of 4 rows ahead (0: none), a line per row and step.
     """
     from edgesmith.targets.tvm_api import tir_script as T
 
     assert group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0, (n, k, group)
     words, blocks = k // 8, k // 32
     rows = max(ROWS, params.rows // ROWS * ROWS)
-    # prefetch_rows counts groups of 4 rows here; blocks are stepped 4 at a time when prefetching
     ahead = params.prefetch_rows * ROWS
 
     def step_dot(w, x_perm, x_corr, row, b4):
