@@ -123,9 +123,9 @@ def test_int8_kernels_at_full_phi3_widths(layer):
 
 def test_isa_choice_per_target_and_shape():
     arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+v8.2a", "+dotprod"]})
-    assert [i.name for i in kernels_int8.dot_isas(arm)] == ["dotprod"]
+    assert [i.name for i in kernels_int8.dot_isas(arm)] == ["dotprod", "neon"]
     plain_arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
-    assert kernels_int8.dot_isas(plain_arm) == []
+    assert [i.name for i in kernels_int8.dot_isas(plain_arm)] == ["neon"]  # sdot emulated (smull)
     spr = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sapphirerapids"})
     isas = kernels_int8.dot_isas(spr)
     assert [i.name for i in isas] == ["avx512vnni", "avxvnni"]
@@ -162,12 +162,13 @@ ARM_PROMPTS = {1: [7], 7: [1, 5, 9, 200, 17, 3, 44], 64: [(37 * i + 11) % 500 + 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["arm64-linux-dotprod", "android-arm64"])
-def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset):
-    """The same model through sdot on Arm (the runner under qemu) and vpdpbusd here: the integer
-    dot products are exact, so the logits agree to float rounding and the greedy tokens are the
-    same. The decode GEMV there is kernels/int8_arm.py's (ld4 + sdot, four rows at a time), the
-    host's is checked against the numpy scheme above."""
+@pytest.mark.parametrize("preset,dot_insn", [("arm64-linux-dotprod", "sdot"), ("android-arm64", "sdot"),
+                                             ("arm64-linux-i8mm", "sdot"), ("arm64-linux", "smlal")])
+def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset, dot_insn):
+    """The same model through sdot (or, on plain Armv8-A, smull/smlal) on Arm (the runner under
+    qemu) and vpdpbusd here: the integer dot products are exact, so the logits agree to float
+    rounding and the greedy tokens are the same. The decode GEMV there is kernels/int8_arm.py's
+    (ld4, four rows at a time); the host's is checked against the numpy scheme above."""
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.runtime.profile.check import device_logits
     from edgesmith.runtime.session import run_runner
@@ -186,7 +187,7 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset):
         if name != "host":  # the four-row decode GEMV is in: its ld4 loads (the one-row kernel has none)
             asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(lib)], capture_output=True, text=True,
                                  check=True).stdout
-            assert "\tld4\t" in asm and "\tsdot\t" in asm
+            assert "\tld4\t" in asm and f"\t{dot_insn}\t" in asm
         lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, ids))], timeout=300)
         logits[name] = device_logits(lines)
         for length, prompt in ARM_PROMPTS.items():

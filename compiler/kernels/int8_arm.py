@@ -32,11 +32,11 @@ SDOT = "llvm.aarch64.neon.sdot.v4i32.v16i8"
 
 
 def applies(isa, n: int, k: int, group: int) -> bool:
-    """Arm dotprod, groups of 32, whole steps of 4 blocks along k, rows in fours."""
-    return isa is not None and isa.name == "dotprod" and group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0
+    """Arm (dotprod or plain NEON), groups of 32, whole steps of 4 blocks along k, rows in fours."""
+    return isa is not None and isa.name in ("dotprod", "neon") and group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0
 
 
-def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, params: GemvParams = GemvParams()):
+def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: GemvParams = GemvParams()):
     """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/32) scale_dtype) -> y (1,1,n) f32.
 
     params.rows: output rows per parallel task (rounded to a multiple of 4); params.prefetch_rows:
@@ -44,12 +44,14 @@ def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, params: GemvP
     """
     from edgesmith.targets.tvm_api import tir_script as T
 
-    assert group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0, (n, k, group)
+    from edgesmith.compiler.kernels.int8 import ADDP, SADDLP, SMULL
+
+    assert isa.name in ("dotprod", "neon") and group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0, (n, k, group)
     words, blocks = k // 8, k // 32
     rows = max(ROWS, params.rows // ROWS * ROWS)
     ahead = params.prefetch_rows * ROWS
 
-    def step_dot(w, x_perm, x_corr, row, b4):
+    def step_dot_sdot(w, x_perm, x_corr, row, b4):
         """int32x4: lane i = row `row`'s block 4 b4 + i dotted with x's, exactly (the -8 correction in).
 
         The step's 16 words are loaded as one vector and split by word position (LLVM's
@@ -67,6 +69,28 @@ def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, params: GemvP
             acc = T.call_llvm_pure_intrin("int32x4", SDOT, acc, high,
                                           T.reinterpret(x_perm[1, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="int8x16"))
         return acc
+
+    def step_dot_neon(w, x_perm, x_corr, row, b4):
+        """The same 4 block sums without sdot (plain Armv8-A): the products of a step's low 8
+        bytes (blocks 0, 1) and high 8 (blocks 2, 3) summed in int16 with smull/smlal(2) (8
+        products a lane: 8 x 15 x 127 fits), then saddlp and one addp into the 4 block lanes."""
+        words16 = w[row, T.ramp(b4 * 16, 1, 16)]
+        sums = [None, None]
+        for j in range(4):
+            part = T.reinterpret(T.Shuffle([words16], [j, j + 4, j + 8, j + 12]), dtype="uint8x16")
+            nibbles = (T.reinterpret(T.bitwise_and(part, T.broadcast(T.uint8(15), 16)), dtype="int8x16"),
+                       T.reinterpret(T.shift_right(part, T.broadcast(T.uint8(4), 16)), dtype="int8x16"))
+            for half in range(2):
+                xv = T.reinterpret(x_perm[half, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="int8x16")
+                for h in range(2):
+                    lanes8 = list(range(8 * h, 8 * h + 8))
+                    prod = T.call_llvm_pure_intrin("int16x8", SMULL, T.Shuffle([nibbles[half]], lanes8),
+                                                   T.Shuffle([xv], lanes8))
+                    sums[h] = prod if sums[h] is None else sums[h] + prod
+        pairs = [T.call_llvm_pure_intrin("int32x4", SADDLP, v) for v in sums]
+        return x_corr[T.ramp(b4 * STEP, 1, STEP)] + T.call_llvm_pure_intrin("int32x4", ADDP, *pairs)
+
+    step_dot = step_dot_sdot if isa.name == "dotprod" else step_dot_neon
 
     @T.prim_func(private=True, s_tir=True)
     def gemv(x: T.Buffer((1, 1, k), "float32"), w: T.Buffer((n, words), "uint32"),
