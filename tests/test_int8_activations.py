@@ -199,3 +199,27 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset, dot_insn):
     for length in ARM_PROMPTS:
         assert tokens[preset, length] == tokens["host", length], length
         assert len(tokens["host", length]) == 8
+
+
+def test_arm_gemv_choice_and_every_tuner_choice_builds():
+    """kernels_int8.gemv_kernel gives Arm (sdot and NEON) the four-row GEMV where the shape allows
+    and the one-row one elsewhere; every rows/prefetch choice the tuner tries builds for both
+    (run under qemu: the bundle test above; n=40 leaves a part-filled last task of 16 rows)."""
+    from edgesmith.compiler.kernels import int8_arm
+    from edgesmith.compiler.tuning import SPACES
+    from edgesmith.targets.tvm_api import tirx
+
+    for preset, isa_name in (("arm64-linux-dotprod", "dotprod"), ("arm64-linux", "neon")):
+        target = tvm.target.Target(presets.get_preset(preset).tvm_target())
+        isa = kernels_int8.pick(kernels_int8.dot_isas(target), 256, 32)
+        assert isa.name == isa_name
+        assert int8_arm.applies(isa, 40, 256, 32)
+        assert not int8_arm.applies(isa, 42, 256, 32)  # rows in fours
+        assert not int8_arm.applies(isa, 40, 96, 32)  # k in steps of 4 blocks
+        assert not int8_arm.applies(HOST_ISAS[0], 40, 256, 32) if HOST_ISAS else True
+        for params in SPACES["gemv_i8"]:
+            func = kernels_int8.gemv_kernel(40, 256, 32, "float16", isa, params).with_attr("global_symbol", "main")
+            asm = tirx.build(tvm.IRModule({"main": func}), target=target).inspect_source("asm")
+            assert "\tld4\t" in asm, params
+        one_row = kernels_int8.gemv_kernel(42, 96, 32, "float16", isa).with_attr("global_symbol", "main")
+        assert "\tld4\t" not in tirx.build(tvm.IRModule({"main": one_row}), target=target).inspect_source("asm")
