@@ -157,8 +157,9 @@ def test_q4f16i8_model_accuracy_against_q0f32(variant, compiled):
     assert report["mean_kl"] < 2 * float_acts["mean_kl"] + 0.01, (report, float_acts)
 
 
-# Prompt lengths of the checks (#28): one token, a few, a whole prefill tile of 64.
-ARM_PROMPTS = {1: [7], 7: [1, 5, 9, 200, 17, 3, 44], 64: [(37 * i + 11) % 500 + 3 for i in range(64)]}
+# Prompt lengths of the checks (#28): one token, a few, 64, and 530 (past a 512-token chunk).
+ARM_PROMPTS = {1: [7], 7: [1, 5, 9, 200, 17, 3, 44], 64: [(37 * i + 11) % 500 + 3 for i in range(64)],
+               530: [(53 * i + 7) % 500 + 3 for i in range(530)]}
 
 
 @pytest.mark.slow
@@ -189,13 +190,19 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset, dot_insn):
                                  check=True).stdout
             assert "\tld4\t" in asm and f"\t{dot_insn}\t" in asm
         lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, ids))], timeout=300)
-        logits[name] = device_logits(lines)
+        logits[name, "decode"] = device_logits(lines)
+        # the prefill GEMM's logits: 64 tokens at once, then 4 decoded (teacher-forced)
+        prefilled = ARM_PROMPTS[64] + [5, 9, 200, 17]
+        lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, prefilled)),
+                                    "--prefill", "64"], timeout=300)
+        logits[name, "prefill"] = device_logits(lines)
         for length, prompt in ARM_PROMPTS.items():
             records = run_runner(bundle, ["generate", str(bundle), "--tokens", ",".join(map(str, prompt)),
                                           "-n", "8"], timeout=300)
             tokens[name, length] = records[-1]["output_ids"]
-    report = compare_logits(logits["host"], logits[preset])
-    assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, report
+    for kind in ("decode", "prefill"):
+        report = compare_logits(logits["host", kind], logits[preset, kind])
+        assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, (kind, report)
     for length in ARM_PROMPTS:
         assert tokens[preset, length] == tokens["host", length], length
         assert len(tokens["host", length]) == 8
