@@ -1,7 +1,8 @@
-"""ARM decode cost without a phone: our int4 GEMVs beside llama.cpp's, on paper and counted.
+"""ARM decode and prefill cost without a phone: our int4 kernels beside llama.cpp's, on paper and counted.
 
     python bench/arm_cost.py [--cores a55,a76,x1,a710] [--n 9216] [--k 3072]
-                             [--layers 2] [-p 8] [--steps 4] [--no-qemu] [--no-llama]
+                             [--layers 2] [-p 8] [--steps 4] [--prefill 64] [--no-qemu] [--no-llama]
+                             [--only edgesmith:q4f16i8:arm64-linux,...]
                              [--cache bench/models] [--out bench/out/arm_cost.json]
 
 1. Static (llvm-mca): the decode GEMV's inner loop, per 32-weight block, on each core's LLVM
@@ -15,6 +16,8 @@
    (`runner generate`) and by llama.cpp (bench/llama_decode.cpp on libllama) on the same random
    Phi-3-mini-shaped checkpoint (bench/peer_model.py, `layers` layers), one thread each: a
    prefill of p tokens then n1 and n1 + steps generated tokens; the difference over `steps`.
+   Prefill per prompt token: a prompt of --prefill tokens then n1 generated, less the p-token run,
+   over the extra prompt tokens.
 3. Compute- or memory-bound per core: the bytes one block streams (18: 16 of nibbles and a
    2-byte fp16 scale, in both formats) at the core's clock over its cycles per block is the
    bandwidth one core can consume; beside the bandwidth its reference SoC offers (CORES below
