@@ -461,7 +461,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
     bool gated = cmd == "profile" || cmd == "kernelbench";  // the thermal gate
     if (flag == "--lib-dir") lib_dir = value();
     else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1), g_user_threads = true;
-    else if (timed && flag == "--cpus") cpus_flag = value(), cpus_given = true;
+    else if ((timed || cmd == "logits") && flag == "--cpus") cpus_flag = value(), cpus_given = true;
     else if (flag == "--no-verify") verify = false;
     else if (flag == "--context") a.context = context_flag(number());
     else if (flag == "--seed") a.seed = uint64_t(number());

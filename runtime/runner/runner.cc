@@ -23,7 +23,8 @@
 //                  [--min-time 0.02] [--cool-below C] [--cool-timeout S] [--cool-poll S] [--sysroot DIR]
 //                                                        candidate kernels of BUNDLE/lib/kernels.so
 //                                                        timed alone (edgesmith tune)
-//   their common options: [--context N] (KV cache sized for N tokens) and the ones above
+//   their common options: [--context N] (KV cache sized for N tokens) and the ones above;
+//   profile, kernels and logits also [--cpus LIST] (cores.h; by default the big cluster)
 //
 // Output: one JSON object per line on stdout. Errors: one line on stderr, exit code 1.
 //
