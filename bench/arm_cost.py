@@ -1,7 +1,8 @@
-"""ARM decode cost without a phone: our int4 GEMVs beside llama.cpp's, on paper and counted.
+"""ARM decode and prefill cost without a phone: our int4 kernels beside llama.cpp's, on paper and counted.
 
     python bench/arm_cost.py [--cores a55,a76,x1,a710] [--n 9216] [--k 3072]
-                             [--layers 2] [-p 8] [--steps 4] [--no-qemu] [--no-llama]
+                             [--layers 2] [-p 8] [--steps 4] [--prefill 64] [--no-qemu] [--no-llama]
+                             [--only edgesmith:q4f16i8:arm64-linux,...]
                              [--cache bench/models] [--out bench/out/arm_cost.json]
 
 1. Static (llvm-mca): the decode GEMV's inner loop, per 32-weight block, on each core's LLVM
@@ -15,6 +16,8 @@
    (`runner generate`) and by llama.cpp (bench/llama_decode.cpp on libllama) on the same random
    Phi-3-mini-shaped checkpoint (bench/peer_model.py, `layers` layers), one thread each: a
    prefill of p tokens then n1 and n1 + steps generated tokens; the difference over `steps`.
+   Prefill per prompt token: a prompt of --prefill tokens then n1 generated, less the p-token run,
+   over the extra prompt tokens.
 3. Compute- or memory-bound per core: the bytes one block streams (18: 16 of nibbles and a
    2-byte fp16 scale, in both formats) at the core's clock over its cycles per block is the
    bandwidth one core can consume; beside the bandwidth its reference SoC offers (CORES below
@@ -86,7 +89,7 @@ class Kernel:
     engine: str
     label: str
     flags: str  # edgesmith: the target preset; llama.cpp: -march
-    source: str  # edgesmith: the generator (q4_gemv, q4_gemv_i8); llama.cpp: the file (quants, repack)
+    source: str  # edgesmith: the generator (q4_gemv, q4_gemv_i8, gemv_kernel); llama.cpp: the file (quants, repack)
     function: str  # regex: the function whose innermost loop is the hot loop
     marker: str  # regex on the mnemonic: present once per `weights_per_marker` weights
     weights_per_marker: int
@@ -109,8 +112,15 @@ def kernels(k: int, group: int = 32) -> list[Kernel]:
                f_lanes * 8),
         Kernel("es-q4f16-dot", "edgesmith", "q4f16 GEMV (float x)", "arm64-linux-dotprod", "q4_gemv", lam, "prfm",
                f_lanes * 8),
-        Kernel("es-q4f16i8-dot", "edgesmith", "q4f16i8 GEMV (int8 x, sdot)", "arm64-linux-dotprod", "q4_gemv_i8",
-               lam, "prfm", dot.lanes * 8, ("sdot", 16)),
+        Kernel("es-q4f16i8-dot-1row", "edgesmith", "q4f16i8 GEMV, one row (int8 x, sdot; before #28)",
+               "arm64-linux-dotprod", "q4_gemv_i8", lam, "prfm", dot.lanes * 8, ("sdot", 16)),
+        # what arm64-linux-dotprod and android-arm64 decode with now (kernels_int8.gemv_kernel): per row
+        # and step of 4 blocks one ld4 (128 weights) and 8 sdot
+        Kernel("es-q4f16i8-dot", "edgesmith", "q4f16i8 GEMV, 4 rows (int8 x, sdot)", "arm64-linux-dotprod",
+               "gemv_kernel", lam, "sdot", 16, ("ld4", 128)),
+        # and plain arm64-linux at q4f16i8: the same with smull/smlal (8 products each) for sdot
+        Kernel("es-q4f16i8-v8", "edgesmith", "q4f16i8 GEMV, 4 rows (int8 x, smull)", "arm64-linux",
+               "gemv_kernel", lam, r"smull2?|smlal2?", 8, ("ld4", 128)),
         # llama.cpp: vec_dot is its one-row Q4_0 x Q8_0 dot (what armv8-a decodes with); with dotprod,
         # decode runs the repacked 4-row gemv instead (GGML_CPU_REPACK, on by default).
         Kernel("ll-vecdot-v8", "llama.cpp", "vec_dot_q4_0_q8_0", BASE_MARCH, "quants", "ggml_vec_dot_q4_0_q8_0",
@@ -131,11 +141,11 @@ def tvm_asm(kernel: Kernel, n: int, k: int, group: int = 32) -> str:
     from edgesmith.targets.tvm_api import tirx
 
     target = tvm.target.Target(presets.get_preset(kernel.flags).tvm_target())
-    if kernel.source == "q4_gemv_i8":
+    if kernel.source in ("q4_gemv_i8", "gemv_kernel"):
         isa = kernels_int8.pick(kernels_int8.dot_isas(target), k, group)
-        if isa is None or isa.name != "dotprod":
-            raise RuntimeError(f"target {kernel.flags} does not pick Arm dotprod for k={k} (got {isa})")
-        func = kernels_int8.q4_gemv_i8(n, k, group, "float16", isa)
+        if isa is None or isa.name not in ("dotprod", "neon"):
+            raise RuntimeError(f"target {kernel.flags} picks no Arm int8 dot product for k={k} (got {isa})")
+        func = getattr(kernels_int8, kernel.source)(n, k, group, "float16", isa)
     else:
         if not kernels_gemv.applies(k, group):
             raise RuntimeError(f"the float GEMV does not tile k={k}, group {group}")
@@ -224,17 +234,17 @@ MATMUL = {"edgesmith": r"q4_matmul|matmul", "llama.cpp": r"gemv|gemm|vec_dot|mul
 KERNEL_LIB = {"edgesmith": "model.so", "llama.cpp": "libggml-cpu.so"}
 
 
-def _edgesmith_command(hf: Path, quant: str, flags: str, ids: str, args):
-    """(argv for n generated tokens, environment) of `runner generate` on a bundle for `flags`."""
+def _edgesmith_command(hf: Path, quant: str, flags: str, args):
+    """(argv for a prompt `ids` and n generated tokens, environment) of `runner generate` on a bundle for `flags`."""
     bundle = edgesmith_bundle(hf, quant, flags)
 
-    def argv(n: int) -> list[str]:
+    def argv(n: int, ids: str) -> list[str]:
         return [str(bundle / "bin" / "runner"), "generate", str(bundle), "--tokens", ids, "-n", str(n),
                 "--threads", "1", "--no-verify"]
     return argv, None
 
 
-def _llama_command(hf: Path, flags: str, cpu: str, ids: str, plugin: Path, args):
+def _llama_command(hf: Path, flags: str, cpu: str, plugin: Path, args):
     """The same for llama_decode built for -march=`flags` (cross-built and the GGUF made once)."""
     llama_dir = args.cache / "llama.cpp-arm"
     src = arm_llama.source(llama_dir)
@@ -245,7 +255,7 @@ def _llama_command(hf: Path, flags: str, cpu: str, ids: str, plugin: Path, args)
     driver = run_dir / "llama_decode"
     model = arm_llama.gguf(hf, src, llama_dir, lambda a: arm_qemu.run_counted([str(driver), *a], plugin, cpu, env))
 
-    def argv(n: int) -> list[str]:
+    def argv(n: int, ids: str) -> list[str]:
         return [str(driver), "run", str(model), "--tokens", ids, "-n", str(n)]
     return argv, env
 
@@ -268,11 +278,16 @@ def dynamic_counts(args) -> list[dict]:
     hf = write_checkpoint(args.cache / f"phi3-mini-4k-l{args.layers}", layers=args.layers)
     cfg = json.loads((hf / "config.json").read_text())
     plugin = arm_qemu.build_plugin(args.cache / "arm-cost")
-    ids = ",".join(str(t) for t in [1] + [300 + (17 * i) % 30000 for i in range(args.prompt - 1)])
+    def prompt(length: int) -> str:
+        return ",".join(str(t) for t in [1] + [300 + (17 * i) % 30000 for i in range(length - 1)])
+    ids, long_ids = prompt(args.prompt), prompt(args.prefill)
     n1, n2 = 2, 2 + args.steps
     # (engine, quantization, flags, qemu -cpu: a CPU of that ISA, so nothing beyond it can run)
     configs = [("edgesmith", "q4f16", "arm64-linux", "cortex-a72"),
+               ("edgesmith", "q4f16i8", "arm64-linux", "cortex-a72"),
                ("edgesmith", "q4f16i8", "arm64-linux-dotprod", "cortex-a76")]
+    if args.only:
+        configs = [c for c in configs if f"{c[0]}:{c[1]}:{c[2]}" in args.only.split(",")]
     if not args.no_llama:
         configs += [("llama.cpp", "Q4_0", BASE_MARCH, "cortex-a72"), ("llama.cpp", "Q4_0", DOTPROD_MARCH, "cortex-a76")]
     results = []
@@ -283,24 +298,33 @@ def dynamic_counts(args) -> list[dict]:
         runs = {}
         try:
             if engine == "edgesmith":
-                argv, env = _edgesmith_command(hf, quant, flags, ids, args)
+                argv, env = _edgesmith_command(hf, quant, flags, args)
             else:
-                argv, env = _llama_command(hf, flags, cpu, ids, plugin, args)
-            for n in (n1, n2):
+                argv, env = _llama_command(hf, flags, cpu, plugin, args)
+            # (prompt, generated): the decode steps at the short prompt, and the long prompt's prefill
+            for key in ((args.prompt, n1), (args.prompt, n2), (args.prefill, n1)):
                 t = time.perf_counter()
-                out, counts = arm_qemu.run_counted(argv(n), plugin, cpu, env)
+                out, counts = arm_qemu.run_counted(argv(key[1], long_ids if key[0] == args.prefill else ids),
+                                                   plugin, cpu, env)
                 if env:
                     _only_from(counts, Path(env["LD_LIBRARY_PATH"]))
-                runs[n] = arm_qemu.symbolize(counts)
-                print(f"{engine} {quant} {flags}: -n {n} under qemu -cpu {cpu} in {time.perf_counter() - t:.0f} s",
-                      file=sys.stderr)
-                res[f"output_n{n}"] = out.strip().splitlines()[-1][:200]
+                runs[key] = arm_qemu.symbolize(counts)
+                print(f"{engine} {quant} {flags}: prompt {key[0]}, -n {key[1]} under qemu -cpu {cpu} in "
+                      f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
+                res[f"output_p{key[0]}_n{key[1]}"] = out.strip().splitlines()[-1][:200]
         except (arm_llama.LlamaError, arm_qemu.QemuError, subprocess.TimeoutExpired) as e:
             res["error"] = str(e)
             print(f"{engine} {flags}: {e}", file=sys.stderr)
             continue
-        tok = arm_qemu.per_token(runs[n1], runs[n2], n2 - n1)
+        tok = arm_qemu.per_token(runs[args.prompt, n1], runs[args.prompt, n2], n2 - n1)
         matmul = sum(v for (_, sym), v in tok.items() if re.search(MATMUL[engine], sym))
+        # Prefill per prompt token: the long prompt's run less the short one's (same tokens generated)
+        # over the extra prompt tokens: what one more prompt token costs in a prefill of this length.
+        pre = arm_qemu.per_token(runs[args.prompt, n1], runs[args.prefill, n1], args.prefill - args.prompt)
+        res.update(prefill_insns_per_token=sum(pre.values()),
+                   prefill_matmul_insns_per_token=sum(v for (_, sym), v in pre.items() if re.search(MATMUL[engine], sym)),
+                   prefill_top=[{"file": f, "symbol": sym, "insns": v}
+                                for (f, sym), v in sorted(pre.items(), key=lambda kv: -kv[1])[:8]])
         top = sorted(tok.items(), key=lambda kv: -kv[1])[:8]
         res.update(insns_per_token=sum(tok.values()), matmul_insns=matmul,
                    kernel_lib_insns=sum(v for (name, _), v in tok.items() if name.startswith(KERNEL_LIB[engine])),
@@ -320,8 +344,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2, help="layers of the model counted under qemu")
     ap.add_argument("-p", "--prompt", type=int, default=8, help="prompt tokens before the counted decode steps")
     ap.add_argument("--steps", type=int, default=4, help="decode steps the per-token count is taken over")
+    ap.add_argument("--prefill", type=int, default=64, help="the long prompt: prefill per prompt token is taken "
+                    "between it and -p")
     ap.add_argument("--no-qemu", action="store_true", help="only the static (llvm-mca) part")
     ap.add_argument("--no-llama", action="store_true", help="only our kernels")
+    ap.add_argument("--only", default="", help="qemu: only these ENGINE:QUANT:FLAGS, comma-separated "
+                    "(e.g. edgesmith:q4f16i8:arm64-linux)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel compile jobs for the llama.cpp build")
     ap.add_argument("--cache", type=Path, default=HERE / "models", help="downloads, builds, models (not in git)")
     ap.add_argument("--out", type=Path, default=HERE / "out" / "arm_cost.json")
@@ -349,6 +377,9 @@ def main() -> None:
         print(f"\nqemu-aarch64 ({_qemu_version()}) TCG plugin: instructions per decoded token, one thread, "
               f"random Phi-3-mini shape, {args.layers} layers, prompt {args.prompt}, over {args.steps} decode steps\n")
         print(dynamic_table(dynamic))
+        print(f"\nthe same, prefill: instructions per prompt token between prompts of {args.prompt} and "
+              f"{args.prefill} tokens (both then 2 generated)\n")
+        print(prefill_table(dynamic))
     write_json(args.out, {"date": date, "command": " ".join(sys.argv), "n": args.n, "k": args.k,
                           "block_bytes": BLOCK_BYTES, "cores": [asdict(c) for c in cores], "static": static,
                           "dynamic": dynamic, "llama_cpp_python": arm_llama.VERSION})
@@ -429,6 +460,20 @@ def dynamic_table(results: list[dict]) -> str:
     return table(out, [("engine", "engine"), ("flags", "flags"), ("cpu", "qemu -cpu"), ("total", "M insns / token"),
                        ("lib", "M in kernel library"), ("mm", "M in matmul"), ("ipb", "matmul insns / 32 w"),
                        ("top", "top symbols")])
+
+
+def prefill_table(results: list[dict]) -> str:
+    out = []
+    for r in results:
+        row = {"engine": f"{r['engine']} {r['quant']}", "flags": r["flags"], "cpu": r["qemu_cpu"]}
+        if "error" in r:
+            row["top"] = r["error"][:160]
+        else:
+            row.update(total=r["prefill_insns_per_token"] / 1e6, mm=r["prefill_matmul_insns_per_token"] / 1e6,
+                       top=", ".join(f"{t['symbol'][:40]} {t['insns'] / 1e6:.1f}M" for t in r["prefill_top"][:3]))
+        out.append(row)
+    return table(out, [("engine", "engine"), ("flags", "flags"), ("cpu", "qemu -cpu"),
+                       ("total", "M insns / prompt token"), ("mm", "M in matmul"), ("top", "top symbols")])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Our CPU kernels are hand-scheduled; the choices in them were measured on one x86 host. Each
 family's choices are one small frozen dataclass here, whose defaults are those values:
 
-    GemvParams       decode GEMVs (kernels_gemv.q4_gemv float activations; kernels_int8.q4_gemv_i8):
+    GemvParams       decode GEMVs (kernels_gemv.q4_gemv float activations; kernels_int8.q4_gemv_i8;
+                     on Arm kernels_int8_arm's four-row GEMV, rows rounded to fours, prefetch in fours):
                      rows per parallel task, software prefetch distance in rows
     GemmI8Params     prefill int8 GEMM (kernels_int8.q4_gemm_i8): tokens per register tile
     GemmParams       prefill float GEMM (kernels.q4_linear / float_linear + schedules.Linear):

@@ -123,9 +123,9 @@ def test_int8_kernels_at_full_phi3_widths(layer):
 
 def test_isa_choice_per_target_and_shape():
     arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+v8.2a", "+dotprod"]})
-    assert [i.name for i in kernels_int8.dot_isas(arm)] == ["dotprod"]
+    assert [i.name for i in kernels_int8.dot_isas(arm)] == ["dotprod", "neon"]
     plain_arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
-    assert kernels_int8.dot_isas(plain_arm) == []
+    assert [i.name for i in kernels_int8.dot_isas(plain_arm)] == ["neon"]  # sdot emulated (smull)
     spr = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sapphirerapids"})
     isas = kernels_int8.dot_isas(spr)
     assert [i.name for i in isas] == ["avx512vnni", "avxvnni"]
@@ -157,25 +157,76 @@ def test_q4f16i8_model_accuracy_against_q0f32(variant, compiled):
     assert report["mean_kl"] < 2 * float_acts["mean_kl"] + 0.01, (report, float_acts)
 
 
+# Prompt lengths of the issue's checks (#28): one token, a few, 64, and 530 (past a 512-token chunk).
+ARM_PROMPTS = {1: [7], 7: [1, 5, 9, 200, 17, 3, 44], 64: [(37 * i + 11) % 500 + 3 for i in range(64)],
+               530: [(53 * i + 7) % 500 + 3 for i in range(530)]}
+
+
 @pytest.mark.slow
-def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path):
-    """The same model through sdot on Arm (the runner under qemu) and vpdpbusd here: the integer
-    dot products are exact, so the logits agree to float rounding."""
+@pytest.mark.parametrize("preset,dot_insn", [("arm64-linux-dotprod", "sdot"), ("android-arm64", "sdot"),
+                                             ("arm64-linux-i8mm", "sdot"), ("arm64-linux", "smlal")])
+def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset, dot_insn):
+    """The same model through sdot (or, on plain Armv8-A, smull/smlal) on Arm (the runner under
+    qemu) and vpdpbusd here: the integer dot products are exact, so the logits agree to float
+    rounding and the greedy tokens are the same. The decode GEMV there is kernels/int8_arm.py's
+    (ld4, four rows at a time); the host's is checked against the numpy scheme above."""
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.runtime.profile.check import device_logits
     from edgesmith.runtime.session import run_runner
     from edgesmith.targets import toolchains
 
-    arm = presets.get_preset("arm64-linux-dotprod")
+    arm = presets.get_preset(preset)
     qemu = arm.layout.qemu_wrapper(arm.arch, installed=False)[0]  # what this machine runs its binaries with
     if not HOST_ISAS or not toolchains.toolchain_status(arm)[0] or shutil.which(qemu) is None:
         pytest.skip("needs int8 dot products here, the aarch64 toolchain and qemu")
     ids = [1, 5, 9, 200, 17, 3, 44, 100, 7, 8]
-    logits = {}
-    for name in ("host", "arm64-linux-dotprod"):  # the same KV cache (dotprod's default is float16)
+    logits, tokens = {}, {}
+    for name in ("host", preset):  # the same KV cache (dotprod's default is float16)
         bundle = compile_bundle("random:tiny", "q4f16i8", name, tmp_path / name, kv_dtype="float16")
-        assert b"q4_matmul_i8" in next((bundle / "lib").iterdir()).read_bytes()
+        (lib,) = (bundle / "lib").iterdir()
+        assert b"q4_matmul_i8" in lib.read_bytes()
+        if name != "host":  # the four-row decode GEMV is in: its ld4 loads (the one-row kernel has none)
+            asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(lib)], capture_output=True, text=True,
+                                 check=True).stdout
+            assert "\tld4\t" in asm and f"\t{dot_insn}\t" in asm
         lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, ids))], timeout=300)
-        logits[name] = device_logits(lines)
-    report = compare_logits(logits["host"], logits["arm64-linux-dotprod"])
-    assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, report
+        logits[name, "decode"] = device_logits(lines)
+        # the prefill GEMM's logits: 64 tokens at once, then 4 decoded (teacher-forced)
+        prefilled = ARM_PROMPTS[64] + [5, 9, 200, 17]
+        lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, prefilled)),
+                                    "--prefill", "64"], timeout=300)
+        logits[name, "prefill"] = device_logits(lines)
+        for length, prompt in ARM_PROMPTS.items():
+            records = run_runner(bundle, ["generate", str(bundle), "--tokens", ",".join(map(str, prompt)),
+                                          "-n", "8"], timeout=300)
+            tokens[name, length] = records[-1]["output_ids"]
+    for kind in ("decode", "prefill"):
+        report = compare_logits(logits["host", kind], logits[preset, kind])
+        assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, (kind, report)
+    for length in ARM_PROMPTS:
+        assert tokens[preset, length] == tokens["host", length], length
+        assert len(tokens["host", length]) == 8
+
+
+def test_arm_gemv_choice_and_every_tuner_choice_builds():
+    """kernels_int8.gemv_kernel gives Arm (sdot and NEON) the four-row GEMV where the shape allows
+    and the one-row one elsewhere; every rows/prefetch choice the tuner tries builds for both
+    (run under qemu: the bundle test above; n=40 leaves a part-filled last task of 16 rows)."""
+    from edgesmith.compiler.kernels import int8_arm
+    from edgesmith.compiler.tuning import SPACES
+    from edgesmith.targets.tvm_api import tirx
+
+    for preset, isa_name in (("arm64-linux-dotprod", "dotprod"), ("arm64-linux", "neon")):
+        target = tvm.target.Target(presets.get_preset(preset).tvm_target())
+        isa = kernels_int8.pick(kernels_int8.dot_isas(target), 256, 32)
+        assert isa.name == isa_name
+        assert int8_arm.applies(isa, 40, 256, 32)
+        assert not int8_arm.applies(isa, 42, 256, 32)  # rows in fours
+        assert not int8_arm.applies(isa, 40, 96, 32)  # k in steps of 4 blocks
+        assert not int8_arm.applies(HOST_ISAS[0], 40, 256, 32) if HOST_ISAS else True
+        for params in SPACES["gemv_i8"]:
+            func = kernels_int8.gemv_kernel(40, 256, 32, "float16", isa, params).with_attr("global_symbol", "main")
+            asm = tirx.build(tvm.IRModule({"main": func}), target=target).inspect_source("asm")
+            assert "\tld4\t" in asm, params
+        one_row = kernels_int8.gemv_kernel(42, 96, 32, "float16", isa).with_attr("global_symbol", "main")
+        assert "\tld4\t" not in tirx.build(tvm.IRModule({"main": one_row}), target=target).inspect_source("asm")

@@ -74,6 +74,9 @@ def test_profile_reads_back_in_every_format(profiles, name):
     assert rec["device"]["name"] == name and rec["device"]["emulated"] == (name != "host")
     assert ("emulated" in rec["flags"]) == (name != "host")
     assert rec["params"]["prompt"] == 8 and rec["params"]["gen"] == 4
+    cores = rec["cores"]  # which cores ran (runtime/runner/cores.h), one thread per core chosen
+    assert cores["cpus"] and cores["from"] in ("cpu_capacity", "cpuinfo_max_freq", "all", "--threads"), cores
+    assert cores["from"] == "--threads" or cores["threads"] == len(cores["cpus"]), cores
     assert rec["reps"] == len(rec["pp"]["samples"]) == len(rec["tg"]["samples"]) >= 2
     assert rec["pp"]["mean"] > 0 and rec["tg"]["mean"] > 0
     assert rec["memory"]["peak_rss_bytes"] > rec["memory"]["weight_bytes"] > 0

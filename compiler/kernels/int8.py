@@ -7,6 +7,7 @@ int8 x int4 products in int32 lanes, four bytes per lane per instruction:
     x86 AVX512-VNNI   vpdpbusd zmm   16 lanes  (unsigned weight bytes x signed x bytes)
     x86 AVX-VNNI      vpdpbusd ymm    8 lanes
     Arm dotprod       sdot v.4s       4 lanes  (signed x signed; nibbles 0..15 fit)
+    Armv8-A NEON      emulated        4 lanes  (smull/smull2, saddlp, addp: `dot`)
 
 A lane holds one packed weight word (eight 4-bit values): its low nibbles (values 0, 2, 4, 6)
 and high nibbles (1, 3, 5, 7) each make four bytes with `& 0x0F0F0F0F`, dotted with x's
@@ -34,15 +35,37 @@ class DotISA:
     name: str
     features: tuple[str, ...]  # LLVM features, any of which provides the instruction
     lanes: int  # int32 lanes per instruction
-    intrinsic: str  # LLVM intrinsic: (acc i32 x lanes, a i8 x 4*lanes, b i8 x 4*lanes)
+    intrinsic: str  # LLVM intrinsic: (acc i32 x lanes, a i8 x 4*lanes, b i8 x 4*lanes); "": emulated (dot)
 
 
-# Widest first. The 256-bit vpdpbusd exists with AVX-VNNI or with AVX512-VNNI (+VL).
+# Widest first. The 256-bit vpdpbusd exists with AVX-VNNI or with AVX512-VNNI (+VL). Plain Armv8-A
+# (every arm64 core: NEON) has no dot product; llama.cpp emulates it there with smull/sadalp and
+# so do we (`dot`; kernels/int8_arm.py's GEMV with cheaper int16 sums): int8 activations beat
+# dequantizing the nibbles to float there too (bench/arm_cost.py).
 ISAS = (
     DotISA("avx512vnni", ("avx512vnni",), 16, "llvm.x86.avx512.vpdpbusd.512"),
     DotISA("avxvnni", ("avxvnni", "avx512vnni"), 8, "llvm.x86.avx512.vpdpbusd.256"),
     DotISA("dotprod", ("dotprod",), 4, "llvm.aarch64.neon.sdot.v4i32.v16i8"),
+    DotISA("neon", ("neon",), 4, ""),
 )
+
+SMULL = "llvm.aarch64.neon.smull.v8i16"  # int8x8 x int8x8 -> int16x8 (smull2 on high halves)
+SADDLP = "llvm.aarch64.neon.saddlp.v4i32.v8i16"  # int16x8 -> int32x4, adjacent pairs summed
+ADDP = "llvm.aarch64.neon.addp.v4i32"  # (a, b) int32x4 -> [a0+a1, a2+a3, b0+b1, b2+b3]
+
+
+def dot(isa: DotISA, acc, a, b):
+    """acc (int32 x lanes) + per lane the dot product of a's and b's 4 bytes there (int8 x 4 lanes):
+    the ISA's one instruction, or on plain NEON smull + smull2 (int16 products: |w| <= 15 times
+    |x| <= 127 fits), saddlp each (pairs -> int32) and addp (pairs of pairs): sdot's exact lanes."""
+    from edgesmith.targets.tvm_api import tir_script as T
+
+    if isa.intrinsic:
+        return T.call_llvm_pure_intrin(f"int32x{isa.lanes}", isa.intrinsic, acc, a, b)
+    halves = [[T.Shuffle([v], list(range(h * 8, h * 8 + 8))) for v in (a, b)] for h in (0, 1)]
+    pairs = [T.call_llvm_pure_intrin("int32x4", SADDLP, T.call_llvm_pure_intrin("int16x8", SMULL, *h))
+             for h in halves]
+    return acc + T.call_llvm_pure_intrin("int32x4", ADDP, *pairs)
 
 
 def dot_isas(target) -> list[DotISA]:
@@ -133,12 +156,10 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params
                         low = T.bitwise_and(packed, T.broadcast(T.int32(nibbles), lanes))
                         high = T.bitwise_and(T.shift_right(packed, T.broadcast(T.int32(4), lanes)),
                                              T.broadcast(T.int32(nibbles), lanes))
-                        first = T.call_llvm_pure_intrin(
-                            vi32, isa.intrinsic, x_corr[T.ramp(jb * lanes, 1, lanes)],
-                            T.reinterpret(low, dtype=vbytes),
-                            T.reinterpret(x_bytes[0, T.ramp(jb * lanes, 1, lanes)], dtype=vbytes))
-                        acc[T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
-                            vi32, isa.intrinsic, first, T.reinterpret(high, dtype=vbytes),
+                        first = dot(isa, x_corr[T.ramp(jb * lanes, 1, lanes)], T.reinterpret(low, dtype=vbytes),
+                                    T.reinterpret(x_bytes[0, T.ramp(jb * lanes, 1, lanes)], dtype=vbytes))
+                        acc[T.ramp(0, 1, lanes)] = dot(
+                            isa, first, T.reinterpret(high, dtype=vbytes),
                             T.reinterpret(x_bytes[1, T.ramp(jb * lanes, 1, lanes)], dtype=vbytes))
                         for c in T.vectorized(scales_per_vec):
                             w_scale[c] = T.Cast("float32", s[o, jb * scales_per_vec + c])
@@ -157,6 +178,17 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params
                     y[0, 0, o] = total[0] + total[1]
 
     return gemv
+
+
+def gemv_kernel(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemvParams = GemvParams()):
+    """Decode's int8 GEMV for this shape and instruction: on Arm (sdot or NEON) four rows at a time where
+    the shape allows (kernels/int8_arm.py), else one row at a time (q4_gemv_i8). The same
+    x (1,1,k), w (n,k/8), s (n,k/group) -> y (1,1,n) either way."""
+    from edgesmith.compiler.kernels import int8_arm
+
+    if int8_arm.applies(isa, n, k, group):
+        return int8_arm.q4_gemv_i8_rows4(n, k, group, scale_dtype, isa, params)
+    return q4_gemv_i8(n, k, group, scale_dtype, isa, params)
 
 
 GEMM_TOKENS = GemmI8Params().tokens  # register tile: tokens x 2 vectors of outputs, int32 and float accumulators
@@ -243,13 +275,12 @@ def q4_gemm_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params
                             high = T.bitwise_and(T.shift_right(packed, T.broadcast(T.int32(4), lanes)),
                                                  T.broadcast(T.int32(nibbles), lanes))
                             for r in T.unroll(rt):
-                                first = T.call_llvm_pure_intrin(
-                                    vi32, isa.intrinsic, acc_i[r, T.ramp(half * lanes, 1, lanes)],
-                                    T.reinterpret(low, dtype=vbytes),
+                                first = dot(
+                                    isa, acc_i[r, T.ramp(half * lanes, 1, lanes)], T.reinterpret(low, dtype=vbytes),
                                     T.reinterpret(T.broadcast(x_bytes[tb * rt + r, 0, g * per_group + jw], lanes),
                                                   dtype=vbytes))
-                                acc_i[r, T.ramp(half * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
-                                    vi32, isa.intrinsic, first, T.reinterpret(high, dtype=vbytes),
+                                acc_i[r, T.ramp(half * lanes, 1, lanes)] = dot(
+                                    isa, first, T.reinterpret(high, dtype=vbytes),
                                     T.reinterpret(T.broadcast(x_bytes[tb * rt + r, 1, g * per_group + jw], lanes),
                                                   dtype=vbytes))
                     for r in T.unroll(rt):

@@ -10,7 +10,8 @@ Kernels by family (kernels/family.py):
   cpu          decode: kernels_gemv's TIR GEMV where its lanes tile k, else kernels.q4_linear;
                prefill: kernels.q4_linear (strips dequantized into a float GEMM)
   cpu-int8dot  with int8_activations, where the layer's k tiles the widest dot instruction:
-               decode kernels_int8.q4_gemv_i8, prefill kernels_int8.q4_gemm_i8; else as cpu
+               decode kernels_int8.gemv_kernel (Arm dotprod: kernels/int8_arm.py's
+               four rows at a time), prefill kernels_int8.q4_gemm_i8; else as cpu
   gpu          kernels_gpu.q4_linear (dequantize inlined into dlight's GEMV/matmul)
 Embedding rows: kernels.q4_embedding on every target.
 """
@@ -66,7 +67,7 @@ class GroupQ4(Quantization):
         kind, isa = self._cpu_kernel(family, n, k, one)
         params = family.tuning.params(kind, n, k, *(() if kind == "gemm" else (g, scales))) if kind else None
         if kind == "gemv_i8":
-            return op.tensor_ir_op(kernels_int8.q4_gemv_i8(n, k, g, scales, isa, params), "q4_matmul_i8", args,
+            return op.tensor_ir_op(kernels_int8.gemv_kernel(n, k, g, scales, isa, params), "q4_matmul_i8", args,
                                    out=nn.Tensor.placeholder((1, 1, n), "float32"))
         if kind == "gemv":
             return op.tensor_ir_op(kernels_gemv.q4_gemv(n, k, g, scales, params), "q4_matmul", args,

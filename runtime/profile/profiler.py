@@ -145,6 +145,9 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
                 "tg": tg,
                 "reps": len(reps),
                 "stop": summary["stop"],
+                # the cores the runner ran on (big.LITTLE: runtime/runner/cores.h) and how it chose them
+                "cores": {"cpus": summary.get("cpus"), "from": summary.get("cpus_from"),
+                          "threads": summary.get("threads")},
                 "stability": stats.assess(reps, events, target_rsd=o.target_rsd, max_temp_c=o.max_temp),
                 "flags": [],
                 "memory": {"peak_rss_bytes": summary["peak_rss_kb"] * 1024,

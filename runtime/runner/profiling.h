@@ -254,9 +254,9 @@ static void cmd_profile(const Model& model, const Manifest& m, double load_s, co
   }
   printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"reps\": %zu, \"stop\": \"%s\", "
          "\"prefill_rsd\": %.5f, \"decode_rsd\": %.5f, \"kv_context\": %ld, \"load_s\": %.6f, "
-         "\"rss_after_load_kb\": %ld, \"peak_rss_kb\": %ld}\n",
+         "\"rss_after_load_kb\": %ld, \"peak_rss_kb\": %ld, \"threads\": %d, \"cpus\": %s, \"cpus_from\": \"%s\"}\n",
          long(a.p), long(a.n), pp.size(), stop, rel_sd(pp), rel_sd(tg), long(m.max_total_seq_len), load_s,
-         rss_load, peak_rss_kb());
+         rss_load, peak_rss_kb(), pool_threads(), cpu_list_json(g_cores.cpus).c_str(), g_cores.from.c_str());
 }
 
 // --- kernels: the VM finds kernels in the executable's imports (the model library) by name;
@@ -451,6 +451,8 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
   if (cmd == "kernelbench") a.min_reps = 7, a.warmup = 2;
   std::vector<BenchFn> fns;
   double min_time = 0.02;
+  std::string cpus_flag;  // cores.h: --cpus, else the big cluster (read under --sysroot)
+  bool cpus_given = false;
   for (int i = 3; i < argc; ++i) {
     std::string flag = argv[i];
     auto value = [&] { return flag_value(argc, argv, i, flag); };
@@ -459,6 +461,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
     bool gated = cmd == "profile" || cmd == "kernelbench";  // the thermal gate
     if (flag == "--lib-dir") lib_dir = value();
     else if (flag == "--threads") setenv("TVM_NUM_THREADS", value().c_str(), 1), g_user_threads = true;
+    else if ((timed || cmd == "logits") && flag == "--cpus") cpus_flag = value(), cpus_given = true;
     else if (flag == "--no-verify") verify = false;
     else if (flag == "--context") a.context = context_flag(number());
     else if (flag == "--seed") a.seed = uint64_t(number());
@@ -494,6 +497,7 @@ static void run_profiling(const std::string& cmd, int argc, char** argv) {
   }
   if (cmd == "kernels")
     g_wrap_library = m.device_api == "opencl" || m.device_api == "webgpu" ? wrap_device_kernels : wrap_library;
+  apply_cores(cpus_given, cpus_flag, a.sysroot);
   apply_tuned_threads(m);
   load_runtime(lib_dir, m);
   if (cmd == "kernels" && m.device_api == "webgpu" && !getenv("EDGESMITH_WEBGPU_NO_TIMESTAMPS") &&

@@ -7,6 +7,7 @@
 //   runner bench    BUNDLE -p 128 -n 128 [--warmup 1] [-r 5] [common options]
 //   runner version
 //   common options: [--lib-dir DIR] [--threads N] [--no-verify] [--context N]
+//                   [--cpus LIST] [--sysroot DIR]  (cores.h: by default the big cluster from sysfs)
 //   (--context N: the KV cache holds N tokens, at most what the bundle was compiled for)
 //
 //   profiling (section "profiling" at the end; edgesmith profile drives them):
@@ -22,7 +23,8 @@
 //                  [--min-time 0.02] [--cool-below C] [--cool-timeout S] [--cool-poll S] [--sysroot DIR]
 //                                                        candidate kernels of BUNDLE/lib/kernels.so
 //                                                        timed alone (edgesmith tune)
-//   their common options: [--context N] (KV cache sized for N tokens) and the ones above
+//   their common options: [--context N] (KV cache sized for N tokens) and the ones above;
+//   profile, kernels and logits also [--cpus LIST] (cores.h; by default the big cluster)
 //
 // Output: one JSON object per line on stdout. Errors: one line on stderr, exit code 1.
 //
@@ -209,6 +211,7 @@ static int64_t context_flag(double v) {
 
 #include "sha256.h"    // Sha256, sha256_file
 #include "manifest.h"  // Manifest, load_manifest: the bundle's manifest.json and its checks
+#include "cores.h"
 
 // ----------------------------------------------------------------------------
 // model: the runtime library, the Relax VM, the parameters
@@ -277,6 +280,36 @@ static bool g_user_threads = false;
 static void apply_tuned_threads(const Manifest& m) {
   if (g_user_threads || m.threads <= 0) return;
   setenv("TVM_NUM_THREADS", std::to_string(m.threads).c_str(), 1);
+}
+
+// The cores decode runs on (cores.h): --cpus LIST, else, unless --threads/TVM_NUM_THREADS chose a
+// count (then wherever the OS puts the threads, as before), the big cluster from sysfs. The process
+// is pinned there before the runtime starts its pool (whose threads inherit it: TVM's own binding,
+// by cpuinfo_max_freq over every core, is turned off), with one thread per CPU; a tuned thread
+// count (apply_tuned_threads, after this) still wins over that count.
+static CoreChoice g_cores;
+static void apply_cores(bool cpus_given, const std::string& cpus_flag, const std::string& sysroot) {
+  std::vector<int> allowed = allowed_cpus();
+  if (cpus_given) {
+    g_cores = {parse_cpu_list(cpus_flag), "--cpus"};
+    if (g_cores.cpus.empty()) die("--cpus '" + cpus_flag + "' is not a CPU list (like 4-7 or 0,2,5)");
+    for (int c : g_cores.cpus)
+      if (std::find(allowed.begin(), allowed.end(), c) == allowed.end())
+        die("cannot run on CPUs " + cpu_list_json(g_cores.cpus) + ": this process may use " +
+            cpu_list_json(allowed) + "; pass --cpus with some of those");
+  } else if (g_user_threads) {
+    g_cores = {allowed, "--threads"};
+    return;
+  } else {
+    g_cores = big_cluster(sysroot, allowed);
+  }
+  if (g_cores.from == "--cpus" || g_cores.cpus.size() < allowed.size()) {
+    if (!pin_to(g_cores.cpus))
+      die("cannot run on CPUs " + cpu_list_json(g_cores.cpus) + ": this process may use " + cpu_list_json(allowed) +
+          "; pass --cpus with some of those");
+    setenv("TVM_BIND_THREADS", "0", 1);
+  }
+  if (!g_user_threads) setenv("TVM_NUM_THREADS", std::to_string(g_cores.cpus.size()).c_str(), 1);
 }
 
 // The thread count TVM's CPU pool was started with (what generate reports).
@@ -590,11 +623,11 @@ static void cmd_generate(const Model& model, const Manifest& m, double load_s, c
   printf("{\"output_ids\": %s, \"prompt_tokens\": %zu, \"stop_reason\": \"%s\", "
          "\"load_s\": %.6f, \"prefill_s\": %.6f, \"decode_s\": %.6f, "
          "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f, \"peak_rss_kb\": %ld, \"threads\": %d, "
-         "\"kv_cache_tokens\": %ld, \"kv_window_keep\": %ld}\n",
+         "\"kv_cache_tokens\": %ld, \"kv_window_keep\": %ld, \"cpus\": %s, \"cpus_from\": \"%s\"}\n",
          json_ints(out).c_str(), a.tokens.size(), stop_reason, load_s, prefill_s, decode_s,
          prefill_s > 0 ? a.tokens.size() / prefill_s : 0.0,
          decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb(), pool_threads(), long(kv.tokens),
-         long(kv.keep));
+         long(kv.keep), cpu_list_json(g_cores.cpus).c_str(), g_cores.from.c_str());
 }
 
 // ----------------------------------------------------------------------------
@@ -658,7 +691,8 @@ static const char* kUsage =
     "                       [--stop-ids a,b] [--stream] [--interactive: turns of ids on stdin]\n"
     "       runner bench BUNDLE [-p 128] [-n 128] [--warmup 1] [-r 5] [--seed S]\n"
     "       runner version\n"
-    "options for both: [--lib-dir DIR] [--threads N] [--no-verify] [--context N]\n";
+    "options for both: [--lib-dir DIR] [--threads N] [--cpus LIST] [--no-verify] [--context N]\n"
+    "                  [--sysroot DIR: where /sys is read from, for the big cluster]\n";
 
 static void run(int argc, char** argv) {
   if (argc < 2) die(std::string("no command; ") + kUsage);
@@ -675,6 +709,8 @@ static void run(int argc, char** argv) {
   std::string lib_dir = exe_dir();
   bool verify = true;
   int64_t context = 0;
+  std::string cpus_flag, sysroot;
+  bool cpus_given = false;
   GenerateArgs g;
   BenchArgs b;
 
@@ -686,6 +722,8 @@ static void run(int argc, char** argv) {
     else if (flag == "--threads")  // before the runtime starts its pool
       setenv("TVM_NUM_THREADS", value().c_str(), 1), g_user_threads = true;
     else if (flag == "--no-verify") verify = false;
+    else if (flag == "--cpus") cpus_flag = value(), cpus_given = true;
+    else if (flag == "--sysroot") sysroot = value();
     else if (flag == "--context") context = context_flag(number());
     else if (flag == "--seed") g.seed = b.seed = uint64_t(number());
     else if (flag == "-n") g.n = b.n = int64_t(number());
@@ -706,6 +744,7 @@ static void run(int argc, char** argv) {
   double t0 = now_s();
   Manifest m = load_manifest(bundle, verify);
   apply_context(m, context);
+  apply_cores(cpus_given, cpus_flag, sysroot);
   apply_tuned_threads(m);
   load_runtime(lib_dir, m);
   Model model = load_model(bundle, m);

@@ -1,0 +1,145 @@
+"""Decode's q4 x int8 GEMV on Arm dotprod, four rows at a time, on the layout as stored ((n, k/8) words).
+
+kernels_int8.q4_gemv_i8 runs one row and one 32-weight block at a time: it reloads x's bytes per
+row, keeps four float lanes per row and converts one fp16 scale per row and block with scalar
+loads. Here a step is 4 blocks (a row's 64-byte line) of 4 rows:
+
+    x (per step, shared by the 4 rows): 8 int8x16 registers, x's bytes in the order below
+         (written once per call), the 4 blocks' -8 * sum(x) and their 4 scales
+    row r: one `ld4` of its 16 words splits them by position in the block: part j = word j of
+         blocks 0..3, so sdot lane i stays inside block i; low nibbles `& 0x0f`, high `>> 4`
+         (bytes 0..15), 8 sdot into ONE int32x4 that starts at the -8 * sum(x) correction
+         (weights are stored as q + 8) and ends holding the 4 blocks' exact integer dots;
+         -> float, times (its 4 fp16 scales: one 8-byte load, one fcvtl) x (x's 4 block scales),
+         added to the row's float32x4; the 4 lanes summed once at the end of the row.
+
+Per step of 4 rows x 4 blocks, about 112 instructions (7 per row and block; the one-row kernel
+retired about 20, llama.cpp's repacked 4x4 gemv 8.5): no zeroing, no per-block lane reduction,
+no scalar scale conversion. That is without the interleaved layout llama.cpp repacks into at load
+time; ld4 does the interleave in the load. The integer part is exact, as in kernels_int8: the
+result is the numpy int8 scheme's up to float rounding order.
+
+It needs groups of 32, k % 128 == 0 and n % 4 == 0 (every Phi-3 layer); kernels_int8.gemv_kernel
+picks it, else the one-row kernel.
+"""
+from __future__ import annotations
+
+from edgesmith.compiler.tuning import GemvParams
+
+ROWS = 4  # rows sharing the activation registers of a step
+STEP = 4  # blocks per step: one 64-byte line of a row, one int32x4 of block sums
+SDOT = "llvm.aarch64.neon.sdot.v4i32.v16i8"
+
+
+def applies(isa, n: int, k: int, group: int) -> bool:
+    """Arm (dotprod or plain NEON), groups of 32, whole steps of 4 blocks along k, rows in fours."""
+    return isa is not None and isa.name in ("dotprod", "neon") and group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0
+
+
+def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: GemvParams = GemvParams()):
+    """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/32) scale_dtype) -> y (1,1,n) f32.
+
+    params.rows: output rows per parallel task (rounded to a multiple of 4); params.prefetch_rows:
+    prefetch the weights this many groups of 4 rows ahead (0: none), a line per row and step.
+    """
+    from edgesmith.targets.tvm_api import tir_script as T
+
+    from edgesmith.compiler.kernels.int8 import ADDP, SADDLP, SMULL
+
+    assert isa.name in ("dotprod", "neon") and group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0, (n, k, group)
+    words, blocks = k // 8, k // 32
+    rows = max(ROWS, params.rows // ROWS * ROWS)
+    ahead = params.prefetch_rows * ROWS
+
+    def step_dot_sdot(w, x_perm, x_corr, row, b4):
+        """int32x4: lane i = row `row`'s block 4 b4 + i dotted with x's, exactly (the -8 correction in).
+
+        The step's 16 words are loaded as one vector and split by word position (LLVM's
+        interleaved-access pass makes that one `ld4`): part j holds word j of the 4 blocks, so
+        each sdot lane stays within one block and one accumulator ends with the 4 block sums.
+        """
+        words16 = w[row, T.ramp(b4 * 16, 1, 16)]
+        acc = x_corr[T.ramp(b4 * STEP, 1, STEP)]
+        for j in range(4):
+            part = T.reinterpret(T.Shuffle([words16], [j, j + 4, j + 8, j + 12]), dtype="uint8x16")
+            low = T.reinterpret(T.bitwise_and(part, T.broadcast(T.uint8(15), 16)), dtype="int8x16")
+            high = T.reinterpret(T.shift_right(part, T.broadcast(T.uint8(4), 16)), dtype="int8x16")
+            acc = T.call_llvm_pure_intrin("int32x4", SDOT, acc, low,
+                                          T.reinterpret(x_perm[0, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="int8x16"))
+            acc = T.call_llvm_pure_intrin("int32x4", SDOT, acc, high,
+                                          T.reinterpret(x_perm[1, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="int8x16"))
+        return acc
+
+    def step_dot_neon(w, x_perm, x_corr, row, b4):
+        """The same 4 block sums without sdot (plain Armv8-A): the products of a step's low 8
+        bytes (blocks 0, 1) and high 8 (blocks 2, 3) summed in int16 with smull/smlal(2) (8
+        products a lane: 8 x 15 x 127 fits), then saddlp and one addp into the 4 block lanes."""
+        words16 = w[row, T.ramp(b4 * 16, 1, 16)]
+        sums = [None, None]
+        for j in range(4):
+            part = T.reinterpret(T.Shuffle([words16], [j, j + 4, j + 8, j + 12]), dtype="uint8x16")
+            nibbles = (T.reinterpret(T.bitwise_and(part, T.broadcast(T.uint8(15), 16)), dtype="int8x16"),
+                       T.reinterpret(T.shift_right(part, T.broadcast(T.uint8(4), 16)), dtype="int8x16"))
+            for half in range(2):
+                xv = T.reinterpret(x_perm[half, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="int8x16")
+                for h in range(2):
+                    lanes8 = list(range(8 * h, 8 * h + 8))
+                    prod = T.call_llvm_pure_intrin("int16x8", SMULL, T.Shuffle([nibbles[half]], lanes8),
+                                                   T.Shuffle([xv], lanes8))
+                    sums[h] = prod if sums[h] is None else sums[h] + prod
+        pairs = [T.call_llvm_pure_intrin("int32x4", SADDLP, v) for v in sums]
+        return x_corr[T.ramp(b4 * STEP, 1, STEP)] + T.call_llvm_pure_intrin("int32x4", ADDP, *pairs)
+
+    step_dot = step_dot_sdot if isa.name == "dotprod" else step_dot_neon
+
+    @T.prim_func(private=True, s_tir=True)
+    def gemv(x: T.Buffer((1, 1, k), "float32"), w: T.Buffer((n, words), "uint32"),
+             s: T.Buffer((n, blocks), scale_dtype), y: T.Buffer((1, 1, n), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        q = T.alloc_buffer((k,), "int32")
+        x_scale = T.alloc_buffer((blocks,), "float32")
+        x_corr = T.alloc_buffer((blocks,), "int32")  # -8 * the block's 32 int8 values
+        # [0]: values 0,2,4,6 of each word; [1]: 1,3,5,7; within each step of 16 words (4 blocks) in
+        # the order step_dot's parts read them: word j of block i at 4 j + i
+        x_perm = T.alloc_buffer((2, words), "int32")
+        for b in range(blocks):
+            amax = T.alloc_buffer((1,), "float32")
+            amax[0] = T.float32(0)
+            for i in range(32):
+                amax[0] = T.max(amax[0], T.abs(x[0, 0, b * 32 + i]))
+            x_scale[b] = amax[0] / T.float32(127)
+            x_corr[b] = 0
+            for i in range(32):
+                q[b * 32 + i] = T.Cast("int32", T.round(T.if_then_else(
+                    amax[0] > T.float32(0), x[0, 0, b * 32 + i] * (T.float32(127) / amax[0]), T.float32(0))))
+                x_corr[b] = x_corr[b] - 8 * q[b * 32 + i]
+        for b4, i, j in T.grid(blocks // STEP, STEP, 4):
+            src: T.let[T.int32] = (b4 * 16 + 4 * i + j) * 8  # x's index of word j of block 4 b4 + i
+            x_perm[0, b4 * 16 + 4 * j + i] = ((q[src] & 255) | ((q[src + 2] & 255) << 8)
+                                               | ((q[src + 4] & 255) << 16) | ((q[src + 6] & 255) << 24))
+            x_perm[1, b4 * 16 + 4 * j + i] = ((q[src + 1] & 255) | ((q[src + 3] & 255) << 8)
+                                               | ((q[src + 5] & 255) << 16) | ((q[src + 7] & 255) << 24))
+        for chunk in T.parallel((n + rows - 1) // rows):
+            # Per task, not per row group: a buffer allocated in a parallel loop is a workspace.
+            total = T.alloc_buffer((ROWS, STEP), "float32")  # per row: a float lane per block of the step
+            for g4 in range(rows // ROWS):
+                if chunk * rows + g4 * ROWS < n:
+                    o: T.let[T.int32] = chunk * rows + g4 * ROWS
+                    for r, c in T.grid(ROWS, STEP):
+                        total[r, c] = T.float32(0)
+                    for b4 in range(blocks // STEP):
+                        if ahead > 0:
+                            # One 64-byte line (4 blocks) of each of the 4 rows `ahead` rows on.
+                            # prfm never faults, so no clamp at the last rows.
+                            for r in T.unroll(ROWS):
+                                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
+                                    w[o + ahead + r, b4 * STEP * 4]), T.int32(0), T.int32(3), T.int32(1)))
+                        for r in T.unroll(ROWS):
+                            sums = T.meta_var(step_dot(w, x_perm, x_corr, o + r, b4))  # row o + r, 4 blocks
+                            lanes = T.meta_var(T.ramp(b4 * STEP, 1, STEP))  # the step's 4 blocks
+                            total[r, T.ramp(0, 1, STEP)] = total[r, T.ramp(0, 1, STEP)] + T.Cast(
+                                "float32x4", sums) * (T.Cast("float32x4", s[o + r, lanes]) * x_scale[lanes])
+                    for r in range(ROWS):
+                        y[0, 0, o + r] = (total[r, 0] + total[r, 1]) + (total[r, 2] + total[r, 3])
+
+    return gemv
