@@ -14,7 +14,7 @@ import pytest
 
 from edgesmith.compiler.bundle.folder import sha256_file
 from edgesmith.runtime.profile import formats
-from edgesmith.runtime.profile.check import CheckFailed
+from edgesmith.runtime.profile.check import POSITIONS, PREFILL, CheckFailed
 from edgesmith.runtime.profile.fit import DoesNotFit
 from edgesmith.runtime.profile.profiler import ProfileOptions, profile_bundle
 
@@ -100,7 +100,10 @@ def test_check_passes_on_host_and_emulated_arm64(profiles, name):
     check = profiles[name][0]["check"]
     assert check["passed"], check["reasons"]
     assert check["top1_agreement"] == 1.0 and check["mean_kl"] < 1e-6 and check["max_abs_diff"] < 1e-3
-    assert check["reference"]["target"] == "host" and check["positions"] == 16
+    assert check["reference"]["target"] == "host"
+    # a prompt prefilled at once (the prefill kernels: row 0), then one row per decode step
+    assert check["prefill"] == PREFILL and check["positions"] == POSITIONS + 1 == len(check["tokens"]) - PREFILL + 1
+    assert check["prefill_row"]["top1_equal"] and check["prefill_row"]["kl"] < 1e-6
 
 
 def test_check_fails_loudly_on_weights_corrupted_after_hashing(host_bundle, devices, tmp_path):
