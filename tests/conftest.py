@@ -77,3 +77,19 @@ def pytest_collection_modifyitems(config, items):
 def pytest_report_header(config):
     seed = os.environ.get("EDGESMITH_TEST_SHUFFLE")
     return f"test order shuffled with seed {seed} (EDGESMITH_TEST_SHUFFLE)" if seed else None
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line at the very end naming every skipped group and how many tests it holds (README, "Which
+    tests need what"): after scripts/install.sh only the hardware this machine lacks should be there."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    groups: dict[str, int] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reason = reason if len(reason) <= 90 else reason[:87] + "..."
+        groups[reason] = groups.get(reason, 0) + 1
+    terminalreporter.write_line(f"skipped groups ({len(skipped)} tests): "
+                                + "; ".join(f"{n} x {r}" for r, n in sorted(groups.items(), key=lambda g: -g[1])))
