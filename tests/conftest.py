@@ -79,12 +79,14 @@ def pytest_report_header(config):
     return f"test order shuffled with seed {seed} (EDGESMITH_TEST_SHUFFLE)" if seed else None
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # the outermost wrapper: after pytest's own -ra summary
 def pytest_terminal_summary(terminalreporter):
-    """One line at the very end naming every skipped group and how many tests it holds (README, "Which
-    tests need what"): after scripts/install.sh only the hardware this machine lacks should be there."""
+    """One line at the very end (above the counts) naming every skipped group and how many tests it
+    holds (README, "Which tests need what"): after scripts/install.sh only missing hardware remains."""
+    result = yield
     skipped = terminalreporter.stats.get("skipped", [])
     if not skipped:
-        return
+        return result
     groups: dict[str, int] = {}
     for report in skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
@@ -93,3 +95,4 @@ def pytest_terminal_summary(terminalreporter):
         groups[reason] = groups.get(reason, 0) + 1
     terminalreporter.write_line(f"skipped groups ({len(skipped)} tests): "
                                 + "; ".join(f"{n} x {r}" for r, n in sorted(groups.items(), key=lambda g: -g[1])))
+    return result
