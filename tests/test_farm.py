@@ -310,3 +310,28 @@ def test_regression_gate(request, tmp_path, kind, expected):
         assert 'class="baseline"' in (tmp_path / "out" / "report.html").read_text()
     else:
         assert all(r["status"] == "passed" for r in res["results"]), res["results"]
+
+# ---------------------------------------------------------------- exit codes through the command line
+
+def test_farm_exit_4_and_allow_failures_through_the_cli(tmp_path):
+    """README: a failed device makes `farm run` exit 4; `--allow-failures 1` lets one fail and exits 0.
+    The failing device is the host behind a wrapper that fails every command it is given."""
+    import yaml
+
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(yaml.safe_dump({"devices": [{"name": "host", "transport": "local", "target": "host"},
+                                                   {"name": "broken", "transport": "local", "target": "host",
+                                                    "exec_wrapper": ["/bin/false"]}]}))
+
+    def farm(out, *extra):
+        return subprocess.run([sys.executable, "-m", "edgesmith", "farm", "run", "--model", "random:tiny", "--quant",
+                               "q4f16", "--devices", str(devices), "--out", str(tmp_path / out), "--retries", "0",
+                               *QUICK_ARGS, *extra], capture_output=True, text=True, timeout=900)
+
+    strict = farm("strict")
+    assert strict.returncode == EXIT_FAILURES == 4, strict.stderr
+    res = json.loads((tmp_path / "strict" / "results.json").read_text())
+    assert {d["name"]: d["status"] for d in res["devices"]} == {"host": "passed", "broken": "failed"}
+    lenient = farm("lenient", "--allow-failures", "1")
+    assert lenient.returncode == EXIT_PASS == 0, lenient.stderr
+    assert json.loads((tmp_path / "lenient" / "results.json").read_text())["counts"]["failed"] == 1
