@@ -48,6 +48,10 @@ FLIP = 0.1              # a row with an activation rounded to the other int8 ste
 MIN_EXACT_SHARE = 0.5   # measured 92% (47 of 51 rows)
 MAX_KL_HF = 0.05        # int4 weights against float32 (test_quant.py's bound; measured 0.02-0.03)
 MIN_TOP1_HF = 0.4       # random weights: nearly flat logits (measured 44-67% per prompt)
+# The long case (4200-token prompt, float16 KV): thousands of activations, so some land near an int8
+# rounding boundary in every row; measured 3.4e-2 from the numpy scheme, host and arm64 under qemu
+# alike (2026-12-07). The short factors past 4096 (the control in long_case): 0.27..1.15 per row.
+LONG_MAX_DIFF = 0.1
 
 
 def _sequence(prompt: int) -> list[int]:
@@ -172,3 +176,61 @@ def test_check_sequence_prefills_a_prompt_within_the_context():
 def test_teacher_forced_prefill_is_checked():
     with pytest.raises(ValueError, match=r"^prefill 4: it must be between 1 and the 3 tokens given$"):
         teacher_forced_logits(None, [1, 2, 3], 4)
+
+
+# ---------------------------------------------------------------- long context at the default quant
+
+LONG_PROMPT, LONG_DECODES = 4200, 4  # past longrope's original 4096 (the long factors), 9 chunks of 512
+
+
+@pytest.fixture(scope="module")
+def longrope(tmp_path_factory):
+    """(checkpoint, {target: bundle}): Phi-3-mini-128k-shaped, original_max_position_embeddings 4096,
+    compiled at q4f16i8 with a float16 KV cache (what a phone gets), each bundle on first use."""
+    root = tmp_path_factory.mktemp("longrope")
+    ckpt = make_tiny_checkpoint("mini-128k", root / "ckpt",
+                                overrides=dict(original_max_position_embeddings=4096, max_position_embeddings=8192))
+    bundles = {}
+
+    def bundle(target: str):
+        if target not in bundles:
+            bundles[target] = compile_bundle(ckpt, "q4f16i8", target, root / target, kv_dtype="float16", context=4352)
+        return bundles[target]
+
+    return ckpt, bundle
+
+
+def long_case(ckpt, bundle, got_rows) -> None:
+    ids = np.random.default_rng(11).integers(4, VOCAB, LONG_PROMPT + LONG_DECODES).tolist()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["kv_cache"]["dtype"] == "float16" and manifest["kv_cache"]["prefill_chunk_size"] < LONG_PROMPT
+    got = got_rows(bundle, ids, LONG_PROMPT)
+    cfg = manifest["model"]["config"]
+    params = read_tensor_cache(bundle / "params")
+    weights, layers = dequantized_weights(params), int8_layers(params)
+
+    def rows(config, **kw):
+        ref = NumpyPhi3(config, weights, int8=layers, **kw)
+        return np.stack([ref.forward(ids[:LONG_PROMPT])] + [ref.forward([t]) for t in ids[LONG_PROMPT:]])
+
+    diff = np.abs(got - rows(cfg, kv_float16=True)).max(axis=1)
+    # the control: the short factors past 4096 (the bug a chunk judging by its own positions had)
+    wrong = np.abs(got - rows(dict(cfg, rope_long_factor=cfg["rope_short_factor"]), kv_float16=True)).max(axis=1)
+    hf = compare_logits(hf_rows(ckpt, ids, LONG_PROMPT), got)
+    print(f"\nlong case ({bundle.name}): vs the numpy int8 scheme with a float16 cache {diff.max():.2e}, "
+          f"with the short factors {wrong.min():.2e}..{wrong.max():.2e}; vs transformers {hf}")
+    assert diff.max() < LONG_MAX_DIFF < wrong.min(), (diff, wrong)  # every row of the factor bug fails the bound
+    assert hf["mean_kl"] < MAX_KL_HF and hf["top1_agreement"] >= MIN_TOP1_HF, hf
+
+
+def test_host_long_context_at_q4f16i8_with_a_float16_cache(longrope):
+    ckpt, bundle = longrope
+    host = bundle("host")
+    if not json.loads((host / "manifest.json").read_text()).get("int8_dot"):
+        pytest.skip("this CPU has no int8 dot products (the arm64 long case below runs under qemu)")
+    long_case(ckpt, host, teacher_forced_logits)
+
+
+def test_arm64_long_context_at_q4f16i8_with_a_float16_cache_under_qemu(longrope):
+    ckpt, bundle = longrope
+    long_case(ckpt, bundle("arm64-linux-dotprod"), runner_rows)
