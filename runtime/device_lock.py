@@ -165,7 +165,9 @@ class DeviceLock:
             return
         self._stop.set()
         if self._beat is not None:
-            self._beat.join(timeout=STALE_S)
+            # within the command's deadline: a heartbeat blocked on a stalled link (up to STALE_S / 2)
+            # is left to end on its own thread (a daemon; it only touches a lock that is ours)
+            self._beat.join(timeout=max(1.0, self.deadline.left()))
         try:  # best effort: a lock we cannot remove goes stale and is taken over
             self.transport.run(_mine(self.path, self.token, 'rm -rf -- "$L"'),
                                timeout=max(2.0, min(10.0, self.deadline.left())), what="releasing the push lock")

@@ -50,10 +50,16 @@ def guidance(report: dict, quant: str, source: str) -> str:
             "No trained checkpoint was measured here: compare with `--quant q4f32` on your model")
 
 
-def teacher_forced_logits(bundle: Path, ids: list[int]) -> np.ndarray:
+def teacher_forced_logits(bundle: Path, ids: list[int], prefill: int = 1) -> np.ndarray:
+    """(len(ids) - prefill + 1, vocab) float64: the first `prefill` tokens prefilled at once (row 0,
+    position prefill - 1: the prefill kernels, in the bundle's chunks), then one decode per token,
+    each attending over the prefill's KV cache. The runner's `logits --prefill` computes the same
+    rows on a device. prefill 1 checks the decode kernels only; a real prompt checks the GEMMs."""
+    if not 1 <= prefill <= len(ids):
+        raise ValueError(f"prefill {prefill}: it must be between 1 and the {len(ids)} tokens given")
     eng = Engine(bundle)
-    out = [eng.prefill(ids[:1])]
-    for tok in ids[1:]:
+    out = [eng.prefill(ids[:prefill])]
+    for tok in ids[prefill:]:
         out.append(eng.decode(tok))
     return np.stack(out).astype(np.float64)
 

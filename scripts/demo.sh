@@ -15,7 +15,7 @@ es="$venv/bin/edgesmith"
 py="$venv/bin/python"
 MODEL=${MODEL:-random:phi-3-mini-4k:layers=2}
 PROMPT="The capital of France is"
-out=dist/demo
+out=${DEMO_OUT:-dist/demo}  # tests/test_demo.py: a folder of its own
 mkdir -p "$out"
 # One quantization on every device, so their tokens can be compared (each target's own default
 # would give the host int8 activations and the baseline arm64 board float ones).

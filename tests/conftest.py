@@ -77,3 +77,22 @@ def pytest_collection_modifyitems(config, items):
 def pytest_report_header(config):
     seed = os.environ.get("EDGESMITH_TEST_SHUFFLE")
     return f"test order shuffled with seed {seed} (EDGESMITH_TEST_SHUFFLE)" if seed else None
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # the outermost wrapper: after pytest's own -ra summary
+def pytest_terminal_summary(terminalreporter):
+    """One line at the very end (above the counts) naming every skipped group and how many tests it
+    holds (README, "Which tests need what"): after scripts/install.sh only missing hardware remains."""
+    result = yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return result
+    groups: dict[str, int] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reason = reason if len(reason) <= 90 else reason[:87] + "..."
+        groups[reason] = groups.get(reason, 0) + 1
+    terminalreporter.write_line(f"skipped groups ({len(skipped)} tests): "
+                                + "; ".join(f"{n} x {r}" for r, n in sorted(groups.items(), key=lambda g: -g[1])))
+    return result

@@ -95,7 +95,7 @@ def test_opencl_dequantize_is_fused_into_the_gemv(bundles):
     src = (bundles("android-opencl") / "kernels" / "module.cl").read_text()
     names = _manifest(bundles("android-opencl"))["kernels"]["names"]
     assert not any("dequantize" in n for n in names), "the int4 weight is decoded inside the matmul kernels"
-    assert ">>" in src and "& ((uint" in src or "& (uint)15" in src
+    assert ">>" in src and ("& ((uint" in src or "& (uint)15" in src)
 
 
 def test_metal_bundle_ships_macos_runtime_and_an_on_device_build(bundles):

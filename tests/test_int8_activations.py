@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-tvm = pytest.importorskip("tvm")
+import tvm  # a hard dependency (requirements.lock): missing, the test fails
 
 from edgesmith.compiler.kernels import int8 as kernels_int8  # noqa: E402
 from edgesmith.compiler.quantization.registry import dequantize_q4, quantize_q4  # noqa: E402
@@ -169,7 +169,13 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset, dot_insn):
     """The same model through sdot (or, on plain Armv8-A, smull/smlal) on Arm (the runner under
     qemu) and vpdpbusd here: the integer dot products are exact, so the logits agree to float
     rounding and the greedy tokens are the same. The decode GEMV there is kernels/int8_arm.py's
-    (ld4, four rows at a time); the host's is checked against the numpy scheme above."""
+    (ld4, four rows at a time); the host's is checked against the numpy scheme above. The Arm
+    logits are also checked against the numpy int8 scheme over the bundle's own codes, so the test
+    means something on an x86 CPU without int8 dot products (then only the Arm bundle runs)."""
+    import json
+
+    from numpy_phi3 import NumpyPhi3, dequantized_weights, int8_layers, read_tensor_cache
+
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.runtime.profile.check import device_logits
     from edgesmith.runtime.session import run_runner
@@ -177,11 +183,10 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset, dot_insn):
 
     arm = presets.get_preset(preset)
     qemu = arm.layout.qemu_wrapper(arm.arch, installed=False)[0]  # what this machine runs its binaries with
-    if not HOST_ISAS or not toolchains.toolchain_status(arm)[0] or shutil.which(qemu) is None:
-        pytest.skip("needs int8 dot products here, the aarch64 toolchain and qemu")
+    assert toolchains.toolchain_status(arm)[0] and shutil.which(qemu), "scripts/install.sh installs both"
     ids = [1, 5, 9, 200, 17, 3, 44, 100, 7, 8]
     logits, tokens = {}, {}
-    for name in ("host", preset):  # the same KV cache (dotprod's default is float16)
+    for name in (preset, "host")[: 2 if HOST_ISAS else 1]:  # the same KV cache (dotprod's default is float16)
         bundle = compile_bundle("random:tiny", "q4f16i8", name, tmp_path / name, kv_dtype="float16")
         (lib,) = (bundle / "lib").iterdir()
         assert b"q4_matmul_i8" in lib.read_bytes()
@@ -200,12 +205,21 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset, dot_insn):
             records = run_runner(bundle, ["generate", str(bundle), "--tokens", ",".join(map(str, prompt)),
                                           "-n", "8"], timeout=300)
             tokens[name, length] = records[-1]["output_ids"]
-    for kind in ("decode", "prefill"):
-        report = compare_logits(logits["host", kind], logits[preset, kind])
-        assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, (kind, report)
-    for length in ARM_PROMPTS:
-        assert tokens[preset, length] == tokens["host", length], length
-        assert len(tokens["host", length]) == 8
+    arm_bundle = tmp_path / preset
+    params = read_tensor_cache(arm_bundle / "params")
+    ref = NumpyPhi3(json.loads((arm_bundle / "manifest.json").read_text())["model"]["config"],
+                    dequantized_weights(params), int8=int8_layers(params), kv_float16=True)
+    scheme = np.stack([ref.forward([t]) for t in ids])
+    diffs = np.abs(logits[preset, "decode"] - scheme).max(axis=1)
+    # float rounding, or one activation rounded to the neighbouring int8 step (tests/test_prefill_logits.py)
+    assert diffs.max() < 0.1 and (diffs < 1e-3).mean() >= 0.5, diffs
+    if HOST_ISAS:
+        for kind in ("decode", "prefill"):
+            report = compare_logits(logits["host", kind], logits[preset, kind])
+            assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, (kind, report)
+        for length in ARM_PROMPTS:
+            assert tokens[preset, length] == tokens["host", length], length
+    assert all(len(tokens[preset, length]) == 8 for length in ARM_PROMPTS)
 
 
 def test_arm_gemv_choice_and_every_tuner_choice_builds():

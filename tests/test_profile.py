@@ -14,7 +14,7 @@ import pytest
 
 from edgesmith.compiler.bundle.folder import sha256_file
 from edgesmith.runtime.profile import formats
-from edgesmith.runtime.profile.check import CheckFailed
+from edgesmith.runtime.profile.check import POSITIONS, PREFILL, CheckFailed
 from edgesmith.runtime.profile.fit import DoesNotFit
 from edgesmith.runtime.profile.profiler import ProfileOptions, profile_bundle
 
@@ -103,10 +103,13 @@ def test_check_passes_on_host_and_emulated_arm64(profiles, name):
     check = profiles[name][0]["check"]
     assert check["passed"], check["reasons"]
     assert check["top1_agreement"] == 1.0 and check["mean_kl"] < 1e-6 and check["max_abs_diff"] < 1e-3
-    assert check["reference"]["target"] == "host" and check["positions"] == 16
+    assert check["reference"]["target"] == "host"
+    # a prompt prefilled at once (the prefill kernels: row 0), then one row per decode step
+    assert check["prefill"] == PREFILL and check["positions"] == POSITIONS + 1 == len(check["tokens"]) - PREFILL + 1
+    assert check["prefill_row"]["top1_equal"] and check["prefill_row"]["kl"] < 1e-6
 
 
-def test_check_fails_loudly_on_weights_corrupted_after_hashing(host_bundle, devices, tmp_path):
+def test_check_fails_loudly_on_weights_corrupted_after_hashing(host_bundle, devices, devices_yaml, tmp_path):
     bad = tmp_path / "corrupted"
     shutil.copytree(host_bundle, bad)
     cache = json.loads((bad / "params/tensor-cache.json").read_text())
@@ -123,6 +126,13 @@ def test_check_fails_loudly_on_weights_corrupted_after_hashing(host_bundle, devi
 
     with pytest.raises(CheckFailed, match="accuracy check FAILED on device 'host': .*top-1 agreement"):
         profile_bundle(bad, devices["host"], ProfileOptions(**QUICK, check=True))
+    # through the command line (README): exit code 3, one line, no table printed
+    p = subprocess.run([sys.executable, "-m", "edgesmith", "profile", bad, "--check", "-p", "8", "-n", "4", "-r", "2",
+                        "--max-reps", "2", "--membw-mb", "8", "--kernels", "0", "--cool-below", "off", "-q",
+                        "--device", "host", "--devices", devices_yaml], capture_output=True, text=True, timeout=600)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 3 and not p.stdout, (p.returncode, p.stdout, p.stderr)
+    assert len(lines) == 1 and "accuracy check FAILED on device 'host'" in lines[0] and "Traceback" not in p.stderr
 
 
 # ---------------------------------------------------------------- trustworthy numbers
@@ -193,7 +203,8 @@ def test_cli_profile_then_compare(host_bundle, devices_yaml, tmp_path):
         return subprocess.run([sys.executable, "-m", "edgesmith", *map(str, args)], capture_output=True, text=True,
                               timeout=300)
 
-    common = ["-p", "8", "-n", "4", "-r", "2", "--max-reps", "2", "--membw-mb", "8", "--kernels", "3",
+    # -p and -t take lists (README): every threads x prompt combination is a record of its own
+    common = ["-p", "8,16", "-t", "1,2", "-n", "4", "-r", "2", "--max-reps", "2", "--membw-mb", "8", "--kernels", "3",
               "--device", "host", "--devices", devices_yaml, "-q"]
     old = cli("profile", host_bundle, *common, "-o", "csv")
     assert old.returncode == 0, old.stderr
@@ -201,6 +212,8 @@ def test_cli_profile_then_compare(host_bundle, devices_yaml, tmp_path):
     new = cli("bench", host_bundle, *common, "-o", "jsonl")  # bench: the alias
     assert new.returncode == 0, new.stderr
     (tmp_path / "new.jsonl").write_text(new.stdout)
+    params = [json.loads(line)["params"] for line in new.stdout.splitlines()]
+    assert sorted((r["threads"], r["prompt"], r["gen"]) for r in params) == [(1, 8, 4), (1, 16, 4), (2, 8, 4), (2, 16, 4)]
     cmp = cli("compare", tmp_path / "old.csv", tmp_path / "new.jsonl")
     assert cmp.returncode == 0, cmp.stderr
-    assert "| pp8 |" in cmp.stdout and "| tg4@p8 |" in cmp.stdout and "%" in cmp.stdout
+    assert "| pp8 |" in cmp.stdout and "| tg4@p8 |" in cmp.stdout and "| pp16 |" in cmp.stdout and "%" in cmp.stdout

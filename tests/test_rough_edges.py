@@ -131,8 +131,18 @@ def test_ctrl_c_mid_compile_is_one_line_and_leaves_nothing(tmp_path):
     for line in p.stderr:
         if "lowering" in line:  # TVM is building IR now
             break
+    # Inside TVM's lowering: one CPU-second of work past that line (its CPU time, not the clock's:
+    # a busy machine stretches the wall time, not the work; the lowering takes ~12 CPU-s here). A
+    # later progress line before the interrupt would fail the check of `rest` below.
     import time
-    time.sleep(1.5)
+
+    def cpu_s() -> float:
+        stat = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    start = cpu_s()
+    while p.poll() is None and cpu_s() < start + 1.0:
+        time.sleep(0.02)
     p.send_signal(signal.SIGINT)
     rest = p.stderr.read()
     assert p.wait(timeout=60) == 130

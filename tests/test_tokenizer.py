@@ -289,3 +289,41 @@ def test_interactive_keeps_the_conversation_on_one_cache(phi3_bundle, tok):
     ref = run_runner(phi3_bundle, ["generate", str(phi3_bundle), "--tokens", ",".join(map(str, whole)), "-n", "5"],
                      timeout=300)[-1]
     assert t2["output_ids"] == ref["output_ids"]
+
+
+@pytest.mark.slow
+def test_chat_stops_at_end_and_prints_nothing_after_it(phi3_dir, hf_tok, tmp_path):
+    """README: --chat stops where the template ends a reply, at <|end|>. Random weights never emit
+    it, so a one-layer model on the Phi-3 vocabulary is wired to: its residual stream carries the
+    current token's embedding (large, one direction each for the assistant tag, "Paris" and "!"),
+    and its lm_head maps the tag to "Paris", "Paris" to "!" and "!" to <|end|> by a wide margin.
+    The reply is "Paris!" and <|end|>; nothing after it is generated or printed. With
+    --ignore-eos the same model goes on past <|end|>: the stop, not the length, ended it."""
+    import shutil
+
+    import torch
+    from hf_tiny import make_tiny_model
+
+    paris, bang = hf_tok.encode("Paris!", add_special_tokens=False).ids
+    model = make_tiny_model("mini-4k", overrides=dict(vocab_size=32064, num_hidden_layers=1))
+    with torch.no_grad():
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
+        for dim, (token, following) in enumerate([(ASSISTANT, paris), (paris, bang), (bang, END)]):
+            embed[token] = 0.0
+            embed[token, dim] = 20.0  # after the norms: ~sqrt(hidden) in that one direction
+            head[following, dim] = 50.0  # its logit ~50x that; the others' ~0.02x
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(phi3_dir / name, ckpt / name)
+    out = tmp_path / "b"
+    assert edgesmith("compile", ckpt, "--quant", "q4f32", "-o", out, "-q").returncode == 0
+    p = edgesmith("run", out, "--prompt", "Hello", "--chat", "-n", "8", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["prompt_ids"] == [BOS, USER, HELLO, END, ASSISTANT]
+    assert r["output_ids"] == [paris, bang, END] and r["stop_reason"] == "stop", r
+    streamed = edgesmith("run", out, "--prompt", "Hello", "--chat", "-n", "8")
+    assert streamed.returncode == 0 and streamed.stdout == hf_tok.decode([paris, bang]) + "\n", streamed.stdout
+    on = json.loads(edgesmith("run", out, "--prompt", "Hello", "--chat", "-n", "8", "--json", "--ignore-eos").stdout)
+    assert on["output_ids"][:3] == [paris, bang, END] and len(on["output_ids"]) == 8, on

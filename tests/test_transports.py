@@ -123,10 +123,28 @@ def test_run_streams_lines_and_keeps_stderr_and_exit_code(devices, emulators, tm
 
 
 def test_runner_records_stream_as_they_come(devices, arm64_bundle):
-    seen = []
-    records = run_bundle(devices["phone"], arm64_bundle, [*GENERATE, "--stream"], timeout=60,
-                         on_line=lambda r: seen.append((time.monotonic(), r)))
-    assert [r for _, r in seen] == records
+    """Streamed through adb, not delivered at exit: in a conversation the runner cannot end before
+    its input does, and the input ends (an empty line, then end of input) only once the first
+    token's record has come back. A runner or link that held the lines until the end would never
+    show one: the wait runs out."""
+    from edgesmith.runtime.transports.base import StdinFeed
+
+    first, waited, seen = threading.Event(), [], []
+
+    def on_line(record):
+        seen.append(record)
+        if "token" in record:
+            first.set()
+
+    def turns():
+        yield (TOKENS + "\n").encode()
+        waited.append(first.wait(50))
+        yield b"\n"
+
+    records = run_bundle(devices["phone"], arm64_bundle, ["generate", "--interactive", "--stream", "-n", "5"],
+                         timeout=60, on_line=on_line, stdin=StdinFeed(turns()))
+    assert waited == [True], "no token record came before the runner's input ended"
+    assert seen == records
     assert [r["token"] for r in records if "token" in r] == records[-1]["output_ids"]
 
 
@@ -211,9 +229,14 @@ def _with_port(device: Device, port: int) -> Device:
 def test_run_feeds_stdin_turn_by_turn(devices, name):
     """A conversation's shape: each line goes in only after the answer to the previous one came
     out (the command is still running), then end of input ends it. A wait inside idle() (a person
-    typing) is longer than the timeout and does not count against it."""
+    typing) is longer than the timeout and does not count against it. The timeout scales with what
+    a first command (the connection included) takes on this link now; the idle wait stays above it."""
     from edgesmith.runtime.transports.base import StdinFeed
 
+    with open_transport(devices[name]) as t:
+        t0 = time.monotonic()
+        t.run("true", timeout=60)
+        timeout = max(3.0, 10 * (time.monotonic() - t0))
     answered = threading.Event()
     lines = []
 
@@ -228,11 +251,11 @@ def test_run_feeds_stdin_turn_by_turn(devices, name):
             answered.clear()
             if word == "two words":
                 with feed.idle():
-                    time.sleep(4)
+                    time.sleep(timeout + 1)
 
     feed = StdinFeed(turns())
     with open_transport(devices[name]) as t:
-        result = t.run("while IFS= read -r l; do echo \"got $l\"; done; echo done", timeout=3,
+        result = t.run("while IFS= read -r l; do echo \"got $l\"; done; echo done", timeout=timeout,
                        on_line=on_line, stdin=feed)
     assert result.exit_code == 0, result.stderr
     assert lines == ["got one", "got two words", "got three", "done"]

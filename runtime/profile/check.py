@@ -1,7 +1,8 @@
 """`profile --check`: does the device compute what the host computes?
 
-The device runs a fixed token sequence teacher-forced (`runner logits`: position 0 from a
-prefill of the first token, every later position from a decode); the reference is independent
+The device runs a fixed token sequence teacher-forced (`runner logits --prefill`: a prompt of
+PREFILL tokens prefilled at once, the user's path through the prefill kernels, then one decode per
+token, each reading the KV cache the prefill wrote); the reference is independent
 of the device build: the same model and quantization compiled for the host (cached by model
 fingerprint) and run by TVM's Python VM (runtime/engine.py). Same weights, same quantization,
 another compile and another engine: what differs is float rounding, unless a driver, a kernel
@@ -16,7 +17,8 @@ import numpy as np
 
 from edgesmith.errors import EdgesmithError
 
-POSITIONS = 16
+POSITIONS = 16          # decode steps after the prompt
+PREFILL = 37            # prompt tokens prefilled at once (not a multiple of the prefill GEMMs' token tiles)
 SEED = 20240607
 MAX_MEAN_KL = 1e-3      # nats; float rounding gives ~1e-9, a broken kernel or weight far more
 MIN_TOP1 = 0.9          # one near-tie flipping in 16 positions is rounding, more is not
@@ -30,6 +32,13 @@ class CheckFailed(EdgesmithError):
 
 def check_tokens(vocab: int, positions: int = POSITIONS) -> list[int]:
     return np.random.default_rng(SEED).integers(0, vocab, positions).tolist()
+
+
+def check_sequence(vocab: int, context: int) -> tuple[list[int], int]:
+    """(token ids, how many of them are prefilled): PREFILL + POSITIONS tokens, the prompt shortened
+    where the bundle's context is smaller (at least one token prefilled)."""
+    total = min(PREFILL + POSITIONS, context)
+    return check_tokens(vocab, total), max(1, total - POSITIONS)
 
 
 def reference_source(manifest) -> str:
@@ -86,6 +95,13 @@ def assess(ref: np.ndarray, got: np.ndarray) -> dict:
         reasons.append(f"mean KL {report['mean_kl']:.3g} nats > {MAX_MEAN_KL:g}")
     if report["top1_agreement"] < MIN_TOP1:
         reasons.append(f"top-1 agreement {100 * report['top1_agreement']:.0f}% < {100 * MIN_TOP1:.0f}%")
+    # Row 0 is the prompt's own (the prefill kernels): one row of the mean would hide it; a wrong
+    # prefill also moves every later row, through the KV cache it wrote.
+    first = compare_logits(ref[:1], got[:1])
+    report["prefill_row"] = {"kl": first["mean_kl"], "max_abs_diff": first["max_abs_diff"],
+                             "top1_equal": first["top1_agreement"] == 1.0}
+    if first["mean_kl"] > MAX_MEAN_KL:
+        reasons.append(f"the prefilled prompt's logits: KL {first['mean_kl']:.3g} nats > {MAX_MEAN_KL:g}")
     return dict(report, passed=not reasons, reasons=reasons)
 
 
@@ -93,18 +109,20 @@ def run_check(session, manifest, *, reference: str | None = None, verify: bool =
     """Logits on the device vs the host reference; the report (raises nothing: the caller decides)."""
     from edgesmith.runtime.evaluate import teacher_forced_logits
 
-    ids = check_tokens(manifest.config.vocab_size)
+    ids, prefill = check_sequence(manifest.config.vocab_size, manifest.kv_cache.max_total_seq_len)
     ref_bundle = reference_bundle(manifest, reference, progress)
     if progress:
-        progress(f"check: {len(ids)} positions on '{session.device.name}' and on the host reference")
-    args = ["logits", "--tokens", ",".join(map(str, ids)), "--context", len(ids)]
+        progress(f"check: a {prefill}-token prompt and {len(ids) - prefill} decode steps on "
+                 f"'{session.device.name}' and on the host reference")
+    args = ["logits", "--tokens", ",".join(map(str, ids)), "--prefill", prefill, "--context", len(ids)]
     got = device_logits(session.runner(args + ([] if verify else ["--no-verify"])))
-    ref = teacher_forced_logits(ref_bundle, ids)
+    ref = teacher_forced_logits(ref_bundle, ids, prefill)
     return dict(assess(ref, got), reference={"bundle": str(ref_bundle), "engine": "python (relax VM)",
-                                              "target": "host"}, tokens=ids)
+                                              "target": "host"}, tokens=ids, prefill=prefill)
 
 
 def failure_message(device: str, report: dict) -> str:
+    prompt = f", a {report['prefill']}-token prompt then decode steps," if report.get("prefill") else ""
     return (f"accuracy check FAILED on device '{device}': {'; '.join(report['reasons'])} "
-            f"(max |logit diff| {report.get('max_abs_diff')}, over {report.get('positions')} positions vs the host "
-            "reference); the device's kernels, driver or weights are broken")
+            f"(max |logit diff| {report.get('max_abs_diff')}, over {report.get('positions')} positions{prompt} vs the "
+            "host reference); the device's kernels, driver or weights are broken")

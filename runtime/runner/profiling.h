@@ -376,8 +376,8 @@ static void cmd_kernels(const Model& model, const Manifest& m, const ProfileArgs
          long(a.p), long(a.n), t1 - t0, t2 - t1, sum[0], sum[1], timing);
 }
 
-// --- logits: position 0 from a prefill of tokens[0], position i from a decode of tokens[i];
-// each printed as little-endian float32 in base64 (a phone's stdout carries it unchanged).
+// --- logits: position K-1 from a prefill of tokens[0..K) (--prefill K, default 1: the prefill
+// kernels, in the bundle's chunks), position i >= K from a decode of tokens[i]; each printed as little-endian float32 in base64 (a phone's stdout carries it unchanged).
 
 static std::string base64(const uint8_t* p, size_t n) {
   static const char* abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
