@@ -2,13 +2,32 @@
 
 Every layer raises `EdgesmithError` (or a subclass) for bad input or a failed
 step, with a message that says what was wrong, with the value, and what to do.
+
+Exit codes, the same for every command (README "Exit codes"; `edgesmith --help` lists them):
 """
+
+EXIT_OK = 0  # done
+EXIT_ERROR = 1  # a failure: bad input, a failed step, a bug (said as "internal error")
+EXIT_USAGE = 2  # the command line itself: an unknown option or value, a missing or conflicting argument
+EXIT_REGRESSION = 3  # it ran, and a check failed: slower than the baseline (compare, farm), logits off (--check)
+EXIT_DEVICE = 4  # a device failed: unreachable, timed out, refused a transfer; the farm: devices failed
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES = {EXIT_OK: "ok", EXIT_ERROR: "error", EXIT_USAGE: "usage (the command line)",
+              EXIT_REGRESSION: "regression or failed check", EXIT_DEVICE: "device failures",
+              EXIT_INTERRUPTED: "interrupted"}
 
 
 class EdgesmithError(Exception):
-    """A user-facing failure: its message is printed as one line, exit code 1."""
+    """A user-facing failure: its message is printed as one line, exit code 1 (or the class's own)."""
 
-    exit_code = 1
+    exit_code = EXIT_ERROR
+
+
+class UsageError(EdgesmithError):
+    """The command line asks for something impossible: arguments missing, conflicting, unknown."""
+
+    exit_code = EXIT_USAGE
 
 
 class ConfigError(EdgesmithError):

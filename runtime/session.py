@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edgesmith.compiler.bundle.folder import read_manifest
 from edgesmith.compiler.bundle.manifest import Manifest
-from edgesmith.errors import BundleError, EdgesmithError, TargetError
+from edgesmith.errors import EXIT_ERROR, BundleError, EdgesmithError, TargetError
 from edgesmith.runtime.device_lock import LockTimeout
 from edgesmith.runtime.devices import Device
 from edgesmith.runtime.push import PushReport, bundle_digest, push_bundle
@@ -34,7 +34,9 @@ from edgesmith.targets.presets import PRESETS, get_preset
 
 class RunnerError(DeviceError, BundleError):
     """The runner started and failed (or printed what is not JSON): its own one-line message, after
-    the device's name when it ran on a device."""
+    the device's name when it ran on a device. The run's fault, not the device's: exit code 1."""
+
+    exit_code = EXIT_ERROR
 
     def __init__(self, device: str | None, message: str):
         self.device, self.detail = device, message

@@ -5,7 +5,8 @@ parses; the work is in compiler/ and runtime/.
 | ---------- | ------------------------------------------------------------------------- |
 | compile    | compile (and --eval)                                                      |
 | tune       | tune                                                                      |
-| run        | run: prompt, chat, interactive, timings                                   |
+| run        | run: prompt, chat, interactive, timings (the conversation: chat)          |
+| serve      | serve: the OpenAI-compatible HTTP server (its API: runtime/serve.py)     |
 | profile    | profile (bench: its alias), compare                                       |
 | inspect    | inspect                                                                   |
 | targets    | targets                                                                   |
@@ -28,7 +29,7 @@ import importlib
 import sys
 
 # In the order `edgesmith --help` lists them.
-COMMANDS = ("compile", "tune", "run", "profile", "inspect", "targets", "quants", "tokenizer", "devices",
+COMMANDS = ("compile", "tune", "run", "serve", "profile", "inspect", "targets", "quants", "tokenizer", "devices",
             "emulators", "farm")
 
 
