@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 import uuid
@@ -73,11 +74,23 @@ class Model:
                     return
                 gen.started = True
                 self.runner.send(ids, on_token=gen.on_token, reset=True, options=options)
-            gen.put("done", self.runner.wait())
+            record = self.runner.wait()
+            gen.put("done", record)
+            why = "the client left: cancelled" if gen.cancelled else record["stop_reason"]
+            self.log(f"{gen.rid}: {len(ids)} prompt tokens, {len(record['output_ids'])} generated "
+                     f"({why}), {record.get('decode_tok_s') or 0:.1f} tok/s")
         except BaseException as err:  # noqa: BLE001 - handed to the request
             gen.put("error", err)
+            self.log(f"{gen.rid}: failed: {err}")
         finally:
             gen.finished = True
+            if gen.cancelled and not gen.started:
+                self.log(f"{gen.rid}: the client left before its turn")
+
+    @staticmethod
+    def log(line: str) -> None:
+        """One line a request on stderr (the server's log)."""
+        print(f"edgesmith serve: {line}", file=sys.stderr, flush=True)
 
     def cancel(self, gen: Generation) -> None:
         """`gen`'s client left: it never starts, or its reply ends at the runner's next token."""
@@ -214,8 +227,9 @@ def _stop_strings(body: dict) -> list[str]:
 class Generation:
     """One request's turn on the runner: its tokens as text pieces, on the event loop's queue."""
 
-    def __init__(self, model: Model, loop: asyncio.AbstractEventLoop, stop_strings: list[str], stops: set[int]):
-        self.model, self.loop, self.stop_strings, self.stops = model, loop, stop_strings, stops
+    def __init__(self, model: Model, loop: asyncio.AbstractEventLoop, stop_strings: list[str], stops: set[int],
+                 rid: str = "request"):
+        self.model, self.loop, self.stop_strings, self.stops, self.rid = model, loop, stop_strings, stops, rid
         self.queue: asyncio.Queue = asyncio.Queue()
         self.ids: list[int] = []
         self.text = ""  # what has been handed out
@@ -312,7 +326,7 @@ def build_app(model: Model):
             return error(400, str(err), err.param)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         kind = "chat.completion" if chat else "text_completion"
-        gen = Generation(model, asyncio.get_running_loop(), stop_strings, stops)
+        gen = Generation(model, asyncio.get_running_loop(), stop_strings, stops, rid)
         if stream:
             return StreamingResponse(_sse(model, request, gen, ids, options, rid, kind, chat),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -354,16 +368,19 @@ async def _turn(model: Model, request, gen: Generation, ids: list[int], options:
     """Yields ("token", id) as they come, then ("done", record). The turn waits in the model's
     one-thread queue; closing (or cancelling) the generator cancels it there or on the runner."""
     asyncio.get_running_loop().run_in_executor(model.queue, model.run_turn, gen, ids, options)
+    over = False
     try:
         while True:
             kind, value = await gen.queue.get()
+            over = kind in ("done", "error")
             if kind == "error":
                 raise value if isinstance(value, EdgesmithError) else EdgesmithError(f"the runner failed: {value}")
             yield kind, value
             if kind == "done":
                 return
     finally:
-        model.cancel(gen)  # nothing once it is done
+        if not over:  # the client left (the generator was closed or cancelled before the end)
+            model.cancel(gen)
 
 
 async def _generate(model, request, gen: Generation, ids, options):
