@@ -38,6 +38,7 @@ def cmd_serve(args) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        sock.listen(128)  # from here a client's connection waits in the backlog until uvicorn accepts it
     except OSError as err:
         sock.close()
         raise EdgesmithError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); choose another --port "
