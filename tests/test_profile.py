@@ -192,12 +192,11 @@ def test_cli_profile_then_compare(host_bundle, devices_yaml, tmp_path):
 
     common = ["-p", "8", "-n", "4", "-r", "2", "--max-reps", "2", "--membw-mb", "8", "--kernels", "3",
               "--device", "host", "--devices", devices_yaml, "-q"]
-    old = cli("profile", host_bundle, *common, "-o", "csv")
+    old = cli("profile", host_bundle, *common, "--format", "csv")
     assert old.returncode == 0, old.stderr
     (tmp_path / "old.csv").write_text(old.stdout)
-    new = cli("bench", host_bundle, *common, "-o", "jsonl")  # bench: the alias
+    new = cli("bench", host_bundle, *common, "-o", tmp_path / "new.jsonl")  # bench: the alias; the format from -o's name
     assert new.returncode == 0, new.stderr
-    (tmp_path / "new.jsonl").write_text(new.stdout)
     cmp = cli("compare", tmp_path / "old.csv", tmp_path / "new.jsonl")
     assert cmp.returncode == 0, cmp.stderr
     assert "| pp8 |" in cmp.stdout and "| tg4@p8 |" in cmp.stdout and "%" in cmp.stdout
