@@ -42,10 +42,10 @@ def cmd_run(args) -> int:
     from edgesmith.compiler.bundle.folder import read_manifest
     from edgesmith.errors import UsageError
 
-    _inputs(args)
     if args.engine == "python" and args.device:
         raise UsageError(f"--engine python runs TVM's VM in this process and cannot run on device "
                          f"'{args.device}'; drop --engine python (the device runs the bundle's runner)")
+    _inputs(args)
     from edgesmith.runtime.text import Detokenizer, load_tokenizer
 
     manifest = read_manifest(args.bundle)
@@ -144,8 +144,9 @@ def _check_fits(args, manifest, prompt_tokens: int) -> None:
         advice += f", or a larger --context (up to the compiled {compiled})"
     elif room <= 0:
         advice += " (or recompile with a larger --context)"
+    said = " (the compiled context)" if limit == compiled else f" (--context {limit})"
     raise EdgesmithError(f"the prompt ({prompt_tokens} tokens) + {args.max_new_tokens} new tokens exceed the context of "
-                         f"{limit} tokens{' (the compiled context)' if limit == compiled else ''}; {advice}")
+                         f"{limit} tokens{said}; {advice}")
 
 
 def _is_emulated(args, manifest) -> bool:
