@@ -51,8 +51,13 @@ def unknown_name(kind: str, name: str, known) -> str:
     import difflib
 
     known = list(known)
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    # A word of a name first (`android` -> android-arm64, the registry's first such; the others
+    # named too), else a near spelling (`hots` -> host).
+    words = [k for k in known if name and name.lower() in k.lower().replace("_", "-").split("-")]
+    close = words or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
+    if len(close) > 1:
+        hint += f" (or {', '.join(close[1:])})"
     return f"unknown {kind} '{name}'{hint} known: {', '.join(known)}"
 
 

@@ -72,3 +72,19 @@ def test_every_help_entry_is_filled():
 
     walk(build_parser(), "edgesmith")
     assert not blank, blank
+
+
+@pytest.mark.parametrize("args, suggestion", [
+    (["run", "b", "--device", "bord", "--tokens", "1"], "did you mean 'board'?"),
+    (["compile", "random:tiny", "--target", "android"], "did you mean 'android-arm64'? (or android-opencl"),
+    (["compile", "random:tiny", "--target", "hots"], "did you mean 'host'?"),
+])
+def test_unknown_names_suggest_by_spelling_and_by_word(args, suggestion, tmp_path):
+    import os
+
+    env = dict(os.environ, EDGESMITH_DEVICES="")  # the shipped devices.yaml: host, board, phone, ...
+    p = subprocess.run([sys.executable, "-m", "edgesmith", *args, *(["-o", str(tmp_path / "o")]
+                                                                     if args[0] == "compile" else [])],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and suggestion in lines[0], p.stderr

@@ -46,6 +46,10 @@ def cmd_run(args) -> int:
         raise UsageError(f"--engine python runs TVM's VM in this process and cannot run on device "
                          f"'{args.device}'; drop --engine python (the device runs the bundle's runner)")
     _inputs(args)
+    if args.device:  # a mistyped device is said before anything is read or pushed
+        from edgesmith.runtime.devices import get_device
+
+        get_device(args.device, args.devices)
     from edgesmith.runtime.text import Detokenizer, load_tokenizer
 
     manifest = read_manifest(args.bundle)
