@@ -88,3 +88,23 @@ def test_unknown_names_suggest_by_spelling_and_by_word(args, suggestion, tmp_pat
                        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 1 and len(lines) == 1 and suggestion in lines[0], p.stderr
+
+
+def test_an_emulated_device_that_is_down_names_the_command_that_starts_it():
+    """A closed port on a device tagged emulated: the one-line error says `edgesmith emulators start`;
+    the same device without the tag does not (a real board is not ours to start)."""
+    import socket
+
+    from edgesmith.runtime.devices import parse_devices
+    from edgesmith.runtime.transports import DeviceError, open_transport
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    for tags, hint in ((["arm64", "emulated"], True), (["arm64"], False)):
+        device = parse_devices([{"name": "board", "transport": "ssh", "target": "arm64-linux", "tags": tags,
+                                 "ssh": {"host": "127.0.0.1", "port": port, "known_hosts": "/dev/null"}}])["board"]
+        with pytest.raises(DeviceError) as err, open_transport(device) as t:
+            t.run("true", timeout=10)
+        assert err.value.exit_code == 4 and "cannot connect to" in str(err.value)
+        assert ("start it with `edgesmith emulators start`" in str(err.value)) == hint, str(err.value)

@@ -310,6 +310,8 @@ class Transport(ABC):
 
     # helpers for subclasses
     def error(self, cls: type[DeviceError], message: str) -> DeviceError:
+        if issubclass(cls, DeviceUnreachable) and "emulated" in (getattr(self.device, "tags", ()) or ()):
+            message += "; it is an emulated device: start it with `edgesmith emulators start`"  # the fix, named
         return cls(self.name, message)
 
     def check(self, command: str | Sequence[str], *, timeout: float, what: str) -> str:
