@@ -200,3 +200,15 @@ def test_cli_profile_then_compare(host_bundle, devices_yaml, tmp_path):
     cmp = cli("compare", tmp_path / "old.csv", tmp_path / "new.jsonl")
     assert cmp.returncode == 0, cmp.stderr
     assert "| pp8 |" in cmp.stdout and "| tg4@p8 |" in cmp.stdout and "%" in cmp.stdout
+
+
+def test_progress_shows_each_repetition_as_it_ends(host_bundle, devices):
+    """profile's progress (stderr on a terminal) has one line per timed repetition, numbered from 1,
+    with the speeds the record then holds as its samples."""
+    said = []
+    rec = profile_bundle(host_bundle, devices["host"], ProfileOptions(**dict(QUICK, kernels_top=0)),
+                         progress=said.append)[0]
+    reps = [line for line in said if line.startswith("  rep ")]
+    assert [line.split(":")[0] for line in reps] == [f"  rep {i}" for i in range(1, rec["reps"] + 1)]
+    assert [float(line.split("pp ")[1].split()[0]) for line in reps] == \
+        pytest.approx([round(x, 1) for x in rec["pp"]["samples"]], abs=0.051)
