@@ -220,7 +220,7 @@ def measure(name: str, built: Built, args) -> dict:
     if name.startswith("edgesmith"):
         out, rss = run_child(["edgesmith", "profile", str(built.path), "-p", str(p), "-n", str(n), "-r", str(r),
                               "--max-reps", str(r), "--warmup", "1", "-t", str(t), "--kernels", "0",
-                              "--cool-below", "off", "-o", "json", "-q"], args.timeout)
+                              "--cool-below", "off", "--format", "json", "-q"], args.timeout)
         rec = json.loads(out)
         rec = rec[0] if isinstance(rec, list) else rec
         pre, dec = rec["pp"]["samples"], rec["tg"]["samples"]

@@ -2,13 +2,32 @@
 
 Every layer raises `EdgesmithError` (or a subclass) for bad input or a failed
 step, with a message that says what was wrong, with the value, and what to do.
+
+Exit codes, the same for every command (README "Exit codes"; `edgesmith --help` lists them):
 """
+
+EXIT_OK = 0  # done
+EXIT_ERROR = 1  # a failure: bad input, a failed step, a bug (said as "internal error")
+EXIT_USAGE = 2  # the command line itself: an unknown option or value, a missing or conflicting argument
+EXIT_REGRESSION = 3  # it ran, and a check failed: slower than the baseline (compare, farm), logits off (--check)
+EXIT_DEVICE = 4  # a device failed: unreachable, timed out, refused a transfer; the farm: devices failed
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES = {EXIT_OK: "ok", EXIT_ERROR: "error", EXIT_USAGE: "usage (the command line)",
+              EXIT_REGRESSION: "regression or failed check", EXIT_DEVICE: "device failures",
+              EXIT_INTERRUPTED: "interrupted"}
 
 
 class EdgesmithError(Exception):
-    """A user-facing failure: its message is printed as one line, exit code 1."""
+    """A user-facing failure: its message is printed as one line, exit code 1 (or the class's own)."""
 
-    exit_code = 1
+    exit_code = EXIT_ERROR
+
+
+class UsageError(EdgesmithError):
+    """The command line asks for something impossible: arguments missing, conflicting, unknown."""
+
+    exit_code = EXIT_USAGE
 
 
 class ConfigError(EdgesmithError):
@@ -32,8 +51,13 @@ def unknown_name(kind: str, name: str, known) -> str:
     import difflib
 
     known = list(known)
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    # A word of a name first (`android` -> android-arm64, the registry's first such; the others
+    # named too), else a near spelling (`hots` -> host).
+    words = [k for k in known if name and name.lower() in k.lower().replace("_", "-").split("-")]
+    close = words or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
+    if len(close) > 1:
+        hint += f" (or {', '.join(close[1:])})"
     return f"unknown {kind} '{name}'{hint} known: {', '.join(known)}"
 
 

@@ -1,5 +1,5 @@
-"""Chat on a bundle: the tokenizer's chat template turned into each turn's token ids, and a
-conversation kept on one KV cache by the runner (`runner generate --interactive`).
+"""Chat on a bundle: the tokenizer's chat template turned into each turn's token ids, a system
+prompt, and what to do when the conversation outgrows the context.
 
 The template is Jinja, rendered as transformers renders it (sandboxed, trim_blocks,
 lstrip_blocks; bos_token, eos_token, add_generation_prompt). Phi-3's (the one the built Phi-3
@@ -10,17 +10,20 @@ Turn k > 1 feeds only what is new: the conversation is rendered again with the n
 and what follows the text already in the cache (previous prompt + decoded reply) is encoded,
 led by the reply's last token — sampled, never fed (usually `<|end|>`, which the template also
 writes after the reply, so it is fed once).
+
+When a turn would not fit (tokens in the cache + the turn + the reply's -n > the context), the
+policy `drop` drops the oldest exchanges (the system prompt stays) and the rest is rendered from
+its start into a new sequence (the runner's "reset"); `stop` refuses the turn, as a bare runner
+does. The runner's side of a conversation is runtime/runner_chat.py.
 """
 from __future__ import annotations
 
-import json
-import sys
-import threading
-from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from edgesmith.errors import EdgesmithError
-from edgesmith.runtime.text import Detokenizer, Tokenizer
-from edgesmith.runtime.transports.base import StdinFeed
+from edgesmith.runtime.text import Tokenizer
+
+POLICIES = ("drop", "stop")
 
 
 def render(template: str, messages: list[dict], *, add_generation_prompt: bool, bos: str | None,
@@ -43,46 +46,148 @@ def render(template: str, messages: list[dict], *, add_generation_prompt: bool, 
         raise EdgesmithError(f"the bundle's chat template does not render: {err}") from None
 
 
-class Conversation:
-    """The messages so far and the token ids each new user turn adds to the runner's cache."""
+@dataclass
+class TurnPlan:
+    """What to send the runner for one user turn."""
+    ids: list[int]
+    reset: bool = False  # a new sequence first: the ids hold the whole (kept) conversation
+    dropped: int = 0  # exchanges dropped to make room
+    dropped_tokens: int = 0  # tokens the cache held before (all of them leave it on a reset)
 
-    def __init__(self, tok: Tokenizer, bundle: str = "the bundle"):
-        if not tok.chat_template:
+
+class Conversation:
+    """The messages so far and the token ids each new user turn adds to the runner's cache.
+    Without a tokenizer (tok None) the turns are token ids, concatenated."""
+
+    def __init__(self, tok: Tokenizer | None, bundle: str = "the bundle", system: str | None = None):
+        if tok is not None and not tok.chat_template:
             raise EdgesmithError(f"{bundle}'s tokenizer has no chat template (its tokenizer_config.json has no "
                                  "chat_template); use --prompt without --chat, or --tokens")
+        if tok is None and system:
+            raise EdgesmithError(f"{bundle} has no tokenizer, so it has no chat format for --system; drop --system")
         self.tok = tok
-        self.messages: list[dict] = []
-        self.fed = ""  # rendered text whose tokens are in the cache
+        self.system = system or None
+        # Templates without a system role (Phi-3-mini's) render nothing of it: it goes before the
+        # first user message instead, so the model still reads it.
+        self.system_role = bool(self.system) and self._renders_system()
+        self.exchanges: list[list] = []  # [user text or ids, reply text or ids or None]
+        self.fed = ""  # rendered text (or, without a tokenizer, ids) whose tokens are in the cache
+        self.fed_ids: list[int] = []
         self.pending: int | None = None  # the last reply's last token: sampled, not fed
+        self.cached = 0  # tokens in the runner's cache (its context_tokens)
 
-    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    # ---------------------------------------------------------------- rendering
+
+    def _renders_system(self) -> bool:
+        marker = "\x00edgesmith-system\x00"
+        text = self._render_raw([{"role": "system", "content": marker}, {"role": "user", "content": "hi"}], True)
+        return marker in text
+
+    def _render_raw(self, messages: list[dict], add_generation_prompt: bool) -> str:
         return render(self.tok.chat_template, messages, add_generation_prompt=add_generation_prompt,
                       bos=self.tok.bos_token, eos=self.tok.eos_token)
 
-    def user(self, text: str) -> list[int]:
-        """Ids that make the cache hold the conversation up to the assistant's next reply."""
-        messages = self.messages + [{"role": "user", "content": text}]
-        rendered = self._render(messages, True)
-        if not self.messages:
-            ids = self.tok.encode(rendered, special=False)
-        else:
-            if not rendered.startswith(self.fed):
-                raise EdgesmithError("the chat template writes earlier turns differently once a new one is added; "
-                                     "this conversation cannot go on on the same cache (start it again)")
-            ids = self.tok.encode(rendered[len(self.fed):], special=False)
-            if self.pending is not None and ids[:1] != [self.pending]:
-                ids = [self.pending] + ids
-        self.messages, self.fed, self.pending = messages, rendered, None
-        return ids
+    def messages(self, exchanges: list[list] | None = None, user: str | None = None) -> list[dict]:
+        """The messages as the template gets them: the system prompt, the exchanges, a new user turn."""
+        exchanges = self.exchanges if exchanges is None else exchanges
+        out: list[dict] = []
+        for u, reply in exchanges + ([[user, None]] if user is not None else []):
+            out.append({"role": "user", "content": u})
+            if reply is not None:
+                out.append({"role": "assistant", "content": reply})
+        if self.system and self.system_role:
+            out.insert(0, {"role": "system", "content": self.system})
+        elif self.system and out:
+            out[0] = {"role": "user", "content": f"{self.system}\n\n{out[0]['content']}"}
+        return out
 
-    def assistant(self, output_ids: list[int], stop_ids: set[int]) -> str:
-        """Record the reply the runner generated (its stop token, if any, is not text); returns its text."""
+    def _full(self, exchanges: list[list], user) -> tuple[list[int], str]:
+        """The whole conversation from its start (a new sequence): ids and rendered text."""
+        if self.tok is None:
+            ids = [i for u, reply in exchanges for i in u + (reply or [])] + list(user)
+            return ids, ""
+        rendered = self._render_raw(self.messages(exchanges, user), True)
+        return self.tok.encode(rendered, special=False), rendered
+
+    def _next(self, user) -> tuple[list[int], str]:
+        """Ids that extend the cache by `user`'s turn, and the rendered text it then holds."""
+        if not self.exchanges:
+            return self._full([], user)
+        lead = [self.pending] if self.pending is not None else []
+        if self.tok is None:
+            return lead + list(user), ""
+        rendered = self._render_raw(self.messages(user=user), True)
+        if not rendered.startswith(self.fed):
+            raise EdgesmithError("the chat template writes earlier turns differently once a new one is added; "
+                                 "this conversation cannot go on on the same cache (start it again: /clear)")
+        ids = self.tok.encode(rendered[len(self.fed):], special=False)
+        if lead and ids[:1] != lead:
+            ids = lead + ids
+        return ids, rendered
+
+    # ---------------------------------------------------------------- turns
+
+    def plan(self, user, *, limit: int, n: int, policy: str = "drop") -> TurnPlan:
+        """The ids for the user turn `user` (text, or ids without a tokenizer) such that the cache's
+        tokens + the turn + n new tokens fit `limit`; see the module's docstring for the policy.
+        Changes nothing: commit() does, once the runner took the turn."""
+        ids, _ = self._next(user)
+        if self.cached + len(ids) + n <= limit:
+            return TurnPlan(ids, reset=False)
+        what = (f"the conversation ({self.cached} tokens) + this turn ({len(ids)}) + up to {n} new tokens (-n) "
+                f"exceed the context of {limit} tokens")
+        if policy == "stop":
+            raise EdgesmithError(f"{what}; /clear starts the conversation again, or leave out --context-policy stop "
+                                 "to drop the oldest turns")
+        for k in range(len(self.exchanges) + 1):
+            full, _ = self._full(self.exchanges[k:], user)
+            if len(full) + n <= limit:
+                return TurnPlan(full, reset=True, dropped=k, dropped_tokens=self.cached)
+        raise ContextFull(f"this message alone ({len(full)} tokens with the chat format"
+                          f"{' and the system prompt' if self.system else ''}) + up to {n} new tokens (-n) exceed "
+                          f"the context of {limit} tokens; shorten it, or ask for fewer new tokens with -n")
+
+    def user(self, text) -> list[int]:
+        """Ids that make the cache hold the conversation up to the assistant's next reply (no
+        context check: a single prompt, or the caller checked)."""
+        plan = TurnPlan(self._next(text)[0])
+        self.commit(plan, text)
+        return plan.ids
+
+    def commit(self, plan: TurnPlan, user) -> None:
+        """The runner took `plan` for the user turn `user`."""
+        if plan.reset:
+            del self.exchanges[:plan.dropped]
+            self.cached = 0
+        _, rendered = self._full(self.exchanges, user) if plan.reset else self._next(user)
+        self.exchanges.append([user, None])
+        if self.tok is not None:
+            self.fed = rendered
+        self.pending = None
+
+    def assistant(self, output_ids: list[int], stop_ids: set[int], context_tokens: int | None = None) -> str:
+        """Record the reply the runner generated (its stop token, if any, is not text); returns its
+        text (ids shown as text without a tokenizer). context_tokens: the runner's count after it."""
         content = output_ids[:-1] if output_ids and output_ids[-1] in stop_ids else output_ids
-        text = self.tok.decode(content)
-        self.messages.append({"role": "assistant", "content": text})
-        self.fed += text
+        if self.tok is None:
+            text = " ".join(map(str, content))
+            self.exchanges[-1][1] = list(output_ids)
+        else:
+            text = self.tok.decode(content)
+            self.exchanges[-1][1] = text
+            self.fed += text
         self.pending = output_ids[-1] if output_ids else None
+        if context_tokens is not None:
+            self.cached = context_tokens
         return text
+
+    def clear(self) -> None:
+        """Start again (the system prompt stays); the runner's sequence is reset by the caller."""
+        self.exchanges, self.fed, self.pending, self.cached = [], "", None, 0
+
+
+class ContextFull(EdgesmithError):
+    """One turn alone does not fit the context: the conversation goes on without it."""
 
 
 def stop_ids(tok: Tokenizer, config_eos: list[int]) -> set[int]:
@@ -100,86 +205,3 @@ def stop_ids(tok: Tokenizer, config_eos: list[int]) -> set[int]:
         closing = tok.encode(after, special=False)[:1] if after else []
         ids.update(i for i in closing if i in tok.special_ids)
     return ids
-
-
-# ------------------------------------------------------------------ interactive session
-
-class Interactive:
-    """Drives `runner generate --interactive`: turns go in on the runner's stdin as the person types
-    them, each after the previous reply ended; replies stream out as text (ids without a tokenizer).
-
-    read() returns the next line typed, or None at the end (end of input, an empty line)."""
-
-    def __init__(self, tok: Tokenizer | None, conversation: Conversation | None, stops: set[int],
-                 read: Callable[[], str | None], *, first: list[int] | None = None, as_json: bool = False,
-                 out=sys.stdout, err=sys.stderr):
-        self.tok, self.conv, self.stops, self.read = tok, conversation, stops, read
-        self.first, self.as_json, self.out, self.err = first, as_json, out, err
-        self.turn_done = threading.Event()  # the runner is ready for the next turn
-        self.ended = False
-        self.sent: list[int] = []  # the current turn's ids
-        self.last_output: int | None = None
-        self.results: list[dict] = []
-        self.stream: Detokenizer | None = None
-        self.feed = StdinFeed(self._turns())
-
-    def _ids(self, line: str) -> list[int] | None:
-        if self.conv is not None:
-            return self.conv.user(line)
-        try:
-            ids = [int(x) for x in line.replace(" ", "").split(",") if x]
-        except ValueError:
-            ids = []
-        if not ids:
-            print(f"edgesmith: this bundle has no tokenizer: type token ids separated by commas, got {line!r}",
-                  file=self.err, flush=True)
-            return None
-        # ids continue the sequence: the last reply's last token (sampled, not fed) goes first
-        return ([self.last_output] if self.last_output is not None else []) + ids
-
-    def _turns(self) -> Iterator[bytes]:
-        """The runner's stdin: one line of ids per turn, an empty line at the end."""
-        pending = self.first
-        while not self.ended:
-            if not self.turn_done.wait(timeout=1.0):
-                continue
-            self.turn_done.clear()
-            ids = pending
-            while ids is None:
-                with self.feed.idle():
-                    line = self.read()
-                if line is None or not line.strip():
-                    yield b"\n"
-                    return
-                ids = self._ids(line)
-            pending, self.sent = None, ids
-            if not self.as_json:
-                self.stream = Detokenizer(self.tok, self.out)
-            yield (",".join(map(str, ids)) + "\n").encode()
-
-    def close(self) -> None:
-        """The runner ended: the feed stops waiting for it."""
-        self.ended = True
-        self.turn_done.set()
-
-    def on_line(self, record: dict) -> None:
-        if "ready" in record:
-            self.turn_done.set()
-        elif "token" in record:
-            if self.stream is not None:
-                self.stream.token(record["token"])
-        elif "turn" in record:
-            text = self.conv.assistant(record["output_ids"], self.stops) if self.conv else \
-                (self.tok.decode(record["output_ids"]) if self.tok else None)
-            record = dict(record, prompt_ids=self.sent, **({"text": text} if text is not None else {}))
-            self.results.append(record)
-            self.last_output = record["output_ids"][-1] if record["output_ids"] else None
-            if self.as_json:
-                print(json.dumps(record), file=self.out, flush=True)
-            elif self.stream is not None:
-                self.stream.finish()
-                print(f"[turn {record['turn']}: {record['prompt_tokens']} prompt tokens at "
-                      f"{record.get('prefill_tok_s') or 0:.1f} tok/s, {len(record['output_ids'])} generated at "
-                      f"{record.get('decode_tok_s') or 0:.1f} tok/s, {record['context_tokens']} in context]",
-                      file=self.err, flush=True)
-            self.turn_done.set()

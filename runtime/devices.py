@@ -240,4 +240,8 @@ def get_device(name: str, path: Path | None = None) -> Device:
     try:
         return devices[name]
     except KeyError:
-        raise EdgesmithError(f"no device '{name}' in {devices_path(path)}; known: {', '.join(devices)}") from None
+        from edgesmith.errors import unknown_name
+
+        said = unknown_name("device", name, devices)  # "unknown device 'x'; did you mean 'y'? known: ..."
+        hint = said.split(" known: ")[0].removeprefix(f"unknown device '{name}'")
+        raise EdgesmithError(f"no device '{name}' in {devices_path(path)}{hint}; known: {', '.join(devices)}") from None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edgesmith.compiler.bundle.folder import read_manifest
 from edgesmith.compiler.bundle.manifest import Manifest
-from edgesmith.errors import BundleError, EdgesmithError, TargetError
+from edgesmith.errors import EXIT_ERROR, BundleError, EdgesmithError, TargetError
 from edgesmith.runtime.device_lock import LockTimeout
 from edgesmith.runtime.devices import Device
 from edgesmith.runtime.push import PushReport, bundle_digest, push_bundle
@@ -34,7 +34,9 @@ from edgesmith.targets.presets import PRESETS, get_preset
 
 class RunnerError(DeviceError, BundleError):
     """The runner started and failed (or printed what is not JSON): its own one-line message, after
-    the device's name when it ran on a device."""
+    the device's name when it ran on a device. The run's fault, not the device's: exit code 1."""
+
+    exit_code = EXIT_ERROR
 
     def __init__(self, device: str | None, message: str):
         self.device, self.detail = device, message
@@ -100,17 +102,24 @@ def _check_runner(bundle: Path, manifest: Manifest) -> None:
         raise BundleError(missing_runner(bundle, manifest))
 
 
+class IncompatibleBundle(DeviceError, BundleError):
+    """The bundle is for another device (arch, layout): the command's fault, not the device's, so
+    exit code 1, not a device failure's 4."""
+
+    exit_code = EXIT_ERROR
+
+
 def check_compatible(device: Device, manifest: Manifest) -> None:
     """Refuse a bundle the device cannot run, before anything is copied: another arch, or a layout
     the device's cannot start (a glibc-linked runner on a phone)."""
     preset = get_preset(device.target)
     built_for = manifest.target.preset
     if manifest.arch != preset.arch:
-        raise DeviceError(device.name, f"runs {preset.arch} (target {preset.name}) and the bundle is for "
+        raise IncompatibleBundle(device.name, f"runs {preset.arch} (target {preset.name}) and the bundle is for "
                                        f"{manifest.arch} (target {built_for}); compile it with --target {preset.name}")
     bundle_layout = get_layout(manifest.target.layout)
     if not preset.layout.runs(bundle_layout):
-        raise DeviceError(device.name, f"{preset.layout.refusal(bundle_layout, built_for)}; compile it with "
+        raise IncompatibleBundle(device.name, f"{preset.layout.refusal(bundle_layout, built_for)}; compile it with "
                                        f"--target {preset.name}")
 
 

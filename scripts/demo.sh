@@ -30,9 +30,16 @@ trap '"$es" emulators stop >/dev/null' EXIT
 export EDGESMITH_DEVICES="$out/devices.yaml"
 "$es" devices
 
-run() {  # run NAME BUNDLE [--device D]: greedy tokens (and their text) as JSON, kept for the summary
+run() {  # run NAME BUNDLE [--device D]: greedy tokens and their text, kept as JSON for the summary
   echo "== $1: $PROMPT"
-  "$es" run "${@:2}" --prompt "$PROMPT" -n 8 --json | tee "$out/run-$1.json"
+  "$es" run "${@:2}" --prompt "$PROMPT" -n 8 --json > "$out/run-$1.json"
+  "$py" - "$out/run-$1.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"  {r.get('text', '')!r}  (tokens {' '.join(map(str, r['output_ids']))})")
+label = " (emulated: qemu, not the device's speed)" if r.get("emulated") else ""
+print(f"  prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s{label}")
+PY
 }
 run host "$out/host"
 run arm64-qemu "$out/arm64" --device arm64-qemu
@@ -44,12 +51,11 @@ echo "== phone (adb, a conversation on one KV cache)"
 printf 'Hello!\nWhat is the capital of France?\n' | "$es" run "$out/android" --device phone --interactive -n 4
 echo "== host (profile)"
 # kept in a file (its records are what `edgesmith compare` reads); the tables shown here
-"$es" profile "$out/host" -p 128 -n 32 -r 3 --kernels 5 > "$out/host-profile.md"
-grep -v '^<!-- edgesmith-record' "$out/host-profile.md"
+"$es" profile "$out/host" -p 128 -n 32 -r 3 --kernels 5 -o "$out/host-profile.md"
 echo "(this profile, with its records for \`edgesmith compare\`: $out/host-profile.md)"
 
-"$py" - "$out" <<'PY'
-import json, sys
+"$py" - "$out" "$es" <<'PY'
+import json, os, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 rows = [(n, json.loads((out / f"run-{n}.json").read_text())) for n in ("host", "arm64-qemu", "board", "phone")]
@@ -61,7 +67,12 @@ for name, r in rows:
     print(f"  {name:10s} tokens {' '.join(map(str, r['output_ids']))} {r.get('text', '')!r}")
     print(f"  {'':10s} prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s{label}")
 print("  the four devices gave " + ("the same tokens" if same else "DIFFERENT tokens (a bug: please report it)"))
-print("\nNext: edgesmith profile BUNDLE --device board (tok/s you can trust), edgesmith farm run --model random:tiny "
-      "--out farm-out (every device, one report), edgesmith compile ./YOUR-PHI3-FOLDER --target android-arm64")
+es = os.path.relpath(sys.argv[2])  # edgesmith is in the venv, not on PATH: the path works as typed
+print(f"\nNext (or `source {os.path.dirname(es)}/activate` first, then plain `edgesmith`):")
+print(f"  {es} run {out}/host --interactive                  # chat with it (Ctrl-C stops a reply, Ctrl-D leaves)")
+print(f"  {es} serve {out}/host --port 8080                  # an OpenAI-compatible server")
+print(f"  {es} emulators start && {es} profile {out}/arm64 --device board   # tok/s you can trust")
+print(f"  {es} farm run --model random:tiny --out farm-out     # every device, one report")
+print(f"  {es} compile ./YOUR-PHI3-FOLDER --target android-arm64")
 sys.exit(0 if same else 1)
 PY

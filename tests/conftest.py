@@ -96,3 +96,17 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"skipped groups ({len(skipped)} tests): "
                                 + "; ".join(f"{n} x {r}" for r, n in sorted(groups.items(), key=lambda g: -g[1])))
     return result
+
+
+@pytest.fixture(scope="session")
+def phi3_chat_bundle(tmp_path_factory) -> Path:
+    """random:phi-3-mini-4k with one layer, host, the built Phi-3 tokenizer (so a chat template):
+    the chat's and `edgesmith serve`'s tests (test_chat.py, test_serve.py) share it."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("phi3-chat") / "phi3-chat"
+    p = subprocess.run([sys.executable, "-m", "edgesmith", "compile", "random:phi-3-mini-4k:layers=1", "-o", str(out),
+                        "-q"], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    assert (out / "tokenizer.json").is_file(), "the Phi-3 tokenizer is not built: run `edgesmith tokenizer fetch`"
+    return out

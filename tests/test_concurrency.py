@@ -203,7 +203,7 @@ def test_disk_full_on_the_phone_is_one_line(devices_yaml, devices, emulators, ar
                             "--devices", str(inventory), "--tokens", PROMPT, "-n", "2"],
                            capture_output=True, text=True, timeout=120)
         lines = [l for l in p.stderr.splitlines() if l.strip()]
-        assert p.returncode == 1 and len(lines) == 1, p.stderr
+        assert p.returncode == 4 and len(lines) == 1, p.stderr  # 4: a device failure
         assert lines[0].startswith("edgesmith: error: device 'phone': disk full: the push needs ")
         assert "and the device has 4.0 MiB free at /data/local/tmp/small-disk/bundles/" in lines[0], lines[0]
         left = [f for f in here.rglob("*") if f.is_file()]
@@ -217,7 +217,7 @@ def test_disk_full_on_the_phone_is_one_line(devices_yaml, devices, emulators, ar
                             "--devices", str(inventory), "--tokens", PROMPT, "-n", "2"],
                            capture_output=True, text=True, timeout=120)
         lines = [l for l in p.stderr.splitlines() if l.strip()]
-        assert p.returncode == 1 and len(lines) == 1, p.stderr
+        assert p.returncode == 4 and len(lines) == 1, p.stderr  # 4: a device failure
         assert lines[0].startswith("edgesmith: error: device 'phone': disk full: the device has 0 KiB free at "), \
             lines[0]
         assert {f.name for f in here.rglob("*") if f.is_file()} == {"filler"}
@@ -315,7 +315,7 @@ def test_adb_server_killed_mid_push_leaves_nothing_running(emulators, arm64_bund
         if p.poll() is None:
             p.kill()
     lines = [l for l in err.splitlines() if l.strip()]
-    assert p.returncode == 1 and len(lines) == 1, err
+    assert p.returncode == 4 and len(lines) == 1, err  # 4: a device failure
     assert lines[0].startswith("edgesmith: error: device 'phone': the adb server on port "), lines[0]
     time.sleep(1)  # what a later adb call would have started has had time to show up
     assert _adb_processes(port) == [], "an adb process outlived edgesmith"

@@ -50,7 +50,7 @@ def test_ssh_link_failure_prints_one_line(devices_yaml, emulators, arm64_bundle,
     p = cli("run", arm64_bundle, "--device", "board", "--devices", devices_yaml, "--tokens", TOKENS, "-n", "2",
             "--timeout", "8")
     lines = [l for l in p.stderr.splitlines() if l.strip()]
-    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert p.returncode == 4 and len(lines) == 1, p.stderr  # 4: a device failure
     assert lines[0].startswith("edgesmith: error: device 'board': ")
 
 

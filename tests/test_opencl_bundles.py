@@ -98,7 +98,7 @@ def test_logits_match_the_host_at_every_position(compiled, model):
 def test_profile_checks_accuracy_and_lists_opencl_kernels(compiled, capsys):
     bundle = compiled(TINY, "q4f32", "linux-opencl")
     code = cli_main(["profile", str(bundle), "-p", "8", "-n", "4", "-r", "1", "--max-reps", "1", "--check",
-                     "--kernels", "40", "--cool-below", "off", "-o", "json", "-q"])
+                     "--kernels", "40", "--cool-below", "off", "--format", "json", "-q"])
     out = capsys.readouterr().out
     assert code == 0
     (record,) = json.loads(out)

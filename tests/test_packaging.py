@@ -198,7 +198,7 @@ def test_every_subcommand_from_the_wheel(installed, tmp_path):
                 "--device", "host", "-o", "b", "-q")
     assert done.returncode == 0, done.stderr
     profiled = _run(installed, tmp_path, "profile", "b", "-p", "8", "-n", "4", "-r", "1", "--max-reps", "1",
-                    "--kernels", "0", "--cool-below", "off", "-q", "-o", "json")
+                    "--kernels", "0", "--cool-below", "off", "-q", "--format", "json")
     assert profiled.returncode == 0, profiled.stderr
     (tmp_path / "p.json").write_text(profiled.stdout)
     for args in (["inspect", "b"], ["quants"], ["tokenizer", "show"], ["emulators", "status"],

@@ -206,14 +206,25 @@ def test_cli_profile_then_compare(host_bundle, devices_yaml, tmp_path):
     # -p and -t take lists (README): every threads x prompt combination is a record of its own
     common = ["-p", "8,16", "-t", "1,2", "-n", "4", "-r", "2", "--max-reps", "2", "--membw-mb", "8", "--kernels", "3",
               "--device", "host", "--devices", devices_yaml, "-q"]
-    old = cli("profile", host_bundle, *common, "-o", "csv")
+    old = cli("profile", host_bundle, *common, "--format", "csv")
     assert old.returncode == 0, old.stderr
     (tmp_path / "old.csv").write_text(old.stdout)
-    new = cli("bench", host_bundle, *common, "-o", "jsonl")  # bench: the alias
+    new = cli("bench", host_bundle, *common, "-o", tmp_path / "new.jsonl")  # bench: the alias; the format from -o's name
     assert new.returncode == 0, new.stderr
-    (tmp_path / "new.jsonl").write_text(new.stdout)
-    params = [json.loads(line)["params"] for line in new.stdout.splitlines()]
+    params = [json.loads(line)["params"] for line in (tmp_path / "new.jsonl").read_text().splitlines()]
     assert sorted((r["threads"], r["prompt"], r["gen"]) for r in params) == [(1, 8, 4), (1, 16, 4), (2, 8, 4), (2, 16, 4)]
     cmp = cli("compare", tmp_path / "old.csv", tmp_path / "new.jsonl")
     assert cmp.returncode == 0, cmp.stderr
     assert "| pp8 |" in cmp.stdout and "| tg4@p8 |" in cmp.stdout and "| pp16 |" in cmp.stdout and "%" in cmp.stdout
+
+
+def test_progress_shows_each_repetition_as_it_ends(host_bundle, devices):
+    """profile's progress (stderr on a terminal) has one line per timed repetition, numbered from 1,
+    with the speeds the record then holds as its samples."""
+    said = []
+    rec = profile_bundle(host_bundle, devices["host"], ProfileOptions(**dict(QUICK, kernels_top=0)),
+                         progress=said.append)[0]
+    reps = [line for line in said if line.startswith("  rep ")]
+    assert [line.split(":")[0] for line in reps] == [f"  rep {i}" for i in range(1, rec["reps"] + 1)]
+    assert [float(line.split("pp ")[1].split()[0]) for line in reps] == \
+        pytest.approx([round(x, 1) for x in rec["pp"]["samples"]], abs=0.051)

@@ -52,10 +52,10 @@ def test_output_path_that_is_a_file(tmp_path):
     (["compile"], "required: model"),
     (["run", "B", "--timeout", "inf"], "must be a finite number"),
 ])
-def test_argument_errors_are_one_line_exit_1(args, needle):
+def test_argument_errors_are_one_line_exit_2(args, needle):
     p = edgesmith(*args)
     lines = p.stderr.strip().splitlines()
-    assert p.returncode == 1 and len(lines) == 1 and needle in lines[0] and "--help" in lines[0], p.stderr
+    assert p.returncode == 2 and len(lines) == 1 and needle in lines[0] and "--help" in lines[0], p.stderr
     assert "usage:" not in p.stderr
 
 

@@ -135,7 +135,7 @@ def test_profile_checks_accuracy_and_lists_webgpu_kernels(compiled, capsys, monk
         monkeypatch.setenv("EDGESMITH_WEBGPU_NO_TIMESTAMPS", "1")
     bundle = compiled(TINY, "q4f32", "linux-vulkan")
     code = cli_main(["profile", str(bundle), "-p", "8", "-n", "4", "-r", "1", "--max-reps", "1", "--check",
-                     "--kernels", "40", "--cool-below", "off", "-o", "json", "-q"])
+                     "--kernels", "40", "--cool-below", "off", "--format", "json", "-q"])
     out = capsys.readouterr().out
     assert code == 0
     (record,) = json.loads(out)

@@ -233,7 +233,12 @@ class Manifest:
             raise BundleError(f"bundle {bundle} is not a folder; pass the folder `edgesmith compile -o` wrote")
         path = bundle / MANIFEST
         if not path.is_file():
-            raise BundleError(f"{path} not found: '{bundle}' is not a bundle, or an unfinished one; compile it again")
+            if (bundle / "config.json").is_file() or (bundle / "genai_config.json").is_file():
+                raise BundleError(f"'{bundle}' is a checkpoint folder, not a bundle: compile it first "
+                                  f"(edgesmith compile {bundle} --target host -o dist/{bundle.resolve().name}-host), "
+                                  "then run the bundle")
+            raise BundleError(f"{path} not found: '{bundle}' is not a bundle (a folder `edgesmith compile -o` wrote), "
+                              "or an unfinished one; compile it again")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:

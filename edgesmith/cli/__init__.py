@@ -5,7 +5,8 @@ parses; the work is in compiler/ and runtime/.
 | ---------- | ------------------------------------------------------------------------- |
 | compile    | compile (and --eval)                                                      |
 | tune       | tune                                                                      |
-| run        | run: prompt, chat, interactive, timings                                   |
+| run        | run: prompt, chat, interactive, timings (the conversation: chat)          |
+| serve      | serve: the OpenAI-compatible HTTP server (its API: runtime/serve.py)     |
 | profile    | profile (bench: its alias), compare                                       |
 | inspect    | inspect                                                                   |
 | targets    | targets                                                                   |
@@ -28,23 +29,56 @@ import importlib
 import sys
 
 # In the order `edgesmith --help` lists them.
-COMMANDS = ("compile", "tune", "run", "profile", "inspect", "targets", "quants", "tokenizer", "devices",
+COMMANDS = ("compile", "tune", "run", "serve", "profile", "inspect", "targets", "quants", "tokenizer", "devices",
             "emulators", "farm")
 
 
 class _Parser(argparse.ArgumentParser):
-    """Argument errors as one line (exit 1, like every other error), pointing at --help."""
+    """Argument errors as one line, exit 2 (the command line's fault: errors.EXIT_USAGE), pointing
+    at --help; a mistyped choice (a subcommand, --format, --quant, ...) gets a "did you mean"."""
 
     def error(self, message: str):
+        import re
+
+        from edgesmith.errors import EXIT_USAGE
+
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            import difflib
+
+            choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
+            close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.6)
+            if close:
+                message = f"{message}; did you mean '{close[0]}'?"
         print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_USAGE)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("edgesmith")
+    except PackageNotFoundError:  # a checkout run without installing
+        ver = "(not installed)"
+    try:
+        return f"{ver} (Apache TVM {version('apache-tvm')})"  # the package's metadata: no TVM import
+    except PackageNotFoundError:
+        return ver
+
+
+EPILOG = """exit codes: 0 ok, 1 error, 2 usage (the command line), 3 regression or failed check
+(compare --fail-on-slowdown, farm --baseline, --check), 4 device failures, 130 interrupted (Ctrl-C)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edgesmith", description="Compile Phi-3 models into int4 bundles for phones "
-                                "and boards with Apache TVM, run them there, and measure them.")
+                                "and boards with Apache TVM, run them there, and measure them.", epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"edgesmith {_version()}",
+                   help="print edgesmith's version and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks and libraries' log output (accepted anywhere on the command line)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="one of these; `edgesmith COMMAND --help` for its options")
     for name in COMMANDS:
         importlib.import_module(f"edgesmith.cli.{name}").add_parser(sub)
     return p
@@ -127,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"edgesmith: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
-        return 2
+        return 1  # an error (2 is the command line's)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,6 @@ def add_parser(sub) -> None:
     d.add_argument("names", nargs="*", help="only these devices")
     d.add_argument("--devices", type=Path, help=DEVICES_HELP)
     d.add_argument("--no-probe", action="store_true", help="list without connecting")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--json", action="store_true", help="the devices (and what was found) as JSON instead of a table")
     d.add_argument("--timeout", type=seconds, default=20.0, help="seconds per device (default 20)")
     d.set_defaults(func=cmd_devices)

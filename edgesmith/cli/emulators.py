@@ -22,15 +22,41 @@ def cmd_emulators(args) -> int:
         print("emulated devices stopped")
     else:
         status = emulated.emulator_status()
-        print(json.dumps(status, indent=1))
-        return 0 if status["running"] else 1
-    return 0
+        if args.format == "json":
+            print(json.dumps(status, indent=1))
+        else:
+            print(format_status(status))
+    return 0  # it reported: stopped is an answer, not a failure
+
+
+def format_status(status: dict) -> str:
+    """The board and the phone as rows: running or not, where, the process; then what to type."""
+    ports, alive, pids = status.get("ports", {}), status.get("alive", {}), status.get("pids", {})
+    host = status.get("host", "127.0.0.1")
+    rows = [("device", "state", "address", "process")]
+    # devd (runtime/emulated/devd.py) serves both: the board's sshd port and the phone's adb device port.
+    for device, proc, where in (("board", "devd", f"ssh {host}:{ports['ssh']}" if "ssh" in ports else "-"),
+                                ("phone", "devd", f"adb {host}:{ports['adb_device']}" if "adb_device" in ports else "-"),
+                                ("adb server", "adb_server",
+                                 f"port {ports['adb_server']}" if "adb_server" in ports else "-")):
+        state = "running" if alive.get(proc) else ("stopped" if proc not in pids else "dead")
+        rows.append((device, state, where if state == "running" else "-",
+                     f"{proc} pid {pids[proc]}" if proc in pids and alive.get(proc) else "-"))
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows]
+    lines.append(f"state: {status.get('state_dir')}")
+    if not status.get("running"):
+        lines.append("start them: edgesmith emulators start")
+    return "\n".join(lines)
 
 
 
 def add_parser(sub) -> None:
     e = sub.add_parser("emulators", help="start/stop the emulated arm64 board (sshd) and phone (adb) on loopback")
-    e.add_argument("action", choices=["start", "stop", "status"])
+    e.add_argument("action", choices=["start", "stop", "status"], help="start: the board and the phone on "
+                   "loopback; stop: them; status: a table of what runs where (exit 0 either way)")
+    e.add_argument("--format", choices=["table", "json"], default="table", help="status: a table (default) or "
+                   "the state as JSON")
     e.add_argument("--free-ports", action="store_true", help="start: let the OS pick free ports instead of "
                    "2222 (ssh), 5557 (phone) and 5038 (adb server); pair with --devices-out")
     e.add_argument("--devices-out", type=Path, metavar="FILE", help="start: write a devices.yaml naming the "

@@ -51,7 +51,8 @@ def cmd_farm(args) -> int:
 
 def add_parser(sub) -> None:
     f = sub.add_parser("farm", help="every device in parallel, one report, a regression gate (run, agent, status)")
-    fs = f.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fs = f.add_subparsers(dest="action", required=True, metavar="ACTION", help="run: profile the devices and "
+                          "report; agent: lend this machine's devices to a tracker; status: what a tracker holds")
 
     def farm_common(sp):
         sp.add_argument("--tracker", metavar="HOST:PORT", help="TVM RPC tracker that leases the devices "
@@ -76,13 +77,16 @@ def add_parser(sub) -> None:
                     "is a regression only past this fraction (default 0.05)")
     fr.add_argument("--priority", type=int, default=0, help="tracker queue priority, higher first (default 0)")
     fr.add_argument("--lease-timeout", type=seconds, default=3600.0, help="seconds to wait for a device (default 3600)")
-    fr.add_argument("-p", "--prompt", type=int_list, default=[128])
-    fr.add_argument("-n", "--gen", type=int_list, default=[128])
-    fr.add_argument("-r", "--reps", type=positive, default=3)
-    fr.add_argument("--max-reps", type=positive, default=10)
-    fr.add_argument("--warmup", type=count, default=1)
-    fr.add_argument("--target-rsd", type=at_least(0.0, float), default=0.03)
-    fr.add_argument("--cool-below", type=cool, default="auto")
+    fr.add_argument("-p", "--prompt", type=int_list, default=[128], help="prompt lengths, e.g. 128,512 (default "
+                    "128), as in profile")
+    fr.add_argument("-n", "--gen", type=int_list, default=[128], help="tokens to generate, a list too (default 128)")
+    fr.add_argument("-r", "--reps", type=positive, default=3, help="repetitions at least (default 3)")
+    fr.add_argument("--max-reps", type=positive, default=10, help="repetitions at most (default 10)")
+    fr.add_argument("--warmup", type=count, default=1, help="untimed runs first (default 1)")
+    fr.add_argument("--target-rsd", type=at_least(0.0, float), default=0.03, help="stop repeating once pp and tg "
+                    "spread (sd/mean) is under this (default 0.03)")
+    fr.add_argument("--cool-below", type=cool, default="auto", help="before each repetition wait until the "
+                    "hottest thermal zone is under this °C; auto (default): the start temperature + 5; off")
     fr.add_argument("--kernels", type=count, default=0, metavar="N", help="top-N kernel table (default 0: skip)")
     fr.add_argument("--membw-mb", type=count, default=0, help="as profile's (default 0: from the caches)")
     fr.add_argument("--timeout", type=seconds, default=600.0, help="seconds per runner command (default 600)")
@@ -92,12 +96,13 @@ def add_parser(sub) -> None:
                     help="tuning budget per device (default 10)")
     fr.add_argument("--allow-emulated", action="store_true", help="with --tune: tune emulated devices too (the "
                     "mechanism only); otherwise they keep the default kernels")
-    fr.add_argument("-q", "--quiet", action="store_true")
+    fr.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     farm_common(fr)
 
     fa = fs.add_parser("agent", help="publish this machine's devices on the tracker and hand out leases")
     fa.add_argument("--devices", type=Path, help=DEVICES_HELP)
-    fa.add_argument("-s", "--select", type=lambda t: [x for x in t.split(",") if x], default=[])
+    fa.add_argument("-s", "--select", type=lambda t: [x for x in t.split(",") if x], default=[],
+                    help="device names or tags to lend, comma-separated (default: all of devices.yaml)")
     fa.add_argument("--host", default="0.0.0.0", help="address to listen on for lease claims")
     fa.add_argument("--port", type=int, default=0, help="port for lease claims (default: any free one)")
     fa.add_argument("--advertise", help="address runs reach this agent at (default: as the tracker sees it)")
@@ -105,5 +110,5 @@ def add_parser(sub) -> None:
     farm_common(fa)
 
     fst = fs.add_parser("status", help="devices, leases and the queue on the tracker")
-    fst.add_argument("--json", action="store_true")
+    fst.add_argument("--json", action="store_true", help="the tracker's state as JSON instead of a table")
     farm_common(fst)

@@ -57,3 +57,60 @@ class ConsoleProgress:
 
     def done(self, msg: str) -> None:
         self.step(msg)
+
+
+class Spinner:
+    """One status line on a terminal's stderr, redrawn with the elapsed time while a device works
+    ("pushing to board", "loading the model on board", "prefill of 11 tokens"); nothing at all
+    when stderr is not a terminal (logs, pipes, tests reading stderr). set() changes the text,
+    clear() erases the line (before the reply's text is printed). Safe to call from any thread."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, enabled: bool | None = None, stream=None):
+        import threading
+
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._text: str | None = None
+        self._t0 = time.perf_counter()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def set(self, text: str) -> None:
+        if not self.enabled:
+            return
+        import threading
+
+        with self._lock:
+            self._text, self._t0 = text, time.perf_counter()
+            self._draw(0)
+            if self._thread is None:
+                self._stop = threading.Event()  # its own: a cleared spinner's thread stops for good
+                self._thread = threading.Thread(target=self._spin, args=(self._stop,), daemon=True, name="spinner")
+                self._thread.start()
+
+    def _draw(self, frame: int) -> None:
+        if self._text is not None:
+            self.stream.write(f"\r{self.FRAMES[frame % len(self.FRAMES)]} {self._text} "
+                              f"({time.perf_counter() - self._t0:.1f} s)\x1b[K")
+            self.stream.flush()
+
+    def _spin(self, stop) -> None:
+        frame = 0
+        while not stop.wait(0.1):
+            frame += 1
+            with self._lock:
+                self._draw(frame)
+
+    def clear(self) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._text is not None:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+            self._text = None
+            self._stop.set()
+            self._thread = None

@@ -28,5 +28,5 @@ def cmd_quants(args) -> int:
 
 def add_parser(sub) -> None:
     qs = sub.add_parser("quants", help="list quantizations (--quant): weights, scales, activations")
-    qs.add_argument("--json", action="store_true")
+    qs.add_argument("--json", action="store_true", help="the quantizations as JSON instead of a table")
     qs.set_defaults(func=cmd_quants)

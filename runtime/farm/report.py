@@ -36,9 +36,29 @@ def _change(r) -> str:
 
 # ------------------------------------------------------------------ markdown
 
+def _flags(r: dict) -> str:
+    """A row's flags (unstable, throttled, emulated, ...), as the profile records them."""
+    return ", ".join(r.get("flags") or [])
+
+
+def _device(res: dict, name: str) -> str:
+    emulated = {d["name"]: d["emulated"] for d in res["devices"]}
+    return name + (" (emulated)" if emulated.get(name) else "")
+
+
+def _verdict(res: dict) -> str:
+    """PASS, REGRESSION or FAILED; a pass with unstable rows says so (their speeds spread beyond
+    --target-rsd: a pass on numbers that moved)."""
+    word = VERDICT[res["verdict"]]
+    unstable = sum("unstable" in (r.get("flags") or []) for r in res["results"])
+    if unstable:
+        word += f" ({unstable} of {len(res['results'])} row{'s' * (len(res['results']) != 1)} unstable)"
+    return word
+
+
 def summary_md(res: dict) -> str:
     c = res["counts"]
-    lines = [f"## edgesmith farm: {VERDICT[res['verdict']]} (exit {res['exit_code']})", "",
+    lines = [f"## edgesmith farm: {_verdict(res)} (exit {res['exit_code']})", "",
              f"{res['model']} at {res['quant']} on {c['devices']} device(s): {c['passed']} passed, "
              f"{c['failed']} failed (allowed {res['policy']['allow_failures']}), {c['regressions']} regressed row(s)"
              + (f" against `{res['baseline']}`" if res["baseline"] else " (no baseline)") + ".", "",
@@ -46,9 +66,9 @@ def summary_md(res: dict) -> str:
                  [d["name"] + (" (emulated)" if d["emulated"] else ""), d["target"], d["status"], str(len(d["attempts"])),
                   (d["reason"] or "").replace("|", "\\|").replace("\n", " ")] for d in res["devices"]]),
              "",
-             markdown_table(["device", "test", "tok/s", "± sd", "n", "baseline", "change", "verdict"], [
-                 [r["device"], r["test"], _num(r["mean"]), _num(r["sd"]), str(r["n"]),
-                  _num(r["baseline"]["mean"]) if r["baseline"] else "", _change(r), r["verdict"]]
+             markdown_table(["device", "test", "tok/s", "± sd", "n", "baseline", "change", "verdict", "flags"], [
+                 [_device(res, r["device"]), r["test"], _num(r["mean"]), _num(r["sd"]), str(r["n"]),
+                  _num(r["baseline"]["mean"]) if r["baseline"] else "", _change(r), r["verdict"], _flags(r)]
                  for r in res["results"]])]
     return "\n".join(lines) + "\n"
 
@@ -67,6 +87,11 @@ def junit_xml(res: dict) -> str:
         case = ET.SubElement(suite, "testcase", classname=f"farm.{d['target']}", name=name,
                              time=str(round(sum(a["seconds"] for a in d["attempts"]), 2)))
         rows = [r for r in res["results"] if r["device"] == d["name"]]
+        # The rows' flags as properties, so a CI's test view shows an unstable or emulated pass as such.
+        props = ET.SubElement(case, "properties")
+        ET.SubElement(props, "property", name="emulated", value=str(bool(d["emulated"])).lower())
+        for r in rows:
+            ET.SubElement(props, "property", name=f"{r['test']}.flags", value=_flags(r))
         if d["status"] == "failed":
             ET.SubElement(case, "error", message=d["reason"] or "failed", type="DeviceFailure").text = \
                 "\n".join(f"attempt {a['attempt']}: {a['error']}" for a in d["attempts"]) or d["reason"]
@@ -75,7 +100,8 @@ def junit_xml(res: dict) -> str:
             ET.SubElement(case, "failure", message="; ".join(f"{r['test']}: {r['reason']}" for r in bad),
                           type="Regression").text = "\n".join(f"{r['test']}: {r['reason']}" for r in bad)
         ET.SubElement(case, "system-out").text = "\n".join(
-            f"{r['test']}: {_num(r['mean'])} ± {_num(r['sd'])} tok/s ({r['verdict']})" for r in rows)
+            f"{r['test']}: {_num(r['mean'])} ± {_num(r['sd'])} tok/s ({r['verdict']})"
+            + (f" [{_flags(r)}]" if _flags(r) else "") for r in rows)
     ET.indent(suite)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
 
@@ -156,13 +182,14 @@ def report_html(res: dict) -> str:
                                      rows))
     md = summary_md(res)
     devices = "".join(
-        f"<tr class='{d['status']}'><td>{html.escape(d['name'])}</td><td>{html.escape(d['target'])}</td>"
+        f"<tr class='{d['status']}'><td>{html.escape(_device(res, d['name']))}</td><td>{html.escape(d['target'])}</td>"
         f"<td>{d['status']}</td><td>{len(d['attempts'])}</td><td>{html.escape(d['reason'] or '')}</td></tr>"
         for d in res["devices"])
     rows = "".join(
-        f"<tr class='{r['status']}'><td>{html.escape(r['device'])}</td><td>{r['test']}</td><td>{_num(r['mean'])}</td>"
-        f"<td>{_num(r['sd'])}</td><td>{r['n']}</td><td>{_num(r['baseline']['mean']) if r['baseline'] else ''}</td>"
-        f"<td>{_change(r)}</td><td>{html.escape(r['verdict'])}</td></tr>" for r in res["results"])
+        f"<tr class='{r['status']}'><td>{html.escape(_device(res, r['device']))}</td><td>{r['test']}</td>"
+        f"<td>{_num(r['mean'])}</td><td>{_num(r['sd'])}</td><td>{r['n']}</td>"
+        f"<td>{_num(r['baseline']['mean']) if r['baseline'] else ''}</td><td>{_change(r)}</td>"
+        f"<td>{html.escape(r['verdict'])}</td><td>{html.escape(_flags(r))}</td></tr>" for r in res["results"])
     title = md.splitlines()[0].lstrip("# ")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -181,6 +208,6 @@ svg.plot {{ display: block; margin: 16px 0; font: 12px system-ui, sans-serif; }}
 <h2>Devices</h2>
 <table><tr><th>device</th><th>target</th><th>status</th><th>attempts</th><th>reason</th></tr>{devices}</table>
 <h2>Rows</h2>
-<table><tr><th>device</th><th>test</th><th>tok/s</th><th>± sd</th><th>n</th><th>baseline</th><th>change</th><th>verdict</th></tr>{rows}</table>
+<table><tr><th>device</th><th>test</th><th>tok/s</th><th>± sd</th><th>n</th><th>baseline</th><th>change</th><th>verdict</th><th>flags</th></tr>{rows}</table>
 </body></html>
 """

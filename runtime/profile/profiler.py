@@ -85,8 +85,15 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
 
         def run(args, verify=False):
             cmd = args[0]
-            return s.runner(list(args) + ([] if verify else ["--no-verify"]),
-                            on_line=(lambda line: on_line(cmd, line)) if on_line else None)
+
+            def each(line):
+                if on_line:
+                    on_line(cmd, line)
+                if cmd == "profile" and "rep" in line and "event" not in line:  # each repetition as it ends
+                    say(f"  rep {line['rep'] + 1}: pp {line.get('prefill_tok_s') or 0:.1f} tok/s, "
+                        f"tg {line.get('decode_tok_s') or 0:.1f} tok/s")
+
+            return s.runner(list(args) + ([] if verify else ["--no-verify"]), on_line=each)
 
         version = run(["version"], verify=True)[-1]
         mb = o.membw_mb or membw_size_mb(probe.get("llc_bytes"), free)

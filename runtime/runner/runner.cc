@@ -57,17 +57,21 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -481,7 +485,10 @@ static void prefill(const Model& model, const Manifest& m, KVCache& kv,
 
 // --context N: a KV cache for N tokens (whole pages), at most the compiled context; a run holds
 // at most N tokens (prompt + new), as asked, though its cache's last page has room for more.
+static int64_t g_compiled_context = 0;  // the bundle's max_total_seq_len, before --context
+
 static void apply_context(Manifest& m, int64_t context) {
+  g_compiled_context = m.max_total_seq_len;
   if (context == 0) return;  // not given: the compiled context
   if (context < 0)
     die("--context " + std::to_string(context) + ": the context must be a positive number of tokens");
@@ -574,6 +581,10 @@ static void check_finite(const std::vector<float>& logits, const std::string& wh
           "infinite values (check the checkpoint), or the bundle is damaged; recompile it");
 }
 
+// Interactive only (section "interactive"): stdin's line the reply being generated answers, and
+// the line the last "!stop" came after; equal: that reply is to stop.
+static std::atomic<int64_t> g_line_running{0}, g_line_stopped{-1};
+
 static const char* decode_tokens(const Model& model, KVCache& kv, const GenerateArgs& a, Rng& rng,
                                  std::vector<float>& logits, std::vector<int32_t>& out) {
   while (int64_t(out.size()) < a.n) {
@@ -583,6 +594,9 @@ static const char* decode_tokens(const Model& model, KVCache& kv, const Generate
     if (a.stream) printf("{\"token\": %d}\n", tok), fflush(stdout);
     if (a.stop_ids.count(tok)) return "stop";
     if (int64_t(out.size()) == a.n) break;
+    // Interactive: a "!stop" line came. Checked before the token is fed, so that a cancelled reply
+    // leaves the cache as every other end does: all but the last sampled token in it.
+    if (g_line_stopped.load() == g_line_running.load()) return "cancelled";
     forward(model, kv, model.decode, &tok, 1, logits);
   }
   return "length";
@@ -595,9 +609,17 @@ static std::string context_name(const Manifest& m) {
 }
 
 static void check_fits(const Manifest& m, int64_t prompt, int64_t n) {
-  if (prompt + n > context_limit(m))
-    die("prompt (" + std::to_string(prompt) + ") + new tokens (" + std::to_string(n) + ") exceed " +
-        context_name(m) + "; ask for fewer tokens, or a larger --context (up to the compiled context)");
+  if (prompt + n <= context_limit(m)) return;
+  // Advice that can work: a larger --context only while it is below what the bundle was compiled for.
+  std::string advice = prompt < context_limit(m) ? "ask for at most " + std::to_string(context_limit(m) - prompt) +
+                                                       " new tokens (-n), or shorten the prompt"
+                                                 : "shorten the prompt";
+  if (m.context && m.context < g_compiled_context)
+    advice += ", or run with a larger --context (up to the compiled " + std::to_string(g_compiled_context) + ")";
+  else
+    advice += ", or recompile with a larger --context";
+  die("prompt (" + std::to_string(prompt) + ") + new tokens (" + std::to_string(n) + ") exceed " +
+      context_name(m) + "; " + advice);
 }
 
 static void cmd_generate(const Model& model, const Manifest& m, double load_s, const GenerateArgs& a) {
@@ -610,6 +632,7 @@ static void cmd_generate(const Model& model, const Manifest& m, double load_s, c
   std::vector<int32_t> out;
 
   kv.add(kv.obj, int64_t(0));
+  if (a.stream) printf("{\"loaded\": true, \"load_s\": %.6f}\n", load_s), fflush(stdout);  // the host's progress line
   double t0 = now_s();
   prefill(model, m, kv, a.tokens, logits);
   double t1 = now_s();
@@ -631,28 +654,145 @@ static void cmd_generate(const Model& model, const Manifest& m, double load_s, c
 }
 
 // ----------------------------------------------------------------------------
-// interactive: a conversation on one KV cache (sequence 0 lives until the end). Each stdin line
-// is a turn: comma-separated ids appended to the sequence. The host sends the chat-formatted user
-// turn, led by the previous reply's last token (sampled, never fed). Then up to n tokens are
-// generated as in generate, streamed with --stream, and one result line closes the turn
-// ("turn", "context_tokens": tokens in the cache after the turn's prompt). An empty line or the
-// end of stdin ends the conversation (a transport that cannot close stdin sends the empty line).
+// interactive: a conversation on one KV cache (sequence 0 lives until the end). stdin is read on a
+// thread of its own, so that a stop can arrive while a reply is being generated. Its lines:
+//
+//   1,2,3        a turn: the ids are appended to the sequence, then up to n tokens are generated as
+//                in generate (streamed with --stream) and one result line closes the turn ("turn",
+//                "context_tokens": tokens in the cache after it). The host sends the chat-formatted
+//                user turn, led by the previous reply's last token (sampled, never fed).
+//   {"ids": [1,2,3], "n": 64, "temperature": 0.7, "top_p": 0.9, "seed": 1, "stop_ids": [32007],
+//    "reset": true}
+//                a turn with options of its own (each optional but ids; the rest default to the
+//                command line's); "reset": a new, empty sequence first (`edgesmith serve`'s requests,
+//                a chat whose oldest turns were dropped to make room)
+//   !stop        the reply to the last line before it ends after its current token (stop_reason
+//                "cancelled"; a stop during the prompt's prefill ends it after one token). A stop
+//                whose reply has already ended does nothing (the lines are counted: it never stops
+//                a later turn, even one read before the stop's reply ended).
+//   !reset       a new, empty sequence (the chat's /clear); answered {"reset": true}
+//   (empty line or end of input) the end (a transport that cannot close stdin sends the empty line)
+//
+// The same bytes travel every transport (a pipe here, the SSH channel, adb's shell protocol): no
+// signal has to reach the device, which is why a Ctrl-C is a line and not a SIGINT.
 
-static void cmd_interactive(const Model& model, const Manifest& m, double load_s, const GenerateArgs& a) {
-  if (!a.tokens.empty()) die("generate --interactive reads its turns from stdin; drop --tokens");
+
+struct TurnReader {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::pair<int64_t, std::string>> lines;  // (its number, the line)
+  bool eof = false;
+  int64_t count = 0;  // lines read (stops not counted)
+
+  void read_all() {  // on its own thread, until the end of stdin
+    std::string line;
+    while (std::getline(std::cin, line)) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line == "!stop") {
+        g_line_stopped = count;
+        continue;
+      }
+      std::lock_guard<std::mutex> g(mu);
+      lines.emplace_back(++count, line);
+      cv.notify_one();
+      if (line.empty()) break;
+    }
+    std::lock_guard<std::mutex> g(mu);
+    eof = true;
+    cv.notify_one();
+  }
+
+  // The next line (false at the end); a stop after it stops what it starts.
+  bool next(std::string& out) {
+    std::unique_lock<std::mutex> l(mu);
+    cv.wait(l, [&] { return !lines.empty() || eof; });
+    if (lines.empty()) return false;
+    g_line_running = lines.front().first;
+    out = lines.front().second;
+    lines.pop_front();
+    return true;
+  }
+};
+
+// A {"ids": ...} turn: its ids and options over the command line's.
+static std::vector<int32_t> parse_json_turn(const std::string& line, int turn, GenerateArgs& a, bool& reset,
+                                            bool& seeded) {
+  std::string where = "turn " + std::to_string(turn);
+  ffi::String err;
+  ffi::json::Value root = ffi::json::Parse(line, &err);
+  auto obj = root.as<ffi::json::Object>();
+  if (!err.empty() || !obj) die(where + " is not a JSON object: " + std::string(err));
+  auto number = [&](const char* key, double dflt) {
+    auto it = obj->find(ffi::String(key));
+    if (it == obj->end()) return dflt;
+    if (auto i = (*it).second.as<int64_t>()) return double(*i);
+    if (auto d = (*it).second.as<double>()) return *d;
+    die(where + ": \"" + key + "\" must be a number");
+  };
+  auto ints = [&](const char* key) {
+    std::vector<int32_t> out;
+    auto it = obj->find(ffi::String(key));
+    if (it == obj->end()) return out;
+    auto arr = (*it).second.as<ffi::json::Array>();
+    if (!arr) die(where + ": \"" + key + "\" must be a list of token ids");
+    for (const ffi::Any& v : *arr) {
+      auto i = v.as<int64_t>();
+      if (!i || *i < INT32_MIN || *i > INT32_MAX) die(where + ": \"" + key + "\" must hold 32-bit integers");
+      out.push_back(int32_t(*i));
+    }
+    return out;
+  };
+  a.n = int64_t(number("n", double(a.n)));
+  a.temperature = float(number("temperature", a.temperature));
+  a.top_p = float(number("top_p", a.top_p));
+  auto seed_it = obj->find(ffi::String("seed"));
+  seeded = seed_it != obj->end();
+  if (seeded) a.seed = uint64_t(number("seed", 0));
+  auto stops = obj->find(ffi::String("stop_ids"));
+  if (stops != obj->end()) {
+    a.stop_ids.clear();
+    for (int32_t t : ints("stop_ids")) a.stop_ids.insert(t);
+  }
+  auto reset_it = obj->find(ffi::String("reset"));
+  reset = reset_it != obj->end() && (*reset_it).second.as<bool>().value_or(false);
+  if (a.n < 0) die(where + ": \"n\" cannot be negative");
+  return ints("ids");
+}
+
+static void cmd_interactive(const Model& model, const Manifest& m, double load_s, const GenerateArgs& args) {
+  if (!args.tokens.empty()) die("generate --interactive reads its turns from stdin; drop --tokens");
   KVCache kv = create_kv_cache(model, m);
-  Rng rng(a.seed);
+  Rng rng(args.seed);
   std::vector<float> logits;
   int64_t context = 0;  // tokens fed so far
   kv.add(kv.obj, int64_t(0));
+  // Never freed: the detached thread may still be inside read_all() (marking the end of input)
+  // when this function returns; a reader on this stack would be gone under it (a crash at exit).
+  TurnReader& reader = *new TurnReader();
+  std::thread(&TurnReader::read_all, &reader).detach();  // blocked in a read at exit: the process ends it
   printf("{\"ready\": true, \"load_s\": %.6f}\n", load_s), fflush(stdout);
   std::string line;
-  for (int turn = 1; std::getline(std::cin, line); ++turn) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
+  for (int turn = 1; reader.next(line);) {
     if (line.empty()) break;
-    std::vector<int32_t> ids = parse_token_list("turn " + std::to_string(turn), line);
+    if (line == "!reset") {
+      kv.remove(kv.obj, int64_t(0));
+      kv.add(kv.obj, int64_t(0));
+      context = 0;
+      printf("{\"reset\": true}\n"), fflush(stdout);
+      continue;
+    }
+    GenerateArgs a = args;
+    bool reset = false, seeded = false;
+    std::vector<int32_t> ids = line[0] == '{' ? parse_json_turn(line, turn, a, reset, seeded)
+                                              : parse_token_list("turn " + std::to_string(turn), line);
     if (ids.empty()) die("turn " + std::to_string(turn) + " holds no token ids: '" + line + "'");
     check_ids(m, ids);
+    if (reset) {
+      kv.remove(kv.obj, int64_t(0));
+      kv.add(kv.obj, int64_t(0));
+      context = 0;
+    }
+    if (seeded) rng = Rng(a.seed);
     if (context + int64_t(ids.size()) + a.n > context_limit(m))
       die("the conversation (" + std::to_string(context) + " tokens) + turn " + std::to_string(turn) + " (" +
           std::to_string(ids.size()) + ") + new tokens (" + std::to_string(a.n) + ") exceed " + context_name(m) +
@@ -663,7 +803,7 @@ static void cmd_interactive(const Model& model, const Manifest& m, double load_s
     double t1 = now_s();
     const char* stop_reason = decode_tokens(model, kv, a, rng, logits, out);
     double t2 = now_s();
-    context += int64_t(ids.size()) + int64_t(out.size()) - 1;  // the last sampled token is not fed
+    context += int64_t(ids.size()) + std::max<int64_t>(int64_t(out.size()) - 1, 0);  // the last sampled token is not fed (n 0: none)
     double prefill_s = t1 - t0, decode_s = t2 - t1;
     int64_t decoded = std::max<int64_t>(int64_t(out.size()) - 1, 0);
     printf("{\"turn\": %d, \"output_ids\": %s, \"prompt_tokens\": %zu, \"context_tokens\": %lld, "
@@ -673,7 +813,9 @@ static void cmd_interactive(const Model& model, const Manifest& m, double load_s
            decode_s, prefill_s > 0 ? ids.size() / prefill_s : 0.0,
            decode_s > 0 && decoded ? decoded / decode_s : 0.0, peak_rss_kb());
     fflush(stdout);
+    ++turn;
   }
+  g_line_running = -2;  // no reply runs now
   kv.remove(kv.obj, int64_t(0));
 }
 

@@ -23,13 +23,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgesmith.errors import EdgesmithError
+from edgesmith.errors import EXIT_DEVICE, EdgesmithError
 
 LineCallback = Callable[[str], None]
 
 
 class DeviceError(EdgesmithError):
-    """A device could not be reached, timed out, or refused a transfer."""
+    """A device could not be reached, timed out, or refused a transfer (exit code 4)."""
+
+    exit_code = EXIT_DEVICE
 
     def __init__(self, device: str, message: str):
         self.device = device
@@ -143,14 +145,21 @@ class StdinFeed:
 
     @contextmanager
     def idle(self):
-        dog = self._dog
-        if dog is not None:
-            dog.pause()
+        self.pause()
         try:
             yield
         finally:
-            if dog is not None:
-                dog.restart()
+            self.resume()
+
+    def pause(self) -> None:
+        """The command waits for a person (or a client), not the device: stop its clock."""
+        if self._dog is not None:
+            self._dog.pause()
+
+    def resume(self) -> None:
+        """The device has work again: the whole timeout from now."""
+        if self._dog is not None:
+            self._dog.restart()
 
     def start(self, dog: Watchdog, write: Callable[[bytes], None], close: Callable[[], None]) -> threading.Thread:
         """Feed on a daemon thread: write(chunk) for each chunk, then close(). A write that fails
@@ -301,6 +310,8 @@ class Transport(ABC):
 
     # helpers for subclasses
     def error(self, cls: type[DeviceError], message: str) -> DeviceError:
+        if issubclass(cls, DeviceUnreachable) and "emulated" in (getattr(self.device, "tags", ()) or ()):
+            message += "; it is an emulated device: start it with `edgesmith emulators start`"  # the fix, named
         return cls(self.name, message)
 
     def check(self, command: str | Sequence[str], *, timeout: float, what: str) -> str:
