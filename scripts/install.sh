@@ -4,7 +4,8 @@
 # into the system Python, and nothing installed there by hand counts.
 #   apt:  cross toolchain, qemu, sshd and adb (the emulated devices), PoCL (OpenCL on the CPU),
 #         Mesa's Vulkan drivers (lavapipe: Vulkan on the CPU, for the Vulkan bundles' tests),
-#         chromium (the farm report's screenshot test), llvm-19 (llvm-mca), python3-venv
+#         chromium (the farm report's screenshot test), tmux (the chat's terminal test),
+#         llvm-19 (llvm-mca), python3-venv
 #   venv: by default exactly requirements.lock (every package at the version CI tested, hashes
 #         checked; scripts/lock.sh writes it), then edgesmith itself (editable) without resolving
 #         anything more; then the aarch64 device runtime (cached once) and the Phi-3 tokenizer.
@@ -46,6 +47,7 @@ command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
 command -v adb >/dev/null || missing+=(adb)
 command -v g++ >/dev/null || missing+=(g++)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v tmux >/dev/null || missing+=(tmux)  # tests/test_chat.py: the chat in a real terminal
 dpkg -s pocl-opencl-icd >/dev/null 2>&1 || missing+=(pocl-opencl-icd)
 dpkg -s ocl-icd-opencl-dev >/dev/null 2>&1 || missing+=(ocl-icd-opencl-dev)
 dpkg -s opencl-headers >/dev/null 2>&1 || missing+=(opencl-headers)
