@@ -446,32 +446,32 @@ def bound_table(rows: list[dict], cores: list[Core]) -> str:
     return "weights the cluster could stream at llvm-mca's pace, against the memory's bandwidth:\n" + table(out, cols)
 
 
-def dynamic_table(results: list[dict]) -> str:
+def _qemu_rows(results: list[dict], fill) -> list[dict]:
+    """One row per engine run: its name, flags and qemu CPU, then `fill(r)`'s columns (or the error)."""
     out = []
     for r in results:
         row = {"engine": f"{r['engine']} {r['quant']}", "flags": r["flags"], "cpu": r["qemu_cpu"]}
-        if "error" in r:
-            row["top"] = r["error"][:160]
-        else:
-            row.update(total=r["insns_per_token"] / 1e6, lib=r["kernel_lib_insns"] / 1e6,
-                       mm=r["matmul_insns"] / 1e6, ipb=r["matmul_insns_per_block"],
-                       top=", ".join(f"{t['symbol'][:40]} {t['insns'] / 1e6:.1f}M" for t in r["top"][:3]))
+        row.update({"top": r["error"][:160]} if "error" in r else fill(r))
         out.append(row)
+    return out
+
+
+def _top(symbols: list[dict]) -> str:
+    return ", ".join(f"{t['symbol'][:40]} {t['insns'] / 1e6:.1f}M" for t in symbols[:3])
+
+
+def dynamic_table(results: list[dict]) -> str:
+    out = _qemu_rows(results, lambda r: dict(total=r["insns_per_token"] / 1e6, lib=r["kernel_lib_insns"] / 1e6,
+                                             mm=r["matmul_insns"] / 1e6, ipb=r["matmul_insns_per_block"],
+                                             top=_top(r["top"])))
     return table(out, [("engine", "engine"), ("flags", "flags"), ("cpu", "qemu -cpu"), ("total", "M insns / token"),
                        ("lib", "M in kernel library"), ("mm", "M in matmul"), ("ipb", "matmul insns / 32 w"),
                        ("top", "top symbols")])
 
 
 def prefill_table(results: list[dict]) -> str:
-    out = []
-    for r in results:
-        row = {"engine": f"{r['engine']} {r['quant']}", "flags": r["flags"], "cpu": r["qemu_cpu"]}
-        if "error" in r:
-            row["top"] = r["error"][:160]
-        else:
-            row.update(total=r["prefill_insns_per_token"] / 1e6, mm=r["prefill_matmul_insns_per_token"] / 1e6,
-                       top=", ".join(f"{t['symbol'][:40]} {t['insns'] / 1e6:.1f}M" for t in r["prefill_top"][:3]))
-        out.append(row)
+    out = _qemu_rows(results, lambda r: dict(total=r["prefill_insns_per_token"] / 1e6,
+                                             mm=r["prefill_matmul_insns_per_token"] / 1e6, top=_top(r["prefill_top"])))
     return table(out, [("engine", "engine"), ("flags", "flags"), ("cpu", "qemu -cpu"),
                        ("total", "M insns / prompt token"), ("mm", "M in matmul"), ("top", "top symbols")])
 
