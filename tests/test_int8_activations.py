@@ -162,10 +162,45 @@ ARM_PROMPTS = {1: [7], 7: [1, 5, 9, 200, 17, 3, 44], 64: [(37 * i + 11) % 500 + 
                530: [(53 * i + 7) % 500 + 3 for i in range(530)]}
 
 
+ARM_IDS = [1, 5, 9, 200, 17, 3, 44, 100, 7, 8]
+
+
+@pytest.fixture(scope="module")
+def int8_runs(tmp_path_factory):
+    """runs(name) -> (bundle, {"decode"/"prefill": logits}, {prompt length: greedy tokens}) of
+    random:tiny at q4f16i8 for a target, each made once (the host's serves every Arm preset)."""
+    from edgesmith.compiler.build import compile_bundle
+    from edgesmith.runtime.profile.check import device_logits
+    from edgesmith.runtime.session import run_runner
+
+    root = tmp_path_factory.mktemp("int8-runs")
+    made = {}
+
+    def runs(name: str):
+        if name not in made:  # the same KV cache everywhere (dotprod's default is float16)
+            bundle = compile_bundle("random:tiny", "q4f16i8", name, root / name, kv_dtype="float16")
+            lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, ARM_IDS))], timeout=300)
+            logits = {"decode": device_logits(lines)}
+            # the prefill GEMM's logits: 64 tokens at once, then 4 decoded (teacher-forced)
+            prefilled = ARM_PROMPTS[64] + [5, 9, 200, 17]
+            lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, prefilled)),
+                                        "--prefill", "64"], timeout=300)
+            logits["prefill"] = device_logits(lines)
+            tokens = {}
+            for length, prompt in ARM_PROMPTS.items():
+                records = run_runner(bundle, ["generate", str(bundle), "--tokens", ",".join(map(str, prompt)),
+                                              "-n", "8"], timeout=300)
+                tokens[length] = records[-1]["output_ids"]
+            made[name] = bundle, logits, tokens
+        return made[name]
+
+    return runs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset,dot_insn", [("arm64-linux-dotprod", "sdot"), ("android-arm64", "sdot"),
                                              ("arm64-linux-i8mm", "sdot"), ("arm64-linux", "smlal")])
-def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset, dot_insn):
+def test_arm_dotprod_bundle_equals_host_under_qemu(int8_runs, preset, dot_insn):
     """The same model through sdot (or, on plain Armv8-A, smull/smlal) on Arm (the runner under
     qemu) and vpdpbusd here: the integer dot products are exact, so the logits agree to float
     rounding and the greedy tokens are the same. The decode GEMV there is kernels/int8_arm.py's
@@ -176,50 +211,33 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(tmp_path, preset, dot_insn):
 
     from numpy_phi3 import NumpyPhi3, dequantized_weights, int8_layers, read_tensor_cache
 
-    from edgesmith.compiler.build import compile_bundle
-    from edgesmith.runtime.profile.check import device_logits
-    from edgesmith.runtime.session import run_runner
     from edgesmith.targets import toolchains
 
     arm = presets.get_preset(preset)
     qemu = arm.layout.qemu_wrapper(arm.arch, installed=False)[0]  # what this machine runs its binaries with
     assert toolchains.toolchain_status(arm)[0] and shutil.which(qemu), "scripts/install.sh installs both"
-    ids = [1, 5, 9, 200, 17, 3, 44, 100, 7, 8]
-    logits, tokens = {}, {}
-    for name in (preset, "host")[: 2 if HOST_ISAS else 1]:  # the same KV cache (dotprod's default is float16)
-        bundle = compile_bundle("random:tiny", "q4f16i8", name, tmp_path / name, kv_dtype="float16")
-        (lib,) = (bundle / "lib").iterdir()
-        assert b"q4_matmul_i8" in lib.read_bytes()
-        if name != "host":  # the four-row decode GEMV is in: its ld4 loads (the one-row kernel has none)
-            asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(lib)], capture_output=True, text=True,
-                                 check=True).stdout
-            assert "\tld4\t" in asm and f"\t{dot_insn}\t" in asm
-        lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, ids))], timeout=300)
-        logits[name, "decode"] = device_logits(lines)
-        # the prefill GEMM's logits: 64 tokens at once, then 4 decoded (teacher-forced)
-        prefilled = ARM_PROMPTS[64] + [5, 9, 200, 17]
-        lines = run_runner(bundle, ["logits", str(bundle), "--tokens", ",".join(map(str, prefilled)),
-                                    "--prefill", "64"], timeout=300)
-        logits[name, "prefill"] = device_logits(lines)
-        for length, prompt in ARM_PROMPTS.items():
-            records = run_runner(bundle, ["generate", str(bundle), "--tokens", ",".join(map(str, prompt)),
-                                          "-n", "8"], timeout=300)
-            tokens[name, length] = records[-1]["output_ids"]
-    arm_bundle = tmp_path / preset
-    params = read_tensor_cache(arm_bundle / "params")
-    ref = NumpyPhi3(json.loads((arm_bundle / "manifest.json").read_text())["model"]["config"],
+    bundle, logits, tokens = int8_runs(preset)
+    (lib,) = (bundle / "lib").iterdir()
+    assert b"q4_matmul_i8" in lib.read_bytes()
+    # the four-row decode GEMV is in: its ld4 loads (the one-row kernel has none)
+    asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(lib)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "\tld4\t" in asm and f"\t{dot_insn}\t" in asm
+    params = read_tensor_cache(bundle / "params")
+    ref = NumpyPhi3(json.loads((bundle / "manifest.json").read_text())["model"]["config"],
                     dequantized_weights(params), int8=int8_layers(params), kv_float16=True)
-    scheme = np.stack([ref.forward([t]) for t in ids])
-    diffs = np.abs(logits[preset, "decode"] - scheme).max(axis=1)
+    scheme = np.stack([ref.forward([t]) for t in ARM_IDS])
+    diffs = np.abs(logits["decode"] - scheme).max(axis=1)
     # float rounding, or one activation rounded to the neighbouring int8 step (tests/test_prefill_logits.py)
     assert diffs.max() < 0.1 and (diffs < 1e-3).mean() >= 0.5, diffs
+    assert all(len(tokens[length]) == 8 for length in ARM_PROMPTS)
     if HOST_ISAS:
+        _, host_logits, host_tokens = int8_runs("host")
+        assert b"q4_matmul_i8" in next((int8_runs("host")[0] / "lib").iterdir()).read_bytes()
         for kind in ("decode", "prefill"):
-            report = compare_logits(logits["host", kind], logits[preset, kind])
+            report = compare_logits(host_logits[kind], logits[kind])
             assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, (kind, report)
-        for length in ARM_PROMPTS:
-            assert tokens[preset, length] == tokens["host", length], length
-    assert all(len(tokens[preset, length]) == 8 for length in ARM_PROMPTS)
+        assert tokens == host_tokens
 
 
 def test_arm_gemv_choice_and_every_tuner_choice_builds():
