@@ -335,9 +335,10 @@ def test_a_context_beyond_the_compiled_one_is_refused_at_run_time(models, capsys
                             "--context", 5000)
         assert code == 1 and err.count("\n") == 1, err
         assert "--context 5000 is larger than the 4096 tokens this bundle was compiled for" in err, err
-        code, _, err = _cli(capsys, "run", bundle, "--tokens", "1,2,3", "-n", "2", "--engine", engine,
-                            "--context", 0)
-        assert code == 1 and err.count("\n") == 1 and "--context 0" in err and "positive" in err, err
+        with pytest.raises(SystemExit) as exited:  # an argument error (exit 2), before anything runs
+            _cli(capsys, "run", bundle, "--tokens", "1,2,3", "-n", "2", "--engine", engine, "--context", 0)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.count("\n") == 1 and "--context" in err and "at least 1" in err, err
 
 
 def test_a_smaller_run_time_context_sizes_the_cache(models):

@@ -120,7 +120,7 @@ def test_stream_lines_come_before_the_result(host_bundle, reference):
     seen = []
     records = generate(host_bundle, PROMPT, 5, "--stream", on_line=seen.append)
     assert seen == records
-    assert [r["token"] for r in records[:-1]] == reference["short"][:5]
+    assert [r["token"] for r in records[:-1] if "token" in r] == reference["short"][:5]  # after a "loaded" line
     assert records[-1]["output_ids"] == reference["short"][:5]
 
 

@@ -204,7 +204,8 @@ class SshTransport(Transport):
                 if dog.fired or "timeout" in str(err).lower():
                     raise DeviceTimeout(self.name, f"the SSH login to {cfg.host}:{cfg.port}", timeout) from None
                 how = f"key {cfg.key_file}" if cfg.key_file else ("password" if password else "agent/default keys")
-                raise self.error(DeviceUnreachable, f"authentication as {cfg.user!r} with {how} was refused") \
+                # the device answered: no "start the emulator" hint (self.error adds it)
+                raise DeviceUnreachable(self.name, f"authentication as {cfg.user!r} with {how} was refused") \
                     from None
             except (OSError, EOFError, paramiko.SSHException) as err:
                 self.close()
