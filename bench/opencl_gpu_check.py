@@ -202,7 +202,10 @@ def _same_build(bundle: Path, model: str, target: str) -> bool:
     return m["target"]["preset"] == target and m["quant"] == "q4f32" and m["model"]["source"].startswith(model + " (")
 
 
-def prepare(args) -> int:
+def prepare_bundles(args, gpu: str, preset: str, loader: str, loader_what: str, script: str) -> int:
+    """The carry folder of a GPU check (this script's and bench/vulkan_gpu_check.py's): host, `preset`
+    (as `gpu`) and CUDA bundles at q4f32 with weights from the parameter names, the host's greedy
+    tokens and logits as expected.json, the GPU bundles without weights, and this machine's `loader`."""
     from edgesmith.compiler.build import compile_bundle
 
     out = Path(args.out)
@@ -210,7 +213,7 @@ def prepare(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     built = {}
-    for name, target in (("host", "host"), ("opencl", "linux-opencl"), ("cuda", "cuda")):
+    for name, target in (("host", "host"), (gpu, preset), ("cuda", "cuda")):
         if name == "cuda" and args.no_cuda:
             continue
         dest = work / name
@@ -227,12 +230,12 @@ def prepare(args) -> int:
     ref, _ = _generate(host, prompt)
     logits = _logits(host, logit_tokens)
     print(f"host greedy tokens: {ref['output_ids']}")
-    for name in ("opencl", "cuda"):
+    for name in (gpu, "cuda"):
         if name in built:
             strip_weights(built[name], out / name)
-    for src in ("/usr/lib/x86_64-linux-gnu/libOpenCL.so.1", "/usr/lib64/libOpenCL.so.1"):
+    for src in (f"/usr/lib/x86_64-linux-gnu/{loader}", f"/usr/lib64/{loader}"):
         if Path(src).exists():
-            shutil.copy2(Path(src).resolve(), out / ICD_LOADER)  # the real file, not the symlink
+            shutil.copy2(Path(src).resolve(), out / loader)  # the real file, not the symlink
             break
     (out / "expected.json").write_text(json.dumps({
         "model": args.model, "quant": "q4f32", "prompt_ids": prompt, "new_tokens": NEW_TOKENS,
@@ -240,11 +243,14 @@ def prepare(args) -> int:
         "weights": "SHAKE-256 of each parameter name, salted " + SALT.decode(),
         "prepared": datetime.datetime.now().isoformat(timespec="seconds"),
     }))
-    carry = sum(f.stat().st_size for d in ("opencl", "cuda") if (out / d).exists() for f in (out / d).rglob("*")
-                if f.is_file())
-    print(f"ready: {out} ({carry / 2**20:.1f} MiB of bundles without weights, expected.json, the ICD loader) to "
-          f"carry; {work} stays here. On the GPU machine: python3 bench/opencl_gpu_check.py run --out {out}")
+    carry = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"ready: {out} ({carry / 2**20:.1f} MiB: bundles without weights, expected.json, {loader_what}) to "
+          f"carry; {work} stays here. On the GPU machine: python3 {script} run --out {out}")
     return 0
+
+
+def prepare(args) -> int:
+    return prepare_bundles(args, "opencl", "linux-opencl", ICD_LOADER, "the ICD loader", "bench/opencl_gpu_check.py")
 
 
 # ------------------------------------------------------------------ run (on the GPU machine)

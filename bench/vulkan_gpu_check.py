@@ -43,8 +43,8 @@ if __package__ in (None, ""):  # run as `python bench/NAME.py`: import siblings 
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # repo root; bench/ itself never on sys.path
 from bench.gpu_runner import run_runner  # noqa: E402  (stdlib only: it runs on the GPU machine)
 from bench.opencl_gpu_check import (  # noqa: E402  (stdlib only too)
-    BENCH, LOGIT_TOKENS, MAX_LOGIT_DIFF, NEW_TOKENS, PROMPT, SALT, _bench, _find_lib, _gpu_name, _ldconfig_paths,
-    _logits, _same_build, _tok_s, compare_logits, fill_bundle, strip_weights)
+    BENCH, MAX_LOGIT_DIFF, NEW_TOKENS, _bench, _find_lib, _gpu_name, _ldconfig_paths, _logits, _tok_s,
+    compare_logits, fill_bundle, prepare_bundles)
 
 VULKAN_LOADER = "libvulkan.so.1"
 ICD_DIRS = (Path("/etc/vulkan/icd.d"), Path("/usr/share/vulkan/icd.d"))
@@ -60,47 +60,8 @@ def _generate(bundle: Path, prompt: list[int], env=None) -> tuple[dict, dict | N
 
 
 def prepare(args) -> int:
-    from edgesmith.compiler.build import compile_bundle
-
-    out = Path(args.out)
-    work = Path(str(out) + "-bundles")  # the full bundles: not carried
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    built = {}
-    for name, target in (("host", "host"), ("vulkan", "linux-vulkan"), ("cuda", "cuda")):
-        if name == "cuda" and args.no_cuda:
-            continue
-        dest = work / name
-        if _same_build(dest, args.model, target):  # weights are rewritten below anyway
-            built[name] = dest
-            continue
-        built[name] = compile_bundle(args.model, "q4f32", target, dest)
-        print(f"compiled {args.model} q4f32 for {target}: {time.time() - t0:.0f} s", flush=True)
-    for name, bundle in built.items():
-        print(f"filled {name} weights in {fill_bundle(bundle):.1f} s", flush=True)
-    host = built["host"]
-    vocab = json.loads((host / "manifest.json").read_text())["model"]["config"]["vocab_size"]
-    prompt, logit_tokens = [t % vocab for t in PROMPT], [t % vocab for t in LOGIT_TOKENS]
-    ref, _ = _generate(host, prompt)
-    logits = _logits(host, logit_tokens)
-    print(f"host greedy tokens: {ref['output_ids']}")
-    for name in ("vulkan", "cuda"):
-        if name in built:
-            strip_weights(built[name], out / name)
-    for src in ("/usr/lib/x86_64-linux-gnu/libvulkan.so.1", "/usr/lib64/libvulkan.so.1"):
-        if Path(src).exists():
-            shutil.copy2(Path(src).resolve(), out / VULKAN_LOADER)  # the real file, not the symlink
-            break
-    (out / "expected.json").write_text(json.dumps({
-        "model": args.model, "quant": "q4f32", "prompt_ids": prompt, "new_tokens": NEW_TOKENS,
-        "host_output_ids": ref["output_ids"], "logit_tokens": logit_tokens, "host_logits_f32le_b64": logits,
-        "weights": "SHAKE-256 of each parameter name, salted " + SALT.decode(),
-        "prepared": datetime.datetime.now().isoformat(timespec="seconds"),
-    }))
-    carry = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"ready: {out} ({carry / 2**20:.1f} MiB: bundles without weights, expected.json, the Vulkan loader) to "
-          f"carry; {work} stays here. On the GPU machine: python3 bench/vulkan_gpu_check.py run --out {out}")
-    return 0
+    return prepare_bundles(args, "vulkan", "linux-vulkan", VULKAN_LOADER, "the Vulkan loader",
+                           "bench/vulkan_gpu_check.py")
 
 
 # ------------------------------------------------------------------ run (on the GPU machine)
