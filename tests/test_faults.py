@@ -184,7 +184,9 @@ def _fault_during_run(devices, emulators, arm64_bundle, fault, name, kind, timeo
     tokens = []
 
     def on_line(record):
-        if "token" in record and not tokens:
+        if "token" not in record:
+            return  # the runner's "loaded" line comes before the tokens
+        if not tokens:
             fault(name, kind)  # the link breaks while the runner streams its tokens
         tokens.append(record)
 
