@@ -15,6 +15,7 @@ from edgesmith.compiler.inputs.checkpoint import Checkpoint, default_quant, open
 from edgesmith.compiler.context import PAGE_SIZE, kv_settings
 from edgesmith.compiler.bundle.manifest import BuildInfo, DeviceInfo, Manifest, ModelInfo, TargetInfo, TokenizerInfo
 from edgesmith.compiler.convert import convert_params
+from edgesmith.compiler.kernels.family import check_quant
 from edgesmith.compiler.models import for_config
 from edgesmith.compiler.lowering.pipeline import make_pipeline
 from edgesmith.compiler.quantization.registry import Quantization, get_quantization
@@ -92,6 +93,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
         raise ConfigError(f"prefill chunk {prefill_chunk!r}: it must be a positive number of tokens")
     tvm_target = tvm.target.Target(preset.tvm_target())
+    check_quant(q, preset, tvm_target)
     if preset.gpu is not None:
         _check_gpu_heads(cfg, preset, tvm_target, kv.dtype)
     if tuning is not None and tuning.target != preset.name:

@@ -108,3 +108,62 @@ def test_an_emulated_device_that_is_down_names_the_command_that_starts_it():
             t.run("true", timeout=10)
         assert err.value.exit_code == 4 and "cannot connect to" in str(err.value)
         assert ("start it with `edgesmith emulators start`" in str(err.value)) == hint, str(err.value)
+
+
+def test_a_quant_the_target_cannot_honour_is_an_error_naming_what_it_can(tmp_path):
+    """int8 activations need int8 dot products: a GPU target (and an x86 CPU without VNNI, as LLVM
+    describes its CPUs) refuses q4f16i8 in one line naming the quantizations it honours; plain
+    arm64 NEON honours it (emulated dot products, #28). Nothing is written."""
+    import tvm
+    from edgesmith.compiler.kernels.family import honoured_quants
+    from edgesmith.targets.presets import get_preset
+
+    out = tmp_path / "b"
+    p = edgesmith("compile", "random:tiny", "--target", "linux-opencl", "--quant", "q4f16i8", "-o", out)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert "q4f16i8" in lines[0] and "linux-opencl" in lines[0] and "--quant q4f16" in lines[0], lines[0]
+    assert "honours q0f32, q0f16, q4f16, q4f32" in lines[0] and not out.exists()
+
+    assert "q4f16i8" in honoured_quants(get_preset("arm64-linux"))
+    host = get_preset("host")
+    cpu = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
+    assert "q4f16i8" not in honoured_quants(host, tvm.target.Target(dict(cpu, mcpu="haswell")))
+    assert honoured_quants(host, tvm.target.Target(dict(cpu, mcpu="cascadelake")))["q4f16i8"] == \
+        "int8 activations on avx512vnni"
+
+
+def test_o_is_always_an_output_path_and_format_always_a_format(tmp_path):
+    """Across every subcommand: -o is --out (a path), --format takes a format and --json is its
+    short form; compile's old --output still parses, with a one-line note."""
+    import argparse
+
+    from edgesmith.cli import build_parser
+
+    seen = {"-o": [], "--format": [], "--json": []}
+
+    def walk(parser, path):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, f"{path} {name}")
+            for flag in seen:
+                if flag in a.option_strings:
+                    seen[flag].append((path, a))
+
+    walk(build_parser(), "edgesmith")
+    assert {p for p, _ in seen["-o"]} >= {"edgesmith compile", "edgesmith tune", "edgesmith profile",
+                                          "edgesmith farm run"}
+    for path, a in seen["-o"]:
+        assert a.option_strings == ["-o", "--out"] and a.dest == "out" and a.type is not None, path
+    for path, a in seen["--format"]:
+        assert a.choices and all(c in ("table", "text", "json", "md", "jsonl", "csv") for c in a.choices), path
+    assert {p for p, _ in seen["--json"]} <= {p for p, _ in seen["--format"]}  # --json only as --format json's short form
+    for cmd in ("targets", "quants"):
+        a, b = edgesmith(cmd, "--format", "json"), edgesmith(cmd, "--json")
+        assert a.returncode == b.returncode == 0 and a.stdout == b.stdout and a.stdout.lstrip().startswith("[")
+
+    p = edgesmith("compile", "random:tiny", "--target", "linux-opencl", "--quant", "q4f16i8", "--output", tmp_path / "b")
+    note, error = p.stderr.strip().splitlines()
+    assert note == "edgesmith: note: --output is now -o/--out (--output still works, for now)"
+    assert p.returncode == 1 and "linux-opencl" in error and not (tmp_path / "b").exists()

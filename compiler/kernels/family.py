@@ -47,3 +47,38 @@ def kernel_family(target, tuning: Tuning | None = None) -> KernelFamily:
     isas = dot_isas(target)
     family = KernelFamily("cpu-int8dot", tuple(isas)) if isas else CPU
     return replace(family, tuning=tuning) if tuning is not None else family
+
+
+def honoured_quants(preset, target=None) -> dict[str, str]:
+    """{quantization name: what the target computes it with} for every registered scheme `preset`
+    honours. A scheme with int8 activations needs a CPU family with int8 dot products (real or
+    emulated: plain NEON has them through `dot`); a GPU, or an x86 CPU without VNNI, computes in
+    float and is not handed a q4f16i8 label it would not live up to. target: the preset's
+    tvm.target.Target when the caller already made it."""
+    from edgesmith.compiler.quantization.registry import QUANTIZATIONS
+
+    if preset.gpu is not None:
+        family = GPU
+    else:
+        import tvm
+
+        family = kernel_family(target if target is not None else tvm.target.Target(preset.tvm_target()))
+    isa = family.dot_isas[0].name if family.dot_isas else None
+    return {name: (f"int8 activations on {isa}" if q.int8_activations else "float activations")
+            for name, q in QUANTIZATIONS.items() if isa or not q.int8_activations}
+
+
+def check_quant(quant, preset, target=None) -> None:
+    """Raise (one line, naming what the target can do) when `preset` cannot honour `quant`."""
+    from edgesmith.errors import TargetError
+
+    can = honoured_quants(preset, target)
+    if quant.name in can:
+        return
+    why = (f"its {preset.gpu.api} GPU computes in float" if preset.gpu is not None
+           else f"its CPU ({preset.arch}) has no int8 dot products (AVX512-VNNI, AVX-VNNI or Arm NEON)")
+    twin = quant.variant(int8_activations=False)
+    instead = f"use --quant {twin.name} (the same weights, float activations)" if twin.name in can else \
+        "use one of those"
+    raise TargetError(f"--quant {quant.name} needs int8 activations, which target {preset.name} cannot run: {why}; "
+                      f"it honours {', '.join(can)}; {instead}")

@@ -98,3 +98,52 @@ def device_options(sp) -> None:
     sp.add_argument("--device", help="device name from devices.yaml (default: run here)")
     sp.add_argument("--devices", type=Path, help=DEVICES_HELP)
     sp.add_argument("--timeout", type=seconds, default=600.0, help="seconds before giving up (default 600)")
+
+
+# One command line: `-o/--out` is always an output path and `--format` always a format. Older
+# spellings keep working: `--json` is short for `--format json` (documented), and a renamed flag
+# (compile's and tune's `--output`) still parses with a one-line note on stderr.
+
+class _FormatAction(argparse.Action):
+    """--format X: also sets `json` (what the commands read) so --format json and --json agree."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.format = values
+        namespace.json = values == "json"
+
+
+class _JsonAction(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.format, namespace.json = "json", True
+
+
+def format_option(sp, choices: tuple[str, ...], help: str) -> None:
+    """--format CHOICE (the first is the default) and --json, short for --format json."""
+    sp.add_argument("--format", choices=choices, default=choices[0], action=_FormatAction,
+                    help=f"{' or '.join(choices)} (default {choices[0]}): {help}")
+    sp.add_argument("--json", action=_JsonAction, default=False, help="short for --format json")
+
+
+class _RenamedAction(argparse.Action):
+    """An old spelling of a flag: stores into the new one's dest and says so once, on stderr."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        print(f"edgesmith: note: {option_string} is now {self.new} ({option_string} still works, for now)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def out_option(sp, help: str, *, old: str | None = None, **kwargs) -> None:
+    """-o/--out PATH (dest `out`); old: a former spelling that still parses, hidden from --help."""
+    sp.add_argument("-o", "--out", type=Path, help=help, **kwargs)
+    if old:
+        sp.add_argument(old, dest="out", type=Path, action=_RenamedAction, new="-o/--out", help=argparse.SUPPRESS)

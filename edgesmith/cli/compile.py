@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgesmith.cli.args import DEVICES_HELP, check_writable
+from edgesmith.cli.args import DEVICES_HELP, check_writable, out_option
 
 
 def cmd_compile(args) -> int:
@@ -18,7 +18,7 @@ def cmd_compile(args) -> int:
         float_twin = get_quantization(args.quant).variant(int8_activations=False)
         progress_note = f"quantization {args.quant}: the default for target {args.target} ({why})" + (
             f"; --quant {float_twin.name} for exact float activations" if float_twin.name != args.quant else "")
-    out = args.output or Path("dist") / _bundle_name(args.model, args.quant, args.target)
+    out = args.out or Path("dist") / _bundle_name(args.model, args.quant, args.target)
     _check_compile_args(args.model, args.quant, args.target, out)
     check_writable(out, "-o")
     from edgesmith.compiler.build import compile_bundle
@@ -110,7 +110,7 @@ def add_parser(sub) -> None:
                    "int4 ONNX model keeps its own scale dtype (q4f32 or q4f32i8); `edgesmith targets` shows each "
                    "target's default")
     c.add_argument("--target", default="host", help="target preset (see `edgesmith targets`); default host")
-    c.add_argument("-o", "--output", type=Path, help="bundle folder to write (default dist/<model>-<quant>-<target>)")
+    out_option(c, "bundle folder to write (default dist/<model>-<quant>-<target>)", old="--output")
     ends = c.add_mutually_exclusive_group()
     ends.add_argument("--float-embedding", action="store_true", help="keep the embedding and lm_head in float")
     ends.add_argument("--quantize-embedding", action="store_true", help="int4 embedding and lm_head even where "

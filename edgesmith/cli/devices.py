@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgesmith.cli.args import DEVICES_HELP, seconds
+from edgesmith.cli.args import DEVICES_HELP, format_option, seconds
 
 
 def cmd_devices(args) -> int:
@@ -36,6 +36,6 @@ def add_parser(sub) -> None:
     d.add_argument("names", nargs="*", help="only these devices")
     d.add_argument("--devices", type=Path, help=DEVICES_HELP)
     d.add_argument("--no-probe", action="store_true", help="list without connecting")
-    d.add_argument("--json", action="store_true", help="the devices (and what was found) as JSON instead of a table")
+    format_option(d, ("table", "json"), "the devices and what was found")
     d.add_argument("--timeout", type=seconds, default=20.0, help="seconds per device (default 20)")
     d.set_defaults(func=cmd_devices)

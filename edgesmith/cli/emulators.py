@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgesmith.cli.args import format_option
+
 
 def cmd_emulators(args) -> int:
     from edgesmith.runtime import emulated
@@ -55,8 +57,7 @@ def add_parser(sub) -> None:
     e = sub.add_parser("emulators", help="start/stop the emulated arm64 board (sshd) and phone (adb) on loopback")
     e.add_argument("action", choices=["start", "stop", "status"], help="start: the board and the phone on "
                    "loopback; stop: them; status: a table of what runs where (exit 0 either way)")
-    e.add_argument("--format", choices=["table", "json"], default="table", help="status: a table (default) or "
-                   "the state as JSON")
+    format_option(e, ("table", "json"), "what status prints")
     e.add_argument("--free-ports", action="store_true", help="start: let the OS pick free ports instead of "
                    "2222 (ssh), 5557 (phone) and 5038 (adb server); pair with --devices-out")
     e.add_argument("--devices-out", type=Path, metavar="FILE", help="start: write a devices.yaml naming the "

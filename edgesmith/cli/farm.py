@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgesmith.cli.args import DEVICES_HELP, at_least, cool, count, int_list, positive, seconds
+from edgesmith.cli.args import DEVICES_HELP, at_least, cool, count, format_option, int_list, out_option, positive, seconds
 
 
 def cmd_farm(args) -> int:
@@ -69,7 +69,7 @@ def add_parser(sub) -> None:
     fr.add_argument("-s", "--select", type=lambda t: [x for x in t.split(",") if x], default=[],
                     help="device names, tags or targets, comma-separated (default: every device)")
     fr.add_argument("--baseline", type=Path, help="a previous results.json or any `edgesmith profile` output")
-    fr.add_argument("--out", type=Path, required=True, help="folder for the reports")
+    out_option(fr, "folder for the reports (results.json, summary.md, report.html, junit.xml)", required=True)
     fr.add_argument("--retries", type=count, default=1, help="tries again a failed device this many times (default 1)")
     fr.add_argument("--retry-delay", type=at_least(0.0, float), default=2.0, help="seconds between tries (default 2)")
     fr.add_argument("--allow-failures", type=count, default=0, help="devices that may fail without exit 4 (default 0)")
@@ -110,5 +110,5 @@ def add_parser(sub) -> None:
     farm_common(fa)
 
     fst = fs.add_parser("status", help="devices, leases and the queue on the tracker")
-    fst.add_argument("--json", action="store_true", help="the tracker's state as JSON instead of a table")
+    format_option(fst, ("table", "json"), "the tracker's state")
     farm_common(fst)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgesmith.cli.args import format_option
+
 
 def cmd_inspect(args) -> int:
     from edgesmith.runtime import inspect_bundle
@@ -20,7 +22,7 @@ def cmd_inspect(args) -> int:
 def add_parser(sub) -> None:
     i = sub.add_parser("inspect", help="what a bundle holds: model, quantization, target, files, accuracy")
     i.add_argument("bundle", type=Path, help="a bundle folder (what `edgesmith compile -o` wrote)")
-    i.add_argument("--json", action="store_true", help="the whole manifest summary as one JSON object")
+    format_option(i, ("text", "json"), "the bundle's summary; json: the whole manifest summary as one object")
     i.add_argument("--kernels", action="store_true", help="list the GPU kernels (GPU targets)")
     i.add_argument("--kernel", metavar="NAME", help="print one GPU kernel's source")
     i.set_defaults(func=cmd_inspect)

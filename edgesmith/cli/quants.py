@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from edgesmith.cli.args import format_option
+
 
 def cmd_quants(args) -> int:
     from edgesmith.compiler.quantization.registry import QUANTIZATIONS
@@ -28,5 +30,5 @@ def cmd_quants(args) -> int:
 
 def add_parser(sub) -> None:
     qs = sub.add_parser("quants", help="list quantizations (--quant): weights, scales, activations")
-    qs.add_argument("--json", action="store_true", help="the quantizations as JSON instead of a table")
+    format_option(qs, ("table", "json"), "the quantizations")
     qs.set_defaults(func=cmd_quants)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgesmith.cli.args import at_least, count, device_options, ids, top_p
+from edgesmith.cli.args import at_least, count, device_options, format_option, ids, top_p
 
 
 def _inputs(args) -> None:
@@ -249,8 +249,8 @@ def add_parser(sub) -> None:
                    help="sample from the smallest set of tokens whose probabilities add up to this (0-1, default 1)")
     r.add_argument("--seed", type=count, default=0, help="random seed for sampling (default 0)")
     r.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
-    r.add_argument("--json", action="store_true", help="print one JSON object (output_ids, text, timings); with "
-                   "--interactive one a turn")
+    format_option(r, ("text", "json"), "json: one JSON object (output_ids, text, timings); with --interactive "
+                  "one a turn")
     r.add_argument("--engine", choices=["runner", "python"], default="runner",
                    help="the bundle's C++ runner (default) or TVM's Python VM in this process")
     r.add_argument("--context", type=at_least(1), metavar="N", help="KV cache size in tokens, at most the compiled "

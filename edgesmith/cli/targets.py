@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from edgesmith.cli.args import format_option
+
 
 def cmd_targets(args) -> int:
     from edgesmith.targets.presets import PRESETS, get_preset
@@ -22,5 +24,5 @@ def cmd_targets(args) -> int:
 def add_parser(sub) -> None:
     t = sub.add_parser("targets", help="list target presets: arch, device, default quantization, toolchain, runner")
     t.add_argument("names", nargs="*", metavar="NAME", help="show these presets in full (JSON, with the TVM target)")
-    t.add_argument("--json", action="store_true", help="every preset in full, as JSON")
+    format_option(t, ("table", "json"), "the presets; json: every preset in full")
     t.set_defaults(func=cmd_targets)

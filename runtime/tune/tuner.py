@@ -84,7 +84,7 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
 
     import tvm
     from edgesmith.compiler.inputs.checkpoint import default_quant, open_checkpoint
-    from edgesmith.compiler.kernels.family import kernel_family
+    from edgesmith.compiler.kernels.family import check_quant, kernel_family
     from edgesmith.compiler.quantization.registry import get_quantization
     from edgesmith.runtime.tune.shapes import tunable_shapes
     from edgesmith.targets.presets import get_preset
@@ -95,7 +95,9 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
                              "measures the CPU kernels' choices; use a CPU target's device")
     ckpt = open_checkpoint(model)
     quant = get_quantization(o.quant or default_quant(ckpt, preset.name)[0])
-    family = kernel_family(tvm.target.Target(preset.tvm_target()))
+    tvm_target = tvm.target.Target(preset.tvm_target())
+    check_quant(quant, preset, tvm_target)
+    family = kernel_family(tvm_target)
     from edgesmith.compiler.context import kv_settings
 
     kv_dtype = kv_settings(ckpt.config, preset, None, o.kv_dtype, quant=quant).dtype
