@@ -219,60 +219,19 @@ def read_vocab(gguf_path: Path) -> dict:
     return vocab
 
 
-def merges_by_score(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
-    """One BPE merge (left, right) per cut of a normal piece into two pieces, best score first;
-    cuts of one piece keep their left-to-right order. BPE then merges the best-scoring
-    neighbour pair first, as SentencePiece does."""
-    index = {t: i for i, t in enumerate(tokens)}
-    ranked = []
-    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types)):
-        if kind not in (NORMAL, USER_DEFINED) or len(piece) < 2:
-            continue
-        for cut in range(1, len(piece)):
-            left, right = piece[:cut], piece[cut:]
-            if left in index and right in index:
-                ranked.append((-score, i, cut, left, right))
-    ranked.sort()
-    return [(left, right) for _, _, _, left, right in ranked]
-
-
 def convert(gguf_path: Path, out: Path) -> None:
-    """Write out/tokenizer.json and out/tokenizer_config.json (bos/eos, chat template)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
-    from tokenizers.models import BPE
+    """Write out/tokenizer.json and out/tokenizer_config.json (bos/eos, chat template): the
+    SentencePiece conversion of compiler/models/spm.py with llama.cpp's Phi-3 rule that each chat
+    token swallows the whitespace after it (except <unk>, <s> and <|endoftext|>)."""
+    from edgesmith.compiler.models import spm
 
     v = read_vocab(gguf_path)
-    tokens, types = v["tokens"], v["types"]
-    unk = tokens[v["unk"]]
-    model = BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges_by_score(tokens, v["scores"], types),
-                unk_token=unk, fuse_unk=True, byte_fallback=True)
-    tok = Tokenizer(model)
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    # Added in id order (their ids are the vocabulary's): control pieces are special; the
-    # user-defined </s> is matched as a whole but is text (HF Phi-3 marks it special=False).
-    added = []
-    for i, (piece, kind) in enumerate(zip(tokens, types)):
-        if kind in (CONTROL, USER_DEFINED, UNKNOWN):
-            added.append(AddedToken(piece, special=kind != USER_DEFINED, normalized=False,
-                                    rstrip=piece not in NO_RSTRIP and kind != UNKNOWN, lstrip=False,
-                                    single_word=False))
-    tok.add_tokens(added)
-    bos = tokens[v["bos"]]
-    if v["add_bos"]:
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                           special_tokens=[(bos, v["bos"])])
+    tok = spm.build(v, rstrip=lambda piece: piece not in NO_RSTRIP)
     got = tok.get_vocab_size(with_added_tokens=True)
     if got != VOCAB_SIZE:
         raise EdgesmithError(f"the converted tokenizer has {got} tokens, expected {VOCAB_SIZE}")
-    tok.save(str(out / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": tokens[v["eos"]],
-              "unk_token": unk, "pad_token": tokens[v["pad"]] if v["pad"] is not None else None,
-              "add_bos_token": v["add_bos"], "add_eos_token": False, "clean_up_tokenization_spaces": False,
-              "chat_template": v["chat_template"],
-              "edgesmith_source": f"{PACKAGE} {VERSION} {MEMBER_DIR}{GGUF}"}
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
+    spm.write(v, out, rstrip=lambda piece: piece not in NO_RSTRIP,
+              edgesmith_source=f"{PACKAGE} {VERSION} {MEMBER_DIR}{GGUF}")
 
 
 # ------------------------------------------------------------------ llama.cpp's test cases
