@@ -15,6 +15,7 @@ from edgesmith.compiler.inputs.checkpoint import Checkpoint, default_quant, open
 from edgesmith.compiler.context import PAGE_SIZE, kv_settings
 from edgesmith.compiler.bundle.manifest import BuildInfo, DeviceInfo, Manifest, ModelInfo, TargetInfo, TokenizerInfo
 from edgesmith.compiler.convert import convert_params
+from edgesmith.compiler.inputs import tokenizer_files
 from edgesmith.compiler.kernels.family import check_quant
 from edgesmith.compiler.models import for_config
 from edgesmith.compiler.lowering.pipeline import make_pipeline
@@ -63,7 +64,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                    dump_ir: Path | None = None,
                    progress: Progress | None = None, context: int | None = None,
                    kv_dtype: str | None = None, prefill_chunk: int = PREFILL_CHUNK,
-                   tuning: TuningRecord | None = None, tuning_source: str = "") -> Path:
+                   tuning: TuningRecord | None = None, tuning_source: str = "", tokenizer: str | None = None) -> Path:
     """Compile `model` for `target` into the bundle folder `out`; returns `out`.
 
     quant None: the target's and the source's default (checkpoint.default_quant).
@@ -73,7 +74,9 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     context / kv_dtype: the KV cache (compiler/context.py; None: the defaults there).
     prefill_chunk: tokens per prefill call (a longer prompt is prefilled in chunks).
     tuning: a record from `edgesmith tune` (checked against the target by the caller:
-    runtime/tune/apply.py); its kernel choices are applied and recorded in the manifest."""
+    runtime/tune/apply.py); its kernel choices are applied and recorded in the manifest.
+    tokenizer: --tokenizer (phi3, a tokenizer.json or .model, a folder) instead of the checkpoint's
+    (compiler/inputs/tokenizer_files.py)."""
     progress = progress or Progress()
     q = get_quantization(quant) if quant else None
     preset = presets.get_preset(target)
@@ -85,6 +88,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     q = q or get_quantization(default_quant(ckpt, target)[0])
     source = ckpt.source_info(q)
     cfg = ckpt.config
+    chosen = tokenizer_files.from_spec(tokenizer, cfg) if tokenizer else tokenizer_files.TokenizerChoice(
+        ckpt.tokenizer_path, tuple(ckpt.tokenizer_files), ckpt.tokenizer_entry or TokenizerInfo())
     emb_q, head_q = quantized_ends(ckpt, q, quantize_embedding, quantize_lm_head)
     kept = _float_kept_note(ckpt, q, emb_q, head_q)
     if kept:
@@ -151,7 +156,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
 
-        tokenizer = _copy_tokenizer(ckpt, tmp)
+        tokenizer = tokenizer_files.copy_into(chosen, tmp)
         if tokenizer.note:
             progress.step(f"no tokenizer in the bundle: {tokenizer.note}")
 
@@ -213,30 +218,6 @@ def _float_kept_note(ckpt: Checkpoint, q: Quantization, emb_q: bool, head_q: boo
         parts.append(f"{' and '.join(requantized)} quantized to int4 by edgesmith (the source keeps "
                      f"{'it' if len(requantized) == 1 else 'them'} in float: logits differ from the source's)")
     return "; ".join(parts)
-
-
-def _copy_tokenizer(ckpt: Checkpoint, tmp: Path) -> TokenizerInfo:
-    """tokenizer.json and what goes with it into the bundle; returns the manifest's "tokenizer"."""
-    import dataclasses
-    import shutil
-
-    entry = ckpt.tokenizer_entry or TokenizerInfo()
-    if ckpt.tokenizer_path:
-        shutil.copy2(ckpt.tokenizer_path, tmp / "tokenizer.json")
-        for extra in ckpt.tokenizer_files:
-            shutil.copy2(extra, tmp / extra.name)
-        entry = dataclasses.replace(entry, chat_template=(tmp / "chat_template.jinja").is_file()
-                                    or _has_chat_template(tmp / "tokenizer_config.json"))
-    return entry
-
-
-def _has_chat_template(config: Path) -> bool:
-    import json
-
-    try:
-        return bool(json.loads(config.read_text()).get("chat_template"))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _int8_dot(q: Quantization, target, preset) -> str | None:

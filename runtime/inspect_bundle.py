@@ -29,7 +29,7 @@ def describe(bundle: Path, as_json: bool = False) -> str:
         *_device_lines(m),
         f"tvm         {m.tvm_version}",
         f"weights     {m.weight_bytes / 2**20:.1f} MiB in {sum(1 for f in files if f.startswith('params/params_shard'))} shards",
-        f"tokenizer   {_tokenizer_line(m)}",
+        f"tokenizer   {tokenizer_line(m)}",
         *_context_lines(m),
         *_tuning_lines(m.tuning),
         f"size        {size / 2**20:.1f} MiB on disk",
@@ -77,7 +77,7 @@ def _tuning_lines(t) -> list[str]:
     return lines
 
 
-def _tokenizer_line(m) -> str:
+def tokenizer_line(m) -> str:
     """Which tokenizer the bundle carries: the checkpoint's, one its architecture built, or none and why."""
     t = m.tokenizer
     if t is None:  # bundles from before the manifest said

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgesmith.errors import CheckpointError
 
-from edgesmith.compiler.bundle.manifest import TokenizerInfo
+from edgesmith.compiler.inputs import tokenizer_files
 
 from .checkpoint import Checkpoint
 from .config import load_config
@@ -138,14 +138,9 @@ class FolderCheckpoint(Checkpoint):
         # The files are the truth about the dtype; config.json's torch_dtype is only a hint.
         probe = "model.embed_tokens.weight" if "model.embed_tokens.weight" in self._where else next(iter(self._where))
         self.config = replace(config, dtype=self._where[probe].dtype_name(probe))
-        tok = self.folder / "tokenizer.json"
-        self.tokenizer_path = tok if tok.is_file() else None
-        if self.tokenizer_path:  # the checkpoint's own, as is (its chat template too)
-            self.tokenizer_files = tuple(p for p in (self.folder / "tokenizer_config.json",
-                                                     self.folder / "chat_template.jinja") if p.is_file())
-            self.tokenizer_entry = TokenizerInfo(source="checkpoint")
-        else:
-            self.tokenizer_entry = TokenizerInfo(note=f"{self.folder} has no tokenizer.json")
+        # the checkpoint's own tokenizer.json as is (its chat template too), or its tokenizer.model converted
+        choice = tokenizer_files.from_folder(self.folder, self.config)
+        self.tokenizer_path, self.tokenizer_files, self.tokenizer_entry = choice.path, choice.files, choice.entry
         n = len(self.files)
         self.description = f"folder {self.folder} ({n} shard{'s' if n != 1 else ''}, {self.config.dtype})"
 

@@ -71,6 +71,7 @@ class TokenizerBuilder:
     fetch`, never at run time) for the bundles of its `random:` presets. `module` provides:
     fetch(say=, force=) -> folder, cached() -> folder or None, missing_message(what),
     for_random(config, preset) -> (folder or None, compiler.bundle.manifest.TokenizerInfo),
+    fits(config) -> bool, vocab_size() -> int, attach() -> (folder, TokenizerInfo),
     describe(TokenizerInfo) -> str (edgesmith inspect's line) and summary(folder) -> str (`edgesmith
     tokenizer show`)."""
 
@@ -94,6 +95,17 @@ class TokenizerBuilder:
 
     def describe(self, info) -> str:
         return self._impl().describe(info)
+
+    def fits(self, config) -> bool:
+        """Whether a model of `config` has this vocabulary (offered as --tokenizer when it has none)."""
+        return self._impl().fits(config)
+
+    def vocab_size(self) -> int:
+        return self._impl().vocab_size()
+
+    def attach(self):
+        """(folder, TokenizerInfo) of the built tokenizer; an error naming the fetch when it is missing."""
+        return self._impl().attach()
 
     def summary(self, folder) -> str:
         return self._impl().summary(folder)

@@ -38,7 +38,8 @@ def cmd_compile(args) -> int:
         progress.step(progress_note)
     compile_bundle(args.model, args.quant, args.target, out,
                    quantize_embedding=_embedding_choice(args), dump_ir=args.dump_ir, progress=progress,
-                   context=args.context, kv_dtype=args.kv_dtype, tuning=tuning, tuning_source=tuning_source)
+                   context=args.context, kv_dtype=args.kv_dtype, tuning=tuning, tuning_source=tuning_source,
+                   tokenizer=args.tokenizer)
     progress.done(f"bundle written to {out} ({_kv_summary(out)})")
     if args.eval:
         from edgesmith.runtime.evaluate import evaluate_bundle
@@ -115,6 +116,10 @@ def add_parser(sub) -> None:
     ends.add_argument("--float-embedding", action="store_true", help="keep the embedding and lm_head in float")
     ends.add_argument("--quantize-embedding", action="store_true", help="int4 embedding and lm_head even where "
                       "an int4 ONNX export stores them in float (smaller; its logits then differ from the source's)")
+    c.add_argument("--tokenizer", metavar="phi3|FILE", help="the tokenizer the bundle carries instead of the "
+                   "checkpoint's: phi3 (the built Phi-3 tokenizer, where the vocabulary is Phi-3's), a tokenizer.json, "
+                   "a SentencePiece tokenizer.model (converted) or a folder holding one (default: the checkpoint's "
+                   "tokenizer.json, else its tokenizer.model converted)")
     c.add_argument("--eval", action="store_true", help="also report top-1 agreement and KL against q0f32")
     c.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the IR after each pipeline phase")
     c.add_argument("--context", type=int, metavar="N", help="tokens the KV cache holds, up to the model's "

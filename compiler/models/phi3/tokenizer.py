@@ -85,6 +85,27 @@ def for_random(config, preset: str):
     folder = cached()
     if folder is None:
         return None, TokenizerInfo(vocabulary="phi-3", note=missing_message(f"random:{preset}'s text"))
+    return attach()
+
+
+def fits(config) -> bool:
+    """Whether a model of `config` has Phi-3's vocabulary (its embedding rows)."""
+    return config.vocab_size == VOCAB_SIZE
+
+
+def vocab_size() -> int:
+    return VOCAB_SIZE
+
+
+def attach():
+    """(folder, TokenizerInfo) of the built tokenizer, for a bundle to carry (--tokenizer phi3,
+    `edgesmith tokenizer add BUNDLE phi3`, random: presets); an error naming the fetch when it is
+    not built here."""
+    from edgesmith.compiler.bundle.manifest import TokenizerInfo
+
+    folder = cached()
+    if folder is None:
+        raise EdgesmithError(missing_message("--tokenizer phi3"))
     source = json.loads((folder / "source.json").read_text())
     return folder, TokenizerInfo(source="phi-3 vocabulary", vocabulary="phi-3",
                                  origin=f"{source['package']} {source['member'].split('/', 1)[-1]}",
