@@ -81,6 +81,10 @@ def load_tokenizer(bundle: Path, manifest=None) -> Tokenizer | None:
     built, the one in the cache; else None."""
     bundle = Path(bundle)
     if (bundle / "tokenizer.json").is_file():
+        if manifest is not None:  # what the manifest lists is what the runner will accept: checked before use
+            from edgesmith.compiler.bundle.folder import verify
+
+            verify(bundle, manifest, only=[name for name in FILES if name in manifest.files])
         return Tokenizer(bundle, "bundle")
     entry = manifest.tokenizer if manifest is not None else None
     builder = tokenizer_builder(entry.vocabulary) if entry is not None and entry.vocabulary else None

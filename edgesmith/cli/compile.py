@@ -19,7 +19,7 @@ def cmd_compile(args) -> int:
         progress_note = f"quantization {args.quant}: the default for target {args.target} ({why})" + (
             f"; --quant {float_twin.name} for exact float activations" if float_twin.name != args.quant else "")
     out = args.out or Path("dist") / _bundle_name(args.model, args.quant, args.target)
-    _check_compile_args(args.model, args.quant, args.target, out)
+    _check_compile_args(args.model, args.quant, args.target, out, args.tokenizer)
     check_writable(out, "-o")
     from edgesmith.compiler.build import compile_bundle
     from edgesmith.cli.progress import ConsoleProgress
@@ -60,7 +60,7 @@ def _embedding_choice(args) -> bool | None:
     return False if args.float_embedding else True if args.quantize_embedding else None
 
 
-def _check_compile_args(model: str, quant: str, target: str, out: Path) -> None:
+def _check_compile_args(model: str, quant: str, target: str, out: Path, tokenizer: str | None = None) -> None:
     """Names against the registries, the checkpoint's config and the output path: before TVM is
     imported, so a typo answers at once."""
     from edgesmith.compiler.inputs.checkpoint import open_checkpoint
@@ -70,7 +70,11 @@ def _check_compile_args(model: str, quant: str, target: str, out: Path) -> None:
 
     get_quantization(quant)
     get_preset(target)
-    open_checkpoint(model)
+    ckpt = open_checkpoint(model)
+    if tokenizer:
+        from edgesmith.compiler.inputs.tokenizer_files import from_spec
+
+        from_spec(tokenizer, ckpt.config)
     if out.exists() and not out.is_dir():
         raise EdgesmithError(f"output {out} is a file, not a folder; give -o a folder name for the bundle "
                              "(it is created), or remove the file")
