@@ -58,6 +58,14 @@ def test_tokenizer_model_converts_to_what_sentencepiece_encodes(spm_model, tmp_p
         assert ids == sp.encode(text), text
         assert tok.decode(ids) == sp.decode(ids) == text
     assert tok.encode("hi").ids[0] == sp.bos_id()  # <s> in front, as the model was trained with
+    # The tokens a Hugging Face folder adds after the pieces (a Phi-3 folder's chat tokens).
+    (spm_model.parent / "added_tokens.json").write_text(json.dumps({"<|user|>": 400, "<|end|>": 401}))
+    try:
+        assert convert_model(spm_model, tmp_path / "added", vocab_size=512) == 402
+    finally:
+        (spm_model.parent / "added_tokens.json").unlink()
+    tok = Tokenizer.from_file(str(tmp_path / "added" / "tokenizer.json"))
+    assert tok.encode("<|user|>hi fox<|end|>", add_special_tokens=False).ids == [400] + sp.encode("hi fox") + [401]
     with pytest.raises(EdgesmithError, match="more than the model's 256 embedding rows"):
         convert_model(spm_model, tmp_path / "small", vocab_size=256)
     with pytest.raises(EdgesmithError, match="is a unigram SentencePiece model; .*tokenizer.json instead"):

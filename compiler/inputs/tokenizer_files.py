@@ -42,7 +42,11 @@ def converted(model_file: Path, vocab_size: int) -> Path:
     from edgesmith.compiler.models import spm
     from edgesmith.targets.cache import cache_root
 
-    digest = hashlib.sha256(Path(model_file).read_bytes()).hexdigest()
+    h = hashlib.sha256(Path(model_file).read_bytes())
+    for beside in ("tokenizer_config.json", "added_tokens.json"):  # the tokens the folder adds (spm.added_tokens)
+        path = Path(model_file).parent / beside
+        h.update(path.read_bytes() if path.is_file() else b"-")
+    digest = h.hexdigest()
     folder = cache_root() / "tokenizers" / f"spm-{digest[:24]}"
     if not (folder / "tokenizer.json").is_file():
         import os

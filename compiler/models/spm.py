@@ -65,6 +65,16 @@ def build(v: dict, rstrip: Callable[[str], bool] = lambda piece: False):
                         rstrip=kind != UNKNOWN and rstrip(piece), lstrip=False, single_word=False)
              for piece, kind in zip(tokens, types) if kind in (CONTROL, USER_DEFINED, UNKNOWN)]
     tok.add_tokens(added)
+    # Tokens added beside the model's pieces (a Hugging Face folder's chat tokens: tokenizer_config.json's
+    # added_tokens_decoder, or added_tokens.json), each at its own id, right after the pieces.
+    extra = sorted(v.get("added", {}).items())
+    for want, (piece, flags) in extra:
+        if want != tok.get_vocab_size(with_added_tokens=True):
+            raise EdgesmithError(f"added token {piece!r} has id {want}, but the tokenizer's next id is "
+                                 f"{tok.get_vocab_size(with_added_tokens=True)}: the added tokens leave a gap")
+        tok.add_tokens([AddedToken(piece, special=flags.get("special", True), normalized=False,
+                                   rstrip=flags.get("rstrip", False), lstrip=flags.get("lstrip", False),
+                                   single_word=False)])
     if v["add_bos"] and v["bos"] is not None:
         bos = tokens[v["bos"]]
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
@@ -75,6 +85,7 @@ def build(v: dict, rstrip: Callable[[str], bool] = lambda piece: False):
 def write(v: dict, out: Path, rstrip: Callable[[str], bool] = lambda piece: False, **config_extra) -> None:
     """out/tokenizer.json and out/tokenizer_config.json (bos/eos/unk/pad, chat template) of `v`."""
     tokens = v["tokens"]
+    Path(out).mkdir(parents=True, exist_ok=True)
     build(v, rstrip).save(str(Path(out) / "tokenizer.json"))
 
     def name(key):
@@ -175,12 +186,33 @@ def read_model(path: Path) -> dict:
             "add_dummy_prefix": bool(normalizer.get(3, 1)), "chat_template": None}
 
 
+def added_tokens(folder: Path, first: int) -> dict[int, tuple[str, dict]]:
+    """{id: (token, flags)} a Hugging Face folder adds beside a tokenizer.model's `first` pieces:
+    tokenizer_config.json's added_tokens_decoder (with its rstrip/lstrip/special flags), else
+    added_tokens.json (special, nothing stripped)."""
+    config, plain = Path(folder) / "tokenizer_config.json", Path(folder) / "added_tokens.json"
+    try:
+        if config.is_file():
+            decoder = json.loads(config.read_text()).get("added_tokens_decoder") or {}
+            if decoder:
+                return {int(i): (t["content"], t) for i, t in decoder.items() if int(i) >= first}
+        if plain.is_file():
+            return {int(i): (t, {}) for t, i in json.loads(plain.read_text()).items() if int(i) >= first}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise EdgesmithError(f"the added tokens of {folder} (tokenizer_config.json / added_tokens.json) cannot be "
+                             f"read ({err}); fix or remove the file") from None
+    return {}
+
+
 def convert_model(path: Path, out: Path, vocab_size: int | None = None) -> int:
-    """out/tokenizer.json (+ tokenizer_config.json) from the SentencePiece model at `path`; the
-    pieces must fit a model of `vocab_size` rows. Returns the number of pieces."""
+    """out/tokenizer.json (+ tokenizer_config.json) from the SentencePiece model at `path`, with
+    the tokens its folder adds (added_tokens); the whole must fit a model of `vocab_size` rows.
+    Returns the number of tokens."""
     v = read_model(path)
-    if vocab_size is not None and len(v["tokens"]) > vocab_size:
-        raise EdgesmithError(f"{path} has {len(v['tokens'])} pieces, more than the model's {vocab_size} "
+    v["added"] = added_tokens(Path(path).parent, len(v["tokens"]))
+    size = len(v["tokens"]) + len(v["added"])
+    if vocab_size is not None and size > vocab_size:
+        raise EdgesmithError(f"{path} has {size} tokens, more than the model's {vocab_size} "
                              "embedding rows: it is another model's tokenizer")
     write(v, out, edgesmith_source=f"converted from {Path(path).name}")
-    return len(v["tokens"])
+    return size
