@@ -198,3 +198,38 @@ def test_prompt_file_and_inputs_that_conflict(phi3_chat_bundle, tmp_path, tok):
     assert both.returncode == 2 and "--prompt and --tokens" in both.stderr
     missing = edgesmith("run", phi3_chat_bundle, "-f", tmp_path / "nope.txt")
     assert missing.returncode == 1 and "nope.txt" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_device_run_shows_a_status_line_on_a_terminal_and_erases_it(phi3_chat_bundle, tmp_path):
+    """`run --device host` in a terminal: while nothing shows, one status line on stderr (a spinner
+    frame, what the device is doing, the seconds), redrawn in place and erased before the reply;
+    the screen then holds the text and the timings only. Piped, there is no status line at all."""
+    import re
+
+    raw = tmp_path / "raw.bin"
+    env = f"EDGESMITH_CACHE={os.environ['EDGESMITH_CACHE']}"
+    run = f"run {phi3_chat_bundle} --device host --prompt 'The capital of France is' -n 8 --ignore-eos"
+    term = Tmux(f"sleep 1; {env} {sys.executable} -m edgesmith {run}", tmp_path)
+    try:
+        term.tmux("pipe-pane", "-o", "-t", "0", f"cat >> {raw}")  # every byte the command writes to the terminal
+        assert term.exit_code() == 0, term.screen()
+        screen = term.screen()
+    finally:
+        term.close()
+    out = raw.read_bytes().decode("utf-8", "replace")
+    frame = r"\r[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] "
+    drawn = re.findall(frame + r"(.+?) \((\d+\.\d) s\)\x1b\[K", out)
+    kinds = {re.sub(r"\d+", "N", what) for what, _ in drawn}
+    assert drawn and kinds <= {"connecting to host and pushing the bundle", "loading the model on host",
+                               "prefill of N prompt tokens on host"}, out[:2000]
+    assert "connecting to host and pushing the bundle" in {what for what, _ in drawn}
+    last_draw = max(m.end() for m in re.finditer(frame, out))
+    erased = out.index("\r\x1b[K", last_draw)
+    assert erased < out.index("\n[prompt "), out[-2000:]  # erased before the reply and its timings
+    assert "[prompt " in screen and "generated 8 tokens" in screen
+    assert not any(what in screen for what, _ in drawn) and not re.search("[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]", screen), screen
+
+    piped = edgesmith("run", phi3_chat_bundle, "--device", "host", "--prompt", "The capital of France is", "-n", "8",
+                      "--ignore-eos")
+    assert piped.returncode == 0 and "generated 8 tokens" in piped.stderr, piped.stderr
+    assert "\r" not in piped.stderr and not re.search("[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]", piped.stderr), piped.stderr
