@@ -11,7 +11,9 @@
    its ggml-cpu ARM sources from the llama-cpp-python sdist, cross-compiled with
    aarch64-linux-gnu-gcc for the same CPU flags. The loop is found in the assembly by its back
    edge and a marker instruction (bench/arm_asm.py), and normalized by the weights one iteration
-   covers (markers x weights per marker, checked by a second count where there is one).
+   covers (markers x weights per marker, checked by a second count where there is one). Our
+   dotprod prefill GEMM's loop too, per 32 weights x 1 token (llama.cpp's gemm is inline
+   assembly with `.inst`-encoded sdot, which llvm-mca cannot read).
 2. Dynamic (qemu TCG plugin): instructions retired per decoded token by a whole arm64 bundle
    (`runner generate`) and by llama.cpp (bench/llama_decode.cpp on libllama) on the same random
    Phi-3-mini-shaped checkpoint (bench/peer_model.py, `layers` layers), one thread each: a
