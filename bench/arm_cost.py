@@ -11,7 +11,9 @@
    its ggml-cpu ARM sources from the llama-cpp-python sdist, cross-compiled with
    aarch64-linux-gnu-gcc for the same CPU flags. The loop is found in the assembly by its back
    edge and a marker instruction (bench/arm_asm.py), and normalized by the weights one iteration
-   covers (markers x weights per marker, checked by a second count where there is one).
+   covers (markers x weights per marker, checked by a second count where there is one). Our
+   dotprod prefill GEMM's loop too, per 32 weights x 1 token (llama.cpp's gemm is inline
+   assembly with `.inst`-encoded sdot, which llvm-mca cannot read).
 2. Dynamic (qemu TCG plugin): instructions retired per decoded token by a whole arm64 bundle
    (`runner generate`) and by llama.cpp (bench/llama_decode.cpp on libllama) on the same random
    Phi-3-mini-shaped checkpoint (bench/peer_model.py, `layers` layers), one thread each: a
@@ -94,6 +96,7 @@ class Kernel:
     marker: str  # regex on the mnemonic: present once per `weights_per_marker` weights
     weights_per_marker: int
     check: tuple[str, int] | None = None  # (mnemonic, weights per one): must give the same weights
+    prefill: bool = False  # a prefill GEMM: "weights" are weight x token products (a block: 32 weights, 1 token)
 
 
 DOTPROD_MARCH = "armv8.2-a+dotprod+fp16+fp16fml"  # = arm64-linux-dotprod's +v8.2a,+dotprod,+fullfp16,+fp16fml
@@ -129,6 +132,11 @@ def kernels(k: int, group: int = 32) -> list[Kernel]:
                "sdot", 16),
         Kernel("ll-gemv4x4-dot", "llama.cpp", "gemv_q4_0_4x4_q8_0 (repacked)", DOTPROD_MARCH, "repack",
                "ggml_gemv_q4_0_4x4_q8_0", "sdot", 16),
+        # the prefill GEMM, per 32 weights x 1 token: ours (kernels_int8.gemm_kernel -> int8_arm's sdot by
+        # element, 8 rows x 4 tokens a tile). llama.cpp's gemm_q4_0_4x4_q8_0 is inline assembly (sdot as
+        # `.inst` words, numeric labels) that neither the loop finder nor llvm-mca reads: no static row
+        Kernel("es-q4f16i8-dot-gemm", "edgesmith", "q4f16i8 prefill GEMM (sdot by element)", "arm64-linux-dotprod",
+               "gemm_kernel", lam + r"\.\d+", "sdot", 16, prefill=True),  # the 2nd parallel body: x quantized in the 1st
     ]
 
 
@@ -141,7 +149,7 @@ def tvm_asm(kernel: Kernel, n: int, k: int, group: int = 32) -> str:
     from edgesmith.targets.tvm_api import tirx
 
     target = tvm.target.Target(presets.get_preset(kernel.flags).tvm_target())
-    if kernel.source in ("q4_gemv_i8", "gemv_kernel"):
+    if kernel.source in ("q4_gemv_i8", "gemv_kernel", "gemm_kernel"):
         isa = kernels_int8.pick(kernels_int8.dot_isas(target), k, group)
         if isa is None or isa.name not in ("dotprod", "neon"):
             raise RuntimeError(f"target {kernel.flags} picks no Arm int8 dot product for k={k} (got {isa})")
@@ -189,6 +197,7 @@ def static_costs(args, cores: list[Core]) -> list[dict]:
         per = BLOCK / weights  # blocks per iteration, inverted
         same = next((r["kernel"] for r in rows if r.get("loop") == loop.body), None)
         row = {"same_loop_as": same, "kernel": kern.key, "engine": kern.engine, "label": kern.label, "flags": kern.flags,
+               "prefill": kern.prefill,
                "function": loop.function, "loop_label": loop.label, "loop_instructions": loop.instructions,
                "straight_line": loop.straight_line, "weights_per_iteration": weights,
                "instructions_per_block": loop.instructions * per, "loop": loop.body, "cores": {}}
@@ -434,7 +443,7 @@ def detail_table(rows: list[dict], cores: list[Core]) -> str:
 def bound_table(rows: list[dict], cores: list[Core]) -> str:
     out = []
     for r in rows:
-        if "error" in r:
+        if "error" in r or r.get("prefill"):  # a prefill GEMM reuses each weight over its tokens
             continue
         row = {"kernel": f"{r['engine']} {r['label']} ({r['flags']})"}
         for c in cores:

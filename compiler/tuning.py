@@ -6,7 +6,8 @@ family's choices are one small frozen dataclass here, whose defaults are those v
     GemvParams       decode GEMVs (kernels_gemv.q4_gemv float activations; kernels_int8.q4_gemv_i8;
                      on Arm kernels_int8_arm's four-row GEMV, rows rounded to fours, prefetch in fours):
                      rows per parallel task, software prefetch distance in rows
-    GemmI8Params     prefill int8 GEMM (kernels_int8.q4_gemm_i8): tokens per register tile
+    GemmI8Params     prefill int8 GEMM (kernels_int8.gemm_kernel: q4_gemm_i8, or on Arm dotprod
+                     int8_arm's sdot-by-element GEMM): tokens per register tile
     GemmParams       prefill float GEMM (kernels.q4_linear / float_linear + schedules.Linear):
                      tokens per register tile (the padding and the schedule's split agree on it)
     AttentionParams  prefill attention (attention_cpu's ragged and paged kernels): query rows per

@@ -262,3 +262,28 @@ def test_arm_gemv_choice_and_every_tuner_choice_builds():
             assert "\tld4\t" in asm, params
         one_row = kernels_int8.gemv_kernel(42, 96, 32, "float16", isa).with_attr("global_symbol", "main")
         assert "\tld4\t" not in tirx.build(tvm.IRModule({"main": one_row}), target=target).inspect_source("asm")
+
+
+def test_arm_gemm_choice_and_every_tuner_choice_builds():
+    """kernels_int8.gemm_kernel gives Arm dotprod the prefill GEMM with `sdot` by element
+    (kernels/int8_arm.py: one register of a token's bytes feeds 4 rows, no per-sdot activation
+    broadcast) at every token tile the tuner tries; plain NEON and x86 keep q4_gemm_i8. Numerics run
+    under qemu in the bundle tests (above; tests/test_prefill_logits.py: prompts of 7, 64 and 530
+    against the numpy int8 scheme). n=40: 5 strips of 8 rows, a task count that is no power of two."""
+    import re
+
+    from edgesmith.compiler.kernels import int8_arm
+    from edgesmith.compiler.tuning import SPACES
+    from edgesmith.targets.tvm_api import tirx
+
+    target = tvm.target.Target(presets.get_preset("arm64-linux-dotprod").tvm_target())
+    isa = kernels_int8.pick(kernels_int8.dot_isas(target), 256, 32)
+    assert int8_arm.gemm_applies(isa, 40, 256, 32) and not int8_arm.gemm_applies(isa, 44, 256, 32)
+    plain = tvm.target.Target(presets.get_preset("arm64-linux").tvm_target())
+    assert not int8_arm.gemm_applies(kernels_int8.pick(kernels_int8.dot_isas(plain), 256, 32), 40, 256, 32)
+    assert not int8_arm.gemm_applies(HOST_ISAS[0], 40, 256, 32) if HOST_ISAS else True
+    for params in SPACES["gemm_i8"]:
+        func = kernels_int8.gemm_kernel(40, 256, 32, "float16", isa, params).with_attr("global_symbol", "main")
+        asm = tirx.build(tvm.IRModule({"main": func}), target=target).inspect_source("asm")
+        by_element = len(re.findall(r"\tsdot\tv\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", asm))
+        assert by_element == 8 * params.tokens * 2 and "ld1r" not in asm, params  # 8 rows x tile x block

@@ -3,7 +3,8 @@
 Teacher-forced logits with the prompt prefilled at once (`teacher_forced_logits(..., prefill=N)` in
 runtime/evaluate.py, `runner logits --prefill N`): prompts of 7, 64 and 530 tokens (530: two chunks
 of 512), each followed by 16 decode steps that read the KV cache the prefill wrote. So the prefill
-GEMMs (kernels_int8.q4_gemm_i8, the int8 path on this host and on Android) are checked inside the
+GEMMs (kernels_int8.gemm_kernel: q4_gemm_i8 on this host, int8_arm's `sdot` by element on
+arm64-linux-dotprod and Android) are checked inside the
 model, not only the decode GEMV. A checkpoint written by transformers (tiny Phi-3-mini-4k shape,
 4096 positions), compiled at q4f16i8 on the host (AVX512-VNNI / AVX-VNNI) and for
 arm64-linux-dotprod (sdot, the runner under qemu: on any x86 CPU, VNNI or not). References:

@@ -198,6 +198,17 @@ def gemm_applies(isa: DotISA | None, n: int, k: int, group: int) -> bool:
     return isa is not None and pick([isa], k, group) is isa and n % (2 * isa.lanes) == 0
 
 
+def gemm_kernel(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemmI8Params = GemmI8Params()):
+    """Prefill's int8 GEMM for this shape and instruction: on Arm dotprod `sdot` by element over
+    4 rows (kernels/int8_arm.py) where the shape allows, else q4_gemm_i8 (x86 VNNI, plain NEON).
+    The same x (1,t,k), w (n,k/8), s (n,k/group) -> y (1,t,n) either way."""
+    from edgesmith.compiler.kernels import int8_arm
+
+    if int8_arm.gemm_applies(isa, n, k, group):
+        return int8_arm.q4_gemm_i8_lanes(n, k, group, scale_dtype, isa, params)
+    return q4_gemm_i8(n, k, group, scale_dtype, isa, params)
+
+
 def q4_gemm_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemmI8Params = GemmI8Params()):
     """Prefill: PrimFunc (x (1,t,k) f32, w (n,k/8) u32, s (n,k/group)) -> y (1,t,n) f32, t dynamic.
 

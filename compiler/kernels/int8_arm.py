@@ -1,4 +1,5 @@
-"""Decode's q4 x int8 GEMV on Arm dotprod, four rows at a time, on the layout as stored ((n, k/8) words).
+"""Decode's q4 x int8 GEMV on Arm dotprod, four rows at a time, on the layout as stored ((n, k/8) words);
+and prefill's GEMM with `sdot` by element (q4_gemm_i8_lanes, at the end).
 
 kernels_int8.q4_gemv_i8 runs one row and one 32-weight block at a time: it reloads x's bytes per
 row, keeps four float lanes per row and converts one fp16 scale per row and block with scalar
@@ -143,3 +144,134 @@ def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: 
                         y[0, 0, o + r] = (total[r, 0] + total[r, 1]) + (total[r, 2] + total[r, 3])
 
     return gemv
+
+
+# ------------------------------------------------------------------ prefill: sdot by element
+
+COLS = 8  # output rows per strip: two int32x4 of 4 rows each
+STRIPS_PER_TASK = 8  # at most, strips a parallel task runs: its transposed words are allocated once per task
+
+
+def gemm_applies(isa, n: int, k: int, group: int) -> bool:
+    """Arm dotprod, groups of 32, output rows in strips of 8 (every Phi-3 layer)."""
+    return isa is not None and isa.name == "dotprod" and group == 32 and k % 32 == 0 and n % COLS == 0
+
+
+def q4_gemm_i8_lanes(n: int, k: int, group: int, scale_dtype: str, isa, params=None):
+    """Prefill on Arm dotprod: PrimFunc (x (1,t,k) f32, w (n,k/8) u32, s (n,k/32)) -> y (1,t,n) f32, t dynamic.
+
+    kernels_int8.q4_gemm_i8 broadcasts one activation word per `sdot` (an `ld1r` and its address
+    arithmetic each: about 2.5 instructions per `sdot`). Here `sdot` by element
+    (`sdot vd.4s, vn.16b, vm.4b[j]`) feeds 4 output rows from one register of a token's bytes:
+
+    x, once per call, per tile of `tokens` tokens and per block: x_perm (tiles, blocks, 2, tokens*4)
+        int32: [0] values 0,2,4,6 / [1] values 1,3,5,7 of the block's 4 words, a token's 4 words in
+        one vector (lane j = word j); x_corr / x_scale (tiles, blocks, max(tokens, 4)): -8 * sum and scale
+    w, once per task of 8 strips: w_t (k/8, 8) words transposed, so w_t[j, 4c:4c+4] is word j of
+        4 rows: its low nibbles (`and`) and high ones (`ushr .16b`) are 4 rows x 4 bytes, the vn of
+        `sdot` by element; s_t (blocks, 8) the scales as float
+    per strip, tile of tokens and block: each of the strip's 8 nibble vectors feeds `tokens` x 2
+        sdot (lane j of the token's x_perm register); the int32x4 accumulators start at the token's
+        -8 * sum(x) (weights are stored as q + 8) and end with 4 rows' exact block dots; then
+        acc_f += float(acc) * (s_t x the token's x scale): scvtf, fmul by element, fadd
+
+    Per block of 8 rows x 4 tokens the loop is 129 instructions (LLVM 19, arm64-linux-dotprod):
+    64 sdot, 16 to unpack the nibbles (and, ushr), 11 loads (ldp, ldr) of words, activations,
+    corrections and scales, 8 accumulator starts (dup by element, mov), 24 for the scales (scvtf,
+    fmul by element, fmla), 4 of loop control: 4.0 per 32 weight x token products, as llama.cpp's repacked
+    gemm_q4_0_4x4 (bench/arm_cost.py). The integer dots are exact: the numpy int8 scheme's result
+    up to float rounding order, as kernels_int8.q4_gemm_i8.
+    """
+    from edgesmith.compiler.tuning import GemmI8Params
+    from edgesmith.targets.tvm_api import tir_script as T
+
+    assert gemm_applies(isa, n, k, group), (n, k, group)
+    rt = (params or GemmI8Params()).tokens
+    words, blocks = k // 8, k // 32
+    strips = n // COLS
+    rv = max(rt, 4)  # x_corr / x_scale lanes a tile loads at once (a Shuffle cannot widen a vector)
+    # a divisor of the strips, so every task is whole (no part-filled last task to get wrong)
+    per_task = max(d for d in range(1, STRIPS_PER_TASK + 1) if strips % d == 0)
+
+    def lane(vec, i: int, lanes: int = 4):
+        """Lane i of vec, repeated `lanes` times (a dup by element, or folded into the instruction)."""
+        return T.Shuffle([vec], [i] * lanes)
+
+    @T.prim_func(private=True, s_tir=True)
+    def gemm(x_handle: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, blocks), scale_dtype),
+             y_handle: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        t = T.int64()
+        x = T.match_buffer(x_handle, (1, t, k), "float32")
+        y = T.match_buffer(y_handle, (1, t, n), "float32")
+        x_perm = T.alloc_buffer(((t + rt - 1) // rt, blocks, 2, rt * 4), "int32")
+        x_corr = T.alloc_buffer(((t + rt - 1) // rt, blocks, rv), "int32")  # -8 * the block's int8 x
+        x_scale = T.alloc_buffer(((t + rt - 1) // rt, blocks, rv), "float32")
+        for tb in T.parallel((t + rt - 1) // rt):
+            q = T.alloc_buffer((32,), "int32")
+            for r, b in T.grid(rt, blocks):
+                amax = T.alloc_buffer((1,), "float32")
+                amax[0] = T.float32(0)
+                for i in range(32):
+                    amax[0] = T.max(amax[0], T.abs(x[0, T.min(tb * rt + r, t - 1), b * 32 + i]))
+                if tb * rt + r >= t:
+                    amax[0] = T.float32(0)  # padding tokens: all zero
+                x_scale[tb, b, r] = amax[0] / T.float32(127)
+                x_corr[tb, b, r] = 0
+                for i in range(32):
+                    q[i] = T.Cast("int32", T.round(T.if_then_else(
+                        amax[0] > T.float32(0),
+                        x[0, T.min(tb * rt + r, t - 1), b * 32 + i] * (T.float32(127) / amax[0]), T.float32(0))))
+                    x_corr[tb, b, r] = x_corr[tb, b, r] - 8 * q[i]
+                for jw in range(4):
+                    x_perm[tb, b, 0, r * 4 + jw] = ((q[8 * jw] & 255) | ((q[8 * jw + 2] & 255) << 8)
+                                                    | ((q[8 * jw + 4] & 255) << 16) | ((q[8 * jw + 6] & 255) << 24))
+                    x_perm[tb, b, 1, r * 4 + jw] = ((q[8 * jw + 1] & 255) | ((q[8 * jw + 3] & 255) << 8)
+                                                    | ((q[8 * jw + 5] & 255) << 16) | ((q[8 * jw + 7] & 255) << 24))
+        for task in T.parallel(strips // per_task):
+            # Per task, not per strip: a buffer allocated in a parallel loop is a workspace.
+            w_t = T.alloc_buffer((words, COLS), "int32")
+            s_t = T.alloc_buffer((blocks, COLS), "float32")
+            for si in range(per_task):
+                o: T.let[T.int32] = (task * per_task + si) * COLS
+                for j, c in T.grid(words, COLS):
+                    w_t[j, c] = T.reinterpret(w[o + c, j], dtype="int32")
+                for b, c in T.grid(blocks, COLS):
+                    s_t[b, c] = T.Cast("float32", s[o + c, b])
+                for tb in range((t + rt - 1) // rt):
+                    acc_f = T.alloc_buffer((rt, COLS), "float32")
+                    acc_i = T.alloc_buffer((rt, COLS), "int32")
+                    for r in T.unroll(rt):
+                        for c in T.vectorized(COLS):
+                            acc_f[r, c] = T.float32(0)
+                    for b in range(blocks):
+                        for r in T.unroll(rt):
+                            for c4 in T.unroll(2):
+                                acc_i[r, T.ramp(c4 * 4, 1, 4)] = lane(x_corr[tb, b, T.ramp(0, 1, rv)], r)
+                        for jw in T.unroll(4):
+                            for c4 in T.unroll(2):
+                                packed = T.reinterpret(w_t[b * 4 + jw, T.ramp(c4 * 4, 1, 4)], dtype="uint8x16")
+                                low = T.reinterpret(T.bitwise_and(packed, T.broadcast(T.uint8(15), 16)),
+                                                    dtype="int8x16")
+                                high = T.reinterpret(T.shift_right(packed, T.broadcast(T.uint8(4), 16)),
+                                                     dtype="int8x16")
+                                for r in T.unroll(rt):
+                                    first = T.call_llvm_pure_intrin(
+                                        "int32x4", SDOT, acc_i[r, T.ramp(c4 * 4, 1, 4)], low,
+                                        T.reinterpret(lane(x_perm[tb, b, 0, T.ramp(r * 4, 1, 4)], jw),
+                                                      dtype="int8x16"))
+                                    acc_i[r, T.ramp(c4 * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                                        "int32x4", SDOT, first, high,
+                                        T.reinterpret(lane(x_perm[tb, b, 1, T.ramp(r * 4, 1, 4)], jw),
+                                                      dtype="int8x16"))
+                        for r in T.unroll(rt):
+                            for c4 in T.unroll(2):
+                                acc_f[r, T.ramp(c4 * 4, 1, 4)] = acc_f[r, T.ramp(c4 * 4, 1, 4)] + T.Cast(
+                                    "float32x4", acc_i[r, T.ramp(c4 * 4, 1, 4)]) * (
+                                    s_t[b, T.ramp(c4 * 4, 1, 4)] * lane(x_scale[tb, b, T.ramp(0, 1, rv)], r))
+                    for r in range(rt):
+                        if tb * rt + r < t:
+                            for c in T.vectorized(COLS):
+                                y[0, tb * rt + r, o + c] = acc_f[r, c]
+
+    return gemm

@@ -53,7 +53,7 @@ def _func(key: str, params, target, quant):
         isa = kernels_int8.pick(kernels_int8.dot_isas(target), k, g)
         if isa is None:
             raise ValueError(f"{key}: target {target} has no int8 dot product that tiles it")
-        return (kernels_int8.gemv_kernel if kind == "gemv_i8" else kernels_int8.q4_gemm_i8)(n, k, g, s, isa, params)
+        return (kernels_int8.gemv_kernel if kind == "gemv_i8" else kernels_int8.gemm_kernel)(n, k, g, s, isa, params)
     if kind == "gemv":
         return kernels_gemv.q4_gemv(n, k, g, s, params)
     # the float GEMM: the tensor expression, then the CPU schedule with these params for its shape

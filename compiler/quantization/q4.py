@@ -11,7 +11,8 @@ Kernels by family (kernels/family.py):
                prefill: kernels.q4_linear (strips dequantized into a float GEMM)
   cpu-int8dot  with int8_activations, where the layer's k tiles the widest dot instruction:
                decode kernels_int8.gemv_kernel (Arm dotprod: kernels/int8_arm.py's
-               four rows at a time), prefill kernels_int8.q4_gemm_i8; else as cpu
+               four rows at a time), prefill kernels_int8.gemm_kernel (Arm dotprod: kernels/int8_arm.py's
+               sdot by element, 4 rows x a tile of tokens; else q4_gemm_i8); else as cpu
   gpu          kernels_gpu.q4_linear (dequantize inlined into dlight's GEMV/matmul)
 Embedding rows: kernels.q4_embedding on every target.
 """
@@ -73,7 +74,7 @@ class GroupQ4(Quantization):
             return op.tensor_ir_op(kernels_gemv.q4_gemv(n, k, g, scales, params), "q4_matmul", args,
                                    out=nn.Tensor.placeholder((1, 1, n), "float32"))
         if kind == "gemm_i8":
-            return op.tensor_ir_op(kernels_int8.q4_gemm_i8(n, k, g, scales, isa, params), "q4_matmul_i8", args,
+            return op.tensor_ir_op(kernels_int8.gemm_kernel(n, k, g, scales, isa, params), "q4_matmul_i8", args,
                                    out=nn.Tensor.placeholder((1, x.shape[1], n), "float32"))
         if kind == "gemm":  # the schedule (schedules.Linear) looks up the same params
             return op.tensor_expr_op(kernels.q4_linear, "q4_matmul", args + [g, params.tokens])
