@@ -188,6 +188,13 @@ def test_bad_requests_are_400_with_a_json_error(client, server, phi3_chat_bundle
     assert http.value.code == 400 and b'"invalid_request_error"' in http.value.read()
 
 
-def test_ctrl_c_stops_the_server(server):
-    assert server.stop() == 0
-    server.wait_for("edgesmith serve: stopped")
+def test_ctrl_c_stops_the_server(phi3_chat_bundle):
+    """A server of its own: the module's stays up for the other tests, whatever their order."""
+    own = Server(phi3_chat_bundle)
+    try:
+        assert own.stop() == 0
+        own.wait_for("edgesmith serve: stopped")
+    finally:
+        if own.proc.poll() is None:
+            own.proc.kill()
+            own.proc.wait()
