@@ -17,6 +17,7 @@ from pathlib import Path
 from edgesmith.errors import EdgesmithError
 
 BUILT = {"phi3": "phi-3", "phi-3": "phi-3"}  # --tokenizer NAME -> the vocabulary a builder makes
+COMPANIONS = ("tokenizer_config.json", "chat_template.jinja")  # what goes with a tokenizer.json
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def _info(**kw):
 
 
 def _companions(folder: Path) -> tuple[Path, ...]:
-    return tuple(p for p in (folder / "tokenizer_config.json", folder / "chat_template.jinja") if p.is_file())
+    return tuple(folder / name for name in COMPANIONS if (folder / name).is_file())
 
 
 def converted(model_file: Path, vocab_size: int) -> Path:
@@ -70,14 +71,17 @@ def from_folder(folder: Path, config) -> TokenizerChoice:
     if tok.is_file():
         return TokenizerChoice(tok, _companions(folder), _info(source="checkpoint"))
     model = folder / "tokenizer.model"
-    if model.is_file():
-        out = converted(model, config.vocab_size)
-        config_file = folder / "tokenizer_config.json"
-        files = _companions(folder) if config_file.is_file() else (out / "tokenizer_config.json",)
-        return TokenizerChoice(out / "tokenizer.json", files,
-                               _info(source="tokenizer.model", origin=f"{model} (SentencePiece, converted)"))
+    if model.is_file():  # the folder's tokenizer_config.json (its chat template) wins over the converted one
+        return _from_model(model, config, _companions(folder) if (folder / "tokenizer_config.json").is_file() else None)
     return TokenizerChoice(None, (), _info(note=f"{folder} has no tokenizer.json or tokenizer.model"
                                                 + offer(config)))
+
+
+def _from_model(model: Path, config, files: tuple[Path, ...] | None = None) -> TokenizerChoice:
+    """A SentencePiece tokenizer.model, converted; files: its companions (None: the converted config)."""
+    out = converted(model, config.vocab_size)
+    return TokenizerChoice(out / "tokenizer.json", files if files is not None else (out / "tokenizer_config.json",),
+                           _info(source="tokenizer.model", origin=f"{model} (SentencePiece, converted)"))
 
 
 def offer(config) -> str:
@@ -115,9 +119,7 @@ def from_spec(spec: str, config) -> TokenizerChoice:
         raise EdgesmithError(f"--tokenizer {spec}: no such file; give phi3, a tokenizer.json, a tokenizer.model "
                              "or a folder holding one")
     if path.suffix == ".model":
-        out = converted(path, config.vocab_size)
-        return TokenizerChoice(out / "tokenizer.json", (out / "tokenizer_config.json",),
-                               _info(source="tokenizer.model", origin=f"{path} (SentencePiece, converted)"))
+        return _from_model(path, config)
     size = _json_vocab_size(path)
     if size > config.vocab_size:
         raise EdgesmithError(f"--tokenizer {spec}: it has {size} tokens, more than the model's {config.vocab_size} "
@@ -135,8 +137,6 @@ def _json_vocab_size(path: Path) -> int:
         raise EdgesmithError(f"{path} is not a tokenizer.json the tokenizers library reads "
                              f"({str(err).splitlines()[0][:120]})") from None
 
-
-COMPANIONS = ("tokenizer_config.json", "chat_template.jinja")
 
 
 def copy_into(choice: TokenizerChoice, folder: Path):
