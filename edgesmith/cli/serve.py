@@ -57,10 +57,12 @@ def cmd_serve(args) -> int:
             emulated = " (emulated: qemu)" if session.emulated else ""
             say(f"edgesmith serve: {name} on {where}{emulated}, context {model.limit} tokens"
                 f"{'' if tok is not None else ', no tokenizer: token ids only'}")
-            say(f"edgesmith serve: listening on http://{_url_host(args.host)}:{port}/v1 (Ctrl-C stops)")
-            # uvicorn's own SIGINT handler ends the server gracefully; ours (exit 130 at once) steps aside.
+            # uvicorn's own SIGINT handler ends the server gracefully; ours (exit 130 at once) steps aside
+            # before the line that says it listens: a Ctrl-C from then on is a clean stop (exit 0), even
+            # one that comes before uvicorn has installed its handler.
             signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
+                say(f"edgesmith serve: listening on http://{_url_host(args.host)}:{port}/v1 (Ctrl-C stops)")
                 asyncio.run(server.serve(sockets=[sock]))
             except KeyboardInterrupt:
                 pass
