@@ -150,3 +150,33 @@ def test_tokenizer_add_updates_the_hashes_so_the_bundle_runs_and_pushes(phi3_cha
     assert p.returncode == 0, p.stderr
     p, again = _run(bundle)
     assert p.returncode == 0 and again["prompt_ids"] == ran["prompt_ids"] and again["text"] == ran["text"]
+
+
+def test_a_tokenizer_that_cannot_serve_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """--tokenizer / tokenizer add: a missing path, a folder without a tokenizer, another model's
+    tokenizer.json, a file that is no tokenizer, and a .model that is no SentencePiece model are
+    each one line; the failed conversion leaves nothing in the cache."""
+    from types import SimpleNamespace
+
+    from edgesmith.compiler.inputs.tokenizer_files import from_spec
+    from edgesmith.errors import EdgesmithError
+
+    monkeypatch.setenv("EDGESMITH_CACHE", str(tmp_path / "cache"))
+    config = SimpleNamespace(vocab_size=4)
+    (tmp_path / "empty").mkdir()
+    big = tmp_path / "big.json"  # a real tokenizer.json with more tokens than the model's 4 rows
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({f"w{i}": i for i in range(8)}, unk_token="w0")).save(str(big))
+    (tmp_path / "junk.json").write_text("not json")
+    (tmp_path / "junk.model").write_bytes(b"\xff\xff\xff")
+    cases = {str(tmp_path / "missing"): "no such file; give phi3",
+             str(tmp_path / "empty"): "the folder has no tokenizer.json or tokenizer.model",
+             str(big): "it has 8 tokens, more than the model's 4 embedding rows",
+             str(tmp_path / "junk.json"): "is not a tokenizer.json the tokenizers library reads",
+             str(tmp_path / "junk.model"): "SentencePiece model"}
+    for spec, says in cases.items():
+        with pytest.raises(EdgesmithError) as err:
+            from_spec(spec, config)
+        assert says in str(err.value) and "\n" not in str(err.value), (spec, str(err.value))
+    assert not list((tmp_path / "cache").glob("tokenizers/*"))  # no half-converted folder either

@@ -54,13 +54,17 @@ def converted(model_file: Path, vocab_size: int) -> Path:
         import tempfile
 
         folder.parent.mkdir(parents=True, exist_ok=True)
+        import shutil
+
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        spm.convert_model(model_file, tmp, vocab_size)
         try:
+            spm.convert_model(model_file, tmp, vocab_size)
             os.rename(tmp, folder)
         except OSError:  # another process converted it first: theirs is the same
-            import shutil
             shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:  # not a model we convert: nothing half-made stays in the cache
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return folder
 
 
