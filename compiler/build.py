@@ -16,7 +16,7 @@ from edgesmith.compiler.context import PAGE_SIZE, kv_settings
 from edgesmith.compiler.bundle.manifest import BuildInfo, DeviceInfo, Manifest, ModelInfo, TargetInfo, TokenizerInfo
 from edgesmith.compiler.convert import convert_params
 from edgesmith.compiler.inputs import tokenizer_files
-from edgesmith.compiler.kernels.family import check_quant
+from edgesmith.compiler.kernels.family import check_quant, kernel_family
 from edgesmith.compiler.models import for_config
 from edgesmith.compiler.lowering.pipeline import make_pipeline
 from edgesmith.compiler.quantization.registry import Quantization, get_quantization
@@ -119,11 +119,14 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         if kept:
             progress.step(f"the source's float {kept}")
 
+        family = kernel_family(tvm_target)
+        in_steps = tuple(name for name, shape, _ in params
+                         if q.stored_in_steps(name, shape, family))
         progress.step(f"converting {len(params)} tensors")
         tick = progress.tensors(len(params))
 
         def stream():
-            for item in convert_params(ckpt, params, q):
+            for item in convert_params(ckpt, params, q, family):
                 yield item
                 tick()
 
@@ -166,6 +169,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                                input=source),
             quant=q.name,
             int8_dot=_int8_dot(q, tvm_target, preset) if q.int8_activations else None,
+            int4_step_order=in_steps or None,
             quantize_embedding=emb_q,
             quantize_lm_head=head_q,
             target=TargetInfo(preset=preset.name, tvm_target=preset.tvm_target(), arch=preset.arch,

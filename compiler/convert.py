@@ -18,8 +18,10 @@ from edgesmith.compiler.inputs.checkpoint import Checkpoint
 
 
 def convert_params(ckpt: Checkpoint, params: list[tuple[str, tuple[int, ...], str]],
-                   quant: Quantization) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (name, array) for every (name, shape, dtype) the compiled model takes, in order."""
+                   quant: Quantization, family=None) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, array) for every (name, shape, dtype) the compiled model takes, in order.
+    family: the target's kernel family (kernels/family.py); its kernels may want a weight stored
+    in another order (the quantization's `arrange`: int4 words in step order on Arm dotprod)."""
     cfg = ckpt.config
     source = for_config(cfg).param_source
     pending: dict[str, np.ndarray] = {}  # made with one yielded before (an int4 weight's scales)
@@ -35,4 +37,6 @@ def convert_params(ckpt: Checkpoint, params: list[tuple[str, tuple[int, ...], st
             pending.update(made)
         if tuple(arr.shape) != tuple(shape) or str(arr.dtype) != dtype:
             raise AssertionError(f"converted {name}: {arr.shape} {arr.dtype}, model expects {shape} {dtype}")
+        if family is not None:
+            arr = quant.arrange(name, arr, family)
         yield name, np.ascontiguousarray(arr)

@@ -22,6 +22,10 @@ import numpy as np
 
 
 def read_tensor_cache(params_dir: Path) -> dict[str, np.ndarray]:
+    """{name: array} of a bundle's params folder, int4 words in their plain order (value i at bit
+    4*(i % 8) of word i // 8) whatever order the bundle stores them in: the manifest beside the
+    folder names the weights stored in step order (README: within every 16 words of a row, word j
+    of the 4-word block i at 4 j + i), which are put back here."""
     index = json.loads((Path(params_dir) / "tensor-cache.json").read_text())
     out = {}
     for shard in index["records"]:
@@ -29,6 +33,15 @@ def read_tensor_cache(params_dir: Path) -> dict[str, np.ndarray]:
         for r in shard["records"]:
             raw = blob[r["byteOffset"]: r["byteOffset"] + r["nbytes"]]
             out[r["name"]] = np.frombuffer(raw, dtype=np.dtype(r["dtype"])).reshape(r["shape"]).copy()
+    manifest = Path(params_dir).parent / "manifest.json"
+    stepped = json.loads(manifest.read_text()).get("int4_step_order", []) if manifest.is_file() else []
+    for name in stepped:
+        words = out[name]
+        plain = np.empty_like(words)
+        for i in range(4):  # block i of each step
+            for j in range(4):  # its word j, stored at 4 j + i
+                plain[:, 4 * i + j::16] = words[:, 4 * j + i::16]
+        out[name] = plain
     return out
 
 

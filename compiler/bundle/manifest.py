@@ -9,7 +9,9 @@ never by hand) and one update (eval results added to an existing bundle, atomica
     model           ModelInfo: source (human), spec (what `compile` reopens it with), fingerprint,
                     architecture, config (JSON: its to_dict(); read as the architecture's own
                     config, e.g. Phi3Config, when first asked), input (source format, what stayed exact)
-    quant           quantization name; int8_dot: the dot-product ISA decode runs on (q4*i8)
+    quant           quantization name; int8_dot: the dot-product ISA decode runs on (q4*i8);
+                    int4_step_order: the int4 weights stored in step order (quantization/q4.py:
+                    within every 16 words of a row, word j of block i at 4 j + i; Arm dotprod)
     target          TargetInfo: preset, tvm_target, arch, triple, layout
     arch            the runner's and the model library's architecture
     tvm_version     the TVM the library was built with (the runner checks its runtime's)
@@ -216,6 +218,7 @@ class Manifest:
     quantize_embedding: bool = True
     quantize_lm_head: bool | None = None  # None (bundles before it): as quantize_embedding
     int8_dot: str | None = None
+    int4_step_order: tuple[str, ...] | None = None
     device: DeviceInfo | None = None
     kernels: KernelSources | None = None
     tuning: TuningInfo | None = None
@@ -263,7 +266,7 @@ class Manifest:
                     value = _SECTIONS[f.name].from_json(value) if value else None
                 elif f.name == "files":
                     value = {rel: FileEntry.from_json(meta) for rel, meta in value.items()}
-                elif f.name == "params":
+                elif f.name in ("params", "int4_step_order"):
                     value = tuple(value)
                 kw[f.name] = value
             return cls(**kw)
@@ -283,7 +286,7 @@ class Manifest:
                 value = value.to_json()
             elif f.name == "files":
                 value = {rel: meta.to_json() for rel, meta in value.items()}
-            elif f.name == "params":
+            elif f.name in ("params", "int4_step_order"):
                 value = list(value)
             out[f.name] = value
         return out

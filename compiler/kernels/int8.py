@@ -180,14 +180,17 @@ def q4_gemv_i8(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params
     return gemv
 
 
-def gemv_kernel(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemvParams = GemvParams()):
+def gemv_kernel(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemvParams = GemvParams(),
+                steps: bool = False):
     """Decode's int8 GEMV for this shape and instruction: on Arm (sdot or NEON) four rows at a time where
     the shape allows (kernels/int8_arm.py), else one row at a time (q4_gemv_i8). The same
-    x (1,1,k), w (n,k/8), s (n,k/group) -> y (1,1,n) either way."""
+    x (1,1,k), w (n,k/8), s (n,k/group) -> y (1,1,n) either way. steps: w's words are in step order
+    (quantization/q4.py; only where int8_arm's kernels run the layer)."""
     from edgesmith.compiler.kernels import int8_arm
 
     if int8_arm.applies(isa, n, k, group):
-        return int8_arm.q4_gemv_i8_rows4(n, k, group, scale_dtype, isa, params)
+        return int8_arm.q4_gemv_i8_rows4(n, k, group, scale_dtype, isa, params, steps=steps)
+    assert not steps, (n, k, group)
     return q4_gemv_i8(n, k, group, scale_dtype, isa, params)
 
 
@@ -198,14 +201,16 @@ def gemm_applies(isa: DotISA | None, n: int, k: int, group: int) -> bool:
     return isa is not None and pick([isa], k, group) is isa and n % (2 * isa.lanes) == 0
 
 
-def gemm_kernel(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemmI8Params = GemmI8Params()):
+def gemm_kernel(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemmI8Params = GemmI8Params(),
+                steps: bool = False):
     """Prefill's int8 GEMM for this shape and instruction: on Arm dotprod `sdot` by element over
     4 rows (kernels/int8_arm.py) where the shape allows, else q4_gemm_i8 (x86 VNNI, plain NEON).
-    The same x (1,t,k), w (n,k/8), s (n,k/group) -> y (1,t,n) either way."""
+    The same x (1,t,k), w (n,k/8), s (n,k/group) -> y (1,t,n) either way. steps: as gemv_kernel's."""
     from edgesmith.compiler.kernels import int8_arm
 
     if int8_arm.gemm_applies(isa, n, k, group):
-        return int8_arm.q4_gemm_i8_lanes(n, k, group, scale_dtype, isa, params)
+        return int8_arm.q4_gemm_i8_lanes(n, k, group, scale_dtype, isa, params, steps=steps)
+    assert not steps, (n, k, group)
     return q4_gemm_i8(n, k, group, scale_dtype, isa, params)
 
 

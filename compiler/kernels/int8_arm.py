@@ -37,17 +37,23 @@ def applies(isa, n: int, k: int, group: int) -> bool:
     return isa is not None and isa.name in ("dotprod", "neon") and group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0
 
 
-def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: GemvParams = GemvParams()):
+def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: GemvParams = GemvParams(),
+                     steps: bool = False):
     """PrimFunc (x (1,1,k) f32, w (n,k/8) u32, s (n,k/32) scale_dtype) -> y (1,1,n) f32.
 
     params.rows: output rows per parallel task (rounded to a multiple of 4); params.prefetch_rows:
     prefetch the weights this many groups of 4 rows ahead (0: none), a line per row and step.
+    steps: w is stored in step order (quantization/q4.py: word j of block i of a step at 4 j + i),
+    so part j of a step is its words 4 j .. 4 j + 3, four plain 16-byte loads (dotprod only): the
+    `ld4` deinterleave of the stored order costs 4 vector-pipe micro-ops per row and step on the
+    N1/V1/N2 models (bench/arm_cost.py), which is what kept this loop over llama.cpp's there.
     """
     from edgesmith.targets.tvm_api import tir_script as T
 
     from edgesmith.compiler.kernels.int8 import ADDP, SADDLP, SMULL
 
     assert isa.name in ("dotprod", "neon") and group == 32 and k % (32 * STEP) == 0 and n % ROWS == 0, (n, k, group)
+    assert not steps or isa.name == "dotprod", "step order is stored for the dotprod kernels only"
     words, blocks = k // 8, k // 32
     rows = max(ROWS, params.rows // ROWS * ROWS)
     ahead = params.prefetch_rows * ROWS
@@ -62,7 +68,10 @@ def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: 
         words16 = w[row, T.ramp(b4 * 16, 1, 16)]
         acc = x_corr[T.ramp(b4 * STEP, 1, STEP)]
         for j in range(4):
-            part = T.reinterpret(T.Shuffle([words16], [j, j + 4, j + 8, j + 12]), dtype="uint8x16")
+            if steps:  # stored in step order: part j is 4 words in a row
+                part = T.reinterpret(w[row, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="uint8x16")
+            else:
+                part = T.reinterpret(T.Shuffle([words16], [j, j + 4, j + 8, j + 12]), dtype="uint8x16")
             low = T.reinterpret(T.bitwise_and(part, T.broadcast(T.uint8(15), 16)), dtype="int8x16")
             high = T.reinterpret(T.shift_right(part, T.broadcast(T.uint8(4), 16)), dtype="int8x16")
             acc = T.call_llvm_pure_intrin("int32x4", SDOT, acc, low,
@@ -157,7 +166,7 @@ def gemm_applies(isa, n: int, k: int, group: int) -> bool:
     return isa is not None and isa.name == "dotprod" and group == 32 and k % 32 == 0 and n % COLS == 0
 
 
-def q4_gemm_i8_lanes(n: int, k: int, group: int, scale_dtype: str, isa, params=None):
+def q4_gemm_i8_lanes(n: int, k: int, group: int, scale_dtype: str, isa, params=None, steps: bool = False):
     """Prefill on Arm dotprod: PrimFunc (x (1,t,k) f32, w (n,k/8) u32, s (n,k/32)) -> y (1,t,n) f32, t dynamic.
 
     kernels_int8.q4_gemm_i8 broadcasts one activation word per `sdot` (an `ld1r` and its address
@@ -181,6 +190,9 @@ def q4_gemm_i8_lanes(n: int, k: int, group: int, scale_dtype: str, isa, params=N
     fmul by element, fmla), 4 of loop control: 4.0 per 32 weight x token products, as llama.cpp's repacked
     gemm_q4_0_4x4 (bench/arm_cost.py). The integer dots are exact: the numpy int8 scheme's result
     up to float rounding order, as kernels_int8.q4_gemm_i8.
+
+    steps: w is stored in step order (quantization/q4.py); the transposition into w_t reads word
+    j from where that order put it (once per strip, outside the block loop).
     """
     from edgesmith.compiler.tuning import GemmI8Params
     from edgesmith.targets.tvm_api import tir_script as T
@@ -235,7 +247,10 @@ def q4_gemm_i8_lanes(n: int, k: int, group: int, scale_dtype: str, isa, params=N
             for si in range(per_task):
                 o: T.let[T.int32] = (task * per_task + si) * COLS
                 for j, c in T.grid(words, COLS):
-                    w_t[j, c] = T.reinterpret(w[o + c, j], dtype="int32")
+                    if steps:  # word j (of block j // 4 in its step) where step order keeps it
+                        w_t[j, c] = T.reinterpret(w[o + c, j // 16 * 16 + j % 4 * 4 + j % 16 // 4], dtype="int32")
+                    else:
+                        w_t[j, c] = T.reinterpret(w[o + c, j], dtype="int32")
                 for b, c in T.grid(blocks, COLS):
                     s_t[b, c] = T.Cast("float32", s[o + c, b])
                 for tb in range((t + rt - 1) // rt):

@@ -6,6 +6,14 @@ Symmetric int4 in groups of `group_size` along the reduction axis (the last axis
 4 bits, eight values per uint32 (value i in bits 4*(i % 8) of word i // 8). A layer stores
 `q_weight` (n, k/8) uint32 and `q_scale` (n, k/group) in storage_dtype.
 
+Step order (Arm dotprod only, `steps_apply`): where a layer's decode and prefill run on
+kernels/int8_arm.py's kernels, its words are stored reordered at compile time, within every 16
+words of a row (4 blocks of 32 weights, one 64-byte line): word j of block i at 4 j + i
+(`step_order`, a 4x4 transpose: its own inverse). Four plain 16-byte loads then give the decode
+GEMV what an `ld4` deinterleave gave it from the plain order (its 4 vector-pipe micro-ops per row
+and step were what kept it over llama.cpp's cycles on the big cores). The manifest lists those
+parameters (`int4_step_order`); the embedding lookup of such a table reads them in that order too.
+
 Kernels by family (kernels/family.py):
   cpu          decode: kernels_gemv's TIR GEMV where its lanes tile k, else kernels.q4_linear;
                prefill: kernels.q4_linear (strips dequantized into a float GEMM)
@@ -52,6 +60,27 @@ class GroupQ4(Quantization):
         return FloatWeights(f"{self.name}-float", f"float {self.storage_dtype} layers of {self.name}", 0,
                             self.storage_dtype)
 
+    def steps_apply(self, family, n: int, k: int) -> bool:
+        """Whether an (n, k) layer's words are stored in step order on `family` (module docstring):
+        the Arm dotprod kernels of int8_arm run both its decode and its prefill."""
+        from edgesmith.compiler.kernels import int8 as kernels_int8
+        from edgesmith.compiler.kernels import int8_arm
+
+        if family.gpu or not self.int8_activations:
+            return False
+        isa = kernels_int8.pick(list(family.dot_isas), k, self.group_size)
+        return (isa is not None and isa.name == "dotprod" and int8_arm.applies(isa, n, k, self.group_size)
+                and kernels_int8.gemm_applies(isa, n, k, self.group_size)
+                and int8_arm.gemm_applies(isa, n, k, self.group_size))
+
+    def stored_in_steps(self, name: str, shape, family) -> bool:
+        """Whether parameter `name` of `shape` is stored in step order on `family`."""
+        return name.endswith(".q_weight") and len(shape) == 2 and self.steps_apply(family, shape[0], shape[1] * 8)
+
+    def arrange(self, name: str, arr: np.ndarray, family) -> np.ndarray:
+        """The array as the bundle stores it on `family`: in step order where that applies."""
+        return step_order(arr) if self.stored_in_steps(name, arr.shape, family) else arr
+
     def linear(self, layer, x, family):
         from edgesmith.compiler.kernels import cpu as kernels
         from edgesmith.compiler.kernels import gemv as kernels_gemv
@@ -67,14 +96,15 @@ class GroupQ4(Quantization):
         one = is_one_token(x)
         kind, isa = self._cpu_kernel(family, n, k, one)
         params = family.tuning.params(kind, n, k, *(() if kind == "gemm" else (g, scales))) if kind else None
+        steps = self.steps_apply(family, n, k)
         if kind == "gemv_i8":
-            return op.tensor_ir_op(kernels_int8.gemv_kernel(n, k, g, scales, isa, params), "q4_matmul_i8", args,
+            return op.tensor_ir_op(kernels_int8.gemv_kernel(n, k, g, scales, isa, params, steps=steps), "q4_matmul_i8", args,
                                    out=nn.Tensor.placeholder((1, 1, n), "float32"))
         if kind == "gemv":
             return op.tensor_ir_op(kernels_gemv.q4_gemv(n, k, g, scales, params), "q4_matmul", args,
                                    out=nn.Tensor.placeholder((1, 1, n), "float32"))
         if kind == "gemm_i8":
-            return op.tensor_ir_op(kernels_int8.gemm_kernel(n, k, g, scales, isa, params), "q4_matmul_i8", args,
+            return op.tensor_ir_op(kernels_int8.gemm_kernel(n, k, g, scales, isa, params, steps=steps), "q4_matmul_i8", args,
                                    out=nn.Tensor.placeholder((1, x.shape[1], n), "float32"))
         if kind == "gemm":  # the schedule (schedules.Linear) looks up the same params
             return op.tensor_expr_op(kernels.q4_linear, "q4_matmul", args + [g, params.tokens])
@@ -108,7 +138,9 @@ class GroupQ4(Quantization):
         from edgesmith.compiler.kernels import cpu as kernels
         from edgesmith.targets.tvm_api import nn
 
-        return nn.op.tensor_expr_op(kernels.q4_embedding, "q4_take", [ids, layer.q_weight, layer.q_scale, self.group_size])
+        steps = self.steps_apply(layer.family, layer.out_features, layer.in_features)
+        return nn.op.tensor_expr_op(kernels.q4_embedding, "q4_take",
+                                    [ids, layer.q_weight, layer.q_scale, self.group_size, steps])
 
 
 # ---------------------------------------------------------------- the int4 format (numpy)
@@ -156,6 +188,14 @@ def _quantize_rows(w: np.ndarray, group_size: int, scale_dtype: str) -> tuple[np
     q = (np.clip(q, -7, 7) + 8).astype(np.uint32).reshape(n, k // 8, 8)
     q <<= (np.arange(8, dtype=np.uint32) * 4)[None, None, :]
     return np.bitwise_or.reduce(q, axis=2), scale
+
+
+def step_order(packed: np.ndarray) -> np.ndarray:
+    """(n, k/8) words, k % 128 == 0 -> the same words in step order (module docstring): within every
+    16 words of a row, word j of block i (at 4 i + j) moves to 4 j + i. Its own inverse."""
+    n, words = packed.shape
+    assert words % 16 == 0, packed.shape
+    return np.ascontiguousarray(packed.reshape(n, words // 16, 4, 4).transpose(0, 1, 3, 2).reshape(n, words))
 
 
 def dequantize_q4(packed: np.ndarray, scale: np.ndarray, group_size: int) -> np.ndarray:

@@ -47,6 +47,15 @@ class Quantization:
         models.ParamSource, from `ckpt`): full name -> array."""
         raise NotImplementedError(f"{self.name} stores no encoded parameters")
 
+    def stored_in_steps(self, name: str, shape, family) -> bool:
+        """Whether parameter `name` is stored in another word order for `family`'s kernels
+        (GroupQ4: step order on Arm dotprod); the manifest lists those (int4_step_order)."""
+        return False
+
+    def arrange(self, name: str, arr: np.ndarray, family) -> np.ndarray:
+        """Parameter `name` as the bundle stores it for `family`'s kernels."""
+        return arr
+
     def variant(self, *, int8_activations: bool | None = None, storage_dtype: str | None = None) -> "Quantization":
         """The registered scheme with these weights but other activations or scales (q4f16i8 ->
         q4f16 with int8_activations=False); itself when nothing differs or no such scheme exists."""
