@@ -97,6 +97,7 @@ class Kernel:
     weights_per_marker: int
     check: tuple[str, int] | None = None  # (mnemonic, weights per one): must give the same weights
     prefill: bool = False  # a prefill GEMM: "weights" are weight x token products (a block: 32 weights, 1 token)
+    steps: bool | None = None  # our int8 kernels: the words in step order (None: as the model stores them)
 
 
 DOTPROD_MARCH = "armv8.2-a+dotprod+fp16+fp16fml"  # = arm64-linux-dotprod's +v8.2a,+dotprod,+fullfp16,+fp16fml
@@ -117,10 +118,14 @@ def kernels(k: int, group: int = 32) -> list[Kernel]:
                f_lanes * 8),
         Kernel("es-q4f16i8-dot-1row", "edgesmith", "q4f16i8 GEMV, one row (int8 x, sdot; before #28)",
                "arm64-linux-dotprod", "q4_gemv_i8", lam, "prfm", dot.lanes * 8, ("sdot", 16)),
-        # what arm64-linux-dotprod and android-arm64 decode with now (kernels_int8.gemv_kernel): per row
-        # and step of 4 blocks one ld4 (128 weights) and 8 sdot
-        Kernel("es-q4f16i8-dot", "edgesmith", "q4f16i8 GEMV, 4 rows (int8 x, sdot)", "arm64-linux-dotprod",
-               "gemv_kernel", lam, "sdot", 16, ("ld4", 128)),
+        # what arm64-linux-dotprod and android-arm64 decode with now (kernels_int8.gemv_kernel over the
+        # words in step order, as the bundle stores them): per row and step of 4 blocks four 16-byte
+        # loads, 8 sdot and one fcvtl of its 4 scales (128 weights)
+        Kernel("es-q4f16i8-dot", "edgesmith", "q4f16i8 GEMV, 4 rows, step order (int8 x, sdot)", "arm64-linux-dotprod",
+               "gemv_kernel", lam, "sdot", 16, ("fcvtl", 128)),
+        # the same over the plain word order (before the step order): one ld4 per row and step
+        Kernel("es-q4f16i8-dot-ld4", "edgesmith", "q4f16i8 GEMV, 4 rows, ld4 (int8 x, sdot; before)",
+               "arm64-linux-dotprod", "gemv_kernel", lam, "sdot", 16, ("ld4", 128), steps=False),
         # and plain arm64-linux at q4f16i8: the same with smull/smlal (8 products each) for sdot
         Kernel("es-q4f16i8-v8", "edgesmith", "q4f16i8 GEMV, 4 rows (int8 x, smull)", "arm64-linux",
                "gemv_kernel", lam, r"smull2?|smlal2?", 8, ("ld4", 128)),
@@ -153,7 +158,16 @@ def tvm_asm(kernel: Kernel, n: int, k: int, group: int = 32) -> str:
         isa = kernels_int8.pick(kernels_int8.dot_isas(target), k, group)
         if isa is None or isa.name not in ("dotprod", "neon"):
             raise RuntimeError(f"target {kernel.flags} picks no Arm int8 dot product for k={k} (got {isa})")
-        func = getattr(kernels_int8, kernel.source)(n, k, group, "float16", isa)
+        steps = kernel.steps
+        if steps is None:  # the word order a bundle stores this shape in for this preset (quantization/q4.py)
+            from edgesmith.compiler.kernels.family import kernel_family
+            from edgesmith.compiler.quantization.registry import get_quantization
+
+            steps = get_quantization("q4f16i8").stored_in_steps(".q_weight", (n, k // 8), kernel_family(target))
+        if kernel.source == "q4_gemv_i8":
+            func = kernels_int8.q4_gemv_i8(n, k, group, "float16", isa)
+        else:
+            func = getattr(kernels_int8, kernel.source)(n, k, group, "float16", isa, steps=steps)
     else:
         if not kernels_gemv.applies(k, group):
             raise RuntimeError(f"the float GEMV does not tile k={k}, group {group}")

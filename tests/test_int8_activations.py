@@ -204,7 +204,8 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(int8_runs, preset, dot_insn):
     """The same model through sdot (or, on plain Armv8-A, smull/smlal) on Arm (the runner under
     qemu) and vpdpbusd here: the integer dot products are exact, so the logits agree to float
     rounding and the greedy tokens are the same. The decode GEMV there is kernels/int8_arm.py's
-    (ld4, four rows at a time); the host's is checked against the numpy scheme above. The Arm
+    (four rows at a time, over words stored in step order on dotprod, ld4 on plain Armv8-A); the
+    host's is checked against the numpy scheme above. The Arm
     logits are also checked against the numpy int8 scheme over the bundle's own codes, so the test
     means something on an x86 CPU without int8 dot products (then only the Arm bundle runs)."""
     import json
@@ -219,10 +220,18 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(int8_runs, preset, dot_insn):
     bundle, logits, tokens = int8_runs(preset)
     (lib,) = (bundle / "lib").iterdir()
     assert b"q4_matmul_i8" in lib.read_bytes()
-    # the four-row decode GEMV is in: its ld4 loads (the one-row kernel has none)
     asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(lib)], capture_output=True, text=True,
                          check=True).stdout
-    assert "\tld4\t" in asm and f"\t{dot_insn}\t" in asm
+    assert f"\t{dot_insn}\t" in asm
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    int4 = sorted(name for name in manifest["params"] if name.endswith(".q_weight"))
+    if dot_insn == "sdot":
+        # every random:tiny weight (k % 128 == 0, n % 8 == 0) stored in step order for int8_arm's
+        # kernels (the four-row GEMV reads it with plain loads; the reader below puts it back)
+        assert sorted(manifest["int4_step_order"]) == int4 and int4
+    else:
+        # plain Armv8-A keeps the plain order: its four-row GEMV deinterleaves with ld4
+        assert "int4_step_order" not in manifest and "\tld4\t" in asm
     params = read_tensor_cache(bundle / "params")
     ref = NumpyPhi3(json.loads((bundle / "manifest.json").read_text())["model"]["config"],
                     dequantized_weights(params), int8=int8_layers(params), kv_float16=True)
@@ -238,6 +247,40 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(int8_runs, preset, dot_insn):
             report = compare_logits(host_logits[kind], logits[kind])
             assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, (kind, report)
         assert tokens == host_tokens
+
+
+def test_step_order_is_chosen_per_shape_and_preset_and_undone_by_the_reader(tmp_path):
+    """Step order (quantization/q4.py): word j of block i of every 16 words at 4 j + i, only where
+    int8_arm's dotprod kernels run both decode and prefill; tests/numpy_phi3.py's reader, given the
+    manifest's list, gives the words back in their plain order."""
+    import json
+
+    from numpy_phi3 import read_tensor_cache
+
+    from edgesmith.compiler.kernels.family import kernel_family
+    from edgesmith.compiler.quantization.q4 import step_order
+    from edgesmith.compiler.quantization.registry import get_quantization
+    from edgesmith.targets.tvm_api import dump_tensor_cache
+
+    words = np.arange(2 * 32, dtype=np.uint32).reshape(2, 32)
+    stepped = step_order(words)
+    assert stepped[0, :8].tolist() == [0, 4, 8, 12, 1, 5, 9, 13] and stepped[1, 16] == 48
+    assert (step_order(stepped) == words).all()
+    q, plain = get_quantization("q4f16i8"), get_quantization("q4f16")
+    family = {p: kernel_family(tvm.target.Target(presets.get_preset(p).tvm_target()))
+              for p in ("arm64-linux-dotprod", "android-arm64", "arm64-linux-i8mm", "arm64-linux", "host")}
+    for p in ("arm64-linux-dotprod", "android-arm64", "arm64-linux-i8mm"):
+        assert q.stored_in_steps("m.qkv_proj.q_weight", (9216, 3072 // 8), family[p]), p
+        assert not q.stored_in_steps("m.qkv_proj.q_scale", (9216, 3072 // 32), family[p])
+        assert not q.stored_in_steps("m.x.q_weight", (9216, 96 // 8), family[p])  # k: no whole step of 4 blocks
+        assert not q.stored_in_steps("m.x.q_weight", (44, 3072 // 8), family[p])  # n: no whole strip of 8 rows
+        assert not plain.stored_in_steps("m.qkv_proj.q_weight", (9216, 3072 // 8), family[p])  # float activations
+    for p in ("arm64-linux", "host"):
+        assert not q.stored_in_steps("m.qkv_proj.q_weight", (9216, 3072 // 8), family[p]), p
+    dump_tensor_cache({"a.q_weight": stepped, "b.q_weight": stepped}, str(tmp_path / "params"))
+    (tmp_path / "manifest.json").write_text(json.dumps({"int4_step_order": ["a.q_weight"]}))
+    back = read_tensor_cache(tmp_path / "params")
+    assert (back["a.q_weight"] == words).all() and (back["b.q_weight"] == stepped).all()
 
 
 def test_arm_gemv_choice_and_every_tuner_choice_builds():
@@ -256,10 +299,12 @@ def test_arm_gemv_choice_and_every_tuner_choice_builds():
         assert not int8_arm.applies(isa, 42, 256, 32)  # rows in fours
         assert not int8_arm.applies(isa, 40, 96, 32)  # k in steps of 4 blocks
         assert not int8_arm.applies(HOST_ISAS[0], 40, 256, 32) if HOST_ISAS else True
+        steps = isa_name == "dotprod"  # as the model stores the words there (quantization/q4.py)
         for params in SPACES["gemv_i8"]:
-            func = kernels_int8.gemv_kernel(40, 256, 32, "float16", isa, params).with_attr("global_symbol", "main")
-            asm = tirx.build(tvm.IRModule({"main": func}), target=target).inspect_source("asm")
-            assert "\tld4\t" in asm, params
+            func = kernels_int8.gemv_kernel(40, 256, 32, "float16", isa, params, steps=steps)
+            asm = tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                             target=target).inspect_source("asm")
+            assert ("\tld4\t" in asm) is not steps, params  # step order: plain loads, no deinterleave
         one_row = kernels_int8.gemv_kernel(42, 96, 32, "float16", isa).with_attr("global_symbol", "main")
         assert "\tld4\t" not in tirx.build(tvm.IRModule({"main": one_row}), target=target).inspect_source("asm")
 
@@ -283,7 +328,8 @@ def test_arm_gemm_choice_and_every_tuner_choice_builds():
     assert not int8_arm.gemm_applies(kernels_int8.pick(kernels_int8.dot_isas(plain), 256, 32), 40, 256, 32)
     assert not int8_arm.gemm_applies(HOST_ISAS[0], 40, 256, 32) if HOST_ISAS else True
     for params in SPACES["gemm_i8"]:
-        func = kernels_int8.gemm_kernel(40, 256, 32, "float16", isa, params).with_attr("global_symbol", "main")
+        func = kernels_int8.gemm_kernel(40, 256, 32, "float16", isa, params,
+                                        steps=True).with_attr("global_symbol", "main")
         asm = tirx.build(tvm.IRModule({"main": func}), target=target).inspect_source("asm")
         by_element = len(re.findall(r"\tsdot\tv\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", asm))
         assert by_element == 8 * params.tokens * 2 and "ld1r" not in asm, params  # 8 rows x tile x block
