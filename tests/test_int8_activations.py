@@ -333,3 +333,49 @@ def test_arm_gemm_choice_and_every_tuner_choice_builds():
         asm = tirx.build(tvm.IRModule({"main": func}), target=target).inspect_source("asm")
         by_element = len(re.findall(r"\tsdot\tv\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", asm))
         assert by_element == 8 * params.tokens * 2 and "ld1r" not in asm, params  # 8 rows x tile x block
+
+
+@pytest.mark.slow
+def test_arm_dotprod_bundle_tuned_otherwise_gives_the_same_logits(int8_runs, tmp_path):
+    """Every int8 kernel of random:tiny on arm64-linux-dotprod given a non-default tuner choice
+    (decode: rows per task and prefetch distance of int8_arm's four-row GEMV; prefill: the token
+    tile of its `sdot`-by-element GEMM; the step order itself is fixed, no choice): the library
+    changes, the logits do not (exact integer dots, each output reduced in the same order), under
+    qemu, decoded one at a time and prefilled 64 at once, against the untuned bundle."""
+    import dataclasses
+    import json
+
+    from edgesmith.compiler.build import compile_bundle
+    from edgesmith.compiler.inputs.checkpoint import open_checkpoint
+    from edgesmith.compiler.kernels.family import kernel_family
+    from edgesmith.compiler.quantization.registry import get_quantization
+    from edgesmith.compiler.tuning import SPACES, TuningRecord, fingerprint_id, parse_key
+    from edgesmith.runtime.profile.check import device_logits
+    from edgesmith.runtime.session import run_runner
+    from edgesmith.runtime.tune.shapes import tunable_shapes
+
+    preset = "arm64-linux-dotprod"
+    family = kernel_family(tvm.target.Target(presets.get_preset(preset).tvm_target()))
+    shapes = [s for s in tunable_shapes(open_checkpoint("random:tiny").config, get_quantization("q4f16i8"), family)
+              if parse_key(s.key)["kind"] in ("gemv_i8", "gemm_i8")]
+    assert {parse_key(s.key)["kind"] for s in shapes} == {"gemv_i8", "gemm_i8"}
+    table = {}
+    for i, shape in enumerate(shapes):
+        space = SPACES[parse_key(shape.key)["kind"]]
+        others = [p for p in space if p != type(space[0])()]
+        table[shape.key] = others[(3 * i + 1) % len(others)]
+    fp = {"arch": "aarch64"}
+    record = TuningRecord(fingerprint=fp, fingerprint_id=fingerprint_id(fp), target=preset, device="test",
+                          emulated=True, kernels={k: {"params": dataclasses.asdict(p)} for k, p in table.items()})
+    tuned = compile_bundle("random:tiny", "q4f16i8", preset, tmp_path / "tuned", kv_dtype="float16", tuning=record)
+    default, logits, _ = int8_runs(preset)
+    manifest = json.loads((tuned / "manifest.json").read_text())
+    assert manifest["tuning"]["kernels"] == {k: dataclasses.asdict(v) for k, v in table.items()}
+    assert manifest["int4_step_order"] == json.loads((default / "manifest.json").read_text())["int4_step_order"]
+    assert next((tuned / "lib").iterdir()).read_bytes() != next((default / "lib").iterdir()).read_bytes()
+    got = device_logits(run_runner(tuned, ["logits", str(tuned), "--tokens", ",".join(map(str, ARM_IDS))], timeout=300))
+    assert np.abs(got - logits["decode"]).max() < 1e-5
+    prefilled = ARM_PROMPTS[64] + [5, 9, 200, 17]
+    got = device_logits(run_runner(tuned, ["logits", str(tuned), "--tokens", ",".join(map(str, prefilled)),
+                                           "--prefill", "64"], timeout=300))
+    assert np.abs(got - logits["prefill"]).max() < 1e-5
