@@ -58,6 +58,15 @@ def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: 
     rows = max(ROWS, params.rows // ROWS * ROWS)
     ahead = params.prefetch_rows * ROWS
 
+    def xi(half: int, b4, at):
+        """Index in x_perm of word `at` (0..15, word j of block i at 4 j + i, the order step_dot's
+        parts read) of step b4's half `half` (0: x's values 0,2,4,6 of each word; 1: 1,3,5,7). On
+        dotprod a step's two halves are adjacent (128 bytes: 4 `ldp` from one address, beside the
+        words' loads); the NEON loop keeps them apart (words apart: fewer cycles there on N2)."""
+        if isa.name == "dotprod":
+            return b4 * 32 + half * 16 + at
+        return half * words + b4 * 16 + at
+
     def step_dot_sdot(w, x_perm, x_corr, row, b4):
         """int32x4: lane i = row `row`'s block 4 b4 + i dotted with x's, exactly (the -8 correction in).
 
@@ -75,9 +84,9 @@ def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: 
             low = T.reinterpret(T.bitwise_and(part, T.broadcast(T.uint8(15), 16)), dtype="int8x16")
             high = T.reinterpret(T.shift_right(part, T.broadcast(T.uint8(4), 16)), dtype="int8x16")
             acc = T.call_llvm_pure_intrin("int32x4", SDOT, acc, low,
-                                          T.reinterpret(x_perm[0, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="int8x16"))
+                                          T.reinterpret(x_perm[T.ramp(xi(0, b4, 4 * j), 1, 4)], dtype="int8x16"))
             acc = T.call_llvm_pure_intrin("int32x4", SDOT, acc, high,
-                                          T.reinterpret(x_perm[1, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="int8x16"))
+                                          T.reinterpret(x_perm[T.ramp(xi(1, b4, 4 * j), 1, 4)], dtype="int8x16"))
         return acc
 
     def step_dot_neon(w, x_perm, x_corr, row, b4):
@@ -91,7 +100,7 @@ def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: 
             nibbles = (T.reinterpret(T.bitwise_and(part, T.broadcast(T.uint8(15), 16)), dtype="int8x16"),
                        T.reinterpret(T.shift_right(part, T.broadcast(T.uint8(4), 16)), dtype="int8x16"))
             for half in range(2):
-                xv = T.reinterpret(x_perm[half, T.ramp(b4 * 16 + 4 * j, 1, 4)], dtype="int8x16")
+                xv = T.reinterpret(x_perm[T.ramp(xi(half, b4, 4 * j), 1, 4)], dtype="int8x16")
                 for h in range(2):
                     lanes8 = list(range(8 * h, 8 * h + 8))
                     prod = T.call_llvm_pure_intrin("int16x8", SMULL, T.Shuffle([nibbles[half]], lanes8),
@@ -109,9 +118,8 @@ def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: 
         q = T.alloc_buffer((k,), "int32")
         x_scale = T.alloc_buffer((blocks,), "float32")
         x_corr = T.alloc_buffer((blocks,), "int32")  # -8 * the block's 32 int8 values
-        # [0]: values 0,2,4,6 of each word; [1]: 1,3,5,7; within each step of 16 words (4 blocks) in
-        # the order step_dot's parts read them: word j of block i at 4 j + i
-        x_perm = T.alloc_buffer((2, words), "int32")
+        # x's int8 bytes as words (xi: where half h, step b4, word `at` of the step lies)
+        x_perm = T.alloc_buffer((2 * words,), "int32")
         for b in range(blocks):
             amax = T.alloc_buffer((1,), "float32")
             amax[0] = T.float32(0)
@@ -125,9 +133,9 @@ def q4_gemv_i8_rows4(n: int, k: int, group: int, scale_dtype: str, isa, params: 
                 x_corr[b] = x_corr[b] - 8 * q[b * 32 + i]
         for b4, i, j in T.grid(blocks // STEP, STEP, 4):
             src: T.let[T.int32] = (b4 * 16 + 4 * i + j) * 8  # x's index of word j of block 4 b4 + i
-            x_perm[0, b4 * 16 + 4 * j + i] = ((q[src] & 255) | ((q[src + 2] & 255) << 8)
+            x_perm[xi(0, b4, 4 * j + i)] = ((q[src] & 255) | ((q[src + 2] & 255) << 8)
                                                | ((q[src + 4] & 255) << 16) | ((q[src + 6] & 255) << 24))
-            x_perm[1, b4 * 16 + 4 * j + i] = ((q[src + 1] & 255) | ((q[src + 3] & 255) << 8)
+            x_perm[xi(1, b4, 4 * j + i)] = ((q[src + 1] & 255) | ((q[src + 3] & 255) << 8)
                                                | ((q[src + 5] & 255) << 16) | ((q[src + 7] & 255) << 24))
         for chunk in T.parallel((n + rows - 1) // rows):
             # Per task, not per row group: a buffer allocated in a parallel loop is a workspace.
