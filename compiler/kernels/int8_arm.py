@@ -1,4 +1,4 @@
-"""Decode's q4 x int8 GEMV on Arm dotprod, four rows at a time, on the layout as stored ((n, k/8) words);
+"""Decode's q4 x int8 GEMV on Arm (dotprod `sdot`; plain NEON: smull/smlal), four rows at a time;
 and prefill's GEMM with `sdot` by element (q4_gemm_i8_lanes, at the end).
 
 kernels_int8.q4_gemv_i8 runs one row and one 32-weight block at a time: it reloads x's bytes per
@@ -7,18 +7,20 @@ loads. Here a step is 4 blocks (a row's 64-byte line) of 4 rows:
 
     x (per step, shared by the 4 rows): 8 int8x16 registers, x's bytes in the order below
          (written once per call), the 4 blocks' -8 * sum(x) and their 4 scales
-    row r: one `ld4` of its 16 words splits them by position in the block: part j = word j of
-         blocks 0..3, so sdot lane i stays inside block i; low nibbles `& 0x0f`, high `>> 4`
-         (bytes 0..15), 8 sdot into ONE int32x4 that starts at the -8 * sum(x) correction
-         (weights are stored as q + 8) and ends holding the 4 blocks' exact integer dots;
-         -> float, times (its 4 fp16 scales: one 8-byte load, one fcvtl) x (x's 4 block scales),
-         added to the row's float32x4; the 4 lanes summed once at the end of the row.
+    row r: its 16 words split by position in the block: part j = word j of blocks 0..3, so sdot
+         lane i stays inside block i. On dotprod the bundle stores the words that way (step order,
+         quantization/q4.py: word j of block i at 4 j + i), so part j is one plain 16-byte load;
+         on plain NEON (the stored order) one `ld4` splits them, at 4 vector-pipe micro-ops a row
+         and step (what kept the dotprod loop over llama.cpp's cycles on the N1/V1/N2 models).
+         Low nibbles `& 0x0f`, high `>> 4` (bytes 0..15), 8 sdot into ONE int32x4 that starts at
+         the -8 * sum(x) correction (weights are stored as q + 8) and ends holding the 4 blocks'
+         exact integer dots; -> float, times (its 4 fp16 scales: one 8-byte load, one fcvtl) x
+         (x's 4 block scales), added to the row's float32x4; the 4 lanes summed once at the end.
 
-Per step of 4 rows x 4 blocks, about 112 instructions (7 per row and block; the one-row kernel
-retired about 20, llama.cpp's repacked 4x4 gemv 8.5): no zeroing, no per-block lane reduction,
-no scalar scale conversion. That is without the interleaved layout llama.cpp repacks into at load
-time; ld4 does the interleave in the load. The integer part is exact, as in kernels_int8: the
-result is the numpy int8 scheme's up to float rounding order.
+Per step of 4 rows x 4 blocks, 117 instructions on dotprod (LLVM 19; 91 vector-pipe micro-ops
+on the N1 model: 2.85 cycles a block, llama.cpp's repacked 4x4 gemv 3.14): no zeroing,
+no per-block lane reduction, no scalar scale conversion. The integer part is exact, as in
+kernels_int8: the result is the numpy int8 scheme's up to float rounding order.
 
 It needs groups of 32, k % 128 == 0 and n % 4 == 0 (every Phi-3 layer); kernels_int8.gemv_kernel
 picks it, else the one-row kernel.
