@@ -62,8 +62,8 @@ class TargetPreset:
     mattr: tuple[str, ...] = ()
     mtriple: str = ""  # LLVM triple when it differs from `triple`
     gpu: GpuSpec | None = None
-    # The quantization `compile` uses without --quant: q4f16i8 (int8 activations) where the
-    # target has int8 dot products, q4f16 elsewhere; "by-cpu": decided by this machine's CPU.
+    # The quantization `compile` uses without --quant: q4f16i8 (int8 activations) on Arm CPUs (dot
+    # products, or plain NEON's smull/smlal) and x86 with VNNI, q4f16 elsewhere; "by-cpu": this CPU.
     default_quant: str = "q4f16"
 
     def tvm_target(self) -> dict:
@@ -112,6 +112,11 @@ def default_quantization(preset: TargetPreset) -> tuple[str, str]:
         if dot:
             return "q4f16i8", f"this CPU has {dot} int8 dot products"
         return "q4f16", "this CPU has no int8 dot products (AVX512-VNNI, AVX-VNNI or Arm dotprod)"
+    if preset.default_quant == "q4f16i8" and "+dotprod" not in preset.mattr:
+        # plain Armv8-A: int8 activations on NEON's widening multiply-accumulate, as llama.cpp there;
+        # on paper a decoded token retires about a quarter of float activations' instructions
+        return "q4f16i8", (f"target {preset.name}: int8 activations on NEON (smull/smlal) decode in about a "
+                           "quarter of float activations' instructions (README: ARM cost without a phone)")
     if preset.default_quant == "q4f16i8":
         return "q4f16i8", f"target {preset.name} has int8 dot products"
     if preset.gpu is not None and preset.gpu.api == "webgpu":
@@ -274,6 +279,7 @@ PRESETS: dict[str, TargetPreset] = {
             description="64-bit ARM Linux board, baseline ARMv8-A with NEON (any Pi 4/5, Graviton)",
             layout=LAYOUTS["linux"],
             mattr=("+neon",),
+            default_quant="q4f16i8",
             **_ARM64,
         ),
         TargetPreset(

@@ -159,8 +159,9 @@ def test_targets_table_lists_every_preset():
     assert facts["arm64-linux"]["tvm_target"]["mtriple"] == "aarch64-linux-gnu"
 
 
-# What compile uses without --quant (#20): int8 activations exactly where int8 dot products exist.
-DEFAULT_QUANT = {"arm64-linux": "q4f16", "arm64-linux-dotprod": "q4f16i8", "arm64-linux-i8mm": "q4f16i8",
+# What compile uses without --quant (#20): int8 activations on every Arm CPU (dot products, or NEON's
+# smull/smlal on plain Armv8-A since #28), float on GPUs.
+DEFAULT_QUANT = {"arm64-linux": "q4f16i8", "arm64-linux-dotprod": "q4f16i8", "arm64-linux-i8mm": "q4f16i8",
                  "android-arm64": "q4f16i8", "android-opencl": "q4f16", "android-mali": "q4f16",
                  "android-vulkan": "q4f16", "linux-vulkan": "q4f16", "apple-metal": "q4f16", "cuda": "q4f16"}
 
