@@ -1,6 +1,7 @@
 """compile: checkpoint -> quantized weights + lowered model library -> bundle folder."""
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -53,10 +54,11 @@ def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize
 
 
 def lower(mod, target: tvm.target.Target, dump_dir: Path | None = None, *, sliding_window: int = 0,
-          tuning: Tuning | None = None):
+          tuning: Tuning | None = None, launches: dict | None = None):
     # Not tvm.compile: it emits all TIR in one LLVM module, where a TVM 0.27 bug drops noalias
-    # from every kernel (see tvm_api.build_vm).
-    return build_vm(mod, target, make_pipeline(target, dump_dir, sliding_window=sliding_window, tuning=tuning))
+    # from every kernel (see tvm_api.build_vm). launches: filled for GPU targets (lowering/launches.py).
+    return build_vm(mod, target, make_pipeline(target, dump_dir, sliding_window=sliding_window, tuning=tuning,
+                                               launches=launches))
 
 
 def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: str, out: Path, *,
@@ -133,7 +135,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         t_convert = time.perf_counter() - t0
 
         progress.step(f"lowering for {preset.name} ({tvm_target.kind.name}, {preset.triple})")
-        ex = lower(mod, tvm_target, dump_ir, sliding_window=kv.window, tuning=kernel_tuning)
+        launches: dict = {}  # GPU: the kernels a decoded token launches, read from the lowered module
+        ex = lower(mod, tvm_target, dump_ir, sliding_window=kv.window, tuning=kernel_tuning, launches=launches)
         if kernel_tuning is not None:
             used = kernel_tuning.used
             untuned = sorted(used - set(kernel_tuning.as_dict()))
@@ -144,6 +147,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         progress.step("linking the model library")
         ex.export_library(str(tmp / "lib" / preset_library_name(preset)), **preset_export_kwargs(preset))
         kernels = kernel_sources.write_kernel_sources(ex, tmp / "kernels") if preset.gpu else None
+        if kernels is not None and launches:
+            kernels = dataclasses.replace(kernels, decode_launches=launches)
         t_compile = time.perf_counter() - t0 - t_convert
 
         runtime_files = presets_runtime_files(preset)

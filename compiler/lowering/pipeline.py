@@ -60,10 +60,13 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
     ]
 
 
-def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int = 0, tuning=None):
+def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int = 0, tuning=None,
+                  launches: dict | None = None):
     """A module pass running every phase under `target`; dumps `NN-phase.py` scripts when asked.
     sliding_window: the attention's window (0: none), applied by the attention kernels.
-    tuning: compiler/tuning.Tuning for the CPU schedule's choices (None: the defaults)."""
+    tuning: compiler/tuning.Tuning for the CPU schedule's choices (None: the defaults).
+    launches: a GPU target's dict to fill with the kernels a decoded token launches
+    (lowering/launches.py), read from the lowered module."""
 
     @tvm.transform.module_pass(opt_level=0, name="edgesmith_pipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
@@ -73,6 +76,10 @@ def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int =
                 if dump_dir is not None:
                     dump_dir.mkdir(parents=True, exist_ok=True)
                     (dump_dir / f"{i:02d}-{name}.py").write_text(mod.script(show_meta=False))
+        if launches is not None and is_gpu(target):
+            from edgesmith.compiler.lowering.launches import decode_launches
+
+            launches.update(decode_launches(mod, sliding=bool(sliding_window)) or {})
         return mod
 
     return _pipeline
