@@ -39,12 +39,15 @@ class Progress:
 
 
 def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize_embedding: bool = True,
-                quantize_lm_head: bool | None = None, kv_dtype: str = "float32", tuning: Tuning | None = None):
+                quantize_lm_head: bool | None = None, kv_dtype: str = "float32", tuning: Tuning | None = None,
+                gpu_fusion: bool = True):
     """The Relax module and its parameter list [(name, shape, dtype)] for a config (its
     architecture's nn model, from the model registry). tuning: the kernels' choices (None: defaults).
     quantize_lm_head None: as quantize_embedding."""
     model_class = for_config(cfg).model_class()
     extra = {"tuning": tuning} if tuning is not None else {}
+    if not gpu_fusion:
+        extra["gpu_fusion"] = False  # the unfused GPU bundle (tests compare the fused one with it)
     if quantize_lm_head is not None and quantize_lm_head != quantize_embedding:
         extra["quantize_lm_head"] = quantize_lm_head  # only when it differs: older model classes lack it
     model = model_class(cfg, quant, quantize_embedding=quantize_embedding, target=target, kv_dtype=kv_dtype, **extra)
@@ -66,7 +69,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                    dump_ir: Path | None = None,
                    progress: Progress | None = None, context: int | None = None,
                    kv_dtype: str | None = None, prefill_chunk: int = PREFILL_CHUNK,
-                   tuning: TuningRecord | None = None, tuning_source: str = "", tokenizer: str | None = None) -> Path:
+                   tuning: TuningRecord | None = None, tuning_source: str = "", tokenizer: str | None = None,
+                   gpu_fusion: bool = True) -> Path:
     """Compile `model` for `target` into the bundle folder `out`; returns `out`.
 
     quant None: the target's and the source's default (checkpoint.default_quant).
@@ -78,7 +82,9 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     tuning: a record from `edgesmith tune` (checked against the target by the caller:
     runtime/tune/apply.py); its kernel choices are applied and recorded in the manifest.
     tokenizer: --tokenizer (phi3, a tokenizer.json or .model, a folder) instead of the checkpoint's
-    (compiler/inputs/tokenizer_files.py)."""
+    (compiler/inputs/tokenizer_files.py).
+    gpu_fusion: False compiles a GPU target without decode's fusions (kernels/gpu.py), the
+    reference the fused bundle is tested against; CPU targets ignore it."""
     progress = progress or Progress()
     q = get_quantization(quant) if quant else None
     preset = presets.get_preset(target)
@@ -115,7 +121,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
             progress.step(f"tuning from {tuning_source or 'a record'}: {len(tuning.kernels)} kernel shapes measured on "
                           f"'{tuning.device}'" + (" (emulated: proves the mechanism only)" if tuning.emulated else ""))
         mod, params = build_model(cfg, q, tvm_target, quantize_embedding=emb_q, quantize_lm_head=head_q,
-                                  kv_dtype=kv.dtype, tuning=kernel_tuning)
+                                  kv_dtype=kv.dtype, tuning=kernel_tuning, gpu_fusion=gpu_fusion)
         if "int4_kept" in source:
             progress.step(f"the source's int4 weights: {source['int4_kept']}")
         if kept:
