@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ class Progress:
 
 def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize_embedding: bool = True,
                 quantize_lm_head: bool | None = None, kv_dtype: str = "float32", tuning: Tuning | None = None,
-                gpu_fusion: bool = True):
+                gpu_fusion: bool = True, sliding_window: int = 0):
     """The Relax module and its parameter list [(name, shape, dtype)] for a config (its
     architecture's nn model, from the model registry). tuning: the kernels' choices (None: defaults).
     quantize_lm_head None: as quantize_embedding."""
@@ -48,10 +49,19 @@ def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize
     extra = {"tuning": tuning} if tuning is not None else {}
     if not gpu_fusion:
         extra["gpu_fusion"] = False  # the unfused GPU bundle (tests compare the fused one with it)
+    if sliding_window:
+        extra["sliding_window"] = sliding_window
     if quantize_lm_head is not None and quantize_lm_head != quantize_embedding:
         extra["quantize_lm_head"] = quantize_lm_head  # only when it differs: older model classes lack it
     model = model_class(cfg, quant, quantize_embedding=quantize_embedding, target=target, kv_dtype=kv_dtype, **extra)
     mod, named = model.export_tvm(spec=model.get_default_spec())
+    if getattr(model, "rope_in_kv_split", False):  # the pipeline's RopeInKVSplit reads it (kernels/rope_split.py)
+        from edgesmith.compiler.kernels.rope_split import ATTR
+
+        c = cfg
+        mod = mod.with_attr(ATTR, json.dumps({
+            "rot_heads": c.num_attention_heads + c.num_key_value_heads, "rotary_dim": c.rotary_dim,
+            "theta": c.rope_theta, "attention_factor": c.rope_attention_factor}))
     params = [(name, tuple(int(x) for x in p.shape), p.dtype) for name, p in named]
     return mod, params
 
@@ -121,7 +131,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
             progress.step(f"tuning from {tuning_source or 'a record'}: {len(tuning.kernels)} kernel shapes measured on "
                           f"'{tuning.device}'" + (" (emulated: proves the mechanism only)" if tuning.emulated else ""))
         mod, params = build_model(cfg, q, tvm_target, quantize_embedding=emb_q, quantize_lm_head=head_q,
-                                  kv_dtype=kv.dtype, tuning=kernel_tuning, gpu_fusion=gpu_fusion)
+                                  kv_dtype=kv.dtype, tuning=kernel_tuning, gpu_fusion=gpu_fusion,
+                                  sliding_window=kv.window)
         if "int4_kept" in source:
             progress.step(f"the source's int4 weights: {source['int4_kept']}")
         if kept:

@@ -19,6 +19,7 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
     from edgesmith.compiler.kernels import attention_gpu, attention_opencl, attention_webgpu
     from edgesmith.compiler.lowering import schedules_cpu as schedules
     from edgesmith.compiler.lowering import schedules_gpu
+    from edgesmith.compiler.kernels.rope_split import RopeInKVSplit
 
     rt = relax.transform
     # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window;
@@ -28,7 +29,7 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
     # branch, which TVM's CSE miscompiles for small grouped heads (kernels/attention_gpu.py)
     tuning = tuning or schedules.DEFAULT
     gpu_window = [] if target.kind.name == "opencl" else [attention_gpu.WindowGPUAttention(sliding_window)]
-    gpu_fix = gpu_window + [attention_gpu.FoldGPUAttentionRope] if is_gpu(target) else []
+    gpu_fix = gpu_window + [attention_gpu.FoldGPUAttentionRope, RopeInKVSplit] if is_gpu(target) else []
     attention = {"llvm": [attention_swap.ReplaceCPUAttention(sliding_window, tuning)],
                  "opencl": [attention_opencl.ReplaceOpenCLAttention(sliding_window)],
                  "webgpu": [attention_webgpu.ReplaceWebGPUAttention]}.get(target.kind.name, []) + gpu_fix

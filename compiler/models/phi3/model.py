@@ -48,6 +48,7 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     def __init__(self, cfg: Phi3Config, linear: Linears):
         self.cfg = cfg
+        self.rope_in_kv_split = False  # True: the KV cache's split kernel applies RoPE (kernels/rope_split.py)
         d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         self.qkv_proj = linear(cfg.hidden_size, (hq + 2 * hkv) * d)
         self.o_proj = linear(hq * d, cfg.hidden_size)
@@ -63,6 +64,8 @@ class Attention(nn.Module):
         qkv = op.reshape(self.qkv_proj(x, norm=norm), (b, t, hq + 2 * hkv, d))
         # longrope only: its factors, and (prefill) the length that picks them
         extra = [] if rope_factors is None else [rope_factors] + ([] if factor_len is None else [factor_len])
+        if self.rope_in_kv_split:
+            return self._attend(qkv, kv, layer_id, kv_dtype, last_only, b, t)
         qkv = op.tensor_expr_op(
             lambda q, p, *f: kernels.rope(
                 q, p, f[0] if f else None, n_rot_heads=hq + hkv, rotary_dim=cfg.rotary_dim,
@@ -70,6 +73,11 @@ class Attention(nn.Module):
                 original_max_pos=cfg.original_max_position_embeddings,
                 factor_len=f[1] if len(f) > 1 else None, out_dtype=kv_dtype),
             "rope", [qkv, positions] + extra)
+        return self._attend(qkv, kv, layer_id, kv_dtype, last_only, b, t)
+
+    def _attend(self, qkv, kv, layer_id, kv_dtype, last_only, b, t):
+        cfg = self.cfg
+        d, hq = cfg.head_dim, cfg.num_attention_heads
         out = kv.attention_with_fused_qkv(layer_id, qkv, hq, sm_scale=d**-0.5)  # (b, t, hq, d) kv_dtype
         if kv_dtype != "float32":
             out = op.astype(out, "float32")
@@ -126,7 +134,7 @@ class Body(nn.Module):
 class Phi3ForCausalLM(nn.Module):
     def __init__(self, cfg: Phi3Config, quant: Quantization, *, quantize_embedding: bool = True,
                  quantize_lm_head: bool | None = None, target=None, kv_dtype: str = "float32", tuning=None,
-                 gpu_fusion: bool = True):
+                 gpu_fusion: bool = True, sliding_window: int = 0):
         if kv_dtype not in KV_DTYPES:
             raise ValueError(f"KV cache dtype {kv_dtype!r}: one of {', '.join(KV_DTYPES)}")
         self.cfg = cfg
@@ -135,6 +143,12 @@ class Phi3ForCausalLM(nn.Module):
         # every layer: the entry's kernels for this target, with the tuning's choices (None: defaults)
         linear = Linears(quant, kernel_family(target, tuning, gpu_fusion=gpu_fusion))
         self.model = Body(cfg, linear, quantize_embedding)
+        # GPU decode: RoPE in the KV cache's split kernel instead of a kernel of its own
+        # (kernels/rope_split.py says when the split's positions and dtype allow it)
+        self.rope_in_kv_split = bool(linear.family.gpu and linear.family.fuse and kv_dtype == "float32"
+                                     and not sliding_window and cfg.rope_type != "longrope")
+        for layer in self.model.layers:
+            layer.self_attn.rope_in_kv_split = self.rope_in_kv_split
         if not cfg.tie_word_embeddings:
             # None: as the embedding (an int4 ONNX export may store one in float, the other in int4)
             head_q = quantize_embedding if quantize_lm_head is None else quantize_lm_head
