@@ -19,42 +19,61 @@ from __future__ import annotations
 import json
 
 import tvm
-from edgesmith.targets.tvm_api import te, tirx
+from edgesmith.targets.tvm_api import tirx
 
 ATTR = "edgesmith_rope_in_kv_split"  # JSON: {rot_heads, rotary_dim, theta, attention_factor}
 _SPLIT_BLOCK = 'sblock("llama_fused_rope")'  # TVM's split kernel, told apart by its block
 
 
 def split_rope(template: tirx.PrimFunc, spec: dict) -> tirx.PrimFunc:
-    """Our split + RoPE with `template`'s (TVM's split's) parameters and shapes."""
-    qkv_buf, pos_buf, q_buf, k_buf, v_buf = template.params[:5]  # TVM 0.27: buffer parameters
-    apply_rope = template.params[5]  # int64; the cache passes 0 (rope_mode NONE): unused here
-    t, heads, d = qkv_buf.shape
-    hq, hkv = int(q_buf.shape[1]), int(k_buf.shape[1])
-    rot_heads, rotary_dim = spec["rot_heads"], spec["rotary_dim"]
-    half = rotary_dim // 2
-    qkv = te.placeholder(tuple(qkv_buf.shape), qkv_buf.dtype, name="qkv")
-    pos = te.placeholder(tuple(pos_buf.shape), pos_buf.dtype, name="position_map")
+    """Our split + RoPE with `template`'s (TVM's split's) parameters and shapes: one block over
+    (token, head, channel), as TVM's, so it stays one kernel (a TE with three outputs would be
+    three). No `Let` in it: TVM 0.27's CSE miscompiles those in GPU kernels (attention_gpu.py)."""
+    from edgesmith.targets.tvm_api import tir_script as T
 
-    def rotated(s, h, c):
-        # kernels.cpu.rope's formula (float32, transformers' rotate_half), at position_map[s]
-        x = qkv[s, h, c].astype("float32")
-        jj = tirx.floormod(c, half)
-        exponent = (jj * 2).astype("float32") / tirx.const(float(rotary_dim), "float32")
-        freq = tirx.const(1.0, "float32") / tirx.power(tirx.const(float(spec["theta"]), "float32"), exponent)
-        angle = pos[s].astype("float32") * freq
-        scale = tirx.const(float(spec["attention_factor"]), "float32")
-        partner = tirx.if_then_else(c < half, -qkv[s, h, tirx.min(c + half, d - 1)].astype("float32"),
-                                    qkv[s, h, tirx.max(c - half, 0)].astype("float32"))
-        out = x * (tirx.cos(angle) * scale) + partner * (tirx.sin(angle) * scale)
-        return tirx.if_then_else(tirx.all(h < rot_heads, c < rotary_dim), out, x).astype(q_buf.dtype)
+    qkv_buf, _, q_buf, k_buf, _ = template.params[:5]  # TVM 0.27: buffer parameters
+    heads, d = int(qkv_buf.shape[1]), int(qkv_buf.shape[2])
+    hq, hkv, dtype = int(q_buf.shape[1]), int(k_buf.shape[1]), str(qkv_buf.dtype)
+    rot_heads, rot = spec["rot_heads"], spec["rotary_dim"]
+    half, theta, factor = rot // 2, float(spec["theta"]), float(spec["attention_factor"])
 
-    q = te.compute((t, hq, d), lambda s, h, c: rotated(s, h, c), name="split_q")
-    k = te.compute((t, hkv, d), lambda s, h, c: rotated(s, h + hq, c), name="split_k")
-    v = te.compute((t, hkv, d), lambda s, h, c: qkv[s, h + hq + hkv, c].astype(v_buf.dtype), name="split_v")
-    f = te.create_prim_func([qkv, pos, q, k, v, apply_rope])
-    return f.with_attrs({k_: v_ for k_, v_ in template.attrs.items() if k_ != "global_symbol"}) \
-        if template.attrs is not None else f
+    @T.prim_func(private=True, s_tir=True)
+    def split(var_qkv: T.handle, var_pos: T.handle, var_q: T.handle, var_k: T.handle, var_v: T.handle,
+              apply_rope: T.int64):  # apply_rope: the cache passes 0 (rope_mode NONE); unused
+        seq_len = T.int32()
+        qkv = T.match_buffer(var_qkv, (seq_len, heads, d), dtype)
+        pos = T.match_buffer(var_pos, (seq_len,), "int32", offset_factor=1)
+        q = T.match_buffer(var_q, (seq_len, hq, d), dtype)
+        k = T.match_buffer(var_k, (seq_len, hkv, d), dtype)
+        v = T.match_buffer(var_v, (seq_len, hkv, d), dtype)
+        for s_, h_, c_ in T.grid(seq_len, heads, d):
+            with T.sblock("split_rope"):
+                vs, vh, vc = T.axis.remap("SSS", [s_, h_, c_])
+                # kernels.cpu.rope's formula (transformers' rotate_half), at the cache's position
+                if vh < rot_heads and vc < rot:
+                    if vh < hq:
+                        q[vs, vh, vc] = qkv[vs, vh, vc] * (T.cos(T.Cast("float32", pos[vs]) * (T.float32(1.0) / T.pow(
+                            T.float32(theta), T.Cast("float32", vc % half * 2) / T.float32(rot)))) * T.float32(factor)) + \
+                            T.if_then_else(vc < half, T.float32(0.0) - qkv[vs, vh, T.min(vc + half, d - 1)],
+                                           qkv[vs, vh, T.max(vc - half, 0)]) * (T.sin(T.Cast("float32", pos[vs]) * (
+                                               T.float32(1.0) / T.pow(T.float32(theta), T.Cast("float32", vc % half * 2)
+                                                                      / T.float32(rot)))) * T.float32(factor))
+                    else:
+                        k[vs, vh - hq, vc] = qkv[vs, vh, vc] * (T.cos(T.Cast("float32", pos[vs]) * (T.float32(1.0) / T.pow(
+                            T.float32(theta), T.Cast("float32", vc % half * 2) / T.float32(rot)))) * T.float32(factor)) + \
+                            T.if_then_else(vc < half, T.float32(0.0) - qkv[vs, vh, T.min(vc + half, d - 1)],
+                                           qkv[vs, vh, T.max(vc - half, 0)]) * (T.sin(T.Cast("float32", pos[vs]) * (
+                                               T.float32(1.0) / T.pow(T.float32(theta), T.Cast("float32", vc % half * 2)
+                                                                      / T.float32(rot)))) * T.float32(factor))
+                elif vh < hq:
+                    q[vs, vh, vc] = qkv[vs, vh, vc]
+                elif vh < hq + hkv:
+                    k[vs, vh - hq, vc] = qkv[vs, vh, vc]
+                else:
+                    v[vs, vh - hq - hkv, vc] = qkv[vs, vh, vc]
+
+    attrs = {key: val for key, val in (template.attrs or {}).items() if key != "global_symbol"}
+    return split.with_attrs(attrs) if attrs else split
 
 
 def rope_in_kv_split(mod: tvm.IRModule) -> tvm.IRModule:

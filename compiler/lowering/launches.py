@@ -1,8 +1,8 @@
 """The kernels a decoded token launches on a GPU, derived from the lowered `decode` function.
 
 Read from the Relax VM function after the pipeline's last phase: every call of a PrimFunc that
-binds GPU threads is one kernel launch (host-only PrimFuncs, such as the symbolic-shape helpers,
-launch none), and each call of the paged KV cache's fused-QKV attention launches the kernels TVM's
+binds GPU threads launches one kernel per loop nest bound to blockIdx.x (host-only PrimFuncs,
+such as the symbolic-shape helpers, launch none), and each call of the paged KV cache's fused-QKV attention launches the kernels TVM's
 runtime runs for a decode step (src/runtime/vm/paged_kv_cache.cc, AttentionWithFusedQKV):
   no sliding window  split_rotary, transpose_append, batch_decode            3
   sliding window     split_rotary, ragged self-attention, batch_decode, merge, transpose_append  5
@@ -25,11 +25,13 @@ KV_KERNELS = {False: 3, True: 5}  # a decode step's kernels inside ATTENTION, by
 _LAYER = re.compile(r"layers_(\d+)_")
 
 
-def _launches_kernel(func) -> bool:
-    """A PrimFunc whose body binds GPU threads (one kernel per call once split host/device).
-    (TVM 0.27's Python has no TIR statement visitor: its script says whether it binds threads.)"""
+def _kernels_of(func) -> int:
+    """Kernels a call of a scheduled PrimFunc launches: one per loop nest bound to blockIdx.x (a
+    TE with several outputs under dlight's fallback is one per output), 0 for host-only code.
+    (TVM 0.27's Python has no TIR statement visitor: the script says it.)"""
     text = func.script(show_meta=False)
-    return "blockIdx." in text or "threadIdx." in text
+    nests = text.count('thread="blockIdx.x"')
+    return nests or int("threadIdx." in text or "blockIdx." in text)
 
 
 def decode_launches(mod, *, sliding: bool = False, entry: str = "decode") -> dict | None:
@@ -40,8 +42,8 @@ def decode_launches(mod, *, sliding: bool = False, entry: str = "decode") -> dic
     gvars = {gv.name_hint: gv for gv in mod.get_global_vars()}
     if entry not in gvars:
         return None
-    kernels = {name for name, gv in gvars.items()
-               if isinstance(mod[gv], tirx.PrimFunc) and _launches_kernel(mod[gv])}
+    kernels = {name: n for name, gv in gvars.items()
+               if isinstance(mod[gv], tirx.PrimFunc) and (n := _kernels_of(mod[gv]))}
     layers: dict[int, int] = {}
     head = 0
     current = None  # the layer of the last call that read a layer's parameters
@@ -59,7 +61,7 @@ def decode_launches(mod, *, sliding: bool = False, entry: str = "decode") -> dic
             if not isinstance(call, relax.Call):
                 continue
             if isinstance(call.op, relax.GlobalVar) and call.op.name_hint in kernels:
-                count = 1
+                count = kernels[call.op.name_hint]
             elif isinstance(call.op, relax.ExternFunc) and call.op.global_symbol == ATTENTION:
                 count = KV_KERNELS[sliding]
                 current = int(call.args[1].value)  # (kv, layer id, sm_scale, qkv, out)

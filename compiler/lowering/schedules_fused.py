@@ -8,8 +8,8 @@ NormGEMV: RMSNorm as the prologue of an int4 GEMV (kernels/gpu.q4_linear_normed)
 A PrimFunc with two reductions over k (the row's sum of squares, and the dot of each weight row
 with x*g) and an epilogue scaling the dot by rsqrt(mean + eps). dlight's GEMV rule wants one
 reduction, so this rule schedules it:
-  - a work-group of THREADS items computes ROWS rows; item tx takes every THREADS-th group of
-    8 values (one int4 word) of k, keeps ROWS partial dots in registers (x loaded once serves
+  - a work-group of THREADS items (fewer where k's words are not a multiple: _threads_for)
+    computes ROWS rows; item tx takes every THREADS-th group of 8 values (one int4 word) of k, keeps ROWS partial dots in registers (x loaded once serves
     every row), and the items' partials are summed across the work-group (TVM's thread
     allreduce: warp shuffles on CUDA, local memory elsewhere);
   - the same items first sum x*x over the same split of k, also reduced across the work-group:
@@ -37,10 +37,11 @@ def _is_reduction(sch, block) -> bool:
 
 
 def _threads_for(k: int) -> int:
-    """Items splitting k: THREADS, fewer for a short row (a power of two covering k's words)."""
+    """Items splitting k: the largest power of two up to THREADS dividing k's words. (Splits
+    that do not divide would need a guard, which compute_at drops when it rebuilds the loops.)"""
     words = max(1, k // VALUES)
     t = 1
-    while t < THREADS and t < words:
+    while t < THREADS and words % (2 * t) == 0:
         t *= 2
     return t
 
@@ -71,7 +72,8 @@ def _cross_item_sum(sch, block, threads: int):
     if rest:
         sch.reorder(*rest, item)
     sch.bind(item, "threadIdx.x")
-    sch.set_scope(block, 0, "local")
+    if sch.get(block).name_hint != sch.get(_blocks(sch)[-1]).name_hint:  # not the function's output
+        sch.set_scope(block, 0, "local")
 
 
 def norm_gemv(func):
@@ -89,9 +91,9 @@ def norm_gemv(func):
     for b in blocks[:-1]:
         if not _is_reduction(sch, b):
             sch.compute_inline(b)
-    blocks = _blocks(sch)
-    out = blocks[-1]
-    if _is_reduction(sch, out):
+    out = _blocks(sch)[-1]
+    bare = _is_reduction(sch, out)  # the dot is the output: no epilogue (a GEMV with a prologue only)
+    if bare and sch.get(out).name_hint != sch.get(dot).name_hint:
         return None
 
     # split k among the items (rfactor first, while each reduction is alone in its loop nest):
@@ -107,11 +109,17 @@ def norm_gemv(func):
         partials.append((sch.rfactor(tx2, 0), sumsq))
 
     # the output's rows: blockIdx over groups of ROWS; everything else computed per work-group
-    bx, _ = sch.split(sch.fuse(*sch.get_loops(out)), [None, ROWS])
-    sch.bind(bx, "blockIdx.x")
-    for partial, total in partials:
-        sch.compute_at(total, bx, preserve_unit_loops=True)
-        sch.compute_at(partial, bx, preserve_unit_loops=True)
+    if bare:  # the dot's write-back is the output: its rows (all loops but the items') split
+        *rows, item = sch.get_loops(dot)
+        bx, inner = sch.split(sch.fuse(*rows), [None, ROWS])
+        sch.bind(bx, "blockIdx.x")
+        sch.compute_at(rf, bx, preserve_unit_loops=True)
+    else:
+        bx, _ = sch.split(sch.fuse(*sch.get_loops(out)), [None, ROWS])
+        sch.bind(bx, "blockIdx.x")
+        for partial, total in partials:
+            sch.compute_at(total, bx, preserve_unit_loops=True)
+            sch.compute_at(partial, bx, preserve_unit_loops=True)
     for partial, total in partials:
         _items_first(sch, partial, threads)
         sch.set_scope(partial, 0, "local")
