@@ -11,6 +11,16 @@
 // ----------------------------------------------------------------------------
 // bench: warm-up, then repetitions of (prefill p random tokens, decode n tokens greedily)
 
+// Kernels the device plug-in has launched so far (OpenCL enqueues, WebGPU dispatches: exact, a
+// counter in the plug-in), or -1 where no plug-in counts them (CPU and CUDA bundles).
+static int64_t device_launches() {
+  static ffi::Optional<ffi::Function> count = [] {
+    auto f = ffi::Function::GetGlobal("edgesmith.opencl.launches");
+    return f ? f : ffi::Function::GetGlobal("edgesmith.webgpu.launches");
+  }();
+  return count ? (*count)().cast<int64_t>() : -1;
+}
+
 struct BenchArgs {
   int64_t p = 128, n = 128, warmup = 1, reps = 5;
   uint64_t seed = 0;
@@ -26,17 +36,20 @@ static void cmd_bench(const Model& model, const Manifest& m, double load_s, cons
   KVCache kv = create_kv_cache(model, m);
   std::vector<float> logits;
   std::vector<double> pp, tg;  // tok/s per measured repetition
+  int64_t launched = -1;       // kernels the last repetition's decode launched (-1: not counted here)
 
   for (int64_t rep = -a.warmup; rep < a.reps; ++rep) {
     kv.add(kv.obj, int64_t(0));
     double t0 = now_s();
     prefill(model, m, kv, prompt, logits);
     double t1 = now_s();
+    int64_t before = device_launches();
     for (int64_t i = 0; i < a.n; ++i) {
       int32_t tok = argmax(logits);
       forward(model, kv, model.decode, &tok, 1, logits);
     }
     double t2 = now_s();
+    launched = before < 0 ? -1 : device_launches() - before;
     kv.remove(kv.obj, int64_t(0));
     if (rep < 0) continue;
     double prefill_s = t1 - t0, decode_s = t2 - t1;
@@ -56,8 +69,9 @@ static void cmd_bench(const Model& model, const Manifest& m, double load_s, cons
   mean_std(pp, pm, ps), mean_std(tg, tm, ts);
   printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"reps\": %ld, "
          "\"prefill_tok_s\": %.3f, \"prefill_tok_s_std\": %.3f, \"decode_tok_s\": %.3f, "
-         "\"decode_tok_s_std\": %.3f, \"load_s\": %.6f, \"peak_rss_kb\": %ld}\n",
-         long(a.p), long(a.n), long(a.reps), pm, ps, tm, ts, load_s, peak_rss_kb());
+         "\"decode_tok_s_std\": %.3f, \"load_s\": %.6f, \"peak_rss_kb\": %ld, \"decode_launches\": %s}\n",
+         long(a.p), long(a.n), long(a.reps), pm, ps, tm, ts, load_s, peak_rss_kb(),
+         launched < 0 ? "null" : std::to_string(launched).c_str());
 }
 
 // ----------------------------------------------------------------------------
@@ -205,16 +219,6 @@ static std::vector<int32_t> random_prompt(const Manifest& m, int64_t p, uint64_t
   std::vector<int32_t> prompt(p);
   for (auto& t : prompt) t = int32_t(rng.next() % uint64_t(m.vocab_size));
   return prompt;
-}
-
-// Kernels the device plug-in has launched so far (OpenCL enqueues, WebGPU dispatches: exact, a
-// counter in the plug-in), or -1 where no plug-in counts them (CPU and CUDA bundles).
-static int64_t device_launches() {
-  static ffi::Optional<ffi::Function> count = [] {
-    auto f = ffi::Function::GetGlobal("edgesmith.opencl.launches");
-    return f ? f : ffi::Function::GetGlobal("edgesmith.webgpu.launches");
-  }();
-  return count ? (*count)().cast<int64_t>() : -1;
 }
 
 // One repetition: a fresh sequence, prefill `prompt`, decode n tokens greedily. decode_launches
