@@ -30,11 +30,13 @@ def dequantize_q4(w, s, group: int):
 
 
 def _matmul_nt(x, w, name: str):
-    """x (b, t, k) f32 @ w.T, w (n, k) f32 -> (b, t, n) f32."""
+    """x (b, t, k) @ w.T, w (n, k) f32 -> (b, t, n) f32. x of another float dtype (a float16 KV
+    cache's attention output) is widened as it is loaded: no cast kernel before the GEMV."""
     b, t, k_dim = x.shape
     n = w.shape[0]
     k = te.reduce_axis((0, k_dim), name="k")
-    return te.compute((b, t, n), lambda i, j, o: te.sum(x[i, j, k] * w[o, k], axis=k), name=name)
+    load = (lambda i, j, c: x[i, j, c]) if x.dtype == F32 else (lambda i, j, c: x[i, j, c].astype(F32))
+    return te.compute((b, t, n), lambda i, j, o: te.sum(load(i, j, k) * w[o, k], axis=k), name=name)
 
 
 def q4_linear(x, w, s, group: int):
@@ -54,18 +56,19 @@ def float_linear(x, w):
 # unfused forms are TVM's rms_norm and the model's split/silu/multiply: the same values up to
 # float rounding (tests/test_gpu_fusion.py holds the bundles within 1e-4 of each other).
 
-def q4_linear_normed(x, g, w, s, group: int, eps: float):
+def q4_linear_normed(x, g, w, s, group: int, eps: float, out_dtype: str = F32):
     """RMSNorm(x; g, eps) @ dequant(w, s).T, x (1, 1, k) f32 -> (1, 1, n) f32, in one kernel:
     y = rsqrt(mean(x*x) + eps) * sum_k x*g*W. Every work-group sums x*x over the row itself
     (k values, against the k*rows it streams from W: cheap), so no kernel runs before it; the
-    schedule is lowering/schedules_fused.NormGEMV."""
+    schedule is lowering/schedules_fused.NormGEMV. out_dtype: y's (float16: a float16 KV cache's
+    qkv, rounded once from the float32 result)."""
     b, t, k_dim = x.shape
     k = te.reduce_axis((0, k_dim), name="k")
     sumsq = te.compute((b, t), lambda i, j: te.sum(x[i, j, k] * x[i, j, k], axis=k), name="norm_sumsq")
     xg = te.compute(x.shape, lambda i, j, c: x[i, j, c] * g[c].astype(F32), name="norm_scale")
     acc = _matmul_nt(xg, dequantize_q4(w, s, group), "q4_matmul")
     inv = lambda i, j: tirx.rsqrt(sumsq[i, j] / tirx.const(float(int(k_dim)), F32) + tirx.const(eps, F32))  # noqa: E731
-    return te.compute(acc.shape, lambda i, j, o: acc[i, j, o] * inv(i, j), name="norm_out")
+    return te.compute(acc.shape, lambda i, j, o: (acc[i, j, o] * inv(i, j)).astype(out_dtype), name="norm_out")
 
 
 def q4_linear_silu_mul(gu, w, s, group: int):

@@ -9,10 +9,12 @@ one that applies our RoPE while it splits, with the same signature (the cache ca
 apply_rope 0: ignored). The positions are the cache's `position_map` (the tokens' positions in
 the sequence), which are absolute only for a cache that does not slide; longrope's factors are
 chosen from the forward's length, which the split is not given. So the model leaves RoPE to the
-split only for plain RoPE (default or partial rotary) on a cache that does not slide, and keeps
-float32 keys (a float16 cache would take qkv rounded to float16 before the rotation, where the
-unfused path rounds after it): Phi3ForCausalLM.rope_in_kv_split, recorded as the module
-attribute ATTR for the lowering pipeline (RopeInKVSplit).
+split only for plain RoPE (default or partial rotary) on a cache that does not slide:
+Phi3ForCausalLM.rope_in_kv_split, recorded as the module attribute ATTR for the lowering
+pipeline (RopeInKVSplit). A float16 cache takes qkv in float16 (the qkv GEMV's epilogue casts
+it): the split rotates in float32 from those values, where the unfused path rotated the float32
+ones and rounded once, so q and k carry up to twice float16's rounding (q4f16's bound holds:
+tests/test_vulkan_bundles.py on lavapipe).
 """
 from __future__ import annotations
 
@@ -52,19 +54,19 @@ def split_rope(template: tirx.PrimFunc, spec: dict) -> tirx.PrimFunc:
                 # kernels.cpu.rope's formula (transformers' rotate_half), at the cache's position
                 if vh < rot_heads and vc < rot:
                     if vh < hq:
-                        q[vs, vh, vc] = qkv[vs, vh, vc] * (T.cos(T.Cast("float32", pos[vs]) * (T.float32(1.0) / T.pow(
+                        q[vs, vh, vc] = T.Cast(dtype, T.Cast("float32", qkv[vs, vh, vc]) * (T.cos(T.Cast("float32", pos[vs]) * (T.float32(1.0) / T.pow(
                             T.float32(theta), T.Cast("float32", vc % half * 2) / T.float32(rot)))) * T.float32(factor)) + \
-                            T.if_then_else(vc < half, T.float32(0.0) - qkv[vs, vh, T.min(vc + half, d - 1)],
-                                           qkv[vs, vh, T.max(vc - half, 0)]) * (T.sin(T.Cast("float32", pos[vs]) * (
+                            T.if_then_else(vc < half, T.float32(0.0) - T.Cast("float32", qkv[vs, vh, T.min(vc + half, d - 1)]),
+                                           T.Cast("float32", qkv[vs, vh, T.max(vc - half, 0)])) * (T.sin(T.Cast("float32", pos[vs]) * (
                                                T.float32(1.0) / T.pow(T.float32(theta), T.Cast("float32", vc % half * 2)
-                                                                      / T.float32(rot)))) * T.float32(factor))
+                                                                      / T.float32(rot)))) * T.float32(factor)))
                     else:
-                        k[vs, vh - hq, vc] = qkv[vs, vh, vc] * (T.cos(T.Cast("float32", pos[vs]) * (T.float32(1.0) / T.pow(
+                        k[vs, vh - hq, vc] = T.Cast(dtype, T.Cast("float32", qkv[vs, vh, vc]) * (T.cos(T.Cast("float32", pos[vs]) * (T.float32(1.0) / T.pow(
                             T.float32(theta), T.Cast("float32", vc % half * 2) / T.float32(rot)))) * T.float32(factor)) + \
-                            T.if_then_else(vc < half, T.float32(0.0) - qkv[vs, vh, T.min(vc + half, d - 1)],
-                                           qkv[vs, vh, T.max(vc - half, 0)]) * (T.sin(T.Cast("float32", pos[vs]) * (
+                            T.if_then_else(vc < half, T.float32(0.0) - T.Cast("float32", qkv[vs, vh, T.min(vc + half, d - 1)]),
+                                           T.Cast("float32", qkv[vs, vh, T.max(vc - half, 0)])) * (T.sin(T.Cast("float32", pos[vs]) * (
                                                T.float32(1.0) / T.pow(T.float32(theta), T.Cast("float32", vc % half * 2)
-                                                                      / T.float32(rot)))) * T.float32(factor))
+                                                                      / T.float32(rot)))) * T.float32(factor)))
                 elif vh < hq:
                     q[vs, vh, vc] = qkv[vs, vh, vc]
                 elif vh < hq + hkv:

@@ -61,11 +61,12 @@ class Attention(nn.Module):
         cfg = self.cfg
         d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         b, t, _ = x.shape
+        if self.rope_in_kv_split:  # the cache's split rotates q and k; it takes qkv in the cache's dtype
+            qkv = self.qkv_proj(x, norm=norm, out_dtype=kv_dtype)
+            return self._attend(op.reshape(qkv, (b, t, hq + 2 * hkv, d)), kv, layer_id, kv_dtype, last_only, b, t)
         qkv = op.reshape(self.qkv_proj(x, norm=norm), (b, t, hq + 2 * hkv, d))
         # longrope only: its factors, and (prefill) the length that picks them
         extra = [] if rope_factors is None else [rope_factors] + ([] if factor_len is None else [factor_len])
-        if self.rope_in_kv_split:
-            return self._attend(qkv, kv, layer_id, kv_dtype, last_only, b, t)
         qkv = op.tensor_expr_op(
             lambda q, p, *f: kernels.rope(
                 q, p, f[0] if f else None, n_rot_heads=hq + hkv, rotary_dim=cfg.rotary_dim,
@@ -79,7 +80,8 @@ class Attention(nn.Module):
         cfg = self.cfg
         d, hq = cfg.head_dim, cfg.num_attention_heads
         out = kv.attention_with_fused_qkv(layer_id, qkv, hq, sm_scale=d**-0.5)  # (b, t, hq, d) kv_dtype
-        if kv_dtype != "float32":
+        family = self.o_proj.family
+        if kv_dtype != "float32" and not (family.gpu and family.fuse):  # GPU: o_proj widens it as it loads
             out = op.astype(out, "float32")
         out = op.reshape(out, (b, t, hq * d))
         if last_only:
@@ -144,8 +146,8 @@ class Phi3ForCausalLM(nn.Module):
         linear = Linears(quant, kernel_family(target, tuning, gpu_fusion=gpu_fusion))
         self.model = Body(cfg, linear, quantize_embedding)
         # GPU decode: RoPE in the KV cache's split kernel instead of a kernel of its own
-        # (kernels/rope_split.py says when the split's positions and dtype allow it)
-        self.rope_in_kv_split = bool(linear.family.gpu and linear.family.fuse and kv_dtype == "float32"
+        # (kernels/rope_split.py says when the split's positions allow it)
+        self.rope_in_kv_split = bool(linear.family.gpu and linear.family.fuse
                                      and not sliding_window and cfg.rope_type != "longrope")
         for layer in self.model.layers:
             layer.self_attn.rope_in_kv_split = self.rope_in_kv_split
