@@ -80,8 +80,7 @@ class Attention(nn.Module):
         cfg = self.cfg
         d, hq = cfg.head_dim, cfg.num_attention_heads
         out = kv.attention_with_fused_qkv(layer_id, qkv, hq, sm_scale=d**-0.5)  # (b, t, hq, d) kv_dtype
-        family = self.o_proj.family
-        if kv_dtype != "float32" and not (family.gpu and family.fuse):  # GPU: o_proj widens it as it loads
+        if kv_dtype != "float32":
             out = op.astype(out, "float32")
         out = op.reshape(out, (b, t, hq * d))
         if last_only:
