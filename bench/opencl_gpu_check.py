@@ -311,8 +311,17 @@ def _gpu_name() -> str | None:
     return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
 
 
-def _tok_s(bench: dict) -> dict:
-    return {k: bench[k] for k in ("prefill_tok_s", "prefill_tok_s_std", "decode_tok_s", "decode_tok_s_std")}
+def _tok_s(bench: dict, bundle: Path | None = None) -> dict:
+    """tok/s of a bench summary, and the kernels a decoded token launched: counted by the runner's
+    OpenCL/WebGPU plug-in, else (CUDA) as the compiler derived them (the manifest), said which."""
+    out = {k: bench[k] for k in ("prefill_tok_s", "prefill_tok_s_std", "decode_tok_s", "decode_tok_s_std")}
+    if bench.get("decode_launches") is not None:
+        out["kernels_per_token"], out["kernels_counted"] = bench["decode_launches"] / bench["gen_tokens"], "measured"
+    elif bundle is not None:
+        launches = (json.loads((bundle / "manifest.json").read_text()).get("kernels") or {}).get("decode_launches")
+        if launches:
+            out["kernels_per_token"], out["kernels_counted"] = launches["total"], "derived"
+    return out
 
 
 def run(args) -> int:
@@ -341,7 +350,7 @@ def run(args) -> int:
         ocl["output_ids"] = got["output_ids"]
         ocl["logits"] = compare_logits(_logits(bundles["opencl"], expected["logit_tokens"], env),
                                        expected["host_logits_f32le_b64"])
-        ocl.update(_tok_s(_bench(bundles["opencl"], env)))
+        ocl.update(_tok_s(_bench(bundles["opencl"], env), bundles["opencl"]))
     except (RuntimeError, StopIteration, KeyError) as err:
         ocl["error"] = str(err)
     result["opencl"] = ocl
@@ -350,7 +359,7 @@ def run(args) -> int:
         try:
             got, _ = _generate(bundles["cuda"], expected["prompt_ids"])
             cuda["tokens_equal"] = got["output_ids"] == expected["host_output_ids"]
-            cuda.update(_tok_s(_bench(bundles["cuda"])))
+            cuda.update(_tok_s(_bench(bundles["cuda"]), bundles["cuda"]))
         except (RuntimeError, StopIteration) as err:
             cuda["error"] = str(err)
         result["cuda"] = cuda
@@ -361,17 +370,18 @@ def run(args) -> int:
 
     ok = ocl.get("tokens_equal") and ocl["logits"]["max_abs_diff"] <= MAX_LOGIT_DIFF
     dev = ocl.get("device") or {}
-    print(f"| bundle | device | tokens = host | max logit diff | prefill tok/s | decode tok/s |")
-    print(f"| --- | --- | --- | --- | --- | --- |")
+    print(f"| bundle | device | tokens = host | max logit diff | prefill tok/s | decode tok/s | kernels/token |")
+    print(f"| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in (("opencl", ocl), ("cuda", result.get("cuda", {}))):
         if "error" in r or "skipped" in r:
-            print(f"| {name} | | {r.get('error') or r.get('skipped')} | | | |")
+            print(f"| {name} | | {r.get('error') or r.get('skipped')} | | | | |")
         elif "decode_tok_s" in r:
             where = f"{dev.get('device')} ({dev.get('platform')} {dev.get('driver')})" if name == "opencl" else \
                 result["gpu"]
             diff = f"{r['logits']['max_abs_diff']:.2e}" if "logits" in r else ""
+            kernels = f"{r['kernels_per_token']:g} ({r['kernels_counted']})" if "kernels_per_token" in r else ""
             print(f"| {name} | {where} | {r['tokens_equal']} | {diff} | {r['prefill_tok_s']:.1f} ± "
-                  f"{r['prefill_tok_s_std']:.1f} | {r['decode_tok_s']:.1f} ± {r['decode_tok_s_std']:.1f} |")
+                  f"{r['prefill_tok_s_std']:.1f} | {r['decode_tok_s']:.1f} ± {r['decode_tok_s_std']:.1f} | {kernels} |")
     print(f"result: {result_path} ({'PASSED' if ok else 'FAILED'}, {result['wall_s']} s)")
     return 0 if ok else 1
 

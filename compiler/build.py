@@ -1,6 +1,8 @@
 """compile: checkpoint -> quantized weights + lowered model library -> bundle folder."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -38,25 +40,38 @@ class Progress:
 
 
 def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize_embedding: bool = True,
-                quantize_lm_head: bool | None = None, kv_dtype: str = "float32", tuning: Tuning | None = None):
+                quantize_lm_head: bool | None = None, kv_dtype: str = "float32", tuning: Tuning | None = None,
+                gpu_fusion: bool = True, sliding_window: int = 0):
     """The Relax module and its parameter list [(name, shape, dtype)] for a config (its
     architecture's nn model, from the model registry). tuning: the kernels' choices (None: defaults).
     quantize_lm_head None: as quantize_embedding."""
     model_class = for_config(cfg).model_class()
     extra = {"tuning": tuning} if tuning is not None else {}
+    if not gpu_fusion:
+        extra["gpu_fusion"] = False  # the unfused GPU bundle (tests compare the fused one with it)
+    if sliding_window:
+        extra["sliding_window"] = sliding_window
     if quantize_lm_head is not None and quantize_lm_head != quantize_embedding:
         extra["quantize_lm_head"] = quantize_lm_head  # only when it differs: older model classes lack it
     model = model_class(cfg, quant, quantize_embedding=quantize_embedding, target=target, kv_dtype=kv_dtype, **extra)
     mod, named = model.export_tvm(spec=model.get_default_spec())
+    if getattr(model, "rope_in_kv_split", False):  # the pipeline's RopeInKVSplit reads it (kernels/rope_split.py)
+        from edgesmith.compiler.kernels.rope_split import ATTR
+
+        c = cfg
+        mod = mod.with_attr(ATTR, json.dumps({
+            "rot_heads": c.num_attention_heads + c.num_key_value_heads, "rotary_dim": c.rotary_dim,
+            "theta": c.rope_theta, "attention_factor": c.rope_attention_factor}))
     params = [(name, tuple(int(x) for x in p.shape), p.dtype) for name, p in named]
     return mod, params
 
 
 def lower(mod, target: tvm.target.Target, dump_dir: Path | None = None, *, sliding_window: int = 0,
-          tuning: Tuning | None = None):
+          tuning: Tuning | None = None, launches: dict | None = None):
     # Not tvm.compile: it emits all TIR in one LLVM module, where a TVM 0.27 bug drops noalias
-    # from every kernel (see tvm_api.build_vm).
-    return build_vm(mod, target, make_pipeline(target, dump_dir, sliding_window=sliding_window, tuning=tuning))
+    # from every kernel (see tvm_api.build_vm). launches: filled for GPU targets (lowering/launches.py).
+    return build_vm(mod, target, make_pipeline(target, dump_dir, sliding_window=sliding_window, tuning=tuning,
+                                               launches=launches))
 
 
 def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: str, out: Path, *,
@@ -64,7 +79,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                    dump_ir: Path | None = None,
                    progress: Progress | None = None, context: int | None = None,
                    kv_dtype: str | None = None, prefill_chunk: int = PREFILL_CHUNK,
-                   tuning: TuningRecord | None = None, tuning_source: str = "", tokenizer: str | None = None) -> Path:
+                   tuning: TuningRecord | None = None, tuning_source: str = "", tokenizer: str | None = None,
+                   gpu_fusion: bool = True) -> Path:
     """Compile `model` for `target` into the bundle folder `out`; returns `out`.
 
     quant None: the target's and the source's default (checkpoint.default_quant).
@@ -76,7 +92,9 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     tuning: a record from `edgesmith tune` (checked against the target by the caller:
     runtime/tune/apply.py); its kernel choices are applied and recorded in the manifest.
     tokenizer: --tokenizer (phi3, a tokenizer.json or .model, a folder) instead of the checkpoint's
-    (compiler/inputs/tokenizer_files.py)."""
+    (compiler/inputs/tokenizer_files.py).
+    gpu_fusion: False compiles a GPU target without decode's fusions (kernels/gpu.py), the
+    reference the fused bundle is tested against; CPU targets ignore it."""
     progress = progress or Progress()
     q = get_quantization(quant) if quant else None
     preset = presets.get_preset(target)
@@ -113,7 +131,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
             progress.step(f"tuning from {tuning_source or 'a record'}: {len(tuning.kernels)} kernel shapes measured on "
                           f"'{tuning.device}'" + (" (emulated: proves the mechanism only)" if tuning.emulated else ""))
         mod, params = build_model(cfg, q, tvm_target, quantize_embedding=emb_q, quantize_lm_head=head_q,
-                                  kv_dtype=kv.dtype, tuning=kernel_tuning)
+                                  kv_dtype=kv.dtype, tuning=kernel_tuning, gpu_fusion=gpu_fusion,
+                                  sliding_window=kv.window)
         if "int4_kept" in source:
             progress.step(f"the source's int4 weights: {source['int4_kept']}")
         if kept:
@@ -136,7 +155,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         t_convert = time.perf_counter() - t0
 
         progress.step(f"lowering for {preset.name} ({tvm_target.kind.name}, {preset.triple})")
-        ex = lower(mod, tvm_target, dump_ir, sliding_window=kv.window, tuning=kernel_tuning)
+        launches: dict = {}  # GPU: the kernels a decoded token launches, read from the lowered module
+        ex = lower(mod, tvm_target, dump_ir, sliding_window=kv.window, tuning=kernel_tuning, launches=launches)
         if kernel_tuning is not None:
             used = kernel_tuning.used
             untuned = sorted(used - set(kernel_tuning.as_dict()))
@@ -147,6 +167,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         progress.step("linking the model library")
         ex.export_library(str(tmp / "lib" / preset_library_name(preset)), **preset_export_kwargs(preset))
         kernels = kernel_sources.write_kernel_sources(ex, tmp / "kernels") if preset.gpu else None
+        if kernels is not None and launches:
+            kernels = dataclasses.replace(kernels, decode_launches=launches)
         t_compile = time.perf_counter() - t0 - t_convert
 
         runtime_files = presets_runtime_files(preset)

@@ -138,11 +138,24 @@ def _device_lines(m) -> list[str]:
     if m.kernels:
         lines.append(f"kernels     {len(m.kernels.names)} {m.kernels.language} kernels in kernels/ "
                      "(edgesmith inspect BUNDLE --kernels)")
+        lines += _launch_lines(m.kernels.decode_launches)
     if dev.runtime_missing:
         lines.append(f"runtime     not included: {dev.runtime_missing}")
     if dev.build_on_device:
         lines.append(f"runtime     link and build on the device: sh {dev.build_on_device}")
     return lines
+
+
+def _launch_lines(launches) -> list[str]:
+    """The kernels a decoded token launches, as the compiler derived them from the lowered decode;
+    `edgesmith profile` counts the real launches on the device (tg.kernels_per_token)."""
+    if not launches:
+        return []
+    layers = launches["per_layer"]
+    per = f"{layers[0]} per layer" if len(set(layers)) == 1 else "per layer " + ", ".join(map(str, layers))
+    return [f"decode      {launches['total']} kernels per token: {per} x {len(layers)} layers + the head's "
+            f"{launches['head']} (derived from the compiled decode, {launches['kv_cache_per_layer']} per layer "
+            "inside the KV cache's attention; `edgesmith profile` counts them on the device)"]
 
 
 def _kernel_entry(bundle: Path):

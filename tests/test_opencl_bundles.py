@@ -110,6 +110,17 @@ def test_profile_checks_accuracy_and_lists_opencl_kernels(compiled, capsys):
     for kernel in ("batch_decode_paged_kv_kernel", "batch_prefill_ragged_kv_kernel", "rms_norm_kernel"):
         assert kernel in names, names
     assert any(name.startswith(("q4_matmul", "fused_q4_matmul")) for name in names)
+    # kernels per decoded token: counted by our OpenCL plug-in on PoCL (exact), equal to what the
+    # compiler derived from the lowered decode (manifest; `inspect` prints it)
+    launches = json.loads((bundle / "manifest.json").read_text())["kernels"]["decode_launches"]
+    layers = launches["per_layer"]
+    print(f"random:tiny on PoCL: {record['tg']['kernels_per_token']:g} kernels per decoded token "
+          f"({layers} per layer + head {launches['head']})")
+    assert record["tg"]["kernels_per_token"] == launches["total"] == sum(layers) + launches["head"]
+    assert len(layers) == 2 and launches["kv_cache_per_layer"] == 3
+    assert cli_main(["inspect", str(bundle)]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("decode "))
+    assert f"{launches['total']} kernels per token: {layers[0]} per layer x 2 layers" in line
 
 
 def test_a_second_start_loads_the_compiled_programs(compiled, tmp_path):

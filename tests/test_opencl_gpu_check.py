@@ -79,6 +79,13 @@ def test_filled_bundles_agree_on_pocl(filled, tmp_path, monkeypatch):
     assert report["device"]["platform"] == "Portable Computing Language"
     cmp = check.compare_logits(check._logits(filled["opencl"], prompt), check._logits(filled["host"], prompt))
     assert cmp["positions"] == 4 and cmp["top1_agree"] == 4 and cmp["max_abs_diff"] < 1e-4
+    # the table's kernels per decoded token: counted by the plug-in in `runner bench`, equal to the
+    # manifest's derived count; a bundle whose runner counts none (CUDA) reports the derived one
+    lines = check._runner(filled["opencl"], ["bench", "-p", "4", "-n", "2", "-r", "1", "--warmup", "0", "--no-verify"])
+    summary = next(line for line in lines if line.get("summary"))
+    derived = json.loads((filled["opencl"] / "manifest.json").read_text())["kernels"]["decode_launches"]["total"]
+    assert check._tok_s(summary, filled["opencl"])["kernels_per_token"] == derived
+    assert check._tok_s(dict(summary, decode_launches=None), filled["opencl"])["kernels_counted"] == "derived"
 
 
 def test_opencl_env_finds_nvidias_opencl_or_says_it_is_missing(tmp_path, monkeypatch):

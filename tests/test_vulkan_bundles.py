@@ -152,6 +152,9 @@ def test_profile_checks_accuracy_and_lists_webgpu_kernels(compiled, capsys, monk
     calls = {(r["kernel"], r["phase"]): r["calls"] for r in k["top"]}
     assert calls[("batch_decode_paged_kv_kernel", "decode")] == 4 * 2
     assert 0 < sum(r["total_s"] for r in k["top"] if r["phase"] == "decode") <= k["decode_s"]
+    # kernels per decoded token: dispatches counted by our WebGPU plug-in, as the compiler derived them
+    launches = json.loads((bundle / "manifest.json").read_text())["kernels"]["decode_launches"]
+    assert record["tg"]["kernels_per_token"] == launches["total"] == sum(launches["per_layer"]) + launches["head"]
 
 
 def test_interactive_second_reply_equals_a_one_shot_generate(compiled):

@@ -150,6 +150,9 @@ class KernelSources(_Section):
     module: str
     names: tuple[str, ...] = _tuple(default=())
     extension: str = ""
+    # the kernels a decoded token launches, derived from the lowered decode (compiler/lowering/launches.py):
+    # {"total", "head", "per_layer": [...], "kv_cache_per_layer"}; None in bundles made before it
+    decode_launches: Mapping | None = None
 
 
 @dataclass(frozen=True)

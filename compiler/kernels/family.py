@@ -23,6 +23,9 @@ class KernelFamily:
     name: str  # "cpu" | "cpu-int8dot" | "gpu"
     dot_isas: tuple = ()  # cpu-int8dot: the target's kernels_int8.DotISA, widest first
     tuning: Tuning = field(default=DEFAULT)  # the CPU kernels' choices per shape (compiler/tuning.py)
+    # gpu: decode's fusions (kernels/gpu.py: RMSNorm into the next GEMV, SiLU * up into down_proj);
+    # False compiles the unfused bundle the fused one is tested against
+    fuse: bool = True
 
     @property
     def gpu(self) -> bool:
@@ -38,10 +41,11 @@ def is_gpu(target) -> bool:
     return target is not None and "gpu" in target.keys
 
 
-def kernel_family(target, tuning: Tuning | None = None) -> KernelFamily:
-    """The family of a tvm.target.Target (None: a plain CPU), with `tuning`'s kernel choices."""
+def kernel_family(target, tuning: Tuning | None = None, *, gpu_fusion: bool = True) -> KernelFamily:
+    """The family of a tvm.target.Target (None: a plain CPU), with `tuning`'s kernel choices.
+    gpu_fusion False: a GPU family without decode's fusions (the reference they are tested against)."""
     if is_gpu(target):
-        return GPU
+        return GPU if gpu_fusion else replace(GPU, fuse=False)
     from edgesmith.compiler.kernels.int8 import dot_isas
 
     isas = dot_isas(target)

@@ -47,3 +47,34 @@ def float_linear(x, w):
     if w.dtype != F32:
         w = te.compute(w.shape, lambda o, c: w[o, c].astype(F32), name="weight_cast")
     return _matmul_nt(x, w, "matmul")
+
+
+# ---------------------------------------------------------------------------- decode fusions
+# What a decoded token does between the GEMVs, folded into them (one kernel instead of two). The
+# unfused forms are TVM's rms_norm and the model's split/silu/multiply: the same values up to
+# float rounding (tests/test_gpu_fusion.py holds the bundles within 1e-4 of each other).
+
+def q4_linear_normed(x, g, w, s, group: int, eps: float, out_dtype: str = F32):
+    """RMSNorm(x; g, eps) @ dequant(w, s).T, x (1, 1, k) f32 -> (1, 1, n) f32, in one kernel:
+    y = rsqrt(mean(x*x) + eps) * sum_k x*g*W. Every work-group sums x*x over the row itself
+    (k values, against the k*rows it streams from W: cheap), so no kernel runs before it; the
+    schedule is lowering/schedules_fused.NormGEMV. out_dtype: y's (float16: a float16 KV cache's
+    qkv, rounded once from the float32 result)."""
+    b, t, k_dim = x.shape
+    k = te.reduce_axis((0, k_dim), name="k")
+    sumsq = te.compute((b, t), lambda i, j: te.sum(x[i, j, k] * x[i, j, k], axis=k), name="norm_sumsq")
+    xg = te.compute(x.shape, lambda i, j, c: x[i, j, c] * g[c].astype(F32), name="norm_scale")
+    acc = _matmul_nt(xg, dequantize_q4(w, s, group), "q4_matmul")
+    inv = lambda i, j: tirx.rsqrt(sumsq[i, j] / tirx.const(float(int(k_dim)), F32) + tirx.const(eps, F32))  # noqa: E731
+    return te.compute(acc.shape, lambda i, j, o: (acc[i, j, o] * inv(i, j)).astype(out_dtype), name="norm_out")
+
+
+def q4_linear_silu_mul(gu, w, s, group: int):
+    """(SiLU(gate) * up) @ dequant(w, s).T with gate, up the halves of gu (b, t, 2I) f32: the
+    activation is computed as the GEMV loads it (dlight inlines it like the dequantize), so the
+    (b, t, I) activation is never written."""
+    b, t, two_i = gu.shape
+    inter = two_i // 2
+    act = te.compute((b, t, inter), lambda i, j, c: gu[i, j, c] * tirx.sigmoid(gu[i, j, c]) * gu[i, j, c + inter],
+                     name="silu_mul")
+    return _matmul_nt(act, dequantize_q4(w, s, group), "q4_matmul")

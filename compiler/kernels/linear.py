@@ -23,8 +23,23 @@ class Linear(nn.Module):
         for name, (shape, dtype) in self.quant.params(out_features, in_features).items():
             setattr(self, name, nn.Parameter(shape, dtype))
 
-    def forward(self, x: nn.Tensor) -> nn.Tensor:
-        return self.quant.linear(self, x, self.family)
+    def forward(self, x: nn.Tensor, *, norm=None, silu_mul: bool = False, out_dtype: str = "float32") -> nn.Tensor:
+        """y = x' @ W.T, x' = norm(x) (an RMSNorm module) or SiLU(gate) * up of x's halves
+        (silu_mul), or x. One kernel where the scheme fuses them for the family (GPU decode:
+        Quantization.fused_linear); else the norm / activation run as their own ops first,
+        exactly as a model writing them out would (CPU bundles get the same graph). out_dtype: y cast
+        to it (in the fused kernel, else an op after the layer)."""
+        fused = None if norm is None and not silu_mul else \
+            self.quant.fused_linear(self, x, self.family, norm=norm, silu_mul=silu_mul, out_dtype=out_dtype)
+        if fused is not None:
+            return fused
+        if norm is not None:
+            x = norm(x)
+        if silu_mul:
+            gate, up = nn.op.split(x, 2, axis=-1)
+            x = nn.op.silu(gate) * up
+        y = self.quant.linear(self, x, self.family)
+        return y if out_dtype == "float32" else nn.op.astype(y, out_dtype)
 
     def lookup(self, ids: nn.Tensor) -> nn.Tensor:
         """Rows of the weight: this layer used as an embedding table (tied embeddings)."""

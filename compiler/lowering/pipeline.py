@@ -19,6 +19,7 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
     from edgesmith.compiler.kernels import attention_gpu, attention_opencl, attention_webgpu
     from edgesmith.compiler.lowering import schedules_cpu as schedules
     from edgesmith.compiler.lowering import schedules_gpu
+    from edgesmith.compiler.kernels.rope_split import RopeInKVSplit
 
     rt = relax.transform
     # llvm: our attention kernels in place of TVM's scalar ones, which also apply the sliding window;
@@ -28,7 +29,7 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
     # branch, which TVM's CSE miscompiles for small grouped heads (kernels/attention_gpu.py)
     tuning = tuning or schedules.DEFAULT
     gpu_window = [] if target.kind.name == "opencl" else [attention_gpu.WindowGPUAttention(sliding_window)]
-    gpu_fix = gpu_window + [attention_gpu.FoldGPUAttentionRope] if is_gpu(target) else []
+    gpu_fix = gpu_window + [attention_gpu.FoldGPUAttentionRope, RopeInKVSplit] if is_gpu(target) else []
     attention = {"llvm": [attention_swap.ReplaceCPUAttention(sliding_window, tuning)],
                  "opencl": [attention_opencl.ReplaceOpenCLAttention(sliding_window)],
                  "webgpu": [attention_webgpu.ReplaceWebGPUAttention]}.get(target.kind.name, []) + gpu_fix
@@ -60,10 +61,13 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
     ]
 
 
-def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int = 0, tuning=None):
+def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int = 0, tuning=None,
+                  launches: dict | None = None):
     """A module pass running every phase under `target`; dumps `NN-phase.py` scripts when asked.
     sliding_window: the attention's window (0: none), applied by the attention kernels.
-    tuning: compiler/tuning.Tuning for the CPU schedule's choices (None: the defaults)."""
+    tuning: compiler/tuning.Tuning for the CPU schedule's choices (None: the defaults).
+    launches: a GPU target's dict to fill with the kernels a decoded token launches
+    (lowering/launches.py), read from the lowered module."""
 
     @tvm.transform.module_pass(opt_level=0, name="edgesmith_pipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
@@ -73,6 +77,10 @@ def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int =
                 if dump_dir is not None:
                     dump_dir.mkdir(parents=True, exist_ok=True)
                     (dump_dir / f"{i:02d}-{name}.py").write_text(mod.script(show_meta=False))
+        if launches is not None and is_gpu(target):
+            from edgesmith.compiler.lowering.launches import decode_launches
+
+            launches.update(decode_launches(mod, sliding=bool(sliding_window)) or {})
         return mod
 
     return _pipeline

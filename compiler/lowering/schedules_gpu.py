@@ -34,9 +34,21 @@ class Matmul(dlight.gpu.Matmul):
         return super().apply(func, target, tunable)
 
 
+class NormGEMV(dlight.ScheduleRule):
+    """Our fused decode GEMVs (kernels/gpu.py): RMSNorm + int4 GEMV (two reductions in one kernel)
+    and SiLU * up + int4 GEMV, which no dlight rule takes (lowering/schedules_fused.py)."""
+
+    def apply(self, func, target, tunable):
+        from edgesmith.compiler.lowering.schedules_fused import norm_gemv
+
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            return None
+        return norm_gemv(func)
+
+
 def rules(target) -> list:
     gpu = dlight.gpu
-    head = [Matmul(), gpu.GEMV(), gpu.LowBatchGEMV(), gpu.Reduction(), gpu.GeneralReduction()]
+    head = [NormGEMV(), Matmul(), gpu.GEMV(), gpu.LowBatchGEMV(), gpu.Reduction(), gpu.GeneralReduction()]
     if "adreno" in target.keys:
         return head + [dlight.adreno.Fallback(), gpu.Fallback()]
     return head + [gpu.Fallback()]

@@ -110,6 +110,22 @@ class GroupQ4(Quantization):
             return op.tensor_expr_op(kernels.q4_linear, "q4_matmul", args + [g, params.tokens])
         return op.tensor_expr_op(kernels.q4_linear, "q4_matmul", args + [g])
 
+    def fused_linear(self, layer, x, family, *, norm=None, silu_mul=False, out_dtype="float32"):
+        from edgesmith.compiler.kernels import gpu as kernels_gpu
+        from edgesmith.targets.tvm_api import nn
+
+        if not (family.gpu and family.fuse and is_one_token(x)) or (norm is not None and silu_mul):
+            return None
+        w, g = [layer.q_weight, layer.q_scale], self.group_size
+        if norm is not None:  # one kernel, no rms_norm before it (lowering/schedules_fused.py)
+            return nn.op.tensor_expr_op(kernels_gpu.q4_linear_normed, "q4_matmul_norm",
+                                        [x, norm.weight] + w + [g, norm.eps, out_dtype])
+        if out_dtype != "float32":
+            return None
+        if silu_mul:  # dlight's GEMV inlines the activation like the dequantize
+            return nn.op.tensor_expr_op(kernels_gpu.q4_linear_silu_mul, "q4_matmul_silu", [x] + w + [g])
+        return None
+
     def _cpu_kernel(self, family, n: int, k: int, one_token: bool):
         """(kind, isa) of the CPU kernel an (n, k) layer gets; kind None: the decode expression
         (kernels.q4_linear's GEMV, scheduled by rules with no choices)."""

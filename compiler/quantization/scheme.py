@@ -83,6 +83,14 @@ class Quantization:
         """Rows `ids` (b, t) int32 of W: (b, t, k) float32 (the layer used as an embedding table)."""
         raise NotImplementedError
 
+    def fused_linear(self, layer, x, family, *, norm=None, silu_mul: bool = False, out_dtype: str = "float32"):
+        """The layer with what comes before it in one kernel, or None where this scheme and family
+        do not fuse it (the caller then runs those ops on their own). norm: an RMSNorm (weight,
+        eps) applied to x first; silu_mul: x (b, t, 2I) holds gate and up, the layer reads
+        SiLU(gate) * up; out_dtype: y's dtype (cast inside the kernel). GPU decode only
+        (kernels/gpu.py's fusions)."""
+        return None
+
     def tunable(self, family, n: int, k: int, one_token: bool) -> str | None:
         """The shape key (compiler/tuning.py) of the kernel an (n, k) linear gets on `family`,
         decode (one_token) or prefill; None: a kernel with no tunable choices. `linear` looks its

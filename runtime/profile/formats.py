@@ -243,6 +243,9 @@ def _details(rec: dict) -> str:
                  + (f"; cooled down {st['cooldowns']}x, {st['cooldown_s']:.1f} s" if st["cooldowns"] else "")
                  + ("; THROTTLED" if st["throttled"] else "")
                  + (f" — {'; '.join(st['reasons'])}" if st["reasons"] else ""))
+    if rec["tg"].get("kernels_per_token") is not None:
+        lines.append(f"- kernels per decoded token: {rec['tg']['kernels_per_token']:g} (launches counted by the "
+                     "device plug-in)")
     c = rec.get("check")
     if c:
         lines.append(f"- check vs host reference: {'passed' if c['passed'] else 'FAILED'} — top-1 "

@@ -137,6 +137,9 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
             tg = stats.summarize([r["decode_tok_s"] for r in reps])
             pp["seconds"] = [r["prefill_s"] for r in reps]
             tg["seconds"] = [r["decode_s"] for r in reps]
+            # GPU bundles (OpenCL, WebGPU): the kernels one decoded token launched, counted by the plug-in
+            launches = summary.get("decode_launches")
+            tg["kernels_per_token"] = None if launches is None else launches / n
             need = needs[(p, n)]
             record = {
                 "schema": records.SCHEMA,

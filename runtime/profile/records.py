@@ -8,7 +8,9 @@
     software    runner_sha256, tvm_version (the runner's runtime), edgesmith_version
     params      prompt, gen, threads (0 = the runtime's default), warmup, reps, max_reps,
                 target_rsd, cool_below_c, max_temp_c, seed
-    pp, tg      tok/s: mean, sd, rsd, n, samples (one per repetition); seconds (per repetition)
+    pp, tg      tok/s: mean, sd, rsd, n, samples (one per repetition); seconds (per repetition);
+                tg also kernels_per_token: the kernels a decoded token launched, counted by the
+                OpenCL/WebGPU plug-in (null on CPU and CUDA bundles)
     reps, stop  repetitions measured; "stable" (spread under target) or "max_reps"
     stability   stable, throttled, reasons, cooldown_s, cooldowns, max_temp_c, min_freq_ratio
     flags       labels for tables: "emulated", "unstable", "throttled", "decode-above-probe",

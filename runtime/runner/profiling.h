@@ -11,6 +11,16 @@
 // ----------------------------------------------------------------------------
 // bench: warm-up, then repetitions of (prefill p random tokens, decode n tokens greedily)
 
+// Kernels the device plug-in has launched so far (OpenCL enqueues, WebGPU dispatches: exact, a
+// counter in the plug-in), or -1 where no plug-in counts them (CPU and CUDA bundles).
+static int64_t device_launches() {
+  static ffi::Optional<ffi::Function> count = [] {
+    auto f = ffi::Function::GetGlobal("edgesmith.opencl.launches");
+    return f ? f : ffi::Function::GetGlobal("edgesmith.webgpu.launches");
+  }();
+  return count ? (*count)().cast<int64_t>() : -1;
+}
+
 struct BenchArgs {
   int64_t p = 128, n = 128, warmup = 1, reps = 5;
   uint64_t seed = 0;
@@ -26,17 +36,20 @@ static void cmd_bench(const Model& model, const Manifest& m, double load_s, cons
   KVCache kv = create_kv_cache(model, m);
   std::vector<float> logits;
   std::vector<double> pp, tg;  // tok/s per measured repetition
+  int64_t launched = -1;       // kernels the last repetition's decode launched (-1: not counted here)
 
   for (int64_t rep = -a.warmup; rep < a.reps; ++rep) {
     kv.add(kv.obj, int64_t(0));
     double t0 = now_s();
     prefill(model, m, kv, prompt, logits);
     double t1 = now_s();
+    int64_t before = device_launches();
     for (int64_t i = 0; i < a.n; ++i) {
       int32_t tok = argmax(logits);
       forward(model, kv, model.decode, &tok, 1, logits);
     }
     double t2 = now_s();
+    launched = before < 0 ? -1 : device_launches() - before;
     kv.remove(kv.obj, int64_t(0));
     if (rep < 0) continue;
     double prefill_s = t1 - t0, decode_s = t2 - t1;
@@ -56,8 +69,9 @@ static void cmd_bench(const Model& model, const Manifest& m, double load_s, cons
   mean_std(pp, pm, ps), mean_std(tg, tm, ts);
   printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"reps\": %ld, "
          "\"prefill_tok_s\": %.3f, \"prefill_tok_s_std\": %.3f, \"decode_tok_s\": %.3f, "
-         "\"decode_tok_s_std\": %.3f, \"load_s\": %.6f, \"peak_rss_kb\": %ld}\n",
-         long(a.p), long(a.n), long(a.reps), pm, ps, tm, ts, load_s, peak_rss_kb());
+         "\"decode_tok_s_std\": %.3f, \"load_s\": %.6f, \"peak_rss_kb\": %ld, \"decode_launches\": %s}\n",
+         long(a.p), long(a.n), long(a.reps), pm, ps, tm, ts, load_s, peak_rss_kb(),
+         launched < 0 ? "null" : std::to_string(launched).c_str());
 }
 
 // ----------------------------------------------------------------------------
@@ -207,19 +221,22 @@ static std::vector<int32_t> random_prompt(const Manifest& m, int64_t p, uint64_t
   return prompt;
 }
 
-// One repetition: a fresh sequence, prefill `prompt`, decode n tokens greedily.
+// One repetition: a fresh sequence, prefill `prompt`, decode n tokens greedily. decode_launches
+// (when given): the kernels the n decode steps launched (-1: not counted on this device).
 static void one_rep(const Model& model, const Manifest& m, KVCache& kv, const std::vector<int32_t>& prompt,
-                    int64_t n, double& prefill_s, double& decode_s) {
+                    int64_t n, double& prefill_s, double& decode_s, int64_t* decode_launches = nullptr) {
   std::vector<float> logits;
   kv.add(kv.obj, int64_t(0));
   double t0 = now_s();
   prefill(model, m, kv, prompt, logits);
   double t1 = now_s();
+  int64_t launched = device_launches();
   for (int64_t i = 0; i < n; ++i) {
     int32_t tok = argmax(logits);
     forward(model, kv, model.decode, &tok, 1, logits);
   }
   double t2 = now_s();
+  if (decode_launches) *decode_launches = launched < 0 ? -1 : device_launches() - launched;
   kv.remove(kv.obj, int64_t(0));
   prefill_s = t1 - t0, decode_s = t2 - t1;
 }
@@ -235,11 +252,12 @@ static void cmd_profile(const Model& model, const Manifest& m, double load_s, co
   for (int64_t w = 0; w < a.warmup; ++w) one_rep(model, m, kv, prompt, a.n, pre, dec);
 
   std::vector<double> pp, tg;
+  int64_t decode_launches = -1;  // the last repetition's (every decoded token launches the same kernels)
   const char* stop = "max_reps";
   for (int64_t rep = 0; rep < a.max_reps; ++rep) {
     double waited = cool_down(a, rep);
     Sensors before = read_sensors(a.sysroot);
-    one_rep(model, m, kv, prompt, a.n, pre, dec);
+    one_rep(model, m, kv, prompt, a.n, pre, dec, &decode_launches);
     Sensors after = read_sensors(a.sysroot);
     pp.push_back(a.p / pre), tg.push_back(a.n / dec);
     printf("{\"rep\": %ld, \"prefill_s\": %.6f, \"decode_s\": %.6f, \"prefill_tok_s\": %.3f, "
@@ -254,9 +272,11 @@ static void cmd_profile(const Model& model, const Manifest& m, double load_s, co
   }
   printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"reps\": %zu, \"stop\": \"%s\", "
          "\"prefill_rsd\": %.5f, \"decode_rsd\": %.5f, \"kv_context\": %ld, \"load_s\": %.6f, "
-         "\"rss_after_load_kb\": %ld, \"peak_rss_kb\": %ld, \"threads\": %d, \"cpus\": %s, \"cpus_from\": \"%s\"}\n",
+         "\"rss_after_load_kb\": %ld, \"peak_rss_kb\": %ld, \"threads\": %d, \"cpus\": %s, \"cpus_from\": \"%s\", "
+         "\"decode_launches\": %s}\n",
          long(a.p), long(a.n), pp.size(), stop, rel_sd(pp), rel_sd(tg), long(m.max_total_seq_len), load_s,
-         rss_load, peak_rss_kb(), pool_threads(), cpu_list_json(g_cores.cpus).c_str(), g_cores.from.c_str());
+         rss_load, peak_rss_kb(), pool_threads(), cpu_list_json(g_cores.cpus).c_str(), g_cores.from.c_str(),
+         decode_launches < 0 ? "null" : std::to_string(decode_launches).c_str());
 }
 
 // --- kernels: the VM finds kernels in the executable's imports (the model library) by name;

@@ -48,17 +48,23 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     def __init__(self, cfg: Phi3Config, linear: Linears):
         self.cfg = cfg
+        self.rope_in_kv_split = False  # True: the KV cache's split kernel applies RoPE (kernels/rope_split.py)
         d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         self.qkv_proj = linear(cfg.hidden_size, (hq + 2 * hkv) * d)
         self.o_proj = linear(hq * d, cfg.hidden_size)
 
-    def forward(self, x, kv, layer_id: int, positions, rope_factors, factor_len, kv_dtype: str, last_only=False):
+    def forward(self, x, kv, layer_id: int, positions, rope_factors, factor_len, kv_dtype: str, last_only=False,
+                norm=None):
         """last_only: the output of the last position only (b, 1, hidden): the keys and values of
-        every position still go into the cache, o_proj runs for the one row the caller reads."""
+        every position still go into the cache, o_proj runs for the one row the caller reads.
+        norm: the layer's input RMSNorm, applied to x by (or fused into) qkv_proj."""
         cfg = self.cfg
         d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         b, t, _ = x.shape
-        qkv = op.reshape(self.qkv_proj(x), (b, t, hq + 2 * hkv, d))
+        if self.rope_in_kv_split:  # the cache's split rotates q and k; it takes qkv in the cache's dtype
+            qkv = self.qkv_proj(x, norm=norm, out_dtype=kv_dtype)
+            return self._attend(op.reshape(qkv, (b, t, hq + 2 * hkv, d)), kv, layer_id, kv_dtype, last_only, b, t)
+        qkv = op.reshape(self.qkv_proj(x, norm=norm), (b, t, hq + 2 * hkv, d))
         # longrope only: its factors, and (prefill) the length that picks them
         extra = [] if rope_factors is None else [rope_factors] + ([] if factor_len is None else [factor_len])
         qkv = op.tensor_expr_op(
@@ -68,6 +74,11 @@ class Attention(nn.Module):
                 original_max_pos=cfg.original_max_position_embeddings,
                 factor_len=f[1] if len(f) > 1 else None, out_dtype=kv_dtype),
             "rope", [qkv, positions] + extra)
+        return self._attend(qkv, kv, layer_id, kv_dtype, last_only, b, t)
+
+    def _attend(self, qkv, kv, layer_id, kv_dtype, last_only, b, t):
+        cfg = self.cfg
+        d, hq = cfg.head_dim, cfg.num_attention_heads
         out = kv.attention_with_fused_qkv(layer_id, qkv, hq, sm_scale=d**-0.5)  # (b, t, hq, d) kv_dtype
         if kv_dtype != "float32":
             out = op.astype(out, "float32")
@@ -83,9 +94,10 @@ class MLP(nn.Module):
         self.gate_up_proj = linear(cfg.hidden_size, 2 * cfg.intermediate_size)
         self.down_proj = linear(cfg.intermediate_size, cfg.hidden_size)
 
-    def forward(self, x):
-        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
-        return self.down_proj(op.silu(gate) * up)
+    def forward(self, x, norm):
+        """down(SiLU(gate) * up) of gate_up(norm(x)); the linears fuse the norm and the activation
+        into their kernels where the target's family does (GPU decode: kernels/linear.py)."""
+        return self.down_proj(self.gate_up_proj(x, norm=norm), silu_mul=True)
 
 
 class DecoderLayer(nn.Module):
@@ -100,12 +112,12 @@ class DecoderLayer(nn.Module):
         values are cached), then o_proj, the residual and the MLP for the last position only, the
         one whose logits the prefill returns (llama.cpp's graph does the same): at Phi-3-mini's 32
         layers 3% of a prompt's matmul work, a third at the 2 layers of bench/arm_cost.py."""
-        a = self.self_attn(self.input_layernorm(h), kv, layer_id, positions, rope_factors, factor_len, kv_dtype,
-                           last_only)
+        a = self.self_attn(h, kv, layer_id, positions, rope_factors, factor_len, kv_dtype, last_only,
+                           norm=self.input_layernorm)
         if last_only:
             h = op.tensor_expr_op(kernels.last_token, "last_token", [h])
         h = h + a
-        return h + self.mlp(self.post_attention_layernorm(h))
+        return h + self.mlp(h, self.post_attention_layernorm)
 
 
 class Body(nn.Module):
@@ -122,15 +134,22 @@ class Body(nn.Module):
 
 class Phi3ForCausalLM(nn.Module):
     def __init__(self, cfg: Phi3Config, quant: Quantization, *, quantize_embedding: bool = True,
-                 quantize_lm_head: bool | None = None, target=None, kv_dtype: str = "float32", tuning=None):
+                 quantize_lm_head: bool | None = None, target=None, kv_dtype: str = "float32", tuning=None,
+                 gpu_fusion: bool = True, sliding_window: int = 0):
         if kv_dtype not in KV_DTYPES:
             raise ValueError(f"KV cache dtype {kv_dtype!r}: one of {', '.join(KV_DTYPES)}")
         self.cfg = cfg
         self.target = target
         self.kv_dtype = kv_dtype
         # every layer: the entry's kernels for this target, with the tuning's choices (None: defaults)
-        linear = Linears(quant, kernel_family(target, tuning))
+        linear = Linears(quant, kernel_family(target, tuning, gpu_fusion=gpu_fusion))
         self.model = Body(cfg, linear, quantize_embedding)
+        # GPU decode: RoPE in the KV cache's split kernel instead of a kernel of its own
+        # (kernels/rope_split.py says when the split's positions allow it)
+        self.rope_in_kv_split = bool(linear.family.gpu and linear.family.fuse
+                                     and not sliding_window and cfg.rope_type != "longrope")
+        for layer in self.model.layers:
+            layer.self_attn.rope_in_kv_split = self.rope_in_kv_split
         if not cfg.tie_word_embeddings:
             # None: as the embedding (an int4 ONNX export may store one in float, the other in int4)
             head_q = quantize_embedding if quantize_lm_head is None else quantize_lm_head
@@ -145,9 +164,8 @@ class Phi3ForCausalLM(nn.Module):
             # a prefill's last layer runs past attention for the last position only: (1, 1, hidden)
             h = layer(h, kv, i, positions, self.model.rope_ext_factors, factor_len, self.kv_dtype,
                       last_only=bool(t != 1) and i == last)
-        h = self.model.norm(h)
         head = self.model.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head
-        return head(h), kv
+        return head(h, norm=self.model.norm), kv  # the final norm: fused into lm_head on GPU decode
 
     def prefill(self, input_ids: nn.Tensor, paged_kv_cache, total_len, seq_pos):
         return self._forward(input_ids, paged_kv_cache, seq_pos, total_len)

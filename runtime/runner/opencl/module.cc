@@ -25,6 +25,7 @@
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/string.h>
 
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -43,6 +44,10 @@ namespace ffi = tvm::ffi;
 // ---------------------------------------------------------------------------- parsing the bytes
 
 namespace {
+
+// Kernels enqueued since the process started (`edgesmith.opencl.launches`): the runner's count of
+// the kernels a decoded token launches is the difference across its decode steps (profiling.h).
+std::atomic<int64_t> g_launches{0};
 
 enum class ArgKind { kBuffer, kInt32, kUInt32, kInt64, kFloat32, kFloat64 };
 
@@ -198,6 +203,7 @@ class Kernel {
            "for a preset whose max_threads_per_block fits this device");
     }
     ctx.check(err, "launching kernel '" + info_.name + "'");
+    g_launches.fetch_add(1, std::memory_order_relaxed);
   }
 
  private:
@@ -267,6 +273,8 @@ struct Register {
         "ffi.Module.load_from_bytes.opencl",
         ffi::Function::FromTyped([](ffi::Bytes bytes) { return ffi::Module(ffi::make_object<OpenCLModule>(bytes)); }),
         true);
+    ffi::Function::SetGlobal("edgesmith.opencl.launches",
+                             ffi::Function::FromTyped([]() -> int64_t { return g_launches.load(); }), true);
   }
 } register_module_loader;
 

@@ -31,6 +31,7 @@
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/string.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -59,6 +60,10 @@ std::string PipelineStats::json() const {
 }
 
 namespace {
+
+// Dispatches recorded since the process started (`edgesmith.webgpu.launches`; an empty grid is
+// no dispatch): the runner's kernels per decoded token (profiling.h).
+std::atomic<int64_t> g_launches{0};
 
 enum class ArgKind { kBuffer, kInt32, kUInt32, kFloat32 };
 
@@ -210,6 +215,7 @@ class Kernel {
     pod.push_back(static_cast<uint32_t>(size[0] - 1));  // packGridDimX: the last workgroup index that computes
     uint32_t grid[3] = {uint32_t(x), uint32_t(size[1]), uint32_t(z)};
     ctx.dispatch(info_.name, pipeline_, layout_, buffers, pod, grid);
+    g_launches.fetch_add(1, std::memory_order_relaxed);
   }
 
   const std::string& name() const { return info_.name; }
@@ -325,6 +331,8 @@ struct Register {
         "ffi.Module.load_from_bytes.webgpu",
         ffi::Function::FromTyped([](ffi::Bytes bytes) { return ffi::Module(ffi::make_object<WebGPUModule>(bytes)); }),
         true);
+    ffi::Function::SetGlobal("edgesmith.webgpu.launches",
+                             ffi::Function::FromTyped([]() -> int64_t { return g_launches.load(); }), true);
   }
 } register_module_loader;
 
