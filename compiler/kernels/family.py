@@ -23,6 +23,7 @@ class KernelFamily:
     name: str  # "cpu" | "cpu-int8dot" | "gpu"
     dot_isas: tuple = ()  # cpu-int8dot: the target's kernels_int8.DotISA, widest first
     tuning: Tuning = field(default=DEFAULT)  # the CPU kernels' choices per shape (compiler/tuning.py)
+    i8mm: bool = False  # cpu-int8dot on Arm with +i8mm: prefill's GEMM takes `smmla` (kernels/int8_smmla.py)
 
     @property
     def gpu(self) -> bool:
@@ -38,6 +39,16 @@ def is_gpu(target) -> bool:
     return target is not None and "gpu" in target.keys
 
 
+def has_i8mm(target) -> bool:
+    """Whether an LLVM CPU target has Arm's int8 matrix multiply (`smmla`: +i8mm)."""
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.target_has_features("i8mm", target))
+    except Exception:  # noqa: BLE001 - not an Arm target: LLVM does not know the feature
+        return False
+
+
 def kernel_family(target, tuning: Tuning | None = None) -> KernelFamily:
     """The family of a tvm.target.Target (None: a plain CPU), with `tuning`'s kernel choices."""
     if is_gpu(target):
@@ -45,7 +56,7 @@ def kernel_family(target, tuning: Tuning | None = None) -> KernelFamily:
     from edgesmith.compiler.kernels.int8 import dot_isas
 
     isas = dot_isas(target)
-    family = KernelFamily("cpu-int8dot", tuple(isas)) if isas else CPU
+    family = KernelFamily("cpu-int8dot", tuple(isas), i8mm=has_i8mm(target)) if isas else CPU
     return replace(family, tuning=tuning) if tuning is not None else family
 
 

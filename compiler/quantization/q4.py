@@ -104,7 +104,8 @@ class GroupQ4(Quantization):
             return op.tensor_ir_op(kernels_gemv.q4_gemv(n, k, g, scales, params), "q4_matmul", args,
                                    out=nn.Tensor.placeholder((1, 1, n), "float32"))
         if kind == "gemm_i8":
-            return op.tensor_ir_op(kernels_int8.gemm_kernel(n, k, g, scales, isa, params, steps=steps), "q4_matmul_i8", args,
+            return op.tensor_ir_op(kernels_int8.gemm_kernel(n, k, g, scales, isa, params, steps=steps,
+                                                            i8mm=family.i8mm), "q4_matmul_i8", args,
                                    out=nn.Tensor.placeholder((1, x.shape[1], n), "float32"))
         if kind == "gemm":  # the schedule (schedules.Linear) looks up the same params
             return op.tensor_expr_op(kernels.q4_linear, "q4_matmul", args + [g, params.tokens])
