@@ -321,7 +321,9 @@ def dynamic_counts(args) -> list[dict]:
     # (engine, quantization, flags, qemu -cpu: a CPU of that ISA, so nothing beyond it can run)
     configs = [("edgesmith", "q4f16", "arm64-linux", "cortex-a72"),
                ("edgesmith", "q4f16i8", "arm64-linux", "cortex-a72"),
-               ("edgesmith", "q4f16i8", "arm64-linux-dotprod", "cortex-a76")]
+               ("edgesmith", "q4f16i8", "arm64-linux-dotprod", "cortex-a76"),
+               # i8mm's smmla prefill GEMM: qemu's "max" (its only CPU with i8mm); decode as dotprod's
+               ("edgesmith", "q4f16i8", "arm64-linux-i8mm", "max")]
     if args.only:
         configs = [c for c in configs if f"{c[0]}:{c[1]}:{c[2]}" in args.only.split(",")]
     if not args.no_llama:
