@@ -20,7 +20,8 @@ Kernels by family (kernels/family.py):
   cpu-int8dot  with int8_activations, where the layer's k tiles the widest dot instruction:
                decode kernels_int8.gemv_kernel (Arm dotprod: kernels/int8_arm.py's
                four rows at a time), prefill kernels_int8.gemm_kernel (Arm dotprod: kernels/int8_arm.py's
-               sdot by element, 4 rows x a tile of tokens; else q4_gemm_i8); else as cpu
+               sdot by element, 4 rows x a tile of tokens; with i8mm kernels/int8_smmla.py's smmla;
+               else q4_gemm_i8); else as cpu
   gpu          kernels_gpu.q4_linear (dequantize inlined into dlight's GEMV/matmul)
 Embedding rows: kernels.q4_embedding on every target.
 """
