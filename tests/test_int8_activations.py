@@ -394,10 +394,12 @@ def test_arm_gemm_choice_and_every_tuner_choice_builds():
 
 
 @pytest.mark.slow
-def test_arm_dotprod_bundle_tuned_otherwise_gives_the_same_logits(int8_runs, tmp_path):
+@pytest.mark.parametrize("preset", ["arm64-linux-dotprod", "arm64-linux-i8mm"])
+def test_arm_dotprod_bundle_tuned_otherwise_gives_the_same_logits(int8_runs, tmp_path, preset):
     """Every int8 kernel of random:tiny on arm64-linux-dotprod given a non-default tuner choice
     (decode: rows per task and prefetch distance of int8_arm's four-row GEMV; prefill: the token
-    tile of its `sdot`-by-element GEMM; the step order itself is fixed, no choice): the library
+    tile of its `sdot`-by-element GEMM, on arm64-linux-i8mm of its `smmla` one: 2, 6 and 8 tokens, 6
+    an odd number of token pairs; the step order itself is fixed, no choice): the library
     changes, the logits do not (exact integer dots, each output reduced in the same order), under
     qemu, decoded one at a time and prefilled 64 at once, against the untuned bundle."""
     import dataclasses
@@ -412,7 +414,6 @@ def test_arm_dotprod_bundle_tuned_otherwise_gives_the_same_logits(int8_runs, tmp
     from edgesmith.runtime.session import run_runner
     from edgesmith.runtime.tune.shapes import tunable_shapes
 
-    preset = "arm64-linux-dotprod"
     family = kernel_family(tvm.target.Target(presets.get_preset(preset).tvm_target()))
     shapes = [s for s in tunable_shapes(open_checkpoint("random:tiny").config, get_quantization("q4f16i8"), family)
               if parse_key(s.key)["kind"] in ("gemv_i8", "gemm_i8")]
