@@ -22,8 +22,8 @@ from edgesmith.compiler.tuning import DEFAULT, Tuning
 class KernelFamily:
     name: str  # "cpu" | "cpu-int8dot" | "gpu"
     dot_isas: tuple = ()  # cpu-int8dot: the target's kernels_int8.DotISA, widest first
-    tuning: Tuning = field(default=DEFAULT)  # the CPU kernels' choices per shape (compiler/tuning.py)
     i8mm: bool = False  # cpu-int8dot on Arm with +i8mm: prefill's GEMM takes `smmla` (kernels/int8_smmla.py)
+    tuning: Tuning = field(default=DEFAULT)  # the CPU kernels' choices per shape (compiler/tuning.py)
 
     @property
     def gpu(self) -> bool:
