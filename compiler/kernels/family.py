@@ -39,16 +39,6 @@ def is_gpu(target) -> bool:
     return target is not None and "gpu" in target.keys
 
 
-def has_i8mm(target) -> bool:
-    """Whether an LLVM CPU target has Arm's int8 matrix multiply (`smmla`: +i8mm)."""
-    from tvm.target import codegen
-
-    try:
-        return bool(codegen.target_has_features("i8mm", target))
-    except Exception:  # noqa: BLE001 - not an Arm target: LLVM does not know the feature
-        return False
-
-
 def kernel_family(target, tuning: Tuning | None = None) -> KernelFamily:
     """The family of a tvm.target.Target (None: a plain CPU), with `tuning`'s kernel choices."""
     if is_gpu(target):
@@ -58,6 +48,16 @@ def kernel_family(target, tuning: Tuning | None = None) -> KernelFamily:
     isas = dot_isas(target)
     family = KernelFamily("cpu-int8dot", tuple(isas), i8mm=has_i8mm(target)) if isas else CPU
     return replace(family, tuning=tuning) if tuning is not None else family
+
+
+def has_i8mm(target) -> bool:
+    """Whether an LLVM CPU target has Arm's int8 matrix multiply (`smmla`: +i8mm)."""
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.target_has_features("i8mm", target))
+    except Exception:  # noqa: BLE001 - not an Arm target: LLVM does not know the feature
+        return False
 
 
 def honoured_quants(preset, target=None) -> dict[str, str]:
