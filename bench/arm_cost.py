@@ -13,7 +13,8 @@
    edge and a marker instruction (bench/arm_asm.py), and normalized by the weights one iteration
    covers (markers x weights per marker, checked by a second count where there is one). Our
    dotprod prefill GEMM's loop too, per 32 weights x 1 token (llama.cpp's gemm is inline
-   assembly with `.inst`-encoded sdot, which llvm-mca cannot read).
+   assembly with `.inst`-encoded sdot, which llvm-mca cannot read), and arm64-linux-i8mm's (smmla)
+   on the cores that have i8mm only (X1/V1, A710/N2).
 2. Dynamic (qemu TCG plugin): instructions retired per decoded token by a whole arm64 bundle
    (`runner generate`) and by llama.cpp (bench/llama_decode.cpp on libllama) on the same random
    Phi-3-mini-shaped checkpoint (bench/peer_model.py, `layers` layers), one thread each: a
@@ -98,6 +99,7 @@ class Kernel:
     check: tuple[str, int] | None = None  # (mnemonic, weights per one): must give the same weights
     prefill: bool = False  # a prefill GEMM: "weights" are weight x token products (a block: 32 weights, 1 token)
     steps: bool | None = None  # our int8 kernels: the words in step order (None: as the model stores them)
+    cores: tuple[str, ...] | None = None  # only these CORES keys have its instructions (None: every core)
 
 
 DOTPROD_MARCH = "armv8.2-a+dotprod+fp16+fp16fml"  # = arm64-linux-dotprod's +v8.2a,+dotprod,+fullfp16,+fp16fml
@@ -142,6 +144,11 @@ def kernels(k: int, group: int = 32) -> list[Kernel]:
         # `.inst` words, numeric labels) that neither the loop finder nor llvm-mca reads: no static row
         Kernel("es-q4f16i8-dot-gemm", "edgesmith", "q4f16i8 prefill GEMM (sdot by element)", "arm64-linux-dotprod",
                "gemm_kernel", lam + r"\.\d+", "sdot", 16, prefill=True),  # the 2nd parallel body: x quantized in the 1st
+        # arm64-linux-i8mm's prefill GEMM (kernels/int8_smmla.py): smmla, 2 rows x 2 tokens x 8 k (32
+        # products) each, 8 rows x 4 tokens a tile; one scvtf per 2x2 tile and block (128 products).
+        # Costed only on the cores with i8mm: Neoverse V1 (X1's model) and N2 (A710's); A55/A76 have none
+        Kernel("es-q4f16i8-mm-gemm", "edgesmith", "q4f16i8 prefill GEMM (smmla)", "arm64-linux-i8mm",
+               "gemm_kernel", lam + r"\.\d+", "smmla", 32, ("scvtf", 128), prefill=True, cores=("x1", "a710")),
     ]
 
 
@@ -166,6 +173,10 @@ def tvm_asm(kernel: Kernel, n: int, k: int, group: int = 32) -> str:
             steps = get_quantization("q4f16i8").stored_in_steps(".q_weight", (n, k // 8), kernel_family(target))
         if kernel.source == "q4_gemv_i8":
             func = kernels_int8.q4_gemv_i8(n, k, group, "float16", isa)
+        elif kernel.source == "gemm_kernel":  # with the preset's +i8mm, smmla (kernels/int8_smmla.py)
+            from edgesmith.compiler.kernels.family import kernel_family
+
+            func = kernels_int8.gemm_kernel(n, k, group, "float16", isa, steps=steps, i8mm=kernel_family(target).i8mm)
         else:
             func = getattr(kernels_int8, kernel.source)(n, k, group, "float16", isa, steps=steps)
     else:
@@ -216,6 +227,8 @@ def static_costs(args, cores: list[Core]) -> list[dict]:
                "straight_line": loop.straight_line, "weights_per_iteration": weights,
                "instructions_per_block": loop.instructions * per, "loop": loop.body, "cores": {}}
         for core in cores:
+            if kern.cores is not None and core.key not in kern.cores:
+                continue  # the core lacks the instructions (llvm-mca refuses them)
             m = arm_asm.mca(loop.body, core.mcpu, tool)
             cpb = m["cycles_per_iteration"] * per
             demand = BLOCK_BYTES * core.ghz / cpb  # GB/s one core streams at this pace
@@ -308,7 +321,9 @@ def dynamic_counts(args) -> list[dict]:
     # (engine, quantization, flags, qemu -cpu: a CPU of that ISA, so nothing beyond it can run)
     configs = [("edgesmith", "q4f16", "arm64-linux", "cortex-a72"),
                ("edgesmith", "q4f16i8", "arm64-linux", "cortex-a72"),
-               ("edgesmith", "q4f16i8", "arm64-linux-dotprod", "cortex-a76")]
+               ("edgesmith", "q4f16i8", "arm64-linux-dotprod", "cortex-a76"),
+               # i8mm's smmla prefill GEMM: qemu's "max" (its only CPU with i8mm); decode as dotprod's
+               ("edgesmith", "q4f16i8", "arm64-linux-i8mm", "max")]
     if args.only:
         configs = [c for c in configs if f"{c[0]}:{c[1]}:{c[2]}" in args.only.split(",")]
     if not args.no_llama:
@@ -429,8 +444,8 @@ def static_table(rows: list[dict], cores: list[Core]) -> str:
             row["loop"] += f" (same loop as {r['same_loop_as']})"
         row["ipb"] = r["instructions_per_block"]
         for c in cores:
-            cc = r["cores"][c.key]
-            row[c.key] = f"{cc['cycles_per_block']:.1f} ({cc['bound_by']})"
+            cc = r["cores"].get(c.key)
+            row[c.key] = f"{cc['cycles_per_block']:.1f} ({cc['bound_by']})" if cc else "- (lacks it)"
         out.append(row)
     cols = [("kernel", "kernel"), ("flags", "flags"), ("loop", "hot loop"), ("ipb", "insns / block")]
     cols += [(c.key, f"{c.name} cycles / block") for c in cores]
@@ -442,7 +457,7 @@ def detail_table(rows: list[dict], cores: list[Core]) -> str:
     for r in rows:
         if "error" in r or r["same_loop_as"]:
             continue
-        for c in cores:
+        for c in (c for c in cores if c.key in r["cores"]):
             cc = r["cores"][c.key]
             out.append({"kernel": f"{r['engine']} {r['label']} ({r['flags']})", "core": f"{c.name} ({c.mcpu})",
                         "cpb": cc["cycles_per_block"], "upb": cc["uops_per_block"], "ipc": cc["ipc"],

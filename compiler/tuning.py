@@ -7,7 +7,7 @@ family's choices are one small frozen dataclass here, whose defaults are those v
                      on Arm kernels_int8_arm's four-row GEMV, rows rounded to fours, prefetch in fours):
                      rows per parallel task, software prefetch distance in rows
     GemmI8Params     prefill int8 GEMM (kernels_int8.gemm_kernel: q4_gemm_i8, or on Arm dotprod
-                     int8_arm's sdot-by-element GEMM): tokens per register tile
+                     int8_arm's sdot-by-element GEMM, with i8mm int8_smmla's): tokens per register tile
     GemmParams       prefill float GEMM (kernels.q4_linear / float_linear + schedules.Linear):
                      tokens per register tile (the padding and the schedule's split agree on it)
     AttentionParams  prefill attention (attention_cpu's ragged and paged kernels): query rows per

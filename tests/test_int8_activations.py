@@ -249,6 +249,53 @@ def test_arm_dotprod_bundle_equals_host_under_qemu(int8_runs, preset, dot_insn):
         assert tokens == host_tokens
 
 
+@pytest.mark.slow
+def test_arm_i8mm_prefill_runs_smmla_and_follows_the_int8_scheme_under_qemu(int8_runs):
+    """arm64-linux-i8mm prefills with `smmla` (kernels/int8_smmla.py; decode keeps the four-row
+    sdot GEMV), arm64-linux-dotprod with `sdot` by element: prompts of 7 (a partial token tile) and
+    64 tokens prefilled at once under qemu, then decoded (teacher-forced). Both give the numpy int8
+    scheme's rows over the bundle's own codes and each other's (the integer dots are exact)."""
+    import json
+
+    from numpy_phi3 import NumpyPhi3, dequantized_weights, int8_layers, read_tensor_cache
+
+    from edgesmith.runtime.profile.check import device_logits
+    from edgesmith.runtime.session import run_runner
+
+    i8mm, i8mm_logits, _ = int8_runs("arm64-linux-i8mm")
+    dotprod, dotprod_logits, _ = int8_runs("arm64-linux-dotprod")
+
+    def asm(bundle):
+        (lib,) = (bundle / "lib").iterdir()
+        return subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(lib)], capture_output=True, text=True,
+                              check=True).stdout
+
+    assert "\tsmmla\t" in asm(i8mm) and "\tsmmla\t" not in asm(dotprod)
+    params = read_tensor_cache(i8mm / "params")
+    manifest = json.loads((i8mm / "manifest.json").read_text())
+    diffs = []
+    for prompt in (ARM_PROMPTS[7], ARM_PROMPTS[64]):
+        ids = prompt + [5, 9, 200, 17]
+        if len(prompt) == 64:  # the fixture's run
+            got, other = i8mm_logits["prefill"], dotprod_logits["prefill"]
+        else:
+            got, other = (device_logits(run_runner(b, ["logits", str(b), "--tokens", ",".join(map(str, ids)),
+                                                       "--prefill", str(len(prompt))], timeout=300))
+                          for b in (i8mm, dotprod))
+        ref = NumpyPhi3(manifest["model"]["config"], dequantized_weights(params), int8=int8_layers(params),
+                        kv_float16=True)
+        ref.forward(prompt[:-1])
+        scheme = np.stack([ref.forward([t]) for t in ids[len(prompt) - 1:]])
+        assert got.shape == scheme.shape, (got.shape, scheme.shape)
+        diffs.append(np.abs(got - scheme).max(axis=1))
+        assert np.abs(got - other).max() < 1e-4, len(prompt)  # measured: the same floats
+    # float rounding, or one activation rounded to the neighbouring int8 step (tests/test_prefill_logits.py's
+    # bounds, over both prompts' rows; measured 2026-12-07: 7 of 10 within 1e-7, the others up to 5.8e-3,
+    # dotprod's sdot GEMM the same rows)
+    diffs = np.concatenate(diffs)
+    assert diffs.max() < 0.1 and (diffs < 1e-4).mean() >= 0.5, diffs
+
+
 def test_step_order_is_chosen_per_shape_and_preset_and_undone_by_the_reader(tmp_path):
     """Step order (quantization/q4.py): word j of block i of every 16 words at 4 j + i, only where
     int8_arm's dotprod kernels run both decode and prefill; tests/numpy_phi3.py's reader, given the
@@ -318,6 +365,7 @@ def test_arm_gemm_choice_and_every_tuner_choice_builds():
     import re
 
     from edgesmith.compiler.kernels import int8_arm
+    from edgesmith.compiler.kernels.family import kernel_family
     from edgesmith.compiler.tuning import SPACES
     from edgesmith.targets.tvm_api import tirx
 
@@ -333,13 +381,25 @@ def test_arm_gemm_choice_and_every_tuner_choice_builds():
         asm = tirx.build(tvm.IRModule({"main": func}), target=target).inspect_source("asm")
         by_element = len(re.findall(r"\tsdot\tv\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", asm))
         assert by_element == 8 * params.tokens * 2 and "ld1r" not in asm, params  # 8 rows x tile x block
+    # arm64-linux-i8mm (KernelFamily.i8mm): `smmla` (kernels/int8_smmla.py), 2 rows x 2 tokens x 8 k an
+    # instruction: 8 rows x tile x 32 k a block is 8 x tokens of them, at every tile the tuner tries
+    i8mm = tvm.target.Target(presets.get_preset("arm64-linux-i8mm").tvm_target())
+    assert kernel_family(i8mm).i8mm and not kernel_family(target).i8mm and not kernel_family(plain).i8mm
+    for params in SPACES["gemm_i8"]:
+        func = kernels_int8.gemm_kernel(40, 256, 32, "float16", isa, params, steps=True,
+                                        i8mm=True).with_attr("global_symbol", "main")
+        asm = tirx.build(tvm.IRModule({"main": func}), target=i8mm).inspect_source("asm")
+        assert len(re.findall(r"\tsmmla\tv\d+\.4s, v\d+\.16b, v\d+\.16b", asm)) == 8 * params.tokens, params
+        assert "\tsdot\t" not in asm and "ld1r" not in asm, params
 
 
 @pytest.mark.slow
-def test_arm_dotprod_bundle_tuned_otherwise_gives_the_same_logits(int8_runs, tmp_path):
+@pytest.mark.parametrize("preset", ["arm64-linux-dotprod", "arm64-linux-i8mm"])
+def test_arm_dotprod_bundle_tuned_otherwise_gives_the_same_logits(int8_runs, tmp_path, preset):
     """Every int8 kernel of random:tiny on arm64-linux-dotprod given a non-default tuner choice
     (decode: rows per task and prefetch distance of int8_arm's four-row GEMV; prefill: the token
-    tile of its `sdot`-by-element GEMM; the step order itself is fixed, no choice): the library
+    tile of its `sdot`-by-element GEMM, on arm64-linux-i8mm of its `smmla` one: 2, 6 and 8 tokens, 6
+    an odd number of token pairs; the step order itself is fixed, no choice): the library
     changes, the logits do not (exact integer dots, each output reduced in the same order), under
     qemu, decoded one at a time and prefilled 64 at once, against the untuned bundle."""
     import dataclasses
@@ -354,7 +414,6 @@ def test_arm_dotprod_bundle_tuned_otherwise_gives_the_same_logits(int8_runs, tmp
     from edgesmith.runtime.session import run_runner
     from edgesmith.runtime.tune.shapes import tunable_shapes
 
-    preset = "arm64-linux-dotprod"
     family = kernel_family(tvm.target.Target(presets.get_preset(preset).tvm_target()))
     shapes = [s for s in tunable_shapes(open_checkpoint("random:tiny").config, get_quantization("q4f16i8"), family)
               if parse_key(s.key)["kind"] in ("gemv_i8", "gemm_i8")]

@@ -22,6 +22,7 @@ from edgesmith.compiler.tuning import DEFAULT, Tuning
 class KernelFamily:
     name: str  # "cpu" | "cpu-int8dot" | "gpu"
     dot_isas: tuple = ()  # cpu-int8dot: the target's kernels_int8.DotISA, widest first
+    i8mm: bool = False  # cpu-int8dot on Arm with +i8mm: prefill's GEMM takes `smmla` (kernels/int8_smmla.py)
     tuning: Tuning = field(default=DEFAULT)  # the CPU kernels' choices per shape (compiler/tuning.py)
     # gpu: decode's fusions (kernels/gpu.py: RMSNorm into the next GEMV, SiLU * up into down_proj);
     # False compiles the unfused bundle the fused one is tested against
@@ -49,8 +50,18 @@ def kernel_family(target, tuning: Tuning | None = None, *, gpu_fusion: bool = Tr
     from edgesmith.compiler.kernels.int8 import dot_isas
 
     isas = dot_isas(target)
-    family = KernelFamily("cpu-int8dot", tuple(isas)) if isas else CPU
+    family = KernelFamily("cpu-int8dot", tuple(isas), i8mm=has_i8mm(target)) if isas else CPU
     return replace(family, tuning=tuning) if tuning is not None else family
+
+
+def has_i8mm(target) -> bool:
+    """Whether an LLVM CPU target has Arm's int8 matrix multiply (`smmla`: +i8mm)."""
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.target_has_features("i8mm", target))
+    except Exception:  # noqa: BLE001 - not an Arm target: LLVM does not know the feature
+        return False
 
 
 def honoured_quants(preset, target=None) -> dict[str, str]:

@@ -202,12 +202,15 @@ def gemm_applies(isa: DotISA | None, n: int, k: int, group: int) -> bool:
 
 
 def gemm_kernel(n: int, k: int, group: int, scale_dtype: str, isa: DotISA, params: GemmI8Params = GemmI8Params(),
-                steps: bool = False):
-    """Prefill's int8 GEMM for this shape and instruction: on Arm dotprod `sdot` by element over
+                steps: bool = False, i8mm: bool = False):
+    """Prefill's int8 GEMM for this shape and instruction: on Arm with i8mm (the target's +i8mm:
+    KernelFamily.i8mm) `smmla` (kernels/int8_smmla.py), on Arm dotprod `sdot` by element over
     4 rows (kernels/int8_arm.py) where the shape allows, else q4_gemm_i8 (x86 VNNI, plain NEON).
     The same x (1,t,k), w (n,k/8), s (n,k/group) -> y (1,t,n) either way. steps: as gemv_kernel's."""
-    from edgesmith.compiler.kernels import int8_arm
+    from edgesmith.compiler.kernels import int8_arm, int8_smmla
 
+    if int8_smmla.applies(isa, i8mm, n, k, group):
+        return int8_smmla.q4_gemm_i8_smmla(n, k, group, scale_dtype, isa, params, steps=steps)
     if int8_arm.gemm_applies(isa, n, k, group):
         return int8_arm.q4_gemm_i8_lanes(n, k, group, scale_dtype, isa, params, steps=steps)
     assert not steps, (n, k, group)

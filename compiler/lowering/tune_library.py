@@ -56,9 +56,11 @@ def _func(key: str, params, target, quant):
         # the word order a bundle stores this shape in for this target (quantization/q4.py)
         from edgesmith.compiler.kernels.family import kernel_family
 
-        steps = quant.stored_in_steps(".q_weight", (n, k // 8), kernel_family(target))
-        return (kernels_int8.gemv_kernel if kind == "gemv_i8" else kernels_int8.gemm_kernel)(n, k, g, s, isa, params,
-                                                                                             steps=steps)
+        family = kernel_family(target)
+        steps = quant.stored_in_steps(".q_weight", (n, k // 8), family)
+        if kind == "gemv_i8":
+            return kernels_int8.gemv_kernel(n, k, g, s, isa, params, steps=steps)
+        return kernels_int8.gemm_kernel(n, k, g, s, isa, params, steps=steps, i8mm=family.i8mm)
     if kind == "gemv":
         return kernels_gemv.q4_gemv(n, k, g, s, params)
     # the float GEMM: the tensor expression, then the CPU schedule with these params for its shape

@@ -20,7 +20,8 @@ Kernels by family (kernels/family.py):
   cpu-int8dot  with int8_activations, where the layer's k tiles the widest dot instruction:
                decode kernels_int8.gemv_kernel (Arm dotprod: kernels/int8_arm.py's
                four rows at a time), prefill kernels_int8.gemm_kernel (Arm dotprod: kernels/int8_arm.py's
-               sdot by element, 4 rows x a tile of tokens; else q4_gemm_i8); else as cpu
+               sdot by element, 4 rows x a tile of tokens; with i8mm kernels/int8_smmla.py's smmla;
+               else q4_gemm_i8); else as cpu
   gpu          kernels_gpu.q4_linear (dequantize inlined into dlight's GEMV/matmul)
 Embedding rows: kernels.q4_embedding on every target.
 """
@@ -104,7 +105,8 @@ class GroupQ4(Quantization):
             return op.tensor_ir_op(kernels_gemv.q4_gemv(n, k, g, scales, params), "q4_matmul", args,
                                    out=nn.Tensor.placeholder((1, 1, n), "float32"))
         if kind == "gemm_i8":
-            return op.tensor_ir_op(kernels_int8.gemm_kernel(n, k, g, scales, isa, params, steps=steps), "q4_matmul_i8", args,
+            return op.tensor_ir_op(kernels_int8.gemm_kernel(n, k, g, scales, isa, params, steps=steps,
+                                                            i8mm=family.i8mm), "q4_matmul_i8", args,
                                    out=nn.Tensor.placeholder((1, x.shape[1], n), "float32"))
         if kind == "gemm":  # the schedule (schedules.Linear) looks up the same params
             return op.tensor_expr_op(kernels.q4_linear, "q4_matmul", args + [g, params.tokens])
