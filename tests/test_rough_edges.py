@@ -77,7 +77,7 @@ def test_targets_table_is_short_and_json_is_whole():
     assert max(len(l) for l in table.splitlines() if not l.startswith("  ")) < 200
     facts = json.loads(edgesmith("targets", "--json", check=True).stdout)
     arm = next(f for f in facts if f["name"] == "arm64-linux")
-    assert arm["tvm_target"]["mtriple"] == "aarch64-linux-gnu" and arm["default_quant"] == "q4f16"
+    assert arm["tvm_target"]["mtriple"] == "aarch64-linux-gnu" and arm["default_quant"] == "q4f16i8"
     one = json.loads(edgesmith("targets", "cuda", check=True).stdout)
     assert one["device"] == "cuda"
     assert_one_line_error(edgesmith("targets", "cudda"), "did you mean 'cuda'?")
