@@ -162,6 +162,12 @@ def float_linear(x, w, row_tile: int = ROW_TILE):
         name=GEMV)
 
 
+def step_order_word(j):
+    """Where logical word j of a row lies when the row is stored in step order (quantization/q4.py:
+    within every 16-word step, word jj of block i at 4 jj + i). j: an int or a TIR expression."""
+    return j // 16 * 16 + j % 4 * 4 + j % 16 // 4
+
+
 def q4_embedding(ids, w, s, group: int, steps: bool = False):
     """ids (b, t) int32 -> rows of dequant(w, s): (b, t, hidden) f32. steps: w's words are in step
     order (quantization/q4.py: word j of block i of a 16-word step at 4 j + i)."""
@@ -171,9 +177,7 @@ def q4_embedding(ids, w, s, group: int, steps: bool = False):
     def value(row, h):
         if not steps:
             return _q4_value(w, s, group, row, h)
-        word = h // 8
-        stored = word // 16 * 16 + word % 4 * 4 + word % 16 // 4
-        return (_nibble(w[row, stored], h % 8) - tirx.const(8.0, F32)) * s[row, h // group].astype(F32)
+        return (_nibble(w[row, step_order_word(h // 8)], h % 8) - tirx.const(8.0, F32)) * s[row, h // group].astype(F32)
 
     return te.compute((b, t, hidden), lambda i, j, h: value(ids[i, j], h), name="q4_take")
 

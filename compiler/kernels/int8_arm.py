@@ -27,6 +27,7 @@ picks it, else the one-row kernel.
 """
 from __future__ import annotations
 
+from edgesmith.compiler.kernels.cpu import step_order_word
 from edgesmith.compiler.tuning import GemvParams
 
 ROWS = 4  # rows sharing the activation registers of a step
@@ -258,7 +259,7 @@ def q4_gemm_i8_lanes(n: int, k: int, group: int, scale_dtype: str, isa, params=N
                 o: T.let[T.int32] = (task * per_task + si) * COLS
                 for j, c in T.grid(words, COLS):
                     if steps:  # word j (of block j // 4 in its step) where step order keeps it
-                        w_t[j, c] = T.reinterpret(w[o + c, j // 16 * 16 + j % 4 * 4 + j % 16 // 4], dtype="int32")
+                        w_t[j, c] = T.reinterpret(w[o + c, step_order_word(j)], dtype="int32")
                     else:
                         w_t[j, c] = T.reinterpret(w[o + c, j], dtype="int32")
                 for b, c in T.grid(blocks, COLS):

@@ -24,6 +24,8 @@ kernels_int8.q4_gemm_i8 and int8_arm.q4_gemm_i8_lanes.
 """
 from __future__ import annotations
 
+from edgesmith.compiler.kernels.cpu import step_order_word
+
 COLS = 8  # output rows per strip: 4 row pairs
 STRIPS_PER_TASK = 8  # at most, strips a parallel task runs (as int8_arm's sdot GEMM)
 SMMLA = "llvm.aarch64.neon.smmla.v4i32.v16i8"
@@ -54,7 +56,7 @@ def q4_gemm_i8_smmla(n: int, k: int, group: int, scale_dtype: str, isa, params=N
 
     def stored(j):
         """Where logical word j of a row lies in w (step order, or plain)."""
-        return j // 16 * 16 + j % 4 * 4 + j % 16 // 4 if steps else j
+        return step_order_word(j) if steps else j
 
     @T.prim_func(private=True, s_tir=True)
     def gemm(x_handle: T.handle, w: T.Buffer((n, words), "uint32"), s: T.Buffer((n, blocks), scale_dtype),
