@@ -47,21 +47,12 @@ def kernel_family(target, tuning: Tuning | None = None, *, gpu_fusion: bool = Tr
     gpu_fusion False: a GPU family without decode's fusions (the reference they are tested against)."""
     if is_gpu(target):
         return GPU if gpu_fusion else replace(GPU, fuse=False)
-    from edgesmith.compiler.kernels.int8 import dot_isas
+    from edgesmith.compiler.kernels.int8 import dot_isas, has_feature
 
     isas = dot_isas(target)
-    family = KernelFamily("cpu-int8dot", tuple(isas), i8mm=has_i8mm(target)) if isas else CPU
+    # Arm's int8 matrix multiply (+i8mm): prefill's GEMM takes `smmla`
+    family = KernelFamily("cpu-int8dot", tuple(isas), i8mm=has_feature(target, "i8mm")) if isas else CPU
     return replace(family, tuning=tuning) if tuning is not None else family
-
-
-def has_i8mm(target) -> bool:
-    """Whether an LLVM CPU target has Arm's int8 matrix multiply (`smmla`: +i8mm)."""
-    from tvm.target import codegen
-
-    try:
-        return bool(codegen.target_has_features("i8mm", target))
-    except Exception:  # noqa: BLE001 - not an Arm target: LLVM does not know the feature
-        return False
 
 
 def honoured_quants(preset, target=None) -> dict[str, str]:

@@ -68,19 +68,21 @@ def dot(isa: DotISA, acc, a, b):
     return acc + T.call_llvm_pure_intrin("int32x4", ADDP, *pairs)
 
 
-def dot_isas(target) -> list[DotISA]:
-    """The int8 dot-product instructions an LLVM CPU target has, widest first."""
+def has_feature(target, feature: str) -> bool:
+    """Whether an LLVM CPU target has `feature` (LLVM's name: "dotprod", "i8mm", "avx512vnni" ...)."""
     if target is None or target.kind.name != "llvm":
-        return []
+        return False
     from tvm.target import codegen
 
-    def has(feature: str) -> bool:
-        try:
-            return bool(codegen.target_has_features(feature, target))
-        except Exception:  # noqa: BLE001 - a feature this LLVM target does not know
-            return False
+    try:
+        return bool(codegen.target_has_features(feature, target))
+    except Exception:  # noqa: BLE001 - a feature this LLVM target does not know
+        return False
 
-    return [isa for isa in ISAS if any(has(f) for f in isa.features)]
+
+def dot_isas(target) -> list[DotISA]:
+    """The int8 dot-product instructions an LLVM CPU target has, widest first."""
+    return [isa for isa in ISAS if any(has_feature(target, f) for f in isa.features)]
 
 
 def pick(isas: list[DotISA], k: int, group: int) -> DotISA | None:
