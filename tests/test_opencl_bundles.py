@@ -118,6 +118,12 @@ def test_profile_checks_accuracy_and_lists_opencl_kernels(compiled, capsys):
           f"({layers} per layer + head {launches['head']})")
     assert record["tg"]["kernels_per_token"] == launches["total"] == sum(layers) + launches["head"]
     assert len(layers) == 2 and launches["kv_cache_per_layer"] == 3
+    # one in-order queue and no host sync between kernels: the host waits on queued kernels once a
+    # decoded token (reading its logits back); its other waits are copies before the token's kernels
+    print(f"host waits per decoded token: {record['tg']['host_waits_per_token']:g}, "
+          f"{record['tg']['stalls_per_token']:g} on queued kernels")
+    assert record["tg"]["stalls_per_token"] == 1, record["tg"]
+    assert record["tg"]["host_waits_per_token"] >= 1
     assert cli_main(["inspect", str(bundle)]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("decode "))
     assert f"{launches['total']} kernels per token: {layers[0]} per layer x 2 layers" in line

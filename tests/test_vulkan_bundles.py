@@ -155,6 +155,8 @@ def test_profile_checks_accuracy_and_lists_webgpu_kernels(compiled, capsys, monk
     # kernels per decoded token: dispatches counted by our WebGPU plug-in, as the compiler derived them
     launches = json.loads((bundle / "manifest.json").read_text())["kernels"]["decode_launches"]
     assert record["tg"]["kernels_per_token"] == launches["total"] == sum(launches["per_layer"]) + launches["head"]
+    # dispatches batched, no host sync between them: one wait on queued kernels a token (its logits)
+    assert record["tg"]["stalls_per_token"] == 1, record["tg"]
 
 
 def test_interactive_second_reply_equals_a_one_shot_generate(compiled):

@@ -246,6 +246,9 @@ def _details(rec: dict) -> str:
     if rec["tg"].get("kernels_per_token") is not None:
         lines.append(f"- kernels per decoded token: {rec['tg']['kernels_per_token']:g} (launches counted by the "
                      "device plug-in)")
+    if rec["tg"].get("stalls_per_token") is not None:
+        lines.append(f"- host waits per decoded token: {rec['tg']['host_waits_per_token']:g}, of them "
+                     f"{rec['tg']['stalls_per_token']:g} on queued kernels (the rest on copies alone)")
     c = rec.get("check")
     if c:
         lines.append(f"- check vs host reference: {'passed' if c['passed'] else 'FAILED'} — top-1 "

@@ -137,9 +137,12 @@ def profile_bundle(bundle: Path, device=None, options: ProfileOptions | None = N
             tg = stats.summarize([r["decode_tok_s"] for r in reps])
             pp["seconds"] = [r["prefill_s"] for r in reps]
             tg["seconds"] = [r["decode_s"] for r in reps]
-            # GPU bundles (OpenCL, WebGPU): the kernels one decoded token launched, counted by the plug-in
-            launches = summary.get("decode_launches")
-            tg["kernels_per_token"] = None if launches is None else launches / n
+            # GPU bundles (OpenCL, WebGPU), counted by the plug-in: the kernels a decoded token
+            # launched, the times the host waited for the device, and the stalls among those
+            # (waits on queued kernels: one a token, its logits, when nothing syncs between kernels)
+            for key, counted in (("kernels_per_token", "decode_launches"), ("host_waits_per_token", "decode_host_waits"),
+                                 ("stalls_per_token", "decode_stalls")):
+                tg[key] = None if summary.get(counted) is None else summary[counted] / n
             need = needs[(p, n)]
             record = {
                 "schema": records.SCHEMA,

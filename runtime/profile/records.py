@@ -9,8 +9,9 @@
     params      prompt, gen, threads (0 = the runtime's default), warmup, reps, max_reps,
                 target_rsd, cool_below_c, max_temp_c, seed
     pp, tg      tok/s: mean, sd, rsd, n, samples (one per repetition); seconds (per repetition);
-                tg also kernels_per_token: the kernels a decoded token launched, counted by the
-                OpenCL/WebGPU plug-in (null on CPU and CUDA bundles)
+                tg also kernels_per_token: the kernels a decoded token launched, host_waits_per_token:
+                the times the host waited for the device, stalls_per_token: those of them with
+                kernels still queued; counted by the OpenCL/WebGPU plug-in (null on CPU and CUDA)
     reps, stop  repetitions measured; "stable" (spread under target) or "max_reps"
     stability   stable, throttled, reasons, cooldown_s, cooldowns, max_temp_c, min_freq_ratio
     flags       labels for tables: "emulated", "unstable", "throttled", "decode-above-probe",

@@ -11,15 +11,38 @@
 // ----------------------------------------------------------------------------
 // bench: warm-up, then repetitions of (prefill p random tokens, decode n tokens greedily)
 
-// Kernels the device plug-in has launched so far (OpenCL enqueues, WebGPU dispatches: exact, a
-// counter in the plug-in), or -1 where no plug-in counts them (CPU and CUDA bundles).
-static int64_t device_launches() {
-  static ffi::Optional<ffi::Function> count = [] {
-    auto f = ffi::Function::GetGlobal("edgesmith.opencl.launches");
-    return f ? f : ffi::Function::GetGlobal("edgesmith.webgpu.launches");
-  }();
-  return count ? (*count)().cast<int64_t>() : -1;
-}
+// What the device plug-in has counted so far (runtime/runner/opencl/context.h, webgpu/context.h):
+// kernels launched (OpenCL enqueues, WebGPU dispatches: exact), times the host waited for the
+// device, and stalls (waits with kernels queued since the last one); -1 each where no plug-in
+// counts (CPU and CUDA bundles). A decode step's counts are differences (since).
+struct DeviceCounts {
+  int64_t launches = -1, host_waits = -1, stalls = -1;
+
+  static DeviceCounts now() {
+    static const ffi::Optional<ffi::Function> fs[3] = {counter("launches"), counter("host_waits"), counter("stalls")};
+    DeviceCounts c;
+    int64_t* out[3] = {&c.launches, &c.host_waits, &c.stalls};
+    for (int i = 0; i < 3; ++i)
+      if (fs[i]) *out[i] = (*fs[i])().cast<int64_t>();
+    return c;
+  }
+  DeviceCounts since(const DeviceCounts& before) const {
+    auto d = [](int64_t a, int64_t b) { return a < 0 || b < 0 ? int64_t(-1) : a - b; };
+    return {d(launches, before.launches), d(host_waits, before.host_waits), d(stalls, before.stalls)};
+  }
+  // `"decode_launches": N, "decode_host_waits": N, "decode_stalls": N` (null: not counted here)
+  std::string json() const {
+    auto v = [](int64_t x) { return x < 0 ? std::string("null") : std::to_string(x); };
+    return "\"decode_launches\": " + v(launches) + ", \"decode_host_waits\": " + v(host_waits) +
+           ", \"decode_stalls\": " + v(stalls);
+  }
+
+ private:
+  static ffi::Optional<ffi::Function> counter(const std::string& what) {
+    auto f = ffi::Function::GetGlobal("edgesmith.opencl." + what);
+    return f ? f : ffi::Function::GetGlobal("edgesmith.webgpu." + what);
+  }
+};
 
 struct BenchArgs {
   int64_t p = 128, n = 128, warmup = 1, reps = 5;
@@ -36,20 +59,20 @@ static void cmd_bench(const Model& model, const Manifest& m, double load_s, cons
   KVCache kv = create_kv_cache(model, m);
   std::vector<float> logits;
   std::vector<double> pp, tg;  // tok/s per measured repetition
-  int64_t launched = -1;       // kernels the last repetition's decode launched (-1: not counted here)
+  DeviceCounts counted;        // what the last repetition's decode launched and waited for
 
   for (int64_t rep = -a.warmup; rep < a.reps; ++rep) {
     kv.add(kv.obj, int64_t(0));
     double t0 = now_s();
     prefill(model, m, kv, prompt, logits);
     double t1 = now_s();
-    int64_t before = device_launches();
+    DeviceCounts before = DeviceCounts::now();
     for (int64_t i = 0; i < a.n; ++i) {
       int32_t tok = argmax(logits);
       forward(model, kv, model.decode, &tok, 1, logits);
     }
     double t2 = now_s();
-    launched = before < 0 ? -1 : device_launches() - before;
+    counted = DeviceCounts::now().since(before);
     kv.remove(kv.obj, int64_t(0));
     if (rep < 0) continue;
     double prefill_s = t1 - t0, decode_s = t2 - t1;
@@ -69,9 +92,8 @@ static void cmd_bench(const Model& model, const Manifest& m, double load_s, cons
   mean_std(pp, pm, ps), mean_std(tg, tm, ts);
   printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"reps\": %ld, "
          "\"prefill_tok_s\": %.3f, \"prefill_tok_s_std\": %.3f, \"decode_tok_s\": %.3f, "
-         "\"decode_tok_s_std\": %.3f, \"load_s\": %.6f, \"peak_rss_kb\": %ld, \"decode_launches\": %s}\n",
-         long(a.p), long(a.n), long(a.reps), pm, ps, tm, ts, load_s, peak_rss_kb(),
-         launched < 0 ? "null" : std::to_string(launched).c_str());
+         "\"decode_tok_s_std\": %.3f, \"load_s\": %.6f, \"peak_rss_kb\": %ld, %s}\n",
+         long(a.p), long(a.n), long(a.reps), pm, ps, tm, ts, load_s, peak_rss_kb(), counted.json().c_str());
 }
 
 // ----------------------------------------------------------------------------
@@ -221,22 +243,22 @@ static std::vector<int32_t> random_prompt(const Manifest& m, int64_t p, uint64_t
   return prompt;
 }
 
-// One repetition: a fresh sequence, prefill `prompt`, decode n tokens greedily. decode_launches
-// (when given): the kernels the n decode steps launched (-1: not counted on this device).
+// One repetition: a fresh sequence, prefill `prompt`, decode n tokens greedily. counted (when
+// given): what the n decode steps launched and waited for (DeviceCounts).
 static void one_rep(const Model& model, const Manifest& m, KVCache& kv, const std::vector<int32_t>& prompt,
-                    int64_t n, double& prefill_s, double& decode_s, int64_t* decode_launches = nullptr) {
+                    int64_t n, double& prefill_s, double& decode_s, DeviceCounts* counted = nullptr) {
   std::vector<float> logits;
   kv.add(kv.obj, int64_t(0));
   double t0 = now_s();
   prefill(model, m, kv, prompt, logits);
   double t1 = now_s();
-  int64_t launched = device_launches();
+  DeviceCounts before = DeviceCounts::now();
   for (int64_t i = 0; i < n; ++i) {
     int32_t tok = argmax(logits);
     forward(model, kv, model.decode, &tok, 1, logits);
   }
   double t2 = now_s();
-  if (decode_launches) *decode_launches = launched < 0 ? -1 : device_launches() - launched;
+  if (counted) *counted = DeviceCounts::now().since(before);
   kv.remove(kv.obj, int64_t(0));
   prefill_s = t1 - t0, decode_s = t2 - t1;
 }
@@ -252,12 +274,12 @@ static void cmd_profile(const Model& model, const Manifest& m, double load_s, co
   for (int64_t w = 0; w < a.warmup; ++w) one_rep(model, m, kv, prompt, a.n, pre, dec);
 
   std::vector<double> pp, tg;
-  int64_t decode_launches = -1;  // the last repetition's (every decoded token launches the same kernels)
+  DeviceCounts counted;  // the last repetition's (every decoded token launches the same kernels)
   const char* stop = "max_reps";
   for (int64_t rep = 0; rep < a.max_reps; ++rep) {
     double waited = cool_down(a, rep);
     Sensors before = read_sensors(a.sysroot);
-    one_rep(model, m, kv, prompt, a.n, pre, dec, &decode_launches);
+    one_rep(model, m, kv, prompt, a.n, pre, dec, &counted);
     Sensors after = read_sensors(a.sysroot);
     pp.push_back(a.p / pre), tg.push_back(a.n / dec);
     printf("{\"rep\": %ld, \"prefill_s\": %.6f, \"decode_s\": %.6f, \"prefill_tok_s\": %.3f, "
@@ -273,10 +295,10 @@ static void cmd_profile(const Model& model, const Manifest& m, double load_s, co
   printf("{\"summary\": true, \"prompt_tokens\": %ld, \"gen_tokens\": %ld, \"reps\": %zu, \"stop\": \"%s\", "
          "\"prefill_rsd\": %.5f, \"decode_rsd\": %.5f, \"kv_context\": %ld, \"load_s\": %.6f, "
          "\"rss_after_load_kb\": %ld, \"peak_rss_kb\": %ld, \"threads\": %d, \"cpus\": %s, \"cpus_from\": \"%s\", "
-         "\"decode_launches\": %s}\n",
+         "%s}\n",
          long(a.p), long(a.n), pp.size(), stop, rel_sd(pp), rel_sd(tg), long(m.max_total_seq_len), load_s,
          rss_load, peak_rss_kb(), pool_threads(), cpu_list_json(g_cores.cpus).c_str(), g_cores.from.c_str(),
-         decode_launches < 0 ? "null" : std::to_string(decode_launches).c_str());
+         counted.json().c_str());
 }
 
 // --- kernels: the VM finds kernels in the executable's imports (the model library) by name;

@@ -91,6 +91,7 @@ class OpenCLDeviceAPI final : public DeviceAPI {
   void StreamSync(DLDevice dev, TVMStreamHandle) final {
     check_id(dev);
     Context& ctx = Context::get();
+    note_host_wait();
     ctx.check(api().clFinish(ctx.queue), "waiting for the device (clFinish)");
   }
 
@@ -133,11 +134,14 @@ class OpenCLDeviceAPI final : public DeviceAPI {
                 "copying on the device (clEnqueueCopyBuffer)");
     } else if (from_cl && dev_to.device_type == kDLCPU) {
       // blocking: the host reads it next; the in-order queue runs it after every kernel before it
+      note_host_wait();
       ctx.check(cl.clEnqueueReadBuffer(ctx.queue, static_cast<cl_mem>(const_cast<void*>(from)), CL_TRUE, from_offset,
                                        nbytes, static_cast<char*>(to) + to_offset, 0, nullptr, nullptr),
                 "copying to the host (clEnqueueReadBuffer)");
     } else if (to_cl && dev_from.device_type == kDLCPU) {
-      // blocking: the host memory may be gone once this returns
+      // blocking: the host memory may be gone once this returns (and it waits for every kernel
+      // queued before it: a stall when one was)
+      note_host_wait();
       ctx.check(cl.clEnqueueWriteBuffer(ctx.queue, static_cast<cl_mem>(to), CL_TRUE, to_offset, nbytes,
                                         static_cast<const char*>(from) + from_offset, 0, nullptr, nullptr),
                 "copying to the device (clEnqueueWriteBuffer)");

@@ -45,9 +45,9 @@ namespace ffi = tvm::ffi;
 
 namespace {
 
-// Kernels enqueued since the process started (`edgesmith.opencl.launches`): the runner's count of
-// the kernels a decoded token launches is the difference across its decode steps (profiling.h).
-std::atomic<int64_t> g_launches{0};
+// Since the process started (context.h, note_launch): kernels enqueued, host waits, stalls; the
+// runner's counts for a decoded token are the differences across its decode steps (profiling.h).
+std::atomic<int64_t> g_launches{0}, g_host_waits{0}, g_stalls{0}, g_launches_at_wait{0};
 
 enum class ArgKind { kBuffer, kInt32, kUInt32, kInt64, kFloat32, kFloat64 };
 
@@ -203,7 +203,7 @@ class Kernel {
            "for a preset whose max_threads_per_block fits this device");
     }
     ctx.check(err, "launching kernel '" + info_.name + "'");
-    g_launches.fetch_add(1, std::memory_order_relaxed);
+    note_launch();
   }
 
  private:
@@ -275,9 +275,22 @@ struct Register {
         true);
     ffi::Function::SetGlobal("edgesmith.opencl.launches",
                              ffi::Function::FromTyped([]() -> int64_t { return g_launches.load(); }), true);
+    ffi::Function::SetGlobal("edgesmith.opencl.host_waits",
+                             ffi::Function::FromTyped([]() -> int64_t { return g_host_waits.load(); }), true);
+    ffi::Function::SetGlobal("edgesmith.opencl.stalls",
+                             ffi::Function::FromTyped([]() -> int64_t { return g_stalls.load(); }), true);
   }
 } register_module_loader;
 
 }  // namespace
+
+void note_launch() { g_launches.fetch_add(1, std::memory_order_relaxed); }
+
+void note_host_wait() {
+  g_host_waits.fetch_add(1, std::memory_order_relaxed);
+  int64_t launched = g_launches.load(std::memory_order_relaxed);
+  if (g_launches_at_wait.exchange(launched, std::memory_order_relaxed) != launched)
+    g_stalls.fetch_add(1, std::memory_order_relaxed);
+}
 }  // namespace ocl
 }  // namespace edgesmith

@@ -43,6 +43,7 @@ void Context::flush() {
 
 void Context::sync() {
   Lock lock(mu_);
+  note_host_wait();
   flush();
   api().wgpuDevicePoll(device, true, nullptr);
   check_uncaptured();
@@ -190,6 +191,7 @@ void Context::to_host(void* dst, WGPUBuffer src, size_t offset, size_t nbytes) {
   size_t lo = offset / 4 * 4, hi = (offset + nbytes + 3) / 4 * 4;
   WGPUBuffer stage = staging(hi - lo);
   w.wgpuCommandEncoderCopyBufferToBuffer(encoder(), src, lo, stage, 0, hi - lo);
+  note_host_wait();
   flush();  // after every dispatch before it
   MapResult r;
   WGPUBufferMapCallbackInfo cb{};

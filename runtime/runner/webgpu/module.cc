@@ -61,9 +61,10 @@ std::string PipelineStats::json() const {
 
 namespace {
 
-// Dispatches recorded since the process started (`edgesmith.webgpu.launches`; an empty grid is
-// no dispatch): the runner's kernels per decoded token (profiling.h).
-std::atomic<int64_t> g_launches{0};
+// Since the process started (context.h, note_launch): dispatches recorded (an empty grid is no
+// dispatch), host waits, stalls; the runner's counts for a decoded token are the differences across
+// its decode steps (profiling.h).
+std::atomic<int64_t> g_launches{0}, g_host_waits{0}, g_stalls{0}, g_launches_at_wait{0};
 
 enum class ArgKind { kBuffer, kInt32, kUInt32, kFloat32 };
 
@@ -215,7 +216,7 @@ class Kernel {
     pod.push_back(static_cast<uint32_t>(size[0] - 1));  // packGridDimX: the last workgroup index that computes
     uint32_t grid[3] = {uint32_t(x), uint32_t(size[1]), uint32_t(z)};
     ctx.dispatch(info_.name, pipeline_, layout_, buffers, pod, grid);
-    g_launches.fetch_add(1, std::memory_order_relaxed);
+    note_launch();
   }
 
   const std::string& name() const { return info_.name; }
@@ -333,9 +334,22 @@ struct Register {
         true);
     ffi::Function::SetGlobal("edgesmith.webgpu.launches",
                              ffi::Function::FromTyped([]() -> int64_t { return g_launches.load(); }), true);
+    ffi::Function::SetGlobal("edgesmith.webgpu.host_waits",
+                             ffi::Function::FromTyped([]() -> int64_t { return g_host_waits.load(); }), true);
+    ffi::Function::SetGlobal("edgesmith.webgpu.stalls",
+                             ffi::Function::FromTyped([]() -> int64_t { return g_stalls.load(); }), true);
   }
 } register_module_loader;
 
 }  // namespace
+
+void note_launch() { g_launches.fetch_add(1, std::memory_order_relaxed); }
+
+void note_host_wait() {
+  g_host_waits.fetch_add(1, std::memory_order_relaxed);
+  int64_t launched = g_launches.load(std::memory_order_relaxed);
+  if (g_launches_at_wait.exchange(launched, std::memory_order_relaxed) != launched)
+    g_stalls.fetch_add(1, std::memory_order_relaxed);
+}
 }  // namespace wgpu
 }  // namespace edgesmith
