@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "context.h"
 #include "programs.h"
@@ -93,6 +94,7 @@ class OpenCLDeviceAPI final : public DeviceAPI {
     Context& ctx = Context::get();
     note_host_wait();
     ctx.check(api().clFinish(ctx.queue), "waiting for the device (clFinish)");
+    drop_staged();
   }
 
   // Workspaces (TVMBackendAllocWorkspace: a kernel's global scratch) come and go on every call:
@@ -138,13 +140,22 @@ class OpenCLDeviceAPI final : public DeviceAPI {
       ctx.check(cl.clEnqueueReadBuffer(ctx.queue, static_cast<cl_mem>(const_cast<void*>(from)), CL_TRUE, from_offset,
                                        nbytes, static_cast<char*>(to) + to_offset, 0, nullptr, nullptr),
                 "copying to the host (clEnqueueReadBuffer)");
+      drop_staged();
     } else if (to_cl && dev_from.device_type == kDLCPU) {
-      // blocking: the host memory may be gone once this returns (and it waits for every kernel
-      // queued before it: a stall when one was)
+      const char* src = static_cast<const char*>(from) + from_offset;
+      if (nbytes <= kStagedMax) {  // the KV cache's index arrays, a token's ids: queued, not waited for
+        ctx.check(cl.clEnqueueWriteBuffer(ctx.queue, static_cast<cl_mem>(to), CL_FALSE, to_offset, nbytes, stage(src, nbytes),
+                                          0, nullptr, nullptr),
+                  "copying to the device (clEnqueueWriteBuffer)");
+        return;
+      }
+      // blocking (weights at load): the host memory may be gone once this returns; it waits for
+      // every kernel queued before it (a stall when one was)
       note_host_wait();
-      ctx.check(cl.clEnqueueWriteBuffer(ctx.queue, static_cast<cl_mem>(to), CL_TRUE, to_offset, nbytes,
-                                        static_cast<const char*>(from) + from_offset, 0, nullptr, nullptr),
+      ctx.check(cl.clEnqueueWriteBuffer(ctx.queue, static_cast<cl_mem>(to), CL_TRUE, to_offset, nbytes, src, 0, nullptr,
+                                        nullptr),
                 "copying to the device (clEnqueueWriteBuffer)");
+      drop_staged();
     } else {
       fail("copy between device types " + std::to_string(dev_from.device_type) + " and " +
            std::to_string(dev_to.device_type) + " is not supported by the OpenCL runtime");
@@ -152,13 +163,41 @@ class OpenCLDeviceAPI final : public DeviceAPI {
   }
 
  private:
+  // Small host-to-device copies are not waited for: a decode step's copies (the KV cache's index
+  // arrays, synced after the token's first kernels are queued, and the token's ids) would each make
+  // the host wait for the kernels queued before them. Their bytes are copied into staging memory
+  // kept until the queue has surely run the copy: every host wait here (clFinish, a blocking read
+  // or write) drains the in-order queue. Large copies (weights at load) block instead, so their
+  // bytes are never held twice; past kStagedLimit held, one clFinish frees the staging.
+  static constexpr size_t kStagedMax = size_t(64) << 10, kStagedLimit = size_t(16) << 20;
+
+  const void* stage(const char* src, size_t nbytes) {
+    std::lock_guard<std::mutex> lock(stage_mu_);
+    if (staged_bytes_ + nbytes > kStagedLimit) {
+      note_host_wait();
+      Context& ctx = Context::get();
+      ctx.check(api().clFinish(ctx.queue), "waiting for the device (clFinish)");
+      staged_.clear(), staged_bytes_ = 0;
+    }
+    staged_.emplace_back(src, src + nbytes);
+    staged_bytes_ += nbytes;
+    return staged_.back().data();
+  }
+
+  void drop_staged() {
+    std::lock_guard<std::mutex> lock(stage_mu_);
+    staged_.clear(), staged_bytes_ = 0;
+  }
+
   static void check_id(DLDevice dev) {
     if (dev.device_id != 0)
       fail("OpenCL device " + std::to_string(dev.device_id) + " asked for; this runtime uses one device (id 0), "
            "chosen with EDGESMITH_OPENCL_DEVICE");
   }
 
-  std::mutex pool_mu_;
+  std::mutex pool_mu_, stage_mu_;
+  std::vector<std::vector<char>> staged_;  // each copy's bytes, until the next host wait
+  size_t staged_bytes_ = 0;
   std::multimap<size_t, cl_mem> free_;
   std::map<cl_mem, size_t> in_use_;
 };
