@@ -195,7 +195,10 @@ def run_child(cmd: list[str], timeout: float) -> tuple[str, int]:
     """(stdout, peak RSS bytes of the whole process tree) — wait4 reports the child's and its children's."""
     log = MODELS / "child.out"
     with open(log, "w") as fo, open(MODELS / "child.err", "w") as fe:
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe)
+        try:
+            p = subprocess.Popen(cmd, stdout=fo, stderr=fe)
+        except OSError as e:
+            raise Skip(f"could not start {cmd[0]}: {e.strerror}") from None
         deadline = time.time() + timeout
         while True:
             pid, status, usage = os.wait4(p.pid, os.WNOHANG)
@@ -218,9 +221,10 @@ def run_child(cmd: list[str], timeout: float) -> tuple[str, int]:
 def measure(name: str, built: Built, args) -> dict:
     p, n, r, t = args.prompt, args.new_tokens, args.reps, args.threads
     if name.startswith("edgesmith"):
-        out, rss = run_child(["edgesmith", "profile", str(built.path), "-p", str(p), "-n", str(n), "-r", str(r),
-                              "--max-reps", str(r), "--warmup", "1", "-t", str(t), "--kernels", "0",
-                              "--cool-below", "off", "--format", "json", "-q"], args.timeout)
+        # this interpreter's edgesmith: the venv's, whether or not it is on PATH (not activated)
+        out, rss = run_child([sys.executable, "-m", "edgesmith", "profile", str(built.path), "-p", str(p),
+                              "-n", str(n), "-r", str(r), "--max-reps", str(r), "--warmup", "1", "-t", str(t),
+                              "--kernels", "0", "--cool-below", "off", "--format", "json", "-q"], args.timeout)
         rec = json.loads(out)
         rec = rec[0] if isinstance(rec, list) else rec
         pre, dec = rec["pp"]["samples"], rec["tg"]["samples"]
