@@ -1,7 +1,7 @@
 """ARM decode and prefill cost without a phone: our int4 kernels beside llama.cpp's, on paper and counted.
 
     python bench/arm_cost.py [--cores a55,a76,x1,a710] [--n 9216] [--k 3072]
-                             [--layers 2] [-p 8] [--steps 4] [--prefill 64] [--no-qemu] [--no-llama]
+                             [--layers 2] [-p 8] [--steps 4] [--prefill 64] [--no-qemu] [--no-static] [--no-llama]
                              [--only edgesmith:q4f16i8:arm64-linux,...]
                              [--cache bench/models] [--out bench/out/arm_cost.json]
 
@@ -104,6 +104,7 @@ class Kernel:
 
 DOTPROD_MARCH = "armv8.2-a+dotprod+fp16+fp16fml"  # = arm64-linux-dotprod's +v8.2a,+dotprod,+fullfp16,+fp16fml
 BASE_MARCH = "armv8-a"  # = arm64-linux's +neon
+I8MM_MARCH = "armv8.6-a+dotprod+fp16+fp16fml+i8mm"  # = arm64-linux-i8mm's +v8.6a,+i8mm,+dotprod,+fullfp16,...
 
 
 def kernels(k: int, group: int = 32) -> list[Kernel]:
@@ -324,10 +325,11 @@ def dynamic_counts(args) -> list[dict]:
                ("edgesmith", "q4f16i8", "arm64-linux-dotprod", "cortex-a76"),
                # i8mm's smmla prefill GEMM: qemu's "max" (its only CPU with i8mm); decode as dotprod's
                ("edgesmith", "q4f16i8", "arm64-linux-i8mm", "max")]
+    if not args.no_llama:  # llama.cpp's repack picks its i8mm GEMM (smmla) where the CPU has i8mm: qemu's max
+        configs += [("llama.cpp", "Q4_0", BASE_MARCH, "cortex-a72"), ("llama.cpp", "Q4_0", DOTPROD_MARCH, "cortex-a76"),
+                    ("llama.cpp", "Q4_0", I8MM_MARCH, "max")]
     if args.only:
         configs = [c for c in configs if f"{c[0]}:{c[1]}:{c[2]}" in args.only.split(",")]
-    if not args.no_llama:
-        configs += [("llama.cpp", "Q4_0", BASE_MARCH, "cortex-a72"), ("llama.cpp", "Q4_0", DOTPROD_MARCH, "cortex-a76")]
     results = []
     for engine, quant, flags, cpu in configs:
         res = {"engine": engine, "quant": quant, "flags": flags, "qemu_cpu": cpu,
@@ -385,9 +387,10 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=64, help="the long prompt: prefill per prompt token is taken "
                     "between it and -p")
     ap.add_argument("--no-qemu", action="store_true", help="only the static (llvm-mca) part")
+    ap.add_argument("--no-static", action="store_true", help="only the qemu part")
     ap.add_argument("--no-llama", action="store_true", help="only our kernels")
     ap.add_argument("--only", default="", help="qemu: only these ENGINE:QUANT:FLAGS, comma-separated "
-                    "(e.g. edgesmith:q4f16i8:arm64-linux)")
+                    f"(e.g. edgesmith:q4f16i8:arm64-linux, llama.cpp:Q4_0:{I8MM_MARCH})")
     ap.add_argument("--jobs", type=int, default=2, help="parallel compile jobs for the llama.cpp build")
     ap.add_argument("--cache", type=Path, default=HERE / "models", help="downloads, builds, models (not in git)")
     ap.add_argument("--out", type=Path, default=HERE / "out" / "arm_cost.json")
@@ -398,14 +401,15 @@ def main() -> None:
     cores = [CORES[c] for c in args.cores.split(",")]
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    static = static_costs(args, cores)
+    static = [] if args.no_static else static_costs(args, cores)
     dynamic = [] if args.no_qemu else dynamic_counts(args)
     date = time.strftime("%Y-%m-%d")
     print(f"\n{date}; decode GEMV k={args.k} -> n={args.n}, 32-weight blocks of {BLOCK_BYTES} bytes; "
           f"llvm-mca {arm_asm.mca_version(arm_asm.find_llvm_mca())}, steady state, all loads hit L1\n")
-    print(static_table(static, cores))
-    print("\n" + detail_table(static, cores))
-    print("\n" + bound_table(static, cores))
+    if static:
+        print(static_table(static, cores))
+        print("\n" + detail_table(static, cores))
+        print("\n" + bound_table(static, cores))
     loops_dir = args.out.with_suffix("")  # the hot loops as llvm-mca read them, to look at
     loops_dir.mkdir(parents=True, exist_ok=True)
     for r in static:
