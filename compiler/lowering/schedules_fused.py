@@ -8,24 +8,24 @@ NormGEMV: RMSNorm as the prologue of an int4 GEMV (kernels/gpu.q4_linear_normed)
 A PrimFunc with two reductions over k (the row's sum of squares, and the dot of each weight row
 with x*g) and an epilogue scaling the dot by rsqrt(mean + eps). dlight's GEMV rule wants one
 reduction, so this rule schedules it:
-  - a work-group of THREADS items (fewer where k's words are not a multiple: _threads_for)
-    computes ROWS rows; item tx takes every THREADS-th group of 8 values (one int4 word) of k, keeps ROWS partial dots in registers (x loaded once serves
+  - a work-group of `threads` items (fewer where k's words are not a multiple: tuning.gpu_threads)
+    computes `rows` rows; item tx takes every threads-th group of 8 values (one int4 word) of k, keeps `rows` partial
+    dots in registers (x loaded once serves
     every row), and the items' partials are summed across the work-group (TVM's thread
     allreduce: warp shuffles on CUDA, local memory elsewhere);
   - the same items first sum x*x over the same split of k, also reduced across the work-group:
-    every work-group recomputes it (k values against the ROWS*k weights it streams), so no
+    every work-group recomputes it (k values against the rows*k weights it streams), so no
     separate RMSNorm kernel runs;
   - the dequantize and x*g are inlined into the dot (nibbles decoded in registers).
 The rule applies to PrimFuncs holding a block named `norm_sumsq*` or `silu_mul*` and returns
-None otherwise.
+None otherwise. `threads` and `rows` are the kernel's GpuGemvParams (compiler/tuning.py), looked
+up by its shape key (gemv_gpu:n:k:g:s:p, read off the PrimFunc's buffers) in the compile's
+Tuning; the defaults (64 items, 4 rows) where the record has no entry.
 """
 from __future__ import annotations
 
+from edgesmith.compiler.tuning import DEFAULT, GEMV_VALUES as VALUES, GpuGemvParams, gpu_gemv_key, gpu_threads
 from edgesmith.targets.tvm_api import Schedule
-
-ROWS = 4      # rows per work-group (each item keeps ROWS partial dots)
-THREADS = 64  # items per work-group splitting k
-VALUES = 8    # k values an item takes per step: one uint32 word of eight nibbles
 
 
 def _blocks(sch):
@@ -36,14 +36,24 @@ def _is_reduction(sch, block) -> bool:
     return any(iv.iter_type == 2 for iv in sch.get(block).iter_vars)  # 2: CommReduce
 
 
-def _threads_for(k: int) -> int:
-    """Items splitting k: the largest power of two up to THREADS dividing k's words. (Splits
-    that do not divide would need a guard, which compute_at drops when it rebuilds the loops.)"""
-    words = max(1, k // VALUES)
-    t = 1
-    while t < THREADS and words % (2 * t) == 0:
-        t *= 2
-    return t
+def shape_key(sch, prologue: str) -> str | None:
+    """The kernel's gemv_gpu key, read off the buffers its blocks read: w (n, k/8) uint32, the
+    scales (n, k/G) the other 2-d float buffer with n rows. None when the shapes are not static
+    (then: the defaults)."""
+    bufs = {}
+    for block in _blocks(sch):
+        for region in sch.get(block).reads:
+            bufs.setdefault(region.source.name, region.source)  # a tensor (buffer) the block reads
+    dims = lambda b: [int(d) if isinstance(d, int) or hasattr(d, "value") else None for d in b.shape]  # noqa: E731
+    w = next((b for b in bufs.values() if str(b.dtype) == "uint32" and len(b.shape) == 2), None)
+    if w is None or None in dims(w):
+        return None
+    n, words = dims(w)
+    s = next((b for b in bufs.values() if not b.same_as(w) and len(b.shape) == 2 and str(b.dtype).startswith("float")
+              and dims(b)[0] == n and dims(b)[1]), None)
+    if s is None or None in dims(s) or (words * VALUES) % dims(s)[1]:
+        return None
+    return gpu_gemv_key(prologue, n, words * VALUES, words * VALUES // dims(s)[1], str(s.dtype))
 
 
 def _items_first(sch, block, threads: int):
@@ -76,8 +86,9 @@ def _cross_item_sum(sch, block, threads: int):
         sch.set_scope(block, 0, "local")
 
 
-def norm_gemv(func):
-    """The func's Schedule, or None when `func` is not a NormGEMV."""
+def norm_gemv(func, tuning=None):
+    """The func's Schedule, or None when `func` is not a NormGEMV. tuning: compiler/tuning.Tuning
+    (None: the defaults)."""
     sch = Schedule(func)
     names = {sch.get(b).name_hint: b for b in _blocks(sch)}
     sumsq = next((b for n, b in names.items() if n.startswith("norm_sumsq")), None)
@@ -85,6 +96,8 @@ def norm_gemv(func):
     dot = next((b for n, b in names.items() if n.startswith("q4_matmul")), None)
     if dot is None or (sumsq is None and not silu):
         return None
+    key = shape_key(sch, "norm" if sumsq is not None else "silu")
+    params = (tuning or DEFAULT).by_key(key) if key else GpuGemvParams()
     # inline every spatial block but the last (the output): the dequantize and x*g into the dot,
     # the epilogue's scale into whatever elementwise op FuseOps put after it
     blocks = _blocks(sch)
@@ -99,7 +112,7 @@ def norm_gemv(func):
     # split k among the items (rfactor first, while each reduction is alone in its loop nest):
     # the dot: item tx takes words tx, tx + threads, ...; the sum of squares: values tx, tx + threads, ...
     *_, k = sch.get_loops(dot)
-    threads = _threads_for(int(sch.get(k).extent))
+    threads = gpu_threads(int(sch.get(k).extent), params.threads)
     _, tx, _ = sch.split(k, [None, threads, VALUES])
     rf = sch.rfactor(tx, 0)
     partials = [(rf, dot)]
@@ -108,14 +121,14 @@ def norm_gemv(func):
         _, tx2 = sch.split(k2, [None, threads])
         partials.append((sch.rfactor(tx2, 0), sumsq))
 
-    # the output's rows: blockIdx over groups of ROWS; everything else computed per work-group
+    # the output's rows: blockIdx over groups of `rows`; everything else computed per work-group
     if bare:  # the dot's write-back is the output: its rows (all loops but the items') split
         *rows, item = sch.get_loops(dot)
-        bx, inner = sch.split(sch.fuse(*rows), [None, ROWS])
+        bx, inner = sch.split(sch.fuse(*rows), [None, params.rows])
         sch.bind(bx, "blockIdx.x")
         sch.compute_at(rf, bx, preserve_unit_loops=True)
     else:
-        bx, _ = sch.split(sch.fuse(*sch.get_loops(out)), [None, ROWS])
+        bx, _ = sch.split(sch.fuse(*sch.get_loops(out)), [None, params.rows])
         sch.bind(bx, "blockIdx.x")
         for partial, total in partials:
             sch.compute_at(total, bx, preserve_unit_loops=True)
