@@ -82,7 +82,9 @@ SPACES: dict[str, list] = {
     "gemv_gpu": [GpuGemvParams(t, r) for t in (64, 16, 32, 128, 256) for r in (4, 1, 2, 8)],
 }
 
-GPU_PROLOGUES = ("norm", "silu")  # gemv_gpu keys' p=: RMSNorm + GEMV, SiLU(gate) * up + GEMV
+# gemv_gpu keys' p=: RMSNorm + GEMV, SiLU(gate) * up + GEMV, a GEMV alone (its default: dlight's gpu.GEMV,
+# which takes no params; any other params: lowering/schedules_fused's schedule with them)
+GPU_PROLOGUES = ("norm", "silu", "plain")
 GEMV_VALUES = 8  # k values one work-item takes per step of the GPU GEMV: one uint32 word of nibbles
 
 
@@ -114,6 +116,8 @@ def space(key: str) -> list:
     if kind == "gemv_gpu":
         default = GpuGemvParams()
         same = GpuGemvParams(gpu_threads(info["k"], default.threads), default.rows)  # the kernel the default makes
+        if info.get("p") == "plain":  # the default is dlight's kernel: ours at the default's params is another
+            same = None
         candidates = [p for p in candidates if p == default or
                       (gpu_threads(info["k"], p.threads) == p.threads and p != same)]
     return candidates

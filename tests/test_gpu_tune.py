@@ -39,7 +39,9 @@ RNG = np.random.default_rng(3333)
 
 
 def test_space_leaves_out_what_a_shape_cannot_honour():
-    # k = 128: 16 words, so at most 16 items split it; the default (64 items) is a cap: 16 there
+    # k = 128: 16 words, so at most 16 items split it; the default (64 items) is a cap: 16 there.
+    # A plain GEMV's default is dlight's kernel, so ours at 16 x 4 is a candidate of its own.
+    assert GpuGemvParams(16, 4) in space(gpu_gemv_key("plain", 512, 128, 32, "float32"))
     key = gpu_gemv_key("norm", 512, 128, 32, "float32")
     cands = space(key)
     assert cands[0] == GpuGemvParams() and len(set(cands)) == len(cands)
@@ -131,16 +133,18 @@ def test_tune_on_pocl_and_a_tuned_bundle_gives_the_default_logits(tmp_path, comp
                    "-o", tmp_path / "rec.json")
     assert p.returncode == 0, p.stderr
     record = TuningRecord.read(tmp_path / "rec.json")
-    # random:tiny: qkv (256 x 128), gate_up and the head (512 x 128) after their RMSNorm, down (128 x 256) after SiLU*up
+    # random:tiny: qkv (256 x 128), gate_up and the head (512 x 128) after their RMSNorm, o_proj (128 x 128)
+    # alone, down (128 x 256) after SiLU*up
     assert set(record.kernels) == {gpu_gemv_key("norm", 256, 128, 32, "float32"),
+                                   gpu_gemv_key("plain", 128, 128, 32, "float32"),
                                    gpu_gemv_key("norm", 512, 128, 32, "float32"),
                                    gpu_gemv_key("silu", 128, 256, 32, "float32")}, record.kernels
     assert record.target == TARGET_NAME and record.complete and not record.threads
     for key, entry in record.kernels.items():
         assert len(entry["candidates"]) == len(space(key)) and entry["median_us"] > 0
 
-    # every GPU GEMV given other params than the defaults (and than the tune chose)
-    other = {key: GpuGemvParams(threads=32 if "silu" in key else 16, rows=2) for key in record.kernels}
+    # every GPU GEMV given other params than the defaults: another split of k (another summation order)
+    other = {key: GpuGemvParams(threads=8, rows=2) for key in record.kernels}  # 8: fewer items than any default
     record.kernels = {key: {"params": dataclasses.asdict(p)} for key, p in other.items()}
     record.write(tmp_path / "other.json")
     default = compiled(TINY, QUANT, TARGET_NAME)
@@ -152,7 +156,11 @@ def test_tune_on_pocl_and_a_tuned_bundle_gives_the_default_logits(tmp_path, comp
     assert set(a) == set(b)
     changed = {name for name in a if a[name] != b[name]}
     assert any("q4_matmul_norm" in n for n in changed) and any("silu" in n for n in changed), changed
+    # o_proj: dlight's GEMV by default, ours with the params when tuned (its add is the residual)
+    assert any(n.startswith("fused_q4_matmul") and "silu" not in n for n in changed), changed
+    print("kernel sources the tuning changed:", sorted(changed), "max |logit diff|:", end=" ")
     tokens = [1, 45, 496, 7, 300, 7, 300, 41, 9]
     x, y = _logits(default, tokens, 4), _logits(tuned, tokens, 4)
     assert x.shape == y.shape == (len(tokens) - 3, 512)
+    print(np.abs(x - y).max())
     assert np.abs(x - y).max() < 1e-5, np.abs(x - y).max(axis=1)

@@ -17,8 +17,10 @@ reduction, so this rule schedules it:
     every work-group recomputes it (k values against the rows*k weights it streams), so no
     separate RMSNorm kernel runs;
   - the dequantize and x*g are inlined into the dot (nibbles decoded in registers).
-The rule applies to PrimFuncs holding a block named `norm_sumsq*` or `silu_mul*` and returns
-None otherwise. `threads` and `rows` are the kernel's GpuGemvParams (compiler/tuning.py), looked
+The rule applies to PrimFuncs holding a block named `norm_sumsq*` or `silu_mul*`, and to a
+plain one-token int4 GEMV (o_proj's, a `q4_matmul*` block alone) only where the Tuning gives its
+shape params other than the defaults: by default dlight's gpu.GEMV schedules that one (an untuned
+bundle is unchanged), tuned it is this schedule with the tuned params. None otherwise. `threads` and `rows` are the kernel's GpuGemvParams (compiler/tuning.py), looked
 up by its shape key (gemv_gpu:n:k:g:s:p, read off the PrimFunc's buffers) in the compile's
 Tuning; the defaults (64 items, 4 rows) where the record has no entry.
 """
@@ -54,6 +56,15 @@ def shape_key(sch, prologue: str) -> str | None:
     if s is None or None in dims(s) or (words * VALUES) % dims(s)[1]:
         return None
     return gpu_gemv_key(prologue, n, words * VALUES, words * VALUES // dims(s)[1], str(s.dtype))
+
+
+def _one_token(sch, dot) -> bool:
+    """The dot computes one token's rows (decode: every spatial extent static, all but the rows' 1),
+    not a prefill's (a seq_len loop) nor a batch's."""
+    spatial = [iv.dom.extent for iv in sch.get(dot).iter_vars if iv.iter_type != 2]
+    if not all(hasattr(e, "value") for e in spatial):
+        return False
+    return sum(int(e.value) > 1 for e in spatial) <= 1
 
 
 def _items_first(sch, block, threads: int):
@@ -94,10 +105,16 @@ def norm_gemv(func, tuning=None):
     sumsq = next((b for n, b in names.items() if n.startswith("norm_sumsq")), None)
     silu = any(n.startswith("silu_mul") for n in names)
     dot = next((b for n, b in names.items() if n.startswith("q4_matmul")), None)
-    if dot is None or (sumsq is None and not silu):
+    if dot is None:
         return None
-    key = shape_key(sch, "norm" if sumsq is not None else "silu")
-    params = (tuning or DEFAULT).by_key(key) if key else GpuGemvParams()
+    if sumsq is None and not silu:  # a plain int4 GEMV (o_proj's): dlight's GEMV unless tuned otherwise
+        key = shape_key(sch, "plain") if _one_token(sch, dot) else None
+        params = (tuning or DEFAULT).by_key(key) if key else GpuGemvParams()
+        if params == GpuGemvParams():
+            return None
+    else:
+        key = shape_key(sch, "norm" if sumsq is not None else "silu")
+        params = (tuning or DEFAULT).by_key(key) if key else GpuGemvParams()
     # inline every spatial block but the last (the output): the dequantize and x*g into the dot,
     # the epilogue's scale into whatever elementwise op FuseOps put after it
     blocks = _blocks(sch)

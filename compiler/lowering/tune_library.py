@@ -9,9 +9,10 @@ runner session pushes and verifies; `runner kernelbench` times it (runtime/runne
     BUNDLE/lib/kernels.so   c0, c1, ...: linears (x, w, s, y) each; x (1, t, k) f32, w (n, k/8) u32,
                             s (n, k/group) scales, y (1, t, n) f32; t = 1 (decode) or PREFILL_TOKENS;
                             attention: attention_cpu's ragged prefill kernel, timed at a few lengths;
-                            GPU GEMVs (gemv_gpu): RMSNorm + GEMV (x, g, w, s, y) or SiLU*up + GEMV
-                            (gu (1, 1, 2k), w, s, y), the kernels of kernels/gpu.py scheduled by
-                            schedules_fused.norm_gemv with the candidate's params, for the device's
+                            GPU GEMVs (gemv_gpu): RMSNorm + GEMV (x, g, w, s, y), SiLU*up + GEMV
+                            (gu (1, 1, 2k), w, s, y) or a GEMV (x, w, s, y), the kernels of
+                            kernels/gpu.py scheduled by schedules_fused.norm_gemv with the
+                            candidate's params (a plain GEMV's default: dlight's), for the device's
                             GPU (the manifest's "device" says which; the runner allocates there)
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from edgesmith.compiler.bundle import folder as bundle_io
 from edgesmith.compiler.bundle.manifest import BuildInfo, Manifest, ModelInfo, TargetInfo
-from edgesmith.compiler.tuning import Tuning, parse_key
+from edgesmith.compiler.tuning import GpuGemvParams, Tuning, parse_key
 
 PREFILL_TOKENS = 64  # tokens of the prefill GEMM's timed call (a chunk of a prompt)
 ATTENTION_LENGTHS = (64, 256)  # prompt lengths the prefill attention is timed at (their times summed)
@@ -47,7 +48,7 @@ def _func(key: str, params, target, quant):
 
     info = parse_key(key)
     if info["kind"] == "gemv_gpu":
-        return _gpu_gemv(key, info, params)
+        return _gpu_gemv(key, info, params, target)
     if info["kind"] == "attn_prefill":  # what a prompt's prefill runs: the ragged kernel
         from edgesmith.compiler.kernels import attention_cpu
 
@@ -85,7 +86,7 @@ def _func(key: str, params, target, quant):
     return mod["main"]
 
 
-def _gpu_gemv(key: str, info: dict, params):
+def _gpu_gemv(key: str, info: dict, params, target):
     """The fused GPU decode GEMV of `key`, scheduled with `params` as a bundle's would be."""
     from edgesmith.compiler.kernels import gpu as kernels_gpu
     from edgesmith.compiler.lowering.schedules_fused import norm_gemv
@@ -97,10 +98,21 @@ def _gpu_gemv(key: str, info: dict, params):
     if info["p"] == "norm":
         x, gamma = te.placeholder((1, 1, k), "float32", "x"), te.placeholder((k,), s, "g")
         inputs, y = [x, gamma, w, sc], kernels_gpu.q4_linear_normed(x, gamma, w, sc, g, 1e-5)
-    else:
+    elif info["p"] == "silu":
         gu = te.placeholder((1, 1, 2 * k), "float32", "gu")
         inputs, y = [gu, w, sc], kernels_gpu.q4_linear_silu_mul(gu, w, sc, g)
-    sch = norm_gemv(te.create_prim_func([*inputs, y]), Tuning.of({key: params}))
+    else:
+        x = te.placeholder((1, 1, k), "float32", "x")
+        inputs, y = [x, w, sc], kernels_gpu.q4_linear(x, w, sc, g)
+    func = te.create_prim_func([*inputs, y])
+    if info["p"] == "plain" and params == GpuGemvParams():  # the default: dlight's GEMV, as a bundle gets it
+        import tvm
+        from edgesmith.compiler.lowering import schedules_gpu
+
+        with target:
+            mod = tvm.transform.Sequential(schedules_gpu.passes(target))(tvm.IRModule({"main": func}))
+        return mod["main"]
+    sch = norm_gemv(func, Tuning.of({key: params}))
     if sch is None:
         raise ValueError(f"{key}: the fused GEMV schedule did not take its kernel")
     return sch.mod["main"]
@@ -130,7 +142,7 @@ def arg_spec(key: str, quant) -> str:
     n, k = info["n"], info["k"]
     if info["kind"] == "gemv_gpu":  # (x, g | gu), w, s, y: the fused kernel's arguments
         s = _DTYPE[info["s"]]
-        head = [f"f32:1x1x{k}", f"{s}:{k}"] if info["p"] == "norm" else [f"f32:1x1x{2 * k}"]
+        head = {"norm": [f"f32:1x1x{k}", f"{s}:{k}"], "silu": [f"f32:1x1x{2 * k}"]}.get(info["p"], [f"f32:1x1x{k}"])
         return ",".join([*head, f"u32:{n}x{k // 8}", f"{s}:{n}x{k // info['g']}", f"f32:1x1x{n}"])
     t = 1 if info["kind"].startswith("gemv") else PREFILL_TOKENS
     if quant.quantized:

@@ -3,9 +3,9 @@ entry says: qkv, o, gate_up, down, lm_head for Phi-3) at decode (one token: a GE
 GEMM), each as the shape key the compile looks its params up by (the quantization entry's
 `tunable`, so tune and compile agree), and the prefill attention (the key attention_cpu looks up).
 
-On a GPU target: the fused decode GEMVs (kernels/gpu.py, scheduled by lowering/schedules_fused.py,
-which reads the same gemv_gpu key off the kernel's buffers); o_proj's GEMV and prefill are dlight's,
-with no choices here."""
+On a GPU target: the decode GEMVs (kernels/gpu.py, scheduled by lowering/schedules_fused.py, which
+reads the same gemv_gpu key off the kernel's buffers; o_proj's is dlight's unless tuned otherwise);
+prefill is dlight's, with no choices here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +14,8 @@ from edgesmith.compiler.models import for_config
 from edgesmith.compiler.tuning import attention_key, gpu_gemv_key
 
 # What the model's decode fuses before each linear on a GPU (models/phi3/model.py: the RMSNorm before
-# qkv, gate_up and the head; SiLU(gate) * up before down; o_proj has no prologue)
-GPU_PROLOGUE = {"qkv": "norm", "gate_up": "norm", "lm_head": "norm", "down": "silu"}
+# qkv, gate_up and the head; SiLU(gate) * up before down; o_proj has no prologue: "plain")
+GPU_PROLOGUE = {"qkv": "norm", "o": "plain", "gate_up": "norm", "lm_head": "norm", "down": "silu"}
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ def tunable_shapes(cfg, quant, family, *, quantize_embedding: bool = True, kv_dt
 
 
 def gpu_shapes(cfg, quant, family, *, quantize_embedding: bool = True) -> list[KernelShape]:
-    """The fused int4 decode GEMVs of a GPU bundle (none when the family does not fuse, or for a
-    float scheme; a float lm_head is not fused)."""
+    """The int4 decode GEMVs of a GPU bundle (none when the family does not fuse, or for a float
+    scheme; a float lm_head is not fused)."""
     if not (family.fuse and quant.quantized):
         return []
     by_key: dict[str, list[str]] = {}
