@@ -12,9 +12,10 @@ family's choices are one small frozen dataclass here, whose defaults are those v
                      tokens per register tile (the padding and the schedule's split agree on it)
     AttentionParams  prefill attention (attention_cpu's ragged and paged kernels): query rows per
                      tile, keys per block
-    GpuGemvParams    GPU decode's fused int4 GEMVs (lowering/schedules_fused.norm_gemv: RMSNorm +
-                     GEMV, SiLU*up + GEMV): work-items splitting k (the reduction across the
-                     work-group), rows per work-group (each item keeps that many partial dots)
+    GpuGemvParams    GPU decode's int4 GEMVs (lowering/schedules_fused.norm_gemv: RMSNorm + GEMV,
+                     SiLU*up + GEMV, o_proj's plain one): work-items splitting k (the reduction
+                     across the work-group), rows per work-group (each item keeps that many partial
+                     dots), weight words an item loads a step (one vector load, decoded in registers)
     threads          a run-time setting, not a kernel's: the record's `threads`, which the manifest
                      carries and the runner starts TVM's thread pool with (unless --threads says)
 
@@ -66,6 +67,7 @@ class AttentionParams:
 class GpuGemvParams:
     threads: int = 64  # work-items splitting k (a power of two; fewer where k's words do not divide)
     rows: int = 4  # output rows per work-group: each item keeps `rows` partial dots, x loaded once for all
+    words: int = 1  # consecutive weight words an item takes a step (1, 2, 4: one vector load of them)
 
 
 # kind of kernel -> its params class. The kind is the shape key's prefix.
@@ -79,7 +81,7 @@ SPACES: dict[str, list] = {
     "gemm_i8": [GemmI8Params(t) for t in (2, 4, 6, 8)],
     "gemm": [GemmParams(t) for t in (4, 6, 8, 12)],
     "attn_prefill": [AttentionParams(r, kb) for r in (16, 32) for kb in (4, 8)],
-    "gemv_gpu": [GpuGemvParams(t, r) for t in (64, 16, 32, 128, 256) for r in (4, 1, 2, 8)],
+    "gemv_gpu": [GpuGemvParams(t, r, w) for w in (1, 4) for t in (64, 16, 32, 128, 256) for r in (4, 1, 2, 8)],
 }
 
 # gemv_gpu keys' p=: RMSNorm + GEMV, SiLU(gate) * up + GEMV, a GEMV alone (its default: dlight's gpu.GEMV,
@@ -90,12 +92,21 @@ GEMV_VALUES = 8  # k values one work-item takes per step of the GPU GEMV: one ui
 
 def gpu_threads(k: int, threads: int) -> int:
     """Work-items the GPU GEMV splits k among: the largest power of two up to `threads` dividing
-    k's words (a split that does not divide would need a guard, which compute_at drops)."""
+    k's words (a split that does not divide would need a guard, which compute_at drops). With
+    `words` a step, pass k // words."""
     words = max(1, k // GEMV_VALUES)
     t = 1
     while t < threads and words % (2 * t) == 0:
         t *= 2
     return t
+
+
+def gpu_words(k: int, words: int) -> int:
+    """Words an item of the GPU GEMV loads a step: `words`, halved until k's words divide by it."""
+    w = max(1, words)
+    while w > 1 and (k // GEMV_VALUES) % w:
+        w //= 2
+    return w
 
 
 def gpu_gemv_key(prologue: str, n: int, k: int, group: int, scale_dtype: str) -> str:
@@ -114,12 +125,13 @@ def space(key: str) -> list:
     kind = info["kind"]
     candidates = SPACES[kind]
     if kind == "gemv_gpu":
-        default = GpuGemvParams()
-        same = GpuGemvParams(gpu_threads(info["k"], default.threads), default.rows)  # the kernel the default makes
+        k, default = info["k"], GpuGemvParams()
+        same = GpuGemvParams(gpu_threads(k, default.threads), default.rows)  # the kernel the default makes
         if info.get("p") == "plain":  # the default is dlight's kernel: ours at the default's params is another
             same = None
         candidates = [p for p in candidates if p == default or
-                      (gpu_threads(info["k"], p.threads) == p.threads and p != same)]
+                      (gpu_words(k, p.words) == p.words and gpu_threads(k // p.words, p.threads) == p.threads
+                       and p != same)]
     return candidates
 
 
@@ -169,7 +181,7 @@ def check_params(kind: str, params) -> None:
                                 ("keys", 16 % max(params.keys, 1) == 0)) if not ok]
     if isinstance(params, GpuGemvParams):  # a power of two (the items' split), a work-group's limits
         bad += [n for n, ok in (("threads", params.threads & (params.threads - 1) == 0 and params.threads <= 1024),
-                                ("rows", params.rows <= 64)) if not ok]
+                                ("rows", params.rows <= 64), ("words", params.words in (1, 2, 4))) if not ok]
     if bad:
         raise TuningError(f"tuning params {dataclasses.asdict(params)} for a {kind} kernel: {', '.join(bad)} out of range")
 

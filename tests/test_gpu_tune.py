@@ -48,11 +48,16 @@ def test_space_leaves_out_what_a_shape_cannot_honour():
     assert all(p == GpuGemvParams() or gpu_threads(128, p.threads) == p.threads for p in cands)
     assert GpuGemvParams(16, 4) not in cands  # the default's own kernel under another name
     assert {p.threads for p in cands} == {64, 16} and {p.rows for p in cands} == {1, 2, 4, 8}
-    # a real shape (k = 3072: 384 words) takes up to 128 items; 256 do not divide 384
+    assert {p.words for p in cands} == {1}  # 4 words a step leave 4 steps: fewer than 16 items
+    # Phi-3-mini's qkv (k = 3072: 384 words): up to 128 items at a word a step (256 do not divide
+    # 384), up to 32 at 4 words (96 steps); its down (k = 8192: 1024 words) takes them all
+    mini = space(gpu_gemv_key("norm", 9216, 3072, 32, "float16"))
+    assert {p.threads for p in mini if p.words == 1} == {16, 32, 64, 128}
+    assert {p.threads for p in mini if p.words == 4} == {16, 32}
     big = space(gpu_gemv_key("silu", 3072, 8192, 32, "float16"))
-    assert {p.threads for p in big} == {16, 32, 64, 128, 256}  # 8192: 1024 words
-    assert {p.threads for p in space(gpu_gemv_key("norm", 9216, 3072, 32, "float16"))} == {16, 32, 64, 128}
-    for bad in ({"threads": 48, "rows": 4}, {"threads": 2048, "rows": 4}, {"threads": 64, "rows": 0}):
+    assert len(big) == len(set(big)) == 40  # every candidate honoured, the default once
+    for bad in ({"threads": 48, "rows": 4}, {"threads": 2048, "rows": 4}, {"threads": 64, "rows": 0},
+                {"threads": 64, "rows": 4, "words": 3}):
         with pytest.raises(TuningError, match="out of range"):
             params_from_dict("gemv_gpu", bad)
     check_params("gemv_gpu", GpuGemvParams(256, 8))
@@ -83,9 +88,10 @@ def _schedule(func, tuning):
 
 
 @needs_pocl
-@pytest.mark.parametrize("params", [GpuGemvParams(128, 8), GpuGemvParams(16, 3)])
+@pytest.mark.parametrize("params", [GpuGemvParams(128, 8), GpuGemvParams(16, 3, 4), GpuGemvParams(8, 5, 2)])
 def test_tuned_norm_gemv_whose_shapes_divide_by_no_param(params):
-    """n = 390 rows (not a multiple of 8 or 3), k = 640 (80 words: 128 items cap at 16)."""
+    """n = 390 rows (not a multiple of 8, 3 or 5), k = 640 (80 words: 128 items cap at 16; at 4
+    words a step 20 steps, so 16 items cap at 4)."""
     n, k, group, eps = 390, 640, 32, 1e-5
     w, s, deq = quantize(RNG.standard_normal((n, k)).astype(np.float32), group, "float32")
     x = (3 * RNG.standard_normal((1, 1, k))).astype(np.float32)
@@ -97,7 +103,10 @@ def test_tuned_norm_gemv_whose_shapes_divide_by_no_param(params):
     tuning = Tuning.of({key: params})
     func = _schedule(te.create_prim_func([xs, gs, ws, ss, y]), tuning)
     assert tuning.used == {key}  # the schedule looked its shape up
-    assert "blockIdx.x" in func.script() and f"T.thread_binding({gpu_threads(k, params.threads)}" in func.script()
+    items = gpu_threads(k // params.words, params.threads)
+    assert "blockIdx.x" in func.script() and f"T.thread_binding({items}" in func.script()
+    if params.words > 1:  # the words loaded into registers, `words` at a time
+        assert f"T.vectorized({params.words})" in func.script() and 'scope="local"' in func.script()
     got = run_kernel(func, {"x": x, "g": g, "w": w, "s": s, "norm_out": np.zeros((1, 1, n), np.float32)},
                      out="norm_out")
     ref = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g @ deq.T
@@ -144,7 +153,8 @@ def test_tune_on_pocl_and_a_tuned_bundle_gives_the_default_logits(tmp_path, comp
         assert len(entry["candidates"]) == len(space(key)) and entry["median_us"] > 0
 
     # every GPU GEMV given other params than the defaults: another split of k (another summation order)
-    other = {key: GpuGemvParams(threads=8, rows=2) for key in record.kernels}  # 8: fewer items than any default
+    # (4 items, fewer than any default; 2 rows; 2 words a step, one vector load)
+    other = {key: GpuGemvParams(threads=4, rows=2, words=2) for key in record.kernels}
     record.kernels = {key: {"params": dataclasses.asdict(p)} for key, p in other.items()}
     record.write(tmp_path / "other.json")
     default = compiled(TINY, QUANT, TARGET_NAME)
@@ -156,6 +166,7 @@ def test_tune_on_pocl_and_a_tuned_bundle_gives_the_default_logits(tmp_path, comp
     assert set(a) == set(b)
     changed = {name for name in a if a[name] != b[name]}
     assert any("q4_matmul_norm" in n for n in changed) and any("silu" in n for n in changed), changed
+    assert all("vload2(" in b[n] for n in changed if n != "module.cl"), changed  # 2 words, one load
     # o_proj: dlight's GEMV by default, ours with the params when tuned (its add is the residual)
     assert any(n.startswith("fused_q4_matmul") and "silu" not in n for n in changed), changed
     print("kernel sources the tuning changed:", sorted(changed), "max |logit diff|:", end=" ")

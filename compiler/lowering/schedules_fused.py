@@ -26,7 +26,8 @@ Tuning; the defaults (64 items, 4 rows) where the record has no entry.
 """
 from __future__ import annotations
 
-from edgesmith.compiler.tuning import DEFAULT, GEMV_VALUES as VALUES, GpuGemvParams, gpu_gemv_key, gpu_threads
+from edgesmith.compiler.tuning import (DEFAULT, GEMV_VALUES as VALUES, GpuGemvParams, gpu_gemv_key, gpu_threads,
+                                       gpu_words)
 from edgesmith.targets.tvm_api import Schedule
 
 
@@ -129,8 +130,12 @@ def norm_gemv(func, tuning=None):
     # split k among the items (rfactor first, while each reduction is alone in its loop nest):
     # the dot: item tx takes words tx, tx + threads, ...; the sum of squares: values tx, tx + threads, ...
     *_, k = sch.get_loops(dot)
-    threads = gpu_threads(int(sch.get(k).extent), params.threads)
-    _, tx, _ = sch.split(k, [None, threads, VALUES])
+    words = gpu_words(int(sch.get(k).extent), params.words)
+    threads = gpu_threads(int(sch.get(k).extent) // words, params.threads)
+    if words == 1:
+        _, tx, _ = sch.split(k, [None, threads, VALUES])
+    else:  # item tx takes `words` consecutive words a step: one vector load of them
+        _, tx, _, _ = sch.split(k, [None, threads, words, VALUES])
     rf = sch.rfactor(tx, 0)
     partials = [(rf, dot)]
     if sumsq is not None:
@@ -154,4 +159,20 @@ def norm_gemv(func, tuning=None):
         _items_first(sch, partial, threads)
         sch.set_scope(partial, 0, "local")
         _cross_item_sum(sch, total, threads)
+    if words > 1:
+        _words_in_registers(sch, rf, words)
     return sch
+
+
+def _words_in_registers(sch, rf, words: int):
+    """The weight words an item's step reads (rows x `words`, consecutive in each row) loaded into
+    registers first, `words` at a time as one vector load, then decoded from there."""
+    loops = sch.get_loops(rf)  # bx, the item (threadIdx.x), the steps, the words, the values, the rows
+    item = next(i for i, lp in enumerate(loops) if sch.get(lp).thread_binding is not None
+                and sch.get(lp).thread_binding.thread_tag == "threadIdx.x")
+    step = loops[item + 1]
+    w_index = next(i for i, r in enumerate(sch.get(rf).reads) if str(r.source.dtype) == "uint32")
+    cached = sch.cache_read(rf, w_index, "local")
+    sch.compute_at(cached, step, preserve_unit_loops=True)
+    *_, inner = sch.get_loops(cached)
+    sch.vectorize(inner)
