@@ -9,20 +9,24 @@ A PrimFunc with two reductions over k (the row's sum of squares, and the dot of 
 with x*g) and an epilogue scaling the dot by rsqrt(mean + eps). dlight's GEMV rule wants one
 reduction, so this rule schedules it:
   - a work-group of `threads` items (fewer where k's words are not a multiple: tuning.gpu_threads)
-    computes `rows` rows; item tx takes every threads-th group of 8 values (one int4 word) of k, keeps `rows` partial
-    dots in registers (x loaded once serves
-    every row), and the items' partials are summed across the work-group (TVM's thread
-    allreduce: warp shuffles on CUDA, local memory elsewhere);
+    computes `rows` rows; item tx takes every threads-th step of `words` consecutive int4 words
+    (8 values each) of k, keeps `rows` partial dots in registers (x loaded once serves every row),
+    and the items' partials are summed across the work-group (TVM's thread allreduce: warp
+    shuffles on CUDA, local memory elsewhere);
+  - words > 1: a step's words (rows x words) are first loaded into registers, `words` at a time
+    as one vector load (vload4 / uint4 / vec4<u32>), then decoded from there;
   - the same items first sum x*x over the same split of k, also reduced across the work-group:
     every work-group recomputes it (k values against the rows*k weights it streams), so no
     separate RMSNorm kernel runs;
   - the dequantize and x*g are inlined into the dot (nibbles decoded in registers).
-The rule applies to PrimFuncs holding a block named `norm_sumsq*` or `silu_mul*`, and to a
-plain one-token int4 GEMV (o_proj's, a `q4_matmul*` block alone) only where the Tuning gives its
-shape params other than the defaults: by default dlight's gpu.GEMV schedules that one (an untuned
-bundle is unchanged), tuned it is this schedule with the tuned params. None otherwise. `threads` and `rows` are the kernel's GpuGemvParams (compiler/tuning.py), looked
-up by its shape key (gemv_gpu:n:k:g:s:p, read off the PrimFunc's buffers) in the compile's
-Tuning; the defaults (64 items, 4 rows) where the record has no entry.
+`threads`, `rows` and `words` are the kernel's GpuGemvParams (compiler/tuning.py), looked up by
+its shape key (gemv_gpu:n:k:g:s:p, read off the buffers its blocks read) in the compile's Tuning;
+the defaults (64 items, 4 rows, 1 word: the choices this schedule had before they were params)
+where the record has no entry. The rule applies to PrimFuncs holding a block named `norm_sumsq*`
+or `silu_mul*`, and to a plain one-token int4 GEMV (o_proj's: a `q4_matmul*` block alone) only
+where the Tuning gives its shape params other than the defaults: by default dlight's gpu.GEMV
+schedules that one (an untuned bundle is unchanged); tuned, this schedule with the tuned params.
+None otherwise.
 """
 from __future__ import annotations
 
@@ -128,7 +132,8 @@ def norm_gemv(func, tuning=None):
         return None
 
     # split k among the items (rfactor first, while each reduction is alone in its loop nest):
-    # the dot: item tx takes words tx, tx + threads, ...; the sum of squares: values tx, tx + threads, ...
+    # the dot: item tx takes word steps tx, tx + threads, ... (a step: `words` words); the sum of
+    # squares: values tx, tx + threads, ...
     *_, k = sch.get_loops(dot)
     words = gpu_words(int(sch.get(k).extent), params.words)
     threads = gpu_threads(int(sch.get(k).extent) // words, params.threads)
