@@ -133,7 +133,9 @@ def _kernel_sources(bundle) -> dict:
 
 
 @needs_pocl
+@pytest.mark.slow
 def test_tune_on_pocl_and_a_tuned_bundle_gives_the_default_logits(tmp_path, compiled):
+    """~1 minute: tune (4 shapes, 21 candidates), one compile (the default bundle is the session's)."""
     from edgesmith.compiler.build import compile_bundle
 
     devices = tmp_path / "devices.yaml"
