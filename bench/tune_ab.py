@@ -1,11 +1,13 @@
 """`edgesmith tune` on this host, then the tuned bundle against the default one, A/B alternating.
 
     python bench/tune_ab.py [--model random:phi-3-mini-4k:layers=2] [--quant Q] [--budget 8]
-                            [-p 128] [-n 64] [--rounds 10] [--threads N]
+                            [-p 128] [-n 64] [--rounds 10] [--threads N] [--target host]
                             [--out bench/results/tune_ab.json]
 
 1. tune the model's kernels on the host within --budget minutes (runtime/tune/: candidates timed
-   by `runner kernelbench`), the record written next to the JSON;
+   by `runner kernelbench`), the record written next to the JSON; --target a GPU preset of this
+   machine (linux-opencl on PoCL or a real GPU's OpenCL, cuda, linux-vulkan) tunes its decode GEMVs
+   instead, on that GPU;
 2. compile the model twice, with the defaults and with the record (bundles cached under
    bench/out/tune_ab by model, quant and the record's choices);
 3. per round, the runner's `bench` (one warm-up, one timed prefill of p tokens + n decode steps)
@@ -34,14 +36,14 @@ from edgesmith.runtime.tune.tuner import LineProgress, TuneOptions, tune_model  
 from edgesmith.targets.cache import cache_root  # noqa: E402
 
 
-def bundle(model: str, quant: str, record: TuningRecord | None, source: str) -> Path:
-    """The default (record None) or the tuned host bundle, from the package's bundle cache."""
+def bundle(model: str, quant: str, record: TuningRecord | None, source: str, target: str = "host") -> Path:
+    """The default (record None) or the tuned bundle, from the package's bundle cache."""
     if record is None:
-        return cached_bundle(model, quant)
-    return cached_bundle(model, quant, tuning=record, tuning_source=source)
+        return cached_bundle(model, quant, target)
+    return cached_bundle(model, quant, target, tuning=record, tuning_source=source)
 
 
-def _model_keys(model: str, quant: str) -> set[str]:
+def _model_keys(model: str, quant: str, target: str = "host") -> set[str]:
     import tvm
     from edgesmith.compiler.kernels.family import kernel_family
     from edgesmith.compiler.quantization.registry import get_quantization
@@ -50,7 +52,7 @@ def _model_keys(model: str, quant: str) -> set[str]:
 
     from edgesmith.compiler.context import kv_settings
 
-    preset, cfg, q = get_preset("host"), open_checkpoint(model).config, get_quantization(quant)
+    preset, cfg, q = get_preset(target), open_checkpoint(model).config, get_quantization(quant)
     family = kernel_family(tvm.target.Target(preset.tvm_target()))
     return {s.key for s in tunable_shapes(cfg, q, family, kv_dtype=kv_settings(cfg, preset, quant=q).dtype)}
 
@@ -73,26 +75,29 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="run both bundles with this many threads (default 0: "
                     "each its own; the tuned one the record's count): isolates the kernels' choices")
     ap.add_argument("--restart", action="store_true", help="tune again even if the cache has every shape")
+    ap.add_argument("--target", default="host", help="this machine's target to tune and run (default host; a GPU "
+                    "preset: its decode GEMVs on this machine's GPU)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/tune_ab.json"))
     args = ap.parse_args()
-    quant = args.quant or default_quant(args.model, "host")[0]
+    quant = args.quant or default_quant(args.model, args.target)[0]
 
-    host = Device(name="host", transport="local", target="host", workdir=str(cache_root() / "devices" / "host"))
+    host = Device(name="host" if args.target == "host" else f"host-{args.target}", transport="local",
+                  target=args.target, workdir=str(cache_root() / "devices" / "host"))
     t0 = time.perf_counter()
     record, cached = tune_model(args.model, host, TuneOptions(budget_s=args.budget * 60, quant=quant,
                                                               restart=args.restart), progress=LineProgress(lambda msg: print(msg, file=sys.stderr, flush=True)))
     tune_s = time.perf_counter() - t0
     record_path = args.out.with_name(args.out.stem + "-record.json")
     record.write(record_path)
-    mine = _model_keys(args.model, quant)
+    mine = _model_keys(args.model, quant, args.target)
     kernels = {k: e for k, e in record.kernels.items() if k in mine}  # the cache may hold other models' shapes
     changed = {k: e["params"] for k, e in kernels.items() if e["median_us"] < e["default_us"]}
     threads = record.threads.get(model_shape_id(open_checkpoint(args.model).config, quant), {}).get("threads")
     print(f"tuned {len(kernels)} shapes in {tune_s:.0f} s ({'complete' if record.complete else 'incomplete'}); "
           f"{len(changed)} differ from the defaults; threads {threads}", file=sys.stderr)
 
-    a = bundle(args.model, quant, None, "")
-    b = bundle(args.model, quant, record, str(record_path))
+    a = bundle(args.model, quant, None, "", args.target)
+    b = bundle(args.model, quant, record, str(record_path), args.target)
     samples = {"default": {"prefill": [], "decode": []}, "tuned": {"prefill": [], "decode": []}}
     for r in range(args.rounds):
         order = [("default", a), ("tuned", b)] if r % 2 == 0 else [("tuned", b), ("default", a)]
@@ -109,13 +114,13 @@ def main() -> None:
              "pmax": stats[k]["prefill"]["max"], "decode": stats[k]["decode"]["median"],
              "dmin": stats[k]["decode"]["min"], "dmax": stats[k]["decode"]["max"]} for k in ("default", "tuned")]
     rows.append({"bundle": "tuned / default", "prefill": ratio["prefill"], "decode": ratio["decode"]})
-    print(f"{args.model} {quant} on {platform.node()}: p {args.prompt}, n {args.gen}, {args.rounds} alternating "
+    print(f"{args.model} {quant} ({args.target}) on {platform.node()}: p {args.prompt}, n {args.gen}, {args.rounds} alternating "
           f"rounds (runner bench, medians); threads: {args.threads or f'default / tuned ({threads})'}")
     print(table(rows, [("bundle", "bundle"), ("prefill", "prefill tok/s"), ("pmin", "min"), ("pmax", "max"),
                        ("decode", "decode tok/s"), ("dmin", "min"), ("dmax", "max")]))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     write_json(args.out, {
-        "model": args.model, "quant": quant, "prompt": args.prompt, "gen": args.gen, "rounds": args.rounds,
+        "model": args.model, "quant": quant, "target": args.target, "prompt": args.prompt, "gen": args.gen, "rounds": args.rounds,
         "threads": args.threads or "each bundle's own",
         "host": platform.node(), "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "tune": {"budget_s": args.budget * 60, "seconds": round(tune_s, 1), "complete": record.complete,

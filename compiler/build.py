@@ -201,8 +201,9 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
             kv_cache=kv.manifest(PAGE_SIZE, prefill_chunk, cfg),
             device=gpu_device_entry(preset) if preset.gpu else None,
             kernels=kernels,
-            tuning=None if preset.gpu else manifest_entry(tuning, kernel_tuning or DEFAULT, tuning_source,
-                                                          model_shape_id(cfg, q.name)),
+            # a GPU bundle says only what a record applied (its GEMVs' choices: lowering/schedules_fused.py)
+            tuning=None if preset.gpu and tuning is None else manifest_entry(tuning, kernel_tuning or DEFAULT,
+                                                                             tuning_source, model_shape_id(cfg, q.name)),
             tokenizer=tokenizer,
             params=tuple(name for name, _, _ in params),
             weight_bytes=sum(_nbytes(s, d) for _, s, d in params),

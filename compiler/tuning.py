@@ -12,6 +12,10 @@ family's choices are one small frozen dataclass here, whose defaults are those v
                      tokens per register tile (the padding and the schedule's split agree on it)
     AttentionParams  prefill attention (attention_cpu's ragged and paged kernels): query rows per
                      tile, keys per block
+    GpuGemvParams    GPU decode's int4 GEMVs (lowering/schedules_fused.norm_gemv: RMSNorm + GEMV,
+                     SiLU*up + GEMV, o_proj's plain one): work-items splitting k (the reduction
+                     across the work-group), rows per work-group (each item keeps that many partial
+                     dots), weight words an item loads a step (one vector load, decoded in registers)
     threads          a run-time setting, not a kernel's: the record's `threads`, which the manifest
                      carries and the runner starts TVM's thread pool with (unless --threads says)
 
@@ -59,9 +63,16 @@ class AttentionParams:
     keys: int = 8  # keys per block (a divisor of the page, 16): its rows x keys scores stay in registers
 
 
+@dataclass(frozen=True)
+class GpuGemvParams:
+    threads: int = 64  # work-items splitting k (a power of two; fewer where k's words do not divide)
+    rows: int = 4  # output rows per work-group: each item keeps `rows` partial dots, x loaded once for all
+    words: int = 1  # consecutive weight words an item takes a step (1, 2, 4: one vector load of them)
+
+
 # kind of kernel -> its params class. The kind is the shape key's prefix.
 KINDS: dict[str, type] = {"gemv": GemvParams, "gemv_i8": GemvParams, "gemm_i8": GemmI8Params, "gemm": GemmParams,
-                          "attn_prefill": AttentionParams}
+                          "attn_prefill": AttentionParams, "gemv_gpu": GpuGemvParams}
 
 # The small spaces `tune` searches (the default always among them).
 SPACES: dict[str, list] = {
@@ -70,7 +81,59 @@ SPACES: dict[str, list] = {
     "gemm_i8": [GemmI8Params(t) for t in (2, 4, 6, 8)],
     "gemm": [GemmParams(t) for t in (4, 6, 8, 12)],
     "attn_prefill": [AttentionParams(r, kb) for r in (16, 32) for kb in (4, 8)],
+    "gemv_gpu": [GpuGemvParams(t, r, w) for w in (1, 4) for t in (64, 16, 32, 128, 256) for r in (4, 1, 2, 8)],
 }
+
+# gemv_gpu keys' p=: RMSNorm + GEMV, SiLU(gate) * up + GEMV, a GEMV alone (its default: dlight's gpu.GEMV,
+# which takes no params; any other params: lowering/schedules_fused's schedule with them)
+GPU_PROLOGUES = ("norm", "silu", "plain")
+GEMV_VALUES = 8  # k values one work-item takes per step of the GPU GEMV: one uint32 word of nibbles
+
+
+def gpu_threads(k: int, threads: int) -> int:
+    """Work-items the GPU GEMV splits k among: the largest power of two up to `threads` dividing
+    k's words (a split that does not divide would need a guard, which compute_at drops). With
+    `words` a step, pass k // words."""
+    words = max(1, k // GEMV_VALUES)
+    t = 1
+    while t < threads and words % (2 * t) == 0:
+        t *= 2
+    return t
+
+
+def gpu_words(k: int, words: int) -> int:
+    """Words an item of the GPU GEMV loads a step: `words`, halved until k's words divide by it."""
+    w = max(1, words)
+    while w > 1 and (k // GEMV_VALUES) % w:
+        w //= 2
+    return w
+
+
+def gpu_gemv_key(prologue: str, n: int, k: int, group: int, scale_dtype: str) -> str:
+    """`gemv_gpu:n=N:k=K:g=G:s=DTYPE:p=norm|silu`: one fused GPU decode GEMV of one shape."""
+    if prologue not in GPU_PROLOGUES:
+        raise ValueError(f"GPU GEMV prologue {prologue!r}: one of {', '.join(GPU_PROLOGUES)}")
+    return shape_key("gemv_gpu", n, k, group, scale_dtype) + f":p={prologue}"
+
+
+def space(key: str) -> list:
+    """The candidates `tune` times for kernel `key`: its kind's space (the default among them), less
+    those the shape cannot honour: a GPU GEMV whose k's words split among fewer items than
+    `threads` would be another candidate's kernel under a wrong name (the default stays: its
+    threads are a cap, and the candidate its cap equals goes instead)."""
+    info = parse_key(key)
+    kind = info["kind"]
+    candidates = SPACES[kind]
+    if kind == "gemv_gpu":
+        k, default = info["k"], GpuGemvParams()
+        same = GpuGemvParams(gpu_threads(k, default.threads), default.rows)  # the kernel the default makes
+        if info.get("p") == "plain":  # the default is dlight's kernel: ours at the default's params is another
+            same = None
+        candidates = [p for p in candidates if p == default or
+                      (gpu_words(k, p.words) == p.words and gpu_threads(k // p.words, p.threads) == p.threads
+                       and p != same)]
+    return candidates
+
 
 
 def attention_key(h_q: int, h_kv: int, d: int, dtype: str) -> str:
@@ -92,7 +155,7 @@ def parse_key(key: str) -> dict:
     for part in parts:
         name, _, value = part.partition("=")
         try:
-            out[name] = value if name in ("s", "dt") else int(value)
+            out[name] = value if name in ("s", "dt", "p") else int(value)
         except ValueError:
             raise TuningError(f"kernel shape key {key!r}: {part!r} is not name=integer") from None
     return out
@@ -116,6 +179,9 @@ def check_params(kind: str, params) -> None:
     if isinstance(params, AttentionParams):  # two vectors of rows; blocks never cross a page of 16
         bad += [n for n, ok in (("rows", params.rows % 2 == 0 and params.rows <= 32),
                                 ("keys", 16 % max(params.keys, 1) == 0)) if not ok]
+    if isinstance(params, GpuGemvParams):  # a power of two (the items' split), a work-group's limits
+        bad += [n for n, ok in (("threads", params.threads & (params.threads - 1) == 0 and params.threads <= 1024),
+                                ("rows", params.rows <= 64), ("words", params.words in (1, 2, 4))) if not ok]
     if bad:
         raise TuningError(f"tuning params {dataclasses.asdict(params)} for a {kind} kernel: {', '.join(bad)} out of range")
 

@@ -43,7 +43,7 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
             rt.FoldConstant(),
         ]),
         ("fuse", [rt.FuseOps(), rt.FuseTIR(), rt.DeadCodeElimination()]),
-        ("schedule", schedules_gpu.passes(target) if is_gpu(target)
+        ("schedule", schedules_gpu.passes(target, tuning) if is_gpu(target)
          else [schedules.apply(target, tuning)]),
         ("lower", [
             rt.RewriteDataflowReshape(),
@@ -65,7 +65,7 @@ def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int =
                   launches: dict | None = None):
     """A module pass running every phase under `target`; dumps `NN-phase.py` scripts when asked.
     sliding_window: the attention's window (0: none), applied by the attention kernels.
-    tuning: compiler/tuning.Tuning for the CPU schedule's choices (None: the defaults).
+    tuning: compiler/tuning.Tuning for the CPU schedule's and the GPU GEMVs' choices (None: the defaults).
     launches: a GPU target's dict to fill with the kernels a decoded token launches
     (lowering/launches.py), read from the lowered module."""
 

@@ -36,23 +36,29 @@ class Matmul(dlight.gpu.Matmul):
 
 class NormGEMV(dlight.ScheduleRule):
     """Our fused decode GEMVs (kernels/gpu.py): RMSNorm + int4 GEMV (two reductions in one kernel)
-    and SiLU * up + int4 GEMV, which no dlight rule takes (lowering/schedules_fused.py)."""
+    and SiLU * up + int4 GEMV, which no dlight rule takes (lowering/schedules_fused.py), with the
+    choices `tuning` (compiler/tuning.Tuning; None: the defaults) has for each one's shape."""
+
+    def __init__(self, tuning=None):
+        super().__init__()
+        self.tuning = tuning
 
     def apply(self, func, target, tunable):
         from edgesmith.compiler.lowering.schedules_fused import norm_gemv
 
         if not isinstance(func, tvm.tirx.PrimFunc):
             return None
-        return norm_gemv(func)
+        return norm_gemv(func, self.tuning)
 
 
-def rules(target) -> list:
+def rules(target, tuning=None) -> list:
     gpu = dlight.gpu
-    head = [NormGEMV(), Matmul(), gpu.GEMV(), gpu.LowBatchGEMV(), gpu.Reduction(), gpu.GeneralReduction()]
+    head = [NormGEMV(tuning), Matmul(), gpu.GEMV(), gpu.LowBatchGEMV(), gpu.Reduction(), gpu.GeneralReduction()]
     if "adreno" in target.keys:
         return head + [dlight.adreno.Fallback(), gpu.Fallback()]
     return head + [gpu.Fallback()]
 
 
-def passes(target) -> list:
-    return [dlight.ApplyDefaultSchedule(*rules(target)), s_tir_transform.DefaultGPUSchedule()]
+def passes(target, tuning=None) -> list:
+    """tuning: compiler/tuning.Tuning for our fused GEMVs' choices (None: the defaults)."""
+    return [dlight.ApplyDefaultSchedule(*rules(target, tuning)), s_tir_transform.DefaultGPUSchedule()]

@@ -8,7 +8,12 @@ runner session pushes and verifies; `runner kernelbench` times it (runtime/runne
 
     BUNDLE/lib/kernels.so   c0, c1, ...: linears (x, w, s, y) each; x (1, t, k) f32, w (n, k/8) u32,
                             s (n, k/group) scales, y (1, t, n) f32; t = 1 (decode) or PREFILL_TOKENS;
-                            attention: attention_cpu's ragged prefill kernel, timed at a few lengths
+                            attention: attention_cpu's ragged prefill kernel, timed at a few lengths;
+                            GPU GEMVs (gemv_gpu): RMSNorm + GEMV (x, g, w, s, y), SiLU*up + GEMV
+                            (gu (1, 1, 2k), w, s, y) or a GEMV (x, w, s, y), the kernels of
+                            kernels/gpu.py scheduled by schedules_fused.norm_gemv with the
+                            candidate's params (a plain GEMV's default: dlight's), for the device's
+                            GPU (the manifest's "device" says which; the runner allocates there)
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from edgesmith.compiler.bundle import folder as bundle_io
 from edgesmith.compiler.bundle.manifest import BuildInfo, Manifest, ModelInfo, TargetInfo
-from edgesmith.compiler.tuning import Tuning, parse_key
+from edgesmith.compiler.tuning import GpuGemvParams, Tuning, parse_key
 
 PREFILL_TOKENS = 64  # tokens of the prefill GEMM's timed call (a chunk of a prompt)
 ATTENTION_LENGTHS = (64, 256)  # prompt lengths the prefill attention is timed at (their times summed)
@@ -42,6 +47,8 @@ def _func(key: str, params, target, quant):
     from edgesmith.targets.tvm_api import te, tirx
 
     info = parse_key(key)
+    if info["kind"] == "gemv_gpu":
+        return _gpu_gemv(key, info, params, target)
     if info["kind"] == "attn_prefill":  # what a prompt's prefill runs: the ragged kernel
         from edgesmith.compiler.kernels import attention_cpu
 
@@ -79,6 +86,38 @@ def _func(key: str, params, target, quant):
     return mod["main"]
 
 
+def _gpu_gemv(key: str, info: dict, params, target):
+    """The fused GPU decode GEMV of `key`, scheduled with `params` as a bundle's would be."""
+    from edgesmith.compiler.kernels import gpu as kernels_gpu
+    from edgesmith.compiler.lowering.schedules_fused import norm_gemv
+    from edgesmith.targets.tvm_api import te
+
+    n, k, g, s = info["n"], info["k"], info["g"], info["s"]
+    w = te.placeholder((n, k // 8), "uint32", "w")
+    sc = te.placeholder((n, k // g), s, "s")
+    if info["p"] == "norm":
+        x, gamma = te.placeholder((1, 1, k), "float32", "x"), te.placeholder((k,), s, "g")
+        inputs, y = [x, gamma, w, sc], kernels_gpu.q4_linear_normed(x, gamma, w, sc, g, 1e-5)
+    elif info["p"] == "silu":
+        gu = te.placeholder((1, 1, 2 * k), "float32", "gu")
+        inputs, y = [gu, w, sc], kernels_gpu.q4_linear_silu_mul(gu, w, sc, g)
+    else:
+        x = te.placeholder((1, 1, k), "float32", "x")
+        inputs, y = [x, w, sc], kernels_gpu.q4_linear(x, w, sc, g)
+    func = te.create_prim_func([*inputs, y])
+    if info["p"] == "plain" and params == GpuGemvParams():  # the default: dlight's GEMV, as a bundle gets it
+        import tvm
+        from edgesmith.compiler.lowering import schedules_gpu
+
+        with target:
+            mod = tvm.transform.Sequential(schedules_gpu.passes(target))(tvm.IRModule({"main": func}))
+        return mod["main"]
+    sch = norm_gemv(func, Tuning.of({key: params}))
+    if sch is None:
+        raise ValueError(f"{key}: the fused GEMV schedule did not take its kernel")
+    return sch.mod["main"]
+
+
 def arg_specs(key: str, quant) -> list[tuple[str, str]]:
     """(label suffix, the runner's --fn argument list) per argument set kernel `key` is timed on:
     one for a linear; attention at ATTENTION_LENGTHS tokens (a fresh prompt: q = k = v length)."""
@@ -101,6 +140,10 @@ def arg_spec(key: str, quant) -> str:
     """The runner's --fn argument list (dtype:shape, output last) for linear kernel `key`."""
     info = parse_key(key)
     n, k = info["n"], info["k"]
+    if info["kind"] == "gemv_gpu":  # (x, g | gu), w, s, y: the fused kernel's arguments
+        s = _DTYPE[info["s"]]
+        head = {"norm": [f"f32:1x1x{k}", f"{s}:{k}"], "silu": [f"f32:1x1x{2 * k}"]}.get(info["p"], [f"f32:1x1x{k}"])
+        return ",".join([*head, f"u32:{n}x{k // 8}", f"{s}:{n}x{k // info['g']}", f"f32:1x1x{n}"])
     t = 1 if info["kind"].startswith("gemv") else PREFILL_TOKENS
     if quant.quantized:
         g, s = info.get("g", quant.group_size), info.get("s", quant.storage_dtype)
@@ -120,7 +163,7 @@ def build_candidates(key: str, candidates: list[Candidate], quant, preset, out: 
 def build_library(funcs: list[tuple], preset, out: Path, what: str) -> Path:
     """funcs: (name, shape key, params, quantization) each -> one library in a bundle folder at `out`."""
     import tvm
-    from edgesmith.compiler.build import preset_export_kwargs, presets_runtime_files
+    from edgesmith.compiler.build import gpu_device_entry, preset_export_kwargs, presets_runtime_files
     from edgesmith.targets.tvm_api import TVM_VERSION
 
     target = tvm.target.Target(preset.tvm_target())
@@ -137,6 +180,7 @@ def build_library(funcs: list[tuple], preset, out: Path, what: str) -> Path:
                  target=TargetInfo(preset=preset.name, tvm_target=preset.tvm_target(), arch=preset.arch,
                                    triple=preset.triple, layout=preset.layout.name),
                  arch=preset.arch, tvm_version=TVM_VERSION, kv_cache=None, params=(),
+                 device=gpu_device_entry(preset) if preset.gpu else None,  # the runner's device and its runtime
                  build=BuildInfo(host=platform.node(),
                                  functions={name: {"kernel": key, "params": params.__dict__}
                                             for name, key, params, _ in funcs})).write(tmp)

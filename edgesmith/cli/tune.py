@@ -1,4 +1,5 @@
-"""`edgesmith tune`: the CPU kernels' choices measured on a device (runtime/tune/)."""
+"""`edgesmith tune`: the kernels' choices measured on a device (runtime/tune/): the CPU kernels', or on
+a GPU device the decode GEMVs'."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,8 @@ def cmd_tune(args) -> int:
 
 
 def add_parser(sub) -> None:
-    tn = sub.add_parser("tune", help="measure the CPU kernels' choices on a device; a tuning record for compile --tuning")
+    tn = sub.add_parser("tune", help="measure the kernels' choices on a device (CPU kernels; on a GPU device "
+                       "the decode GEMVs); a tuning record for compile --tuning")
     tn.add_argument("model", help="checkpoint folder or random:<preset> (its kernel shapes are tuned)")
     tn.add_argument("--device", default="host", help="device name from devices.yaml (default host)")
     tn.add_argument("--devices", type=Path, help=DEVICES_HELP)

@@ -9,7 +9,9 @@
 // one function per candidate; --fn LABEL[/FUNC]=SPEC gives each one's arguments (dtype:shape, the
 // output last), which are allocated on the CPU and filled with finite values (floats in [-1, 1),
 // fp16 1/64, integers random bits: any packed weight is valid), or hold the values given (an
-// attention kernel's indptrs: i32:N@v/v/...), or are scalars (int@V, float@V). One function may be
+// attention kernel's indptrs: i32:N@v/v/...), or are scalars (int@V, float@V). A GPU library (the
+// manifest's "device": g_timed_device) gets its tensors copied to the GPU, and every timed sample
+// ends by waiting for the device's stream (a call only queues the kernel). One function may be
 // timed on several argument sets under several labels (attention at a few lengths). After the warm-up every round
 // times each function once, in turn (a noisy machine slows all candidates of a round alike); a
 // sample is `number` back-to-back calls, `number` chosen so a sample lasts --min-time. The
@@ -89,10 +91,25 @@ static BenchFn parse_fn(const std::string& spec) {
   return fn;
 }
 
+static void fill_bench_tensor(const BenchArg& a, Rng& rng, ffi::Tensor& t);
+
 static ffi::Tensor bench_tensor(const BenchArg& a, Rng& rng) {
   static ffi::Function alloc = global("runtime.TVMTensorAllocWithScope");
   ffi::Tensor t = alloc(ffi::Shape(a.shape), a.dtype, DLDevice{kDLCPU, 0}, ffi::Optional<ffi::String>())
                       .cast<ffi::Tensor>();
+  fill_bench_tensor(a, rng, t);
+  if (g_timed_device.device_type == kDLCPU) return t;
+  ffi::Tensor on_device = alloc(ffi::Shape(a.shape), a.dtype, g_timed_device, ffi::Optional<ffi::String>())
+                              .cast<ffi::Tensor>();
+  int64_t bytes = int64_t(a.dtype.bits / 8);
+  for (int64_t d : a.shape) bytes *= d;
+  static ffi::Function copy_in = global("runtime.TVMTensorCopyFromBytes");
+  copy_in(on_device, t.data_ptr(), bytes);
+  return on_device;
+}
+
+// The values of a CPU tensor `t` for argument `a`: given, or filled as the header says.
+static void fill_bench_tensor(const BenchArg& a, Rng& rng, ffi::Tensor& t) {
   int64_t n = 1;
   for (int64_t d : a.shape) n *= d;
   if (!a.values.empty()) {
@@ -108,7 +125,6 @@ static ffi::Tensor bench_tensor(const BenchArg& a, Rng& rng) {
     uint8_t* p = static_cast<uint8_t*>(t.data_ptr());
     for (int64_t i = 0; i < n * a.dtype.bits / 8; ++i) p[i] = uint8_t(rng.next());
   }
-  return t;
 }
 
 static void cmd_kernelbench(const std::string& bundle, const std::vector<BenchFn>& fns, const ProfileArgs& a,
@@ -141,6 +157,7 @@ static void cmd_kernelbench(const std::string& bundle, const std::vector<BenchFn
     ffi::Any rv;
     double t0 = now_s();
     for (int64_t i = 0; i < times; ++i) b.f.CallPacked(b.views.data(), int32_t(b.views.size()), &rv);
+    wait_for_device();  // a GPU: the queued calls done before the clock is read
     return now_s() - t0;
   };
   for (auto& b : bound) {

@@ -1,4 +1,5 @@
-"""`edgesmith tune`: the CPU kernels' choices measured on the device itself.
+"""`edgesmith tune`: the kernels' choices measured on the device itself (the CPU kernels'; on a GPU
+device the decode GEMVs').
 
 | module      | what it holds                                                                   |
 | ----------- | ------------------------------------------------------------------------------- |

@@ -11,6 +11,10 @@ every shape; a later `tune` of the same device and target measures only the shap
 (restart=True measures all again). So an interrupted tune loses at most the shape in flight, and
 a second model with the same shapes costs nothing.
 
+A GPU device (a GPU target's: PoCL's OpenCL on the host, a phone's OpenCL) gets its fused decode
+GEMVs tuned (compiler/tuning.GpuGemvParams), built for its GPU and timed there by the same
+kernelbench; no thread count (the CPU pool's) is measured for it.
+
 Emulated devices (qemu) are refused unless allow_emulated: their timings say nothing about a
 device; with it, the record is marked emulated and `compile` says so when it applies one.
 """
@@ -21,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgesmith.compiler.tuning import SPACES, TuningRecord, fingerprint_id, model_shape_id, parse_key
+from edgesmith.compiler.tuning import KINDS, TuningRecord, fingerprint_id, model_shape_id, parse_key, space
 from edgesmith.errors import EdgesmithError
 from edgesmith.runtime.tune.fingerprint import describe, fingerprint
 
@@ -90,9 +94,6 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
     from edgesmith.targets.presets import get_preset
 
     preset = get_preset(device.target)
-    if preset.gpu is not None:
-        raise EdgesmithError(f"device '{device.name}' has target {preset.name} (a {preset.gpu.api} GPU): tune "
-                             "measures the CPU kernels' choices; use a CPU target's device")
     ckpt = open_checkpoint(model)
     quant = get_quantization(o.quant or default_quant(ckpt, preset.name)[0])
     tvm_target = tvm.target.Target(preset.tvm_target())
@@ -113,6 +114,7 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
         probe = transport.probe(timeout=60)
     finally:
         transport.close()
+    _check_gpu_api(preset, device, probe)
     fp = fingerprint(probe)
     path = cache_path(fp, preset.name)
     record = _cached(path, fp, preset.name) if not o.restart else None
@@ -128,14 +130,15 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
         cool = max(probe["thermal"].values()) + 5
 
     estimate = _Estimate()
-    thread_counts = _thread_counts(probe.get("cores") or 1)
+    # the CPU pool's thread count: a CPU target's run-time setting (a GPU bundle's kernels run on the GPU)
+    thread_counts = _thread_counts(probe.get("cores") or 1) if preset.gpu is None else []
     model_id = model_shape_id(ckpt.config, quant.name)
-    measure_threads = o.restart or model_id not in record.threads or bool(todo)
-    tick = say.bar(sum(len(SPACES[parse_key(s.key)["kind"]]) for s in todo)
+    measure_threads = bool(thread_counts) and (o.restart or model_id not in record.threads or bool(todo))
+    tick = say.bar(sum(len(space(s.key)) for s in todo)
                    + (len(thread_counts) if measure_threads else 0), "candidate")
     stopped = None
     for shape in todo:
-        n_cand = len(SPACES[parse_key(shape.key)["kind"]])
+        n_cand = len(space(shape.key))
         left = deadline - time.monotonic()
         if estimate.seconds(shape.key, n_cand, o) > left:
             stopped = (f"the budget ({o.budget_s / 60:g} min) ran out before {len(todo) - todo.index(shape)} of "
@@ -165,7 +168,8 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
                     f"{t}: {v['decode_us']:.0f} / {v['prefill_us']:.0f} us" for t, v in totals.items()) + ")")
             except _OutOfBudget:
                 stopped = "the budget ran out while measuring the thread count; run tune again to measure it"
-    record.complete = stopped is None and all(s.key in record.kernels for s in shapes) and model_id in record.threads
+    record.complete = (stopped is None and all(s.key in record.kernels for s in shapes)
+                       and (model_id in record.threads or not thread_counts))
     record.notes = [stopped] if stopped else []
     record.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     elapsed = time.monotonic() - start
@@ -176,6 +180,21 @@ def tune_model(model: str, device, options: TuneOptions | None = None, *, out: P
     say.step(f"tune: {len(record.kernels)} shapes in the record, {elapsed:.0f} s of {o.budget_s:.0f} s"
              + (f"; stopped early: {stopped}" if stopped else ""))
     return record, path
+
+
+# the probe's name for the library a GPU API needs on the device (runtime/probe.GPU_PATHS); CUDA and
+# Metal are not probed: their runner says so itself when the device lacks them
+_PROBED_API = {"opencl": ("opencl", "OpenCL", "libOpenCL.so"), "webgpu": ("vulkan", "Vulkan", "libvulkan.so")}
+
+
+def _check_gpu_api(preset, device, probe: dict) -> None:
+    """A GPU target's device must have the API's library: else one line, before anything is built."""
+    if preset.gpu is None or preset.gpu.api not in _PROBED_API:
+        return
+    probed, name, lib = _PROBED_API[preset.gpu.api]
+    if probed not in (probe.get("gpu_apis") or {}):
+        raise EdgesmithError(f"device '{device.name}' has no {name} ({lib} not found there), which target "
+                             f"{preset.name} runs on; install its {name} driver, or tune a device of another target")
 
 
 class _OutOfBudget(Exception):
@@ -260,7 +279,7 @@ class _Estimate:
     """Seconds a shape will take, from the shapes measured so far (per candidate, per kind)."""
 
     PRIOR = {"gemv": (1.0, 0.5), "gemv_i8": (1.0, 0.5), "gemm": (3.0, 1.0), "gemm_i8": (2.0, 1.0),
-             "attn_prefill": (3.0, 2.0)}
+             "attn_prefill": (3.0, 2.0), "gemv_gpu": (1.0, 0.5)}
 
     def __init__(self):
         self.seen: dict[str, tuple[float, float]] = {}
@@ -295,9 +314,8 @@ def _tune_shape(shape, preset, device, o: TuneOptions, cool, deadline: float, ti
     from edgesmith.targets.cache import cache_root
 
     kind = parse_key(shape.key)["kind"]
-    space = SPACES[kind]
-    default = type(space[0])()
-    candidates = [Candidate(f"c{i}", p) for i, p in enumerate(space)]
+    default = KINDS[kind]()
+    candidates = [Candidate(f"c{i}", p) for i, p in enumerate(space(shape.key))]
     t0 = time.monotonic()
     # One folder name per target: a push sends only the library that changed, not the runner again.
     folder = cache_root() / "tuning" / "candidates" / f"edgesmith-tune-{preset.name}"
