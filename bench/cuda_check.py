@@ -3,15 +3,17 @@
 Two steps, because the GPU machine has no TVM and no edgesmith (it needs neither):
 
   python bench/cuda_check.py prepare [--model random:tiny] [--out dist/cuda-check]
-      here (any machine with apache-tvm and nvcc): compiles the model for `cuda` and for
-      `host`, runs the host bundle for the reference greedy tokens, checks that the CUDA
-      kernels compile with nvcc, and leaves OUT/{bundle (cuda), host-bundle, expected.json}.
+      here (any machine with apache-tvm and nvcc): compiles the model for `cuda` (plain, and
+      with --cuda-graph) and for `host`, runs the host bundle for the reference greedy tokens,
+      checks that the CUDA kernels compile with nvcc, and leaves OUT/{bundle (cuda),
+      bundle-graph (cuda, CUDA graphs), host-bundle, expected.json}.
 
   python3 bench/cuda_check.py run [--out dist/cuda-check]
       on the GPU machine (python3 stdlib, nvcc on PATH, the NVIDIA driver): runs the cuda
       bundle's own runner (which compiles the kernels with nvcc -arch=native when it loads
-      them), compares its greedy tokens with expected.json, times decode, and writes
-      OUT/result.json — copy it to bench/results/cuda_check.json.
+      them), compares its greedy tokens with expected.json, times decode, then the same for
+      bundle-graph (result "cuda_graph"), and writes OUT/result.json — copy it to
+      bench/results/cuda_check.json.
 
 Under 5 minutes on a GPU machine: random:tiny loads in seconds; the nvcc compile of the
 kernels (~40 of them) takes most of the time (~30-60 s).
@@ -54,10 +56,12 @@ def prepare(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     cuda = compile_bundle(args.model, "q4f16", "cuda", out / "bundle")
+    # the same with --cuda-graph, run beside it: its tokens must equal the host's too
+    compile_bundle(args.model, "q4f16", "cuda", out / "bundle-graph", cuda_graph=True)
     # the reference keeps the GPU bundle's KV cache dtype (float16 by default on GPUs)
     kv_dtype = read_manifest(cuda).kv_dtype
     host = compile_bundle(args.model, "q4f16", "host", out / "host-bundle", kv_dtype=kv_dtype)
-    print(f"compiled {args.model} for cuda and host in {time.time() - t0:.0f} s")
+    print(f"compiled {args.model} for cuda (with and without CUDA graphs) and host in {time.time() - t0:.0f} s")
     vocab = read_manifest(host).config.vocab_size
     prompt = [t % vocab for t in PROMPT]
     ref = _generate(host, prompt)
@@ -87,31 +91,36 @@ def _gpu_name() -> str:
         return "unknown (no nvidia-smi)"
 
 
+def _check(bundle: Path, expected: dict) -> dict:
+    """Greedy tokens against the host's, and bench's tok/s, of one bundle."""
+    got = _generate(bundle, expected["prompt_ids"])  # loads the library: nvcc compiles the kernels here
+    bench = [d for d in _runner(bundle, ["bench", "-p", "16", "-n", "64", "--warmup", "1", "-r", "3"])
+             if d.get("summary")][-1]
+    return {
+        "device": json.loads((bundle / "manifest.json").read_text()).get("device", {}).get("api", "cpu"),
+        "tokens_equal": got["output_ids"] == expected["host_output_ids"],
+        "output_ids": got["output_ids"],
+        "load_s": got["load_s"],
+        "decode_tok_s": bench["decode_tok_s"],
+        "decode_tok_s_std": bench["decode_tok_s_std"],
+        "prefill_tok_s": bench["prefill_tok_s"],
+    }
+
+
 def run(args) -> int:
     out = Path(args.out)
     bundle = Path(args.bundle) if args.bundle else out / "bundle"
     expected = json.loads((out / "expected.json").read_text())
     t0 = time.time()
-    got = _generate(bundle, expected["prompt_ids"])  # loads the library: nvcc compiles the kernels here
-    bench = [d for d in _runner(bundle, ["bench", "-p", "16", "-n", "64", "--warmup", "1", "-r", "3"])
-             if d.get("summary")][-1]
-    result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "gpu": _gpu_name(),
-        "model": expected["model"],
-        "device": json.loads((bundle / "manifest.json").read_text()).get("device", {}).get("api", "cpu"),
-        "tokens_equal": got["output_ids"] == expected["host_output_ids"],
-        "output_ids": got["output_ids"],
-        "host_output_ids": expected["host_output_ids"],
-        "load_s": got["load_s"],
-        "decode_tok_s": bench["decode_tok_s"],
-        "decode_tok_s_std": bench["decode_tok_s_std"],
-        "prefill_tok_s": bench["prefill_tok_s"],
-        "wall_s": round(time.time() - t0, 1),
-    }
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "gpu": _gpu_name(),
+              "model": expected["model"], **_check(bundle, expected), "host_output_ids": expected["host_output_ids"]}
+    graph = out / "bundle-graph"
+    if not args.bundle and graph.exists():  # the --cuda-graph bundle, right after the plain one
+        result["cuda_graph"] = _check(graph, expected)
+    result["wall_s"] = round(time.time() - t0, 1)
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
-    return 0 if result["tokens_equal"] else 1
+    return 0 if result["tokens_equal"] and result.get("cuda_graph", {"tokens_equal": True})["tokens_equal"] else 1
 
 
 def main() -> int:

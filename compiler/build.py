@@ -67,11 +67,11 @@ def build_model(cfg, quant: Quantization, target: tvm.target.Target, *, quantize
 
 
 def lower(mod, target: tvm.target.Target, dump_dir: Path | None = None, *, sliding_window: int = 0,
-          tuning: Tuning | None = None, launches: dict | None = None):
+          tuning: Tuning | None = None, launches: dict | None = None, cuda_graph: bool = False):
     # Not tvm.compile: it emits all TIR in one LLVM module, where a TVM 0.27 bug drops noalias
     # from every kernel (see tvm_api.build_vm). launches: filled for GPU targets (lowering/launches.py).
     return build_vm(mod, target, make_pipeline(target, dump_dir, sliding_window=sliding_window, tuning=tuning,
-                                               launches=launches))
+                                               launches=launches, cuda_graph=cuda_graph))
 
 
 def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: str, out: Path, *,
@@ -80,7 +80,7 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
                    progress: Progress | None = None, context: int | None = None,
                    kv_dtype: str | None = None, prefill_chunk: int = PREFILL_CHUNK,
                    tuning: TuningRecord | None = None, tuning_source: str = "", tokenizer: str | None = None,
-                   gpu_fusion: bool = True) -> Path:
+                   gpu_fusion: bool = True, cuda_graph: bool = False) -> Path:
     """Compile `model` for `target` into the bundle folder `out`; returns `out`.
 
     quant None: the target's and the source's default (checkpoint.default_quant).
@@ -94,13 +94,17 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
     tokenizer: --tokenizer (phi3, a tokenizer.json or .model, a folder) instead of the checkpoint's
     (compiler/inputs/tokenizer_files.py).
     gpu_fusion: False compiles a GPU target without decode's fusions (kernels/gpu.py), the
-    reference the fused bundle is tested against; CPU targets ignore it."""
+    reference the fused bundle is tested against; CPU targets ignore it.
+    cuda_graph: a CUDA target replays its kernels between the KV cache's calls as CUDA graphs
+    (--cuda-graph; lowering/pipeline.py); any other target refuses it."""
     progress = progress or Progress()
     q = get_quantization(quant) if quant else None
     preset = presets.get_preset(target)
     missing = presets.missing_codegen(preset)
     if missing:
         raise TargetError(missing)
+    if cuda_graph and (preset.gpu is None or preset.gpu.api != "cuda"):
+        raise TargetError(f"--cuda-graph is for CUDA targets; {preset.name} is not one (see `edgesmith targets`)")
     ckpt = model if isinstance(model, Checkpoint) else open_checkpoint(model)
     validate(ckpt)
     q = q or get_quantization(default_quant(ckpt, target)[0])
@@ -156,7 +160,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
 
         progress.step(f"lowering for {preset.name} ({tvm_target.kind.name}, {preset.triple})")
         launches: dict = {}  # GPU: the kernels a decoded token launches, read from the lowered module
-        ex = lower(mod, tvm_target, dump_ir, sliding_window=kv.window, tuning=kernel_tuning, launches=launches)
+        ex = lower(mod, tvm_target, dump_ir, sliding_window=kv.window, tuning=kernel_tuning, launches=launches,
+                   cuda_graph=cuda_graph)
         if kernel_tuning is not None:
             used = kernel_tuning.used
             untuned = sorted(used - set(kernel_tuning.as_dict()))
@@ -169,6 +174,8 @@ def compile_bundle(model: str | Path | Checkpoint, quant: str | None, target: st
         kernels = kernel_sources.write_kernel_sources(ex, tmp / "kernels") if preset.gpu else None
         if kernels is not None and launches:
             kernels = dataclasses.replace(kernels, decode_launches=launches)
+        if kernels is not None and cuda_graph:
+            kernels = dataclasses.replace(kernels, cuda_graph=True)
         t_compile = time.perf_counter() - t0 - t_convert
 
         runtime_files = presets_runtime_files(preset)

@@ -152,3 +152,30 @@ def test_inspect_lists_and_prints_kernels(bundles, capsys):
     assert "device      opencl" in capsys.readouterr().out
 
 
+
+
+def test_cuda_graph_replays_the_kernels_between_kv_cache_calls(bundles, tmp_path, capsys):
+    """--cuda-graph: TVM's RewriteCUDAGraph makes each run of static-shape kernels in decode (those
+    between the KV cache's calls) one CUDA graph, captured on its first call and replayed after.
+    Its run on a GPU is bench/cuda_check.py's (bundle-graph); here what the compiler made."""
+    dump = tmp_path / "ir"
+    bundle = compile_bundle("random:tiny", "q4f16", "cuda", tmp_path / "b", dump_ir=dump, cuda_graph=True)
+    assert _manifest(bundle)["kernels"]["cuda_graph"] is True
+    lowered = sorted(dump.glob("*-lower.py"))[-1].read_text()
+    decode = lowered[lowered.index("def decode("):]
+    decode = decode[:decode.index("\n@R.function")] if "\n@R.function" in decode else decode
+    # random:tiny's 2 layers: the kernels before, between and after the KV cache's 2 calls, 3 graphs
+    assert decode.count('"vm.builtin.cuda_graph.run_or_capture"') == 3, decode
+    # the embedding's gather reads the token ids, a new buffer each call: it stays out of the graphs
+    assert any(line.strip().startswith("q4_take") and "input_ids" in line for line in decode.splitlines())
+    # the VM calls the graph builtin by name; a bundle compiled without the option never does
+    plain = bundles("cuda")
+    assert _manifest(plain)["kernels"]["cuda_graph"] is False
+    assert b"cuda_graph.run_or_capture" in (bundle / "lib" / "model.so").read_bytes()
+    assert b"cuda_graph.run_or_capture" not in (plain / "lib" / "model.so").read_bytes()
+    # any other target refuses it in one line, before writing anything
+    assert cli_main(["compile", "random:tiny", "--target", "linux-opencl", "--cuda-graph", "-q",
+                     "-o", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "--cuda-graph is for CUDA targets" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -153,6 +153,7 @@ class KernelSources(_Section):
     # the kernels a decoded token launches, derived from the lowered decode (compiler/lowering/launches.py):
     # {"total", "head", "per_layer": [...], "kv_cache_per_layer"}; None in bundles made before it
     decode_launches: Mapping | None = None
+    cuda_graph: bool = False  # compiled with --cuda-graph: kernel runs replayed as CUDA graphs
 
 
 @dataclass(frozen=True)

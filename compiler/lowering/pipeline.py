@@ -7,6 +7,7 @@ legalize -> fuse -> schedule (our CPU rules, then dlight's) -> lower to the VM.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import tvm
@@ -14,7 +15,7 @@ from edgesmith.compiler.kernels.family import is_gpu
 from edgesmith.targets.tvm_api import relax
 
 
-def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, list]]:
+def _phases(target, sliding_window: int = 0, tuning=None, cuda_graph: bool = False) -> list[tuple[str, list]]:
     from edgesmith.compiler.lowering import attention_swap
     from edgesmith.compiler.kernels import attention_gpu, attention_opencl, attention_webgpu
     from edgesmith.compiler.lowering import schedules_cpu as schedules
@@ -51,6 +52,9 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
             rt.RemovePurityChecking(),
             rt.CallTIRRewrite(),
             rt.StaticPlanBlockMemory(),
+            # CUDA graphs: every run of static-shape kernels between the KV cache's calls becomes one
+            # graph, captured on its first call and replayed after (vm.builtin.cuda_graph.run_or_capture)
+            *([rt.RewriteCUDAGraph()] if cuda_graph else []),
             rt.LowerAllocTensor(),
             rt.KillAfterLastUse(),
             rt.LowerRuntimeBuiltin(),
@@ -62,17 +66,22 @@ def _phases(target, sliding_window: int = 0, tuning=None) -> list[tuple[str, lis
 
 
 def make_pipeline(target, dump_dir: Path | None = None, *, sliding_window: int = 0, tuning=None,
-                  launches: dict | None = None):
+                  launches: dict | None = None, cuda_graph: bool = False):
     """A module pass running every phase under `target`; dumps `NN-phase.py` scripts when asked.
     sliding_window: the attention's window (0: none), applied by the attention kernels.
     tuning: compiler/tuning.Tuning for the CPU schedule's and the GPU GEMVs' choices (None: the defaults).
     launches: a GPU target's dict to fill with the kernels a decoded token launches
-    (lowering/launches.py), read from the lowered module."""
+    (lowering/launches.py), read from the lowered module.
+    cuda_graph: a CUDA target's decode and prefill replay their static-shape kernel runs as CUDA
+    graphs (TVM's RewriteCUDAGraph, which acts only under its PassContext option)."""
+    if cuda_graph and target.kind.name != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA target, not {target.kind.name}")
 
     @tvm.transform.module_pass(opt_level=0, name="edgesmith_pipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-        with target:
-            for i, (name, passes) in enumerate(_phases(target, sliding_window, tuning)):
+        config = tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": True}) if cuda_graph else None
+        with target, (config if config is not None else contextlib.nullcontext()):
+            for i, (name, passes) in enumerate(_phases(target, sliding_window, tuning, cuda_graph)):
                 mod = tvm.transform.Sequential(passes, name=name)(mod)
                 if dump_dir is not None:
                     dump_dir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ def cmd_compile(args) -> int:
     compile_bundle(args.model, args.quant, args.target, out,
                    quantize_embedding=_embedding_choice(args), dump_ir=args.dump_ir, progress=progress,
                    context=args.context, kv_dtype=args.kv_dtype, tuning=tuning, tuning_source=tuning_source,
-                   tokenizer=args.tokenizer)
+                   tokenizer=args.tokenizer, cuda_graph=args.cuda_graph)
     progress.done(f"bundle written to {out} ({_kv_summary(out)})")
     if args.eval:
         from edgesmith.runtime.evaluate import evaluate_bundle
@@ -126,6 +126,8 @@ def add_parser(sub) -> None:
                    "tokenizer.json, else its tokenizer.model converted)")
     c.add_argument("--eval", action="store_true", help="also report top-1 agreement and KL against q0f32")
     c.add_argument("--dump-ir", type=Path, metavar="DIR", help="write the IR after each pipeline phase")
+    c.add_argument("--cuda-graph", action="store_true", help="CUDA targets: replay the kernels between the KV "
+                   "cache's calls as CUDA graphs (fewer launches a token; not yet run on a GPU: off by default)")
     c.add_argument("--context", type=int, metavar="N", help="tokens the KV cache holds, up to the model's "
                    "max_position_embeddings (default: that, at most 4096)")
     c.add_argument("--kv-dtype", choices=["float16", "float32"], help="KV cache dtype (default float16 on GPUs "
