@@ -129,7 +129,8 @@ def _launches(bundle) -> dict:
 
 def test_kernels_per_decoded_token(compiled, unfused):
     """Counted by our OpenCL plug-in on PoCL (`runner profile`), equal to what the compiler
-    derived; the fused bundle launches 7 a layer (TVM's KV cache: 3 of them) + 2, the unfused 11 + 4."""
+    derived; the fused bundle launches 6 a layer (the KV cache's: our split + RoPE + append, then the
+    attention) + 2, the unfused 11 + 4 (TVM's split, append, attention)."""
     fused = compiled(TINY, "q4f32", "linux-opencl")
     counts = {}
     for name, bundle in (("fused", fused), ("unfused", unfused)):
@@ -141,6 +142,7 @@ def test_kernels_per_decoded_token(compiled, unfused):
         counts[name] = derived
     print(f"kernels per decoded token on PoCL: fused {counts['fused']}, unfused {counts['unfused']}")
     assert counts["unfused"]["per_layer"] == [11, 11] and counts["unfused"]["head"] == 4
-    assert counts["fused"]["per_layer"] == [7, 7] and counts["fused"]["head"] == 2
+    assert counts["fused"]["per_layer"] == [6, 6] and counts["fused"]["head"] == 2
+    assert counts["fused"]["kv_cache_per_layer"] == 2 and counts["unfused"]["kv_cache_per_layer"] == 3
     names = json.loads((fused / "manifest.json").read_text())["kernels"]["names"]
     assert any(n.startswith("q4_matmul_norm") for n in names) and any("q4_matmul_silu" in n for n in names)
