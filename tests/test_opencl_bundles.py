@@ -117,7 +117,7 @@ def test_profile_checks_accuracy_and_lists_opencl_kernels(compiled, capsys):
     print(f"random:tiny on PoCL: {record['tg']['kernels_per_token']:g} kernels per decoded token "
           f"({layers} per layer + head {launches['head']})")
     assert record["tg"]["kernels_per_token"] == launches["total"] == sum(layers) + launches["head"]
-    assert len(layers) == 2 and launches["kv_cache_per_layer"] == 3
+    assert len(layers) == 2 and launches["kv_cache_per_layer"] == 2  # split + RoPE + append, attention
     assert cli_main(["inspect", str(bundle)]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("decode "))
     assert f"{launches['total']} kernels per token: {layers[0]} per layer x 2 layers" in line
