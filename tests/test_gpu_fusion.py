@@ -1,12 +1,13 @@
 """GPU decode's fusions (issue #33), on PoCL: each fused kernel against numpy, the fused bundle
 against the unfused one, and the kernels a decoded token launches.
 
-Fused (kernels/gpu.py, kernels/rope_split.py; lowering/schedules_fused.py):
+Fused (kernels/gpu.py, kernels/rope_split.py, kernels/kv_append.py; lowering/schedules_fused.py):
   RMSNorm into the next int4 GEMV    qkv_proj, gate_up_proj, and the final norm with lm_head
   SiLU(gate) * up into down_proj     its prologue
   RoPE into the KV cache's split     plain RoPE, a cache that does not slide
+  that split into the KV append      decode steps (kernels/kv_append.py + the runner's builtin)
   the residual adds                  o_proj's and down_proj's epilogue (FuseOps did that already)
-  a float16 cache's cast             qkv_proj's epilogue (to float16)
+  a float16 cache's casts          qkv_proj's epilogue (to float16), o_proj's loads (back, on decode)
 The single kernels are built as a bundle builds them (test_pocl_kernels.py's helpers: the
 android-opencl target, our GPU rules) and checked against numpy written here. The bundles: the
 fused one is what `compile` makes; the unfused one is compile_bundle(gpu_fusion=False). The fused
