@@ -84,6 +84,30 @@ def split_rope_append(split_template: tirx.PrimFunc, append_template: tirx.PrimF
     return with_template_attrs(fused, split_template)
 
 
+def _is_create(call) -> bool:
+    return (isinstance(call, relax.Call) and len(call.args) > 0 and isinstance(call.args[0], relax.ExternFunc)
+            and call.args[0].global_symbol == CREATE)
+
+
+def _pair_bindings(binding, fused_gv, var) -> list:
+    """The create call `binding` as FACTORY's pair, then the call handed that pair."""
+    call = binding.value
+    split_gv, append_gv = call.args[_SPLIT_ARG], call.args[_APPEND_ARG]
+    sliding = call.args[_CONFIG_ARG].values[_SLIDING]
+    obj = relax.ObjectType()
+    pair = var("kv_fused_pair", relax.TupleType([obj, obj]))
+    split_fn, append_fn = var("kv_fused_split", obj), var("kv_fused_append", obj)
+    args = list(call.args)
+    args[_SPLIT_ARG], args[_APPEND_ARG] = split_fn, append_fn
+    return [
+        relax.VarBinding(pair, relax.call_pure_packed(FACTORY, fused_gv, split_gv, append_gv, relax.prim_value(sliding),
+                                                      ty_args=relax.TupleType([obj, obj]))),
+        relax.VarBinding(split_fn, relax.TupleGetItem(pair, 0)),
+        relax.VarBinding(append_fn, relax.TupleGetItem(pair, 1)),
+        relax.VarBinding(binding.var, relax.Call(call.op, args, call.attrs, call.ty_args)),
+    ]
+
+
 def fuse_kv_append(mod: tvm.IRModule, spec: dict) -> tvm.IRModule:
     """`mod` with its cache creation handing the cache FACTORY's pair in place of the split and
     the append (the module's own split and TVM's append stay: the pair falls back on them)."""
@@ -94,38 +118,24 @@ def fuse_kv_append(mod: tvm.IRModule, spec: dict) -> tvm.IRModule:
     fused_gv, attrs = None, mod.attrs
     for gv in creates:
         func = mod[gv]
-        new_blocks = []
+        blocks = []
         for block in func.body.blocks:
+            dataflow = isinstance(block, relax.DataflowBlock)
             bindings = []
             for binding in block.bindings:
-                call = binding.value
-                if not (isinstance(call, relax.Call) and call.args and isinstance(call.args[0], relax.ExternFunc)
-                        and call.args[0].global_symbol == CREATE):
+                if not _is_create(binding.value):
                     bindings.append(binding)
                     continue
-                split_gv, append_gv = call.args[_SPLIT_ARG], call.args[_APPEND_ARG]
                 if fused_gv is None:  # a block builder gives the GlobalVar its type, which Relax checks
+                    call = binding.value
                     builder = relax.BlockBuilder(mod)
-                    fused_gv = builder.add_func(split_rope_append(mod[split_gv], mod[append_gv], spec), FUSED_NAME)
+                    fused = split_rope_append(mod[call.args[_SPLIT_ARG]], mod[call.args[_APPEND_ARG]], spec)
+                    fused_gv = builder.add_func(fused, FUSED_NAME)
                     mod = builder.get()
-                sliding = call.args[_CONFIG_ARG].values[_SLIDING]
-                var = relax.DataflowVar if isinstance(block, relax.DataflowBlock) else relax.Var
-                obj = relax.ObjectType()
-                pair = var("kv_fused_pair", relax.TupleType([obj, obj]))
-                split_fn, append_fn = var("kv_fused_split", obj), var("kv_fused_append", obj)
-                bindings += [
-                    relax.VarBinding(pair, relax.call_pure_packed(
-                        FACTORY, fused_gv, split_gv, append_gv, relax.prim_value(sliding),
-                        ty_args=relax.TupleType([obj, obj]))),
-                    relax.VarBinding(split_fn, relax.TupleGetItem(pair, 0)),
-                    relax.VarBinding(append_fn, relax.TupleGetItem(pair, 1)),
-                ]
-                args = list(call.args)
-                args[_SPLIT_ARG], args[_APPEND_ARG] = split_fn, append_fn
-                bindings.append(relax.VarBinding(binding.var, relax.Call(call.op, args, call.attrs, call.ty_args)))
-            new_blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock) else relax.BindingBlock(bindings))
-        body = relax.SeqExpr(new_blocks, func.body.body)
+                bindings += _pair_bindings(binding, fused_gv, relax.DataflowVar if dataflow else relax.Var)
+            blocks.append(relax.DataflowBlock(bindings) if dataflow else relax.BindingBlock(bindings))
         funcs = dict(mod.functions)  # a new module: a pass leaves its input as it was
-        funcs[gv] = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
+        funcs[gv] = relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty, func.is_pure,
+                                   func.attrs)
         mod = tvm.IRModule(funcs, attrs=attrs, global_infos=mod.global_infos)
     return mod

@@ -14,7 +14,8 @@ Phi3ForCausalLM.rope_in_kv_split, recorded as the module attribute ATTR for the 
 pipeline (RopeInKVSplit). A float16 cache takes qkv in float16 (the qkv GEMV's epilogue casts
 it): the split rotates in float32 from those values, where the unfused path rotated the float32
 ones and rounded once, so q and k carry up to twice float16's rounding (q4f16's bound holds:
-tests/test_vulkan_bundles.py on lavapipe).
+tests/test_vulkan_bundles.py on lavapipe). On a decode step the split and TVM's KV append then
+become one kernel (kernels/kv_append.py, called from rope_in_kv_split below).
 """
 from __future__ import annotations
 
