@@ -197,3 +197,13 @@ def test_kernels_per_decoded_token(compiled, unfused):
     assert counts["fused"]["kv_cache_per_layer"] == 2 and counts["unfused"]["kv_cache_per_layer"] == 3
     names = json.loads((fused / "manifest.json").read_text())["kernels"]["names"]
     assert any(n.startswith("q4_matmul_norm") for n in names) and any("q4_matmul_silu" in n for n in names)
+
+
+def test_python_engine_refuses_a_gpu_bundle(compiled):
+    """Only the runner registers the fused KV append's builtin (and TVM's Python has no OpenCL
+    loader): the in-process engine says so in one line instead of failing inside TVM."""
+    from edgesmith.errors import BundleError
+    from edgesmith.runtime.engine import Engine
+
+    with pytest.raises(BundleError, match=r"runs on a GPU \(opencl\).*drop --engine python"):
+        Engine(compiled(TINY, "q4f32", "linux-opencl"))
