@@ -84,6 +84,9 @@ class Engine:
         if arch != platform.machine():
             raise BundleError(f"bundle {self.bundle} is built for {arch}; this machine is {platform.machine()} — "
                               "run it on a device with --device, or compile with --target host")
+        if self.manifest.device is not None:  # TVM's Python has no OpenCL/WebGPU loader, nor our KV builtin
+            raise BundleError(f"bundle {self.bundle} runs on a GPU ({self.manifest.device.api}); the Python engine "
+                              "runs host bundles only: drop --engine python (the bundle's runner runs it)")
         if self.manifest.tvm_version != TVM_VERSION:
             raise BundleError(f"bundle {self.bundle} was built with TVM {self.manifest.tvm_version}, "
                               f"this runtime is TVM {TVM_VERSION}; recompile it")

@@ -1,12 +1,13 @@
 """GPU decode's fusions (issue #33), on PoCL: each fused kernel against numpy, the fused bundle
 against the unfused one, and the kernels a decoded token launches.
 
-Fused (kernels/gpu.py, kernels/rope_split.py; lowering/schedules_fused.py):
+Fused (kernels/gpu.py, kernels/rope_split.py, kernels/kv_append.py; lowering/schedules_fused.py):
   RMSNorm into the next int4 GEMV    qkv_proj, gate_up_proj, and the final norm with lm_head
   SiLU(gate) * up into down_proj     its prologue
   RoPE into the KV cache's split     plain RoPE, a cache that does not slide
+  that split into the KV append      decode steps (kernels/kv_append.py + the runner's builtin)
   the residual adds                  o_proj's and down_proj's epilogue (FuseOps did that already)
-  a float16 cache's cast             qkv_proj's epilogue (to float16)
+  a float16 cache's casts          qkv_proj's epilogue (to float16), o_proj's loads (back, on decode)
 The single kernels are built as a bundle builds them (test_pocl_kernels.py's helpers: the
 android-opencl target, our GPU rules) and checked against numpy written here. The bundles: the
 fused one is what `compile` makes; the unfused one is compile_bundle(gpu_fusion=False). The fused
@@ -25,6 +26,7 @@ from test_pocl_kernels import _schedule, quantize, run_kernel  # noqa: E402
 
 from edgesmith.compiler.build import compile_bundle
 from edgesmith.compiler.kernels import gpu as kernels_gpu
+from edgesmith.compiler.kernels.kv_append import split_rope_append
 from edgesmith.compiler.kernels.rope_split import split_rope
 from edgesmith.runtime.session import run_runner
 from edgesmith.targets.tvm_api import kv_cache_mod, te
@@ -97,6 +99,37 @@ def test_split_with_rope_partial_rotary():
     np.testing.assert_array_equal(run_kernel(func, arrays, {"seq_len": t}, out="v"), qkv[:, hq + hkv:])
 
 
+def test_split_rope_append_writes_q_and_the_pages():
+    """Our split + RoPE + KV append (kernels/kv_append.py) in place of TVM's split and append:
+    q rotated into q; k rotated and v copied into the pages at the append positions (page
+    p // 16, slot p % 16, k at [.., 0, ..], v at [.., 1, ..]); a position of -1 writes nothing;
+    every other slot is left as it was. Partial rotary, positions far apart, five tokens."""
+    t, hq, hkv, d, rot, theta, page = 5, 4, 2, 32, 24, 10000.0, 16
+    split = kv_cache_mod.llama_rope_with_position_map(theta, 1.0, d, hq, hkv, "float32", {}, d)
+    append = kv_cache_mod._kv_cache_transpose_append(hkv, d, "float32")
+    func = _schedule(split_rope_append(split, append, {"rot_heads": hq + hkv, "rotary_dim": rot, "theta": theta,
+                                                       "attention_factor": 1.0}))
+    qkv = RNG.standard_normal((t, hq + 2 * hkv, d)).astype(np.float32)
+    pos = np.array([3, 4, 5, 6, 700], np.int32)
+    slots = np.array([17, 18, -1, 33, 63], np.int32)
+    pages = RNG.standard_normal((4, 2, hkv, page, d)).astype(np.float32)
+    arrays = {"qkv": qkv, "pos": pos, "q": np.zeros((t, hq, d), np.float32), "pages": pages, "append": slots}
+    half = rot // 2
+    inv = 1.0 / theta ** (np.arange(half) * 2 / rot)
+    ang = pos[:, None].astype(np.float64) * inv[None, :]
+    cos, sin = np.concatenate([np.cos(ang)] * 2, -1)[:, None], np.concatenate([np.sin(ang)] * 2, -1)[:, None]
+    r = qkv[:, :, :rot]
+    rotated = np.concatenate([r * cos + np.concatenate([-r[..., half:], r[..., :half]], -1) * sin, qkv[:, :, rot:]], -1)
+    scalars = {"seq_len": t, "num_pages": 4}
+    np.testing.assert_allclose(run_kernel(func, arrays, scalars, out="q"), rotated[:, :hq], rtol=1e-4, atol=1e-4)
+    want = pages.copy()
+    for i, p in enumerate(slots):
+        if p >= 0:
+            want[p // page, 0, :, p % page] = rotated[i, hq:hq + hkv]
+            want[p // page, 1, :, p % page] = qkv[i, hq + hkv:]
+    np.testing.assert_allclose(run_kernel(func, arrays, scalars, out="pages"), want, rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------ bundles: fused vs unfused
 
 
@@ -123,13 +156,32 @@ def test_fused_bundle_matches_the_unfused_one(compiled, unfused):
     assert (a.argmax(1) == b.argmax(1)).all()
 
 
+def test_530_token_prompt_fused_unfused_and_host(compiled, unfused):
+    """Two prefill chunks (the split and TVM's append, the attention between them), then decode
+    steps on the fused kernel with the keys in the pages past the prompt's: logits within 1e-4 of
+    the unfused bundle's, and greedy picks the host bundle's token at every step."""
+    prompt = [(37 * i + 11) % 512 for i in range(530)]
+    host_bundle = compiled(TINY, "q4f32")
+    lines = run_runner(host_bundle, ["generate", str(host_bundle), "--tokens", ",".join(map(str, prompt)),
+                                     "-n", "5"], timeout=900)  # no stop ids: five tokens
+    host = next(l for l in lines if "output_ids" in l)["output_ids"]
+    assert len(host) == 5
+    tokens = prompt + host[:4]
+    a, b = _logits(compiled(TINY, "q4f32", "linux-opencl"), tokens, 530), _logits(unfused, tokens, 530)
+    assert a.shape == b.shape == (5, 512)
+    diff = np.abs(a - b).max(axis=1)
+    assert (diff < 1e-4).all(), f"max |logit diff| per position: {diff}"
+    assert a.argmax(1).tolist() == host[:5]
+
+
 def _launches(bundle) -> dict:
     return json.loads((bundle / "manifest.json").read_text())["kernels"]["decode_launches"]
 
 
 def test_kernels_per_decoded_token(compiled, unfused):
     """Counted by our OpenCL plug-in on PoCL (`runner profile`), equal to what the compiler
-    derived; the fused bundle launches 7 a layer (TVM's KV cache: 3 of them) + 2, the unfused 11 + 4."""
+    derived; the fused bundle launches 6 a layer (the KV cache's: our split + RoPE + append, then the
+    attention) + 2, the unfused 11 + 4 (TVM's split, append, attention)."""
     fused = compiled(TINY, "q4f32", "linux-opencl")
     counts = {}
     for name, bundle in (("fused", fused), ("unfused", unfused)):
@@ -141,6 +193,17 @@ def test_kernels_per_decoded_token(compiled, unfused):
         counts[name] = derived
     print(f"kernels per decoded token on PoCL: fused {counts['fused']}, unfused {counts['unfused']}")
     assert counts["unfused"]["per_layer"] == [11, 11] and counts["unfused"]["head"] == 4
-    assert counts["fused"]["per_layer"] == [7, 7] and counts["fused"]["head"] == 2
+    assert counts["fused"]["per_layer"] == [6, 6] and counts["fused"]["head"] == 2
+    assert counts["fused"]["kv_cache_per_layer"] == 2 and counts["unfused"]["kv_cache_per_layer"] == 3
     names = json.loads((fused / "manifest.json").read_text())["kernels"]["names"]
     assert any(n.startswith("q4_matmul_norm") for n in names) and any("q4_matmul_silu" in n for n in names)
+
+
+def test_python_engine_refuses_a_gpu_bundle(compiled):
+    """Only the runner registers the fused KV append's builtin (and TVM's Python has no OpenCL
+    loader): the in-process engine says so in one line instead of failing inside TVM."""
+    from edgesmith.errors import BundleError
+    from edgesmith.runtime.engine import Engine
+
+    with pytest.raises(BundleError, match=r"runs on a GPU \(opencl\).*drop --engine python"):
+        Engine(compiled(TINY, "q4f32", "linux-opencl"))

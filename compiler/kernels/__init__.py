@@ -10,4 +10,6 @@
 | attention_cpu  | CPU attention kernels for TVM's paged KV cache (sliding window, float16 KV) |
 | gpu            | GPU linears in the textbook form dlight's rules read                       |
 | attention_opencl | two of TVM's GPU attention kernels made right on OpenCL                  |
+| rope_split     | GPU decode: TVM's KV split kernel swapped for one that also applies RoPE   |
+| kv_append      | GPU decode: that split and the KV append in one kernel (+ the runner's builtin) |
 """

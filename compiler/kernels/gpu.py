@@ -30,11 +30,15 @@ def dequantize_q4(w, s, group: int):
 
 
 def _matmul_nt(x, w, name: str):
-    """x (b, t, k) f32 @ w.T, w (n, k) f32 -> (b, t, n) f32."""
+    """x (b, t, k) @ w.T, w (n, k) f32 -> (b, t, n) f32. x of another float dtype (a float16 KV
+    cache's attention output on decode: models/phi3/model.py) is widened as it is loaded, so no
+    cast kernel runs before the GEMV. (Prefill keeps its cast kernel: a float16 x in the GEMM sends
+    dlight's CUDA Matmul rule to tensor-core tensorization, which segfaults in TVM 0.27.)"""
     b, t, k_dim = x.shape
     n = w.shape[0]
     k = te.reduce_axis((0, k_dim), name="k")
-    return te.compute((b, t, n), lambda i, j, o: te.sum(x[i, j, k] * w[o, k], axis=k), name=name)
+    load = (lambda i, j, c: x[i, j, c]) if x.dtype == F32 else (lambda i, j, c: x[i, j, c].astype(F32))
+    return te.compute((b, t, n), lambda i, j, o: te.sum(load(i, j, k) * w[o, k], axis=k), name=name)
 
 
 def q4_linear(x, w, s, group: int):

@@ -14,7 +14,8 @@ Phi3ForCausalLM.rope_in_kv_split, recorded as the module attribute ATTR for the 
 pipeline (RopeInKVSplit). A float16 cache takes qkv in float16 (the qkv GEMV's epilogue casts
 it): the split rotates in float32 from those values, where the unfused path rotated the float32
 ones and rounded once, so q and k carry up to twice float16's rounding (q4f16's bound holds:
-tests/test_vulkan_bundles.py on lavapipe).
+tests/test_vulkan_bundles.py on lavapipe). On a decode step the split and TVM's KV append then
+become one kernel (kernels/kv_append.py, called from rope_in_kv_split below).
 """
 from __future__ import annotations
 
@@ -27,6 +28,21 @@ ATTR = "edgesmith_rope_in_kv_split"  # JSON: {rot_heads, rotary_dim, theta, atte
 _SPLIT_BLOCK = 'sblock("llama_fused_rope")'  # TVM's split kernel, told apart by its block
 
 
+def rope_value(qkv, pos, vs, vh, vc, *, d: int, rot: int, theta: float, factor: float):
+    """qkv[vs, vh, vc] rotated (float32): kernels.cpu.rope's formula (transformers' rotate_half)
+    at position pos[vs], for a channel vc < rot. Built in Python, called from the TIR kernels
+    below (as TVM's own _rope is): the one place the formula is written."""
+    f32 = lambda e: tirx.Cast("float32", e)  # noqa: E731
+    half = rot // 2
+    inv_freq = tirx.FloatImm("float32", 1.0) / tirx.pow(
+        tirx.FloatImm("float32", theta), f32(vc % half * 2) / tirx.FloatImm("float32", float(rot)))
+    angle = f32(pos[vs]) * inv_freq
+    scale = tirx.FloatImm("float32", factor)
+    other = tirx.if_then_else(vc < half, tirx.FloatImm("float32", 0.0) - f32(qkv[vs, vh, tirx.min(vc + half, d - 1)]),
+                              f32(qkv[vs, vh, tirx.max(vc - half, 0)]))
+    return f32(qkv[vs, vh, vc]) * (tirx.cos(angle) * scale) + other * (tirx.sin(angle) * scale)
+
+
 def split_rope(template: tirx.PrimFunc, spec: dict) -> tirx.PrimFunc:
     """Our split + RoPE with `template`'s (TVM's split's) parameters and shapes: one block over
     (token, head, channel), as TVM's, so it stays one kernel (a TE with three outputs would be
@@ -37,7 +53,7 @@ def split_rope(template: tirx.PrimFunc, spec: dict) -> tirx.PrimFunc:
     heads, d = int(qkv_buf.shape[1]), int(qkv_buf.shape[2])
     hq, hkv, dtype = int(q_buf.shape[1]), int(k_buf.shape[1]), str(qkv_buf.dtype)
     rot_heads, rot = spec["rot_heads"], spec["rotary_dim"]
-    half, theta, factor = rot // 2, float(spec["theta"]), float(spec["attention_factor"])
+    rope = dict(d=d, rot=rot, theta=float(spec["theta"]), factor=float(spec["attention_factor"]))
 
     @T.prim_func(private=True, s_tir=True)
     def split(var_qkv: T.handle, var_pos: T.handle, var_q: T.handle, var_k: T.handle, var_v: T.handle,
@@ -51,22 +67,11 @@ def split_rope(template: tirx.PrimFunc, spec: dict) -> tirx.PrimFunc:
         for s_, h_, c_ in T.grid(seq_len, heads, d):
             with T.sblock("split_rope"):
                 vs, vh, vc = T.axis.remap("SSS", [s_, h_, c_])
-                # kernels.cpu.rope's formula (transformers' rotate_half), at the cache's position
                 if vh < rot_heads and vc < rot:
                     if vh < hq:
-                        q[vs, vh, vc] = T.Cast(dtype, T.Cast("float32", qkv[vs, vh, vc]) * (T.cos(T.Cast("float32", pos[vs]) * (T.float32(1.0) / T.pow(
-                            T.float32(theta), T.Cast("float32", vc % half * 2) / T.float32(rot)))) * T.float32(factor)) + \
-                            T.if_then_else(vc < half, T.float32(0.0) - T.Cast("float32", qkv[vs, vh, T.min(vc + half, d - 1)]),
-                                           T.Cast("float32", qkv[vs, vh, T.max(vc - half, 0)])) * (T.sin(T.Cast("float32", pos[vs]) * (
-                                               T.float32(1.0) / T.pow(T.float32(theta), T.Cast("float32", vc % half * 2)
-                                                                      / T.float32(rot)))) * T.float32(factor)))
+                        q[vs, vh, vc] = T.Cast(dtype, rope_value(qkv, pos, vs, vh, vc, **rope))
                     else:
-                        k[vs, vh - hq, vc] = T.Cast(dtype, T.Cast("float32", qkv[vs, vh, vc]) * (T.cos(T.Cast("float32", pos[vs]) * (T.float32(1.0) / T.pow(
-                            T.float32(theta), T.Cast("float32", vc % half * 2) / T.float32(rot)))) * T.float32(factor)) + \
-                            T.if_then_else(vc < half, T.float32(0.0) - T.Cast("float32", qkv[vs, vh, T.min(vc + half, d - 1)]),
-                                           T.Cast("float32", qkv[vs, vh, T.max(vc - half, 0)])) * (T.sin(T.Cast("float32", pos[vs]) * (
-                                               T.float32(1.0) / T.pow(T.float32(theta), T.Cast("float32", vc % half * 2)
-                                                                      / T.float32(rot)))) * T.float32(factor)))
+                        k[vs, vh - hq, vc] = T.Cast(dtype, rope_value(qkv, pos, vs, vh, vc, **rope))
                 elif vh < hq:
                     q[vs, vh, vc] = qkv[vs, vh, vc]
                 elif vh < hq + hkv:
@@ -74,8 +79,13 @@ def split_rope(template: tirx.PrimFunc, spec: dict) -> tirx.PrimFunc:
                 else:
                     v[vs, vh - hq - hkv, vc] = qkv[vs, vh, vc]
 
+    return with_template_attrs(split, template)
+
+
+def with_template_attrs(func: tirx.PrimFunc, template: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with the attributes of the TVM kernel it stands in for (its symbol name aside)."""
     attrs = {key: val for key, val in (template.attrs or {}).items() if key != "global_symbol"}
-    return split.with_attrs(attrs) if attrs else split
+    return func.with_attrs(attrs) if attrs else func
 
 
 def rope_in_kv_split(mod: tvm.IRModule) -> tvm.IRModule:
@@ -90,7 +100,11 @@ def rope_in_kv_split(mod: tvm.IRModule) -> tvm.IRModule:
                            "(TVM's llama_fused_rope block): TVM's paged KV cache changed")
     for gv in found:
         funcs[gv] = split_rope(funcs[gv], spec)
-    return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
+    mod = tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
+    # and on decode, the split with the append in one kernel (kernels/kv_append.py)
+    from edgesmith.compiler.kernels.kv_append import fuse_kv_append
+
+    return fuse_kv_append(mod, spec)
 
 
 @tvm.transform.module_pass(opt_level=0, name="RopeInKVSplit")

@@ -5,6 +5,7 @@ binds GPU threads launches one kernel per loop nest bound to blockIdx.x (host-on
 such as the symbolic-shape helpers, launch none), and each call of the paged KV cache's fused-QKV attention launches the kernels TVM's
 runtime runs for a decode step (src/runtime/vm/paged_kv_cache.cc, AttentionWithFusedQKV):
   no sliding window  split_rotary, transpose_append, batch_decode            3
+    with our fused split + append (kernels/kv_append.py: the module has it)   2
   sliding window     split_rotary, ragged self-attention, batch_decode, merge, transpose_append  5
 That part is derived from TVM's source, not seen in our module; the runner counts the real
 launches on the device (`edgesmith profile`: the OpenCL/WebGPU plug-in's counter) and
@@ -22,6 +23,7 @@ from edgesmith.targets.tvm_api import relax
 
 ATTENTION = "vm.builtin.attention_kv_cache_attention_with_fused_qkv"
 KV_KERNELS = {False: 3, True: 5}  # a decode step's kernels inside ATTENTION, by sliding window
+KV_KERNELS_FUSED = 2  # no sliding window, split + RoPE + append in one kernel (kernels/kv_append.py)
 _LAYER = re.compile(r"layers_(\d+)_")
 
 
@@ -42,6 +44,9 @@ def decode_launches(mod, *, sliding: bool = False, entry: str = "decode") -> dic
     gvars = {gv.name_hint: gv for gv in mod.get_global_vars()}
     if entry not in gvars:
         return None
+    from edgesmith.compiler.kernels.kv_append import FUSED_NAME
+
+    kv_kernels = KV_KERNELS_FUSED if FUSED_NAME in gvars and not sliding else KV_KERNELS[sliding]
     kernels = {name: n for name, gv in gvars.items()
                if isinstance(mod[gv], tirx.PrimFunc) and (n := _kernels_of(mod[gv]))}
     layers: dict[int, int] = {}
@@ -63,7 +68,7 @@ def decode_launches(mod, *, sliding: bool = False, entry: str = "decode") -> dic
             if isinstance(call.op, relax.GlobalVar) and call.op.name_hint in kernels:
                 count = kernels[call.op.name_hint]
             elif isinstance(call.op, relax.ExternFunc) and call.op.global_symbol == ATTENTION:
-                count = KV_KERNELS[sliding]
+                count = kv_kernels
                 current = int(call.args[1].value)  # (kv, layer id, sm_scale, qkv, out)
                 layers[current] = layers.get(current, 0) + count
                 continue
@@ -79,4 +84,4 @@ def decode_launches(mod, *, sliding: bool = False, entry: str = "decode") -> dic
             layers[current] = layers.get(current, 0) + count
     per_layer = [layers.get(i, 0) for i in range(max(layers) + 1)] if layers else []
     return {"total": head + sum(per_layer), "head": head, "per_layer": per_layer,
-            "kv_cache_per_layer": KV_KERNELS[sliding]}
+            "kv_cache_per_layer": kv_kernels}

@@ -216,6 +216,7 @@ static int64_t context_flag(double v) {
 #include "sha256.h"    // Sha256, sha256_file
 #include "manifest.h"  // Manifest, load_manifest: the bundle's manifest.json and its checks
 #include "cores.h"
+#include "kv_append.h"  // edgesmith.kv_fused_append: split + RoPE + KV append in one kernel (GPU decode)
 
 // ----------------------------------------------------------------------------
 // model: the runtime library, the Relax VM, the parameters
@@ -335,6 +336,7 @@ struct Model {
 
 static Model load_model(const std::string& bundle, const Manifest& m) {
   if (m.device_api == "cuda") register_cuda_compiler();
+  kv_append::register_factory();  // a GPU bundle's KV cache asks for it (kv_append.h)
   ffi::Module lib = ffi::Module::LoadFromFile(bundle + "/lib/model.so");
   g_timed_device = DLDevice{DLDeviceType(m.device_type), 0};
   if (g_wrap_library) g_wrap_library(lib);

@@ -80,7 +80,10 @@ class Attention(nn.Module):
         cfg = self.cfg
         d, hq = cfg.head_dim, cfg.num_attention_heads
         out = kv.attention_with_fused_qkv(layer_id, qkv, hq, sm_scale=d**-0.5)  # (b, t, hq, d) kv_dtype
-        if kv_dtype != "float32":
+        family = self.o_proj.family
+        # GPU decode (t == 1): o_proj widens a float16 output as it loads it (kernels/gpu.py); prefill
+        # and the CPU cast it in a kernel of their own
+        if kv_dtype != "float32" and not (family.gpu and family.fuse and isinstance(t, int) and t == 1):
             out = op.astype(out, "float32")
         out = op.reshape(out, (b, t, hq * d))
         if last_only:
