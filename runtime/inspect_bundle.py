@@ -155,7 +155,9 @@ def _launch_lines(launches) -> list[str]:
     per = f"{layers[0]} per layer" if len(set(layers)) == 1 else "per layer " + ", ".join(map(str, layers))
     return [f"decode      {launches['total']} kernels per token: {per} x {len(layers)} layers + the head's "
             f"{launches['head']} (derived from the compiled decode, {launches['kv_cache_per_layer']} per layer "
-            "inside the KV cache's attention; `edgesmith profile` counts them on the device)"]
+            "inside the KV cache's attention; `edgesmith profile` counts them on the device)"] + \
+        ([f"cuda graphs {launches['graphs']} a token: the kernels between the KV cache's calls replayed as CUDA "
+          "graphs (--cuda-graph)"] if launches.get("graphs") else [])
 
 
 def _kernel_entry(bundle: Path):

@@ -173,6 +173,11 @@ def test_cuda_graph_replays_the_kernels_between_kv_cache_calls(bundles, tmp_path
     # the VM calls the graph builtin by name; a bundle compiled without the option never does
     plain = bundles("cuda")
     assert _manifest(plain)["kernels"]["cuda_graph"] is False
+    # the same kernels a token, counted inside the graphs; 3 replays of them
+    graphed, launched = _manifest(bundle)["kernels"]["decode_launches"], _manifest(plain)["kernels"]["decode_launches"]
+    assert dict(graphed, graphs=0) == launched and graphed["graphs"] == 3, (graphed, launched)
+    assert cli_main(["inspect", str(bundle)]) == 0
+    assert "cuda graphs 3 a token" in capsys.readouterr().out
     assert b"cuda_graph.run_or_capture" in (bundle / "lib" / "model.so").read_bytes()
     assert b"cuda_graph.run_or_capture" not in (plain / "lib" / "model.so").read_bytes()
     # any other target refuses it in one line, before writing anything

@@ -11,6 +11,11 @@ That part is derived from TVM's source, not seen in our module; the runner count
 launches on the device (`edgesmith profile`: the OpenCL/WebGPU plug-in's counter) and
 tests/test_gpu_fusion.py holds the two equal on PoCL.
 
+A CUDA bundle compiled with --cuda-graph replays runs of those kernels as CUDA graphs
+(vm.builtin.cuda_graph.run_or_capture of a captured function): their kernels are counted inside
+the captured function, and "graphs" says how many replays a decoded token makes (the host's
+launches a token are then total - kernels in graphs + graphs).
+
 Layers are told apart by the parameters a call reads (`model.layers.N....`): a call reading none
 (RoPE, SiLU * up) belongs to the layer of the call before it; calls before the first layer
 (embedding, positions) and those reading the final norm or lm_head are the head.
@@ -22,6 +27,7 @@ import re
 from edgesmith.targets.tvm_api import relax
 
 ATTENTION = "vm.builtin.attention_kv_cache_attention_with_fused_qkv"
+GRAPH = "vm.builtin.cuda_graph.run_or_capture"  # (captured function, its args, ...): one graph replay
 KV_KERNELS = {False: 3, True: 5}  # a decode step's kernels inside ATTENTION, by sliding window
 KV_KERNELS_FUSED = 2  # no sliding window, split + RoPE + append in one kernel (kernels/kv_append.py)
 _LAYER = re.compile(r"layers_(\d+)_")
@@ -37,8 +43,8 @@ def _kernels_of(func) -> int:
 
 
 def decode_launches(mod, *, sliding: bool = False, entry: str = "decode") -> dict | None:
-    """{"total", "head", "per_layer": [n per layer], "kv_cache_per_layer"} for `entry` of a lowered
-    GPU module; None when the module has no such function."""
+    """{"total", "head", "per_layer": [n per layer], "kv_cache_per_layer", "graphs"} for `entry` of a
+    lowered GPU module; None when the module has no such function."""
     from edgesmith.targets.tvm_api import tirx
 
     gvars = {gv.name_hint: gv for gv in mod.get_global_vars()}
@@ -60,28 +66,48 @@ def decode_launches(mod, *, sliding: bool = False, entry: str = "decode") -> dic
             return tagged[0]
         return "head" if any(n.startswith(("model_norm", "lm_head", "model_embed")) for n in names) else None
 
-    for block in mod[gvars[entry]].body.blocks:
-        for binding in block.bindings:
-            call = binding.value
-            if not isinstance(call, relax.Call):
-                continue
-            if isinstance(call.op, relax.GlobalVar) and call.op.name_hint in kernels:
-                count = kernels[call.op.name_hint]
-            elif isinstance(call.op, relax.ExternFunc) and call.op.global_symbol == ATTENTION:
-                count = kv_kernels
-                current = int(call.args[1].value)  # (kv, layer id, sm_scale, qkv, out)
+    graphs = 0
+
+    def walk(func) -> None:  # a Relax function's calls in order; a graph replay's captured function inline
+        nonlocal head, current, graphs
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                call = binding.value
+                if not isinstance(call, relax.Call):
+                    continue
+                captured = _captured(call)
+                if captured is not None:
+                    graphs += 1
+                    walk(mod[captured])
+                    continue
+                if isinstance(call.op, relax.GlobalVar) and call.op.name_hint in kernels:
+                    count = kernels[call.op.name_hint]
+                elif isinstance(call.op, relax.ExternFunc) and call.op.global_symbol == ATTENTION:
+                    count = kv_kernels
+                    current = int(call.args[1].value)  # (kv, layer id, sm_scale, qkv, out)
+                    layers[current] = layers.get(current, 0) + count
+                    continue
+                else:
+                    continue
+                where = layer_of(call)
+                if where == "head" or (where is None and current is None):
+                    current = None if where == "head" else current
+                    head += count
+                    continue
+                if isinstance(where, int):
+                    current = where
                 layers[current] = layers.get(current, 0) + count
-                continue
-            else:
-                continue
-            where = layer_of(call)
-            if where == "head" or (where is None and current is None):
-                current = None if where == "head" else current
-                head += count
-                continue
-            if isinstance(where, int):
-                current = where
-            layers[current] = layers.get(current, 0) + count
+
+    walk(mod[gvars[entry]])
     per_layer = [layers.get(i, 0) for i in range(max(layers) + 1)] if layers else []
     return {"total": head + sum(per_layer), "head": head, "per_layer": per_layer,
-            "kv_cache_per_layer": kv_kernels}
+            "kv_cache_per_layer": kv_kernels, "graphs": graphs}
+
+
+def _captured(call):
+    """The captured function (a GlobalVar) a CUDA-graph replay call runs, else None:
+    R.call_builtin_with_ctx(GRAPH, (captured, (args...), index, ...))."""
+    if len(call.args) < 2 or not isinstance(call.args[0], relax.ExternFunc) or call.args[0].global_symbol != GRAPH:
+        return None
+    fields = getattr(call.args[1], "fields", None)
+    return fields[0] if fields and isinstance(fields[0], relax.GlobalVar) else None
