@@ -50,6 +50,7 @@ RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "runtime" / "runner" / 
 OPENCL_SOURCE_DIR = RUNNER_SOURCE.parent / "opencl"
 OPENCL_PLUGIN = "libedgesmith_opencl.so"
 WEBGPU_SOURCE_DIR = RUNNER_SOURCE.parent / "webgpu"
+PLUGIN_COUNTS = RUNNER_SOURCE.parent / "plugin_counts.h"  # both plug-ins include it (what the runner counts)
 WEBGPU_PLUGIN = "libedgesmith_webgpu.so"
 
 
@@ -131,7 +132,7 @@ def opencl_plugin_sources() -> list[Path]:
 def build_opencl_plugin(preset: TargetPreset) -> Path:
     """Compile (or reuse) libedgesmith_opencl.so for `preset`: TVM's OpenCL device API and module
     loader, against the wheel's headers, linked to the preset's libtvm_runtime.so / libtvm_ffi.so."""
-    headers = sorted(OPENCL_SOURCE_DIR.glob("*.h"))
+    headers = sorted(OPENCL_SOURCE_DIR.glob("*.h")) + [PLUGIN_COUNTS]
     lib_dirs = sorted({str(p.parent) for p in runtime_libs(preset)})
     flags = ["-std=c++17", "-O2", "-Wall", "-fPIC", "-shared", f"-I{OPENCL_SOURCE_DIR}", f"-I{tvm_include_dir()}"]
     flags += [f"-I{d}" for d in ffi_include_dirs()]
@@ -153,7 +154,7 @@ def build_webgpu_plugin(preset: TargetPreset) -> Path:
     loader over wgpu-native (webgpu.h / wgpu.h from the `wgpu` wheel; the library is dlopen()ed at
     run time), linked to the preset's libtvm_runtime.so / libtvm_ffi.so."""
     wgpu_inc = wgpu_include_dir()
-    headers = sorted(WEBGPU_SOURCE_DIR.glob("*.h")) + [wgpu_inc / "webgpu.h", wgpu_inc / "wgpu.h"]
+    headers = sorted(WEBGPU_SOURCE_DIR.glob("*.h")) + [PLUGIN_COUNTS, wgpu_inc / "webgpu.h", wgpu_inc / "wgpu.h"]
     lib_dirs = sorted({str(p.parent) for p in runtime_libs(preset)})
     flags = ["-std=c++17", "-O2", "-Wall", "-fPIC", "-shared", f"-I{WEBGPU_SOURCE_DIR}", f"-I{wgpu_inc}",
              f"-I{tvm_include_dir()}"]

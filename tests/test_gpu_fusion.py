@@ -76,6 +76,16 @@ def test_silu_mul_gemv_decode():
     np.testing.assert_allclose(got, (gate / (1 + np.exp(-gate)) * up) @ deq.T, rtol=1e-4, atol=1e-4)
 
 
+def _numpy_rope(qkv, pos, rot: int, theta: float):
+    """transformers' rotate_half RoPE on the first `rot` channels of every head of qkv (t, heads, d)."""
+    half = rot // 2
+    inv = 1.0 / theta ** (np.arange(half) * 2 / rot)
+    ang = pos[:, None].astype(np.float64) * inv[None, :]
+    cos, sin = np.concatenate([np.cos(ang)] * 2, -1)[:, None], np.concatenate([np.sin(ang)] * 2, -1)[:, None]
+    r = qkv[:, :, :rot]
+    return np.concatenate([r * cos + np.concatenate([-r[..., half:], r[..., :half]], -1) * sin, qkv[:, :, rot:]], -1)
+
+
 def test_split_with_rope_partial_rotary():
     """TVM's split kernel swapped for ours: q and k rotated (the first rotary_dim channels, as
     transformers' rotate_half), v copied, at the cache's positions."""
@@ -87,12 +97,7 @@ def test_split_with_rope_partial_rotary():
     pos = np.array([3, 4, 5, 6, 700], np.int32)
     arrays = {"qkv": qkv, "pos": pos, "q": np.zeros((t, hq, d), np.float32),
               "k": np.zeros((t, hkv, d), np.float32), "v": np.zeros((t, hkv, d), np.float32)}
-    half = rot // 2
-    inv = 1.0 / theta ** (np.arange(half) * 2 / rot)
-    ang = pos[:, None].astype(np.float64) * inv[None, :]
-    cos, sin = np.concatenate([np.cos(ang)] * 2, -1)[:, None], np.concatenate([np.sin(ang)] * 2, -1)[:, None]
-    r = qkv[:, :, :rot]
-    rotated = np.concatenate([r * cos + np.concatenate([-r[..., half:], r[..., :half]], -1) * sin, qkv[:, :, rot:]], -1)
+    rotated = _numpy_rope(qkv, pos, rot, theta)
     for name, lo, hi in (("q", 0, hq), ("k", hq, hq + hkv)):
         got = run_kernel(func, arrays, {"seq_len": t}, out=name)
         np.testing.assert_allclose(got, rotated[:, lo:hi], rtol=1e-4, atol=1e-4)
@@ -114,12 +119,7 @@ def test_split_rope_append_writes_q_and_the_pages():
     slots = np.array([17, 18, -1, 33, 63], np.int32)
     pages = RNG.standard_normal((4, 2, hkv, page, d)).astype(np.float32)
     arrays = {"qkv": qkv, "pos": pos, "q": np.zeros((t, hq, d), np.float32), "pages": pages, "append": slots}
-    half = rot // 2
-    inv = 1.0 / theta ** (np.arange(half) * 2 / rot)
-    ang = pos[:, None].astype(np.float64) * inv[None, :]
-    cos, sin = np.concatenate([np.cos(ang)] * 2, -1)[:, None], np.concatenate([np.sin(ang)] * 2, -1)[:, None]
-    r = qkv[:, :, :rot]
-    rotated = np.concatenate([r * cos + np.concatenate([-r[..., half:], r[..., :half]], -1) * sin, qkv[:, :, rot:]], -1)
+    rotated = _numpy_rope(qkv, pos, rot, theta)
     scalars = {"seq_len": t, "num_pages": 4}
     np.testing.assert_allclose(run_kernel(func, arrays, scalars, out="q"), rotated[:, :hq], rtol=1e-4, atol=1e-4)
     want = pages.copy()

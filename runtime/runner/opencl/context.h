@@ -67,11 +67,7 @@ class Context {
   size_t allocated_ = 0;
 };
 
-// What the runner counts across a decode step (profiling.h reads them through
-// edgesmith.opencl.launches / .host_waits / .stalls): kernels enqueued; times the host waited for
-// the queue (clFinish, blocking reads and writes); and of those, the stalls: waits with a kernel
-// enqueued since the previous wait, i.e. the host waiting on kernels, not only on a copy. One
-// in-order queue with no host sync between kernels shows as one stall a decoded token (its logits).
+// What the runner counts (../plugin_counts.h): a kernel launched; the host about to wait for the device.
 void note_launch();
 void note_host_wait();
 

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "../plugin_counts.h"
 #include "context.h"
 #include "programs.h"
 
@@ -45,9 +46,8 @@ namespace ffi = tvm::ffi;
 
 namespace {
 
-// Since the process started (context.h, note_launch): kernels enqueued, host waits, stalls; the
-// runner's counts for a decoded token are the differences across its decode steps (profiling.h).
-std::atomic<int64_t> g_launches{0}, g_host_waits{0}, g_stalls{0}, g_launches_at_wait{0};
+// What the runner counts (../plugin_counts.h): note_launch and note_host_wait of context.h.
+PluginCounts g_counts;
 
 enum class ArgKind { kBuffer, kInt32, kUInt32, kInt64, kFloat32, kFloat64 };
 
@@ -273,24 +273,13 @@ struct Register {
         "ffi.Module.load_from_bytes.opencl",
         ffi::Function::FromTyped([](ffi::Bytes bytes) { return ffi::Module(ffi::make_object<OpenCLModule>(bytes)); }),
         true);
-    ffi::Function::SetGlobal("edgesmith.opencl.launches",
-                             ffi::Function::FromTyped([]() -> int64_t { return g_launches.load(); }), true);
-    ffi::Function::SetGlobal("edgesmith.opencl.host_waits",
-                             ffi::Function::FromTyped([]() -> int64_t { return g_host_waits.load(); }), true);
-    ffi::Function::SetGlobal("edgesmith.opencl.stalls",
-                             ffi::Function::FromTyped([]() -> int64_t { return g_stalls.load(); }), true);
+    g_counts.register_as("opencl");
   }
 } register_module_loader;
 
 }  // namespace
 
-void note_launch() { g_launches.fetch_add(1, std::memory_order_relaxed); }
-
-void note_host_wait() {
-  g_host_waits.fetch_add(1, std::memory_order_relaxed);
-  int64_t launched = g_launches.load(std::memory_order_relaxed);
-  if (g_launches_at_wait.exchange(launched, std::memory_order_relaxed) != launched)
-    g_stalls.fetch_add(1, std::memory_order_relaxed);
-}
+void note_launch() { g_counts.launch(); }
+void note_host_wait() { g_counts.host_wait(); }
 }  // namespace ocl
 }  // namespace edgesmith

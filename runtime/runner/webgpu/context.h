@@ -137,11 +137,7 @@ std::string& uncaptured_error();
 std::string mib(double bytes);                  // "12.3 MiB"
 std::string json_string(const std::string& s);  // a JSON string literal
 
-// What the runner counts across a decode step (profiling.h reads them through
-// edgesmith.webgpu.launches / .host_waits / .stalls): dispatches recorded; times the host waited
-// for the device (to_host, sync); and of those, the stalls: waits with a dispatch recorded since
-// the previous wait (the host waiting on kernels). Batched dispatches with no host sync between
-// them show as one stall a decoded token (its logits).
+// What the runner counts (../plugin_counts.h): a kernel launched; the host about to wait for the device.
 void note_launch();
 void note_host_wait();
 
