@@ -6,9 +6,7 @@
 # The suite runs in one pytest worker per core (pytest-xdist, at most 4), each test file whole in one
 # worker (--dist loadfile: a file's bundles, emulators and module fixtures are made once). Every
 # worker has its own cache, temporary folders and emulated devices, so the workers never share a
-# port or a file; the timing checks scale with what the machine does while they run. Files are
-# handed out longest first (tests/durations.json; tests/conftest.py orders them); a whole run with
-# EDGESMITH_TEST_DURATIONS=tests/durations.json set writes that file anew.
+# port or a file; the timing checks scale with what the machine does while they run.
 # EDGESMITH_TEST_WORKERS=N sets the count (1: one process, no xdist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +17,6 @@ cores=$(nproc 2>/dev/null || echo 1)
 workers=${EDGESMITH_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
 parallel=()
 if [ "$workers" -gt 1 ]; then
-  parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)  # our order, not xdist's (by test count)
+  parallel=(-n "$workers" --dist loadfile)
 fi
 exec "$venv/bin/python" -m pytest -q -ra "${parallel[@]}" "$@"

@@ -64,50 +64,14 @@ def compiled(tmp_path_factory, tiny_ckpt_dir):
     return get
 
 
-DURATIONS = Path(__file__).parent / "durations.json"  # seconds per test file, from a whole-suite run
-
-
 def pytest_collection_modifyitems(config, items):
     """EDGESMITH_TEST_SHUFFLE=SEED runs the tests in an order shuffled by SEED (how the suite is
-    checked for order dependence: issue #21). Unset, the longest files first (tests/durations.json,
-    a file it lacks counted at the median), each file's tests in their own order: scripts/test.sh
-    hands whole files to the xdist workers in this order, so no long file starts last and runs on
-    alone while the other worker idles."""
+    checked for order dependence: issue #21); unset, the files' own order."""
     seed = os.environ.get("EDGESMITH_TEST_SHUFFLE")
     if seed:
         import random
 
         random.Random(seed).shuffle(items)
-        return
-    if not DURATIONS.exists():
-        return
-    import json
-    import statistics
-
-    seconds = json.loads(DURATIONS.read_text())
-    default = statistics.median(seconds.values()) if seconds else 0.0
-    first = {}
-    for i, item in enumerate(items):
-        first.setdefault(item.nodeid.split("::")[0], i)
-    items.sort(key=lambda item: (-seconds.get(item.nodeid.split("::")[0], default), first[item.nodeid.split("::")[0]]))
-
-
-_file_seconds: dict[str, float] = {}
-
-
-def pytest_runtest_logreport(report):
-    """Seconds per test file (set-up, call and teardown of its tests), summed where the reports meet
-    (the xdist controller, or the one process): written to EDGESMITH_TEST_DURATIONS at the end."""
-    path = report.nodeid.split("::")[0]
-    _file_seconds[path] = _file_seconds.get(path, 0.0) + report.duration
-
-
-def pytest_sessionfinish(session):
-    out = os.environ.get("EDGESMITH_TEST_DURATIONS")
-    if out and not hasattr(session.config, "workerinput"):
-        import json
-
-        Path(out).write_text(json.dumps({k: round(v, 1) for k, v in sorted(_file_seconds.items())}, indent=1) + "\n")
 
 
 def pytest_report_header(config):
