@@ -97,6 +97,7 @@ def _gpu_gemv(key: str, info: dict, params, target):
     sc = te.placeholder((n, k // g), s, "s")
     if info["p"] == "norm":
         x, gamma = te.placeholder((1, 1, k), "float32", "x"), te.placeholder((k,), s, "g")
+        # eps: any (it is one add in the epilogue; the model's own is used when a bundle is compiled)
         inputs, y = [x, gamma, w, sc], kernels_gpu.q4_linear_normed(x, gamma, w, sc, g, 1e-5)
     elif info["p"] == "silu":
         gu = te.placeholder((1, 1, 2 * k), "float32", "gu")
